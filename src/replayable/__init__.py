@@ -1,0 +1,85 @@
+"""replayable: record LLM-agent runs at their semantic boundaries and replay them offline.
+
+>>> import replayable as rp
+>>> @rp.boundary(kind="tool", side_effects=True)
+... def delete_record(record_id: int) -> bool: ...
+>>> with rp.record(name="support") as run:
+...     agent("delete Bob's record")
+>>> with rp.replay(run.id) as r:      # delete_record is served, never called
+...     agent("delete Bob's record")
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from replayable._version import __version__
+from replayable.boundary import Boundary, Codec, boundary, get_boundary, registry
+from replayable.canonical import canonicalize, key
+from replayable.clock import now, random, uuid4
+from replayable.context import annotate, bind
+from replayable.errors import (
+    Divergence,
+    FieldChange,
+    FixtureMiss,
+    RecordedError,
+    ReplayableError,
+    RunNotFound,
+    SideEffectRefused,
+    StoreUnavailable,
+    TraceCorrupt,
+    UnknownBoundary,
+    Unserializable,
+)
+from replayable.record import ReplayableWarning, record
+from replayable.replay import Replay, replay
+from replayable.store import Store, open_store
+from replayable.trace import Event, Run
+
+if TYPE_CHECKING:
+    from replayable.cassette import Cassette, cassette
+
+__all__ = [
+    "Boundary",
+    "Cassette",
+    "Codec",
+    "Divergence",
+    "Event",
+    "FieldChange",
+    "FixtureMiss",
+    "RecordedError",
+    "Replay",
+    "ReplayableError",
+    "ReplayableWarning",
+    "Run",
+    "RunNotFound",
+    "SideEffectRefused",
+    "Store",
+    "StoreUnavailable",
+    "TraceCorrupt",
+    "UnknownBoundary",
+    "Unserializable",
+    "__version__",
+    "annotate",
+    "bind",
+    "boundary",
+    "canonicalize",
+    "cassette",
+    "get_boundary",
+    "key",
+    "now",
+    "open_store",
+    "random",
+    "record",
+    "registry",
+    "replay",
+    "uuid4",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("cassette", "Cassette"):
+        from replayable import cassette as _cassette
+
+        return getattr(_cassette, name)
+    raise AttributeError(f"module 'replayable' has no attribute {name!r}")

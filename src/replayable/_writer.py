@@ -1,0 +1,266 @@
+"""The background writer: redaction, keys, hash chain and batched inserts, off the agent's thread.
+
+The agent's thread only snapshots (one orjson pass) and enqueues. Everything else happens here.
+Writing is fail-open: a store error is logged once, rows are kept for retry up to a bound, and
+the agent never sees the error unless the recording is ``strict``.
+"""
+
+from __future__ import annotations
+
+import atexit
+import hashlib
+import logging
+import queue
+import threading
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from replayable import canonical
+from replayable.errors import StoreUnavailable
+from replayable.redact import might_hold_secrets, redact
+from replayable.store.base import EventRow, Store
+from replayable.trace import chain_hash
+
+if TYPE_CHECKING:
+    from replayable.boundary import Boundary
+
+__all__ = ["Pending", "Writer", "clean_input", "input_key", "stop_writer", "writer_for"]
+
+log = logging.getLogger("replayable")
+
+_SORTED = orjson.OPT_SORT_KEYS
+MAX_PENDING = 200_000
+_STOP = object()
+BATCH = 1000
+
+
+@dataclass(slots=True)
+class Pending:
+    """A completed call as the agent's thread hands it over: snapshots, not live objects."""
+
+    run_id: str
+    seq: int
+    address: str
+    parent_seq: int | None
+    boundary: Boundary
+    input: bytes
+    output: bytes
+    error: dict[str, Any] | None
+    meta: dict[str, Any]
+    started_at: float
+    duration_ns: int
+    key: str | None = None
+
+
+def clean_input(b: Boundary, data: bytes) -> tuple[bytes, Any]:
+    """Redact a snapshotted input. Returns (bytes, parsed value or None if not parsed)."""
+    if b.redact_keys or b.redactors or might_hold_secrets(data):
+        value = redact(orjson.loads(data), extra_keys=b.redact_keys, redactors=b.redactors)
+        return orjson.dumps(value, option=_SORTED), value
+    return data, None
+
+
+def input_key(b: Boundary, data: bytes, value: Any = None) -> str:
+    """The canonical key of a redacted input snapshot, per the boundary's key rules."""
+    if b.key_fields is None and not b.ignore and not canonical._needs_normalize(data, b.transient):
+        return hashlib.sha256(data).hexdigest()
+    if value is None:
+        value = orjson.loads(data)
+    return canonical.key_of_json(b.key_view(value), b.transient)
+
+
+class Writer:
+    """One background thread per store, shared by every run recorded into it."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._chains: dict[str, tuple[int, str]] = {}
+        self._retry: list[EventRow] = []
+        self._failed = False
+        self._dropped = 0
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._loop, name="replayable-writer", daemon=True)
+        self._thread.start()
+
+    def submit(self, item: Pending) -> None:
+        """Queue a completed call; drops it (logged once) past the buffer bound."""
+        if self._queue.qsize() > MAX_PENDING:
+            if not self._dropped:
+                log.warning("replayable: write buffer full; dropping events until it drains")
+            self._dropped += 1
+            return
+        self._queue.put(item)
+
+    def run_op(self, op: Callable[[], None]) -> None:
+        """Queue a run-level store operation, ordered with the events around it."""
+        self._queue.put(op)
+
+    def flush(self, timeout: float = 30.0) -> None:
+        """Block until everything queued so far is written (or has failed, fail-open)."""
+        done = threading.Event()
+        self._queue.put(done)
+        done.wait(timeout)
+
+    def head(self, run_id: str) -> tuple[int, str]:
+        """(events written, head hash) of a run so far."""
+        return self._chains.get(run_id, (0, ""))
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Write what is queued, then end the thread."""
+        self._queue.put(_STOP)
+        self._thread.join(timeout)
+
+    def _loop(self) -> None:
+        while True:
+            items = [self._queue.get()]
+            if items[0] is _STOP:
+                return
+            stop = False
+            try:
+                while len(items) < BATCH:
+                    item = self._queue.get_nowait()
+                    if item is _STOP:
+                        stop = True
+                        break
+                    items.append(item)
+            except queue.Empty:
+                pass
+            self._handle(items)
+            if stop:
+                return
+
+    def _handle(self, items: list[Any]) -> None:
+        rows: list[EventRow] = []
+        for item in items:
+            if isinstance(item, Pending):
+                try:
+                    rows.append(self._row(item))
+                except Exception as exc:
+                    log.warning("replayable: could not encode event %s: %s", item.address, exc)
+            elif isinstance(item, threading.Event):
+                self._write(rows)
+                rows = []
+                item.set()
+            else:
+                self._write(rows)
+                rows = []
+                self._guard(item)
+        self._write(rows)
+
+    def _row(self, p: Pending) -> EventRow:
+        b = p.boundary
+        inp, value = clean_input(b, p.input)
+        key = p.key if p.key is not None else input_key(b, inp, value)
+        out = p.output
+        if b.redactors or b.redact_keys or might_hold_secrets(out):
+            out = orjson.dumps(
+                redact(orjson.loads(out), extra_keys=b.redact_keys, redactors=b.redactors),
+                option=_SORTED,
+            )
+        error = None if p.error is None else redact(p.error)
+        chain_seq, prev = self._chains.get(p.run_id, (0, ""))
+        content = orjson.dumps(
+            {
+                "address": p.address,
+                "boundary": b.name,
+                "chain_seq": chain_seq,
+                "duration_ns": p.duration_ns,
+                "error": error,
+                "input": orjson.Fragment(inp),
+                "key": key,
+                "kind": b.kind,
+                "meta": p.meta,
+                "output": orjson.Fragment(out),
+                "parent_seq": p.parent_seq,
+                "run_id": p.run_id,
+                "seq": p.seq,
+                "started_at": p.started_at,
+            },
+            option=_SORTED,
+        )
+        digest = chain_hash(prev, content)
+        self._chains[p.run_id] = (chain_seq + 1, digest)
+        return (
+            p.run_id,
+            p.seq,
+            chain_seq,
+            p.address,
+            p.parent_seq,
+            b.name,
+            b.kind,
+            key,
+            inp.decode(),
+            out.decode(),
+            None if error is None else orjson.dumps(error, option=_SORTED).decode(),
+            orjson.dumps(p.meta, option=_SORTED).decode(),
+            p.started_at,
+            p.duration_ns,
+            digest,
+        )
+
+    def _write(self, rows: list[EventRow]) -> None:
+        if self._retry:
+            rows = self._retry + rows
+            self._retry = []
+        if not rows:
+            return
+        try:
+            self.store.write_rows(rows)
+        except Exception as exc:
+            self._fail(exc)
+            self._retry = rows[-MAX_PENDING:]
+        else:
+            if self._failed:
+                log.warning("replayable: store %s is writable again", self.store.url)
+            self._failed = False
+
+    def _guard(self, op: Callable[[], None]) -> None:
+        try:
+            op()
+        except Exception as exc:
+            self._fail(exc)
+
+    def _fail(self, exc: BaseException) -> None:
+        if not self._failed:
+            log.warning(
+                "replayable: cannot write to store %s (%s); the agent keeps running and events "
+                "are buffered (up to %d)",
+                self.store.url,
+                exc,
+                MAX_PENDING,
+            )
+        self._failed = True
+        self.error = StoreUnavailable(f"cannot write to store {self.store.url}: {exc}")
+
+
+_WRITERS: weakref.WeakKeyDictionary[Any, Writer] = weakref.WeakKeyDictionary()
+_WRITERS_LOCK = threading.Lock()
+
+
+def writer_for(store: Store) -> Writer:
+    """The background writer of ``store`` (started on first use)."""
+    with _WRITERS_LOCK:
+        w = _WRITERS.get(store)
+        if w is None:
+            w = Writer(store)
+            _WRITERS[store] = w
+        return w
+
+
+def stop_writer(store: Store) -> None:
+    """Flush and stop the writer of ``store``, if it has one."""
+    with _WRITERS_LOCK:
+        w = _WRITERS.pop(store, None)
+    if w is not None:
+        w.stop()
+
+
+@atexit.register
+def _flush_all() -> None:
+    for w in list(_WRITERS.values()):
+        w.flush(timeout=10.0)

@@ -1,0 +1,358 @@
+"""``@boundary``: the semantic seam where a call is recorded and replayed.
+
+Outside a record or replay, a boundary reads one context variable and calls straight through.
+Inside one, it hands the call to the active session (:mod:`replayable.record`,
+:mod:`replayable.replay`), which snapshots the input at call time and the output at return.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib
+import inspect
+import threading
+import typing
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol, TypeVar, overload
+
+from replayable import canonical
+from replayable.context import SESSION
+from replayable.errors import RecordedError, UnknownBoundary, Unserializable
+
+__all__ = ["Boundary", "Codec", "boundary", "get_boundary", "registry", "resolve_name"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_REGISTRY: dict[str, Boundary] = {}
+_REGISTRY_LOCK = threading.Lock()
+
+
+class Codec(Protocol):
+    """Turns a boundary's return value (or each streamed chunk) into JSON and back."""
+
+    def encode(self, value: Any, /) -> Any: ...
+
+    def decode(self, data: Any, /) -> Any: ...
+
+
+_MISSING = object()
+
+
+class Boundary:
+    """A registered boundary: the function, how it is identified, and how it is keyed."""
+
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        *,
+        name: str,
+        kind: str,
+        side_effects: bool,
+        key: Iterable[str] | None,
+        ignore: Iterable[str],
+        redact: Any,
+        codec: Codec | None,
+        transient: Iterable[str],
+    ) -> None:
+        self.fn = fn
+        self.name = name
+        self.kind = kind
+        self.side_effects = side_effects
+        self.key_fields = tuple(key) if key is not None else None
+        self.ignore = frozenset(ignore)
+        self.codec = codec
+        self.transient = canonical.DEFAULT_TRANSIENT_KEYS | frozenset(transient)
+        self.redact_keys: tuple[str, ...] = ()
+        self.redactors: tuple[Callable[[Any], Any], ...] = ()
+        if callable(redact):
+            self.redactors = (redact,)
+        elif redact is not None:
+            self.redact_keys = tuple(redact)
+        self.is_async = inspect.iscoroutinefunction(fn)
+        self.is_gen = inspect.isgeneratorfunction(fn)
+        self.is_agen = inspect.isasyncgenfunction(fn)
+        self._init_binding()
+        self._return_type: Any = _MISSING
+        self.wrapper: Callable[..., Any] = fn
+
+    @property
+    def bare_name(self) -> str:
+        """The function's own name, without module or class."""
+        return self.name.rsplit(":", 1)[-1].rsplit(".", 1)[-1]
+
+    def _init_binding(self) -> None:
+        try:
+            sig = inspect.signature(self.fn)
+        except (TypeError, ValueError):
+            sig = None
+        self.signature = sig
+        params = list(sig.parameters.values()) if sig else []
+        self._skip_first = bool(params) and params[0].name in ("self", "cls")
+        simple = [
+            p
+            for p in params
+            if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD) and not p.name.startswith("*")
+        ]
+        self._fast = sig is not None and len(simple) == len(params)
+        self._names = [p.name for p in simple]
+        self._defaults = {p.name: p.default for p in simple if p.default is not p.empty}
+
+    def bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+        """Bind a call's arguments to parameter names, ``self``/``cls`` left out, defaults filled.
+
+        ``*args`` lands under its parameter name; ``**kwargs`` is merged into the top level.
+        """
+        if self._fast and not kwargs and len(args) <= len(self._names):
+            bound = dict(zip(self._names, args, strict=False))
+            if len(args) < len(self._names):
+                for name in self._names[len(args) :]:
+                    if name in self._defaults:
+                        bound[name] = self._defaults[name]
+        elif self.signature is not None:
+            try:
+                ba = self.signature.bind(*args, **kwargs)
+            except TypeError:
+                return {"args": list(args), **kwargs}
+            ba.apply_defaults()
+            bound = {}
+            for name, value in ba.arguments.items():
+                kind = self.signature.parameters[name].kind
+                if kind is inspect.Parameter.VAR_KEYWORD:
+                    bound.update(value)
+                else:
+                    bound[name] = value
+        else:
+            return {"args": list(args), **kwargs}
+        if self._skip_first and self._names:
+            bound.pop(self._names[0], None)
+        return bound
+
+    def key_view(self, value: Any) -> Any:
+        """The part of a bound, redacted input that identifies the call."""
+        if not isinstance(value, dict):
+            return value
+        if self.key_fields is not None:
+            return {k: value[k] for k in self.key_fields if k in value}
+        if self.ignore:
+            return {k: v for k, v in value.items() if k not in self.ignore}
+        return value
+
+    def encode_output(self, value: Any) -> Any:
+        """The JSON-able form of a return value (or chunk): the codec's, else the value itself."""
+        return self.codec.encode(value) if self.codec is not None else value
+
+    def decode_output(self, data: Any) -> Any:
+        """Rebuild a return value from its recorded JSON: codec, then return annotation."""
+        if self.codec is not None:
+            return self.codec.decode(data)
+        target = self._resolve_return_type()
+        if target is None or data is None:
+            return data
+        try:
+            if hasattr(target, "model_validate"):
+                return target.model_validate(data)
+            if dataclasses.is_dataclass(target) and isinstance(data, dict):
+                return typing.cast(Any, target)(**data)
+        except Exception:
+            return data
+        return data
+
+    def _resolve_return_type(self) -> Any:
+        if self._return_type is _MISSING:
+            target: Any = None
+            try:
+                hints = typing.get_type_hints(self.fn)
+                ret = hints.get("return")
+                if isinstance(ret, type) and (
+                    hasattr(ret, "model_validate") or dataclasses.is_dataclass(ret)
+                ):
+                    target = ret
+            except Exception:
+                target = None
+            self._return_type = target
+        return self._return_type
+
+    def __repr__(self) -> str:
+        return f"<Boundary {self.name} kind={self.kind}>"
+
+
+def encode_error(exc: BaseException) -> dict[str, Any]:
+    """The recorded form of an exception: type, message and args."""
+    cls = type(exc)
+    try:
+        args = canonical.canonicalize(list(exc.args), drop=())
+    except Unserializable:
+        args = [str(a) for a in exc.args]
+    return {"type": f"{cls.__module__}:{cls.__qualname__}", "message": str(exc), "args": args}
+
+
+def decode_error(data: dict[str, Any]) -> BaseException:
+    """Rebuild a recorded exception as its own type where possible, else :class:`RecordedError`."""
+    type_name = str(data.get("type", "Exception"))
+    message = str(data.get("message", ""))
+    args = data.get("args") or []
+    module_name, _, qualname = type_name.partition(":")
+    try:
+        obj: Any = importlib.import_module(module_name)
+        for part in qualname.split("."):
+            obj = getattr(obj, part)
+    except Exception:
+        return RecordedError(type_name, message)
+    if not (isinstance(obj, type) and issubclass(obj, BaseException)):
+        return RecordedError(type_name, message)
+    try:
+        exc = obj(*args)
+        if str(exc) == message or not message:
+            return exc
+    except Exception:
+        pass
+    try:
+        exc = obj.__new__(obj)
+        BaseException.__init__(exc, *(args or [message]))
+        return exc
+    except Exception:
+        return RecordedError(type_name, message)
+
+
+def _register(b: Boundary) -> None:
+    with _REGISTRY_LOCK:
+        _REGISTRY[b.name] = b
+
+
+def registry() -> dict[str, Boundary]:
+    """A copy of the name -> :class:`Boundary` map of every boundary defined so far."""
+    with _REGISTRY_LOCK:
+        return dict(_REGISTRY)
+
+
+def get_boundary(fn_or_name: Any) -> Boundary:
+    """The :class:`Boundary` behind a decorated function, or registered under a name."""
+    b = getattr(fn_or_name, "__replayable__", None)
+    if isinstance(b, Boundary):
+        return b
+    if isinstance(fn_or_name, str):
+        return _REGISTRY[resolve_name(fn_or_name, _REGISTRY)]
+    raise UnknownBoundary(f"{fn_or_name!r} is not a replayable boundary")
+
+
+def resolve_name(name: str, names: Iterable[str]) -> str:
+    """Resolve a full ``module:qualname`` or an unambiguous bare function name to a full name."""
+    pool = set(names)
+    if name in pool:
+        return name
+    matches = sorted(n for n in pool if n.rsplit(":", 1)[-1].rsplit(".", 1)[-1] == name)
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        known = ", ".join(sorted(pool)[:10]) or "none"
+        raise UnknownBoundary(
+            f"no boundary named {name!r} (known: {known}); "
+            "import the module that defines it, or use its full module:qualname"
+        )
+    raise UnknownBoundary(f"boundary name {name!r} is ambiguous; use one of: {', '.join(matches)}")
+
+
+@overload
+def boundary(fn: F) -> F: ...
+
+
+@overload
+def boundary(
+    fn: None = None,
+    *,
+    name: str | None = None,
+    kind: str = "tool",
+    side_effects: bool = False,
+    key: Iterable[str] | None = None,
+    ignore: Iterable[str] = (),
+    redact: Any = None,
+    codec: Codec | None = None,
+    transient: Iterable[str] = (),
+) -> Callable[[F], F]: ...
+
+
+def boundary(
+    fn: F | None = None,
+    *,
+    name: str | None = None,
+    kind: str = "tool",
+    side_effects: bool = False,
+    key: Iterable[str] | None = None,
+    ignore: Iterable[str] = (),
+    redact: Any = None,
+    codec: Codec | None = None,
+    transient: Iterable[str] = (),
+) -> F | Callable[[F], F]:
+    """Mark a function as a replayable boundary.
+
+    Works on sync and async functions, generators and async generators (streamed chunks are
+    recorded and replayed in order) and methods (``self``/``cls`` are left out of the input).
+
+    - ``name``: defaults to ``module:qualname``; used to name the boundary in ``live=``.
+    - ``kind``: ``"llm"``, ``"tool"``, ``"retrieval"``, ``"agent"`` (agents run live in replay)...
+    - ``side_effects``: the function changes the world; replay never calls it unless told to.
+    - ``key``: allow-list of argument names that identify the call; ``ignore``: names left out
+      of the key (still stored); ``transient``: extra keys dropped from the key at any depth.
+    - ``redact``: extra secret key names, or a callable applied to the JSON input and output.
+    - ``codec``: an object with ``encode(value)`` / ``decode(json)`` for the return value.
+
+    >>> @boundary(kind="tool", side_effects=True)
+    ... def delete_record(record_id: int) -> bool: ...
+    """
+
+    def decorate(func: F) -> F:
+        bname = name or f"{func.__module__}:{func.__qualname__}"
+        b = Boundary(
+            func,
+            name=bname,
+            kind=kind,
+            side_effects=side_effects,
+            key=key,
+            ignore=ignore,
+            redact=redact,
+            codec=codec,
+            transient=transient,
+        )
+        wrapper: Callable[..., Any]
+        if b.is_agen:
+
+            def wrapper(*args: Any, **kwargs: Any) -> Any:
+                session = SESSION.get()
+                if session is None:
+                    return func(*args, **kwargs)
+                return session.call_agen(b, args, kwargs)
+
+        elif b.is_gen:
+
+            def wrapper(*args: Any, **kwargs: Any) -> Any:
+                session = SESSION.get()
+                if session is None:
+                    return func(*args, **kwargs)
+                return session.call_gen(b, args, kwargs)
+
+        elif b.is_async:
+
+            async def wrapper(*args: Any, **kwargs: Any) -> Any:
+                session = SESSION.get()
+                if session is None:
+                    return await func(*args, **kwargs)
+                return await session.call_async(b, args, kwargs)
+
+        else:
+
+            def wrapper(*args: Any, **kwargs: Any) -> Any:
+                session = SESSION.get()
+                if session is None:
+                    return func(*args, **kwargs)
+                return session.call(b, args, kwargs)
+
+        functools.update_wrapper(wrapper, func)
+        setattr(wrapper, "__replayable__", b)  # noqa: B010
+        b.wrapper = wrapper
+        _register(b)
+        return typing.cast(F, wrapper)
+
+    if fn is not None:
+        return decorate(fn)
+    return decorate

@@ -1,0 +1,189 @@
+"""Canonical form of values, and the keys that identify a call.
+
+``canonicalize`` turns a Python value into stable JSON types: dict keys sorted, transient keys
+(``run_id``, ``timestamp``, ...) dropped at any depth, datetimes as ISO 8601 with offset, Decimal,
+UUID, Enum, Path, bytes, sets (sorted), tuples, dataclasses, Pydantic models and attrs classes
+handled, ``-0.0`` folded into ``0.0`` and non-finite floats into ``null`` (as JSON has no NaN).
+Anything else raises :class:`~replayable.errors.Unserializable` naming the path of the value.
+
+``key`` is the SHA-256 of the canonical JSON. One orjson pass does the work; Python only walks the
+value again when there is something to drop or fold, or to find the path of a bad value.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import datetime as _dt
+import hashlib
+import re
+from collections.abc import Iterable, Mapping
+from decimal import Decimal
+from enum import Enum
+from pathlib import PurePath
+from typing import Any
+
+import orjson
+
+from replayable.errors import Unserializable
+
+__all__ = [
+    "DEFAULT_TRANSIENT_KEYS",
+    "JSON",
+    "canonical_json",
+    "canonicalize",
+    "dumps",
+    "key",
+    "key_of_json",
+    "loads",
+    "normalize",
+]
+
+JSON = Any
+"""A value made only of dict (str keys), list, str, int, float, bool and None."""
+
+DEFAULT_TRANSIENT_KEYS: frozenset[str] = frozenset(
+    {"run_id", "trace_id", "span_id", "request_id", "timestamp", "created_at"}
+)
+"""Keys dropped from *keys* (never from stored values) wherever they appear."""
+
+_OPTS = orjson.OPT_NON_STR_KEYS | orjson.OPT_NAIVE_UTC | orjson.OPT_SERIALIZE_NUMPY
+_SORTED = _OPTS | orjson.OPT_SORT_KEYS
+
+
+def _default(value: Any) -> Any:
+    """orjson's fallback for the types it does not know natively."""
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, PurePath):
+        return str(value)
+    if isinstance(value, bytes | bytearray | memoryview):
+        return {"$bytes": base64.b64encode(bytes(value)).decode("ascii")}
+    if isinstance(value, set | frozenset):
+        return sorted(value, key=lambda item: orjson.dumps(item, default=_default, option=_SORTED))
+    if isinstance(value, _dt.timedelta):
+        return value.total_seconds()
+    if isinstance(value, Enum):
+        return value.value
+    dump = getattr(value, "model_dump", None)
+    if dump is not None and callable(dump) and hasattr(type(value), "model_fields"):
+        return dump(mode="json")
+    if hasattr(type(value), "__attrs_attrs__"):
+        return {a.name: getattr(value, a.name) for a in type(value).__attrs_attrs__}
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+    if isinstance(value, Mapping):
+        return dict(value)
+    raise TypeError
+
+
+def dumps(value: Any, *, sort_keys: bool = True) -> bytes:
+    """Serialize ``value`` to JSON bytes in one orjson pass (keys sorted by default).
+
+    Raises :class:`Unserializable` naming the path of the first value with no JSON form.
+    """
+    try:
+        return orjson.dumps(value, default=_default, option=_SORTED if sort_keys else _OPTS)
+    except (TypeError, orjson.JSONEncodeError) as exc:
+        raise _locate(value, "", 0, exc) from None
+
+
+def loads(data: bytes | str) -> JSON:
+    """Parse JSON bytes or text."""
+    return orjson.loads(data)
+
+
+def _join(path: str, part: str | int) -> str:
+    if isinstance(part, int):
+        return f"{path}[{part}]"
+    if _PLAIN_NAME.fullmatch(part):
+        return f"{path}.{part}" if path else part
+    return f"{path}[{part!r}]"
+
+
+_PLAIN_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def _children(value: Any) -> Iterable[tuple[str | int, Any]]:
+    if isinstance(value, Mapping):
+        return ((k if isinstance(k, str) else str(k), v) for k, v in value.items())
+    if isinstance(value, list | tuple | set | frozenset):
+        return enumerate(value)
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return ((f.name, getattr(value, f.name)) for f in dataclasses.fields(value))
+    if hasattr(type(value), "__attrs_attrs__"):
+        return ((a.name, getattr(value, a.name)) for a in type(value).__attrs_attrs__)
+    return ()
+
+
+def _locate(value: Any, path: str, depth: int, exc: Exception) -> Unserializable:
+    """Walk ``value`` to find the first part orjson refused, and name its path."""
+    if depth > 200:
+        return Unserializable(path, type(value).__name__, "nesting too deep (a cycle?)")
+    for part, child in _children(value):
+        try:
+            orjson.dumps(child, default=_default, option=_SORTED)
+        except (TypeError, orjson.JSONEncodeError) as child_exc:
+            return _locate(child, _join(path, part), depth + 1, child_exc)
+    if isinstance(value, Mapping):
+        bad = next((k for k in value if not isinstance(k, str | int | float | bool)), None)
+        if bad is not None:
+            return Unserializable(path, type(value).__name__, f"dict key {bad!r} is not a string")
+    name = f"{type(value).__module__}.{type(value).__qualname__}"
+    return Unserializable(path, name.removeprefix("builtins."))
+
+
+def normalize(value: JSON, drop: frozenset[str] = DEFAULT_TRANSIENT_KEYS) -> JSON:
+    """Drop ``drop`` keys at every depth and fold ``-0.0``; ``value`` is already JSON types."""
+    if isinstance(value, dict):
+        return {k: normalize(v, drop) for k, v in value.items() if k not in drop}
+    if isinstance(value, list):
+        return [normalize(v, drop) for v in value]
+    if isinstance(value, float) and value == 0.0:
+        return 0.0
+    return value
+
+
+def _needs_normalize(data: bytes, drop: frozenset[str]) -> bool:
+    if b"-0.0" in data or b"-0e" in data:
+        return True
+    return any(b'"' + k.encode() + b'":' in data for k in drop)
+
+
+def canonicalize(value: Any, *, drop: Iterable[str] | None = None) -> JSON:
+    """Return the canonical JSON form of ``value``.
+
+    >>> canonicalize({"b": 1, "a": {2, 1}, "request_id": "r-1"})
+    {'a': [1, 2], 'b': 1}
+    """
+    dropped = DEFAULT_TRANSIENT_KEYS if drop is None else frozenset(drop)
+    return normalize(orjson.loads(dumps(value)), dropped)
+
+
+def canonical_json(value: Any, *, drop: Iterable[str] | None = None) -> bytes:
+    """The canonical JSON bytes of ``value``: what :func:`key` hashes."""
+    dropped = DEFAULT_TRANSIENT_KEYS if drop is None else frozenset(drop)
+    data = dumps(value)
+    if not _needs_normalize(data, dropped):
+        return data
+    return orjson.dumps(normalize(orjson.loads(data), dropped), option=_SORTED)
+
+
+def key(value: Any, *, drop: Iterable[str] | None = None) -> str:
+    """SHA-256 (hex) of the canonical JSON of ``value``.
+
+    Equal for values that differ only in dict order or transient keys; raises
+    :class:`Unserializable` for values with no canonical form.
+
+    >>> key({"a": 1, "b": 2}) == key({"b": 2, "a": 1})
+    True
+    """
+    return hashlib.sha256(canonical_json(value, drop=drop)).hexdigest()
+
+
+def key_of_json(value: JSON, drop: frozenset[str] = DEFAULT_TRANSIENT_KEYS) -> str:
+    """:func:`key` for a value that is already JSON types (as read back from a store)."""
+    data = orjson.dumps(value, option=_SORTED)
+    if _needs_normalize(data, drop):
+        data = orjson.dumps(normalize(value, drop), option=_SORTED)
+    return hashlib.sha256(data).hexdigest()

@@ -1,0 +1,114 @@
+"""Shared CLI plumbing: the root group, the store option, error handling, time parsing."""
+
+from __future__ import annotations
+
+import functools
+import os
+import re
+import sys
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+
+from replayable._version import __version__
+from replayable.errors import ReplayableError
+from replayable.store import Store, open_store
+
+__all__ = [
+    "console",
+    "err_console",
+    "fail",
+    "handle_errors",
+    "main",
+    "parse_since",
+    "store_option",
+]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _no_color() -> bool:
+    return bool(os.environ.get("NO_COLOR"))
+
+
+def console() -> Console:
+    """A stdout console honouring NO_COLOR (re-read at every call, for tests)."""
+    return Console(no_color=_no_color(), highlight=False, soft_wrap=False)
+
+
+def err_console() -> Console:
+    """A stderr console honouring NO_COLOR."""
+    return Console(stderr=True, no_color=_no_color(), highlight=False)
+
+
+def fail(message: str, code: int = 2) -> None:
+    """Print one error line to stderr and exit with ``code`` (2: bad input or unknown thing)."""
+    click.echo(f"error: {message}", err=True)
+    sys.exit(code)
+
+
+def handle_errors(fn: F) -> F:
+    """Turn our errors into one clear line on stderr and exit code 2, never a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except ReplayableError as exc:
+            fail(str(exc).splitlines()[0] if len(str(exc).splitlines()) == 1 else str(exc))
+        return None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def store_option(fn: F) -> F:
+    """``--store URL``: where runs live (default ``$REPLAYABLE_STORE`` or .replayable/traces.db)."""
+    return click.option(
+        "--store",
+        "store_url",
+        default=None,
+        envvar="REPLAYABLE_STORE",
+        show_envvar=True,
+        help="Store URL or path: sqlite:///x.db, postgresql://..., a .db file or a directory of "
+        "trace files. Default: .replayable/traces.db",
+    )(fn)
+
+
+def get_store(url: str | None) -> Store:
+    """Open the store named on the command line."""
+    return open_store(url)
+
+
+_SINCE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_since(text: str | None) -> float | None:
+    """``1h``, ``30m``, ``2d`` or an ISO date/time -> epoch seconds; None passes through."""
+    if text is None:
+        return None
+    m = _SINCE.match(text.strip())
+    if m:
+        return time.time() - float(m.group(1)) * _UNITS[m.group(2)]
+    from datetime import UTC, datetime
+
+    try:
+        dt = datetime.fromisoformat(text)
+    except ValueError:
+        raise click.BadParameter(f"{text!r}: use a duration like 1h, 30m, 2d or an ISO date")
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return dt.timestamp()
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="replayable")
+def main() -> None:
+    """Record LLM-agent runs at their boundaries, look at them, and replay them offline.
+
+    Start with `replayable demo`. Runs live in .replayable/traces.db unless --store or
+    $REPLAYABLE_STORE says otherwise.
+    """

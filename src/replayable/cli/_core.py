@@ -1,0 +1,242 @@
+"""``runs``, ``show`` and ``replay``: list runs, look at one, replay it against your code."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import inspect
+import sys
+from typing import Any
+
+import click
+import orjson
+
+from replayable.boundary import Boundary, registry
+from replayable.cli._common import (
+    console,
+    fail,
+    get_store,
+    handle_errors,
+    main,
+    parse_since,
+    store_option,
+)
+from replayable.cli._render import run_table, step_tree
+from replayable.errors import Divergence, ReplayableError
+from replayable.replay import Replay, replay
+from replayable.store.base import RunQuery
+from replayable.trace import Event, Run
+
+
+def _parse_tags(tags: tuple[str, ...]) -> dict[str, str]:
+    out = {}
+    for tag in tags:
+        if "=" not in tag:
+            raise click.BadParameter(f"{tag!r}: use key=value", param_hint="--tag")
+        k, v = tag.split("=", 1)
+        out[k] = v
+    return out
+
+
+@main.command("runs")
+@store_option
+@click.option("--name", help="Only runs with this name.")
+@click.option(
+    "--tag", "tags", multiple=True, help="Only runs with this tag (key=value); repeatable."
+)
+@click.option(
+    "--status",
+    type=click.Choice(["ok", "error", "running", "incomplete"]),
+    help="Only runs with this status.",
+)
+@click.option("--since", help="Only runs started within this period (1h, 30m, 2d) or after a date.")
+@click.option("--boundary", help="Only runs that called this boundary (full or bare name).")
+@click.option("--errors", "has_error", is_flag=True, default=None, help="Only runs with an error.")
+@click.option("-n", "--limit", default=50, show_default=True, help="At most this many runs.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (one object per run).")
+@handle_errors
+def runs_cmd(
+    store_url: str | None,
+    name: str | None,
+    tags: tuple[str, ...],
+    status: str | None,
+    since: str | None,
+    boundary: str | None,
+    has_error: bool | None,
+    limit: int,
+    as_json: bool,
+) -> None:
+    """List recorded runs, newest first: status, duration, step count and tags."""
+    store = get_store(store_url)
+    query = RunQuery(
+        name=name,
+        tags=_parse_tags(tags) or None,
+        status=status,
+        since=parse_since(since),
+        boundary=boundary,
+        has_error=has_error,
+        limit=limit,
+    )
+    found = store.list_runs(query)
+    if as_json:
+        click.echo(orjson.dumps([r.to_dict() for r in found]).decode())
+        return
+    if not found:
+        click.echo(f"no runs in {store.url}")
+        return
+    console().print(run_table(found))
+
+
+@main.command("show")
+@click.argument("run_id")
+@store_option
+@click.option("--json", "as_json", is_flag=True, help="Print the run and its events as JSON.")
+@click.option("--width", default=70, show_default=True, help="Characters of input/output shown.")
+@handle_errors
+def show_cmd(run_id: str, store_url: str | None, as_json: bool, width: int) -> None:
+    """Show a run as a tree of steps: kind, name, duration, short input/output, errors in red.
+
+    RUN_ID may be a unique prefix of the id.
+    """
+    store = get_store(store_url)
+    run = store.get_run(run_id)
+    events = list(store.iter_events(run.id))
+    if as_json:
+        payload = {"run": run.to_dict(), "events": [e.to_dict() for e in events]}
+        click.echo(orjson.dumps(payload).decode())
+        return
+    console().print(step_tree(run, events, width=width))
+
+
+def root_call(run: Run, events: list[Event]) -> tuple[Boundary, Event]:
+    """The recorded top-level agent call and its registered boundary."""
+    tops = [e for e in events if e.parent_seq is None and e.kind != "clock"]
+    if not tops:
+        raise ReplayableError(f"run {run.id} has no top-level call to replay")
+    agents = [e for e in tops if e.kind == "agent"]
+    ev = (agents or tops)[0]
+    b = registry().get(ev.boundary)
+    if b is None:
+        raise ReplayableError(
+            f"the run's root boundary {ev.boundary} is not registered: pass --import with the "
+            "module that defines it"
+        )
+    return b, ev
+
+
+def call_recorded(b: Boundary, ev: Event) -> Any:
+    """Call a boundary (through its wrapper) with the arguments recorded for it."""
+    kwargs = dict(ev.input) if isinstance(ev.input, dict) else {}
+    args: list[Any] = []
+    if b.signature is not None:
+        for p in b.signature.parameters.values():
+            if p.kind is inspect.Parameter.VAR_POSITIONAL:
+                args = list(kwargs.pop(p.name, []))
+            elif p.kind is inspect.Parameter.POSITIONAL_ONLY and p.name in kwargs:
+                args.append(kwargs.pop(p.name))
+    if b.signature is not None and next(iter(b.signature.parameters), None) in ("self", "cls"):
+        raise ReplayableError(
+            f"{b.name} is a method; replay it from Python with rp.replay(...) around your own call"
+        )
+    result = b.wrapper(*args, **kwargs)
+    if inspect.isawaitable(result):
+        return asyncio.run(_await(result))
+    if inspect.isgenerator(result):
+        return list(result)
+    if inspect.isasyncgen(result):
+        return asyncio.run(_drain(result))
+    return result
+
+
+async def _await(aw: Any) -> Any:
+    return await aw
+
+
+async def _drain(agen: Any) -> list[Any]:
+    return [item async for item in agen]
+
+
+def import_modules(modules: tuple[str, ...]) -> None:
+    """Import the user's modules so their boundaries register."""
+    sys.path.insert(0, ".")
+    for name in modules:
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            fail(f"cannot import {name!r}: {exc}")
+
+
+@main.command("replay")
+@click.argument("run_id")
+@store_option
+@click.option(
+    "--import",
+    "modules",
+    multiple=True,
+    required=True,
+    help="Module defining the agent's boundaries (importable from here); repeatable.",
+)
+@click.option(
+    "--live",
+    multiple=True,
+    help="Boundary to run live instead of serving it (name, module:qualname or name#N); "
+    "repeatable.",
+)
+@click.option(
+    "--allow-side-effects", is_flag=True, help="Allow side-effecting boundaries named in --live."
+)
+@click.option(
+    "--match",
+    type=click.Choice(["address", "key"]),
+    default="address",
+    show_default=True,
+    help="Match calls by place in the tree (address) or by canonical input alone (key).",
+)
+@handle_errors
+def replay_cmd(
+    run_id: str,
+    store_url: str | None,
+    modules: tuple[str, ...],
+    live: tuple[str, ...],
+    allow_side_effects: bool,
+    match: str,
+) -> None:
+    """Replay a run against your code: call its root agent with the recorded arguments.
+
+    Model and tool outputs come from the recording; boundaries named with --live run. Prints the
+    divergence report; exits 1 if the code took a different path, 2 on bad input.
+    """
+    import_modules(modules)
+    store = get_store(store_url)
+    rp = replay(
+        run_id,
+        store=store,
+        live=live,
+        allow_side_effects=allow_side_effects,
+        strict=False,
+        match=match,
+    )
+    b, ev = root_call(rp.source, list(store.iter_events(rp.source.id)))
+    out = console()
+    run_divergence = _run_replay(rp, b, ev)
+    out.print(rp.report())
+    if run_divergence is not None and run_divergence not in rp.divergences:
+        out.print(run_divergence.describe())
+    out.print(f"replay recorded as run {rp.run.id}")
+    if rp.divergences or run_divergence is not None:
+        sys.exit(1)
+
+
+def _run_replay(rp: Replay, b: Boundary, ev: Event) -> Divergence | None:
+    """Run the root call under the replay; a raised divergence is returned, not propagated."""
+    try:
+        with rp:
+            call_recorded(b, ev)
+    except Divergence as div:
+        return div
+    except ReplayableError:
+        raise
+    except Exception as exc:
+        if ev.error is None:
+            console().print(f"[red]the agent raised {type(exc).__name__}: {exc}[/red]")
+    return None

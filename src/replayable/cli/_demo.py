@@ -1,0 +1,104 @@
+"""``replayable demo``: a recorded incident, replayed offline, then replayed against the fix."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+from rich.rule import Rule
+
+import replayable as rp
+from replayable.cli._common import console, get_store, handle_errors, main, store_option
+from replayable.cli._render import step_tree
+
+MAX_ATTEMPTS = 60
+
+
+@main.command("demo")
+@store_option
+@click.option(
+    "--db",
+    "db",
+    default=None,
+    help="Where the demo's customer database goes. Default: .replayable/demo/customers.db",
+)
+@handle_errors
+def demo_cmd(store_url: str | None, db: str | None) -> None:
+    """Record a support agent until it deletes the wrong customer, then replay the incident.
+
+    No network, no API key: the agent's model is scripted but samples, so its answer varies from
+    run to run. The replay serves every recorded output (the database is not touched); replaying
+    against the guarded agent shows the divergence where the fix blocks the deletion.
+    """
+    if db:
+        os.environ["REPLAYABLE_DEMO_DB"] = db
+    from replayable.demo import agent
+
+    out = console()
+    store = get_store(store_url)
+    out.print(Rule("1. Production: the support agent runs, recorded"))
+    out.print(f"request: [italic]{agent.REQUEST}[/italic]")
+    agent.GUARD = False
+    incident = None
+    for _attempt in range(1, MAX_ATTEMPTS + 1):
+        agent.reset_db()
+        with rp.record(store, name="support-agent", tags={"demo": "incident"}) as run:
+            result = agent.support_agent(agent.REQUEST)
+        customer = result["customer"]
+        wrong = customer["email"] != "dana.whitfield@example.com"
+        verdict = "[bold red]WRONG RECORD[/bold red]" if wrong else "[green]correct[/green]"
+        out.print(f"  run {run.id}: deleted #{customer['id']} {customer['name']:<15} {verdict}")
+        if wrong:
+            incident = run
+            break
+    if incident is None:
+        out.print(f"[red]no incident in {MAX_ATTEMPTS} runs (unlucky sampling); run it again[/red]")
+        sys.exit(1)
+    after_incident = agent.customers()
+
+    out.print(Rule("2. The incident, as recorded"))
+    out.print(step_tree(incident, list(store.iter_events(incident.id))))
+
+    out.print(Rule("3. Replay it offline: outputs served, side effects not re-fired"))
+    agent.reset_db()
+    before = agent.customers()
+    with rp.replay(incident.id, store=store) as replayed:
+        again = agent.support_agent(agent.REQUEST)
+    after = agent.customers()
+    out.print(replayed.report())
+    out.print(
+        f"  the replayed agent decided again to delete #{again['customer']['id']} "
+        f"{again['customer']['name']}: the same path, from the recording"
+    )
+    untouched = before == after
+    out.print(
+        f"  database: {len(before)} rows before the replay, {len(after)} after: "
+        + (
+            "[green]untouched[/green] (delete_record was served, never called)"
+            if untouched
+            else "[bold red]CHANGED[/bold red]"
+        )
+    )
+    if not untouched or not replayed.ok:
+        sys.exit(1)
+
+    out.print(Rule("4. Apply the fix (check the email before deleting) and replay again"))
+    agent.GUARD = True
+    try:
+        with rp.replay(incident.id, store=store, strict=False) as fixed:
+            outcome = agent.support_agent(agent.REQUEST)
+    finally:
+        agent.GUARD = False
+    out.print(f"  guarded agent: {outcome['status']}: {outcome.get('reason', '')}")
+    out.print(fixed.report())
+    blocked = any(
+        d.reason == "skipped" and d.boundary.endswith(":delete_record") for d in fixed.divergences
+    )
+    if not blocked:
+        out.print("[bold red]the fix did not change the path[/bold red]")
+        sys.exit(1)
+    out.print(Rule("Next"))
+    out.print(f"  replayable show {incident.id}")
+    out.print(f"  replayable replay {incident.id} --import replayable.demo.agent")
+    out.print(f"  database at {agent.db_path()}  ({len(after_incident)} rows after the incident)")

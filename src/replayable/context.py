@@ -1,0 +1,114 @@
+"""The context that follows a call: which session is active and which step is the parent.
+
+Two context variables carry everything. ``asyncio`` tasks, ``asyncio.to_thread`` and
+``loop.run_in_executor`` copy them already; for a raw thread pool, :func:`bind` wraps a callable
+with the caller's context.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+import itertools
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+
+if TYPE_CHECKING:
+    from replayable.boundary import Boundary
+
+__all__ = ["Frame", "Session", "annotate", "bind", "current_frame", "current_session"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+@dataclass(slots=True)
+class Frame:
+    """One step being executed: the parent of the calls made inside it.
+
+    ``rec_seq`` is, during a replay, the recorded event this step was matched to (``None`` at the
+    root, ``-1`` when the step has no recorded counterpart).
+    """
+
+    seq: int
+    address: str
+    rec_seq: int | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+    counters: dict[str, Iterator[int]] = field(default_factory=dict)
+    parent: Frame | None = None
+    data: bytes = b"null"
+    started_at: float = 0.0
+    t0: int = 0
+
+    def next_ordinal(self, name: str) -> int:
+        """The ordinal of the next child call named ``name`` (0-based, in start order)."""
+        try:
+            counter = self.counters[name]
+        except KeyError:
+            counter = self.counters.setdefault(name, itertools.count())
+        return next(counter)
+
+    def child_address(self, name: str, ordinal: int) -> str:
+        """The address of a child call: this address, then ``name/ordinal``."""
+        return f"{self.address} > {name}/{ordinal}" if self.address else f"{name}/{ordinal}"
+
+
+class Session:
+    """What a boundary hands its call to while a record or replay is active."""
+
+    def call(self, b: Boundary, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        raise NotImplementedError
+
+    async def call_async(self, b: Boundary, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        raise NotImplementedError
+
+    def call_gen(self, b: Boundary, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Iterator[Any]:
+        raise NotImplementedError
+
+    def call_agen(
+        self, b: Boundary, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> AsyncIterator[Any]:
+        raise NotImplementedError
+
+
+SESSION: contextvars.ContextVar[Session | None] = contextvars.ContextVar(
+    "replayable_session", default=None
+)
+FRAME: contextvars.ContextVar[Frame | None] = contextvars.ContextVar(
+    "replayable_frame", default=None
+)
+
+
+def current_session() -> Session | None:
+    """The active record or replay session in this context, if any."""
+    return SESSION.get()
+
+
+def current_frame() -> Frame | None:
+    """The step currently executing in this context, if any."""
+    return FRAME.get()
+
+
+def annotate(**fields: Any) -> None:
+    """Attach metadata (JSON-able) to the step currently executing; a no-op outside a run.
+
+    >>> annotate(model="gpt-4o", system_fingerprint="fp_1")  # inside an llm boundary
+    """
+    frame = FRAME.get()
+    if frame is not None and SESSION.get() is not None:
+        frame.meta.update(fields)
+
+
+def bind(fn: Callable[P, R]) -> Callable[P, R]:
+    """Wrap ``fn`` so it runs in the current context, e.g. when submitted to a thread pool.
+
+    >>> pool.submit(bind(fetch), url)  # fetch's boundary calls nest under the caller's step
+    """
+    ctx = contextvars.copy_context()
+
+    @functools.wraps(fn)
+    def bound(*args: P.args, **kwargs: P.kwargs) -> R:
+        return ctx.copy().run(fn, *args, **kwargs)
+
+    return bound

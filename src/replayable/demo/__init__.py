@@ -1,0 +1,1 @@
+"""The incident demo: a support agent that sometimes deletes the wrong customer record."""

@@ -1,0 +1,125 @@
+"""Secrets out before anything is written.
+
+A dict key is secret when one of its name parts (split at ``_``, ``-``, ``.``, spaces and
+camelCase humps) is a secret word: ``password``, ``token``, ``secret``, ``cookie``,
+``authorization``, ``api key``... so ``access_token`` and ``X-Api-Key`` are redacted while
+``max_tokens`` and ``usage.input_tokens`` are not. Any string value is scrubbed of bearer and
+``sk-`` style credentials wherever they appear. User redactors (plain callables) run on top.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
+
+__all__ = ["REDACTED", "Redactor", "is_secret_key", "might_hold_secrets", "redact", "scrub"]
+
+REDACTED = "[REDACTED]"
+
+_SECRET_PARTS = frozenset(
+    {
+        "password",
+        "passwd",
+        "passphrase",
+        "pwd",
+        "token",
+        "secret",
+        "cookie",
+        "authorization",
+        "auth",
+        "apikey",
+        "credential",
+        "credentials",
+        "signature",
+    }
+)
+_SECRET_PAIRS = frozenset({("api", "key"), ("private", "key"), ("access", "key")})
+
+_PARTS = re.compile(r"[A-Z]?[a-z0-9]+|[A-Z]+(?![a-z])")
+
+_VALUE_PATTERNS = re.compile(
+    r"(?:"
+    r"\bsk-[A-Za-z0-9_\-]{16,}"
+    r"|(?i:\bbearer)\s+[A-Za-z0-9._~+/=\-]{8,}"
+    r"|(?i:\bbasic)\s+[A-Za-z0-9+/]{8,}={0,2}"
+    r"|\bgh[pousr]_[A-Za-z0-9]{20,}"
+    r"|\bAKIA[0-9A-Z]{16}\b"
+    r"|\bxox[abprs]-[A-Za-z0-9\-]{10,}"
+    r")"
+)
+
+_HINT = re.compile(
+    rb"(?i)pass|pwd|token|secret|cookie|auth|api.?key|private.?key|access.?key|credential"
+    rb"|signature|sk-|bearer|basic |gh[pousr]_|AKIA|xox"
+)
+
+
+class Redactor(Protocol):
+    """A user redactor: takes a JSON value, returns it with secrets removed."""
+
+    def __call__(self, value: Any, /) -> Any: ...
+
+
+def is_secret_key(name: str) -> bool:
+    """True when a dict key names a secret by one of its whole name parts.
+
+    >>> is_secret_key("api_key"), is_secret_key("max_tokens")
+    (True, False)
+    """
+    parts = [p.lower() for p in _PARTS.findall(name)]
+    if any(p in _SECRET_PARTS for p in parts):
+        return True
+    return any(pair in _SECRET_PAIRS for pair in itertools.pairwise(parts))
+
+
+def scrub(text: str) -> str:
+    """Replace bearer, ``sk-`` and similar credentials inside a string."""
+    return _VALUE_PATTERNS.sub(REDACTED, text)
+
+
+def might_hold_secrets(data: bytes) -> bool:
+    """Cheap pre-check on serialized JSON: False means :func:`redact` would change nothing."""
+    return _HINT.search(data) is not None
+
+
+def redact(
+    value: Any,
+    *,
+    extra_keys: Iterable[str] = (),
+    redactors: Iterable[Callable[[Any], Any]] = (),
+) -> Any:
+    """Return ``value`` (JSON types) with secret keys and credential strings replaced.
+
+    >>> redact({"api_key": "k", "max_tokens": 5, "h": "Bearer abcdefgh12"})
+    {'api_key': '[REDACTED]', 'max_tokens': 5, 'h': '[REDACTED]'}
+    """
+    extra = frozenset(k.lower() for k in extra_keys)
+    out = _walk(value, extra)
+    for fn in redactors:
+        out = fn(out)
+    return out
+
+
+def _walk(value: Any, extra: frozenset[str]) -> Any:
+    if isinstance(value, str):
+        return scrub(value)
+    if isinstance(value, dict):
+        return {
+            k: (
+                REDACTED
+                if (is_secret_key(k) or k.lower() in extra) and holds_secret(v)
+                else _walk(v, extra)
+            )
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [_walk(v, extra) for v in value]
+    return value
+
+
+def holds_secret(value: Any) -> bool:
+    """Strings and containers under a secret key are replaced; numbers, booleans, None and empty
+    values stay, as they leak nothing (``token_count: 42`` is not a credential)."""
+    return isinstance(value, str | list | dict) and len(value) > 0

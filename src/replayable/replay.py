@@ -1,0 +1,457 @@
+"""``rp.replay``: run the agent's own code against a recording.
+
+Boundaries of kind ``agent`` and those named in ``live`` execute; every other boundary is served
+from the recording and its function is never called. A call is matched to an unconsumed recorded
+call under the same parent with the same name and canonical key (so concurrent calls match in any
+start order); failing that, the recorded call at the same address tells *what changed*.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import os
+import threading
+import time
+import warnings
+from collections import defaultdict
+from collections.abc import AsyncIterator, Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from replayable._version import __version__
+from replayable._writer import clean_input, input_key
+from replayable.boundary import decode_error, registry, resolve_name
+from replayable.context import FRAME, SESSION, Frame
+from replayable.diff import diff_values
+from replayable.errors import (
+    Divergence,
+    ReplayableError,
+    SideEffectRefused,
+    TraceCorrupt,
+    UnknownBoundary,
+)
+from replayable.record import Recorder, ReplayableWarning, environment, new_run_id
+from replayable.store import Store, open_store
+from replayable.trace import Event, Run, read_trace
+
+if TYPE_CHECKING:
+    from replayable.boundary import Boundary
+
+__all__ = ["Replay", "replay"]
+
+UNMATCHED = -1
+
+
+@dataclass(slots=True)
+class _Plan:
+    live: bool
+    event: Event | None
+    key: str
+
+
+def load_source(
+    source: str | os.PathLike[str] | Run, store: Store | str | os.PathLike[str] | None
+) -> tuple[Run, list[Event]]:
+    """A run and its events from a Run, a run id (or prefix) in a store, or a trace file."""
+    if isinstance(source, Run):
+        src_store = source.store or open_store(store)
+        return source, list(src_store.iter_events(source.id))
+    text = os.fspath(source)
+    if text.endswith(".jsonl") or Path(text).is_file():
+        return read_trace(text)
+    src_store = open_store(store)
+    run = src_store.get_run(text)
+    return run, list(src_store.iter_events(run.id))
+
+
+def _check_version(run: Run) -> None:
+    recorded = str(run.environment.get("replayable") or "")
+    if recorded and recorded.split(".", maxsplit=1)[0] != __version__.split(".")[0]:
+        raise TraceCorrupt(
+            f"run {run.id} was recorded by replayable {recorded}; this is {__version__} "
+            "(major versions differ): replay it with the version that recorded it"
+        )
+
+
+class Replayer(Recorder):
+    """The session behind :func:`replay`. It is a :class:`Recorder` too: the replay is recorded."""
+
+    def __init__(
+        self,
+        store: Store,
+        run: Run,
+        source: Run,
+        events: list[Event],
+        *,
+        live: Iterable[str],
+        allow_side_effects: bool,
+        strict: bool,
+        match: str,
+    ) -> None:
+        super().__init__(store, run)
+        if match not in ("address", "key"):
+            raise ValueError(f"match must be 'address' or 'key', not {match!r}")
+        self.source = source
+        self.replay_strict = strict
+        self.match = match
+        self.events = {ev.seq: ev for ev in events}
+        self.children: dict[int | None, list[int]] = defaultdict(list)
+        self.groups: dict[tuple[int | None, str], list[Event]] = defaultdict(list)
+        self.by_key: dict[tuple[str, str], list[Event]] = defaultdict(list)
+        self.nth: dict[int, int] = {}
+        counts: dict[str, int] = defaultdict(int)
+        for ev in sorted(events, key=lambda e: e.seq):
+            self.children[ev.parent_seq].append(ev.seq)
+            self.groups[(ev.parent_seq, ev.boundary)].append(ev)
+            self.by_key[(ev.boundary, ev.key)].append(ev)
+            counts[ev.boundary] += 1
+            self.nth[ev.seq] = counts[ev.boundary]
+        self.consumed: set[int] = set()
+        self.divergences: list[Divergence] = []
+        self._lock = threading.Lock()
+        self.live_names: set[str] = set()
+        self.live_calls: set[tuple[str, int]] = set()
+        self._resolve_live(live, allow_side_effects)
+
+    def _resolve_live(self, live: Iterable[str], allow_side_effects: bool) -> None:
+        registered = registry()
+        pool = set(registered) | {ev.boundary for ev in self.events.values()}
+        for entry in live:
+            name, _, nth = entry.partition("#")
+            full = resolve_name(name, pool)
+            b = registered.get(full)
+            if b is None:
+                raise UnknownBoundary(
+                    f"live boundary {full!r} is in the recording but not registered: "
+                    "import the module that defines it before replaying"
+                )
+            if b.side_effects and not allow_side_effects:
+                raise SideEffectRefused(
+                    f"{full} has side effects; running it live would fire them again. "
+                    "Pass allow_side_effects=True (CLI: --allow-side-effects) if you mean it"
+                )
+            if nth:
+                if not nth.isdigit() or int(nth) < 1:
+                    raise UnknownBoundary(f"bad call number in {entry!r}: use name#N with N >= 1")
+                self.live_calls.add((full, int(nth)))
+            else:
+                self.live_names.add(full)
+
+    # -- matching ----------------------------------------------------------------------------
+
+    def _plan(self, b: Boundary, frame: Frame) -> _Plan:
+        data, value = clean_input(b, frame.data)
+        key = input_key(b, data, value)
+        ev, div = self._match(b, frame, key, data, value)
+        live = b.kind == "agent" or b.name in self.live_names
+        if ev is not None and (b.name, self.nth[ev.seq]) in self.live_calls:
+            live = True
+        if div is not None:
+            with self._lock:
+                self.divergences.append(div)
+            if self.replay_strict or not live:
+                self.finish(b, frame, error=div, key=key)
+                raise div
+        frame.rec_seq = ev.seq if ev is not None else UNMATCHED
+        if ev is not None and not live:
+            self._consume_subtree(ev.seq)
+            frame.meta.update(served=True, source_seq=ev.seq)
+        elif ev is not None:
+            frame.meta["source_seq"] = ev.seq
+        return _Plan(live, ev, key)
+
+    def _match(
+        self, b: Boundary, frame: Frame, key: str, data: bytes, value: Any
+    ) -> tuple[Event | None, Divergence | None]:
+        parent = frame.parent
+        prec = parent.rec_seq if parent is not None else None
+        with self._lock:
+            if self.match == "key":
+                cands = [
+                    e for e in self.by_key.get((b.name, key), ()) if e.seq not in self.consumed
+                ]
+                if cands:
+                    self.consumed.add(cands[0].seq)
+                    return self._checked(b, cands[0], data, value), None
+                near = [e for e in self.events.values() if e.boundary == b.name]
+                nearest = next((e for e in near if e.seq not in self.consumed), None)
+                return None, self._divergence(b, frame, nearest, data, value)
+            if prec == UNMATCHED:
+                return None, self._divergence(b, frame, None, data, value)
+            cands = [e for e in self.groups.get((prec, b.name), ()) if e.seq not in self.consumed]
+            for e in cands:
+                if e.key == key:
+                    self.consumed.add(e.seq)
+                    return self._checked(b, e, data, value), None
+            tail = frame.address.rsplit(" > ", 1)[-1]
+            base = self.events[prec].address + " > " if prec is not None else ""
+            expected = base + tail
+            at = next((e for e in cands if e.address == expected), cands[0] if cands else None)
+            if at is not None:
+                self.consumed.add(at.seq)
+            return at, self._divergence(b, frame, at, data, value)
+
+    def _checked(self, b: Boundary, ev: Event, data: bytes, value: Any) -> Event:
+        """Warn when a field left out of the key changed: the key matched, the input did not."""
+        if b.key_fields is not None or b.ignore or b.transient:
+            actual = value if value is not None else orjson.loads(data)
+            if actual != ev.input:
+                changes = diff_values(ev.input, actual)
+                if changes:
+                    fields = ", ".join(c.path for c in changes[:5])
+                    warnings.warn(
+                        f"{b.name} at {ev.address}: matched by key, but fields outside the key "
+                        f"changed: {fields}",
+                        ReplayableWarning,
+                        stacklevel=5,
+                    )
+        return ev
+
+    def _divergence(
+        self, b: Boundary, frame: Frame, ev: Event | None, data: bytes, value: Any
+    ) -> Divergence:
+        actual = value if value is not None else orjson.loads(data)
+        if ev is None:
+            return Divergence(
+                reason="unexpected",
+                address=frame.address,
+                boundary=b.name,
+                actual_input=actual,
+                run_id=self.source.id,
+            )
+        return Divergence(
+            reason="changed",
+            address=ev.address,
+            boundary=b.name,
+            recorded_input=ev.input,
+            actual_input=actual,
+            changes=diff_values(ev.input, actual),
+            run_id=self.source.id,
+        )
+
+    def _consume_subtree(self, seq: int) -> None:
+        stack = list(self.children.get(seq, ()))
+        with self._lock:
+            while stack:
+                s = stack.pop()
+                self.consumed.add(s)
+                stack.extend(self.children.get(s, ()))
+
+    # -- serving -----------------------------------------------------------------------------
+
+    def _served_error(self, b: Boundary, frame: Frame, ev: Event, key: str) -> BaseException:
+        assert ev.error is not None
+        exc = decode_error(ev.error)
+        self.finish(b, frame, error=exc, key=key)
+        return exc
+
+    def call(self, b: Boundary, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        frame = self.begin(b, args, kwargs)
+        plan = self._plan(b, frame)
+        if plan.live:
+            return self._run_sync(b, frame, args, kwargs, key=plan.key)
+        ev = plan.event
+        assert ev is not None
+        if ev.error is not None:
+            raise self._served_error(b, frame, ev, plan.key)
+        self.finish(b, frame, output=ev.output, key=plan.key, encoded=True)
+        return b.decode_output(ev.output)
+
+    async def call_async(self, b: Boundary, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        frame = self.begin(b, args, kwargs)
+        plan = self._plan(b, frame)
+        if plan.live:
+            return await self._run_async(b, frame, args, kwargs, key=plan.key)
+        ev = plan.event
+        assert ev is not None
+        if ev.error is not None:
+            raise self._served_error(b, frame, ev, plan.key)
+        self.finish(b, frame, output=ev.output, key=plan.key, encoded=True)
+        return b.decode_output(ev.output)
+
+    def call_gen(self, b: Boundary, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Iterator[Any]:
+        frame = self.begin(b, args, kwargs)
+        plan = self._plan(b, frame)
+        if plan.live:
+            return self._run_gen(b, frame, args, kwargs, key=plan.key)
+        assert plan.event is not None
+        return self._serve_gen(b, frame, plan.event, plan.key)
+
+    def _serve_gen(self, b: Boundary, frame: Frame, ev: Event, key: str) -> Iterator[Any]:
+        chunks = ev.output if isinstance(ev.output, list) else []
+        for chunk in chunks:
+            yield b.decode_output(chunk)
+        if ev.error is not None:
+            raise self._served_error(b, frame, ev, key)
+        self.finish(b, frame, output=chunks, key=key, encoded=True)
+
+    def call_agen(
+        self, b: Boundary, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> AsyncIterator[Any]:
+        frame = self.begin(b, args, kwargs)
+        plan = self._plan(b, frame)
+        if plan.live:
+            return self._run_agen(b, frame, args, kwargs, key=plan.key)
+        assert plan.event is not None
+        return self._serve_agen(b, frame, plan.event, plan.key)
+
+    async def _serve_agen(
+        self, b: Boundary, frame: Frame, ev: Event, key: str
+    ) -> AsyncIterator[Any]:
+        chunks = ev.output if isinstance(ev.output, list) else []
+        for chunk in chunks:
+            yield b.decode_output(chunk)
+        if ev.error is not None:
+            raise self._served_error(b, frame, ev, key)
+        self.finish(b, frame, output=chunks, key=key, encoded=True)
+
+    # -- the end -----------------------------------------------------------------------------
+
+    def skipped(self) -> list[Divergence]:
+        """Recorded calls never reached: the top of each unreached subtree, in start order."""
+        out = []
+        for seq in sorted(self.events):
+            if seq in self.consumed:
+                continue
+            ev = self.events[seq]
+            if ev.parent_seq is not None and ev.parent_seq not in self.consumed:
+                continue
+            out.append(
+                Divergence(
+                    reason="skipped",
+                    address=ev.address,
+                    boundary=ev.boundary,
+                    recorded_input=ev.input,
+                    run_id=self.source.id,
+                )
+            )
+        return out
+
+
+class Replay:
+    """A replay in progress or done: ``divergences``, ``report()``, the replay ``run``, ``source``.
+
+    Use it as a context manager (``with`` or ``async with``); see :func:`replay`.
+    """
+
+    def __init__(self, session: Replayer) -> None:
+        self.session = session
+        self._tokens: list[contextvars.Token[Any]] = []
+
+    @property
+    def run(self) -> Run:
+        """The replay's own run (recorded, linked to the source by ``parent_run``)."""
+        return self.session.run
+
+    @property
+    def source(self) -> Run:
+        """The recorded run being replayed."""
+        return self.session.source
+
+    @property
+    def divergences(self) -> list[Divergence]:
+        """Every divergence found so far, in the order found (skipped calls last)."""
+        return list(self.session.divergences)
+
+    @property
+    def ok(self) -> bool:
+        """True when the replay found no divergence."""
+        return not self.session.divergences
+
+    def report(self) -> str:
+        """A human-readable summary: the source, then each divergence with its field diff."""
+        s = self.session
+        served = sum(1 for e in s.events if e in s.consumed)
+        head = (
+            f"replay of run {s.source.id}: {len(s.events)} recorded calls, {served} matched, "
+            f"{len(s.divergences)} divergence(s)"
+        )
+        if not s.divergences:
+            return head + "\nno divergence: the code took the recorded path"
+        return "\n".join([head, *(f"{i}. {d.describe()}" for i, d in enumerate(s.divergences, 1))])
+
+    def __enter__(self) -> Replay:
+        if SESSION.get() is not None:
+            raise ReplayableError("a record or replay is already active in this context")
+        session = self.session
+        session.start()
+        self._tokens = [SESSION.set(session), FRAME.set(session.root)]
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        s = self.session
+        SESSION.reset(self._tokens[0])
+        FRAME.reset(self._tokens[1])
+        s.divergences.extend(s.skipped())
+        s.run.metadata["divergences"] = [d.to_dict() for d in s.divergences]
+        s.close(exc)
+        if exc is None and s.replay_strict and s.divergences:
+            raise s.divergences[0]
+
+    async def __aenter__(self) -> Replay:
+        return self.__enter__()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.__exit__(exc_type, exc, tb)
+
+
+def replay(
+    source: str | os.PathLike[str] | Run,
+    *,
+    store: Store | str | os.PathLike[str] | None = None,
+    live: Iterable[str] = (),
+    allow_side_effects: bool = False,
+    strict: bool = True,
+    match: str = "address",
+) -> Replay:
+    """Replay a recorded run: a run id (or unique prefix), a :class:`Run`, or a trace file path.
+
+    Boundaries of kind ``agent`` and those named in ``live`` (``"module:qualname"``, a bare
+    function name, or ``"name#N"`` for the N-th recorded call only) run; all others are served
+    from the recording. A side-effecting boundary in ``live`` is refused unless
+    ``allow_side_effects=True``. With ``strict=True`` the first divergence raises
+    :class:`Divergence`; with ``strict=False`` divergences collect in ``.divergences``.
+    ``match="key"`` matches by canonical key alone, ignoring where the call sits.
+
+    >>> with replay(run.id) as r:
+    ...     agent("delete Bob's record")
+    >>> print(r.report())
+    """
+    source_run, events = load_source(source, store)
+    _check_version(source_run)
+    target = open_store(store) if store is not None else (source_run.store or open_store(None))
+    run = Run(
+        id=new_run_id(),
+        name=f"replay of {source_run.name or source_run.id}",
+        tags=dict(source_run.tags),
+        metadata={"replay_of": source_run.id},
+        environment=environment(),
+        started_at=time.time(),
+        parent_run=source_run.id,
+        store=target,
+    )
+    session = Replayer(
+        target,
+        run,
+        source_run,
+        events,
+        live=live,
+        allow_side_effects=allow_side_effects,
+        strict=strict,
+        match=match,
+    )
+    return Replay(session)

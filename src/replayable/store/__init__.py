@@ -1,0 +1,89 @@
+"""Stores: where recorded runs live. ``open_store(url)`` picks the backend from the URL."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from replayable.errors import StoreUnavailable
+from replayable.store.base import EVENT_COLUMNS, EventRow, RunQuery, Store
+
+__all__ = [
+    "DEFAULT_STORE",
+    "EVENT_COLUMNS",
+    "EventRow",
+    "RunQuery",
+    "Store",
+    "close_all",
+    "default_url",
+    "open_store",
+]
+
+DEFAULT_STORE = ".replayable/traces.db"
+
+_OPEN: dict[str, Store] = {}
+
+
+def default_url() -> str:
+    """``$REPLAYABLE_STORE`` when set, else ``.replayable/traces.db`` in the working directory."""
+    return os.environ.get("REPLAYABLE_STORE") or DEFAULT_STORE
+
+
+def open_store(url: str | os.PathLike[str] | Store | None = None) -> Store:
+    """Open a store by URL or path (the same URL twice gives the same object).
+
+    - ``sqlite:///path.db`` or a plain file path: the embedded SQLite store (the default,
+      ``.replayable/traces.db``, or ``$REPLAYABLE_STORE``);
+    - ``postgresql://...``: PostgreSQL (``pip install "replayable[postgres]"``);
+    - a directory: its JSONL trace files, read-only.
+
+    >>> store = open_store("sqlite:///traces.db")
+    """
+    if url is not None and not isinstance(url, str | os.PathLike):
+        return url
+    text = os.fspath(url) if url is not None else default_url()
+    if text in _OPEN:
+        return _OPEN[text]
+    store = _open(text)
+    _OPEN[text] = store
+    return store
+
+
+def close_all() -> None:
+    """Flush and close every store opened with :func:`open_store` (tests, shutdown)."""
+    from replayable._writer import stop_writer
+
+    for store in list(_OPEN.values()):
+        stop_writer(store)
+        store.close()
+    _OPEN.clear()
+
+
+def _open(text: str) -> Store:
+    if text.startswith(("postgresql://", "postgres://")):
+        try:
+            from replayable.store.postgres import PostgresStore
+        except ImportError as exc:
+            raise StoreUnavailable(
+                f"PostgreSQL support is not installed ({exc.name} missing): "
+                'pip install "replayable[postgres]"'
+            ) from None
+        return PostgresStore(text)
+    if text.startswith("sqlite://"):
+        path = text.removeprefix("sqlite://")
+        path = path[1:] if path.startswith("/") else path
+        from replayable.store.sqlite import SQLiteStore
+
+        return SQLiteStore(path or DEFAULT_STORE)
+    if "://" in text:
+        raise StoreUnavailable(
+            f"unsupported store URL {text!r}: use sqlite:///path.db, postgresql://..., "
+            "a .db path or a directory of trace files"
+        )
+    if Path(text).is_dir():
+        from replayable.store.files import TraceDirStore
+
+        return TraceDirStore(text)
+    from replayable.store.sqlite import SQLiteStore
+
+    return SQLiteStore(text)

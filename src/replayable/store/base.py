@@ -1,0 +1,145 @@
+"""The ``Store`` protocol every backend implements, and the row format they share.
+
+Events travel to a store as rows (tuples in :data:`EVENT_COLUMNS` order, JSON fields already
+serialized to text) so the background writer never re-serializes what it has snapshotted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+import orjson
+
+from replayable.trace import Event, Run
+
+__all__ = [
+    "EVENT_COLUMNS",
+    "EventRow",
+    "RunQuery",
+    "Store",
+    "event_to_row",
+    "row_to_event",
+]
+
+EVENT_COLUMNS = (
+    "run_id",
+    "seq",
+    "chain_seq",
+    "address",
+    "parent_seq",
+    "boundary",
+    "kind",
+    "key",
+    "input",
+    "output",
+    "error",
+    "meta",
+    "started_at",
+    "duration_ns",
+    "hash",
+)
+
+EventRow = tuple[Any, ...]
+"""One event in :data:`EVENT_COLUMNS` order; input/output/error/meta as JSON text."""
+
+
+def _text(value: Any) -> str:
+    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
+
+
+def event_to_row(ev: Event) -> EventRow:
+    """An :class:`Event` as a row."""
+    return (
+        ev.run_id,
+        ev.seq,
+        ev.chain_seq,
+        ev.address,
+        ev.parent_seq,
+        ev.boundary,
+        ev.kind,
+        ev.key,
+        _text(ev.input),
+        _text(ev.output),
+        None if ev.error is None else _text(ev.error),
+        _text(ev.meta),
+        ev.started_at,
+        ev.duration_ns,
+        ev.hash,
+    )
+
+
+def _json(value: Any) -> Any:
+    if value is None:
+        return None
+    if isinstance(value, str | bytes | bytearray | memoryview):
+        return orjson.loads(bytes(value) if not isinstance(value, str) else value)
+    return value  # already decoded (e.g. PostgreSQL jsonb)
+
+
+def row_to_event(row: Sequence[Any]) -> Event:
+    """A row (any sequence in :data:`EVENT_COLUMNS` order) as an :class:`Event`."""
+    return Event(
+        run_id=row[0],
+        seq=row[1],
+        chain_seq=row[2],
+        address=row[3],
+        parent_seq=row[4],
+        boundary=row[5],
+        kind=row[6],
+        key=row[7],
+        input=_json(row[8]),
+        output=_json(row[9]),
+        error=_json(row[10]),
+        meta=_json(row[11]) or {},
+        started_at=row[12],
+        duration_ns=row[13],
+        hash=row[14],
+    )
+
+
+@dataclass(frozen=True)
+class RunQuery:
+    """Filters for :meth:`Store.list_runs`; every field is optional and they combine with AND."""
+
+    name: str | None = None
+    tags: Mapping[str, str] | None = None
+    status: str | None = None
+    since: float | None = None
+    until: float | None = None
+    boundary: str | None = None
+    has_error: bool | None = None
+    limit: int = 50
+
+
+@runtime_checkable
+class Store(Protocol):
+    """Where runs and their events live. Implementations must be safe to use from two threads
+    (the caller's and the background writer's)."""
+
+    url: str
+
+    def create_run(self, run: Run) -> None:
+        """Insert a new run (status ``running``)."""
+
+    def finish_run(self, run: Run) -> None:
+        """Update a run's end time, status, error, head hash and event count."""
+
+    def write_rows(self, rows: Sequence[EventRow]) -> None:
+        """Insert a batch of event rows in one transaction."""
+
+    def get_run(self, run_id: str) -> Run:
+        """The run with this id or unique id prefix; raises ``RunNotFound``."""
+
+    def iter_events(self, run_id: str) -> Iterator[Event]:
+        """The run's events in ``seq`` order, streamed."""
+
+    def list_runs(self, query: RunQuery | None = None) -> list[Run]:
+        """Runs matching the query, newest first."""
+
+    def delete_runs(self, *, before: float) -> int:
+        """Delete runs that started before this epoch time; returns how many."""
+
+    def close(self) -> None:
+        """Release connections."""

@@ -1,0 +1,1 @@
+"""Turning recorded runs into regression tests (issue 5 builds it)."""

@@ -1,0 +1,1 @@
+"""The replayable pytest plugin, registered through the ``pytest11`` entry point (issue 5)."""

@@ -9,6 +9,7 @@ Each event's ``hash`` chains over the previous event *in write order* (``chain_s
 from __future__ import annotations
 
 import hashlib
+import hmac
 import os
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -24,14 +25,21 @@ if TYPE_CHECKING:
     from replayable.store.base import Store
 
 __all__ = [
+    "SIGNING_KEY_ENV",
     "TRACE_FORMAT",
     "TRACE_VERSION",
     "Event",
     "Run",
+    "Verification",
     "chain_hash",
+    "check_trace",
     "event_content",
+    "head_signature",
     "read_trace",
+    "sign_run",
+    "signing_key",
     "verify_events",
+    "verify_run",
     "write_trace",
 ]
 
@@ -128,6 +136,7 @@ class Run:
     parent_run: str | None = None
     head_hash: str | None = None
     event_count: int = 0
+    signature: str | None = None
     store: Store | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -156,6 +165,7 @@ class Run:
             "parent_run": self.parent_run,
             "head_hash": self.head_hash,
             "event_count": self.event_count,
+            "signature": self.signature,
         }
 
     @classmethod
@@ -174,6 +184,7 @@ class Run:
             parent_run=d.get("parent_run"),
             head_hash=d.get("head_hash"),
             event_count=int(d.get("event_count") or 0),
+            signature=d.get("signature"),
         )
 
 
@@ -189,21 +200,147 @@ def chain_hash(prev: str, content: bytes) -> str:
     return hashlib.sha256(prev.encode("ascii") + content).hexdigest()
 
 
-def verify_events(events: Iterable[Event]) -> tuple[str, list[str]]:
-    """Recompute the chain in write order. Returns (head hash, problems); empty list = intact."""
+SIGNING_KEY_ENV = "REPLAYABLE_SIGNING_KEY"
+_SIGNATURE_PREFIX = "hmac-sha256:"
+
+
+def signing_key() -> bytes | None:
+    """The HMAC key from ``$REPLAYABLE_SIGNING_KEY``, or None when it is unset or empty."""
+    value = os.environ.get(SIGNING_KEY_ENV)
+    return value.encode() if value else None
+
+
+def head_signature(run_id: str, head_hash: str, event_count: int, key: bytes) -> str:
+    """HMAC-SHA256 over a run's id, head hash and event count.
+
+    >>> head_signature("r1", "ab" * 32, 3, b"secret")[:12]
+    'hmac-sha256:'
+    """
+    message = f"replayable-head-v1\n{run_id}\n{head_hash}\n{event_count}".encode()
+    return _SIGNATURE_PREFIX + hmac.new(key, message, hashlib.sha256).hexdigest()
+
+
+def sign_run(run: Run, key: bytes | None = None) -> None:
+    """Sign a finished run's head in place, with ``key`` or ``$REPLAYABLE_SIGNING_KEY`` if set.
+
+    Stores call this when they record a run's outcome; without a key the run stays unsigned.
+    """
+    key = key if key is not None else signing_key()
+    if key and run.head_hash is not None:
+        run.signature = head_signature(run.id, run.head_hash, run.event_count, key)
+
+
+@dataclass(slots=True)
+class Verification:
+    """The outcome of :func:`verify_run`: ``ok``, and if not, what is wrong and where.
+
+    ``bad_seq``/``bad_address`` name the first event whose hash does not check out, ``line``
+    its line in a trace file (1 for the header). ``signature`` is ``valid``, ``invalid``,
+    ``missing`` (a key is set but the run is unsigned), ``unchecked`` (signed, no key set) or
+    ``unsigned``.
+    """
+
+    run_id: str
+    event_count: int
+    head_hash: str
+    ok: bool = True
+    problem: str | None = None
+    bad_seq: int | None = None
+    bad_address: str | None = None
+    line: int | None = None
+    signature: str = "unsigned"
+
+
+def verify_run(
+    run: Run,
+    events: Iterable[Event],
+    *,
+    key: bytes | None = None,
+    lines: dict[int, int] | None = None,
+) -> Verification:
+    """Recompute a run's hash chain in write order, check its head hash and its signature.
+
+    ``key`` defaults to ``$REPLAYABLE_SIGNING_KEY``; ``lines`` maps event seq to trace-file line
+    so problems can name the line.
+
+    >>> result = verify_run(run, run.events())
+    >>> result.ok, result.problem
+    (True, None)
+    """
+    key = key if key is not None else signing_key()
     ordered = sorted(events, key=lambda e: e.chain_seq)
     prev = ""
-    problems: list[str] = []
+    result = Verification(run_id=run.id, event_count=len(ordered), head_hash="")
+
+    def bad(ev: Event | None, problem: str) -> Verification:
+        result.ok = False
+        result.problem = problem
+        if ev is not None:
+            result.bad_seq, result.bad_address = ev.seq, ev.address
+            result.line = None if lines is None else lines.get(ev.seq)
+        elif lines is not None:
+            result.line = 1
+        return result
+
     for i, ev in enumerate(ordered):
+        where = f"event seq={ev.seq} ({ev.address})"
+        if ev.run_id != run.id:
+            return bad(ev, f"{where} belongs to run {ev.run_id}, not {run.id}")
         if ev.chain_seq != i:
-            problems.append(f"event seq={ev.seq}: write position {ev.chain_seq}, expected {i}")
-            break
-        expected = chain_hash(prev, event_content(ev))
-        if expected != ev.hash:
-            problems.append(f"event seq={ev.seq} ({ev.address}): hash mismatch, content edited")
-            break
+            what = "missing" if ev.chain_seq > i else "duplicated"
+            return bad(
+                ev, f"{where}: write position {ev.chain_seq}, expected {i} (an event is {what})"
+            )
+        if chain_hash(prev, event_content(ev)) != ev.hash:
+            return bad(ev, f"{where}: hash does not match its content (edited) or its predecessor")
         prev = ev.hash
-    return prev, problems
+    result.head_hash = prev
+    if run.head_hash is None:
+        if run.status in ("ok", "error"):
+            return bad(None, f"run {run.id} is finished ({run.status}) but has no head hash")
+    elif run.head_hash != prev or run.event_count != len(ordered):
+        return bad(
+            None,
+            f"run {run.id}: head hash or event count ({run.event_count}) does not match the "
+            f"{len(ordered)} events (events removed, added, or the head edited)",
+        )
+    if run.signature is not None:
+        if key is None:
+            result.signature = "unchecked"
+        elif run.head_hash is not None and hmac.compare_digest(
+            run.signature, head_signature(run.id, run.head_hash, run.event_count, key)
+        ):
+            result.signature = "valid"
+        else:
+            result.signature = "invalid"
+            return bad(None, f"run {run.id}: signature does not match (wrong key or tampered)")
+    elif key is not None and run.head_hash is not None:
+        result.signature = "missing"
+        return bad(None, f"run {run.id} is not signed but ${SIGNING_KEY_ENV} is set")
+    return result
+
+
+def verify_events(events: Iterable[Event]) -> tuple[str, list[str]]:
+    """Recompute the chain in write order. Returns (head hash, problems); empty list = intact."""
+    evs = list(events)
+    run = Run(id=evs[0].run_id if evs else "")
+    result = verify_run(run, evs, key=b"")
+    return result.head_hash, [] if result.ok else [str(result.problem)]
+
+
+def check_trace(path: str | os.PathLike[str]) -> tuple[Run, list[Event]]:
+    """Read a trace file and verify its chain; raises :class:`TraceCorrupt` naming the line.
+
+    >>> run, events = check_trace("incident.jsonl")
+    """
+    run, events = read_trace(path)
+    lines = {ev.seq: i for i, ev in enumerate(events, start=2)}
+    result = verify_run(run, events, lines=lines)
+    if not result.ok:
+        raise TraceCorrupt(
+            f"{path}: line {result.line}: {result.problem}", line=result.line, seq=result.bad_seq
+        )
+    return run, events
 
 
 def write_trace(run: Run, events: Iterable[Event], path: str | os.PathLike[str]) -> Path:

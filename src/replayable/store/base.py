@@ -6,6 +6,8 @@ serialized to text) so the background writer never re-serializes what it has sna
 
 from __future__ import annotations
 
+import os
+import socket
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
@@ -16,12 +18,33 @@ from replayable.trace import Event, Run
 
 __all__ = [
     "EVENT_COLUMNS",
+    "RUN_COLUMNS",
     "EventRow",
     "RunQuery",
     "Store",
     "event_to_row",
+    "process_alive",
     "row_to_event",
+    "run_from_row",
+    "run_to_row",
 ]
+
+RUN_COLUMNS = (
+    "id",
+    "name",
+    "tags",
+    "metadata",
+    "environment",
+    "started_at",
+    "ended_at",
+    "status",
+    "error",
+    "parent_run",
+    "head_hash",
+    "event_count",
+    "signature",
+)
+"""Columns of the ``runs`` table, in the order :func:`run_to_row` gives them."""
 
 EVENT_COLUMNS = (
     "run_id",
@@ -67,6 +90,71 @@ def event_to_row(ev: Event) -> EventRow:
         ev.started_at,
         ev.duration_ns,
         ev.hash,
+    )
+
+
+def run_to_row(run: Run) -> tuple[Any, ...]:
+    """A :class:`Run` as a row in :data:`RUN_COLUMNS` order (JSON fields as text)."""
+    return (
+        run.id,
+        run.name,
+        _text(run.tags),
+        _text(run.metadata),
+        _text(run.environment),
+        run.started_at,
+        run.ended_at,
+        run.status,
+        None if run.error is None else _text(run.error),
+        run.parent_run,
+        run.head_hash,
+        run.event_count,
+        run.signature,
+    )
+
+
+def process_alive(environment: Mapping[str, Any]) -> bool:
+    """Whether the process that recorded a run (``pid`` on ``host``) may still be running.
+
+    A run on another host is assumed alive: only its own host can tell.
+    """
+    pid, host = environment.get("pid"), environment.get("host")
+    if not isinstance(pid, int):
+        return False
+    if host != socket.gethostname():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def run_from_row(row: Sequence[Any], store: Store | None = None) -> Run:
+    """A row in :data:`RUN_COLUMNS` order as a :class:`Run`.
+
+    A run still marked ``running`` whose recording process is gone reads back as ``incomplete``.
+    """
+    environment = _json(row[4]) or {}
+    status = row[7]
+    if status == "running" and not process_alive(environment):
+        status = "incomplete"
+    return Run(
+        id=row[0],
+        name=row[1],
+        tags=_json(row[2]) or {},
+        metadata=_json(row[3]) or {},
+        environment=environment,
+        started_at=row[5],
+        ended_at=row[6],
+        status=status,
+        error=_json(row[8]),
+        parent_run=row[9],
+        head_hash=row[10],
+        event_count=row[11],
+        signature=row[12],
+        store=store,
     )
 
 
@@ -116,7 +204,15 @@ class RunQuery:
 @runtime_checkable
 class Store(Protocol):
     """Where runs and their events live. Implementations must be safe to use from two threads
-    (the caller's and the background writer's)."""
+    (the caller's and the background writer's).
+
+    Backends: :class:`~replayable.store.sqlite.SQLiteStore`,
+    :class:`~replayable.store.postgres.PostgresStore` and the read-only
+    :class:`~replayable.store.files.TraceDirStore`.
+
+    >>> store = open_store("sqlite:///traces.db")
+    >>> [run.id for run in store.list_runs(RunQuery(status="error", since=time.time() - 3600))]
+    """
 
     url: str
 
@@ -137,6 +233,12 @@ class Store(Protocol):
 
     def list_runs(self, query: RunQuery | None = None) -> list[Run]:
         """Runs matching the query, newest first."""
+
+    def put_run(self, run: Run, rows: Sequence[EventRow]) -> bool:
+        """Insert a whole run with its events in one transaction (import, copy).
+
+        Returns False, writing nothing, when a run with this id is already there.
+        """
 
     def delete_runs(self, *, before: float) -> int:
         """Delete runs that started before this epoch time; returns how many."""

@@ -1,15 +1,157 @@
-"""A directory of JSONL trace files as a read-only store (issue 3 builds it)."""
+"""A directory of JSONL trace files as a read-only store.
+
+Every ``*.jsonl`` file under the directory (recursively) that starts with a trace header is a
+run. Only headers are read to list runs; a run's events are read when asked for. Recording into
+it fails with :class:`~replayable.errors.StoreUnavailable` (fail-open, like any store that cannot
+be written): record into SQLite or PostgreSQL, then ``replayable export`` into the directory.
+"""
 
 from __future__ import annotations
 
-from replayable.errors import StoreUnavailable
-from replayable.store.sqlite import SQLiteStore
+import os
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import orjson
+
+from replayable.errors import RunNotFound, StoreUnavailable, TraceCorrupt
+from replayable.store.base import EventRow, RunQuery
+from replayable.trace import TRACE_FORMAT, Event, Run, read_trace
 
 __all__ = ["TraceDirStore"]
 
 
-class TraceDirStore(SQLiteStore):
-    """Placeholder until the trace-directory store lands."""
+def _header(path: Path) -> Run | None:
+    """The run in a trace file's header line, or None if it is not a trace file."""
+    try:
+        with path.open("rb") as fh:
+            header = orjson.loads(fh.readline())
+    except (OSError, orjson.JSONDecodeError):
+        return None
+    if not isinstance(header, dict) or header.get("format") != TRACE_FORMAT:
+        return None
+    try:
+        return Run.from_dict(header["run"])
+    except (KeyError, TypeError, ValueError):
+        return None
 
-    def __init__(self, path: str) -> None:
-        raise StoreUnavailable(f"trace directory stores not implemented yet: {path}")
+
+class TraceDirStore:
+    """Runs read from the JSONL trace files in a directory (e.g. promoted regression traces).
+
+    >>> store = TraceDirStore("tests/traces")
+    >>> [run.name for run in store.list_runs()]
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self.url = str(self.path)
+        if not self.path.is_dir():
+            raise StoreUnavailable(f"trace directory {self.path} does not exist")
+
+    def _runs(self) -> dict[str, tuple[Run, Path]]:
+        runs: dict[str, tuple[Run, Path]] = {}
+        for file in sorted(self.path.rglob("*.jsonl")):
+            run = _header(file)
+            if run is not None:
+                run.store = self
+                runs.setdefault(run.id, (run, file))
+        return runs
+
+    def path_of(self, run_id: str) -> Path:
+        """The trace file holding this run (id or unique prefix)."""
+        runs = self._runs()
+        if run_id in runs:
+            return runs[run_id][1]
+        found = [pair for rid, pair in runs.items() if rid.startswith(run_id)]
+        if len(found) == 1:
+            return found[0][1]
+        if not found:
+            raise RunNotFound(f"no run {run_id!r} among the trace files in {self.path}")
+        raise RunNotFound(f"run id prefix {run_id!r} is ambiguous in {self.path}; give more of it")
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def get_run(self, run_id: str) -> Run:
+        """The run with this id or unique id prefix."""
+        run = _header(self.path_of(run_id))
+        if run is None:  # the file changed under us
+            raise TraceCorrupt(f"trace file for run {run_id!r} in {self.path} has a bad header")
+        run.store = self
+        return run
+
+    def iter_events(self, run_id: str) -> Iterator[Event]:
+        """The run's events in seq order."""
+        _, events = read_trace(self.path_of(run_id))
+        yield from sorted(events, key=lambda e: e.seq)
+
+    def list_runs(self, query: RunQuery | None = None) -> list[Run]:
+        """Runs matching ``query``, newest first."""
+        q = query or RunQuery()
+        out: list[Run] = []
+        for run, file in sorted(self._runs().values(), key=lambda p: -p[0].started_at):
+            if not self._matches(run, file, q):
+                continue
+            out.append(run)
+            if len(out) >= q.limit:
+                break
+        return out
+
+    @staticmethod
+    def _matches(run: Run, file: Path, q: RunQuery) -> bool:
+        if q.name is not None and run.name != q.name:
+            return False
+        if q.status is not None and run.status != q.status:
+            return False
+        if q.since is not None and run.started_at < q.since:
+            return False
+        if q.until is not None and run.started_at >= q.until:
+            return False
+        if any(run.tags.get(k) != v for k, v in (q.tags or {}).items()):
+            return False
+        if q.boundary is None and q.has_error is None:
+            return True
+        _, events = read_trace(file)
+        if q.boundary is not None and not any(
+            e.boundary == q.boundary or e.boundary.endswith(f":{q.boundary}") for e in events
+        ):
+            return False
+        if q.has_error is not None:
+            errored = run.status == "error" or any(e.error is not None for e in events)
+            if errored != q.has_error:
+                return False
+        return True
+
+    # -- writing: refused --------------------------------------------------------------------
+
+    def _read_only(self) -> StoreUnavailable:
+        return StoreUnavailable(
+            f"{self.path} is a directory of trace files, a read-only store: record into "
+            "SQLite or PostgreSQL, and add files with `replayable export RUN -o FILE`"
+        )
+
+    def create_run(self, run: Run) -> None:
+        """Refused: the store is read-only."""
+        raise self._read_only()
+
+    def finish_run(self, run: Run) -> None:
+        """Refused: the store is read-only."""
+        raise self._read_only()
+
+    def write_rows(self, rows: Sequence[EventRow]) -> None:
+        """Refused: the store is read-only."""
+        raise self._read_only()
+
+    def put_run(self, run: Run, rows: Sequence[EventRow]) -> bool:
+        """Refused: the store is read-only."""
+        raise self._read_only()
+
+    def delete_runs(self, *, before: float) -> int:
+        """Refused: the store is read-only."""
+        raise self._read_only()
+
+    def close(self) -> None:
+        """Nothing to release."""
+
+    def __repr__(self) -> str:
+        return f"TraceDirStore({str(self.path)!r})"

@@ -1,15 +1,324 @@
-"""PostgreSQL store (issue 3 builds it)."""
+"""The PostgreSQL store, for many agent hosts writing to one place (psycopg 3 + a pool).
+
+Same tables and queries as SQLite. Event batches go in with ``COPY``; JSON fields are stored
+as the exact text the recorder hashed (``text`` columns, not ``jsonb``, whose key reordering and
+number normalisation would break the hash chain), and cast to ``jsonb`` where a query looks
+inside them. Point replayable at a server with ``REPLAYABLE_STORE=postgresql://user@host/db``;
+add ``?options=-csearch_path%3Dmyschema`` to keep the tables in a schema of your own.
+"""
 
 from __future__ import annotations
 
-from replayable.errors import StoreUnavailable
-from replayable.store.sqlite import SQLiteStore
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
-__all__ = ["PostgresStore"]
+import psycopg
+from psycopg_pool import ConnectionPool, PoolTimeout
+
+from replayable.errors import RunNotFound, StoreUnavailable
+from replayable.store.base import (
+    EVENT_COLUMNS,
+    RUN_COLUMNS,
+    EventRow,
+    RunQuery,
+    row_to_event,
+    run_from_row,
+    run_to_row,
+)
+from replayable.trace import Event, Run, sign_run
+
+__all__ = ["MIGRATIONS", "PostgresStore"]
+
+_M001_INITIAL = """
+CREATE TABLE runs (
+    id TEXT PRIMARY KEY,
+    name TEXT,
+    tags TEXT NOT NULL DEFAULT '{}',
+    metadata TEXT NOT NULL DEFAULT '{}',
+    environment TEXT NOT NULL DEFAULT '{}',
+    started_at DOUBLE PRECISION NOT NULL,
+    ended_at DOUBLE PRECISION,
+    status TEXT NOT NULL,
+    error TEXT,
+    parent_run TEXT,
+    head_hash TEXT,
+    event_count INTEGER NOT NULL DEFAULT 0,
+    signature TEXT
+);
+CREATE TABLE events (
+    run_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    chain_seq INTEGER NOT NULL,
+    address TEXT NOT NULL,
+    parent_seq INTEGER,
+    boundary TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    key TEXT NOT NULL,
+    input TEXT,
+    output TEXT,
+    error TEXT,
+    meta TEXT,
+    started_at DOUBLE PRECISION NOT NULL,
+    duration_ns BIGINT NOT NULL,
+    hash TEXT NOT NULL,
+    PRIMARY KEY (run_id, seq)
+);
+CREATE INDEX runs_id_prefix ON runs (id text_pattern_ops);
+CREATE INDEX runs_started ON runs (started_at);
+CREATE INDEX runs_name ON runs (name, started_at);
+CREATE INDEX runs_status ON runs (status, started_at);
+CREATE INDEX runs_parent ON runs (parent_run);
+CREATE INDEX events_boundary ON events (boundary, run_id);
+CREATE INDEX events_errors ON events (run_id) WHERE error IS NOT NULL
+"""
+
+MIGRATIONS: list[tuple[str, str]] = [("m001_initial", _M001_INITIAL)]
+"""Ordered, named schema migrations; the ``_migrations`` table records which have run."""
+
+_RUNS = ", ".join(RUN_COLUMNS)
+_EVENTS = ", ".join(EVENT_COLUMNS)
+_INSERT_RUN = f"INSERT INTO runs ({_RUNS}) VALUES ({', '.join(['%s'] * len(RUN_COLUMNS))})"
+_COPY_EVENTS = f"COPY events ({_EVENTS}) FROM STDIN"
 
 
-class PostgresStore(SQLiteStore):
-    """Placeholder until the PostgreSQL store lands."""
+def _safe_url(url: str) -> str:
+    """The URL without its password, for messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)
+    return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{netloc[-1]}"))
 
-    def __init__(self, url: str) -> None:
-        raise StoreUnavailable(f"PostgreSQL store not implemented yet: {url}")
+
+class PostgresStore:
+    """Runs and events in a PostgreSQL database, through a small connection pool.
+
+    Connecting is lazy: a server that is down makes operations raise
+    :class:`~replayable.errors.StoreUnavailable` after ``timeout`` seconds (which the recorder
+    turns into one logged warning), never the constructor.
+
+    >>> store = PostgresStore("postgresql://replayable@db.internal/traces")
+    >>> store.list_runs(RunQuery(status="error", limit=10))
+    """
+
+    def __init__(self, url: str, *, max_size: int = 4, timeout: float = 10.0) -> None:
+        self.url = _safe_url(url)
+        self._timeout = timeout
+        self._ready = False
+        self._lock = threading.Lock()
+        self._new_pool: Callable[[], ConnectionPool] = lambda: ConnectionPool(
+            url,
+            min_size=1,
+            max_size=max_size,
+            timeout=timeout,
+            open=False,
+            kwargs={"autocommit": True, "connect_timeout": max(1, int(timeout))},
+            check=ConnectionPool.check_connection,
+            name="replayable",
+        )
+        self._pool = self._new_pool()
+
+    # -- connections and schema --------------------------------------------------------------
+
+    def _use(self, fn: Callable[[psycopg.Connection[Any]], Any]) -> Any:
+        """Run ``fn`` on a pooled connection; connection and server errors become
+        :class:`StoreUnavailable`."""
+        try:
+            self._open()
+            with self._pool.connection() as conn:
+                return fn(conn)
+        except (psycopg.OperationalError, PoolTimeout) as exc:
+            raise StoreUnavailable(f"PostgreSQL store {self.url}: {exc}") from None
+
+    def _open(self) -> None:
+        if self._ready:
+            return
+        with self._lock:
+            if self._ready:
+                return
+            self._pool.open(wait=False)
+            with self._pool.connection() as conn:
+                self._migrate(conn)
+            self._ready = True
+
+    @staticmethod
+    def _migrate(conn: psycopg.Connection[Any]) -> None:
+        with conn.transaction():
+            # Serialise concurrent first opens (many hosts starting at once) per schema.
+            conn.execute("SELECT pg_advisory_xact_lock(hashtext(current_schema()))")
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS _migrations "
+                "(name TEXT PRIMARY KEY, applied_at DOUBLE PRECISION)"
+            )
+            done = {r[0] for r in conn.execute("SELECT name FROM _migrations")}
+            for name, sql in MIGRATIONS:
+                if name not in done:
+                    for statement in sql.split(";"):
+                        if statement.strip():
+                            conn.execute(statement)
+                    conn.execute("INSERT INTO _migrations VALUES (%s, %s)", (name, time.time()))
+
+    def migrations(self) -> list[str]:
+        """Names of the migrations applied to this database, in order."""
+        return self._use(  # type: ignore[no-any-return]
+            lambda c: [r[0] for r in c.execute("SELECT name FROM _migrations ORDER BY name")]
+        )
+
+    # -- writing -----------------------------------------------------------------------------
+
+    def create_run(self, run: Run) -> None:
+        """Insert a new run."""
+        self._use(lambda c: c.execute(_INSERT_RUN, run_to_row(run)))
+
+    def finish_run(self, run: Run) -> None:
+        """Record a run's outcome (signing its head when ``$REPLAYABLE_SIGNING_KEY`` is set)."""
+        sign_run(run)
+        row = run_to_row(run)
+        self._use(
+            lambda c: c.execute(
+                "UPDATE runs SET ended_at=%s, status=%s, error=%s, head_hash=%s, "
+                "event_count=%s, metadata=%s, signature=%s WHERE id=%s",
+                (row[6], row[7], row[8], row[10], row[11], row[3], row[12], run.id),
+            )
+        )
+
+    @staticmethod
+    def _copy(conn: psycopg.Connection[Any], rows: Sequence[EventRow]) -> None:
+        with conn.cursor() as cur, cur.copy(_COPY_EVENTS) as copy:
+            for row in rows:
+                copy.write_row(row)
+
+    def write_rows(self, rows: Sequence[EventRow]) -> None:
+        """Insert a batch of event rows in one transaction, with ``COPY``."""
+        if not rows:
+            return
+
+        def write(conn: psycopg.Connection[Any]) -> None:
+            with conn.transaction():
+                self._copy(conn, rows)
+
+        self._use(write)
+
+    def put_run(self, run: Run, rows: Sequence[EventRow]) -> bool:
+        """Insert a run and its events atomically; False if the run is already there."""
+
+        def put(conn: psycopg.Connection[Any]) -> bool:
+            with conn.transaction():
+                cur = conn.execute(_INSERT_RUN + " ON CONFLICT (id) DO NOTHING", run_to_row(run))
+                if cur.rowcount == 0:
+                    return False
+                self._copy(conn, rows)
+            return True
+
+        return bool(self._use(put))
+
+    def delete_runs(self, *, before: float) -> int:
+        """Delete runs (and their events) that started before ``before``."""
+
+        def delete(conn: psycopg.Connection[Any]) -> int:
+            with conn.transaction():
+                conn.execute(
+                    "DELETE FROM events WHERE run_id IN "
+                    "(SELECT id FROM runs WHERE started_at < %s)",
+                    (before,),
+                )
+                return conn.execute("DELETE FROM runs WHERE started_at < %s", (before,)).rowcount
+
+        return int(self._use(delete))
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def get_run(self, run_id: str) -> Run:
+        """The run with this id or unique id prefix."""
+        pattern = run_id.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        rows = self._use(
+            lambda c: c.execute(
+                f"SELECT {_RUNS} FROM runs WHERE id = %s OR id LIKE %s LIMIT 3",
+                (run_id, pattern),
+            ).fetchall()
+        )
+        exact = [r for r in rows if r[0] == run_id]
+        if exact:
+            return run_from_row(exact[0], self)
+        if len(rows) == 1:
+            return run_from_row(rows[0], self)
+        if not rows:
+            raise RunNotFound(f"no run {run_id!r} in {self.url}; list runs with `replayable runs`")
+        raise RunNotFound(f"run id prefix {run_id!r} is ambiguous in {self.url}; give more of it")
+
+    def iter_events(self, run_id: str) -> Iterator[Event]:
+        """The run's events in seq order, streamed through a server-side cursor."""
+        try:
+            self._open()
+            with (
+                self._pool.connection() as conn,
+                conn.transaction(),
+                conn.cursor(name="replayable_events") as cur,
+            ):
+                cur.itersize = 2000
+                cur.execute(
+                    f"SELECT {_EVENTS} FROM events WHERE run_id = %s ORDER BY seq", (run_id,)
+                )
+                for row in cur:
+                    yield row_to_event(row)
+        except (psycopg.OperationalError, PoolTimeout) as exc:
+            raise StoreUnavailable(f"PostgreSQL store {self.url}: {exc}") from None
+
+    def list_runs(self, query: RunQuery | None = None) -> list[Run]:
+        """Runs matching ``query``, newest first."""
+        q = query or RunQuery()
+        where: list[str] = []
+        params: list[Any] = []
+        if q.name is not None:
+            where.append("name = %s")
+            params.append(q.name)
+        if q.status is not None:
+            where.append("status = %s")
+            params.append("running" if q.status == "incomplete" else q.status)
+        if q.since is not None:
+            where.append("started_at >= %s")
+            params.append(q.since)
+        if q.until is not None:
+            where.append("started_at < %s")
+            params.append(q.until)
+        for tag, value in (q.tags or {}).items():
+            where.append("(tags::jsonb ->> %s) = %s")
+            params.extend([tag, value])
+        if q.boundary is not None:
+            where.append(
+                "EXISTS (SELECT 1 FROM events e WHERE e.run_id = runs.id "
+                "AND (e.boundary = %s OR e.boundary LIKE %s))"
+            )
+            bare = q.boundary.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            params.extend([q.boundary, f"%:{bare}"])
+        if q.has_error is not None:
+            clause = (
+                "(status = 'error' OR EXISTS (SELECT 1 FROM events e WHERE e.run_id = runs.id "
+                "AND e.error IS NOT NULL))"
+            )
+            where.append(clause if q.has_error else f"NOT {clause}")
+        sql = f"SELECT {_RUNS} FROM runs"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY started_at DESC"
+        if q.status not in ("running", "incomplete"):
+            sql += " LIMIT %s"
+            params.append(q.limit)
+        rows = self._use(lambda c: c.execute(sql, params).fetchall())
+        runs = [run_from_row(r, self) for r in rows]
+        if q.status in ("running", "incomplete"):
+            runs = [r for r in runs if r.status == q.status][: q.limit]
+        return runs
+
+    def close(self) -> None:
+        """Close the pool's connections (the store reconnects if used again)."""
+        with self._lock:
+            pool, self._pool = self._pool, self._new_pool()
+            self._ready = False
+        pool.close()
+
+    def __repr__(self) -> str:
+        return f"PostgresStore({self.url!r})"

@@ -1,7 +1,14 @@
-"""The embedded SQLite store: WAL mode, one connection per thread, batched inserts."""
+"""The embedded SQLite store: WAL mode, one connection per thread, batched inserts.
+
+Several processes on one host can record into the same file: WAL lets readers run beside the
+writer, and each batch is one ``BEGIN IMMEDIATE`` transaction that waits its turn
+(``busy_timeout``). The schema is versioned by ordered, named migrations recorded in a
+``_migrations`` table.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 import time
@@ -9,13 +16,19 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from replayable.errors import RunNotFound, StoreUnavailable
-from replayable.store.base import EVENT_COLUMNS, EventRow, RunQuery, row_to_event
-from replayable.trace import Event, Run
+from replayable.store.base import (
+    EVENT_COLUMNS,
+    RUN_COLUMNS,
+    EventRow,
+    RunQuery,
+    row_to_event,
+    run_from_row,
+    run_to_row,
+)
+from replayable.trace import Event, Run, sign_run
 
-__all__ = ["SQLiteStore"]
+__all__ = ["MIGRATIONS", "SQLiteStore"]
 
 
 def _script(db: sqlite3.Connection, sql: str) -> None:
@@ -68,41 +81,81 @@ def _m001_initial(db: sqlite3.Connection) -> None:
     )
 
 
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_m001_initial]
+def _m002_signature_and_query_indexes(db: sqlite3.Connection) -> None:
+    _script(
+        db,
+        """
+        ALTER TABLE runs ADD COLUMN signature TEXT;
+        CREATE INDEX runs_status ON runs (status, started_at);
+        CREATE INDEX runs_parent ON runs (parent_run);
+        CREATE INDEX events_errors ON events (run_id) WHERE error IS NOT NULL;
+        """,
+    )
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
+    _m001_initial,
+    _m002_signature_and_query_indexes,
+]
 """Ordered schema migrations; the ``_migrations`` table records which have run."""
 
-_RUN_COLUMNS = (
-    "id, name, tags, metadata, environment, started_at, ended_at, status, error, "
-    "parent_run, head_hash, event_count"
-)
-
-
-def _dump(value: Any) -> str:
-    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
+_RUNS = ", ".join(RUN_COLUMNS)
+_EVENTS = ", ".join(EVENT_COLUMNS)
+_INSERT_RUN = f"INSERT INTO runs ({_RUNS}) VALUES ({','.join('?' * len(RUN_COLUMNS))})"
+_INSERT_EVENTS = f"INSERT INTO events ({_EVENTS}) VALUES ({','.join('?' * len(EVENT_COLUMNS))})"
 
 
 class SQLiteStore:
-    """Runs and events in one SQLite file (WAL; safe for several processes on one host)."""
+    """Runs and events in one SQLite file (WAL; safe for several processes on one host).
+
+    Opening never fails for a file that cannot be created yet: the error is raised (as
+    :class:`~replayable.errors.StoreUnavailable`) by the first operation, so a recording into
+    an unwritable place degrades to a logged warning instead of breaking the agent.
+
+    >>> store = SQLiteStore(".replayable/traces.db")
+    >>> store.list_runs(RunQuery(name="support", limit=5))
+    """
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.url = f"sqlite:///{self.path}"
         self._local = threading.local()
         self._lock = threading.Lock()
+        self._conns: list[sqlite3.Connection] = []
+        self._ready = False
+        with contextlib.suppress(StoreUnavailable):
+            self._db()
+
+    # -- connections and schema --------------------------------------------------------------
+
+    def _db(self) -> sqlite3.Connection:
+        """This thread's connection, the schema migrated on first use."""
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._migrate(self._conn())
+            if not self._ready:
+                with self._lock:
+                    if not self._ready:
+                        self.path.parent.mkdir(parents=True, exist_ok=True)
+                        self._migrate(self._conn())
+                        self._ready = True
+            return self._conn()
         except (OSError, sqlite3.Error) as exc:
             raise StoreUnavailable(f"cannot open SQLite store {self.path}: {exc}") from None
 
     def _conn(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
-            conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute("PRAGMA busy_timeout=30000")
+            conn = sqlite3.connect(
+                self.path, timeout=30.0, isolation_level=None, check_same_thread=False
+            )
+            try:
+                conn.execute("PRAGMA busy_timeout=30000")
+                conn.execute("PRAGMA journal_mode=WAL")
+                conn.execute("PRAGMA synchronous=NORMAL")
+            except sqlite3.Error:
+                conn.close()
+                raise
             self._local.conn = conn
+            self._conns.append(conn)
         return conn
 
     def _migrate(self, db: sqlite3.Connection) -> None:
@@ -123,117 +176,108 @@ class SQLiteStore:
             db.execute("ROLLBACK")
             raise
 
+    def migrations(self) -> list[str]:
+        """Names of the migrations applied to this database, in order."""
+        return [
+            r[0]
+            for r in self._run(
+                lambda db: db.execute("SELECT name FROM _migrations ORDER BY rowid").fetchall()
+            )
+        ]
+
+    def _run(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        db = self._db()
+        try:
+            return fn(db)
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"SQLite store {self.path}: {exc}") from None
+
+    def _transaction(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        def tx(db: sqlite3.Connection) -> Any:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                result = fn(db)
+                db.execute("COMMIT")
+            except BaseException:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
+            return result
+
+        return self._run(tx)
+
+    # -- writing -----------------------------------------------------------------------------
+
     def create_run(self, run: Run) -> None:
         """Insert a new run."""
-        self._conn().execute(
-            f"INSERT INTO runs ({_RUN_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-            (
-                run.id,
-                run.name,
-                _dump(run.tags),
-                _dump(run.metadata),
-                _dump(run.environment),
-                run.started_at,
-                run.ended_at,
-                run.status,
-                None if run.error is None else _dump(run.error),
-                run.parent_run,
-                run.head_hash,
-                run.event_count,
-            ),
-        )
+        self._run(lambda db: db.execute(_INSERT_RUN, run_to_row(run)))
 
     def finish_run(self, run: Run) -> None:
-        """Record a run's outcome."""
-        self._conn().execute(
-            "UPDATE runs SET ended_at=?, status=?, error=?, head_hash=?, event_count=?, "
-            "metadata=? WHERE id=?",
-            (
-                run.ended_at,
-                run.status,
-                None if run.error is None else _dump(run.error),
-                run.head_hash,
-                run.event_count,
-                _dump(run.metadata),
-                run.id,
-            ),
+        """Record a run's outcome (signing its head when ``$REPLAYABLE_SIGNING_KEY`` is set)."""
+        sign_run(run)
+        row = run_to_row(run)
+        self._run(
+            lambda db: db.execute(
+                "UPDATE runs SET ended_at=?, status=?, error=?, head_hash=?, event_count=?, "
+                "metadata=?, signature=? WHERE id=?",
+                (row[6], row[7], row[8], row[10], row[11], row[3], row[12], run.id),
+            )
         )
 
     def write_rows(self, rows: Sequence[EventRow]) -> None:
         """Insert a batch of event rows in one transaction."""
-        db = self._conn()
-        placeholders = ",".join("?" * len(EVENT_COLUMNS))
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            db.executemany(
-                f"INSERT INTO events ({','.join(EVENT_COLUMNS)}) VALUES ({placeholders})", rows
+        self._transaction(lambda db: db.executemany(_INSERT_EVENTS, rows))
+
+    def put_run(self, run: Run, rows: Sequence[EventRow]) -> bool:
+        """Insert a run and its events atomically; False if the run is already there."""
+
+        def put(db: sqlite3.Connection) -> bool:
+            if db.execute("SELECT 1 FROM runs WHERE id = ?", (run.id,)).fetchone():
+                return False
+            db.execute(_INSERT_RUN, run_to_row(run))
+            db.executemany(_INSERT_EVENTS, rows)
+            return True
+
+        return bool(self._transaction(put))
+
+    def delete_runs(self, *, before: float) -> int:
+        """Delete runs (and their events) that started before ``before``."""
+
+        def delete(db: sqlite3.Connection) -> int:
+            db.execute(
+                "DELETE FROM events WHERE run_id IN (SELECT id FROM runs WHERE started_at < ?)",
+                (before,),
             )
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
+            return int(db.execute("DELETE FROM runs WHERE started_at < ?", (before,)).rowcount)
 
-    def _run_from_row(self, row: Sequence[Any]) -> Run:
-        status = row[7]
-        return Run(
-            id=row[0],
-            name=row[1],
-            tags=orjson.loads(row[2]),
-            metadata=orjson.loads(row[3]),
-            environment=orjson.loads(row[4]),
-            started_at=row[5],
-            ended_at=row[6],
-            status="incomplete" if status == "running" and not self._alive(row) else status,
-            error=None if row[8] is None else orjson.loads(row[8]),
-            parent_run=row[9],
-            head_hash=row[10],
-            event_count=row[11],
-            store=self,
-        )
+        return int(self._transaction(delete))
 
-    @staticmethod
-    def _alive(row: Sequence[Any]) -> bool:
-        env = orjson.loads(row[4])
-        pid, host = env.get("pid"), env.get("host")
-        if not isinstance(pid, int):
-            return False
-        import os
-        import socket
-
-        if host != socket.gethostname():
-            return True
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
+    # -- reading -----------------------------------------------------------------------------
 
     def get_run(self, run_id: str) -> Run:
         """The run with this id or unique id prefix."""
-        rows = (
-            self._conn()
-            .execute(
-                f"SELECT {_RUN_COLUMNS} FROM runs WHERE id = ? OR id LIKE ? ESCAPE '\\' LIMIT 3",
-                (run_id, run_id.replace("%", "\\%").replace("_", "\\_") + "%"),
-            )
-            .fetchall()
+        pattern = run_id.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        rows = self._run(
+            lambda db: db.execute(
+                f"SELECT {_RUNS} FROM runs WHERE id = ? OR id LIKE ? ESCAPE '\\' LIMIT 3",
+                (run_id, pattern),
+            ).fetchall()
         )
         exact = [r for r in rows if r[0] == run_id]
         if exact:
-            return self._run_from_row(exact[0])
+            return run_from_row(exact[0], self)
         if len(rows) == 1:
-            return self._run_from_row(rows[0])
+            return run_from_row(rows[0], self)
         if not rows:
             raise RunNotFound(f"no run {run_id!r} in {self.url}; list runs with `replayable runs`")
         raise RunNotFound(f"run id prefix {run_id!r} is ambiguous in {self.url}; give more of it")
 
     def iter_events(self, run_id: str) -> Iterator[Event]:
         """The run's events in seq order, streamed from a cursor."""
-        cursor = self._conn().execute(
-            f"SELECT {','.join(EVENT_COLUMNS)} FROM events WHERE run_id = ? ORDER BY seq",
-            (run_id,),
+        cursor = self._run(
+            lambda db: db.execute(
+                f"SELECT {_EVENTS} FROM events WHERE run_id = ? ORDER BY seq", (run_id,)
+            )
         )
         while batch := cursor.fetchmany(500):
             for row in batch:
@@ -248,11 +292,9 @@ class SQLiteStore:
             where.append("name = ?")
             params.append(q.name)
         if q.status is not None:
-            if q.status == "incomplete":
-                where.append("status = 'running'")
-            else:
-                where.append("status = ?")
-                params.append(q.status)
+            # 'incomplete' is 'running' with a dead recorder: filtered after reading.
+            where.append("status = ?")
+            params.append("running" if q.status == "incomplete" else q.status)
         if q.since is not None:
             where.append("started_at >= ?")
             params.append(q.since)
@@ -265,47 +307,36 @@ class SQLiteStore:
         if q.boundary is not None:
             where.append(
                 "EXISTS (SELECT 1 FROM events e WHERE e.run_id = runs.id "
-                "AND (e.boundary = ? OR e.boundary LIKE ?))"
+                "AND (e.boundary = ? OR e.boundary LIKE ? ESCAPE '\\'))"
             )
-            params.extend([q.boundary, f"%:{q.boundary}"])
+            bare = q.boundary.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            params.extend([q.boundary, f"%:{bare}"])
         if q.has_error is not None:
             clause = (
                 "(status = 'error' OR EXISTS (SELECT 1 FROM events e WHERE e.run_id = runs.id "
                 "AND e.error IS NOT NULL))"
             )
             where.append(clause if q.has_error else f"NOT {clause}")
-        sql = f"SELECT {_RUN_COLUMNS} FROM runs"
+        sql = f"SELECT {_RUNS} FROM runs"
         if where:
             sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY started_at DESC LIMIT ?"
-        params.append(q.limit)
-        runs = [self._run_from_row(r) for r in self._conn().execute(sql, params)]
-        if q.status == "incomplete":
-            runs = [r for r in runs if r.status == "incomplete"]
+        sql += " ORDER BY started_at DESC"
+        if q.status not in ("running", "incomplete"):
+            sql += " LIMIT ?"
+            params.append(q.limit)
+        rows = self._run(lambda db: db.execute(sql, params).fetchall())
+        runs = [run_from_row(r, self) for r in rows]
+        if q.status in ("running", "incomplete"):
+            runs = [r for r in runs if r.status == q.status][: q.limit]
         return runs
 
-    def delete_runs(self, *, before: float) -> int:
-        """Delete runs (and their events) that started before ``before``."""
-        db = self._conn()
-        db.execute("BEGIN IMMEDIATE")
-        try:
-            db.execute(
-                "DELETE FROM events WHERE run_id IN (SELECT id FROM runs WHERE started_at < ?)",
-                (before,),
-            )
-            n = db.execute("DELETE FROM runs WHERE started_at < ?", (before,)).rowcount
-            db.execute("COMMIT")
-        except BaseException:
-            db.execute("ROLLBACK")
-            raise
-        return int(n)
-
     def close(self) -> None:
-        """Close this thread's connection."""
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
+        """Close every connection this store opened."""
+        with self._lock:
+            conns, self._conns = self._conns, []
+            self._local = threading.local()
+        for conn in conns:
             conn.close()
-            self._local.conn = None
 
     def __repr__(self) -> str:
         return f"SQLiteStore({str(self.path)!r})"

@@ -7,6 +7,7 @@ Inside one, it hands the call to the active session (:mod:`replayable.record`,
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import importlib
@@ -20,7 +21,15 @@ from replayable import canonical
 from replayable.context import SESSION
 from replayable.errors import RecordedError, UnknownBoundary, Unserializable
 
-__all__ = ["Boundary", "Codec", "boundary", "get_boundary", "registry", "resolve_name"]
+__all__ = [
+    "Boundary",
+    "Codec",
+    "boundary",
+    "get_boundary",
+    "register_error_codec",
+    "registry",
+    "resolve_name",
+]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -177,14 +186,40 @@ class Boundary:
         return f"<Boundary {self.name} kind={self.kind}>"
 
 
+_ERROR_CODECS: dict[type, tuple[Callable[[Any], Any], Callable[[type, dict[str, Any]], Any]]] = {}
+
+
+def register_error_codec(
+    cls: type[BaseException],
+    encode: Callable[[Any], Any],
+    decode: Callable[[type, dict[str, Any]], Any],
+) -> None:
+    """Record extra ``data`` for exceptions of ``cls`` (and subclasses) and rebuild them from it.
+
+    For exceptions whose constructor needs more than their message (an SDK's HTTP errors).
+
+    >>> register_error_codec(MyError, lambda e: {"code": e.code}, lambda t, d: t(d["data"]["code"]))
+    """
+    _ERROR_CODECS[cls] = (encode, decode)
+
+
+def _error_codec(cls: type) -> Any:
+    return next((_ERROR_CODECS[k] for k in cls.__mro__ if k in _ERROR_CODECS), None)
+
+
 def encode_error(exc: BaseException) -> dict[str, Any]:
-    """The recorded form of an exception: type, message and args."""
+    """The recorded form of an exception: type, message and args (and registered ``data``)."""
     cls = type(exc)
     try:
         args = canonical.canonicalize(list(exc.args), drop=())
     except Unserializable:
         args = [str(a) for a in exc.args]
-    return {"type": f"{cls.__module__}:{cls.__qualname__}", "message": str(exc), "args": args}
+    out = {"type": f"{cls.__module__}:{cls.__qualname__}", "message": str(exc), "args": args}
+    codec = _error_codec(cls) if _ERROR_CODECS else None
+    if codec is not None:
+        with contextlib.suppress(Exception):
+            out["data"] = canonical.canonicalize(codec[0](exc), drop=())
+    return out
 
 
 def decode_error(data: dict[str, Any]) -> BaseException:
@@ -201,6 +236,14 @@ def decode_error(data: dict[str, Any]) -> BaseException:
         return RecordedError(type_name, message)
     if not (isinstance(obj, type) and issubclass(obj, BaseException)):
         return RecordedError(type_name, message)
+    codec = _error_codec(obj) if "data" in data else None
+    if codec is not None:
+        try:
+            rebuilt = codec[1](obj, data)
+            if isinstance(rebuilt, BaseException):
+                return rebuilt
+        except Exception:
+            pass
     try:
         exc = obj(*args)
         if str(exc) == message or not message:

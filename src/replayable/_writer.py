@@ -36,6 +36,7 @@ _SORTED = orjson.OPT_SORT_KEYS
 MAX_PENDING = 200_000
 _STOP = object()
 BATCH = 1000
+MAX_RUN_OPS = 10_000
 
 
 @dataclass(slots=True)
@@ -81,6 +82,7 @@ class Writer:
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._chains: dict[str, tuple[int, str]] = {}
         self._retry: list[EventRow] = []
+        self._retry_ops: list[Callable[[], None]] = []
         self._failed = False
         self._dropped = 0
         self.error: BaseException | None = None
@@ -204,6 +206,8 @@ class Writer:
         )
 
     def _write(self, rows: list[EventRow]) -> None:
+        if self._retry_ops:
+            self._replay_ops()
         if self._retry:
             rows = self._retry + rows
             self._retry = []
@@ -220,10 +224,22 @@ class Writer:
             self._failed = False
 
     def _guard(self, op: Callable[[], None]) -> None:
-        try:
-            op()
-        except Exception as exc:
-            self._fail(exc)
+        # A run operation that failed (store down) is retried later, in order, so a run
+        # created while the store was down still gets its row once it is back.
+        self._retry_ops.append(op)
+        del self._retry_ops[:-MAX_RUN_OPS]
+        self._replay_ops()
+
+    def _replay_ops(self) -> None:
+        while self._retry_ops:
+            try:
+                self._retry_ops[0]()
+            except StoreUnavailable as exc:
+                self._fail(exc)
+                return
+            except Exception as exc:
+                log.warning("replayable: run operation failed on %s: %s", self.store.url, exc)
+            self._retry_ops.pop(0)
 
     def _fail(self, exc: BaseException) -> None:
         if not self._failed:

@@ -38,6 +38,7 @@ __all__ = [
     "read_trace",
     "sign_run",
     "signing_key",
+    "trace_lines",
     "verify_events",
     "verify_run",
     "write_trace",
@@ -283,7 +284,7 @@ def verify_run(
         return result
 
     for i, ev in enumerate(ordered):
-        where = f"event seq={ev.seq} ({ev.address})"
+        where = f"run {run.id}: event seq={ev.seq} ({ev.address})"
         if ev.run_id != run.id:
             return bad(ev, f"{where} belongs to run {ev.run_id}, not {run.id}")
         if ev.chain_seq != i:
@@ -343,17 +344,27 @@ def check_trace(path: str | os.PathLike[str]) -> tuple[Run, list[Event]]:
     return run, events
 
 
+def trace_lines(run: Run, events: Iterable[Event]) -> Iterator[bytes]:
+    """The lines of a trace file (each ending in a newline): the header, then events by seq."""
+    header = {"format": TRACE_FORMAT, "version": TRACE_VERSION, "run": run.to_dict()}
+    yield orjson.dumps(header, option=_SORTED) + b"\n"
+    for ev in sorted(events, key=lambda e: e.seq):
+        yield orjson.dumps(ev.to_dict(), option=_SORTED) + b"\n"
+
+
 def write_trace(run: Run, events: Iterable[Event], path: str | os.PathLike[str]) -> Path:
-    """Write one run as a JSONL trace file, atomically (temp file + rename)."""
+    """Write one run as a JSONL trace file, atomically (temp file + rename).
+
+    >>> write_trace(run, run.events(), "traces/incident.jsonl")
+    """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    header = {"format": TRACE_FORMAT, "version": TRACE_VERSION, "run": run.to_dict()}
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as fh:
-            fh.write(orjson.dumps(header, option=_SORTED) + b"\n")
-            for ev in sorted(events, key=lambda e: e.seq):
-                fh.write(orjson.dumps(ev.to_dict(), option=_SORTED) + b"\n")
+            fh.writelines(trace_lines(run, events))
+            fh.flush()
+            os.fsync(fh.fileno())
         os.replace(tmp, target)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -1,3 +1,224 @@
-"""CLI commands (placeholder: filled in by its issue)."""
+"""``export``, ``import``, ``verify``, ``copy`` and ``prune``: move runs around and check them."""
 
 from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+import orjson
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from replayable.cli._common import (
+    console,
+    err_console,
+    fail,
+    get_store,
+    handle_errors,
+    main,
+    parse_since,
+    store_option,
+)
+from replayable.errors import TraceCorrupt
+from replayable.store import open_store
+from replayable.store.base import RunQuery, event_to_row
+from replayable.trace import (
+    Event,
+    Run,
+    Verification,
+    check_trace,
+    read_trace,
+    trace_lines,
+    verify_run,
+    write_trace,
+)
+
+_ALL = 10**12
+
+
+@main.command("export")
+@click.argument("run_id")
+@store_option
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, allow_dash=True),
+    help="Trace file to write (default RUN_ID.jsonl; '-' for stdout).",
+)
+@handle_errors
+def export_cmd(run_id: str, store_url: str | None, output: str | None) -> None:
+    """Write one run as a JSONL trace file (header line, then one event a line, keys sorted).
+
+    RUN_ID may be a unique prefix. The file is written atomically and diffs well in git.
+    """
+    store = get_store(store_url)
+    run = store.get_run(run_id)
+    events = list(store.iter_events(run.id))
+    if output == "-":
+        sys.stdout.buffer.writelines(trace_lines(run, events))
+        sys.stdout.flush()
+        return
+    target = write_trace(run, events, output or f"{run.id}.jsonl")
+    if run.status in ("running", "incomplete"):
+        err_console().print(f"[yellow]note: run {run.id} is {run.status}[/yellow]")
+    click.echo(f"exported run {run.id} ({len(events)} events) to {target}")
+
+
+@main.command("import")
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@store_option
+@handle_errors
+def import_cmd(files: tuple[str, ...], store_url: str | None) -> None:
+    """Import JSONL trace files into the store, all or nothing.
+
+    Every file is read and its hash chain checked before anything is written; a damaged file
+    (TraceCorrupt, with its line number) means nothing is imported. Runs already in the store
+    are skipped.
+    """
+    loaded: list[tuple[str, Run, list[Event]]] = []
+    for file in files:
+        try:
+            run, events = check_trace(file)
+        except TraceCorrupt as exc:
+            fail(f"TraceCorrupt: {exc}; nothing imported")
+        loaded.append((file, run, events))
+    store = get_store(store_url)
+    for file, run, events in loaded:
+        run.store = None
+        if store.put_run(run, [event_to_row(e) for e in events]):
+            click.echo(f"imported run {run.id} ({len(events)} events) from {file}")
+        else:
+            click.echo(f"run {run.id} from {file} is already in {store.url}; skipped")
+
+
+def _report(v: Verification, source: str, as_json: bool) -> None:
+    if as_json:
+        click.echo(
+            orjson.dumps(
+                {
+                    "source": source,
+                    "run_id": v.run_id,
+                    "ok": v.ok,
+                    "events": v.event_count,
+                    "head_hash": v.head_hash,
+                    "signature": v.signature,
+                    "problem": v.problem,
+                    "bad_seq": v.bad_seq,
+                    "bad_address": v.bad_address,
+                    "line": v.line,
+                }
+            ).decode()
+        )
+        return
+    out = console()
+    if v.ok:
+        sig = {
+            "valid": ", signature valid",
+            "unchecked": ", signed (set $REPLAYABLE_SIGNING_KEY to check the signature)",
+        }.get(v.signature, "")
+        out.print(
+            f"[green]ok[/green]: run {v.run_id}, {v.event_count} events, chain intact, "
+            f"head {v.head_hash[:16] or '-'}{sig}"
+        )
+        return
+    where = f" (line {v.line})" if v.line is not None else ""
+    out.print(f"[red]BAD[/red]{where}: {v.problem}")
+    if v.bad_seq is not None:
+        out.print(f"first bad event: seq={v.bad_seq} at {v.bad_address}")
+
+
+@main.command("verify")
+@click.argument("target")
+@store_option
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+@handle_errors
+def verify_cmd(target: str, store_url: str | None, as_json: bool) -> None:
+    """Recompute a run's hash chain and name the first bad event; exit 1 if anything is off.
+
+    TARGET is a run id (or unique prefix) in the store, or a trace file. When
+    $REPLAYABLE_SIGNING_KEY is set the run's signed head is checked too.
+    """
+    if Path(target).is_file():
+        try:
+            run, events = read_trace(target)
+        except TraceCorrupt as exc:
+            if as_json:
+                click.echo(
+                    orjson.dumps(
+                        {"source": target, "ok": False, "problem": str(exc), "line": exc.line}
+                    ).decode()
+                )
+            else:
+                console().print(f"[red]BAD[/red]: TraceCorrupt: {exc}")
+            sys.exit(1)
+        lines = {ev.seq: i for i, ev in enumerate(events, start=2)}
+        result = verify_run(run, events, lines=lines)
+    else:
+        store = get_store(store_url)
+        run = store.get_run(target)
+        result = verify_run(run, store.iter_events(run.id))
+    _report(result, target, as_json)
+    if not result.ok:
+        sys.exit(1)
+
+
+@main.command("copy")
+@click.argument("src_url")
+@click.argument("dst_url")
+@click.option("--since", help="Only runs started within this period (1h, 30m, 2d) or after a date.")
+@click.option("--name", help="Only runs with this name.")
+@handle_errors
+def copy_cmd(src_url: str, dst_url: str, since: str | None, name: str | None) -> None:
+    """Copy runs from one store to another (e.g. production PostgreSQL to a laptop SQLite).
+
+    Runs already in the destination and runs still recording are skipped; each run is copied
+    in one transaction, with its hash chain intact.
+    """
+    src, dst = open_store(src_url), open_store(dst_url)
+    runs = src.list_runs(RunQuery(since=parse_since(since), name=name, limit=_ALL))
+    copied = skipped = events = 0
+    with Progress(
+        TextColumn("[progress.description]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err_console(),
+        transient=True,
+    ) as progress:
+        task = progress.add_task("copying runs", total=len(runs))
+        for run in reversed(runs):
+            if run.status == "running":
+                skipped += 1
+            else:
+                rows = [event_to_row(e) for e in src.iter_events(run.id)]
+                run.store = None
+                if dst.put_run(run, rows):
+                    copied += 1
+                    events += len(rows)
+                else:
+                    skipped += 1
+            progress.advance(task)
+    click.echo(
+        f"copied {copied} runs ({events} events) from {src.url} to {dst.url}; "
+        f"{skipped} skipped (already there or still recording)"
+    )
+
+
+@main.command("prune")
+@store_option
+@click.option(
+    "--older-than",
+    required=True,
+    help="Delete runs started longer ago than this (30d, 12h) or before this date.",
+)
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@handle_errors
+def prune_cmd(store_url: str | None, older_than: str, yes: bool) -> None:
+    """Retention: delete runs (and their events) older than a period."""
+    before = parse_since(older_than)
+    assert before is not None
+    store = get_store(store_url)
+    if not yes:
+        click.confirm(f"delete runs in {store.url} started before {older_than}?", abort=True)
+    n = store.delete_runs(before=before)
+    click.echo(f"deleted {n} runs from {store.url}")

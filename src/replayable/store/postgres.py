@@ -130,7 +130,7 @@ class PostgresStore:
             self._open()
             with self._pool.connection() as conn:
                 return fn(conn)
-        except (psycopg.OperationalError, PoolTimeout) as exc:
+        except (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout) as exc:
             raise StoreUnavailable(f"PostgreSQL store {self.url}: {exc}") from None
 
     def _open(self) -> None:
@@ -264,7 +264,7 @@ class PostgresStore:
                 )
                 for row in cur:
                     yield row_to_event(row)
-        except (psycopg.OperationalError, PoolTimeout) as exc:
+        except (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout) as exc:
             raise StoreUnavailable(f"PostgreSQL store {self.url}: {exc}") from None
 
     def list_runs(self, query: RunQuery | None = None) -> list[Run]:

@@ -189,6 +189,8 @@ class SQLiteStore:
         db = self._db()
         try:
             return fn(db)
+        except sqlite3.IntegrityError:
+            raise
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"SQLite store {self.path}: {exc}") from None
 

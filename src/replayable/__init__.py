@@ -11,11 +11,10 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
 from replayable._version import __version__
 from replayable.boundary import Boundary, Codec, boundary, get_boundary, registry
 from replayable.canonical import canonicalize, key
+from replayable.cassette import Cassette, cassette
 from replayable.clock import now, random, uuid4
 from replayable.context import annotate, bind
 from replayable.errors import (
@@ -35,9 +34,6 @@ from replayable.record import ReplayableWarning, record
 from replayable.replay import Replay, replay
 from replayable.store import Store, open_store
 from replayable.trace import Event, Run
-
-if TYPE_CHECKING:
-    from replayable.cassette import Cassette, cassette
 
 __all__ = [
     "Boundary",
@@ -75,11 +71,3 @@ __all__ = [
     "replay",
     "uuid4",
 ]
-
-
-def __getattr__(name: str) -> Any:
-    if name in ("cassette", "Cassette"):
-        from replayable import cassette as _cassette
-
-        return getattr(_cassette, name)
-    raise AttributeError(f"module 'replayable' has no attribute {name!r}")

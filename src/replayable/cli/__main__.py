@@ -1,0 +1,3 @@
+from replayable.cli import main
+
+main()

@@ -1,0 +1,232 @@
+"""Recording: what a run captures, and that recording never breaks the agent."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import replayable as rp
+from replayable.tree import build_tree
+
+
+@rp.boundary(kind="tool")
+def add(a: int, b: int = 10) -> int:
+    return a + b
+
+
+@rp.boundary(kind="agent")
+def outer(n: int) -> int:
+    return add(n) + add(n, b=1)
+
+
+class Service:
+    @rp.boundary(kind="tool")
+    def lookup(self, user_id: int) -> dict[str, Any]:
+        return {"user_id": user_id}
+
+
+class Opaque:
+    pass
+
+
+@rp.boundary(kind="tool")
+def takes_anything(thing: Any) -> str:
+    return "fine"
+
+
+class TestWhatIsRecorded:
+    def test_nested_calls_form_a_tree_with_addresses(self) -> None:
+        """Each call's address is its parent's, then name/ordinal; parents link by seq."""
+        with rp.record(name="t") as run:
+            assert outer(1) == 13
+        events = list(run.events())
+        m = __name__
+        assert [e.address for e in events] == [
+            f"{m}:outer/0",
+            f"{m}:outer/0 > {m}:add/0",
+            f"{m}:outer/0 > {m}:add/1",
+        ]
+        assert [e.parent_seq for e in events] == [None, 0, 0]
+        assert [e.kind for e in events] == ["agent", "tool", "tool"]
+        (root,) = build_tree(events)
+        assert [c.seq for c in root.children] == [1, 2]
+
+    def test_inputs_bound_to_names_with_defaults(self) -> None:
+        """Arguments are stored by parameter name, defaults filled in."""
+        with rp.record() as run:
+            outer(2)
+        inputs = [e.input for e in run.events()]
+        assert inputs == [{"n": 2}, {"a": 2, "b": 10}, {"a": 2, "b": 1}]
+
+    def test_methods_leave_self_out(self) -> None:
+        """self is not part of a method's recorded input."""
+        with rp.record() as run:
+            Service().lookup(7)
+        (ev,) = list(run.events())
+        assert ev.input == {"user_id": 7}
+        assert ev.boundary == f"{__name__}:Service.lookup"
+
+    def test_input_snapshotted_at_call_time(self) -> None:
+        """A list mutated after the call is recorded as the call saw it."""
+
+        @rp.boundary(kind="llm")
+        def model(messages: list[dict[str, str]]) -> str:
+            return "ok"
+
+        messages = [{"role": "user", "content": "hi"}]
+        with rp.record() as run:
+            model(messages)
+            messages.append({"role": "assistant", "content": "ok"})
+        (ev,) = list(run.events())
+        assert ev.input == {"messages": [{"role": "user", "content": "hi"}]}
+
+    def test_run_environment_and_metadata(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """A run records versions, code version (build id), host, tags and user metadata."""
+        monkeypatch.setenv("REPLAYABLE_BUILD_ID", "build-42")
+        with rp.record(name="env", tags={"env": "prod"}, metadata={"ticket": 7}) as run:
+            add(1)
+        stored = rp.open_store().get_run(run.id)
+        env = stored.environment
+        assert env["code_version"] == "build-42"
+        assert env["replayable"] == rp.__version__
+        assert env["python"].count(".") == 2
+        assert env["host"]
+        assert env["platform"]
+        assert stored.tags == {"env": "prod"}
+        assert stored.metadata == {"ticket": 7}
+        assert stored.status == "ok"
+        assert stored.event_count == 1
+        assert stored.ended_at is not None
+        assert stored.ended_at >= stored.started_at
+
+    def test_annotate_adds_step_metadata(self) -> None:
+        """rp.annotate inside a boundary lands in that step's meta."""
+
+        @rp.boundary(kind="llm")
+        def model() -> str:
+            rp.annotate(model="m-1", usage={"input_tokens": 3})
+            return "x"
+
+        with rp.record() as run:
+            model()
+        (ev,) = list(run.events())
+        assert ev.meta == {"model": "m-1", "usage": {"input_tokens": 3}}
+
+    def test_hash_chain_verifies(self) -> None:
+        """Events chain their hashes in write order, and the run keeps the head."""
+        from replayable.trace import verify_events
+
+        with rp.record() as run:
+            outer(3)
+        head, problems = verify_events(run.events())
+        assert problems == []
+        assert rp.open_store().get_run(run.id).head_hash == head
+
+
+class TestErrors:
+    def test_exception_recorded_and_run_marked_error(self) -> None:
+        """An exception inside a boundary is recorded; the run still lands, status error."""
+
+        @rp.boundary(kind="tool")
+        def boom(x: int) -> None:
+            raise ValueError("bad value", x)
+
+        with pytest.raises(ValueError, match="bad value"), rp.record() as run:
+            boom(3)
+        stored = rp.open_store().get_run(run.id)
+        assert stored.status == "error"
+        assert stored.error is not None
+        assert stored.error["type"] == "builtins:ValueError"
+        (ev,) = list(run.events())
+        assert ev.error == {
+            "type": "builtins:ValueError",
+            "message": "('bad value', 3)",
+            "args": ["bad value", 3],
+        }
+
+    def test_unserializable_argument_is_a_marked_placeholder(self) -> None:
+        """An argument with no JSON form records a placeholder and the path, with one warning."""
+        with pytest.warns(rp.ReplayableWarning, match="thing") as warned, rp.record() as run:
+            results = [takes_anything({"x": Opaque()}) for _ in range(2)]
+        assert results == ["fine", "fine"]
+        assert len(warned) == 1
+        first = next(iter(run.events()))
+        assert first.input == {"$unserializable": "thing.x", "type": f"{__name__}.Opaque"}
+        assert first.meta["unserializable_input"] == "thing.x"
+
+    def test_strict_recording_raises_on_unserializable(self) -> None:
+        """strict=True turns an unserializable argument into an error."""
+        with pytest.raises(rp.Unserializable), rp.record(strict=True):
+            takes_anything(Opaque())
+
+    def test_store_failure_is_fail_open(
+        self, store_path: Path, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """If the store rejects writes, the agent keeps its results; one warning is logged."""
+        rp.open_store()  # creates the schema
+        with sqlite3.connect(store_path) as db:
+            db.execute("DROP TABLE events")
+        caplog.set_level(logging.WARNING, logger="replayable")
+        with rp.record() as run:
+            results = [add(i) for i in range(50)]
+        assert results == [i + 10 for i in range(50)]
+        assert run.status == "ok"
+        warnings = [r for r in caplog.records if "cannot write to store" in r.getMessage()]
+        assert len(warnings) == 1
+
+    def test_strict_store_failure_raises(self, store_path: Path) -> None:
+        """With strict=True a store that cannot be written fails the recording."""
+        rp.open_store()
+        with sqlite3.connect(store_path) as db:
+            db.execute("DROP TABLE events")
+        with pytest.raises(rp.StoreUnavailable), rp.record(strict=True):
+            add(1)
+
+
+class TestContexts:
+    def test_async_record_context(self) -> None:
+        """record() works as an async context manager."""
+
+        @rp.boundary(kind="tool")
+        async def fetch(x: int) -> int:
+            await asyncio.sleep(0)
+            return x
+
+        async def main() -> rp.Run:
+            async with rp.record() as run:
+                await fetch(1)
+            return run
+
+        run = asyncio.run(main())
+        assert [e.output for e in run.events()] == [1]
+
+    def test_outside_a_run_calls_straight_through(self) -> None:
+        """With no active run a boundary is a plain call and records nothing."""
+        assert add(1) == 11
+        assert rp.open_store().list_runs() == []
+
+    def test_nested_record_is_refused(self) -> None:
+        """Starting a record inside a record is an error, not a silent mix of two runs."""
+        with rp.record(), pytest.raises(rp.ReplayableError, match="already active"):
+            with rp.record():
+                pass
+
+    def test_bind_carries_context_into_thread_pool(self) -> None:
+        """rp.bind makes a raw ThreadPoolExecutor call nest under the current step."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        @rp.boundary(kind="agent")
+        def fan_out() -> list[int]:
+            with ThreadPoolExecutor(4) as pool:
+                return list(pool.map(rp.bind(add), range(4)))
+
+        with rp.record() as run:
+            fan_out()
+        events = list(run.events())
+        assert len(events) == 5
+        assert all(e.parent_seq == 0 for e in events[1:])

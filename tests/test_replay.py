@@ -1,0 +1,485 @@
+"""Replay: outputs served, side effects never re-fired, the first divergence named precisely."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import random
+import sqlite3
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pydantic
+import pytest
+
+import replayable as rp
+from replayable.trace import write_trace
+
+CALLS: list[str] = []
+VARIANT: dict[str, Any] = {}
+
+
+class Answer(pydantic.BaseModel):
+    text: str
+
+
+@dataclasses.dataclass
+class Score:
+    value: float
+
+
+@pytest.fixture(autouse=True)
+def _reset_calls() -> None:
+    CALLS.clear()
+    VARIANT.clear()
+
+
+@rp.boundary(kind="llm")
+def plan(task: str) -> dict[str, Any]:
+    CALLS.append("plan")
+    return {"action": "delete", "id": int(rp.random() * 1000)}
+
+
+@rp.boundary(kind="tool", side_effects=True)
+def delete_row(db: str, row_id: int) -> int:
+    CALLS.append("delete_row")
+    with sqlite3.connect(db) as conn:
+        return conn.execute("DELETE FROM t WHERE id = ?", (row_id,)).rowcount
+
+
+@rp.boundary(kind="tool")
+def lookup(row_id: int) -> dict[str, Any]:
+    CALLS.append("lookup")
+    return {"id": row_id, "at": rp.now().isoformat()}
+
+
+@rp.boundary(kind="agent")
+def agent(db: str, task: str) -> dict[str, Any]:
+    decision = plan(task)
+    info = lookup(decision["id"])
+    if VARIANT.get("confirm"):
+        lookup(decision["id"] + 1)
+    deleted = delete_row(db, decision["id"])
+    return {"decision": decision, "info": info, "deleted": deleted}
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> str:
+    path = tmp_path / "rows.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY)")
+        conn.executemany("INSERT INTO t VALUES (?)", [(i,) for i in range(1000)])
+    return str(path)
+
+
+def rows(db: str) -> int:
+    with sqlite3.connect(db) as conn:
+        return int(conn.execute("SELECT count(*) FROM t").fetchone()[0])
+
+
+def recorded(db: str, confirm: bool = False) -> tuple[rp.Run, dict[str, Any]]:
+    VARIANT["confirm"] = confirm
+    with rp.record(name="agent") as run:
+        out = agent(db, "delete the stale row")
+    VARIANT["confirm"] = False
+    return run, out
+
+
+class TestServing:
+    def test_outputs_served_and_side_effects_not_fired(self, db: str) -> None:
+        """In replay, tools and models are served; the side-effect function is never called."""
+        run, out = recorded(db)
+        assert rows(db) == 999
+        CALLS.clear()
+        with rp.replay(run.id) as r:
+            again = agent(db, "delete the stale row")
+        assert again == out
+        assert CALLS == []
+        assert rows(db) == 999
+        assert r.divergences == []
+        assert r.ok
+
+    def test_replay_is_recorded_and_linked(self, db: str) -> None:
+        """The replay is a run of its own, pointing at its source."""
+        run, _ = recorded(db)
+        with rp.replay(run.id) as r:
+            agent(db, "delete the stale row")
+        stored = rp.open_store().get_run(r.run.id)
+        assert stored.parent_run == run.id
+        assert stored.metadata["replay_of"] == run.id
+        served = [e for e in stored.events() if e.meta.get("served")]
+        assert {e.boundary.rsplit(":", 1)[1] for e in served} == {"plan", "lookup", "delete_row"}
+
+    def test_clock_and_randomness_replay_equal(self) -> None:
+        """rp.now, rp.random and rp.uuid4 return the recorded values in replay."""
+
+        @rp.boundary(kind="agent")
+        def sample() -> tuple[str, float, str]:
+            return rp.now().isoformat(), rp.random(), str(rp.uuid4())
+
+        with rp.record() as run:
+            first = sample()
+        with rp.replay(run.id):
+            second = sample()
+        assert first == second
+
+    def test_trace_file_source(self, db: str, tmp_path: Path) -> None:
+        """A trace file replays like the run it was written from."""
+        run, out = recorded(db)
+        path = write_trace(run, run.events(), tmp_path / "incident.jsonl")
+        CALLS.clear()
+        with rp.replay(str(path)) as r:
+            assert agent(db, "delete the stale row") == out
+        assert CALLS == []
+        assert r.ok
+
+    def test_typed_returns_rebuilt(self) -> None:
+        """Return annotations that are Pydantic models or dataclasses are rebuilt in replay."""
+
+        @rp.boundary(kind="llm")
+        def answer() -> Answer:
+            return Answer(text="hi")
+
+        @rp.boundary(kind="tool")
+        def score() -> Score:
+            return Score(0.5)
+
+        @rp.boundary(kind="agent")
+        def run_both() -> tuple[Any, Any]:
+            return answer(), score()
+
+        with rp.record() as run:
+            run_both()
+        with rp.replay(run.id):
+            a, s = run_both()
+        assert a == Answer(text="hi")
+        assert s == Score(0.5)
+
+
+class TestCallShapes:
+    def test_generator_chunks_replay_in_order(self) -> None:
+        """A streaming generator's chunks are recorded and replayed in order."""
+
+        @rp.boundary(kind="llm")
+        def stream(n: int) -> Iterator[str]:
+            CALLS.append("stream")
+            for i in range(n):
+                yield f"tok{i}-{random.random():.3f}"
+
+        @rp.boundary(kind="agent")
+        def run_stream() -> list[str]:
+            return list(stream(4))
+
+        with rp.record() as run:
+            first = run_stream()
+        CALLS.clear()
+        with rp.replay(run.id):
+            assert run_stream() == first
+        assert CALLS == []
+        (ev,) = [e for e in run.events() if e.kind == "llm"]
+        assert ev.output == first
+        assert ev.meta["stream"] is True
+
+    def test_async_generator_chunks_replay_in_order(self) -> None:
+        """An async generator streams the same chunks in replay."""
+
+        @rp.boundary(kind="llm")
+        async def astream(n: int) -> AsyncIterator[dict[str, Any]]:
+            for i in range(n):
+                await asyncio.sleep(0)
+                yield {"delta": i, "r": random.random()}
+
+        @rp.boundary(kind="agent")
+        async def run_astream() -> list[dict[str, Any]]:
+            return [c async for c in astream(3)]
+
+        async def go(mode: Any) -> list[dict[str, Any]]:
+            async with mode:
+                return await run_astream()
+
+        async def record_it() -> tuple[rp.Run, list[dict[str, Any]]]:
+            async with rp.record() as r:
+                out = await run_astream()
+            return r, out
+
+        run, first = asyncio.run(record_it())
+        assert asyncio.run(go(rp.replay(run.id))) == first
+
+    def test_generator_parent_is_captured_at_creation(self) -> None:
+        """A generator created inside a step nests there even when iterated elsewhere."""
+
+        @rp.boundary(kind="tool")
+        def gen() -> Iterator[int]:
+            yield 1
+
+        made: list[Iterator[int]] = []
+
+        @rp.boundary(kind="agent")
+        def make() -> None:
+            made.append(gen())
+
+        with rp.record() as run:
+            make()
+            assert list(made[0]) == [1]
+        events = {e.boundary.rsplit(".", 1)[1]: e for e in run.events()}
+        assert events["gen"].parent_seq == events["make"].seq
+
+    def test_gather_of_20_replays_in_shuffled_order(self) -> None:
+        """asyncio.gather calls match by key whatever order they start in."""
+
+        @rp.boundary(kind="tool")
+        async def fetch(i: int) -> dict[str, Any]:
+            await asyncio.sleep(random.random() / 1000)
+            return {"i": i, "value": random.random()}
+
+        @rp.boundary(kind="agent", name="fan-agent")
+        async def fan(order: list[int]) -> list[dict[str, Any]]:
+            results = await asyncio.gather(*(fetch(i) for i in order))
+            return sorted(results, key=lambda r: r["i"])
+
+        async def record_it() -> tuple[rp.Run, list[dict[str, Any]]]:
+            async with rp.record() as run:
+                out = await fan(list(range(20)))
+            return run, out
+
+        run, first = asyncio.run(record_it())
+        shuffled = list(range(20))
+        random.Random(7).shuffle(shuffled)
+
+        @rp.boundary(kind="agent", name="fan-agent")
+        async def fan_again(order: list[int]) -> list[dict[str, Any]]:
+            results = await asyncio.gather(*(fetch(i) for i in shuffled))
+            return sorted(results, key=lambda r: r["i"])
+
+        async def replay_it() -> tuple[rp.Replay, list[dict[str, Any]]]:
+            async with rp.replay(run.id) as r:
+                out = await fan_again(list(range(20)))
+            return r, out
+
+        r, second = asyncio.run(replay_it())
+        assert second == first
+        assert r.divergences == []
+
+    def test_exceptions_round_trip_as_their_type(self) -> None:
+        """A recorded exception is re-raised in replay as the same type with the same args."""
+
+        class QuotaError(Exception):
+            pass
+
+        @rp.boundary(kind="tool")
+        def flaky() -> None:
+            CALLS.append("flaky")
+            raise KeyError("missing-user")
+
+        @rp.boundary(kind="agent")
+        def wrapper() -> str:
+            try:
+                flaky()
+            except KeyError as exc:
+                return f"caught {exc.args[0]}"
+            return "no error"
+
+        with rp.record() as run:
+            assert wrapper() == "caught missing-user"
+        CALLS.clear()
+        with rp.replay(run.id):
+            assert wrapper() == "caught missing-user"
+        assert CALLS == []
+
+
+class TestDivergence:
+    def test_changed_argument_names_the_field(self, db: str) -> None:
+        """A changed argument raises Divergence at that call with the field-level diff."""
+
+        @rp.boundary(kind="tool", name="search")
+        def search(query: str, limit: int) -> list[int]:
+            return [1, 2]
+
+        @rp.boundary(kind="agent", name="find")
+        def find() -> list[int]:
+            return search("stale rows", limit=VARIANT.get("limit", 5))
+
+        with rp.record() as run:
+            find()
+        VARIANT["limit"] = 6
+        with pytest.raises(rp.Divergence) as info, rp.replay(run.id):
+            find()
+        div = info.value
+        assert div.reason == "changed"
+        assert div.boundary == "search"
+        assert div.address == "find/0 > search/0"
+        assert [(c.path, c.change, c.recorded, c.actual) for c in div.changes] == [
+            ("limit", "changed", 5, 6)
+        ]
+        assert "limit: 5 -> 6" in str(div)
+
+    def test_removed_call_reported_as_skipped(self, db: str) -> None:
+        """A recorded call the code no longer makes is reported as skipped at exit."""
+        run, _ = recorded(db, confirm=True)
+        with rp.replay(run.id, strict=False) as r:
+            agent(db, "delete the stale row")
+        assert [(d.reason, d.boundary.rsplit(":", 1)[1]) for d in r.divergences] == [
+            ("skipped", "lookup")
+        ]
+        assert r.divergences[0].address.endswith("lookup/1")
+        assert "never reached" in r.report()
+
+    def test_skipped_raises_at_exit_when_strict(self, db: str) -> None:
+        """In strict mode a skipped call raises when the replay block ends."""
+        run, _ = recorded(db, confirm=True)
+        with pytest.raises(rp.Divergence, match="never reached"), rp.replay(run.id):
+            agent(db, "delete the stale row")
+
+    def test_new_call_is_unexpected(self, db: str) -> None:
+        """A call the recording does not have cannot be served: it raises."""
+        run, _ = recorded(db)
+        VARIANT["confirm"] = True
+        with (
+            pytest.raises(rp.Divergence, match="unexpected call") as info,
+            rp.replay(run.id, strict=False),
+        ):
+            agent(db, "delete the stale row")
+        assert info.value.reason == "unexpected"
+
+    def test_non_strict_runs_changed_live_boundary_live(self) -> None:
+        """strict=False: a changed call to a live boundary runs live and is reported."""
+
+        @rp.boundary(kind="tool", name="price")
+        def price(symbol: str) -> float:
+            CALLS.append(symbol)
+            return 100.0 if symbol == "ACME" else 50.0
+
+        @rp.boundary(kind="agent", name="trade")
+        def trade() -> float:
+            return price(VARIANT.get("symbol", "ACME"))
+
+        with rp.record() as run:
+            trade()
+        CALLS.clear()
+        VARIANT["symbol"] = "OTHER"
+        with rp.replay(run.id, strict=False, live=["price"]) as r:
+            assert trade() == 50.0
+        assert CALLS == ["OTHER"]
+        assert [(d.reason, d.boundary) for d in r.divergences] == [("changed", "price")]
+        assert r.divergences[0].changes[0].path == "symbol"
+
+    def test_non_strict_changed_served_boundary_still_raises(self, db: str) -> None:
+        """strict=False: a changed call to a served boundary raises (nothing honest to serve)."""
+
+        @rp.boundary(kind="tool", name="quote")
+        def quote(symbol: str) -> float:
+            CALLS.append(symbol)
+            return 1.0
+
+        @rp.boundary(kind="agent", name="buy")
+        def buy() -> float:
+            return quote(VARIANT.get("symbol", "A"))
+
+        with rp.record() as run:
+            buy()
+        VARIANT["symbol"] = "B"
+        with rp.replay(run.id, strict=False) as r, pytest.raises(rp.Divergence) as info:
+            buy()
+        assert info.value.boundary == "quote"
+        assert CALLS == ["A"]
+        assert [d.reason for d in r.divergences] == ["changed"]
+
+    def test_key_mismatch_with_ignored_field_warns(self) -> None:
+        """A field left out of the key may change; replay still matches but warns."""
+
+        @rp.boundary(kind="llm", ignore=["trace_note"])
+        def model(prompt: str, trace_note: str) -> str:
+            return "answer"
+
+        @rp.boundary(kind="agent")
+        def ask() -> str:
+            return model("hi", trace_note=VARIANT.get("note", "first"))
+
+        with rp.record() as run:
+            ask()
+        VARIANT["note"] = "second"
+        with pytest.warns(rp.ReplayableWarning, match="trace_note"), rp.replay(run.id) as r:
+            assert ask() == "answer"
+        assert r.ok
+
+
+class TestLive:
+    def test_live_boundary_runs(self, db: str) -> None:
+        """A boundary named in live runs its real function."""
+        run, _ = recorded(db)
+        CALLS.clear()
+        with rp.replay(run.id, live=["lookup"]):
+            agent(db, "delete the stale row")
+        assert CALLS == ["lookup"]
+
+    def test_nth_call_only(self, db: str) -> None:
+        """name#N runs only the N-th recorded call of that boundary."""
+        run, _ = recorded(db, confirm=True)
+        CALLS.clear()
+        VARIANT["confirm"] = True
+        with rp.replay(run.id, live=["lookup#2"], strict=False) as r:
+            agent(db, "delete the stale row")
+        assert CALLS == ["lookup"]
+        assert r.ok
+
+    def test_side_effect_live_refused_before_anything_runs(self, db: str) -> None:
+        """Naming a side-effect boundary live without permission fails before the block."""
+        run, _ = recorded(db)
+        before = rows(db)
+        with pytest.raises(rp.SideEffectRefused, match="allow_side_effects"):
+            rp.replay(run.id, live=["delete_row"])
+        assert rows(db) == before
+
+    def test_side_effect_live_allowed_when_asked(self, db: str) -> None:
+        """allow_side_effects=True runs the side effect for real."""
+        run, out = recorded(db)
+        with sqlite3.connect(db) as conn:
+            conn.execute("INSERT INTO t VALUES (?)", (out["decision"]["id"],))
+        with rp.replay(run.id, live=["delete_row"], allow_side_effects=True):
+            agent(db, "delete the stale row")
+        assert rows(db) == 999
+
+    def test_unknown_and_ambiguous_names(self, db: str) -> None:
+        """Unknown boundary names and ambiguous bare names are clear errors."""
+        run, _ = recorded(db)
+        with pytest.raises(rp.UnknownBoundary, match="no boundary named 'nope'"):
+            rp.replay(run.id, live=["nope"])
+
+        @rp.boundary(name="other.module:lookup")
+        def lookup_twin() -> None: ...
+
+        with pytest.raises(rp.UnknownBoundary, match="ambiguous"):
+            rp.replay(run.id, live=["lookup"])
+
+    def test_unknown_run_id(self) -> None:
+        """Replaying a run that does not exist says so."""
+        with pytest.raises(rp.RunNotFound, match="no run"):
+            rp.replay("does-not-exist")
+
+
+class TestKeyMatching:
+    def test_match_by_key_ignores_position(self) -> None:
+        """match='key' serves a call wherever it sits, by canonical input alone."""
+
+        @rp.boundary(kind="tool")
+        def square(x: int) -> int:
+            CALLS.append("square")
+            return x * x
+
+        @rp.boundary(kind="agent")
+        def first() -> list[int]:
+            return [square(2), square(3)]
+
+        with rp.record() as run:
+            first()
+
+        @rp.boundary(kind="agent")
+        def second() -> list[int]:
+            return [square(3), square(2)]
+
+        CALLS.clear()
+        with rp.replay(run.id, match="key", strict=False) as r:
+            assert second() == [9, 4]
+        assert CALLS == []
+        assert [d.reason for d in r.divergences] == ["unexpected", "skipped"]

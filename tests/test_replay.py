@@ -446,11 +446,14 @@ class TestLive:
         with pytest.raises(rp.UnknownBoundary, match="no boundary named 'nope'"):
             rp.replay(run.id, live=["nope"])
 
-        @rp.boundary(name="other.module:lookup")
-        def lookup_twin() -> None: ...
+        @rp.boundary(name="one.module:twin")
+        def twin_a() -> None: ...
+
+        @rp.boundary(name="other.module:twin")
+        def twin_b() -> None: ...
 
         with pytest.raises(rp.UnknownBoundary, match="ambiguous"):
-            rp.replay(run.id, live=["lookup"])
+            rp.replay(run.id, live=["twin"])
 
     def test_unknown_run_id(self) -> None:
         """Replaying a run that does not exist says so."""

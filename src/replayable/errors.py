@@ -11,6 +11,7 @@ The hierarchy::
     ├── StoreUnavailable            the store cannot be opened, read or written
     ├── RunNotFound                 no run with that id (or id prefix) in the store
     ├── UnknownBoundary             a boundary name that no registered boundary carries
+    ├── UnsupportedClient           an integration was handed an object it cannot instrument
     └── RecordedError               a recorded exception whose type cannot be rebuilt
 
 Every error says what happened, where (run, step address, field path) and what to do next.
@@ -34,6 +35,7 @@ __all__ = [
     "TraceCorrupt",
     "UnknownBoundary",
     "Unserializable",
+    "UnsupportedClient",
 ]
 
 
@@ -190,6 +192,10 @@ class RunNotFound(ReplayableError):
 
 class UnknownBoundary(ReplayableError):
     """A name that matches no registered or recorded boundary, or matches several."""
+
+
+class UnsupportedClient(ReplayableError, TypeError):
+    """An integration was given an object it cannot instrument (the message names what it can)."""
 
 
 class RecordedError(ReplayableError):

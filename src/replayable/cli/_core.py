@@ -21,7 +21,7 @@ from replayable.cli._common import (
     parse_since,
     store_option,
 )
-from replayable.cli._render import run_table, step_tree
+from replayable.cli._render import find_event, run_table, step_detail, step_tree
 from replayable.errors import Divergence, ReplayableError
 from replayable.replay import Replay, replay
 from replayable.store.base import RunQuery
@@ -91,21 +91,38 @@ def runs_cmd(
 @click.argument("run_id")
 @store_option
 @click.option("--json", "as_json", is_flag=True, help="Print the run and its events as JSON.")
+@click.option(
+    "--step",
+    "step_ref",
+    help="Print one step in full: its address (module names optional, e.g. "
+    "'support_agent/0 > delete_record/0'), a bare boundary name when unique, or its seq.",
+)
 @click.option("--width", default=70, show_default=True, help="Characters of input/output shown.")
 @handle_errors
-def show_cmd(run_id: str, store_url: str | None, as_json: bool, width: int) -> None:
-    """Show a run as a tree of steps: kind, name, duration, short input/output, errors in red.
+def show_cmd(
+    run_id: str, store_url: str | None, as_json: bool, step_ref: str | None, width: int
+) -> None:
+    """Show a run as a tree of steps: kind, name, duration, model, sampling and tokens, short
+    input/output, errors in red. With --step, one step's full input and output.
 
     RUN_ID may be a unique prefix of the id.
     """
     store = get_store(store_url)
     run = store.get_run(run_id)
     events = list(store.iter_events(run.id))
+    out = console()
+    if step_ref is not None:
+        ev = find_event(run, events, step_ref)
+        if as_json:
+            click.echo(orjson.dumps(ev.to_dict()).decode())
+        else:
+            out.print(step_detail(run, ev))
+        return
     if as_json:
         payload = {"run": run.to_dict(), "events": [e.to_dict() for e in events]}
         click.echo(orjson.dumps(payload).decode())
         return
-    console().print(step_tree(run, events, width=width))
+    out.print(step_tree(run, events, width=width, max_width=out.width))
 
 
 def root_call(run: Run, events: list[Event]) -> tuple[Boundary, Event]:

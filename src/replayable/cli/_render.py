@@ -3,18 +3,35 @@
 from __future__ import annotations
 
 import datetime as _dt
+import re
 from collections.abc import Iterable
 from typing import Any
 
 import orjson
+from rich.console import Group
+from rich.syntax import Syntax
 from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
+from replayable.errors import ReplayableError
+from replayable.rundiff import RunDiff, tokens_of
 from replayable.trace import Event, Run
 from replayable.tree import Step, build_tree
 
-__all__ = ["KIND_STYLES", "fmt_duration", "fmt_time", "run_table", "short", "step_tree"]
+__all__ = [
+    "KIND_STYLES",
+    "diff_view",
+    "find_event",
+    "fmt_duration",
+    "fmt_time",
+    "run_table",
+    "sampling",
+    "short",
+    "step_detail",
+    "step_tree",
+    "usage_text",
+]
 
 KIND_STYLES = {
     "agent": "bold magenta",
@@ -56,7 +73,12 @@ def run_table(runs: Iterable[Run]) -> Table:
     """Runs as a table: id, name, status, start, duration, steps, tags."""
     table = Table(box=None, header_style="bold")
     for col in ("run", "name", "status", "started", "duration", "steps", "tags"):
-        table.add_column(col, justify="right" if col == "steps" else "left")
+        table.add_column(
+            col,
+            justify="right" if col == "steps" else "left",
+            no_wrap=col in ("run", "status", "started", "duration", "steps"),
+            overflow="ellipsis",
+        )
     for run in runs:
         tags = " ".join(f"{k}={v}" if v else k for k, v in run.tags.items())
         table.add_row(
@@ -71,31 +93,67 @@ def run_table(runs: Iterable[Run]) -> Table:
     return table
 
 
-def _label(step: Step, width: int) -> Text:
+SAMPLING_KEYS = (
+    "temperature",
+    "top_p",
+    "top_k",
+    "max_tokens",
+    "max_output_tokens",
+    "seed",
+    "system_fingerprint",
+)
+"""Metadata (or LLM input) keys shown on an LLM step's line: how the answer was sampled."""
+
+
+def sampling(ev: Event) -> dict[str, Any]:
+    """Sampling parameters of an LLM step, from its metadata, else from its input."""
+    out: dict[str, Any] = {}
+    sources = [ev.meta]
+    if ev.kind == "llm" and isinstance(ev.input, dict):
+        sources.append(ev.input)
+    for src in sources:
+        for k in SAMPLING_KEYS:
+            if k in src and k not in out and not isinstance(src[k], dict | list):
+                out[k] = src[k]
+    return out
+
+
+def usage_text(usage: Any) -> str:
+    """``in=120 out=18`` from a usage dict, or an empty string."""
+    i, o = tokens_of(usage)
+    return f"in={i} out={o}" if i or o else ""
+
+
+def _label(step: Step, width: int, max_width: int | None = None) -> Text:
     ev = step.event
-    text = Text()
+    text = Text(no_wrap=max_width is not None, overflow="ellipsis")
     if ev is None:
         text.append(f"{step.boundary} ", style="bold")
         text.append("incomplete (the call never returned)", style="red")
         return text
+    if max_width is not None:
+        # Rich draws 4 columns of guides per level; keep each line inside the terminal.
+        width = max(20, min(width, max_width - 4 * (step.depth + 1) - 8))
     text.append(f"[{ev.kind}] ", style=KIND_STYLES.get(ev.kind, ""))
-    text.append(ev.boundary.rsplit(":", 1)[-1], style="bold")
+    text.append(ev.boundary.rsplit(":", 1)[-1], style="bold red" if ev.error else "bold")
     text.append(f"  {fmt_duration(ev.duration_ns / 1e9)}", style="dim")
     if ev.meta.get("served"):
         text.append("  served", style="dim italic")
     model = ev.meta.get("model") or ev.meta.get("response_model")
-    if model:
-        text.append(f"  model={model}", style="cyan")
-    usage = ev.meta.get("usage")
-    if isinstance(usage, dict):
-        tokens = usage.get("total_tokens") or sum(
-            v for k, v in usage.items() if isinstance(v, int) and k.endswith("tokens")
-        )
-        text.append(f"  tokens={tokens}", style="cyan")
+    params = sampling(ev)
+    tokens = usage_text(ev.meta.get("usage"))
+    if model or params or tokens:
+        text.append("\n  model: ", style="")
+        text.append(str(model or "?"), style="cyan")
+        if tokens:
+            text.append(f"  tokens {tokens}", style="cyan")
+        if params:
+            text.append("  " + " ".join(f"{k}={v}" for k, v in params.items()), style="dim cyan")
     text.append(f"\n  in:  {short(ev.input, width)}", style="")
     if ev.error is not None:
         text.append(
-            f"\n  error: {ev.error.get('type', '')}: {ev.error.get('message', '')}",
+            "\n"
+            + short(f"  error: {ev.error.get('type', '')}: {ev.error.get('message', '')}", width),
             style="bold red",
         )
     else:
@@ -103,8 +161,14 @@ def _label(step: Step, width: int) -> Text:
     return text
 
 
-def step_tree(run: Run, events: Iterable[Event], width: int = 70) -> Tree:
-    """The run as a tree of steps with kind, name, duration, short input/output and errors."""
+def step_tree(
+    run: Run, events: Iterable[Event], width: int = 70, max_width: int | None = None
+) -> Tree:
+    """The run as a tree of steps with kind, name, duration, short input/output and errors.
+
+    ``width`` caps the input/output previews; with ``max_width`` (the terminal's width) every
+    line is also cut to fit, so nothing wraps however deep the tree.
+    """
     head = Text()
     head.append(f"run {run.id}", style="bold")
     if run.name:
@@ -115,7 +179,137 @@ def step_tree(run: Run, events: Iterable[Event], width: int = 70) -> Tree:
 
     def add(parent: Tree, steps: list[Step]) -> None:
         for step in steps:
-            add(parent.add(_label(step, width)), step.children)
+            add(parent.add(_label(step, width, max_width)), step.children)
 
     add(tree, build_tree(events))
     return tree
+
+
+_MODULE = re.compile(r"[\w.]+:")
+
+
+def find_event(run: Run, events: list[Event], ref: str) -> Event:
+    """The step named by ``ref``: its seq, its address (module names optional), the tail of
+    its address, or a bare boundary name called once.
+
+    Raises :class:`ReplayableError` listing the candidates when ``ref`` is unknown or ambiguous.
+    """
+    ref = ref.strip()
+    if ref.isdigit():
+        found = [e for e in events if e.seq == int(ref)]
+    else:
+        found = [e for e in events if e.address == ref]
+    if not found:
+        bare = _MODULE.sub("", ref)
+        found = [
+            e
+            for e in events
+            if (a := _MODULE.sub("", e.address)) == bare
+            or a.endswith(" > " + bare)
+            or e.boundary == ref
+            or e.boundary.rsplit(":", 1)[-1] == bare
+        ]
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise ReplayableError(
+            f"no step {ref!r} in run {run.id}; see the addresses with `replayable show {run.id} "
+            "--json` or pass a seq"
+        )
+    listed = "; ".join(f"{e.seq}: {_MODULE.sub('', e.address)}" for e in found[:10])
+    raise ReplayableError(f"step {ref!r} is ambiguous in run {run.id}; pass a seq: {listed}")
+
+
+def _json_block(title: str, value: Any, style: str = "bold") -> Group:
+    text = orjson.dumps(value, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS).decode()
+    return Group(
+        Text(title, style=style),
+        Syntax(text, "json", theme="ansi_dark", word_wrap=True, background_color="default"),
+    )
+
+
+def step_detail(run: Run, ev: Event) -> Group:
+    """One step in full: where it sits, its timing, and input, output, error and metadata as
+    syntax-highlighted JSON."""
+    head = Text()
+    head.append(f"[{ev.kind}] ", style=KIND_STYLES.get(ev.kind, ""))
+    head.append(ev.boundary, style="bold")
+    head.append(f"  seq {ev.seq}  {fmt_duration(ev.duration_ns / 1e9)}", style="dim")
+    head.append(f"\nrun {run.id}  address {ev.address}", style="dim")
+    parts: list[Any] = [head, _json_block("input", ev.input)]
+    if ev.error is not None:
+        parts.append(_json_block("error", ev.error, style="bold red"))
+    else:
+        parts.append(_json_block("output", ev.output))
+    if ev.meta:
+        parts.append(_json_block("meta", ev.meta, style="bold dim"))
+    return Group(*parts)
+
+
+DIFF_MARKS = {
+    "same": ("=", "dim"),
+    "changed": ("~", "yellow"),
+    "only_a": ("-", "red"),
+    "only_b": ("+", "green"),
+    "inside_served": ("·", "dim"),
+}
+
+
+def _side(ev: Event | None) -> str:
+    return "-" if ev is None else f"{fmt_duration(ev.duration_ns / 1e9)}"
+
+
+def diff_view(d: RunDiff, max_width: int | None = None) -> Group:
+    """Two runs side by side: every aligned step with a mark (= same, ~ changed, - only in A,
+    + only in B), then the first divergence with its field-level changes."""
+    counts = d.counts()
+    head = Text()
+    head.append(f"A {d.a.id}", style="bold")
+    head.append(f"  {d.a.name or ''}  {d.a.status}\n")
+    head.append(f"B {d.b.id}", style="bold")
+    head.append(f"  {d.b.name or ''}  {d.b.status}\n")
+    head.append(
+        f"{len(d.pairs)} steps: {counts['same']} same, {counts['changed']} changed, "
+        f"{counts['only_a']} only in A, {counts['only_b']} only in B"
+        + (f", {counts['inside_served']} inside served calls" if counts["inside_served"] else "")
+    )
+    total = max_width or 100
+    step_w = min(44, max(20, total // 2 - 8))
+    fields_w = max(10, total - step_w - 24)
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    table.add_column("", no_wrap=True, width=1)
+    table.add_column("step", no_wrap=True)
+    table.add_column("A", justify="right", no_wrap=True)
+    table.add_column("B", justify="right", no_wrap=True)
+    table.add_column("fields", no_wrap=True)
+    first = d.first_divergence
+    for pair in d.pairs:
+        mark, style = DIFF_MARKS[pair.status]
+        ev = pair.event
+        label = "  " * ev.address.count(" > ") + f"[{ev.kind}] " + ev.boundary.rsplit(":", 1)[-1]
+        name = Text(short(label, step_w), style="bold" if pair is first else "")
+        fields = ", ".join(f"{k}.{c.path}" for k, cs in pair.changes.items() for c in cs)
+        table.add_row(
+            Text(mark, style=style),
+            name,
+            _side(pair.a),
+            _side(pair.b),
+            Text(short(fields, fields_w), style=style),
+        )
+    parts: list[Any] = [head, table]
+    if first is None:
+        parts.append(Text("identical: every step has the same input, output and error", "green"))
+        return Group(*parts)
+    title = Text("\nfirst divergence: ", style="bold red")
+    title.append(_MODULE.sub("", first.address), style="bold")
+    parts.append(title)
+    if first.status == "only_a":
+        parts.append(Text("  this call is in A only: B never made it", style="red"))
+    elif first.status == "only_b":
+        parts.append(Text("  this call is in B only: A never made it", style="green"))
+    limit = max(20, (max_width or 100) - 20)
+    for field_name, changes in first.changes.items():
+        parts.append(Text(f"  {field_name}:", style="bold"))
+        for c in changes:
+            parts.append(Text("    " + short(str(c), limit), style=DIFF_MARKS["changed"][1]))
+    return Group(*parts)

@@ -1,0 +1,283 @@
+"""Align two runs step by step and find where they part ways.
+
+Steps are paired by address first (same place in the tree, same boundary, same ordinal); the
+rest are paired by boundary and canonical key (the same call made from another place), in start
+order. What is left appears on one side only. Each pair carries the field-level changes of its
+input, output and error, so "yesterday's failure against today's replay" reads as a list of
+paths.
+
+>>> d = diff_runs(run_a, events_a, run_b, events_b)
+>>> d.first_divergence.address if d.first_divergence else "identical"
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from replayable.diff import diff_values
+from replayable.errors import FieldChange
+from replayable.trace import Event, Run
+
+__all__ = ["RunDiff", "StepPair", "diff_runs", "run_usage", "tokens_of"]
+
+SAME = "same"
+CHANGED = "changed"
+ONLY_A = "only_a"
+ONLY_B = "only_b"
+INSIDE_SERVED = "inside_served"
+
+
+@dataclass(slots=True)
+class StepPair:
+    """One aligned step: the event on each side (None when missing) and what changed.
+
+    ``status`` is ``same``, ``changed``, ``only_a``, ``only_b`` or ``inside_served`` (a call
+    nested in a step the other run served from its recording: a replay never re-runs it, so it
+    is not a difference); ``matched_by`` is ``address`` or ``key`` for pairs found on both
+    sides.
+    """
+
+    a: Event | None
+    b: Event | None
+    status: str
+    matched_by: str | None = None
+    input_changes: list[FieldChange] = field(default_factory=list)
+    output_changes: list[FieldChange] = field(default_factory=list)
+    error_changes: list[FieldChange] = field(default_factory=list)
+
+    @property
+    def event(self) -> Event:
+        """The event on side A, or side B when A has none."""
+        ev = self.a or self.b
+        assert ev is not None
+        return ev
+
+    @property
+    def address(self) -> str:
+        """The step's address (side A's when both exist)."""
+        return self.event.address
+
+    @property
+    def boundary(self) -> str:
+        """The step's boundary name."""
+        return self.event.boundary
+
+    @property
+    def diverges(self) -> bool:
+        """True when the two sides differ in presence, input, output or error."""
+        return self.status not in (SAME, INSIDE_SERVED)
+
+    @property
+    def changes(self) -> dict[str, list[FieldChange]]:
+        """The non-empty change lists by field name (``input``, ``output``, ``error``)."""
+        out = {
+            "input": self.input_changes,
+            "output": self.output_changes,
+            "error": self.error_changes,
+        }
+        return {k: v for k, v in out.items() if v}
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON types: both sides' seq and address, the status and each field change."""
+        return {
+            "status": self.status,
+            "matched_by": self.matched_by,
+            "boundary": self.boundary,
+            "kind": self.event.kind,
+            "a": None if self.a is None else {"seq": self.a.seq, "address": self.a.address},
+            "b": None if self.b is None else {"seq": self.b.seq, "address": self.b.address},
+            "changes": {
+                name: [_change_dict(c) for c in changes] for name, changes in self.changes.items()
+            },
+        }
+
+
+def _change_dict(c: FieldChange) -> dict[str, Any]:
+    return {"path": c.path, "change": c.change, "a": c.recorded, "b": c.actual}
+
+
+@dataclass(slots=True)
+class RunDiff:
+    """Two runs aligned: ``pairs`` in tree order, ``first_divergence``, counts by status."""
+
+    a: Run
+    b: Run
+    pairs: list[StepPair]
+
+    @property
+    def first_divergence(self) -> StepPair | None:
+        """Where the runs first part ways; None when identical.
+
+        The earliest differing pair in start order, except a parent whose input matches and
+        whose children differ: its output changed *because* of them, so the search goes on.
+        """
+        differing = [p for p in self.pairs if p.diverges]
+        for p in differing:
+            if p.status == CHANGED and not p.input_changes:
+                prefix = p.address + " > "
+                if any(q.address.startswith(prefix) for q in differing):
+                    continue
+            return p
+        return None
+
+    @property
+    def identical(self) -> bool:
+        """True when every step pairs up with the same input, output and error."""
+        return self.first_divergence is None
+
+    def counts(self) -> dict[str, int]:
+        """How many pairs have each status."""
+        out = {SAME: 0, CHANGED: 0, ONLY_A: 0, ONLY_B: 0, INSIDE_SERVED: 0}
+        for p in self.pairs:
+            out[p.status] += 1
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON types: both run ids, counts, the first divergence's index and every pair."""
+        first = self.first_divergence
+        return {
+            "a": self.a.id,
+            "b": self.b.id,
+            "identical": first is None,
+            "counts": self.counts(),
+            "first_divergence": None if first is None else self.pairs.index(first),
+            "pairs": [p.to_dict() for p in self.pairs],
+        }
+
+
+def _compare(a: Event, b: Event, matched_by: str, limit: int) -> StepPair:
+    inp = diff_values(a.input, b.input, limit=limit)
+    out = diff_values(a.output, b.output, limit=limit) if a.error is None else []
+    err = diff_values(a.error, b.error, limit=limit)
+    status = CHANGED if inp or out or err else SAME
+    return StepPair(a, b, status, matched_by, inp, out, err)
+
+
+def diff_runs(
+    run_a: Run,
+    events_a: Iterable[Event],
+    run_b: Run,
+    events_b: Iterable[Event],
+    *,
+    limit: int = 50,
+) -> RunDiff:
+    """Align two runs' steps (by address, then by boundary + key) and diff each pair.
+
+    ``limit`` caps the field changes kept per value.
+    """
+    evs_a = sorted(events_a, key=lambda e: e.seq)
+    evs_b = sorted(events_b, key=lambda e: e.seq)
+    by_address = {e.address: e for e in evs_b}
+    partner: dict[int, tuple[Event, str]] = {}  # a.seq -> (b event, matched_by)
+    used_b: set[int] = set()
+    for ev in evs_a:
+        other = by_address.get(ev.address)
+        if other is not None and other.boundary == ev.boundary and other.seq not in used_b:
+            partner[ev.seq] = (other, "address")
+            used_b.add(other.seq)
+    by_key: dict[tuple[str, str], list[Event]] = defaultdict(list)
+    for ev in evs_b:
+        if ev.seq not in used_b:
+            by_key[(ev.boundary, ev.key)].append(ev)
+    for ev in evs_a:
+        if ev.seq in partner:
+            continue
+        candidates = by_key.get((ev.boundary, ev.key))
+        if candidates:
+            other = candidates.pop(0)
+            partner[ev.seq] = (other, "key")
+            used_b.add(other.seq)
+
+    # Order: side A's start order; a step only in B goes after the A step that its nearest
+    # earlier matched B step pairs with, so it shows up where B took its own path.
+    b_to_a = {other.seq: a_seq for a_seq, (other, _) in partner.items()}
+    ordered: list[tuple[tuple[int, int, int], StepPair]] = []
+    for ev in evs_a:
+        if ev.seq in partner:
+            other, how = partner[ev.seq]
+            ordered.append(((ev.seq, 0, 0), _compare(ev, other, how, limit)))
+        else:
+            ordered.append(((ev.seq, 0, 0), StepPair(ev, None, ONLY_A)))
+    anchor = -1
+    for ev in evs_b:
+        if ev.seq in b_to_a:
+            anchor = b_to_a[ev.seq]
+        elif ev.seq not in used_b:
+            ordered.append(((anchor, 1, ev.seq), StepPair(None, ev, ONLY_B)))
+    ordered.sort(key=lambda item: item[0])
+    pairs = [pair for _, pair in ordered]
+    _mark_inside_served(pairs)
+    return RunDiff(run_a, run_b, pairs)
+
+
+def _mark_inside_served(pairs: list[StepPair]) -> None:
+    """A one-sided call under a step the other side served was consumed with it, not skipped."""
+    served_a = {p.a.seq for p in pairs if p.a is not None and p.a.meta.get("served")}
+    served_b = {p.b.seq for p in pairs if p.b is not None and p.b.meta.get("served")}
+    # A's seq -> B's partner's seq (and back), to walk one side's ancestors on the other side.
+    a_to_b = {p.a.seq: p.b.seq for p in pairs if p.a is not None and p.b is not None}
+    b_to_a = {v: k for k, v in a_to_b.items()}
+    parent_a = {p.a.seq: p.a.parent_seq for p in pairs if p.a is not None}
+    parent_b = {p.b.seq: p.b.parent_seq for p in pairs if p.b is not None}
+
+    def under_served(
+        seq: int | None, parents: dict[int, int | None], partner: dict[int, int], served: set[int]
+    ) -> bool:
+        while seq is not None:
+            other = partner.get(seq)
+            if other is not None and other in served:
+                return True
+            seq = parents.get(seq)
+        return False
+
+    for p in pairs:
+        if p.status == ONLY_A and p.a is not None:
+            inside = under_served(p.a.parent_seq, parent_a, a_to_b, served_b)
+        elif p.status == ONLY_B and p.b is not None:
+            inside = under_served(p.b.parent_seq, parent_b, b_to_a, served_a)
+        else:
+            continue
+        if inside:
+            p.status = INSIDE_SERVED
+
+
+def tokens_of(usage: Any) -> tuple[int, int]:
+    """(input, output) tokens from a usage dict in OpenAI or Anthropic shape; (0, 0) otherwise.
+
+    >>> tokens_of({"prompt_tokens": 12, "completion_tokens": 3})
+    (12, 3)
+    """
+    if not isinstance(usage, dict):
+        return 0, 0
+
+    def num(*names: str) -> int:
+        for n in names:
+            v = usage.get(n)
+            if isinstance(v, int) and not isinstance(v, bool):
+                return v
+        return 0
+
+    return num("input_tokens", "prompt_tokens"), num("output_tokens", "completion_tokens")
+
+
+def run_usage(events: Iterable[Event]) -> dict[str, dict[str, int]]:
+    """Calls and tokens by model over some events: ``{model: {calls, input, output}}``.
+
+    An event counts when its metadata names a ``model`` (or ``response_model``) or carries
+    ``usage``; a call with usage but no model counts under ``"(unknown)"``.
+    """
+    out: dict[str, dict[str, int]] = {}
+    for ev in events:
+        model = ev.meta.get("model") or ev.meta.get("response_model")
+        usage = ev.meta.get("usage")
+        if model is None and usage is None:
+            continue
+        row = out.setdefault(str(model or "(unknown)"), {"calls": 0, "input": 0, "output": 0})
+        i, o = tokens_of(usage)
+        row["calls"] += 1
+        row["input"] += i
+        row["output"] += o
+    return out

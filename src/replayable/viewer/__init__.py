@@ -1,0 +1,14 @@
+"""The local web viewer: ``replayable serve`` (needs ``pip install "replayable[viewer]"``).
+
+Pages for the run list, a run's step tree and timeline, one step in full, and two runs diffed;
+a JSON API under ``/api/`` (documented at ``/api/docs``). Binds to 127.0.0.1 by default.
+
+>>> from replayable.viewer import create_app
+>>> app = create_app(rp.open_store(".replayable/traces.db"))
+"""
+
+from __future__ import annotations
+
+from replayable.viewer._app import create_app
+
+__all__ = ["create_app"]

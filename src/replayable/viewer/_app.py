@@ -1,0 +1,456 @@
+"""The viewer's Starlette app: server-rendered pages, a JSON API under ``/api/``, local assets.
+
+Security: every value from a trace goes through Jinja2 autoescaping (never ``|safe``); scripts
+come only from ``/static/`` (the Content-Security-Policy forbids inline script); a token, when
+set, is checked on every request; bound locally, requests naming another host are refused (so a
+web page cannot reach the viewer by DNS rebinding).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hmac
+import re
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlencode
+
+import jinja2
+import orjson
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import RedirectResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.templating import Jinja2Templates
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from replayable.errors import ReplayableError, RunNotFound
+from replayable.rundiff import diff_runs
+from replayable.store.base import RunQuery, Store
+from replayable.viewer._data import (
+    MAX_INLINE_BYTES,
+    RunCache,
+    run_overview,
+    run_summary,
+    step_data,
+    tree_rows,
+)
+
+__all__ = ["create_app"]
+
+HERE = Path(__file__).parent
+PAGE_SIZE = 500
+TOKEN_COOKIE = "replayable_viewer_token"
+LOCAL_NAMES = {"127.0.0.1", "localhost", "[::1]", "::1"}
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; "
+    "form-action 'self'"
+)
+API_DOCS = [
+    (
+        "GET",
+        "/api/runs",
+        "Runs, newest first. Query: q (search id/name/tags), name, status, "
+        "tag=k=v (repeatable), since (1h, 2d or ISO date), boundary, errors=1, limit.",
+    ),
+    (
+        "GET",
+        "/api/runs/{run}",
+        "One run (id or unique prefix): its fields, totals (steps by "
+        "kind, errors, tokens by model), its replays and the replay command.",
+    ),
+    (
+        "GET",
+        "/api/runs/{run}/steps",
+        "A page of the step tree, depth first. Query: offset, "
+        "limit (max 2000). Each row has seq, depth, kind, name, preview, error and its timeline "
+        "bar (left and width in percent of the run).",
+    ),
+    (
+        "GET",
+        "/api/runs/{run}/steps/{seq}",
+        "One step in full: input, output, error, meta as "
+        "indented JSON text (values over 1 MB cut, with truncated=true), model, sampling, tokens, "
+        "retrieval cards and stream chunks.",
+    ),
+    (
+        "GET",
+        "/api/runs/{run}/steps/{seq}/{field}",
+        "The full value of input, output, error or meta, as JSON, never cut.",
+    ),
+    (
+        "GET",
+        "/api/diff?a={run}&b={run}",
+        "Two runs aligned step by step: counts, the index of "
+        "the first divergence and every pair with its field-level changes.",
+    ),
+]
+
+
+def _duration(ns_or_s: float | None, unit: str = "ns") -> str:
+    if ns_or_s is None:
+        return "-"
+    seconds = ns_or_s / 1e9 if unit == "ns" else ns_or_s
+    if seconds < 0.001:
+        return f"{seconds * 1e6:.0f}µs"
+    if seconds < 1:
+        return f"{seconds * 1000:.0f}ms"
+    if seconds < 60:
+        return f"{seconds:.2f}s"
+    return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
+
+
+def _time(epoch: float | None) -> str:
+    if not epoch:
+        return "-"
+    return _dt.datetime.fromtimestamp(epoch).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _templates() -> Jinja2Templates:
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(HERE / "templates"),
+        autoescape=True,  # every value from a trace is escaped; nothing is marked safe
+        undefined=jinja2.StrictUndefined,
+    )
+    env.filters["duration"] = _duration
+    env.filters["time"] = _time
+    env.filters["short_name"] = lambda name: str(name).rsplit(":", 1)[-1]
+    return Jinja2Templates(env=env)
+
+
+def _host_of(header: str) -> str:
+    if header.startswith("["):
+        return header[: header.find("]") + 1]
+    return header.split(":", 1)[0]
+
+
+class _Guard:
+    """ASGI middleware: local Host header check, token check, security headers."""
+
+    def __init__(self, app: ASGIApp, token: str | None, local_only: bool) -> None:
+        self.app = app
+        self.token = token
+        self.local_only = local_only
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        if self.local_only and _host_of(headers.get("host", "")) not in LOCAL_NAMES:
+            await Response("unknown host", status_code=400)(scope, receive, send)
+            return
+        if self.token is not None:
+            query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
+            if self._ok(query.get("token")):
+                # Trade the token in the URL for a cookie, and drop it from the address bar.
+                rest = urlencode([(k, v) for k, v in query.items() if k != "token"])
+                target = scope["path"] + (f"?{rest}" if rest else "")
+                redirect = RedirectResponse(target, status_code=303)
+                redirect.set_cookie(
+                    TOKEN_COOKIE, self.token, httponly=True, samesite="strict", path="/"
+                )
+                await redirect(scope, receive, send)
+                return
+            auth = headers.get("authorization", "")
+            bearer = auth[7:] if auth.lower().startswith("bearer ") else None
+            cookie = _cookie(headers.get("cookie", ""), TOKEN_COOKIE)
+            if not (self._ok(bearer) or self._ok(cookie)):
+                await Response(
+                    "token required: open this page with ?token=... or send "
+                    "'Authorization: Bearer ...'",
+                    status_code=401,
+                    headers={"WWW-Authenticate": "Bearer"},
+                )(scope, receive, send)
+                return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                extra = [
+                    (b"content-security-policy", CSP.encode()),
+                    (b"x-content-type-options", b"nosniff"),
+                    (b"referrer-policy", b"no-referrer"),
+                    (b"x-frame-options", b"DENY"),
+                ]
+                message["headers"] = list(message.get("headers", [])) + extra
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+    def _ok(self, given: str | None) -> bool:
+        if given is None or self.token is None:
+            return False
+        return hmac.compare_digest(given.encode(), self.token.encode())
+
+
+def _cookie(header: str, name: str) -> str | None:
+    for part in header.split(";"):
+        k, _, v = part.strip().partition("=")
+        if k == name:
+            return v
+    return None
+
+
+def _json(data: Any, status_code: int = 200) -> Response:
+    return Response(orjson.dumps(data), status_code=status_code, media_type="application/json")
+
+
+_SINCE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
+
+
+def _since(text: str | None) -> float | None:
+    if not text:
+        return None
+    import time
+
+    m = _SINCE.match(text.strip())
+    if m:
+        units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+        return time.time() - float(m.group(1)) * units[m.group(2)]
+    try:
+        dt = _dt.datetime.fromisoformat(text)
+    except ValueError:
+        raise HTTPException(400, f"since={text!r}: use 1h, 30m, 2d or an ISO date")
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=_dt.UTC)
+    return dt.timestamp()
+
+
+def _int(request: Request, name: str, default: int, top: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return max(0, min(int(raw), top))
+    except ValueError:
+        raise HTTPException(400, f"{name}={raw!r}: expected a number")
+
+
+def create_app(
+    store: Store,
+    *,
+    token: str | None = None,
+    local_only: bool = True,
+    max_inline_bytes: int = MAX_INLINE_BYTES,
+) -> Starlette:
+    """The viewer as an ASGI app over ``store``.
+
+    ``token``: required on every request (``Authorization: Bearer``, a cookie set by visiting
+    ``/?token=...``). ``local_only``: refuse requests whose Host is not 127.0.0.1/localhost.
+
+    >>> import uvicorn
+    >>> uvicorn.run(create_app(open_store("traces.db")), host="127.0.0.1", port=8765)
+    """
+    templates = _templates()
+    cache = RunCache(store)
+
+    def page(request: Request, name: str, status_code: int = 200, **context: Any) -> Response:
+        context.setdefault("title", "replayable")
+        return templates.TemplateResponse(request, name, context, status_code=status_code)
+
+    def list_runs(request: Request) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        p = request.query_params
+        tags: dict[str, str] = {}
+        for tag in p.getlist("tag"):
+            if tag:
+                k, _, v = tag.partition("=")
+                tags[k] = v
+        limit = _int(request, "limit", 100, 1000)
+        q = (p.get("q") or "").strip().lower()
+        query = RunQuery(
+            name=p.get("name") or None,
+            tags=tags or None,
+            status=p.get("status") or None,
+            since=_since(p.get("since")),
+            boundary=p.get("boundary") or None,
+            has_error=True if p.get("errors") in ("1", "true", "on") else None,
+            limit=max(limit, 1000) if q else limit,
+        )
+        runs = store.list_runs(query)
+        if q:
+            runs = [
+                r
+                for r in runs
+                if q in r.id.lower()
+                or q in (r.name or "").lower()
+                or any(q in f"{k}={v}".lower() for k, v in r.tags.items())
+            ][:limit]
+        filters = {
+            "q": p.get("q") or "",
+            "name": p.get("name") or "",
+            "status": p.get("status") or "",
+            "tag": p.get("tag") or "",
+            "since": p.get("since") or "",
+            "boundary": p.get("boundary") or "",
+            "errors": bool(query.has_error),
+        }
+        return [run_summary(r) for r in runs], filters
+
+    def run_info(run_id: str) -> dict[str, Any]:
+        loaded = cache.get(run_id)
+        run = loaded.run
+        replays = [
+            run_summary(r)
+            for r in store.list_runs(RunQuery(limit=500))
+            if r.parent_run == run.id or r.metadata.get("replay_of") == run.id
+        ]
+        roots = [e for e in loaded.events if e.parent_seq is None and e.kind != "clock"]
+        agents = [e for e in roots if e.kind == "agent"] or roots
+        module = agents[0].boundary.split(":", 1)[0] if agents else "your_module"
+        return {
+            "run": run_summary(run),
+            "environment": run.environment,
+            "overview": run_overview(loaded),
+            "replays": replays,
+            "replay_command": f"replayable replay {run.id} --import {module} --store {store.url}",
+        }
+
+    async def index(request: Request) -> Response:
+        runs, filters = list_runs(request)
+        return page(request, "runs.html", runs=runs, filters=filters, store_url=store.url)
+
+    async def run_page(request: Request) -> Response:
+        info = run_info(request.path_params["run_id"])
+        loaded = cache.get(info["run"]["id"])
+        rows = tree_rows(loaded, 0, PAGE_SIZE)
+        return page(
+            request,
+            "run.html",
+            title=f"run {info['run']['id']}",
+            rows=rows,
+            total=len(loaded.rows),
+            page_size=PAGE_SIZE,
+            **info,
+        )
+
+    async def step_page(request: Request) -> Response:
+        loaded = cache.get(request.path_params["run_id"])
+        step = step_data(loaded, int(request.path_params["seq"]), max_inline_bytes)
+        if step is None:
+            raise HTTPException(404, "no such step in this run")
+        partial = request.query_params.get("partial") == "1"
+        return page(
+            request,
+            "_step.html" if partial else "step.html",
+            title=f"{step['name']} · run {loaded.run.id}",
+            run=run_summary(loaded.run),
+            step=step,
+        )
+
+    async def diff_page(request: Request) -> Response:
+        a, b = request.query_params.get("a"), request.query_params.get("b")
+        if not a or not b:
+            runs, _ = list_runs(request)
+            return page(request, "diff_pick.html", title="diff two runs", runs=runs)
+        la, lb = cache.get(a), cache.get(b)
+        d = diff_runs(la.run, la.events, lb.run, lb.events)
+        first = d.first_divergence
+        return page(
+            request,
+            "diff.html",
+            title=f"diff {la.run.id} · {lb.run.id}",
+            a=run_summary(la.run),
+            b=run_summary(lb.run),
+            pairs=d.pairs[:5000],
+            total=len(d.pairs),
+            first=first,
+            counts=d.counts(),
+        )
+
+    async def api_runs(request: Request) -> Response:
+        runs, _ = list_runs(request)
+        return _json({"runs": runs})
+
+    async def api_run(request: Request) -> Response:
+        return _json(run_info(request.path_params["run_id"]))
+
+    async def api_steps(request: Request) -> Response:
+        loaded = cache.get(request.path_params["run_id"])
+        offset = _int(request, "offset", 0, 10**9)
+        limit = _int(request, "limit", PAGE_SIZE, 2000)
+        return _json(
+            {
+                "run": loaded.run.id,
+                "total": len(loaded.rows),
+                "offset": offset,
+                "rows": tree_rows(loaded, offset, limit),
+            }
+        )
+
+    async def api_step(request: Request) -> Response:
+        loaded = cache.get(request.path_params["run_id"])
+        step = step_data(loaded, int(request.path_params["seq"]), max_inline_bytes)
+        if step is None:
+            raise HTTPException(404, "no such step in this run")
+        return _json(step)
+
+    async def api_field(request: Request) -> Response:
+        loaded = cache.get(request.path_params["run_id"])
+        ev = loaded.by_seq.get(int(request.path_params["seq"]))
+        field = request.path_params["field"].removesuffix(".json")
+        if ev is None or field not in ("input", "output", "error", "meta"):
+            raise HTTPException(404, "no such step or field (input, output, error, meta)")
+        return _json(getattr(ev, field))
+
+    async def api_diff(request: Request) -> Response:
+        a, b = request.query_params.get("a"), request.query_params.get("b")
+        if not a or not b:
+            raise HTTPException(400, "pass two runs: /api/diff?a=RUN&b=RUN")
+        la, lb = cache.get(a), cache.get(b)
+        return _json(diff_runs(la.run, la.events, lb.run, lb.events).to_dict())
+
+    async def api_docs(request: Request) -> Response:
+        if "application/json" in request.headers.get("accept", ""):
+            return _json([{"method": m, "path": p, "doc": d} for m, p, d in API_DOCS])
+        return page(request, "api_docs.html", title="API", endpoints=API_DOCS)
+
+    def wants_json(request: Request) -> bool:
+        return request.url.path.startswith("/api/")
+
+    async def not_found(request: Request, exc: Exception) -> Response:
+        message = str(exc).splitlines()[0]
+        if wants_json(request):
+            return _json({"error": message}, 404)
+        return page(request, "error.html", status_code=404, title="not found", message=message)
+
+    async def bad_request(request: Request, exc: Exception) -> Response:
+        message = str(exc).splitlines()[0]
+        if wants_json(request):
+            return _json({"error": message}, 400)
+        return page(request, "error.html", status_code=400, title="error", message=message)
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        if wants_json(request):
+            return _json({"error": exc.detail}, exc.status_code)
+        return page(
+            request, "error.html", status_code=exc.status_code, title="error", message=exc.detail
+        )
+
+    routes = [
+        Route("/", index),
+        Route("/runs/{run_id}", run_page),
+        Route("/runs/{run_id}/steps/{seq:int}", step_page),
+        Route("/diff", diff_page),
+        Route("/api/docs", api_docs),
+        Route("/api/runs", api_runs),
+        Route("/api/runs/{run_id}", api_run),
+        Route("/api/runs/{run_id}/steps", api_steps),
+        Route("/api/runs/{run_id}/steps/{seq:int}", api_step),
+        Route("/api/runs/{run_id}/steps/{seq:int}/{field}", api_field),
+        Route("/api/diff", api_diff),
+        Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
+    ]
+    app = Starlette(
+        routes=routes,
+        exception_handlers={
+            RunNotFound: not_found,
+            ReplayableError: bad_request,
+            HTTPException: http_error,
+        },
+    )
+    app.add_middleware(_Guard, token=token, local_only=local_only)
+    return app

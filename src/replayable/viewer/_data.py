@@ -1,0 +1,266 @@
+"""What the viewer shows, as plain data: run rows, tree rows with timeline bars, step details.
+
+No HTML here (templates do that, with autoescaping); the JSON API returns these same dicts.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from replayable.rundiff import run_usage, tokens_of
+from replayable.store.base import Store
+from replayable.trace import Event, Run
+from replayable.tree import Step, build_tree, walk
+
+__all__ = [
+    "MAX_INLINE_BYTES",
+    "LoadedRun",
+    "RunCache",
+    "pretty",
+    "preview",
+    "retrieval_cards",
+    "run_summary",
+    "step_data",
+    "tree_rows",
+]
+
+MAX_INLINE_BYTES = 1_000_000
+"""Values bigger than this (as JSON) are cut in pages and API lists, with a link to the full one."""
+
+SAMPLING_KEYS = ("temperature", "top_p", "top_k", "max_tokens", "max_output_tokens", "seed")
+
+
+def _json(value: Any, indent: bool = False) -> str:
+    opts = orjson.OPT_SORT_KEYS | (orjson.OPT_INDENT_2 if indent else 0)
+    try:
+        return orjson.dumps(value, option=opts).decode()
+    except TypeError:
+        return repr(value)
+
+
+def preview(value: Any, limit: int = 140) -> str:
+    """One line of JSON (strings as they are), cut to ``limit`` characters."""
+    text = value if isinstance(value, str) else _json(value)
+    text = text.replace("\n", " ")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def pretty(value: Any, limit: int = MAX_INLINE_BYTES) -> tuple[str, bool, int]:
+    """(indented JSON cut to ``limit`` bytes, whether it was cut, full size in bytes)."""
+    text = value if isinstance(value, str) else _json(value, indent=True)
+    size = len(text.encode())
+    if size <= limit:
+        return text, False, size
+    return text.encode()[:limit].decode(errors="ignore") + "\n…", True, size
+
+
+@dataclass(slots=True)
+class LoadedRun:
+    """A run with its events, the step tree in display order, and the timeline's frame."""
+
+    run: Run
+    events: list[Event]
+    by_seq: dict[int, Event]
+    rows: list[Step]
+    t0: float
+    span: float
+
+
+def _load(store: Store, run: Run) -> LoadedRun:
+    events = list(store.iter_events(run.id))
+    rows = list(walk(build_tree(events)))
+    starts = [e.started_at for e in events if e.started_at]
+    ends = [e.started_at + e.duration_ns / 1e9 for e in events if e.started_at]
+    t0 = min([run.started_at, *starts]) if run.started_at else min(starts, default=0.0)
+    end = max([*ends, run.ended_at or 0.0, t0])
+    return LoadedRun(run, events, {e.seq: e for e in events}, rows, t0, max(end - t0, 1e-9))
+
+
+class RunCache:
+    """Finished runs never change, so their parsed events and trees are kept (a few, LRU)."""
+
+    def __init__(self, store: Store, size: int = 8) -> None:
+        self.store = store
+        self.size = size
+        self._items: OrderedDict[str, LoadedRun] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, run_id: str) -> LoadedRun:
+        """The run (id or unique prefix) loaded with its events; raises ``RunNotFound``."""
+        run = self.store.get_run(run_id)
+        with self._lock:
+            hit = self._items.get(run.id)
+            if hit is not None and hit.run.status == run.status:
+                self._items.move_to_end(run.id)
+                return hit
+        loaded = _load(self.store, run)
+        if run.status in ("ok", "error"):
+            with self._lock:
+                self._items[run.id] = loaded
+                while len(self._items) > self.size:
+                    self._items.popitem(last=False)
+        return loaded
+
+
+def _bounds(step: Step) -> tuple[float, float] | None:
+    if step.event is not None:
+        ev = step.event
+        return ev.started_at, ev.started_at + ev.duration_ns / 1e9
+    spans = [b for c in step.children if (b := _bounds(c)) is not None]
+    if not spans:
+        return None
+    return min(s for s, _ in spans), max(e for _, e in spans)
+
+
+def _tokens(ev: Event) -> dict[str, int] | None:
+    i, o = tokens_of(ev.meta.get("usage"))
+    return {"input": i, "output": o} if i or o else None
+
+
+def tree_row(loaded: LoadedRun, step: Step, index: int) -> dict[str, Any]:
+    """One line of the step tree: what it is, a short preview and its timeline bar (percent)."""
+    ev = step.event
+    bounds = _bounds(step)
+    left = width = 0.0
+    if bounds is not None:
+        left = (bounds[0] - loaded.t0) / loaded.span * 100
+        width = (bounds[1] - bounds[0]) / loaded.span * 100
+    row: dict[str, Any] = {
+        "index": index,
+        "seq": step.seq,
+        "depth": step.depth,
+        "address": step.address,
+        "boundary": step.boundary,
+        "name": step.boundary.rsplit(":", 1)[-1],
+        "children": len(step.children),
+        "incomplete": ev is None,
+        "bar": {"left": round(max(left, 0.0), 3), "width": round(max(width, 0.15), 3)},
+    }
+    if ev is None:
+        row.update(
+            kind="incomplete",
+            error=None,
+            duration_ns=None,
+            started_at=None,
+            served=False,
+            model=None,
+            tokens=None,
+            preview="",
+        )
+        return row
+    row.update(
+        kind=ev.kind,
+        duration_ns=ev.duration_ns,
+        started_at=ev.started_at,
+        served=bool(ev.meta.get("served")),
+        model=ev.meta.get("model") or ev.meta.get("response_model"),
+        tokens=_tokens(ev),
+        error=None if ev.error is None else f"{ev.error.get('type')}: {ev.error.get('message')}",
+        preview=preview(ev.input, 90) + "  →  " + preview(ev.output, 90)
+        if ev.error is None
+        else preview(ev.input, 90),
+    )
+    return row
+
+
+def tree_rows(loaded: LoadedRun, offset: int = 0, limit: int = 500) -> list[dict[str, Any]]:
+    """A page of the step tree, depth first in start order."""
+    page = loaded.rows[offset : offset + limit]
+    return [tree_row(loaded, step, offset + i) for i, step in enumerate(page)]
+
+
+def run_summary(run: Run) -> dict[str, Any]:
+    """A run as the run list and the API show it (no environment dump)."""
+    d = run.to_dict()
+    d["duration_s"] = run.duration_s
+    d["replay_of"] = run.parent_run or run.metadata.get("replay_of")
+    return d
+
+
+def run_overview(loaded: LoadedRun) -> dict[str, Any]:
+    """Totals for the run page: steps by kind, errors, tokens by model."""
+    kinds: dict[str, int] = {}
+    for ev in loaded.events:
+        kinds[ev.kind] = kinds.get(ev.kind, 0) + 1
+    return {
+        "steps": len(loaded.rows),
+        "kinds": kinds,
+        "errors": sum(1 for e in loaded.events if e.error is not None),
+        "models": run_usage(loaded.events),
+    }
+
+
+def retrieval_cards(ev: Event) -> list[dict[str, Any]] | None:
+    """A retrieval step's output as cards (text, source, score) when it is a list of chunks."""
+    out = ev.output
+    if ev.kind != "retrieval" or not isinstance(out, list) or not out:
+        return None
+    cards = []
+    for item in out:
+        if not isinstance(item, dict):
+            return None
+        text = item.get("text", item.get("content", item.get("page_content")))
+        if text is None:
+            return None
+        raw_meta = item.get("metadata")
+        meta: dict[str, Any] = raw_meta if isinstance(raw_meta, dict) else {}
+        source = item.get("source", meta.get("source"))
+        score = item.get("score", meta.get("score"))
+        cards.append({"text": preview(text, 2000), "source": source, "score": score})
+    return cards
+
+
+def _value(value: Any, limit: int) -> dict[str, Any]:
+    text, cut, size = pretty(value, limit)
+    return {"text": text, "truncated": cut, "size": size}
+
+
+def step_data(loaded: LoadedRun, seq: int, limit: int = MAX_INLINE_BYTES) -> dict[str, Any] | None:
+    """Everything about one step for its detail view; None when the run has no such seq."""
+    ev = loaded.by_seq.get(seq)
+    if ev is None:
+        return None
+    stream = bool(ev.meta.get("stream")) and isinstance(ev.output, list)
+    chunks = None
+    if stream:
+        chunks = [preview(c, 4000) for c in ev.output[:2000]]
+    joined = None
+    if stream and all(isinstance(c, str) for c in ev.output):
+        joined = "".join(ev.output)
+    params = {k: ev.meta[k] for k in SAMPLING_KEYS if k in ev.meta}
+    if ev.kind == "llm" and isinstance(ev.input, dict):
+        for k in SAMPLING_KEYS:
+            if k in ev.input and k not in params and not isinstance(ev.input[k], dict | list):
+                params[k] = ev.input[k]
+    return {
+        "seq": ev.seq,
+        "address": ev.address,
+        "boundary": ev.boundary,
+        "name": ev.boundary.rsplit(":", 1)[-1],
+        "kind": ev.kind,
+        "parent_seq": ev.parent_seq,
+        "started_at": ev.started_at,
+        "duration_ns": ev.duration_ns,
+        "key": ev.key,
+        "served": bool(ev.meta.get("served")),
+        "model": ev.meta.get("model") or ev.meta.get("response_model"),
+        "system_fingerprint": ev.meta.get("system_fingerprint"),
+        "sampling": params,
+        "tokens": _tokens(ev),
+        "input": _value(ev.input, limit),
+        "output": _value(ev.output, limit),
+        "error": None if ev.error is None else _value(ev.error, limit),
+        "error_line": None
+        if ev.error is None
+        else f"{ev.error.get('type')}: {ev.error.get('message')}",
+        "meta": _value(ev.meta, limit),
+        "cards": retrieval_cards(ev),
+        "stream": stream,
+        "chunks": chunks,
+        "joined": joined,
+    }

@@ -279,8 +279,20 @@ def get_boundary(fn_or_name: Any) -> Boundary:
     raise UnknownBoundary(f"{fn_or_name!r} is not a replayable boundary")
 
 
-def resolve_name(name: str, names: Iterable[str]) -> str:
-    """Resolve a full ``module:qualname`` or an unambiguous bare function name to a full name."""
+@overload
+def resolve_name(name: str, names: Iterable[str]) -> str: ...
+
+
+@overload
+def resolve_name(name: str, names: Iterable[str], *, missing_ok: bool) -> str | None: ...
+
+
+def resolve_name(name: str, names: Iterable[str], *, missing_ok: bool = False) -> str | None:
+    """Resolve a full ``module:qualname`` or an unambiguous bare function name to a full name.
+
+    Raises :class:`UnknownBoundary` when the name is ambiguous, or unknown (unless
+    ``missing_ok``, which returns None instead).
+    """
     pool = set(names)
     if name in pool:
         return name
@@ -288,6 +300,8 @@ def resolve_name(name: str, names: Iterable[str]) -> str:
     if len(matches) == 1:
         return matches[0]
     if not matches:
+        if missing_ok:
+            return None
         known = ", ".join(sorted(pool)[:10]) or "none"
         raise UnknownBoundary(
             f"no boundary named {name!r} (known: {known}); "

@@ -119,10 +119,14 @@ class Replayer(Recorder):
 
     def _resolve_live(self, live: Iterable[str], allow_side_effects: bool) -> None:
         registered = registry()
-        pool = set(registered) | {ev.boundary for ev in self.events.values()}
+        recorded = {ev.boundary for ev in self.events.values()}
         for entry in live:
             name, _, nth = entry.partition("#")
-            full = resolve_name(name, pool)
+            # A bare name is resolved among the recording's boundaries first, so an unrelated
+            # boundary elsewhere in the process with the same function name does not collide.
+            full = resolve_name(name, recorded, missing_ok=True) or resolve_name(
+                name, set(registered) | recorded
+            )
             b = registered.get(full)
             if b is None:
                 raise UnknownBoundary(

@@ -261,14 +261,14 @@ def verify_run(
 ) -> Verification:
     """Recompute a run's hash chain in write order, check its head hash and its signature.
 
-    ``key`` defaults to ``$REPLAYABLE_SIGNING_KEY``; ``lines`` maps event seq to trace-file line
+    ``key`` defaults to ``$REPLAYABLE_SIGNING_KEY`` (``b""``: check no signature); ``lines`` maps event seq to trace-file line
     so problems can name the line.
 
     >>> result = verify_run(run, run.events())
     >>> result.ok, result.problem
     (True, None)
     """
-    key = key if key is not None else signing_key()
+    key = (key if key is not None else signing_key()) or None
     ordered = sorted(events, key=lambda e: e.chain_seq)
     prev = ""
     result = Verification(run_id=run.id, event_count=len(ordered), head_hash="")

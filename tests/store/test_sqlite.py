@@ -1,0 +1,71 @@
+"""SQLite specifics: schema migrations, indexes, and opening lazily."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from replayable.errors import StoreUnavailable
+from replayable.store.sqlite import MIGRATIONS, SQLiteStore, _m001_initial
+from replayable.trace import Run
+
+ALL = [m.__name__ for m in MIGRATIONS]
+
+
+class TestMigrations:
+    def test_blank_database_gets_every_migration_in_order(self, tmp_path: Path) -> None:
+        """A new file is migrated to the latest schema, each migration recorded once."""
+        store = SQLiteStore(tmp_path / "new.db")
+        assert store.migrations() == ALL
+        store.close()
+        assert SQLiteStore(tmp_path / "new.db").migrations() == ALL
+
+    def test_old_schema_is_upgraded_keeping_its_runs(self, tmp_path: Path) -> None:
+        """A database at the first schema gains the later migrations; its data survives."""
+        path = tmp_path / "old.db"
+        db = sqlite3.connect(path, isolation_level=None)
+        db.execute("CREATE TABLE _migrations (name TEXT PRIMARY KEY, applied_at REAL)")
+        _m001_initial(db)
+        db.execute("INSERT INTO _migrations VALUES ('_m001_initial', 0)")
+        db.execute(
+            "INSERT INTO runs (id, name, started_at, status, head_hash, event_count) "
+            "VALUES ('old-run', 'legacy', 1.0, 'ok', 'h', 0)"
+        )
+        db.close()
+        store = SQLiteStore(path)
+        assert store.migrations() == ALL
+        run = store.get_run("old-run")
+        assert (run.name, run.status, run.signature) == ("legacy", "ok", None)
+
+    def test_query_indexes_exist(self, tmp_path: Path) -> None:
+        """The filters of list_runs have indexes to use."""
+        store = SQLiteStore(tmp_path / "i.db")
+        names = {
+            r[0] for r in store._db().execute("SELECT name FROM sqlite_master WHERE type = 'index'")
+        }
+        assert {
+            "runs_started",
+            "runs_name",
+            "runs_status",
+            "events_boundary",
+            "events_errors",
+        } <= names
+
+    def test_wal_mode(self, tmp_path: Path) -> None:
+        """The store runs in WAL mode, so readers never block the writer."""
+        store = SQLiteStore(tmp_path / "w.db")
+        assert store._db().execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+class TestUnwritablePlace:
+    def test_opening_never_raises_the_first_operation_does(self, tmp_path: Path) -> None:
+        """A path that cannot be created opens fine and raises StoreUnavailable on use."""
+        blocker = tmp_path / "a-file"
+        blocker.write_text("not a directory")
+        store = SQLiteStore(blocker / "traces.db")
+        with pytest.raises(StoreUnavailable, match="cannot open SQLite store"):
+            store.create_run(Run(id="x"))
+        with pytest.raises(StoreUnavailable):
+            store.list_runs()

@@ -261,8 +261,8 @@ def verify_run(
 ) -> Verification:
     """Recompute a run's hash chain in write order, check its head hash and its signature.
 
-    ``key`` defaults to ``$REPLAYABLE_SIGNING_KEY`` (``b""``: check no signature); ``lines`` maps event seq to trace-file line
-    so problems can name the line.
+    ``key`` defaults to ``$REPLAYABLE_SIGNING_KEY`` (``b""``: check no signature); ``lines``
+    maps event seq to trace-file line so problems can name the line.
 
     >>> result = verify_run(run, run.events())
     >>> result.ok, result.problem

@@ -159,6 +159,23 @@ class TestErrors:
         assert first.input == {"$unserializable": "thing.x", "type": f"{__name__}.Opaque"}
         assert first.meta["unserializable_input"] == "thing.x"
 
+    def test_unserializable_output_is_not_served_silently(self) -> None:
+        """Replay refuses to serve an output that was only recorded as a placeholder."""
+
+        @rp.boundary(kind="tool", name="make_opaque")
+        def make_opaque() -> Opaque:
+            return Opaque()
+
+        @rp.boundary(kind="agent", name="uses_opaque")
+        def uses_opaque() -> None:
+            make_opaque()
+
+        with pytest.warns(rp.ReplayableWarning), rp.record() as run:
+            uses_opaque()
+        with pytest.raises(rp.ReplayableError, match="give the boundary a codec"):
+            with rp.replay(run.id):
+                uses_opaque()
+
     def test_strict_recording_raises_on_unserializable(self) -> None:
         """strict=True turns an unserializable argument into an error."""
         with pytest.raises(rp.Unserializable), rp.record(strict=True):

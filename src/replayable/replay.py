@@ -161,6 +161,14 @@ class Replayer(Recorder):
                 self.finish(b, frame, error=div, key=key)
                 raise div
         frame.rec_seq = ev.seq if ev is not None else UNMATCHED
+        if ev is not None and not live and "unserializable_output" in ev.meta:
+            exc = ReplayableError(
+                f"cannot serve {b.name} at {ev.address}: its output was not recorded "
+                f"(unserializable at {ev.meta['unserializable_output']!r}); give the boundary "
+                "a codec, or name it in live=[...]"
+            )
+            self.finish(b, frame, error=exc, key=key)
+            raise exc
         if ev is not None and not live:
             self._consume_subtree(ev.seq)
             frame.meta.update(served=True, source_seq=ev.seq)

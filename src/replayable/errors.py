@@ -161,7 +161,8 @@ class FixtureMiss(ReplayableError):
         self.path = path
         lines = [f"no recording for {boundary} (key {key[:12]}) in cassette {path or ''}".rstrip()]
         if self.changes:
-            lines.append("  nearest recorded input differs in:")
+            lines.append(f"  nearest recorded input: {_short(nearest, 200)}")
+            lines.append("  it differs in:")
             lines.extend(f"    {c}" for c in self.changes)
         else:
             lines.append("  the cassette has no call to this boundary")

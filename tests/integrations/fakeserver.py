@@ -1,0 +1,410 @@
+"""A loopback HTTP server speaking the OpenAI (chat completions, responses) and Anthropic
+(messages) wire formats, including server-sent-event streams with tool-call deltas.
+
+Answers are sampled (a seeded RNG per server), so two calls with the same request differ, as
+a real model's would. Directives in the last user message steer it: ``[429]`` / ``[500]``
+answer with that HTTP error. When the request offers tools and the conversation holds no tool
+result yet, the answer is a call to the first tool.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+WORDS = ["alpha", "bravo", "cobalt", "delta", "ember", "fjord", "gale", "harbor", "iris", "jade"]
+CITIES = ["Paris", "Lima", "Oslo", "Kyoto", "Quito"]
+
+
+@dataclass
+class Seen:
+    """One request the server received."""
+
+    path: str
+    headers: dict[str, str]
+    body: dict[str, Any]
+
+
+@dataclass
+class FakeLLMServer:
+    """Start with :meth:`start`, point SDK clients at :attr:`openai_url` / :attr:`anthropic_url`."""
+
+    seed: int = 0
+    requests: list[Seen] = field(default_factory=list)
+    _httpd: ThreadingHTTPServer | None = None
+    _thread: threading.Thread | None = None
+
+    def __post_init__(self) -> None:
+        self.rng = random.Random(self.seed)
+        self.lock = threading.Lock()
+        self.counter = 0
+
+    @property
+    def port(self) -> int:
+        assert self._httpd is not None
+        return int(self._httpd.server_address[1])
+
+    @property
+    def openai_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    @property
+    def anthropic_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> FakeLLMServer:
+        server = self
+
+        class Handler(_Handler):
+            owner = server
+
+        self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._httpd.daemon_threads = True
+        self._thread = threading.Thread(target=self._httpd.serve_forever, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._httpd is not None:
+            self._httpd.shutdown()
+            self._httpd.server_close()
+            self._httpd = None
+
+    # -- sampling ---------------------------------------------------------------------------
+
+    def next_id(self) -> int:
+        with self.lock:
+            self.counter += 1
+            return self.counter
+
+    def text(self) -> str:
+        with self.lock:
+            return " ".join(self.rng.choice(WORDS) for _ in range(self.rng.randint(3, 7)))
+
+    def city(self) -> str:
+        with self.lock:
+            return self.rng.choice(CITIES)
+
+
+def _last_user_text(messages: list[Any]) -> str:
+    for m in reversed(messages):
+        if isinstance(m, dict) and m.get("role") == "user":
+            content = m.get("content")
+            if isinstance(content, str):
+                return content
+            if isinstance(content, list):
+                return " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+    return ""
+
+
+def _has_tool_result(messages: list[Any]) -> bool:
+    for m in messages:
+        if not isinstance(m, dict):
+            continue
+        if m.get("role") == "tool" or m.get("type") == "function_call_output":
+            return True
+        content = m.get("content")
+        if isinstance(content, list) and any(
+            isinstance(p, dict) and p.get("type") == "tool_result" for p in content
+        ):
+            return True
+    return False
+
+
+def _tool_name(tool: dict[str, Any]) -> str:
+    fn = tool.get("function")
+    return str(fn["name"] if isinstance(fn, dict) else tool.get("name"))
+
+
+class _Handler(BaseHTTPRequestHandler):
+    owner: FakeLLMServer
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_POST(self) -> None:
+        length = int(self.headers.get("content-length") or 0)
+        body = json.loads(self.rfile.read(length) or b"{}")
+        s = self.owner
+        s.requests.append(Seen(self.path, {k.lower(): v for k, v in self.headers.items()}, body))
+        messages = body.get("messages") or []
+        if isinstance(body.get("input"), list):
+            messages = body["input"]
+        elif isinstance(body.get("input"), str):
+            messages = [{"role": "user", "content": body["input"]}]
+        prompt = _last_user_text(messages)
+        anthropic = self.path.endswith("/messages")
+        for code in (429, 500):
+            if f"[{code}]" in prompt:
+                return self._error(code, anthropic)
+        tools = body.get("tools") or []
+        call = _tool_name(tools[0]) if tools and not _has_tool_result(messages) else None
+        n = s.next_id()
+        model = str(body.get("model", "fake-model"))
+        if self.path.endswith("/chat/completions"):
+            return self._chat(body, model, n, call)
+        if self.path.endswith("/responses"):
+            return self._responses(body, model, n, call)
+        if anthropic:
+            return self._anthropic(body, model, n, call)
+        self._json(404, {"error": {"message": f"no route {self.path}"}})
+        return None
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    def _json(self, status: int, data: Any, headers: dict[str, str] | None = None) -> None:
+        raw = json.dumps(data).encode()
+        self.send_response(status)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(raw)))
+        self.send_header("x-request-id", f"req_{self.owner.next_id():06d}")
+        self.send_header("request-id", f"req_{self.owner.next_id():06d}")
+        for k, v in (headers or {}).items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(raw)
+
+    def _sse(self, events: list[tuple[str | None, Any]]) -> None:
+        self.send_response(200)
+        self.send_header("content-type", "text/event-stream")
+        self.send_header("x-request-id", f"req_{self.owner.next_id():06d}")
+        self.send_header("request-id", f"req_{self.owner.next_id():06d}")
+        self.send_header("connection", "close")
+        self.end_headers()
+        for event, data in events:
+            head = f"event: {event}\n" if event else ""
+            payload = data if isinstance(data, str) else json.dumps(data)
+            self.wfile.write(f"{head}data: {payload}\n\n".encode())
+            self.wfile.flush()
+        self.close_connection = True
+
+    def _error(self, code: int, anthropic: bool) -> None:
+        kind = "rate_limit_error" if code == 429 else "api_error"
+        msg = "slow down" if code == 429 else "the server had an error"
+        if anthropic:
+            data: dict[str, Any] = {"type": "error", "error": {"type": kind, "message": msg}}
+        else:
+            data = {"error": {"message": msg, "type": kind, "code": kind, "param": None}}
+        self._json(code, data, {"retry-after": "0"} if code == 429 else None)
+
+    # -- OpenAI chat completions ------------------------------------------------------------
+
+    def _chat(self, body: dict[str, Any], model: str, n: int, call: str | None) -> None:
+        s = self.owner
+        base = {"id": f"chatcmpl-{n}", "created": int(time.time()), "model": model + "-2025"}
+        fp = f"fp_{n % 7}"
+        usage = {"prompt_tokens": 10 + n, "completion_tokens": 5 + n, "total_tokens": 15 + 2 * n}
+        args = json.dumps({"city": s.city()})
+        text = s.text()
+        if not body.get("stream"):
+            message: dict[str, Any] = {"role": "assistant", "content": None if call else text}
+            message["refusal"] = None
+            if call:
+                message["tool_calls"] = [
+                    {
+                        "id": f"call_{n}",
+                        "type": "function",
+                        "function": {"name": call, "arguments": args},
+                    }
+                ]
+            return self._json(
+                200,
+                {
+                    **base,
+                    "object": "chat.completion",
+                    "system_fingerprint": fp,
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": message,
+                            "finish_reason": "tool_calls" if call else "stop",
+                            "logprobs": None,
+                        }
+                    ],
+                    "usage": usage,
+                    "x_future_field": {"added_in": "2027", "n": n},
+                },
+            )
+        chunk = {**base, "object": "chat.completion.chunk", "system_fingerprint": fp}
+        deltas: list[dict[str, Any]] = [{"role": "assistant", "content": "" if not call else None}]
+        if call:
+            deltas.append(
+                {
+                    "tool_calls": [
+                        {
+                            "index": 0,
+                            "id": f"call_{n}",
+                            "type": "function",
+                            "function": {"name": call, "arguments": ""},
+                        }
+                    ]
+                }
+            )
+            deltas += [
+                {"tool_calls": [{"index": 0, "function": {"arguments": args[i : i + 5]}}]}
+                for i in range(0, len(args), 5)
+            ]
+        else:
+            deltas += [{"content": w + " "} for w in text.split()]
+        events: list[tuple[str | None, Any]] = [
+            (None, {**chunk, "choices": [{"index": 0, "delta": d, "finish_reason": None}]})
+            for d in deltas
+        ]
+        finish = "tool_calls" if call else "stop"
+        events.append(
+            (None, {**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": finish}]})
+        )
+        if (body.get("stream_options") or {}).get("include_usage"):
+            events.append((None, {**chunk, "choices": [], "usage": usage}))
+        events.append((None, "[DONE]"))
+        self._sse(events)
+        return None
+
+    # -- OpenAI responses -------------------------------------------------------------------
+
+    def _responses(self, body: dict[str, Any], model: str, n: int, call: str | None) -> None:
+        s = self.owner
+        text = s.text()
+        if call:
+            item: dict[str, Any] = {
+                "type": "function_call",
+                "id": f"fc_{n}",
+                "call_id": f"call_{n}",
+                "name": call,
+                "arguments": json.dumps({"city": s.city()}),
+                "status": "completed",
+            }
+        else:
+            item = {
+                "type": "message",
+                "id": f"msg_{n}",
+                "status": "completed",
+                "role": "assistant",
+                "content": [{"type": "output_text", "text": text, "annotations": []}],
+            }
+        resp = {
+            "id": f"resp_{n}",
+            "object": "response",
+            "created_at": int(time.time()),
+            "status": "completed",
+            "model": model + "-2025",
+            "output": [item],
+            "parallel_tool_calls": True,
+            "tool_choice": "auto",
+            "tools": body.get("tools") or [],
+            "error": None,
+            "incomplete_details": None,
+            "instructions": body.get("instructions"),
+            "metadata": {},
+            "temperature": 1.0,
+            "top_p": 1.0,
+            "usage": {
+                "input_tokens": 20 + n,
+                "output_tokens": 7 + n,
+                "total_tokens": 27 + 2 * n,
+                "input_tokens_details": {"cached_tokens": 0},
+                "output_tokens_details": {"reasoning_tokens": 0},
+            },
+        }
+        if not body.get("stream"):
+            return self._json(200, resp)
+        seq = iter(range(1000))
+        pending = {**resp, "status": "in_progress", "output": [], "usage": None}
+        ev: list[tuple[str | None, Any]] = [
+            ("response.created", {"type": "response.created", "response": pending})
+        ]
+        if not call:
+            empty = {**item, "status": "in_progress", "content": []}
+            ev.append(
+                (
+                    "response.output_item.added",
+                    {"type": "response.output_item.added", "output_index": 0, "item": empty},
+                )
+            )
+            for w in text.split(" "):
+                ev.append(
+                    (
+                        "response.output_text.delta",
+                        {
+                            "type": "response.output_text.delta",
+                            "item_id": item["id"],
+                            "output_index": 0,
+                            "content_index": 0,
+                            "delta": w + " ",
+                            "logprobs": [],
+                        },
+                    )
+                )
+        ev.append(("response.completed", {"type": "response.completed", "response": resp}))
+        self._sse([(name, {**data, "sequence_number": next(seq)}) for name, data in ev])
+        return None
+
+    # -- Anthropic messages -----------------------------------------------------------------
+
+    def _anthropic(self, body: dict[str, Any], model: str, n: int, call: str | None) -> None:
+        s = self.owner
+        text = s.text()
+        tool_input = {"city": s.city()}
+        usage = {"input_tokens": 12 + n, "output_tokens": 6 + n}
+        msg: dict[str, Any] = {
+            "id": f"msg_{n:04d}",
+            "type": "message",
+            "role": "assistant",
+            "model": model,
+            "stop_sequence": None,
+        }
+        if call:
+            block: dict[str, Any] = {
+                "type": "tool_use",
+                "id": f"toolu_{n}",
+                "name": call,
+                "input": tool_input,
+            }
+        else:
+            block = {"type": "text", "text": text}
+        stop = "tool_use" if call else "end_turn"
+        if not body.get("stream"):
+            return self._json(200, {**msg, "content": [block], "stop_reason": stop, "usage": usage})
+        start = {**msg, "content": [], "stop_reason": None, "usage": {**usage, "output_tokens": 1}}
+        ev: list[tuple[str | None, Any]] = [
+            ("message_start", {"type": "message_start", "message": start})
+        ]
+        empty = {**block, "input": {}} if call else {"type": "text", "text": ""}
+        ev.append(
+            (
+                "content_block_start",
+                {"type": "content_block_start", "index": 0, "content_block": empty},
+            )
+        )
+        if call:
+            raw = json.dumps(tool_input)
+            parts = [
+                {"type": "input_json_delta", "partial_json": raw[i : i + 6]}
+                for i in range(0, len(raw), 6)
+            ]
+        else:
+            parts = [{"type": "text_delta", "text": w + " "} for w in text.split(" ")]
+        ev += [
+            ("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": p})
+            for p in parts
+        ]
+        ev.append(("content_block_stop", {"type": "content_block_stop", "index": 0}))
+        ev.append(
+            (
+                "message_delta",
+                {
+                    "type": "message_delta",
+                    "delta": {"stop_reason": stop, "stop_sequence": None},
+                    "usage": {"output_tokens": usage["output_tokens"]},
+                },
+            )
+        )
+        ev.append(("message_stop", {"type": "message_stop"}))
+        self._sse(ev)
+        return None

@@ -20,7 +20,8 @@ function fmtDuration(ns) {
 
 // Builds the same row as templates/_row.html, from /api/runs/{run}/steps.
 function buildRow(runId, r) {
-  const tr = el("tr", "step kind-" + r.kind + (r.error ? " has-error" : ""));
+  const tr = el("tr", "step" + (r.error ? " has-error" : ""));
+  tr.dataset.kind = r.kind;
   tr.dataset.seq = r.seq; tr.dataset.depth = r.depth; tr.dataset.children = r.children; tr.dataset.name = r.name;
   const cell = el("td", "tree-cell");
   cell.style.paddingLeft = (0.4 + r.depth * 1.2) + "em";

@@ -1,0 +1,200 @@
+"""Replay throughput: steps per second, loading the recording included, against the peers.
+
+Ours replays a run from SQLite (load, match every call, serve it, and record the replay itself,
+flushed at exit). Chronicle replays its exported trace directory, VCR.py plays a cassette of the
+same number of HTTP requests (httpx, loopback).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Any
+
+from bench import Row, fresh_gc, median_ns, now_ns, output_1kb, payload_1kb, row
+from bench._peers import chronicle_version, loopback_server
+
+__all__ = ["run"]
+
+# VCR.py and Chronicle find each recorded response by scanning the whole recording, so their
+# replay is quadratic; past these sizes one repeat would take minutes.
+VCR_MAX_STEPS = 2_000
+CHRONICLE_MAX_STEPS = 10_000
+
+_OUTS: dict[int, Any] = {}
+
+
+def step(model: str, messages: list[dict[str, Any]], temperature: float) -> Any:
+    """One recorded step: returns a 1 KB completion (never called when served from a replay)."""
+    i = int(messages[-1]["content"].split(":", 1)[0].removeprefix("step "))
+    return _OUTS.setdefault(i, output_1kb(i))
+
+
+def _ours(payloads: list[dict[str, Any]], repeats: int, tmp: Path) -> float:
+    import replayable as rp
+    from replayable._writer import stop_writer
+    from replayable.store.sqlite import SQLiteStore
+
+    wrapped = rp.boundary(name="bench:step", kind="llm")(step)
+    store = SQLiteStore(tmp / f"replay-{uuid.uuid4().hex}.db")
+    try:
+        with rp.record(store=store, name="bench-replay") as source:
+            for p in payloads:
+                wrapped(**p)
+
+        def once() -> int:
+            fresh_gc()
+            t0 = now_ns()
+            with rp.replay(source.id, store=store) as r:
+                for p in payloads:
+                    wrapped(**p)
+            elapsed = now_ns() - t0
+            assert r.ok, r.report()
+            assert r.run.event_count == len(payloads), r.run.event_count
+            return elapsed
+
+        return median_ns(once, repeats)
+    finally:
+        stop_writer(store)
+        store.close()
+
+
+def _chronicle(payloads: list[dict[str, Any]], repeats: int, tmp: Path) -> float:
+    import chronicle
+
+    traced = chronicle.boundary("step", kind="tool")(step)
+    fixture = tmp / f"chronicle-{uuid.uuid4().hex}"
+    with chronicle.record(
+        "bench-replay", store=str(fixture.with_suffix(".jsonl")), export=str(fixture)
+    ):
+        for p in payloads:
+            traced(**p)
+
+    def once() -> int:
+        fresh_gc()
+        t0 = now_ns()
+        with chronicle.replay_trace(str(fixture)) as session:
+            for p in payloads:
+                out = traced(**p)
+        elapsed = now_ns() - t0
+        assert out == step(**payloads[-1])
+        assert sum(1 for c in session.call_log() if c.mode == "stub") == len(payloads)
+        return elapsed
+
+    return median_ns(once, repeats)
+
+
+def _vcr(payloads: list[dict[str, Any]], repeats: int, tmp: Path) -> float:
+    import httpx
+    import vcr
+
+    path = tmp / f"vcr-{uuid.uuid4().hex}.yaml"
+    with loopback_server() as base, httpx.Client(base_url=base) as client:
+        with vcr.use_cassette(str(path), record_mode="once"):
+            for i, p in enumerate(payloads):
+                client.post(f"/v1/step/{i}", json=p)
+
+        def once() -> int:
+            fresh_gc()
+            t0 = now_ns()
+            with vcr.use_cassette(str(path), record_mode="none") as cassette:
+                for i, p in enumerate(payloads):
+                    client.post(f"/v1/step/{i}", json=p).json()
+            elapsed = now_ns() - t0
+            assert cassette.all_played, "VCR.py did not play every recorded request"
+            return elapsed
+
+        return median_ns(once, repeats)
+
+
+def run(quick: bool = False) -> list[Row]:
+    """Steps/s replaying 1,000- and 10,000-step runs (20 and 50 with ``quick``)."""
+    sizes = (20, 50) if quick else (1_000, 10_000)
+    rows: list[Row] = []
+    version = chronicle_version()
+    with tempfile.TemporaryDirectory(prefix="replayable-bench-") as d:
+        tmp = Path(d)
+        for n in sizes:
+            payloads = [payload_1kb(i) for i in range(n)]
+            repeats = 1 if quick else (5 if n <= 1_000 else 3)
+            ours = n / (_ours(payloads, repeats, tmp) / 1e9)
+
+            if version is None:
+                rows.append(
+                    row(
+                        f"replay {n:,} steps vs Chronicle",
+                        ours,
+                        unit="steps/s",
+                        higher_is_better=True,
+                        note="agent-chronicle not installed",
+                    )
+                )
+            elif n > CHRONICLE_MAX_STEPS:
+                rows.append(
+                    row(
+                        f"replay {n:,} steps vs Chronicle",
+                        ours,
+                        unit="steps/s",
+                        higher_is_better=True,
+                        note="Chronicle not run at this size",
+                    )
+                )
+            else:
+                chron = n / (_chronicle(payloads, 1 if n > 1_000 else repeats, tmp) / 1e9)
+                rows.append(
+                    row(
+                        f"replay {n:,} steps vs Chronicle",
+                        ours,
+                        unit="steps/s",
+                        peer=chron,
+                        peer_name=f"agent-chronicle {version}",
+                        higher_is_better=True,
+                        note="ours: SQLite load + match + serve + record the replay; Chronicle: "
+                        "replay_trace of its exported fixture dir (all stubbed); "
+                        "target ≥ 20,000 steps/s",
+                    )
+                )
+
+            try:
+                if n > VCR_MAX_STEPS:
+                    small = payloads[:1_000]
+                    vcr_small = 1_000 / (_vcr(small, 1, tmp) / 1e9)
+                    # O(n²): the 10x larger cassette plays at about a tenth of the rate.
+                    rows.append(
+                        row(
+                            f"replay {n:,} steps vs VCR.py",
+                            ours,
+                            unit="steps/s",
+                            peer=None,
+                            peer_name="vcrpy (httpx)",
+                            higher_is_better=True,
+                            note=f"not run: VCR.py scans the cassette for every request "
+                            f"(quadratic); 1,000 played at {vcr_small:,.0f} req/s, {n:,} would "
+                            f"take ~{(n / 1_000) ** 2 * 1_000 / vcr_small:,.0f} s",
+                        )
+                    )
+                else:
+                    peer = n / (_vcr(payloads, repeats, tmp) / 1e9)
+                    rows.append(
+                        row(
+                            f"replay {n:,} steps vs VCR.py",
+                            ours,
+                            unit="steps/s",
+                            peer=peer,
+                            peer_name="vcrpy (httpx)",
+                            higher_is_better=True,
+                            note="VCR.py: cassette load + play N httpx requests (record_mode=none)",
+                        )
+                    )
+            except ImportError as exc:
+                rows.append(
+                    row(
+                        f"replay {n:,} steps vs VCR.py",
+                        ours,
+                        unit="steps/s",
+                        higher_is_better=True,
+                        note=f"vcrpy/httpx not installed ({exc})",
+                    )
+                )
+    return rows

@@ -118,6 +118,11 @@ def sampling(ev: Event) -> dict[str, Any]:
     return out
 
 
+def error_type(error: dict[str, Any]) -> str:
+    """A recorded error's type, without the ``builtins:`` prefix of built-in exceptions."""
+    return str(error.get("type", "")).removeprefix("builtins:")
+
+
 def usage_text(usage: Any) -> str:
     """``in=120 out=18`` from a usage dict, or an empty string."""
     i, o = tokens_of(usage)
@@ -152,8 +157,7 @@ def _label(step: Step, width: int, max_width: int | None = None) -> Text:
     text.append(f"\n  in:  {short(ev.input, width)}", style="")
     if ev.error is not None:
         text.append(
-            "\n"
-            + short(f"  error: {ev.error.get('type', '')}: {ev.error.get('message', '')}", width),
+            "\n" + short(f"  error: {error_type(ev.error)}: {ev.error.get('message', '')}", width),
             style="bold red",
         )
     else:

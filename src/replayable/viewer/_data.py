@@ -122,6 +122,11 @@ def _tokens(ev: Event) -> dict[str, int] | None:
     return {"input": i, "output": o} if i or o else None
 
 
+def _error_line(error: dict[str, Any]) -> str:
+    kind = str(error.get("type", "")).removeprefix("builtins:")
+    return f"{kind}: {error.get('message', '')}"
+
+
 def tree_row(loaded: LoadedRun, step: Step, index: int) -> dict[str, Any]:
     """One line of the step tree: what it is, a short preview and its timeline bar (percent)."""
     ev = step.event
@@ -160,7 +165,7 @@ def tree_row(loaded: LoadedRun, step: Step, index: int) -> dict[str, Any]:
         served=bool(ev.meta.get("served")),
         model=ev.meta.get("model") or ev.meta.get("response_model"),
         tokens=_tokens(ev),
-        error=None if ev.error is None else f"{ev.error.get('type')}: {ev.error.get('message')}",
+        error=None if ev.error is None else _error_line(ev.error),
         preview=preview(ev.input, 90) + "  →  " + preview(ev.output, 90)
         if ev.error is None
         else preview(ev.input, 90),
@@ -255,9 +260,7 @@ def step_data(loaded: LoadedRun, seq: int, limit: int = MAX_INLINE_BYTES) -> dic
         "input": _value(ev.input, limit),
         "output": _value(ev.output, limit),
         "error": None if ev.error is None else _value(ev.error, limit),
-        "error_line": None
-        if ev.error is None
-        else f"{ev.error.get('type')}: {ev.error.get('message')}",
+        "error_line": None if ev.error is None else _error_line(ev.error),
         "meta": _value(ev.meta, limit),
         "cards": retrieval_cards(ev),
         "stream": stream,

@@ -50,7 +50,7 @@ try:
 except ImportError:  # pragma: no cover - Windows: O_APPEND alone
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["MODES", "Cassette", "CassetteCall", "cassette", "resolve_mode"]
+__all__ = ["MODES", "Cassette", "CassetteCall", "cassette", "force_mode", "resolve_mode"]
 
 MODES = ("record", "replay", "auto", "off")
 _SORTED = orjson.OPT_SORT_KEYS
@@ -58,6 +58,14 @@ _FORCED_MODE: str | None = None
 """Set by the pytest plugin's ``--replayable-mode``; ``$REPLAYABLE_MODE`` still wins."""
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+
+def force_mode(mode: str | None) -> None:
+    """Force every cassette into ``mode`` (``None`` lifts it); ``$REPLAYABLE_MODE`` still wins."""
+    global _FORCED_MODE
+    if mode is not None and mode not in MODES:
+        raise ReplayableError(f"cassette mode must be one of {', '.join(MODES)}, not {mode!r}")
+    _FORCED_MODE = mode
 
 
 def resolve_mode(mode: str) -> str:

@@ -1,1 +1,41 @@
-"""Turning recorded runs into regression tests (issue 5 builds it)."""
+"""Turning recorded runs into regression tests: structure, semantics, and fuzzing.
+
+Two layers. *Structure* for control flow: which boundaries were called, in what order, with what
+arguments (:func:`assert_calls`, :func:`assert_not_called`, :func:`assert_no_divergence`).
+*Semantics* for text that is allowed to change: :func:`judge` compares a candidate answer with a
+reference through a pluggable :class:`Judge` (an LLM over any OpenAI-compatible client, recorded
+like any boundary; or an offline sentence-embedding model). And :func:`fuzz` perturbs recorded
+outputs to test a fix on more than the one sample that broke.
+
+>>> import replayable.testing as rt
+>>> with rp.replay("tests/traces/incident.jsonl", strict=False) as r:
+...     support_agent(REQUEST)
+>>> rt.assert_not_called(r, "delete_record")
+>>> rt.assert_judged(answer, "Your account is closed.", criteria="same outcome")
+"""
+
+from __future__ import annotations
+
+from replayable.testing._assertions import (
+    ANY,
+    Call,
+    assert_called,
+    assert_calls,
+    assert_no_divergence,
+    assert_not_called,
+    calls,
+    divergences,
+    matches,
+)
+
+__all__ = [
+    "ANY",
+    "Call",
+    "assert_called",
+    "assert_calls",
+    "assert_no_divergence",
+    "assert_not_called",
+    "calls",
+    "divergences",
+    "matches",
+]

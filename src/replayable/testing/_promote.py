@@ -1,0 +1,227 @@
+"""``promote``: a recorded run becomes a trace file and a ready-to-run pytest test.
+
+The test replays the trace around a call of the run's root agent with its recorded arguments
+(``@pytest.mark.replay``), then asserts structure. Two flavours:
+
+- *regression* (default): the path must stay the recorded one. It passes on the unchanged code
+  and fails, showing the divergence, once the path changes.
+- *incident* (``forbid=["delete_record"]``): the recorded path is the bug. The test asserts that
+  the calls leading up to it still happen and that the forbidden boundary is not called; it fails
+  on the code that produced the incident and passes once the fix stops the bad call.
+"""
+
+from __future__ import annotations
+
+import importlib
+import keyword
+import os
+import re
+import sys
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from replayable.boundary import Boundary, registry, resolve_name
+from replayable.errors import ReplayableError
+from replayable.trace import Event, Run, write_trace
+
+__all__ = ["Promoted", "default_name", "promote", "render_test"]
+
+_SCALARS = (str, int, float, bool, type(None))
+_MAX_LITERAL = 80
+
+
+@dataclass(frozen=True, slots=True)
+class Promoted:
+    """What :func:`promote` wrote."""
+
+    trace: Path
+    test: Path
+    test_name: str
+    calls: int
+
+
+def default_name(run: Run) -> str:
+    """A file-and-function-friendly name: the run's name and the start of its id."""
+    base = re.sub(r"\W+", "_", (run.name or "run").lower()).strip("_") or "run"
+    return f"{base}_{run.id[:8]}"
+
+
+def _root(run: Run, events: Sequence[Event]) -> Event:
+    tops = [e for e in events if e.parent_seq is None and e.kind != "clock"]
+    if not tops:
+        raise ReplayableError(f"run {run.id} has no top-level call to promote")
+    agents = [e for e in tops if e.kind == "agent"]
+    return (agents or tops)[0]
+
+
+def _root_boundary(ev: Event) -> tuple[str, str, Boundary | None]:
+    module, _, qualname = ev.boundary.partition(":")
+    if not qualname or "." in qualname or "<" in qualname or module == "__main__":
+        raise ReplayableError(
+            f"the run's root call {ev.boundary} is not a module-level function that a test can "
+            "import; promote needs one (wrap the agent in a module-level @boundary(kind='agent'))"
+        )
+    if "." not in sys.path and "" not in sys.path:
+        sys.path.insert(0, ".")
+    try:
+        importlib.import_module(module)
+    except ImportError as exc:
+        raise ReplayableError(
+            f"cannot import {module!r} to write its test ({exc}); run promote from the project "
+            "root, where the test will import it"
+        ) from None
+    return module, qualname, registry().get(ev.boundary)
+
+
+def _literal(value: Any) -> str:
+    return repr(value)
+
+
+def _short_pattern(value: Any) -> str:
+    """A partial argument pattern: short scalar fields only (long texts and lists left out)."""
+    if not isinstance(value, dict):
+        return "rt.ANY"
+    fields = {
+        k: v for k, v in value.items() if isinstance(v, _SCALARS) and len(repr(v)) <= _MAX_LITERAL
+    }
+    return _literal(fields) if fields else "rt.ANY"
+
+
+def _call_expr(fn: str, value: Any) -> str:
+    if isinstance(value, dict) and all(
+        isinstance(k, str) and k.isidentifier() and not keyword.iskeyword(k) for k in value
+    ):
+        if not value:
+            return f"{fn}()"
+        args = ",\n        ".join(f"{k}={_literal(v)}" for k, v in value.items())
+        return f"{fn}(\n        {args},\n    )"
+    return f"{fn}(**{_literal(value if isinstance(value, dict) else {})})"
+
+
+def _bare(name: str) -> str:
+    return name.rsplit(":", 1)[-1].rsplit(".", 1)[-1]
+
+
+def render_test(
+    run: Run,
+    events: Sequence[Event],
+    *,
+    trace_rel: str,
+    test_name: str,
+    forbid: Iterable[str] = (),
+) -> str:
+    """The source of a pytest module that replays ``trace_rel`` (relative to the test file)."""
+    root = _root(run, events)
+    module, fn, b = _root_boundary(root)
+    ordered = sorted(events, key=lambda e: e.seq)
+    steps = [e for e in ordered if e.kind not in ("clock", "agent")]
+    forbidden = [resolve_name(f, {e.boundary for e in ordered}) for f in forbid]
+    call = _call_expr(fn, root.input)
+    if b is not None and b.is_agen:
+        prefix, call = "async def", f"[chunk async for chunk in {call}]"
+    elif b is not None and b.is_async:
+        prefix, call = "async def", f"await {call}"
+    elif b is not None and b.is_gen:
+        prefix, call = "def", f"list({call})"
+    else:
+        prefix = "def"
+    when = datetime.fromtimestamp(run.started_at, UTC).strftime("%Y-%m-%d %H:%M UTC")
+    head = [
+        f'"""Promoted from run {run.id} ({run.name or "unnamed"}, recorded {when}).',
+        "",
+        "Written by `replayable promote`. The trace file holds every recorded call; the test",
+        "re-runs the agent's own code against it: model and tool outputs are served from the",
+        "trace, side effects are not fired again, no network is used.",
+        '"""',
+        "",
+        "from __future__ import annotations",
+        "",
+        "import pytest",
+        "",
+        "import replayable.testing as rt",
+        f"from {module} import {fn}",
+        "",
+        f"TRACE = {trace_rel!r}  # relative to this file",
+        "",
+        "",
+    ]
+    if forbidden:
+        first = min((i for i, e in enumerate(steps) if e.boundary in forbidden), default=len(steps))
+        names = ", ".join(_bare(f) for f in forbidden)
+        recorded = "; ".join(
+            f"{_bare(e.boundary)}({_short_pattern(e.input)})"
+            for e in steps
+            if e.boundary in forbidden
+        )
+        body = [
+            "@pytest.mark.replay(TRACE, strict=False)",
+            f"{prefix} test_{test_name}_never_calls_{_bare(forbidden[0])}(replayable):",
+            f'    """The incident: on this input the agent must not call {names}."""',
+            f"    {call}",
+            "    replay = replayable.replay_session",
+            "    # The steps that led up to the incident still happen...",
+            "    rt.assert_calls(",
+            "        replay,",
+            "        [",
+            *(
+                f"            ({_bare(e.boundary)!r}, {_short_pattern(e.input)}),"
+                for e in steps[:first]
+            ),
+            "        ],",
+            "        exact=False,",
+            "    )",
+            f"    # ...but not the bad call (recorded: {recorded}).",
+            *(f"    rt.assert_not_called(replay, {_bare(f)!r})" for f in forbidden),
+        ]
+    else:
+        body = [
+            "@pytest.mark.replay(TRACE, strict=False)",
+            f"{prefix} test_{test_name}(replayable):",
+            '    """The agent takes the recorded path: the same calls with the same arguments."""',
+            f"    {call}",
+            "    replay = replayable.replay_session",
+            "    rt.assert_no_divergence(replay)",
+            "    # The structure, as recorded. Edit it down to what must hold (an invariant",
+            '    # such as rt.assert_not_called(replay, "delete_record")) if the path may change.',
+            "    rt.assert_calls(",
+            "        replay,",
+            "        [",
+            *(f"            ({_bare(e.boundary)!r}, {_short_pattern(e.input)})," for e in steps),
+            "        ],",
+            "    )",
+        ]
+    return "\n".join([*head, *body, ""])
+
+
+def promote(
+    run: Run,
+    events: Sequence[Event],
+    *,
+    trace: str | os.PathLike[str] | None = None,
+    test: str | os.PathLike[str] | None = None,
+    name: str | None = None,
+    forbid: Iterable[str] = (),
+    overwrite: bool = False,
+) -> Promoted:
+    """Write ``run`` as a trace file and a pytest test replaying it; returns the paths.
+
+    Defaults: ``tests/traces/NAME.jsonl`` and ``tests/test_NAME.py``, NAME from the run's name
+    and id. An existing test file is kept unless ``overwrite=True``.
+
+    >>> promote(run, list(run.events()), forbid=["delete_record"])
+    Promoted(trace=PosixPath('tests/traces/support_agent_0190ab12.jsonl'), ...)
+    """
+    stem = re.sub(r"\W+", "_", name).strip("_") if name else default_name(run)
+    trace_path = Path(trace) if trace is not None else Path("tests/traces") / f"{stem}.jsonl"
+    test_path = Path(test) if test is not None else Path("tests") / f"test_{stem}.py"
+    if test_path.exists() and not overwrite:
+        raise ReplayableError(f"{test_path} exists; pass --force to overwrite it")
+    rel = os.path.relpath(trace_path.resolve(), test_path.resolve().parent)
+    source = render_test(run, events, trace_rel=Path(rel).as_posix(), test_name=stem, forbid=forbid)
+    write_trace(run, events, trace_path)
+    test_path.parent.mkdir(parents=True, exist_ok=True)
+    test_path.write_text(source, encoding="utf-8")
+    return Promoted(trace_path, test_path, stem, len(events))

@@ -68,8 +68,8 @@ class TestExportImport:
     def test_export_to_stdout(self, run: Run) -> None:
         """-o - writes the trace to stdout: a header line and one line per event."""
         result = invoke("export", run.id, "-o", "-")
-        assert result.exit_code == 0
-        lines = result.output.splitlines()
+        assert result.exit_code == 0, result.exception
+        lines = result.stdout_bytes.decode().splitlines()
         assert len(lines) == 4
         assert lines[0].startswith('{"format":"replayable-trace"')
 

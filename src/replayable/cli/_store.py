@@ -55,9 +55,9 @@ def export_cmd(run_id: str, store_url: str | None, output: str | None) -> None:
     run = store.get_run(run_id)
     events = list(store.iter_events(run.id))
     if output == "-":
-        stdout = click.get_binary_stream("stdout")
-        stdout.writelines(trace_lines(run, events))
-        stdout.flush()
+        sys.stdout.flush()
+        sys.stdout.buffer.writelines(trace_lines(run, events))
+        sys.stdout.buffer.flush()
         return
     target = write_trace(run, events, output or f"{run.id}.jsonl")
     if run.status in ("running", "incomplete"):

@@ -1,0 +1,141 @@
+"""The Anthropic integration: real SDK clients over loopback HTTP, recorded then replayed offline."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import anthropic
+import pytest
+from anthropic.types import Message
+
+import replayable as rp
+from replayable.errors import UnsupportedClient
+from replayable.integrations import anthropic as rp_anthropic
+from tests.integrations.conftest import API_KEY
+from tests.integrations.fakeserver import FakeLLMServer
+
+MESSAGES = [{"role": "user", "content": "Weather in town?"}]
+TOOLS = [
+    {
+        "name": "get_weather",
+        "description": "Current weather",
+        "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}},
+    }
+]
+
+
+def offline(server: FakeLLMServer) -> int:
+    server.stop()
+    return len(server.requests)
+
+
+class TestMessages:
+    def test_create_replays_an_equal_message_offline(
+        self, anthropic_client: Any, server: FakeLLMServer
+    ) -> None:
+        """messages.create replays an equal Message and sends nothing."""
+        with rp.record() as run:
+            recorded = anthropic_client.messages.create(
+                model="claude-x", max_tokens=64, messages=MESSAGES, system="be brief"
+            )
+        seen = offline(server)
+        with rp.replay(run.id):
+            replayed = anthropic_client.messages.create(
+                model="claude-x", max_tokens=64, messages=MESSAGES, system="be brief"
+            )
+        assert isinstance(replayed, Message)
+        assert replayed == recorded
+        assert replayed._request_id == recorded._request_id
+        assert len(server.requests) == seen
+        (ev,) = rp.open_store(None).iter_events(run.id)
+        assert ev.meta["finish_reasons"] == ["end_turn"]
+        assert ev.meta["usage"]["input_tokens"] == recorded.usage.input_tokens
+
+    def test_stream_helper_with_tool_use_replays(
+        self, anthropic_client: Any, server: FakeLLMServer
+    ) -> None:
+        """``with messages.stream(...)`` replays the same events and final tool_use message."""
+
+        def agent() -> tuple[list[Any], Any]:
+            with anthropic_client.messages.stream(
+                model="claude-x", max_tokens=64, messages=MESSAGES, tools=TOOLS
+            ) as stream:
+                evs = list(stream)
+                return evs, stream.get_final_message()
+
+        with rp.record() as run:
+            evs, final = agent()
+        offline(server)
+        with rp.replay(run.id):
+            evs2, final2 = agent()
+        assert [e.type for e in evs2] == [e.type for e in evs]
+        assert final2 == final
+        assert final2.content[0].type == "tool_use"
+        assert final2.content[0].input == final.content[0].input
+        (ev,) = rp.open_store(None).iter_events(run.id)
+        assert ev.meta["tool_calls"] == ["get_weather"]
+
+    def test_create_stream_true_replays_raw_events(
+        self, anthropic_client: Any, server: FakeLLMServer
+    ) -> None:
+        """stream=True replays an anthropic.Stream of equal raw events."""
+        kw: dict[str, Any] = {"model": "c", "max_tokens": 8, "messages": MESSAGES, "stream": True}
+        with rp.record() as run:
+            recorded = list(anthropic_client.messages.create(**kw))
+        offline(server)
+        with rp.replay(run.id):
+            stream = anthropic_client.messages.create(**kw)
+            assert isinstance(stream, anthropic.Stream)
+            assert list(stream) == recorded
+
+    async def test_async_streams_under_gather(
+        self, async_anthropic_client: Any, server: FakeLLMServer
+    ) -> None:
+        """AsyncAnthropic text streams under asyncio.gather replay the recorded text."""
+
+        async def ask(i: int) -> str:
+            async with async_anthropic_client.messages.stream(
+                model="c", max_tokens=8, messages=[{"role": "user", "content": f"q{i}"}]
+            ) as stream:
+                return "".join([t async for t in stream.text_stream])
+
+        async with rp.record() as run:
+            recorded = await asyncio.gather(*(ask(i) for i in range(3)))
+        seen = offline(server)
+        async with rp.replay(run.id):
+            replayed = await asyncio.gather(*(ask(i) for i in range(3)))
+        assert replayed == recorded
+        assert len(server.requests) == seen
+
+
+class TestErrorsAndSecrets:
+    def test_rate_limit_replays_as_the_sdk_exception(
+        self, anthropic_client: Any, server: FakeLLMServer
+    ) -> None:
+        """A 429 is re-raised in replay as anthropic.RateLimitError with its body."""
+        msgs = [{"role": "user", "content": "[429]"}]
+        with rp.record() as run, pytest.raises(anthropic.RateLimitError) as live:
+            anthropic_client.messages.create(model="c", max_tokens=8, messages=msgs)
+        offline(server)
+        with rp.replay(run.id), pytest.raises(anthropic.RateLimitError) as replayed:
+            anthropic_client.messages.create(model="c", max_tokens=8, messages=msgs)
+        assert replayed.value.status_code == 429
+        assert replayed.value.body == live.value.body
+
+    def test_the_api_key_never_reaches_the_store(
+        self, anthropic_client: Any, store_path: Path
+    ) -> None:
+        """The client's API key appears nowhere in the SQLite files."""
+        with rp.record():
+            anthropic_client.messages.create(model="c", max_tokens=8, messages=MESSAGES)
+        rp.open_store(None).close()
+        blobs = b"".join(p.read_bytes() for p in store_path.parent.glob("traces.db*"))
+        assert b"messages.create" in blobs
+        assert API_KEY.encode() not in blobs
+
+    def test_an_unsupported_client_is_refused(self) -> None:
+        """An OpenAI-shaped or foreign object is refused, naming the supported clients."""
+        with pytest.raises(UnsupportedClient, match=r"anthropic\.Anthropic and"):
+            rp_anthropic.instrument("not a client")

@@ -151,6 +151,7 @@ class SQLiteStore:
                 conn.execute("PRAGMA busy_timeout=30000")
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=NORMAL")
+                conn.execute("PRAGMA cache_size=-16000")  # 16 MB: index pages of big batches
             except sqlite3.Error:
                 conn.close()
                 raise

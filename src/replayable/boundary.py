@@ -105,6 +105,7 @@ class Boundary:
         ]
         self._fast = sig is not None and len(simple) == len(params)
         self._names = [p.name for p in simple]
+        self._kw_names = frozenset(p.name for p in simple if p.kind is p.POSITIONAL_OR_KEYWORD)
         self._defaults = {p.name: p.default for p in simple if p.default is not p.empty}
 
     def bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -118,6 +119,13 @@ class Boundary:
                 for name in self._names[len(args) :]:
                     if name in self._defaults:
                         bound[name] = self._defaults[name]
+        elif (
+            self._fast
+            and len(args) <= len(self._names)
+            and kwargs.keys() <= self._kw_names
+            and (fast := self._bind_keywords(args, kwargs)) is not None
+        ):
+            bound = fast
         elif self.signature is not None:
             try:
                 ba = self.signature.bind(*args, **kwargs)
@@ -136,6 +144,23 @@ class Boundary:
         if self._skip_first and self._names:
             bound.pop(self._names[0], None)
         return bound
+
+    def _bind_keywords(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> dict[str, Any] | None:
+        """``bind`` for plain parameters passed by keyword, without ``inspect``; None when the
+        call does not bind cleanly (the slow path then says so the way it always has)."""
+        bound = dict(zip(self._names, args, strict=False))
+        used = 0
+        for name in self._names[len(args) :]:
+            if name in kwargs:
+                bound[name] = kwargs[name]
+                used += 1
+            elif name in self._defaults:
+                bound[name] = self._defaults[name]
+            else:
+                return None  # a required parameter is missing
+        return bound if used == len(kwargs) else None  # else: one given twice
 
     def key_view(self, value: Any) -> Any:
         """The part of a bound, redacted input that identifies the call."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import dataclasses
 import datetime as _dt
+import functools
 import hashlib
 import re
 from collections.abc import Iterable, Mapping
@@ -144,10 +145,20 @@ def normalize(value: JSON, drop: frozenset[str] = DEFAULT_TRANSIENT_KEYS) -> JSO
     return value
 
 
+@functools.lru_cache(maxsize=256)
+def _drop_needles(drop: frozenset[str]) -> tuple[bytes, ...]:
+    """How each dropped key appears in orjson output: ``"name":``."""
+    return tuple(b'"' + k.encode() + b'":' for k in drop)
+
+
 def _needs_normalize(data: bytes, drop: frozenset[str]) -> bool:
-    if b"-0.0" in data or b"-0e" in data:
-        return True
-    return any(b'"' + k.encode() + b'":' in data for k in drop)
+    """True when ``data`` may hold ``-0.0`` or a ``drop`` key (so a Python pass is needed)."""
+    at = data.find(b"-0")
+    while at != -1:  # one scan for both -0.0 and -0e...
+        if data.startswith((b".0", b"e"), at + 2):
+            return True
+        at = data.find(b"-0", at + 2)
+    return any(needle in data for needle in _drop_needles(drop))
 
 
 def canonicalize(value: Any, *, drop: Iterable[str] | None = None) -> JSON:

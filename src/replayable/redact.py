@@ -9,6 +9,7 @@ camelCase humps) is a secret word: ``password``, ``token``, ``secret``, ``cookie
 
 from __future__ import annotations
 
+import functools
 import itertools
 import re
 from collections.abc import Callable, Iterable
@@ -50,10 +51,15 @@ _VALUE_PATTERNS = re.compile(
     r")"
 )
 
-_HINT = re.compile(
-    rb"(?i)pass|pwd|token|secret|cookie|auth|api.?key|private.?key|access.?key|credential"
-    rb"|signature|sk-|bearer|basic |gh[pousr]_|AKIA|xox"
-)
+# might_hold_secrets is true when the lowercased data holds one of these words, or matches
+# _HINT_KEYS or _HINT_GH. (One case-insensitive alternation regex says the same, ~50x slower.)
+_HINT_WORDS = (
+    b"pass", b"pwd", b"token", b"secret", b"cookie", b"auth", b"credential", b"signature",
+    b"sk-", b"bearer", b"basic ", b"akia", b"xox",
+)  # fmt: skip
+_HINT_KEYS = re.compile(rb"(?:api|private|access).?key")
+_HINT_GH = re.compile(rb"gh[pousr]_")
+_GH = re.compile(r"gh[pousr]_")
 
 
 class Redactor(Protocol):
@@ -62,6 +68,7 @@ class Redactor(Protocol):
     def __call__(self, value: Any, /) -> Any: ...
 
 
+@functools.lru_cache(maxsize=4096)
 def is_secret_key(name: str) -> bool:
     """True when a dict key names a secret by one of its whole name parts.
 
@@ -76,12 +83,31 @@ def is_secret_key(name: str) -> bool:
 
 def scrub(text: str) -> str:
     """Replace bearer, ``sk-`` and similar credentials inside a string."""
-    return _VALUE_PATTERNS.sub(REDACTED, text)
+    # Every credential pattern holds one of these literals; most text holds none, and plain
+    # substring tests are far cheaper than running the full pattern over it.
+    if (
+        not text.isascii()  # Unicode case folding: leave it to the pattern
+        or "sk-" in text
+        or "AKIA" in text
+        or "xox" in text
+        or ("gh" in text and _GH.search(text) is not None)
+    ):
+        return _VALUE_PATTERNS.sub(REDACTED, text)
+    low = text.lower()
+    if "bearer" in low or "basic" in low:
+        return _VALUE_PATTERNS.sub(REDACTED, text)
+    return text
 
 
 def might_hold_secrets(data: bytes) -> bool:
     """Cheap pre-check on serialized JSON: False means :func:`redact` would change nothing."""
-    return _HINT.search(data) is not None
+    low = data.lower()
+    for word in _HINT_WORDS:
+        if word in low:
+            return True
+    if b"key" in low and _HINT_KEYS.search(low) is not None:
+        return True
+    return b"gh" in low and _HINT_GH.search(low) is not None
 
 
 def redact(

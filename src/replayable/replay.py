@@ -111,6 +111,7 @@ class Replayer(Recorder):
             counts[ev.boundary] += 1
             self.nth[ev.seq] = counts[ev.boundary]
         self.consumed: set[int] = set()
+        self._first: dict[tuple[int | None, str], int] = {}
         self.divergences: list[Divergence] = []
         self._lock = threading.Lock()
         self.live_names: set[str] = set()
@@ -194,11 +195,18 @@ class Replayer(Recorder):
                 return None, self._divergence(b, frame, nearest, data, value)
             if prec == UNMATCHED:
                 return None, self._divergence(b, frame, None, data, value)
-            cands = [e for e in self.groups.get((prec, b.name), ()) if e.seq not in self.consumed]
-            for e in cands:
-                if e.key == key:
+            gkey = (prec, b.name)
+            group = self.groups.get(gkey, [])
+            start = self._first.get(gkey, 0)  # calls are mostly consumed in order: skip those
+            while start < len(group) and group[start].seq in self.consumed:
+                start += 1
+            self._first[gkey] = start
+            for i in range(start, len(group)):
+                e = group[i]
+                if e.key == key and e.seq not in self.consumed:
                     self.consumed.add(e.seq)
                     return self._checked(b, e, data, value), None
+            cands = [e for e in group[start:] if e.seq not in self.consumed]
             tail = frame.address.rsplit(" > ", 1)[-1]
             base = self.events[prec].address + " > " if prec is not None else ""
             expected = base + tail

@@ -92,6 +92,15 @@ class FakeLLMServer:
         with self.lock:
             return self.rng.choice(CITIES)
 
+    def args(self, tool: dict[str, Any]) -> dict[str, Any]:
+        """Arguments for a call to ``tool``, sampled from its JSON schema."""
+        out: dict[str, Any] = {}
+        with self.lock:
+            for name, prop in _tool_props(tool).items():
+                kind = prop.get("type") if isinstance(prop, dict) else None
+                out[name] = self.rng.randint(1, 4) if kind == "integer" else self.rng.choice(CITIES)
+        return out
+
 
 def _last_user_text(messages: list[Any]) -> str:
     for m in reversed(messages):
@@ -118,6 +127,12 @@ def _has_tool_result(messages: list[Any]) -> bool:
     return False
 
 
+def _tool_props(tool: dict[str, Any]) -> dict[str, Any]:
+    fn = tool.get("function") if isinstance(tool.get("function"), dict) else tool
+    schema = fn.get("parameters") or fn.get("input_schema") or {}
+    return dict(schema.get("properties") or {"city": {"type": "string"}})
+
+
 def _tool_name(tool: dict[str, Any]) -> str:
     fn = tool.get("function")
     return str(fn["name"] if isinstance(fn, dict) else tool.get("name"))
@@ -125,6 +140,7 @@ def _tool_name(tool: dict[str, Any]) -> str:
 
 class _Handler(BaseHTTPRequestHandler):
     owner: FakeLLMServer
+    args: dict[str, Any]
     protocol_version = "HTTP/1.1"
 
     def log_message(self, format: str, *args: Any) -> None:
@@ -147,6 +163,7 @@ class _Handler(BaseHTTPRequestHandler):
                 return self._error(code, anthropic)
         tools = body.get("tools") or []
         call = _tool_name(tools[0]) if tools and not _has_tool_result(messages) else None
+        self.args = s.args(tools[0]) if call else {}
         n = s.next_id()
         model = str(body.get("model", "fake-model"))
         if self.path.endswith("/chat/completions"):
@@ -202,7 +219,7 @@ class _Handler(BaseHTTPRequestHandler):
         base = {"id": f"chatcmpl-{n}", "created": int(time.time()), "model": model + "-2025"}
         fp = f"fp_{n % 7}"
         usage = {"prompt_tokens": 10 + n, "completion_tokens": 5 + n, "total_tokens": 15 + 2 * n}
-        args = json.dumps({"city": s.city()})
+        args = json.dumps(self.args)
         text = s.text()
         if not body.get("stream"):
             message: dict[str, Any] = {"role": "assistant", "content": None if call else text}
@@ -279,7 +296,7 @@ class _Handler(BaseHTTPRequestHandler):
                 "id": f"fc_{n}",
                 "call_id": f"call_{n}",
                 "name": call,
-                "arguments": json.dumps({"city": s.city()}),
+                "arguments": json.dumps(self.args),
                 "status": "completed",
             }
         else:
@@ -352,7 +369,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _anthropic(self, body: dict[str, Any], model: str, n: int, call: str | None) -> None:
         s = self.owner
         text = s.text()
-        tool_input = {"city": s.city()}
+        tool_input = self.args
         usage = {"input_tokens": 12 + n, "output_tokens": 6 + n}
         msg: dict[str, Any] = {
             "id": f"msg_{n:04d}",

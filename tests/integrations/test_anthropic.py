@@ -1,4 +1,4 @@
-"""The Anthropic integration: real SDK clients over loopback HTTP, recorded then replayed offline."""
+"""The Anthropic integration: real SDK clients over loopback HTTP, recorded and replayed."""
 
 from __future__ import annotations
 
@@ -9,12 +9,12 @@ from typing import Any
 import anthropic
 import pytest
 from anthropic.types import Message
+from tests.integrations.conftest import API_KEY
+from tests.integrations.fakeserver import FakeLLMServer
 
 import replayable as rp
 from replayable.errors import UnsupportedClient
 from replayable.integrations import anthropic as rp_anthropic
-from tests.integrations.conftest import API_KEY
-from tests.integrations.fakeserver import FakeLLMServer
 
 MESSAGES = [{"role": "user", "content": "Weather in town?"}]
 TOOLS = [

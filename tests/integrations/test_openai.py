@@ -11,12 +11,12 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from openai.types.responses import Response
+from tests.integrations.conftest import API_KEY
+from tests.integrations.fakeserver import FakeLLMServer
 
 import replayable as rp
 from replayable.errors import UnsupportedClient
 from replayable.integrations import openai as rp_openai
-from tests.integrations.conftest import API_KEY
-from tests.integrations.fakeserver import FakeLLMServer
 
 MESSAGES = [{"role": "user", "content": "What is the weather?"}]
 TOOLS = [

@@ -101,6 +101,10 @@ def _tags(tags: Mapping[str, Any] | Iterable[str] | None) -> dict[str, str]:
 
 _UNSERIALIZABLE_WARNED: set[tuple[str, str]] = set()
 
+# Live observers (e.g. the OpenTelemetry live exporter): told when each step begins and ends,
+# on the agent's thread. Empty by default, so recording pays one truthiness check.
+OBSERVERS: list[Any] = []
+
 
 class Recorder(Session):
     """The session behind :func:`record`: turns boundary calls into events."""
@@ -145,6 +149,9 @@ class Recorder(Session):
             frame.meta["unserializable_input"] = bad
         frame.started_at = time.time()
         frame.t0 = time.perf_counter_ns()
+        if OBSERVERS:
+            for obs in OBSERVERS:
+                obs.on_begin(self, b, frame)
         return frame
 
     def finish(
@@ -160,6 +167,9 @@ class Recorder(Session):
         """Close a step: snapshot its output (or error) and hand it to the writer."""
         duration = time.perf_counter_ns() - frame.t0
         parent = frame.parent
+        if OBSERVERS:
+            for obs in OBSERVERS:
+                obs.on_finish(self, b, frame, error, duration)
         if error is not None:
             out = b"null"
         else:

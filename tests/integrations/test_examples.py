@@ -10,18 +10,19 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+from tests.integrations.fakeserver import FakeLLMServer
 
 import replayable as rp
 from replayable.errors import UnsupportedClient
 from replayable.integrations import langgraph as rp_langgraph
-from tests.integrations.fakeserver import FakeLLMServer
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 def load(name: str) -> ModuleType:
     spec = importlib.util.spec_from_file_location(f"examples_{name}", EXAMPLES / f"{name}.py")
-    assert spec is not None and spec.loader is not None
+    assert spec is not None
+    assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
     spec.loader.exec_module(module)
@@ -47,7 +48,8 @@ class TestOpenAIAgentExample:
         with rp.record(name="openai-agent") as run:
             answer = agent.run("What should I wear in Paris?")
         kinds = [e.kind for e in rp.open_store(None).iter_events(run.id)]
-        assert kinds.count("llm") == 2 and "tool" in kinds
+        assert kinds.count("llm") == 2
+        assert "tool" in kinds
         server.stop()
         seen = len(server.requests)
         with rp.replay(run.id) as r:
@@ -79,7 +81,8 @@ class TestLangGraphAgentExample:
         assert nodes == [agent, tools, agent]
         for e in evs:
             if e.kind in ("llm", "tool"):
-                assert e.parent_seq is not None and by_seq[e.parent_seq].kind == "node"
+                assert e.parent_seq is not None
+                assert by_seq[e.parent_seq].kind == "node"
         tools_node = next(e for e in evs if e.boundary == "langgraph:records.tools")
         assert tools_node.output["messages"][0]["$message"]["type"] == "tool"
 

@@ -9,6 +9,8 @@ import pytest
 
 from replayable import store as store_mod
 
+pytest_plugins = ["pytester"]
+
 
 @pytest.fixture(autouse=True)
 def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:

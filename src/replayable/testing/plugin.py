@@ -78,9 +78,10 @@ def _resolve(item: pytest.Item, path: str | os.PathLike[str]) -> Path:
     for base in (item.path.parent, item.config.rootpath, Path.cwd()):
         if (base / p).is_file():
             return base / p
-    raise pytest.UsageError(
-        f"{item.nodeid}: replay trace {os.fspath(path)!r} not found next to the test, in the "
-        "rootdir or in the working directory"
+    pytest.fail(
+        f"replay trace {os.fspath(path)!r} not found next to the test, in the rootdir or in "
+        "the working directory",
+        pytrace=False,
     )
 
 
@@ -95,7 +96,7 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, Any, Any]:
     if marker is None:
         return (yield)
     if not marker.args:
-        raise pytest.UsageError(f"{item.nodeid}: @pytest.mark.replay needs a trace file path")
+        pytest.fail("@pytest.mark.replay needs a trace file path", pytrace=False)
     kwargs = dict(marker.kwargs)
     r = replay(
         _resolve(item, marker.args[0]),
@@ -106,7 +107,7 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, Any, Any]:
         match=str(kwargs.pop("match", "address")),
     )
     if kwargs:
-        raise pytest.UsageError(f"{item.nodeid}: unknown replay marker options {sorted(kwargs)}")
+        pytest.fail(f"unknown @pytest.mark.replay options: {sorted(kwargs)}", pytrace=False)
     item.stash[_ACTIVE] = r
     try:
         with r:

@@ -139,3 +139,14 @@ class TestErrorsAndSecrets:
         """An OpenAI-shaped or foreign object is refused, naming the supported clients."""
         with pytest.raises(UnsupportedClient, match=r"anthropic\.Anthropic and"):
             rp_anthropic.instrument("not a client")
+
+
+class TestDispatch:
+    def test_instrument_dispatches_by_client_type(self, server: FakeLLMServer) -> None:
+        """replayable.integrations.instrument picks the integration from the client's package."""
+        from replayable.integrations import instrument
+
+        client = instrument(anthropic.Anthropic(base_url=server.anthropic_url, api_key="k"))
+        assert hasattr(client.messages.create, "__replayable_original__")
+        with pytest.raises(UnsupportedClient, match=r"openai\.OpenAI, openai\.AsyncOpenAI"):
+            instrument(42)

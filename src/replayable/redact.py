@@ -33,7 +33,6 @@ _SECRET_PARTS = frozenset(
         "apikey",
         "credential",
         "credentials",
-        "signature",
     }
 )
 _SECRET_PAIRS = frozenset({("api", "key"), ("private", "key"), ("access", "key")})
@@ -54,7 +53,7 @@ _VALUE_PATTERNS = re.compile(
 # might_hold_secrets is true when the lowercased data holds one of these words, or matches
 # _HINT_KEYS or _HINT_GH. (One case-insensitive alternation regex says the same, ~50x slower.)
 _HINT_WORDS = (
-    b"pass", b"pwd", b"token", b"secret", b"cookie", b"auth", b"credential", b"signature",
+    b"pass", b"pwd", b"token", b"secret", b"cookie", b"auth", b"credential",
     b"sk-", b"bearer", b"basic ", b"akia", b"xox",
 )  # fmt: skip
 _HINT_KEYS = re.compile(rb"(?:api|private|access).?key")

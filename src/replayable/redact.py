@@ -131,14 +131,17 @@ def _walk(value: Any, extra: frozenset[str]) -> Any:
     if isinstance(value, str):
         return scrub(value)
     if isinstance(value, dict):
-        return {
-            k: (
-                REDACTED
-                if (is_secret_key(k) or k.lower() in extra) and holds_secret(v)
-                else _walk(v, extra)
-            )
-            for k, v in value.items()
-        }
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            if (is_secret_key(k) or (extra and k.lower() in extra)) and holds_secret(v):
+                out[k] = REDACTED
+            elif isinstance(v, str):
+                out[k] = scrub(v)
+            elif isinstance(v, dict | list):
+                out[k] = _walk(v, extra)
+            else:  # numbers, booleans, None: nothing to redact, no call needed
+                out[k] = v
+        return out
     if isinstance(value, list):
         return [_walk(v, extra) for v in value]
     return value

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import importlib
+import sys
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -58,3 +61,102 @@ def promote_cmd(
     out.print(f"wrote {done.trace} ({done.calls} recorded calls)")
     out.print(f"wrote {done.test}")
     out.print(f"run it: pytest {done.test}")
+
+
+def _import_invariant(spec: str) -> Any:
+    module_name, _, attr = spec.partition(":")
+    if not module_name or not attr:
+        raise click.BadParameter(f"{spec!r}: use MODULE:FUNC", param_hint="--invariant")
+    if "." not in sys.path and "" not in sys.path:
+        sys.path.insert(0, ".")
+    try:
+        obj: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise click.BadParameter(f"cannot import {module_name!r}: {exc}", param_hint="--invariant")
+    for part in attr.split("."):
+        obj = getattr(obj, part, None)
+    if not callable(obj):
+        raise click.BadParameter(f"{spec!r} is not a function", param_hint="--invariant")
+    return obj
+
+
+@main.command("fuzz")
+@click.argument("run_id")
+@store_option
+@click.option(
+    "--import",
+    "modules",
+    multiple=True,
+    required=True,
+    help="Module defining the agent's boundaries (importable from here); repeatable.",
+)
+@click.option(
+    "--invariant",
+    required=True,
+    help="MODULE:FUNC called with each outcome; fails by raising AssertionError or returning "
+    "False.",
+)
+@click.option("-n", "--examples", "n", default=200, show_default=True, help="Examples to try.")
+@click.option(
+    "--boundary",
+    "boundaries",
+    multiple=True,
+    help="Boundary whose recorded outputs to perturb; repeatable. Default: every boundary that "
+    "is not an agent, a clock or side-effecting.",
+)
+@click.option(
+    "--max-mutations",
+    default=2,
+    show_default=True,
+    help="Perturbations combined in one example.",
+)
+@click.option("--seed", type=int, default=None, help="Random search with this seed.")
+@click.option(
+    "-o", "--output", "out", default=None, help="Trace file for the smallest failing example."
+)
+@handle_errors
+def fuzz_cmd(
+    run_id: str,
+    store_url: str | None,
+    modules: tuple[str, ...],
+    invariant: str,
+    n: int,
+    boundaries: tuple[str, ...],
+    max_mutations: int,
+    seed: int | None,
+    out: str | None,
+) -> None:
+    """Perturb RUN's recorded outputs and check an invariant on each re-run of the agent.
+
+    Numbers are nudged or scaled, currencies and units swapped, list items dropped or
+    reordered, strings truncated; the agent's own code re-runs with those outputs served (no
+    network, no side effects). Exits 1 and writes the smallest failing perturbation as a trace
+    file when the invariant breaks; 0 when every example holds.
+    """
+    from replayable.cli._core import import_modules
+    from replayable.testing._fuzz import fuzz
+
+    import_modules(modules)
+    check = _import_invariant(invariant)
+    report = fuzz(
+        run_id,
+        check,
+        n=n,
+        boundaries=boundaries or None,
+        max_mutations=max_mutations,
+        seed=seed,
+        out=out,
+        store=store_url,
+    )
+    run = report.run
+    extra = f"; {report.off_record} left the recording, {report.raised} raised"
+    if report.passed:
+        click.echo(f"fuzzed run {run.id}: {report.examples} examples, invariant held{extra}")
+        return
+    click.echo(f"invariant broken after {report.first_failure_at} example(s) (run {run.id}){extra}")
+    click.echo(f"  {report.message}")
+    click.echo("smallest failing perturbation:")
+    for m in report.smallest or ():
+        click.echo(f"  {report.describe_mutation(m)}")
+    click.echo(f"wrote {report.trace}: replay it with rp.replay({str(report.trace)!r})")
+    sys.exit(1)

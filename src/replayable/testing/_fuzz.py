@@ -1,0 +1,594 @@
+"""``fuzz``: test a fix on more than the one sample that broke.
+
+Hypothesis perturbs the recorded outputs of chosen boundaries (numbers nudged or scaled, currency
+and units swapped, list items dropped or reordered, strings truncated), the agent's own code is
+re-run against the recording with those outputs served, and the user's invariant is checked on
+what it did. The smallest failing perturbation (Hypothesis shrinks it) is written as a trace file
+that replays the failure.
+
+Calls are served by *address* (the place in the call tree), not by input: a perturbed upstream
+output changes downstream inputs, and the point is to see what the agent does next. A call the
+recording has no counterpart for "leaves the recording"; such examples are counted, not judged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import copy
+import inspect
+import itertools
+import os
+import re
+import time
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from replayable import canonical
+from replayable._writer import clean_input, input_key
+from replayable.boundary import decode_error, encode_error, registry, resolve_name
+from replayable.context import FRAME, SESSION, Frame, Session
+from replayable.errors import ReplayableError, UnknownBoundary
+from replayable.record import environment, new_run_id
+from replayable.replay import load_source
+from replayable.store import Store
+from replayable.trace import Event, Run, chain_hash, event_content, write_trace
+
+if TYPE_CHECKING:
+    from replayable.boundary import Boundary
+
+__all__ = ["FuzzReport", "Mutation", "Outcome", "Site", "fuzz", "run_perturbed", "sites_of"]
+
+Path_ = tuple[str | int, ...]
+Invariant = Callable[["Outcome"], Any]
+
+_UNITS = [
+    ("USD", "EUR"),
+    ("EUR", "GBP"),
+    ("GBP", "USD"),
+    ("$", "€"),
+    ("€", "£"),
+    ("kg", "lb"),
+    ("km", "mi"),
+    ("°C", "°F"),
+    ("ml", "oz"),
+    ("cm", "in"),
+]
+_UNIT_RE = {a: re.compile(rf"(?<![A-Za-z]){re.escape(a)}(?![A-Za-z])") for a, _ in _UNITS}
+_NUMBER_RE = re.compile(r"-?\d+(?:\.\d+)?")
+_SCALES = (2, 0.5, 10, 0, -1)
+
+
+class _OffRecord(ReplayableError):
+    """The perturbed agent made a call the recording has no counterpart for."""
+
+
+@dataclass(frozen=True, slots=True)
+class Mutation:
+    """One perturbation of one recorded output: at ``path``, apply ``op`` with ``arg``."""
+
+    seq: int
+    boundary: str
+    path: Path_
+    op: str
+    arg: Any = None
+
+    def apply(self, output: Any) -> Any:
+        """A copy of ``output`` with this mutation applied (unchanged if the path is gone)."""
+        root = copy.deepcopy(output)
+        if not self.path:
+            return _mutate(root, self.op, self.arg)
+        parent = root
+        for part in self.path[:-1]:
+            try:
+                parent = parent[part]
+            except (KeyError, IndexError, TypeError):
+                return root
+        last = self.path[-1]
+        with contextlib.suppress(KeyError, IndexError, TypeError):
+            parent[last] = _mutate(parent[last], self.op, self.arg)
+        return root
+
+    def where(self) -> str:
+        """``choose_record.output.arguments.customer_id``-style location."""
+        bare = self.boundary.rsplit(":", 1)[-1].rsplit(".", 1)[-1]
+        text = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in self.path)
+        return f"{bare}#{self.seq}.output{text}"
+
+    def __str__(self) -> str:
+        arg = "" if self.arg is None else f" {self.arg!r}"
+        return f"{self.where()}: {self.op}{arg}"
+
+
+def _mutate(value: Any, op: str, arg: Any) -> Any:
+    if op == "nudge":
+        return value + arg
+    if op == "scale":
+        out = value * arg
+        return round(out) if isinstance(value, int) else out
+    if op == "flip":
+        return not value
+    if op == "truncate":
+        return value[:arg]
+    if op == "swap_unit":
+        a, b = arg
+        return _UNIT_RE[a].sub(b, value, count=1)
+    if op == "scale_number":
+        m = _NUMBER_RE.search(value)
+        if m is None:
+            return value
+        num = float(m.group()) * arg
+        text = str(round(num)) if "." not in m.group() else f"{num:g}"
+        return value[: m.start()] + text + value[m.end() :]
+    if op == "drop":
+        return value[:arg] + value[arg + 1 :]
+    if op == "reverse":
+        return value[::-1]
+    if op == "rotate":
+        return value[1:] + value[:1]
+    raise ValueError(f"unknown perturbation {op!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class Site:
+    """A place in a recorded output that can be perturbed, and the ways it can be."""
+
+    event: Event
+    path: Path_
+    ops: tuple[tuple[str, tuple[Any, ...]], ...]
+
+
+def _ops(value: Any) -> tuple[tuple[str, tuple[Any, ...]], ...]:
+    if isinstance(value, bool):
+        return (("flip", (None,)),)
+    if isinstance(value, int | float):
+        return (("nudge", (1, -1)), ("scale", _SCALES))
+    if isinstance(value, str):
+        ops: list[tuple[str, tuple[Any, ...]]] = []
+        if value:
+            ops.append(("truncate", tuple(sorted({len(value) // 2, max(len(value) - 1, 0), 0}))))
+        units = tuple((a, b) for a, b in _UNITS if _UNIT_RE[a].search(value))
+        if units:
+            ops.append(("swap_unit", units))
+        if _NUMBER_RE.search(value):
+            ops.append(("scale_number", _SCALES))
+        return tuple(ops)
+    if isinstance(value, list) and value:
+        ops = [("drop", tuple(range(len(value))))]
+        if len(value) > 1:
+            ops += [("reverse", (None,)), ("rotate", (None,))]
+        return tuple(ops)
+    return ()
+
+
+def _walk(value: Any, path: Path_) -> Iterator[tuple[Path_, Any]]:
+    yield path, value
+    if isinstance(value, dict):
+        for k in sorted(value):
+            yield from _walk(value[k], (*path, k))
+    elif isinstance(value, list):
+        for i, item in enumerate(value):
+            yield from _walk(item, (*path, i))
+
+
+def sites_of(events: Iterable[Event]) -> list[Site]:
+    """Every perturbable place in the outputs of ``events``, in start order."""
+    out = []
+    for ev in sorted(events, key=lambda e: e.seq):
+        if ev.error is not None:
+            continue
+        for path, value in _walk(ev.output, ()):
+            ops = _ops(value)
+            if ops:
+                out.append(Site(ev, path, ops))
+    return out
+
+
+@dataclass
+class Outcome:
+    """What the agent did in one perturbed re-run: what an invariant is checked on."""
+
+    root: Event
+    calls: list[Event]
+    result: Any = None
+    error: BaseException | None = None
+    mutations: tuple[Mutation, ...] = ()
+    off_record: str | None = None
+
+    @property
+    def input(self) -> Any:
+        """The root call's recorded arguments (e.g. ``{"request": ...}``)."""
+        return self.root.input
+
+    def calls_to(self, name: str) -> list[Event]:
+        """The calls to a boundary (full or bare name), in start order."""
+        bare = name.rsplit(":", 1)[-1]
+        return [
+            c
+            for c in self.calls
+            if c.boundary == name or c.boundary.rsplit(":", 1)[-1] in (bare, name)
+        ]
+
+
+class _FuzzSession(Session):
+    """Serves recorded outputs (perturbed where asked) by address; agents and ``live`` run."""
+
+    def __init__(
+        self, run_id: str, events: Sequence[Event], outputs: dict[int, Any], live: frozenset[str]
+    ) -> None:
+        self.run_id = run_id
+        self.by_address = {e.address: e for e in events}
+        self.outputs = outputs
+        self.live = live
+        self.root = Frame(seq=-1, address="")
+        self.calls: list[Event] = []
+        self._seq = itertools.count()
+
+    def _begin(
+        self, b: Boundary, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> tuple[Frame, Event | None]:
+        parent = FRAME.get() or self.root
+        ordinal = parent.next_ordinal(b.name)
+        frame = Frame(
+            seq=next(self._seq), address=parent.child_address(b.name, ordinal), parent=parent
+        )
+        frame.data = canonical.dumps(b.bind(args, kwargs))
+        frame.started_at = time.time()
+        ev = self.by_address.get(frame.address)
+        if ev is not None and ev.boundary != b.name:
+            ev = None
+        if ev is None and not self._is_live(b):
+            raise _OffRecord(f"{b.name} at {frame.address} is not in the recording")
+        return frame, ev
+
+    def _is_live(self, b: Boundary) -> bool:
+        return b.kind == "agent" or b.name in self.live
+
+    def _finish(self, b: Boundary, frame: Frame, output: Any = None, error: Any = None) -> None:
+        data, value = clean_input(b, frame.data)
+        parent = frame.parent
+        self.calls.append(
+            Event(
+                run_id=self.run_id,
+                seq=frame.seq,
+                address=frame.address,
+                parent_seq=parent.seq if parent is not None and parent.seq >= 0 else None,
+                boundary=b.name,
+                kind=b.kind,
+                key=input_key(b, data, value),
+                input=value if value is not None else orjson.loads(data),
+                output=output,
+                error=error,
+                meta=frame.meta,
+                started_at=frame.started_at,
+            )
+        )
+
+    def _served(self, ev: Event) -> Any:
+        return self.outputs.get(ev.seq, ev.output)
+
+    def call(self, b: Boundary, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        frame, ev = self._begin(b, args, kwargs)
+        if ev is None or self._is_live(b):
+            token = FRAME.set(frame)
+            try:
+                result = b.fn(*args, **kwargs)
+            except BaseException as exc:
+                self._finish(b, frame, error=encode_error(exc))
+                raise
+            finally:
+                FRAME.reset(token)
+            self._finish(b, frame, canonical.canonicalize(b.encode_output(result), drop=()))
+            return result
+        if ev.error is not None:
+            self._finish(b, frame, error=ev.error)
+            raise decode_error(ev.error)
+        out = self._served(ev)
+        self._finish(b, frame, out)
+        return b.decode_output(out)
+
+    async def call_async(self, b: Boundary, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        frame, ev = self._begin(b, args, kwargs)
+        if ev is None or self._is_live(b):
+            token = FRAME.set(frame)
+            try:
+                result = await b.fn(*args, **kwargs)
+            except BaseException as exc:
+                self._finish(b, frame, error=encode_error(exc))
+                raise
+            finally:
+                FRAME.reset(token)
+            self._finish(b, frame, canonical.canonicalize(b.encode_output(result), drop=()))
+            return result
+        if ev.error is not None:
+            self._finish(b, frame, error=ev.error)
+            raise decode_error(ev.error)
+        out = self._served(ev)
+        self._finish(b, frame, out)
+        return b.decode_output(out)
+
+    def call_gen(self, b: Boundary, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Iterator[Any]:
+        frame, ev = self._begin(b, args, kwargs)
+        if ev is None or self._is_live(b):
+            items = list(b.fn(*args, **kwargs))
+            self._finish(b, frame, [b.encode_output(i) for i in items])
+            return iter(items)
+        chunks = self._served(ev)
+        self._finish(b, frame, chunks, ev.error)
+        return self._chunks(b, chunks if isinstance(chunks, list) else [], ev.error)
+
+    def _chunks(self, b: Boundary, chunks: list[Any], error: Any) -> Iterator[Any]:
+        for chunk in chunks:
+            yield b.decode_output(chunk)
+        if error is not None:
+            raise decode_error(error)
+
+    def call_agen(
+        self, b: Boundary, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> AsyncIterator[Any]:
+        frame, ev = self._begin(b, args, kwargs)
+        if ev is None or self._is_live(b):
+            return b.fn(*args, **kwargs)  # type: ignore[no-any-return]
+        chunks = self._served(ev)
+        self._finish(b, frame, chunks, ev.error)
+        return self._achunks(b, chunks if isinstance(chunks, list) else [], ev.error)
+
+    async def _achunks(self, b: Boundary, chunks: list[Any], error: Any) -> AsyncIterator[Any]:
+        for chunk in chunks:
+            yield b.decode_output(chunk)
+        if error is not None:
+            raise decode_error(error)
+
+
+def _root_of(run: Run, events: Sequence[Event]) -> tuple[Boundary, Event]:
+    tops = [e for e in events if e.parent_seq is None and e.kind != "clock"]
+    if not tops:
+        raise ReplayableError(f"run {run.id} has no top-level call to re-run")
+    ev = ([e for e in tops if e.kind == "agent"] or tops)[0]
+    b = registry().get(ev.boundary)
+    if b is None:
+        raise UnknownBoundary(
+            f"the run's root boundary {ev.boundary} is not registered: import the module that "
+            "defines it (CLI: --import MODULE)"
+        )
+    return b, ev
+
+
+def _call_root(b: Boundary, ev: Event) -> Any:
+    kwargs = dict(ev.input) if isinstance(ev.input, dict) else {}
+    result = b.wrapper(**kwargs)
+    if inspect.isawaitable(result):
+        return asyncio.run(_await(result))
+    if inspect.isgenerator(result):
+        return list(result)
+    if inspect.isasyncgen(result):
+        return asyncio.run(_drain(result))
+    return result
+
+
+async def _await(aw: Any) -> Any:
+    return await aw
+
+
+async def _drain(agen: Any) -> list[Any]:
+    return [item async for item in agen]
+
+
+def run_perturbed(
+    run: Run,
+    events: Sequence[Event],
+    mutations: Sequence[Mutation] = (),
+    *,
+    live: Iterable[str] = (),
+) -> Outcome:
+    """Re-run the recorded root call with ``mutations`` applied to the served outputs."""
+    b, root = _root_of(run, events)
+    outputs: dict[int, Any] = {}
+    by_seq = {e.seq: e for e in events}
+    for m in mutations:
+        outputs[m.seq] = m.apply(outputs.get(m.seq, by_seq[m.seq].output))
+    session = _FuzzSession(run.id, events, outputs, frozenset(live))
+    outcome = Outcome(root=root, calls=session.calls, mutations=tuple(mutations))
+    if SESSION.get() is not None:
+        raise ReplayableError("a record, replay or cassette is already active in this context")
+    tokens = (SESSION.set(session), FRAME.set(session.root))
+    try:
+        outcome.result = _call_root(b, root)
+    except _OffRecord as exc:
+        outcome.off_record = str(exc)
+    except Exception as exc:
+        outcome.error = exc
+    finally:
+        SESSION.reset(tokens[0])
+        FRAME.reset(tokens[1])
+    outcome.calls.sort(key=lambda e: e.seq)
+    return outcome
+
+
+def _violated(invariant: Invariant, outcome: Outcome) -> str | None:
+    try:
+        ok = invariant(outcome)
+    except AssertionError as exc:
+        return str(exc) or "invariant failed"
+    if ok is False:
+        return "invariant returned False"
+    return None
+
+
+@dataclass
+class FuzzReport:
+    """The result of :func:`fuzz`."""
+
+    run: Run
+    examples: int
+    off_record: int = 0
+    raised: int = 0
+    first_failure_at: int | None = None
+    smallest: tuple[Mutation, ...] | None = None
+    outcome: Outcome | None = None
+    message: str | None = None
+    trace: Path | None = None
+    events: list[Event] = field(default_factory=list, repr=False)
+
+    @property
+    def passed(self) -> bool:
+        """True when no perturbation broke the invariant."""
+        return self.smallest is None
+
+    def describe_mutation(self, m: Mutation) -> str:
+        """``where: op -> before → after`` for a mutation of this run."""
+        ev = next(e for e in self.events if e.seq == m.seq)
+        before = _at(ev.output, m.path)
+        after = _at(m.apply(ev.output), m.path)
+        return f"{m}  ({_short(before)} -> {_short(after)})"
+
+
+def _at(value: Any, path: Path_) -> Any:
+    for part in path:
+        try:
+            value = value[part]
+        except (KeyError, IndexError, TypeError):
+            return None
+    return value
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+class _Violation(Exception):
+    def __init__(self, mutations: tuple[Mutation, ...], outcome: Outcome, message: str) -> None:
+        super().__init__(message)
+        self.mutations = mutations
+        self.outcome = outcome
+        self.message = message
+
+
+def fuzz(
+    source: str | os.PathLike[str] | Run,
+    invariant: Invariant,
+    *,
+    n: int = 200,
+    boundaries: Iterable[str] | None = None,
+    live: Iterable[str] = (),
+    max_mutations: int = 2,
+    seed: int | None = None,
+    out: str | os.PathLike[str] | None = None,
+    store: Store | str | os.PathLike[str] | None = None,
+) -> FuzzReport:
+    """Perturb recorded outputs with Hypothesis and check ``invariant`` on each re-run.
+
+    ``invariant(outcome)`` fails by raising ``AssertionError`` or returning ``False``. By default
+    every boundary that is not an agent, a clock or side-effecting is perturbed; ``boundaries``
+    narrows that. The search is deterministic unless ``seed`` is given. On a failure, the
+    smallest perturbation found is replayed and written as a trace file (``out``, default
+    ``fuzz-RUN.jsonl``).
+
+    >>> report = fuzz(run, never_deletes_another_customer, n=200)
+    >>> report.passed, report.smallest
+    """
+    try:
+        from hypothesis import HealthCheck, Verbosity, given, settings
+        from hypothesis import seed as hseed
+        from hypothesis import strategies as st
+    except ImportError:  # pragma: no cover - hypothesis is in the testing extra
+        raise ReplayableError('fuzz needs hypothesis: pip install "replayable[testing]"') from None
+
+    run, events = load_source(source, store)
+    _root_of(run, events)
+    names = {e.boundary for e in events}
+    registered = registry()
+    if boundaries is not None:
+        chosen = {resolve_name(b, names) for b in boundaries}
+    else:
+        chosen = {
+            e.boundary
+            for e in events
+            if e.kind not in ("agent", "clock")
+            and not (e.boundary in registered and registered[e.boundary].side_effects)
+        }
+    sites = sites_of(e for e in events if e.boundary in chosen)
+    if not sites:
+        raise ReplayableError(f"run {run.id}: no recorded output of {sorted(chosen)} to perturb")
+
+    def mutation_at(i: int) -> Any:
+        site = sites[i]
+        return st.sampled_from(site.ops).flatmap(
+            lambda op: st.sampled_from(op[1]).map(
+                lambda arg: Mutation(site.event.seq, site.event.boundary, site.path, op[0], arg)
+            )
+        )
+
+    strategy = st.lists(
+        st.integers(0, len(sites) - 1).flatmap(mutation_at), min_size=1, max_size=max_mutations
+    )
+    report = FuzzReport(run=run, examples=0, events=list(events))
+    live_names = frozenset(resolve_name(x, names | set(registered)) for x in live)
+
+    @settings(
+        max_examples=n,
+        derandomize=seed is None,
+        database=None,
+        deadline=None,
+        verbosity=Verbosity.quiet,
+        report_multiple_bugs=False,
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(strategy)
+    def prop(mutations: list[Mutation]) -> None:
+        report.examples += 1
+        outcome = run_perturbed(run, events, mutations, live=live_names)
+        if outcome.off_record is not None:
+            report.off_record += 1
+            return
+        if outcome.error is not None:
+            report.raised += 1
+        message = _violated(invariant, outcome)
+        if message is not None:
+            if report.first_failure_at is None:
+                report.first_failure_at = report.examples
+            raise _Violation(tuple(mutations), outcome, message)
+
+    test = hseed(seed)(prop) if seed is not None else prop
+    try:
+        test()
+    except _Violation as v:
+        report.smallest = v.mutations
+        report.outcome = v.outcome
+        report.message = v.message
+        target = Path(out) if out is not None else Path(f"fuzz-{run.id[:12]}.jsonl")
+        report.trace = write_outcome(run, v.outcome, target)
+    return report
+
+
+def write_outcome(run: Run, outcome: Outcome, path: str | os.PathLike[str]) -> Path:
+    """Write a perturbed re-run as a trace file (hash-chained; replays the failure)."""
+    fuzz_run = Run(
+        id=new_run_id(),
+        name=f"fuzz of {run.name or run.id}",
+        tags=dict(run.tags),
+        metadata={"fuzz_of": run.id, "mutations": [str(m) for m in outcome.mutations]},
+        environment=environment(),
+        started_at=time.time(),
+        ended_at=time.time(),
+        status="ok" if outcome.error is None else "error",
+        error=None if outcome.error is None else encode_error(outcome.error),
+        parent_run=run.id,
+    )
+    prev = ""
+    events = []
+    for i, call in enumerate(sorted(outcome.calls, key=lambda e: e.seq)):
+        ev = copy.copy(call)
+        ev.run_id = fuzz_run.id
+        ev.chain_seq = i
+        ev.hash = chain_hash(prev, event_content(ev))
+        prev = ev.hash
+        events.append(ev)
+    fuzz_run.event_count = len(events)
+    fuzz_run.head_hash = prev or None
+    return write_trace(fuzz_run, events, path)

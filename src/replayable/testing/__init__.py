@@ -27,15 +27,40 @@ from replayable.testing._assertions import (
     divergences,
     matches,
 )
+from replayable.testing._fuzz import FuzzReport, Mutation, Outcome, fuzz
+from replayable.testing._judges import (
+    EMBEDDING_THRESHOLD,
+    EmbeddingJudge,
+    Judge,
+    JudgeFailed,
+    LLMJudge,
+    Verdict,
+    assert_judged,
+    judge,
+    set_default_judge,
+)
 
 __all__ = [
     "ANY",
+    "EMBEDDING_THRESHOLD",
     "Call",
+    "EmbeddingJudge",
+    "FuzzReport",
+    "Judge",
+    "JudgeFailed",
+    "LLMJudge",
+    "Mutation",
+    "Outcome",
+    "Verdict",
     "assert_called",
     "assert_calls",
+    "assert_judged",
     "assert_no_divergence",
     "assert_not_called",
     "calls",
     "divergences",
+    "fuzz",
+    "judge",
     "matches",
+    "set_default_judge",
 ]

@@ -322,10 +322,16 @@ class TestScale:
         )
         path = tmp_path / "shared.jsonl"
         procs = [
-            subprocess.Popen([sys.executable, str(mod), str(w), str(path)], cwd=tmp_path)
+            subprocess.Popen(
+                [sys.executable, str(mod), str(w), str(path)],
+                cwd=tmp_path,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
             for w in range(4)
         ]
-        assert [p.wait(60) for p in procs] == [0, 0, 0, 0]
+        errors = [p.communicate(timeout=120)[1] for p in procs]
+        assert [p.returncode for p in procs] == [0, 0, 0, 0], errors
         lines = path.read_bytes().splitlines()
         assert len(lines) == 600
         seen = {(d["input"]["worker"], d["input"]["i"]) for d in map(orjson.loads, lines)}

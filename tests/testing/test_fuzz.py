@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -112,11 +113,15 @@ class TestFuzzCommand:
         assert f"wrote {out}" in result.output
         assert out.exists()
 
-    def test_guarded_exits_0(self, correct_run: rp.Run, tmp_path: Path) -> None:
+    def test_guarded_exits_0(
+        self, correct_run: rp.Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
         """A module that applies the fix, imported alongside: every example holds."""
         (tmp_path / "apply_fix.py").write_text(
             "from replayable.demo import agent\nagent.GUARD = True\n"
         )
+        monkeypatch.syspath_prepend(tmp_path)
+        monkeypatch.delitem(sys.modules, "apply_fix", raising=False)
         result = CliRunner().invoke(
             main,
             ["fuzz", correct_run.id, *DEMO, "--import", "apply_fix", "--invariant", INVARIANT],

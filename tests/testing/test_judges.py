@@ -67,9 +67,10 @@ def model() -> Iterator[tuple[_Model, str]]:
 
 
 @pytest.fixture
-def llm_judge(model: tuple[_Model, str]) -> rt.LLMJudge:
+def llm_judge(model: tuple[_Model, str]) -> Iterator[rt.LLMJudge]:
     client = openai.OpenAI(base_url=model[1], api_key="sk-test-not-a-secret", max_retries=0)
-    return rt.LLMJudge(client, model="judge-1", threshold=0.7)
+    yield rt.LLMJudge(client, model="judge-1", threshold=0.7)
+    client.close()
 
 
 ANSWER = "We refunded 40 dollars to your credit card."

@@ -47,6 +47,19 @@ class TestReplayCommand:
         assert "write_file changed" in result.output
         assert "~ text:" in result.output
 
+    def test_replay_trace_file(self, recorded_run: tuple[rp.Run, Path], tmp_path: Path) -> None:
+        """A trace file replays from the shell like a run in the store."""
+        from replayable.trace import write_trace
+
+        run, out = recorded_run
+        path = write_trace(run, run.events(), tmp_path / "incident.jsonl")
+        result = CliRunner().invoke(
+            main, ["replay", str(path), "--import", "tests.fixtures.cli_agent"]
+        )
+        assert result.exit_code == 0, result.output
+        assert "no divergence" in result.output
+        assert not out.exists()
+
     def test_live_side_effect_refused_exit_2(self, recorded_run: tuple[rp.Run, Path]) -> None:
         """--live on a side-effect boundary without --allow-side-effects: one line, exit 2."""
         run, out = recorded_run

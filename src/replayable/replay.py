@@ -373,6 +373,11 @@ class Replay:
         return self.session.source
 
     @property
+    def recorded_events(self) -> list[Event]:
+        """The source run's recorded events, in start order."""
+        return [self.session.events[seq] for seq in sorted(self.session.events)]
+
+    @property
     def divergences(self) -> list[Divergence]:
         """Every divergence found so far, in the order found (skipped calls last)."""
         return list(self.session.divergences)

@@ -233,7 +233,7 @@ def replay_cmd(
         strict=False,
         match=match,
     )
-    b, ev = root_call(rp.source, list(store.iter_events(rp.source.id)))
+    b, ev = root_call(rp.source, rp.recorded_events)
     out = console()
     run_divergence = _run_replay(rp, b, ev)
     out.print(rp.report())

@@ -149,9 +149,17 @@ class Cassette(Session):
         self._cursor.clear()
         self._by_boundary.clear()
         try:
-            data = self.path.read_bytes()
+            fd = os.open(self.path, os.O_RDONLY)
         except FileNotFoundError:
             return
+        try:
+            # Shared lock: another process may be appending a line right now (xdist workers).
+            if fcntl is not None:
+                fcntl.flock(fd, fcntl.LOCK_SH)
+            with os.fdopen(os.dup(fd), "rb") as fh:
+                data = fh.read()
+        finally:
+            os.close(fd)  # closing the descriptor releases the lock
         lines = data.split(b"\n")
         if lines[-1] == b"":
             lines.pop()

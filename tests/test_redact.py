@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import orjson
 from hypothesis import given
 from hypothesis import strategies as st
 
 import replayable as rp
-from replayable.redact import REDACTED, is_secret_key, redact
+from replayable.redact import REDACTED, is_secret_key, might_hold_secrets, redact
 
 
 class TestSecretKeys:
@@ -99,6 +100,58 @@ class TestSecretValues:
     def test_harmless_values_untouched(self, value: dict[str, Any]) -> None:
         """Property: values with no secret key and no secret shape come back unchanged."""
         assert redact(value) == value
+
+
+_KEYS = st.sampled_from(
+    [
+        "max_tokens",
+        "tokens",
+        "token",
+        "tokenId",
+        "access_token",
+        "author",
+        "auth",
+        "passport",
+        "password",
+        "PASSWORD",
+        "apiKey",
+        "api-key",
+        "secretary",
+        "client_secret",
+        "cookies",
+        "Cookie",
+        "credentials",
+        "usage",
+        "content",
+        "pwd",
+        "oauth",
+        "name",
+    ]
+) | st.text(max_size=12)
+_VALUES = st.recursive(
+    st.none()
+    | st.integers(-(2**63), 2**63 - 1)
+    | st.text(max_size=30)
+    | st.sampled_from(["Bearer abcdefgh1234", "sk-ABCDEFGHIJKLMNOPQRSTU", "basic dXNlcjpwYXNz"]),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_KEYS, inner, max_size=4),
+    max_leaves=12,
+)
+
+
+class TestPreCheck:
+    @given(st.dictionaries(_KEYS, _VALUES, max_size=6))
+    def test_a_negative_pre_check_means_nothing_to_redact(self, value: dict[str, Any]) -> None:
+        """Property: when the byte-level pre-check says no, redaction would change nothing."""
+        data = orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+        if not might_hold_secrets(data):
+            assert redact(value) == value
+
+    def test_usage_blocks_do_not_trigger_a_redaction_pass(self) -> None:
+        """max_tokens and usage.*_tokens are not secrets, so the pre-check lets them through."""
+        usage = {"max_tokens": 5, "usage": {"prompt_tokens": 1, "total_tokens": 2}}
+        assert not might_hold_secrets(orjson.dumps(usage))
+        assert might_hold_secrets(orjson.dumps({"accessToken": "x"}))
+        assert might_hold_secrets(orjson.dumps({"tokenId": "x"}))
 
 
 class TestRedactionInRecordings:

@@ -24,6 +24,7 @@ from enum import Enum
 from pathlib import PurePath
 from typing import Any
 
+import ahocorasick_rs
 import orjson
 
 from replayable.errors import Unserializable
@@ -146,19 +147,17 @@ def normalize(value: JSON, drop: frozenset[str] = DEFAULT_TRANSIENT_KEYS) -> JSO
 
 
 @functools.lru_cache(maxsize=256)
-def _drop_needles(drop: frozenset[str]) -> tuple[bytes, ...]:
-    """How each dropped key appears in orjson output: ``"name":``."""
-    return tuple(b'"' + k.encode() + b'":' for k in drop)
+def _normalize_matcher(drop: frozenset[str]) -> ahocorasick_rs.BytesAhoCorasick:
+    """One pass finds both ``-0`` and how each dropped key appears in orjson output: ``"k":``."""
+    return ahocorasick_rs.BytesAhoCorasick([b"-0", *(b'"' + k.encode() + b'":' for k in drop)])
 
 
 def _needs_normalize(data: bytes, drop: frozenset[str]) -> bool:
     """True when ``data`` may hold ``-0.0`` or a ``drop`` key (so a Python pass is needed)."""
-    at = data.find(b"-0")
-    while at != -1:  # one scan for both -0.0 and -0e...
-        if data.startswith((b".0", b"e"), at + 2):
+    for index, _, end in _normalize_matcher(drop).find_matches_as_indexes(data):
+        if index or data.startswith((b".0", b"e"), end):
             return True
-        at = data.find(b"-0", at + 2)
-    return any(needle in data for needle in _drop_needles(drop))
+    return False
 
 
 def canonicalize(value: Any, *, drop: Iterable[str] | None = None) -> JSON:

@@ -15,6 +15,8 @@ import re
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
+import ahocorasick_rs
+
 __all__ = ["REDACTED", "Redactor", "is_secret_key", "might_hold_secrets", "redact", "scrub"]
 
 REDACTED = "[REDACTED]"
@@ -50,12 +52,28 @@ _VALUE_PATTERNS = re.compile(
     r")"
 )
 
-# might_hold_secrets is true when the lowercased data holds one of these words, or matches
-# _HINT_KEYS or _HINT_GH. (One case-insensitive alternation regex says the same, ~50x slower.)
-_HINT_WORDS = (
-    b"pass", b"pwd", b"token", b"secret", b"cookie", b"auth", b"credential",
-    b"sk-", b"bearer", b"basic ", b"akia", b"xox",
-)  # fmt: skip
+# might_hold_secrets is true when the lowercased data holds one of _HINT_ANY; or a secret word
+# (_HINT_PARTS: found by a short prefix, then completed) that ends a name part, i.e. is not
+# followed by a lowercase letter in the original bytes ("tokens", "author" and "passport" cannot
+# make is_secret_key true, so a usage block does not force a redaction pass); or matches
+# _HINT_KEYS or _HINT_GH. All prefixes are found in one Aho-Corasick pass over the bytes: this
+# pre-check runs twice per recorded event and was the writer's largest cost as ~15 scans.
+_HINT_ANY = (b"sk-", b"bearer", b"basic ", b"akia", b"xox")
+_HINT_PARTS: tuple[tuple[bytes, tuple[bytes, ...]], ...] = (
+    (b"token", (b"token",)),
+    (b"pass", (b"password", b"passwd", b"passphrase")),
+    (b"pwd", (b"pwd",)),
+    (b"secret", (b"secret",)),
+    (b"cookie", (b"cookie",)),
+    (b"auth", (b"authorization", b"auth")),
+    (b"credential", (b"credentials", b"credential")),
+)
+assert {w for _, ws in _HINT_PARTS for w in ws} | {b"apikey"} == {w.encode() for w in _SECRET_PARTS}
+_PATTERNS: list[bytes] = [*_HINT_ANY, *(p for p, _ in _HINT_PARTS), b"key", b"gh"]
+_N_ANY = len(_HINT_ANY)
+_KEY_INDEX = len(_PATTERNS) - 2
+_COMPLETIONS = {i + _N_ANY: words for i, (_, words) in enumerate(_HINT_PARTS)}
+_MATCHER = ahocorasick_rs.BytesAhoCorasick(_PATTERNS)
 _HINT_KEYS = re.compile(rb"(?:api|private|access).?key")
 _HINT_GH = re.compile(rb"gh[pousr]_")
 _GH = re.compile(r"gh[pousr]_")
@@ -101,12 +119,22 @@ def scrub(text: str) -> str:
 def might_hold_secrets(data: bytes) -> bool:
     """Cheap pre-check on serialized JSON: False means :func:`redact` would change nothing."""
     low = data.lower()
-    for word in _HINT_WORDS:
-        if word in low:
+    n = len(data)
+    for index, start, end in _MATCHER.find_matches_as_indexes(low, overlapping=True):
+        if index < _N_ANY:
             return True
-    if b"key" in low and _HINT_KEYS.search(low) is not None:
-        return True
-    return b"gh" in low and _HINT_GH.search(low) is not None
+        if index == _KEY_INDEX:
+            if _HINT_KEYS.search(low, max(0, start - 8), end) is not None:
+                return True
+        elif index == _KEY_INDEX + 1:
+            if _HINT_GH.match(low, start) is not None:
+                return True
+        else:
+            for word in _COMPLETIONS[index]:
+                stop = start + len(word)
+                if low.startswith(word, start) and not (stop < n and 97 <= data[stop] <= 122):
+                    return True
+    return False
 
 
 def redact(

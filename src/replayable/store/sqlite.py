@@ -152,6 +152,10 @@ class SQLiteStore:
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=NORMAL")
                 conn.execute("PRAGMA cache_size=-16000")  # 16 MB: index pages of big batches
+                # Checkpoint (and fsync) every ~40 MB of WAL rather than every 4 MB: at 1 KB
+                # events the default checkpoint cadence tripled the cost of a write.
+                conn.execute("PRAGMA wal_autocheckpoint=10000")
+                conn.execute("PRAGMA journal_size_limit=67108864")
             except sqlite3.Error:
                 conn.close()
                 raise

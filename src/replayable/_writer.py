@@ -55,6 +55,9 @@ class Pending:
     started_at: float
     duration_ns: int
     key: str | None = None
+    """Set by a replay, which has redacted ``input`` already to compute it."""
+    served: bool = False
+    """The output was served from a recording (and so was redacted when recorded)."""
 
 
 def clean_input(b: Boundary, data: bytes) -> tuple[bytes, Any]:
@@ -156,10 +159,15 @@ class Writer:
 
     def _row(self, p: Pending) -> EventRow:
         b = p.boundary
-        inp, value = clean_input(b, p.input)
-        key = p.key if p.key is not None else input_key(b, inp, value)
+        if p.key is not None:  # a replay keyed the call: its input is redacted already
+            inp, key = p.input, p.key
+        else:
+            inp, value = clean_input(b, p.input)
+            key = input_key(b, inp, value)
         out = p.output
-        if b.redactors or b.redact_keys or might_hold_secrets(out):
+        if p.served:
+            pass  # served from a recording, so redacted when it was recorded
+        elif b.redactors or b.redact_keys or might_hold_secrets(out):
             out = orjson.dumps(
                 redact(orjson.loads(out), extra_keys=b.redact_keys, redactors=b.redactors),
                 option=_SORTED,

@@ -163,8 +163,13 @@ class Recorder(Session):
         error: BaseException | None = None,
         key: str | None = None,
         encoded: bool = False,
+        served: bool = False,
     ) -> None:
-        """Close a step: snapshot its output (or error) and hand it to the writer."""
+        """Close a step: snapshot its output (or error) and hand it to the writer.
+
+        ``key`` (from a replay) means ``frame.data`` is the redacted input it was computed from;
+        ``served`` means the output came from a recording.
+        """
         duration = time.perf_counter_ns() - frame.t0
         parent = frame.parent
         if OBSERVERS:
@@ -191,6 +196,7 @@ class Recorder(Session):
                 started_at=frame.started_at,
                 duration_ns=duration,
                 key=key,
+                served=served,
             )
         )
         if self.strict and self.writer.error is not None:

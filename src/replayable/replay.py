@@ -150,6 +150,7 @@ class Replayer(Recorder):
 
     def _plan(self, b: Boundary, frame: Frame) -> _Plan:
         data, value = clean_input(b, frame.data)
+        frame.data = data  # the replay records the redacted input it keyed
         key = input_key(b, data, value)
         ev, div = self._match(b, frame, key, data, value)
         live = b.kind == "agent" or b.name in self.live_names
@@ -278,7 +279,7 @@ class Replayer(Recorder):
         assert ev is not None
         if ev.error is not None:
             raise self._served_error(b, frame, ev, plan.key)
-        self.finish(b, frame, output=ev.output, key=plan.key, encoded=True)
+        self.finish(b, frame, output=ev.output, key=plan.key, encoded=True, served=True)
         return b.decode_output(ev.output)
 
     async def call_async(self, b: Boundary, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
@@ -290,7 +291,7 @@ class Replayer(Recorder):
         assert ev is not None
         if ev.error is not None:
             raise self._served_error(b, frame, ev, plan.key)
-        self.finish(b, frame, output=ev.output, key=plan.key, encoded=True)
+        self.finish(b, frame, output=ev.output, key=plan.key, encoded=True, served=True)
         return b.decode_output(ev.output)
 
     def call_gen(self, b: Boundary, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Iterator[Any]:
@@ -307,7 +308,7 @@ class Replayer(Recorder):
             yield b.decode_output(chunk)
         if ev.error is not None:
             raise self._served_error(b, frame, ev, key)
-        self.finish(b, frame, output=chunks, key=key, encoded=True)
+        self.finish(b, frame, output=chunks, key=key, encoded=True, served=True)
 
     def call_agen(
         self, b: Boundary, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -327,7 +328,7 @@ class Replayer(Recorder):
             yield b.decode_output(chunk)
         if ev.error is not None:
             raise self._served_error(b, frame, ev, key)
-        self.finish(b, frame, output=chunks, key=key, encoded=True)
+        self.finish(b, frame, output=chunks, key=key, encoded=True, served=True)
 
     # -- the end -----------------------------------------------------------------------------
 

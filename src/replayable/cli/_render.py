@@ -76,8 +76,9 @@ def run_table(runs: Iterable[Run]) -> Table:
         table.add_column(
             col,
             justify="right" if col == "steps" else "left",
-            no_wrap=col in ("run", "status", "started", "duration", "steps"),
+            no_wrap=True,
             overflow="ellipsis",
+            min_width={"run": 20, "name": 12, "status": 6, "started": 14, "steps": 5}.get(col),
         )
     for run in runs:
         tags = " ".join(f"{k}={v}" if v else k for k, v in run.tags.items())
@@ -85,7 +86,7 @@ def run_table(runs: Iterable[Run]) -> Table:
             run.id,
             run.name or "",
             Text(run.status, style=STATUS_STYLES.get(run.status, "")),
-            fmt_time(run.started_at),
+            fmt_time(run.started_at)[5:],  # MM-DD HH:MM:SS: the year rarely helps here
             fmt_duration(run.duration_s),
             str(run.event_count),
             tags,

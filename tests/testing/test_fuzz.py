@@ -137,3 +137,26 @@ class TestFuzzCommand:
         )
         assert result.exit_code == 2
         assert "MODULE:FUNC" in result.output
+
+    def test_incident_itself_is_reported_not_blamed_on_a_perturbation(
+        self, incident: rp.Run
+    ) -> None:
+        """Fuzzing a run that already breaks the invariant says so, with no perturbation."""
+        result = CliRunner().invoke(
+            main, ["fuzz", incident.id, *DEMO, "--invariant", INVARIANT, "-n", "20"]
+        )
+        assert result.exit_code == 1, result.output
+        assert "already fails on run" in result.output
+        assert "smallest failing perturbation" not in result.output
+        report = fuzz(incident.id, never_deletes_another_customer, n=20)
+        assert report.baseline_failure is not None
+        assert not report.passed
+        assert report.examples == 0
+
+    def test_zero_examples_is_a_usage_error(self, correct_run: rp.Run) -> None:
+        """-n 0 is refused by the argument check (exit 2), not reported as a broken invariant."""
+        result = CliRunner().invoke(
+            main, ["fuzz", correct_run.id, *DEMO, "--invariant", INVARIANT, "-n", "0"]
+        )
+        assert result.exit_code == 2
+        assert "Traceback" not in result.output

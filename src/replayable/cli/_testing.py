@@ -96,7 +96,15 @@ def _import_invariant(spec: str) -> Any:
     help="MODULE:FUNC called with each outcome; fails by raising AssertionError or returning "
     "False.",
 )
-@click.option("-n", "--examples", "n", default=200, show_default=True, help="Examples to try.")
+@click.option(
+    "-n",
+    "--examples",
+    "n",
+    default=200,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Examples to try.",
+)
 @click.option(
     "--boundary",
     "boundaries",
@@ -149,7 +157,17 @@ def fuzz_cmd(
         store=store_url,
     )
     run = report.run
-    extra = f"; {report.off_record} left the recording, {report.raised} raised"
+    if report.baseline_failure is not None:
+        click.echo(
+            f"the invariant already fails on run {run.id} itself, with no perturbation:\n"
+            f"  {report.baseline_failure}\n"
+            "fuzz a run where the agent behaved, to test a fix against variations of it"
+        )
+        sys.exit(1)
+    extra = (
+        f"; {report.off_record} took a path the recording does not cover, "
+        f"{report.raised} ended with an exception"
+    )
     if report.passed:
         click.echo(f"fuzzed run {run.id}: {report.examples} examples, invariant held{extra}")
         return
@@ -158,5 +176,8 @@ def fuzz_cmd(
     click.echo("smallest failing perturbation:")
     for m in report.smallest or ():
         click.echo(f"  {report.describe_mutation(m)}")
-    click.echo(f"wrote {report.trace}: replay it with rp.replay({str(report.trace)!r})")
+    click.echo(
+        f"wrote {report.trace}: replay it with "
+        f"replayable replay {report.trace} --import {' --import '.join(modules)}"
+    )
     sys.exit(1)

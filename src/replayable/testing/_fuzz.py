@@ -433,11 +433,13 @@ class FuzzReport:
     message: str | None = None
     trace: Path | None = None
     events: list[Event] = field(default_factory=list, repr=False)
+    baseline_failure: str | None = None
+    """Set when the invariant fails on the recording itself, before any perturbation."""
 
     @property
     def passed(self) -> bool:
-        """True when no perturbation broke the invariant."""
-        return self.smallest is None
+        """True when the recording and every perturbation of it kept the invariant."""
+        return self.smallest is None and self.baseline_failure is None
 
     def describe_mutation(self, m: Mutation) -> str:
         """``where: op -> before → after`` for a mutation of this run."""
@@ -529,6 +531,14 @@ def fuzz(
     )
     report = FuzzReport(run=run, examples=0, events=list(events))
     live_names = frozenset(resolve_name(x, names | set(registered)) for x in live)
+    if n < 1:
+        raise ReplayableError(f"fuzz needs at least one example (n={n})")
+    # A perturbation can only be blamed if the unperturbed recording keeps the invariant.
+    baseline = run_perturbed(run, events, [], live=live_names)
+    if baseline.off_record is None:
+        report.baseline_failure = _violated(invariant, baseline)
+        if report.baseline_failure is not None:
+            return report
 
     @settings(
         max_examples=n,

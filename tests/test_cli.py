@@ -102,10 +102,20 @@ class TestBadInput:
     )
     def test_one_line_exit_2(self, args: list[str], message: str) -> None:
         """Unknown runs and modules give one clear error line and exit code 2."""
+        rp.open_store()  # an existing, empty store
         result = CliRunner().invoke(main, args)
         assert result.exit_code == 2
         assert message in result.output
         assert "Traceback" not in result.output
+
+    def test_missing_store_is_not_created(self, tmp_path: Path) -> None:
+        """Reading commands refuse a store path that does not exist, and do not create it."""
+        missing = tmp_path / "typo" / "traces.db"
+        for args in (["runs"], ["show", "abc"], ["stats"]):
+            result = CliRunner().invoke(main, [*args, "--store", str(missing)])
+            assert result.exit_code == 2, result.output
+            assert "no store at" in result.output
+        assert not missing.parent.exists()
 
     def test_unregistered_boundary_name(self, recorded_run: tuple[rp.Run, Path]) -> None:
         """A --live name that matches no boundary is a clear error."""

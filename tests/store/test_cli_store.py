@@ -147,6 +147,7 @@ class TestVerify:
 
     def test_unknown_run_is_bad_input(self) -> None:
         """An unknown id is exit 2 with one line, no traceback."""
+        rp.open_store()  # an existing, empty store
         result = invoke("verify", "nope")
         assert result.exit_code == 2
         assert "no run 'nope'" in result.output

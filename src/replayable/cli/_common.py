@@ -77,9 +77,9 @@ def store_option(fn: F) -> F:
     )(fn)
 
 
-def get_store(url: str | None) -> Store:
-    """Open the store named on the command line."""
-    return open_store(url)
+def get_store(url: str | None, *, create: bool = False) -> Store:
+    """Open the store named on the command line; only commands that write may create one."""
+    return open_store(url, must_exist=not create)
 
 
 _SINCE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")

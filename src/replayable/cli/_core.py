@@ -6,6 +6,7 @@ import asyncio
 import importlib
 import inspect
 import sys
+from pathlib import Path
 from typing import Any
 
 import click
@@ -224,7 +225,8 @@ def replay_cmd(
     divergence report; exits 1 if the code took a different path, 2 on bad input.
     """
     import_modules(modules)
-    store = get_store(store_url)
+    # The replay is recorded: a trace-file source may replay into a store not created yet.
+    store = get_store(store_url, create=Path(run_id).is_file())
     rp = replay(
         run_id,
         store=store,

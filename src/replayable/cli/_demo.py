@@ -36,7 +36,7 @@ def demo_cmd(store_url: str | None, db: str | None) -> None:
     from replayable.demo import agent
 
     out = console()
-    store = get_store(store_url)
+    store = get_store(store_url, create=True)
     out.print(Rule("1. Production: the support agent runs, recorded"))
     out.print(f"request: [italic]{agent.REQUEST}[/italic]")
     agent.GUARD = False

@@ -83,7 +83,7 @@ def import_cmd(files: tuple[str, ...], store_url: str | None) -> None:
         except TraceCorrupt as exc:
             fail(f"TraceCorrupt: {exc}; nothing imported")
         loaded.append((file, run, events))
-    store = get_store(store_url)
+    store = get_store(store_url, create=True)
     for file, run, events in loaded:
         run.store = None
         if store.put_run(run, [event_to_row(e) for e in events]):
@@ -175,7 +175,7 @@ def copy_cmd(src_url: str, dst_url: str, since: str | None, name: str | None) ->
     Runs already in the destination and runs still recording are skipped; each run is copied
     in one transaction, with its hash chain intact.
     """
-    src, dst = open_store(src_url), open_store(dst_url)
+    src, dst = open_store(src_url, must_exist=True), open_store(dst_url)
     runs = src.list_runs(RunQuery(since=parse_since(since), name=name, limit=_ALL))
     copied = skipped = events = 0
     with Progress(

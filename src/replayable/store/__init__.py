@@ -29,13 +29,17 @@ def default_url() -> str:
     return os.environ.get("REPLAYABLE_STORE") or DEFAULT_STORE
 
 
-def open_store(url: str | os.PathLike[str] | Store | None = None) -> Store:
+def open_store(
+    url: str | os.PathLike[str] | Store | None = None, *, must_exist: bool = False
+) -> Store:
     """Open a store by URL or path (the same URL twice gives the same object).
 
     - ``sqlite:///path.db`` or a plain file path: the embedded SQLite store (the default,
       ``.replayable/traces.db``, or ``$REPLAYABLE_STORE``);
     - ``postgresql://...``: PostgreSQL (``pip install "replayable[postgres]"``);
     - a directory: its JSONL trace files, read-only.
+
+    ``must_exist=True`` (for reading) refuses to create a SQLite file that is not there yet.
 
     >>> store = open_store("sqlite:///traces.db")
     """
@@ -44,6 +48,12 @@ def open_store(url: str | os.PathLike[str] | Store | None = None) -> Store:
     text = os.fspath(url) if url is not None else default_url()
     if text in _OPEN:
         return _OPEN[text]
+    path = _sqlite_path(text)
+    if must_exist and path is not None and not path.exists():
+        raise StoreUnavailable(
+            f"no store at {path}: nothing has been recorded there "
+            "(check --store or $REPLAYABLE_STORE)"
+        )
     store = _open(text)
     _OPEN[text] = store
     return store
@@ -59,6 +69,16 @@ def close_all() -> None:
     _OPEN.clear()
 
 
+def _sqlite_path(text: str) -> Path | None:
+    """The file behind a SQLite URL or plain path; None for other stores."""
+    if text.startswith("sqlite://"):
+        path = text.removeprefix("sqlite://")
+        return Path((path[1:] if path.startswith("/") else path) or DEFAULT_STORE)
+    if "://" in text or Path(text).is_dir():
+        return None
+    return Path(text)
+
+
 def _open(text: str) -> Store:
     if text.startswith(("postgresql://", "postgres://")):
         try:
@@ -69,21 +89,16 @@ def _open(text: str) -> Store:
                 'pip install "replayable[postgres]"'
             ) from None
         return PostgresStore(text)
-    if text.startswith("sqlite://"):
-        path = text.removeprefix("sqlite://")
-        path = path[1:] if path.startswith("/") else path
+    path = _sqlite_path(text)
+    if path is not None:
         from replayable.store.sqlite import SQLiteStore
 
-        return SQLiteStore(path or DEFAULT_STORE)
+        return SQLiteStore(path)
     if "://" in text:
         raise StoreUnavailable(
             f"unsupported store URL {text!r}: use sqlite:///path.db, postgresql://..., "
             "a .db path or a directory of trace files"
         )
-    if Path(text).is_dir():
-        from replayable.store.files import TraceDirStore
+    from replayable.store.files import TraceDirStore
 
-        return TraceDirStore(text)
-    from replayable.store.sqlite import SQLiteStore
-
-    return SQLiteStore(text)
+    return TraceDirStore(text)

@@ -9,6 +9,7 @@ add ``?options=-csearch_path%3Dmyschema`` to keep the tables in a schema of your
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -93,6 +94,16 @@ def _safe_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{parts.username}:***@{netloc[-1]}"))
 
 
+class _QuietPool(logging.Filter):
+    """The pool's own reconnect warnings repeat what our one warning already said."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "'replayable'" not in record.getMessage()
+
+
+logging.getLogger("psycopg.pool").addFilter(_QuietPool())
+
+
 class PostgresStore:
     """Runs and events in a PostgreSQL database, through a small connection pool.
 
@@ -106,6 +117,7 @@ class PostgresStore:
 
     def __init__(self, url: str, *, max_size: int = 4, timeout: float = 10.0) -> None:
         self.url = _safe_url(url)
+        self._conninfo = url
         self._timeout = timeout
         self._ready = False
         self._lock = threading.Lock()
@@ -131,7 +143,8 @@ class PostgresStore:
             with self._pool.connection() as conn:
                 return fn(conn)
         except (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout) as exc:
-            raise StoreUnavailable(f"PostgreSQL store {self.url}: {exc}") from None
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise StoreUnavailable(f"PostgreSQL store {self.url}: {reason}") from None
 
     def _open(self) -> None:
         if self._ready:
@@ -139,9 +152,13 @@ class PostgresStore:
         with self._lock:
             if self._ready:
                 return
-            self._pool.open(wait=False)
-            with self._pool.connection() as conn:
+            # One direct connection first: a server that refuses connections fails here at
+            # once, instead of after the pool's retries for `timeout` seconds.
+            with psycopg.connect(
+                self._conninfo, autocommit=True, connect_timeout=max(1, int(self._timeout))
+            ) as conn:
                 self._migrate(conn)
+            self._pool.open(wait=False)
             self._ready = True
 
     @staticmethod
@@ -265,7 +282,8 @@ class PostgresStore:
                 for row in cur:
                     yield row_to_event(row)
         except (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout) as exc:
-            raise StoreUnavailable(f"PostgreSQL store {self.url}: {exc}") from None
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise StoreUnavailable(f"PostgreSQL store {self.url}: {reason}") from None
 
     def list_runs(self, query: RunQuery | None = None) -> list[Run]:
         """Runs matching ``query``, newest first."""

@@ -48,14 +48,16 @@ class TestSecretKeys:
             "headers": {"authorization": "Bearer abc.def.ghi", "accept": "json"},
             "usage": {"input_tokens": 12, "output_tokens": 3},
             "max_tokens": 100,
-            "token_count": 7,
+            "pin_password": 1234,
+            "secret": None,
             "config": [{"password": "hunter2"}],
         }
         out = redact(value)
         assert out["headers"] == {"authorization": REDACTED, "accept": "json"}
         assert out["usage"] == {"input_tokens": 12, "output_tokens": 3}
         assert out["max_tokens"] == 100
-        assert out["token_count"] == 7
+        assert out["pin_password"] == REDACTED
+        assert out["secret"] is None
         assert out["config"] == [{"password": REDACTED}]
 
 
@@ -126,13 +128,25 @@ _KEYS = st.sampled_from(
         "pwd",
         "oauth",
         "name",
+        "access__key",
+        "api::key",
+        "private-------key",
     ]
 ) | st.text(max_size=12)
 _VALUES = st.recursive(
     st.none()
     | st.integers(-(2**63), 2**63 - 1)
     | st.text(max_size=30)
-    | st.sampled_from(["Bearer abcdefgh1234", "sk-ABCDEFGHIJKLMNOPQRSTU", "basic dXNlcjpwYXNz"]),
+    | st.sampled_from(
+        [
+            "Bearer abcdefgh1234",
+            "sk-ABCDEFGHIJKLMNOPQRSTU",
+            "basic dXNlcjpwYXNz",
+            "Basic\tdXNlcjpwYXNz",
+            "Basic\u00a0dXNlcjpwYXNz",
+            "baſic dXNlcjpwYXNz",
+        ]
+    ),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_KEYS, inner, max_size=4),
     max_leaves=12,
 )

@@ -49,16 +49,18 @@ _VALUE_PATTERNS = re.compile(
     r"|\bgh[pousr]_[A-Za-z0-9]{20,}"
     r"|\bAKIA[0-9A-Z]{16}\b"
     r"|\bxox[abprs]-[A-Za-z0-9\-]{10,}"
-    r")"
+    r")",
+    re.ASCII,  # no Unicode case folding or spaces: the byte-level pre-check must see every match
 )
 
 # might_hold_secrets is true when the lowercased data holds one of _HINT_ANY; or a secret word
 # (_HINT_PARTS: found by a short prefix, then completed) that ends a name part, i.e. is not
 # followed by a lowercase letter in the original bytes ("tokens", "author" and "passport" cannot
-# make is_secret_key true, so a usage block does not force a redaction pass); or matches
-# _HINT_KEYS or _HINT_GH. All prefixes are found in one Aho-Corasick pass over the bytes: this
-# pre-check runs twice per recorded event and was the writer's largest cost as ~15 scans.
-_HINT_ANY = (b"sk-", b"bearer", b"basic ", b"akia", b"xox")
+# make is_secret_key true, so a usage block does not force a redaction pass); or a secret pair
+# ending in "key" (_KEY_PREFIXES); or _HINT_GH. All prefixes are found in one Aho-Corasick pass
+# over the bytes: this pre-check runs twice per recorded event and was the writer's largest cost
+# as ~15 scans.
+_HINT_ANY = (b"sk-", b"bearer", b"basic", b"akia", b"xox")
 _HINT_PARTS: tuple[tuple[bytes, tuple[bytes, ...]], ...] = (
     (b"token", (b"token",)),
     (b"pass", (b"password", b"passwd", b"passphrase")),
@@ -74,7 +76,7 @@ _N_ANY = len(_HINT_ANY)
 _KEY_INDEX = len(_PATTERNS) - 2
 _COMPLETIONS = {i + _N_ANY: words for i, (_, words) in enumerate(_HINT_PARTS)}
 _MATCHER = ahocorasick_rs.BytesAhoCorasick(_PATTERNS)
-_HINT_KEYS = re.compile(rb"(?:api|private|access).?key")
+_KEY_PREFIXES = (b"api", b"private", b"access")
 _HINT_GH = re.compile(rb"gh[pousr]_")
 _GH = re.compile(r"gh[pousr]_")
 
@@ -120,11 +122,14 @@ def might_hold_secrets(data: bytes) -> bool:
     """Cheap pre-check on serialized JSON: False means :func:`redact` would change nothing."""
     low = data.lower()
     n = len(data)
-    for index, start, end in _MATCHER.find_matches_as_indexes(low, overlapping=True):
+    for index, start, _ in _MATCHER.find_matches_as_indexes(low, overlapping=True):
         if index < _N_ANY:
             return True
         if index == _KEY_INDEX:
-            if _HINT_KEYS.search(low, max(0, start - 8), end) is not None:
+            before = start  # skip any separators back to the part before "key"
+            while before > 0 and not low[before - 1 : before].isalnum():
+                before -= 1
+            if low.endswith(_KEY_PREFIXES, 0, before):
                 return True
         elif index == _KEY_INDEX + 1:
             if _HINT_GH.match(low, start) is not None:
@@ -176,6 +181,6 @@ def _walk(value: Any, extra: frozenset[str]) -> Any:
 
 
 def holds_secret(value: Any) -> bool:
-    """Strings and containers under a secret key are replaced; numbers, booleans, None and empty
-    values stay, as they leak nothing (``token_count: 42`` is not a credential)."""
-    return isinstance(value, str | list | dict) and len(value) > 0
+    """Any value under a secret key is replaced (a numeric PIN is a secret too); None and empty
+    values stay, as they leak nothing."""
+    return value is not None and value not in ("", [], {})

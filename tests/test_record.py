@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,12 @@ class Service:
 
 class Opaque:
     pass
+
+
+class CodeError(Exception):
+    def __init__(self, code: int) -> None:
+        super().__init__(f"failed with code {code}")
+        self.code = code
 
 
 @rp.boundary(kind="tool")
@@ -156,8 +163,71 @@ class TestErrors:
         assert results == ["fine", "fine"]
         assert len(warned) == 1
         first = next(iter(run.events()))
-        assert first.input == {"$unserializable": "thing.x", "type": f"{__name__}.Opaque"}
+        marker = {"$unserializable": "thing.x", "type": f"{__name__}.Opaque"}
+        assert first.input == {"thing": {"x": marker}}
         assert first.meta["unserializable_input"] == "thing.x"
+
+    def test_unserializable_field_keeps_the_others(self) -> None:
+        """Only the bad field becomes a marker: the other fields are stored and keyed."""
+
+        @rp.boundary(kind="tool", ignore=["session"], name="lookup_user")
+        def lookup_user(uid: int, session: Any) -> str:
+            return f"user{uid}"
+
+        @rp.boundary(kind="agent", name="two_lookups")
+        def two_lookups(order: list[int]) -> list[str]:
+            return [lookup_user(uid, Opaque()) for uid in order]
+
+        with pytest.warns(rp.ReplayableWarning), rp.record() as run:
+            two_lookups([1, 7])
+        inputs = [e.input for e in run.events() if e.boundary == "lookup_user"]
+        assert [i["uid"] for i in inputs] == [1, 7]
+        with rp.replay(run.id, strict=False) as r:
+            assert two_lookups([1, 7]) == ["user1", "user7"]
+        assert r.ok
+
+    def test_annotate_with_non_json_values_keeps_the_event(self) -> None:
+        """A Decimal in step metadata is stored in its canonical form, not lost."""
+        from decimal import Decimal
+
+        @rp.boundary(kind="llm")
+        def priced() -> str:
+            rp.annotate(cost=Decimal("0.01"), weird=Opaque())
+            return "x"
+
+        with rp.record() as run:
+            priced()
+        (ev,) = list(run.events())
+        assert ev.meta["cost"] == "0.01"
+        assert ev.meta["weird"]["$unserializable"] == "weird"
+
+    def test_run_error_is_redacted(self) -> None:
+        """An exception ending the run is stored without the credentials in its message."""
+        with pytest.raises(RuntimeError), rp.record() as run:
+            raise RuntimeError("call failed: Authorization: Bearer abcdefghijklmnop")
+        stored = rp.open_store().get_run(run.id)
+        assert stored.error is not None
+        assert "abcdefghijklmnop" not in str(stored.error)
+
+    def test_custom_exception_attributes_round_trip(self) -> None:
+        """Attributes a custom exception sets in __init__ are there in replay."""
+
+        @rp.boundary(kind="tool", name="coded_failure")
+        def coded_failure() -> None:
+            raise CodeError(429)
+
+        @rp.boundary(kind="agent", name="handles_codes")
+        def handles_codes() -> int:
+            try:
+                coded_failure()
+            except CodeError as exc:
+                return exc.code
+            return 0
+
+        with rp.record() as run:
+            assert handles_codes() == 429
+        with rp.replay(run.id):
+            assert handles_codes() == 429
 
     def test_unserializable_output_is_not_served_silently(self) -> None:
         """Replay refuses to serve an output that was only recorded as a placeholder."""
@@ -247,3 +317,86 @@ class TestContexts:
         events = list(run.events())
         assert len(events) == 5
         assert all(e.parent_seq == 0 for e in events[1:])
+
+
+class TestLifecycleEdges:
+    def test_stream_error_keeps_its_chunks(self) -> None:
+        """A stream that fails after some chunks replays those chunks, then the error."""
+
+        @rp.boundary(kind="llm", name="flaky_stream")
+        def flaky_stream() -> Iterator[str]:
+            yield "a"
+            yield "b"
+            raise ValueError("connection reset")
+
+        @rp.boundary(kind="agent", name="reads_stream")
+        def reads_stream() -> list[str]:
+            got: list[str] = []
+            try:
+                got.extend(flaky_stream())
+            except ValueError as exc:
+                got.append(f"error: {exc}")
+            return got
+
+        with rp.record() as run:
+            first = reads_stream()
+        assert first == ["a", "b", "error: connection reset"]
+        with rp.replay(run.id) as r:
+            assert reads_stream() == first
+        assert r.ok
+
+    def test_a_call_finishing_after_the_run_is_not_recorded(
+        self, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """A generator drained after the block is dropped with a warning; the run verifies."""
+        from replayable.trace import verify_events
+
+        @rp.boundary(kind="tool", name="late_gen")
+        def late_gen() -> Iterator[int]:
+            yield 1
+
+        caplog.set_level(logging.WARNING, logger="replayable")
+        with rp.record() as run:
+            add(1)
+            g = late_gen()
+        assert list(g) == [1]
+        stored = rp.open_store().get_run(run.id)
+        events = list(stored.events())
+        assert [e.boundary.rsplit(":", 1)[-1] for e in events] == ["add"]
+        head, problems = verify_events(events)
+        assert problems == []
+        assert head == stored.head_hash
+        assert any("after run" in r.getMessage() for r in caplog.records)
+
+    def test_exit_in_another_task_still_finishes_the_run(self) -> None:
+        """An async record entered in one task and exited in another is still finished."""
+
+        async def main() -> rp.Run:
+            cm = rp.record()
+            run = await asyncio.create_task(cm.__aenter__())
+            add(1)
+            await asyncio.create_task(cm.__aexit__(None, None, None))
+            return run
+
+        run = asyncio.run(main())
+        assert rp.open_store().get_run(run.id).status == "ok"
+
+    def test_recording_in_a_forked_child(self, store_path: Path) -> None:
+        """After fork, the child records with a writer of its own (no stall, run stored)."""
+        import multiprocessing
+
+        with rp.record() as parent_run:
+            add(1)
+        ctx = multiprocessing.get_context("fork")
+        child = ctx.Process(target=_record_in_child, args=(str(store_path),))
+        child.start()
+        child.join(20)
+        assert child.exitcode == 0
+        names = {r.name for r in rp.open_store().list_runs()}
+        assert {"child"} <= names
+        assert parent_run.status == "ok"
+
+
+def _record_in_child(store: str) -> None:
+    with rp.record(store, name="child"):
+        add(2)

@@ -486,3 +486,42 @@ class TestKeyMatching:
             assert second() == [9, 4]
         assert CALLS == []
         assert [d.reason for d in r.divergences] == ["unexpected", "skipped"]
+
+
+class TestIncompleteRecordings:
+    def test_children_of_a_call_that_never_completed_are_not_lost(self) -> None:
+        """Completed children of an in-flight parent are reported if the replay skips them."""
+        from replayable.trace import Event
+
+        run = rp.Run(id="dead-run", name="died", status="incomplete")
+        events = [
+            Event("dead-run", 2, "agent/0 > mid/0 > leaf/0", 1, "leaf", "tool", "k", {}, 1),
+        ]
+        path = write_trace(run, events, Path("dead.jsonl"))
+
+        @rp.boundary(kind="agent", name="agent")
+        def agent_doing_nothing() -> None:
+            return None
+
+        with rp.replay(str(path), strict=False) as r:
+            agent_doing_nothing()
+        reasons = [(d.reason, d.boundary) for d in r.divergences]
+        assert ("skipped", "leaf") in reasons
+
+    def test_key_mode_reports_a_changed_call_once(self) -> None:
+        """match='key': a changed call is one divergence, not also a skipped one."""
+
+        @rp.boundary(kind="tool", name="sq")
+        def sq(x: int) -> int:
+            return x * x
+
+        @rp.boundary(kind="agent", name="sq_agent")
+        def sq_agent() -> int:
+            return sq(VARIANT.get("x", 2))
+
+        with rp.record() as run:
+            sq_agent()
+        VARIANT["x"] = 3
+        with rp.replay(run.id, match="key", strict=False) as r, pytest.raises(rp.Divergence):
+            sq_agent()
+        assert [d.reason for d in r.divergences] == ["changed"]

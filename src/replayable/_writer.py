@@ -10,6 +10,7 @@ from __future__ import annotations
 import atexit
 import hashlib
 import logging
+import os
 import queue
 import threading
 import weakref
@@ -20,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from replayable import canonical
-from replayable.errors import StoreUnavailable
+from replayable.errors import StoreUnavailable, Unserializable
 from replayable.redact import might_hold_secrets, redact
 from replayable.store.base import EventRow, Store
 from replayable.trace import chain_hash
@@ -77,6 +78,15 @@ def input_key(b: Boundary, data: bytes, value: Any = None) -> str:
     return canonical.key_of_json(b.key_view(value), b.transient)
 
 
+def _meta_bytes(meta: dict[str, Any]) -> bytes:
+    """Step metadata as JSON; values with no JSON form (from ``annotate``) become markers
+    rather than costing the whole event."""
+    try:
+        return canonical.dumps(meta)
+    except Unserializable:
+        return canonical.dumps(canonical.sanitize(meta)[0])
+
+
 class Writer:
     """One background thread per store, shared by every run recorded into it."""
 
@@ -91,6 +101,11 @@ class Writer:
         self.error: BaseException | None = None
         self._thread = threading.Thread(target=self._loop, name="replayable-writer", daemon=True)
         self._thread.start()
+
+    @property
+    def failing(self) -> bool:
+        """True while the store rejects writes (events are being buffered)."""
+        return self._failed
 
     def submit(self, item: Pending) -> None:
         """Queue a completed call; drops it (logged once) past the buffer bound."""
@@ -173,6 +188,7 @@ class Writer:
                 option=_SORTED,
             )
         error = None if p.error is None else redact(p.error)
+        meta = _meta_bytes(p.meta)
         chain_seq, prev = self._chains.get(p.run_id, (0, ""))
         content = orjson.dumps(
             {
@@ -184,7 +200,7 @@ class Writer:
                 "input": orjson.Fragment(inp),
                 "key": key,
                 "kind": b.kind,
-                "meta": p.meta,
+                "meta": orjson.Fragment(meta),
                 "output": orjson.Fragment(out),
                 "parent_seq": p.parent_seq,
                 "run_id": p.run_id,
@@ -207,7 +223,7 @@ class Writer:
             inp.decode(),
             out.decode(),
             None if error is None else orjson.dumps(error, option=_SORTED).decode(),
-            orjson.dumps(p.meta, option=_SORTED).decode(),
+            meta.decode(),
             p.started_at,
             p.duration_ns,
             digest,
@@ -264,6 +280,17 @@ class Writer:
 
 _WRITERS: weakref.WeakKeyDictionary[Any, Writer] = weakref.WeakKeyDictionary()
 _WRITERS_LOCK = threading.Lock()
+
+
+def _forget_writers_in_child() -> None:
+    """After ``fork`` the parent's writer threads do not exist in the child: start afresh."""
+    global _WRITERS_LOCK
+    _WRITERS_LOCK = threading.Lock()
+    _WRITERS.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_writers_in_child)
 
 
 def writer_for(store: Store) -> Writer:

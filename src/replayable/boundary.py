@@ -240,6 +240,10 @@ def encode_error(exc: BaseException) -> dict[str, Any]:
     except Unserializable:
         args = [str(a) for a in exc.args]
     out = {"type": f"{cls.__module__}:{cls.__qualname__}", "message": str(exc), "args": args}
+    attrs = {k: v for k, v in getattr(exc, "__dict__", {}).items() if not k.startswith("_")}
+    if attrs:  # attributes a custom __init__ set (``self.code = code``), when they serialize
+        with contextlib.suppress(Unserializable):
+            out["attrs"] = canonical.canonicalize(attrs, drop=())
     codec = _error_codec(cls) if _ERROR_CODECS else None
     if codec is not None:
         with contextlib.suppress(Exception):
@@ -269,18 +273,27 @@ def decode_error(data: dict[str, Any]) -> BaseException:
                 return rebuilt
         except Exception:
             pass
+    attrs = data.get("attrs") or {}
     try:
         exc = obj(*args)
         if str(exc) == message or not message:
-            return exc
+            return _with_attrs(exc, attrs)
     except Exception:
         pass
     try:
         exc = obj.__new__(obj)
         BaseException.__init__(exc, *(args or [message]))
-        return exc
+        return _with_attrs(exc, attrs)
     except Exception:
         return RecordedError(type_name, message)
+
+
+def _with_attrs(exc: BaseException, attrs: dict[str, Any]) -> BaseException:
+    """Restore recorded attributes, so ``except CodeError as e: e.code`` works in replay."""
+    for name, value in attrs.items():
+        with contextlib.suppress(Exception):
+            setattr(exc, name, value)
+    return exc
 
 
 def _register(b: Boundary) -> None:

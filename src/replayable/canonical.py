@@ -39,6 +39,7 @@ __all__ = [
     "key_of_json",
     "loads",
     "normalize",
+    "sanitize",
 ]
 
 JSON = Any
@@ -131,8 +132,39 @@ def _locate(value: Any, path: str, depth: int, exc: Exception) -> Unserializable
         bad = next((k for k in value if not isinstance(k, str | int | float | bool)), None)
         if bad is not None:
             return Unserializable(path, type(value).__name__, f"dict key {bad!r} is not a string")
+    if isinstance(value, int) and not isinstance(value, bool):
+        return Unserializable(path, "int", "integer outside the 64-bit range; pass it as a string")
     name = f"{type(value).__module__}.{type(value).__qualname__}"
     return Unserializable(path, name.removeprefix("builtins."))
+
+
+def sanitize(value: Any, path: str = "", depth: int = 0) -> tuple[Any, list[str]]:
+    """``value`` with each part that has no JSON form replaced by a marker naming its path.
+
+    Returns (the sanitized value, the paths replaced). Only called once :func:`dumps` has
+    failed, so everything that serializes is kept as it is.
+
+    >>> sanitize({"uid": 7, "session": object()})[1]
+    ['session']
+    """
+    try:
+        orjson.dumps(value, default=_default, option=_SORTED)
+    except (TypeError, orjson.JSONEncodeError) as exc:
+        children = list(_children(value)) if depth < 200 else []
+        if not children:
+            err = _locate(value, path, depth, exc)
+            return {"$unserializable": err.path, "type": err.type_name}, [err.path]
+        out: Any = {} if not isinstance(value, list | tuple | set | frozenset) else []
+        bad: list[str] = []
+        for part, child in children:
+            clean, paths = sanitize(child, _join(path, part), depth + 1)
+            bad.extend(paths)
+            if isinstance(out, list):
+                out.append(clean)
+            else:
+                out[part if isinstance(part, str) else str(part)] = clean
+        return out, bad
+    return value, []
 
 
 def normalize(value: JSON, drop: frozenset[str] = DEFAULT_TRANSIENT_KEYS) -> JSON:

@@ -28,13 +28,22 @@ from replayable._writer import Pending, Writer, writer_for
 from replayable.boundary import encode_error
 from replayable.context import FRAME, SESSION, Frame, Session
 from replayable.errors import ReplayableError, Unserializable
+from replayable.redact import redact
 from replayable.store import Store, open_store
 from replayable.trace import Run
 
 if TYPE_CHECKING:
     from replayable.boundary import Boundary
 
-__all__ = ["Recorder", "Recording", "ReplayableWarning", "environment", "new_run_id", "record"]
+__all__ = [
+    "Recorder",
+    "Recording",
+    "ReplayableWarning",
+    "environment",
+    "new_run_id",
+    "record",
+    "reset_context",
+]
 
 log = logging.getLogger("replayable")
 
@@ -100,6 +109,21 @@ def _tags(tags: Mapping[str, Any] | Iterable[str] | None) -> dict[str, str]:
 
 
 _UNSERIALIZABLE_WARNED: set[tuple[str, str]] = set()
+_LATE_WARNED: set[str] = set()
+
+
+def _warn_late(run_id: str, boundary: str) -> None:
+    """A call that finished after its run closed (a generator drained later, a bound callable
+    still running): it is not recorded, since the run's hash chain is already sealed."""
+    if run_id not in _LATE_WARNED:
+        _LATE_WARNED.add(run_id)
+        log.warning(
+            "replayable: %s finished after run %s was closed; not recorded (finish iterating "
+            "generators and join threads inside the record block)",
+            boundary,
+            run_id,
+        )
+
 
 # Live observers (e.g. the OpenTelemetry live exporter): told when each step begins and ends,
 # on the agent's thread. Empty by default, so recording pays one truthiness check.
@@ -116,6 +140,7 @@ class Recorder(Session):
         self.writer: Writer = writer_for(store)
         self.root = Frame(seq=-1, address="")
         self._seq = itertools.count()
+        self.closed = False
 
     # -- snapshots -------------------------------------------------------------------------
 
@@ -132,8 +157,9 @@ class Recorder(Session):
                     ReplayableWarning,
                     stacklevel=4,
                 )
-            marker = {"$unserializable": exc.path, "type": exc.type_name}
-            return canonical.dumps(marker), exc.path
+            # Keep every field that serializes; only the bad parts become markers.
+            clean, _ = canonical.sanitize(value)
+            return canonical.dumps(clean), exc.path
 
     # -- the step lifecycle ------------------------------------------------------------------
 
@@ -175,9 +201,12 @@ class Recorder(Session):
         if OBSERVERS:
             for obs in OBSERVERS:
                 obs.on_finish(self, b, frame, error, duration)
-        if error is not None:
+        if self.closed:
+            _warn_late(self.run.id, b.name)
+            return
+        if error is not None and not frame.meta.get("stream"):
             out = b"null"
-        else:
+        else:  # a stream that failed keeps the chunks it yielded before the error
             value = output if encoded else b.encode_output(output)
             out, bad = self._snapshot(b, value, "output")
             if bad is not None:
@@ -270,7 +299,7 @@ class Recorder(Session):
             raise
         except BaseException as exc:
             finished = True
-            self.finish(b, frame, output=chunks, error=exc, **kw)
+            self.finish(b, frame, output=chunks, error=exc, encoded=True, **kw)
             raise
         finally:
             if not finished:
@@ -308,7 +337,7 @@ class Recorder(Session):
             raise
         except BaseException as exc:
             finished = True
-            self.finish(b, frame, output=chunks, error=exc, **kw)
+            self.finish(b, frame, output=chunks, error=exc, encoded=True, **kw)
             raise
         finally:
             if not finished:
@@ -326,19 +355,31 @@ class Recorder(Session):
     def close(self, exc: BaseException | None) -> None:
         """Finish the run: status, end time, head hash; then flush everything to the store."""
         run = self.run
+        self.closed = True
         run.ended_at = time.time()
         run.status = "error" if exc is not None else "ok"
         if exc is not None:
-            run.error = encode_error(exc)
+            run.error = redact(encode_error(exc))
 
         def finish() -> None:
             run.event_count, run.head_hash = self.writer.head(run.id)
             self.store.finish_run(run)
 
         self.writer.run_op(finish)
-        self.writer.flush()
+        # Fail-open: with the store already failing, do not hold the agent for long at exit.
+        self.writer.flush(timeout=1.0 if self.writer.failing else 30.0)
         if self.strict and self.writer.error is not None and exc is None:
             raise self.writer.error
+
+
+def reset_context(tokens: list[contextvars.Token[Any]]) -> None:
+    """Restore the session and frame variables; a block exited in another context (an async
+    context manager finished by a different task) clears them instead of failing."""
+    for var, token in zip((SESSION, FRAME), tokens, strict=True):
+        try:
+            var.reset(token)  # type: ignore[attr-defined]
+        except ValueError:
+            var.set(None)  # type: ignore[attr-defined]
 
 
 class Recording:
@@ -365,9 +406,10 @@ class Recording:
         tb: TracebackType | None,
     ) -> None:
         assert self._session is not None
-        SESSION.reset(self._tokens[0])
-        FRAME.reset(self._tokens[1])
-        self._session.close(exc)
+        try:
+            reset_context(self._tokens)
+        finally:
+            self._session.close(exc)
 
     async def __aenter__(self) -> Run:
         return self.__enter__()

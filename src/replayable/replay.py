@@ -34,7 +34,13 @@ from replayable.errors import (
     TraceCorrupt,
     UnknownBoundary,
 )
-from replayable.record import Recorder, ReplayableWarning, environment, new_run_id
+from replayable.record import (
+    Recorder,
+    ReplayableWarning,
+    environment,
+    new_run_id,
+    reset_context,
+)
 from replayable.store import Store, open_store
 from replayable.trace import Event, Run, read_trace
 
@@ -193,6 +199,8 @@ class Replayer(Recorder):
                     return self._checked(b, cands[0], data, value), None
                 near = [e for e in self.events.values() if e.boundary == b.name]
                 nearest = next((e for e in near if e.seq not in self.consumed), None)
+                if nearest is not None:  # reported as changed here, so not as skipped later
+                    self.consumed.add(nearest.seq)
                 return None, self._divergence(b, frame, nearest, data, value)
             if prec == UNMATCHED:
                 return None, self._divergence(b, frame, None, data, value)
@@ -339,7 +347,10 @@ class Replayer(Recorder):
             if seq in self.consumed:
                 continue
             ev = self.events[seq]
-            if ev.parent_seq is not None and ev.parent_seq not in self.consumed:
+            parent = ev.parent_seq
+            # Report the top of each unreached subtree. A parent that is not in the recording
+            # (it never completed: the process died) does not hide its completed children.
+            if parent is not None and parent in self.events and parent not in self.consumed:
                 continue
             out.append(
                 Divergence(
@@ -415,11 +426,12 @@ class Replay:
         tb: TracebackType | None,
     ) -> None:
         s = self.session
-        SESSION.reset(self._tokens[0])
-        FRAME.reset(self._tokens[1])
-        s.divergences.extend(s.skipped())
-        s.run.metadata["divergences"] = [d.to_dict() for d in s.divergences]
-        s.close(exc)
+        try:
+            reset_context(self._tokens)
+        finally:
+            s.divergences.extend(s.skipped())
+            s.run.metadata["divergences"] = [d.to_dict() for d in s.divergences]
+            s.close(exc)
         if exc is None and s.replay_strict and s.divergences:
             raise s.divergences[0]
 

@@ -37,29 +37,47 @@ class Step:
 
 
 def build_tree(events: Iterable[Event]) -> list[Step]:
-    """The top-level steps, each with its children in start order."""
-    by_seq: dict[int, Step] = {}
+    """The top-level steps, each with its children in start order.
+
+    Calls that never completed are rebuilt from their descendants' addresses, at every level
+    (an agent and the step inside it both in flight when the process died). A rebuilt step whose
+    seq is unknown (only its address survives) has ``seq == -1``.
+    """
     evs = sorted(events, key=lambda e: e.seq)
+    by_seq: dict[int, Step] = {}
+    by_address: dict[str, Step] = {}
     for ev in evs:
-        by_seq[ev.seq] = Step(ev.seq, ev.address, ev.boundary, ev)
+        step = Step(ev.seq, ev.address, ev.boundary, ev)
+        by_seq[ev.seq] = step
+        by_address[ev.address] = step
     roots: list[Step] = []
-    for ev in evs:
-        node = by_seq[ev.seq]
-        parent_seq = ev.parent_seq
-        if parent_seq is None:
-            roots.append(node)
-            continue
-        parent = by_seq.get(parent_seq)
+
+    def attach(step: Step, parent_seq: int | None) -> None:
+        if " > " not in step.address:
+            roots.append(step)
+            return
+        parent_address = step.address.rsplit(" > ", 1)[0]
+        parent = by_seq.get(parent_seq) if parent_seq is not None else None
         if parent is None:
-            parent_address = ev.address.rsplit(" > ", 1)[0]
+            parent = by_address.get(parent_address)
+        if parent is None:  # never completed: rebuild it, and attach it in turn
             name = parent_address.rsplit(" > ", 1)[-1].rsplit("/", 1)[0]
-            parent = Step(parent_seq, parent_address, name, None)
-            by_seq[parent_seq] = parent
-            roots.append(parent)
-        parent.children.append(node)
-    roots.sort(key=lambda s: s.seq)
-    for step in by_seq.values():
-        step.children.sort(key=lambda s: s.seq)
+            parent = Step(-1 if parent_seq is None else parent_seq, parent_address, name, None)
+            by_address[parent_address] = parent
+            if parent_seq is not None:
+                by_seq[parent_seq] = parent
+            attach(parent, None)
+        parent.children.append(step)
+
+    for ev in evs:
+        attach(by_seq[ev.seq], ev.parent_seq)
+
+    def order(step: Step) -> int:
+        return step.seq if step.seq >= 0 else min((order(c) for c in step.children), default=0)
+
+    roots.sort(key=order)
+    for step in by_address.values():
+        step.children.sort(key=order)
     return roots
 
 

@@ -9,9 +9,11 @@ writer, and each batch is one ``BEGIN IMMEDIATE`` transaction that waits its tur
 from __future__ import annotations
 
 import contextlib
+import os
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -105,6 +107,21 @@ _INSERT_RUN = f"INSERT INTO runs ({_RUNS}) VALUES ({','.join('?' * len(RUN_COLUM
 _INSERT_EVENTS = f"INSERT INTO events ({_EVENTS}) VALUES ({','.join('?' * len(EVENT_COLUMNS))})"
 
 
+_STORES: weakref.WeakSet[SQLiteStore] = weakref.WeakSet()
+
+
+def _drop_connections_in_child() -> None:
+    """A SQLite connection must not cross ``fork``: the child opens its own, lazily."""
+    for store in list(_STORES):
+        store._local = threading.local()
+        store._conns = []
+        store._lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_drop_connections_in_child)
+
+
 class SQLiteStore:
     """Runs and events in one SQLite file (WAL; safe for several processes on one host).
 
@@ -122,6 +139,7 @@ class SQLiteStore:
         self._local = threading.local()
         self._lock = threading.Lock()
         self._conns: list[sqlite3.Connection] = []
+        _STORES.add(self)
         self._ready = False
         with contextlib.suppress(StoreUnavailable):
             self._db()

@@ -525,3 +525,47 @@ class TestIncompleteRecordings:
         with rp.replay(run.id, match="key", strict=False) as r, pytest.raises(rp.Divergence):
             sq_agent()
         assert [d.reason for d in r.divergences] == ["changed"]
+
+
+class TestReplayRunRecord:
+    def test_a_replay_that_diverged_is_marked_so(self, db: str) -> None:
+        """The replay's own run finishes as 'diverged' when it found divergences."""
+        run, _ = recorded(db, confirm=True)
+        with rp.replay(run.id, strict=False) as r:
+            agent(db, "delete the stale row")
+        assert rp.open_store().get_run(r.run.id).status == "diverged"
+
+    def test_nth_call_beyond_the_recording_is_an_error(self, db: str) -> None:
+        """name#N naming a call the recording does not have is refused up front."""
+        run, _ = recorded(db)
+        with pytest.raises(rp.UnknownBoundary, match="1 recorded call"):
+            rp.replay(run.id, live=["lookup#5"])
+
+    def test_missing_trace_file(self) -> None:
+        """A trace path that does not exist says so plainly."""
+        with pytest.raises(rp.TraceCorrupt, match="no such trace file"):
+            rp.replay("nowhere/incident.jsonl")
+
+    def test_report_says_where_the_replay_stopped(self) -> None:
+        """When a divergence ends the replay, the report says later calls were never reached."""
+
+        @rp.boundary(kind="tool", name="step_one")
+        def step_one(x: int) -> int:
+            return x
+
+        @rp.boundary(kind="tool", name="step_two")
+        def step_two() -> int:
+            return 2
+
+        @rp.boundary(kind="agent", name="two_steps")
+        def two_steps() -> int:
+            return step_one(VARIANT.get("x", 1)) + step_two()
+
+        with rp.record() as run:
+            two_steps()
+        VARIANT["x"] = 5
+        r = rp.replay(run.id, strict=False)
+        with pytest.raises(rp.Divergence), r:
+            two_steps()
+        assert [d.reason for d in r.divergences] == ["changed", "skipped"]
+        assert "stopped at divergence 1" in r.report()

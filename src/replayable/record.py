@@ -352,12 +352,16 @@ class Recorder(Session):
             self.writer.error = None
         self.writer.run_op(lambda: self.store.create_run(run))
 
-    def close(self, exc: BaseException | None) -> None:
-        """Finish the run: status, end time, head hash; then flush everything to the store."""
+    def close(self, exc: BaseException | None, *, status: str | None = None) -> None:
+        """Finish the run: status, end time, head hash; then flush everything to the store.
+
+        ``status`` overrides the default (``error`` when ``exc`` is set, else ``ok``); a replay
+        that found divergences finishes as ``diverged``.
+        """
         run = self.run
         self.closed = True
         run.ended_at = time.time()
-        run.status = "error" if exc is not None else "ok"
+        run.status = status or ("error" if exc is not None else "ok")
         if exc is not None:
             run.error = redact(encode_error(exc))
 

@@ -119,6 +119,7 @@ class Replayer(Recorder):
         self.consumed: set[int] = set()
         self._first: dict[tuple[int | None, str], int] = {}
         self.divergences: list[Divergence] = []
+        self.stopped_by: Divergence | None = None
         self._lock = threading.Lock()
         self.live_names: set[str] = set()
         self.live_calls: set[tuple[str, int]] = set()
@@ -148,6 +149,11 @@ class Replayer(Recorder):
             if nth:
                 if not nth.isdigit() or int(nth) < 1:
                     raise UnknownBoundary(f"bad call number in {entry!r}: use name#N with N >= 1")
+                count = sum(1 for ev in self.events.values() if ev.boundary == full)
+                if int(nth) > count:
+                    raise UnknownBoundary(
+                        f"{entry!r}: {full} has {count} recorded call(s) in run {self.source.id}"
+                    )
                 self.live_calls.add((full, int(nth)))
             else:
                 self.live_names.add(full)
@@ -409,7 +415,14 @@ class Replay:
         )
         if not s.divergences:
             return head + "\nno divergence: the code took the recorded path"
-        return "\n".join([head, *(f"{i}. {d.describe()}" for i, d in enumerate(s.divergences, 1))])
+        lines = [head, *(f"{i}. {d.describe()}" for i, d in enumerate(s.divergences, 1))]
+        if s.stopped_by is not None and s.stopped_by in s.divergences:
+            at = s.divergences.index(s.stopped_by) + 1
+            lines.append(
+                f"the replay stopped at divergence {at}; the calls reported after it were never "
+                "reached because of it"
+            )
+        return "\n".join(lines)
 
     def __enter__(self) -> Replay:
         if SESSION.get() is not None:
@@ -429,9 +442,11 @@ class Replay:
         try:
             reset_context(self._tokens)
         finally:
+            if isinstance(exc, Divergence):
+                s.stopped_by = exc
             s.divergences.extend(s.skipped())
             s.run.metadata["divergences"] = [d.to_dict() for d in s.divergences]
-            s.close(exc)
+            s.close(exc, status="diverged" if s.divergences and exc is None else None)
         if exc is None and s.replay_strict and s.divergences:
             raise s.divergences[0]
 

@@ -377,6 +377,8 @@ def read_trace(path: str | os.PathLike[str]) -> tuple[Run, list[Event]]:
     p = Path(path)
     try:
         data = p.read_bytes()
+    except FileNotFoundError:
+        raise TraceCorrupt(f"no such trace file: {p}") from None
     except OSError as exc:
         raise TraceCorrupt(f"cannot read trace file {p}: {exc.strerror or exc}") from None
     lines = data.split(b"\n")

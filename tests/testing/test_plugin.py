@@ -56,7 +56,7 @@ class TestReplayMarker:
         traced.makepyfile(test_marked=MARKED)
         result = traced.runpytest(*ARGS)
         result.assert_outcomes(passed=1)
-        result.stdout.fnmatch_lines(["replayable: 1 replay(s), 0 divergence(s) in 0 test(s)"])
+        result.stdout.fnmatch_lines(["replayable: 1 replay(s) in 1 test(s), 0 divergence(s)"])
 
     def test_changed_path_fails_the_test_with_the_divergence(
         self, traced_incident: pytest.Pytester
@@ -78,7 +78,7 @@ class TestReplayMarker:
         result.stdout.fnmatch_lines(
             [
                 "*Divergence*delete_record*was never reached*",
-                "replayable: 1 replay(s), 1 divergence(s) in 1 test(s)",
+                "replayable: 1 replay(s) in 1 test(s), 1 divergence(s) in 1 of them",
                 "*test_marked.py::test_replayed: recorded call to *delete_record*",
             ]
         )
@@ -133,7 +133,7 @@ class TestReplayMarker:
         traced.makepyfile(test_a=MARKED, test_b=MARKED)
         result = traced.runpytest_subprocess(*ARGS, "-n", "2")
         result.assert_outcomes(passed=2)
-        result.stdout.fnmatch_lines(["replayable: 2 replay(s), 0 divergence(s) in 0 test(s)"])
+        result.stdout.fnmatch_lines(["replayable: 2 replay(s) in 2 test(s), 0 divergence(s)"])
 
 
 class TestFixture:
@@ -206,7 +206,9 @@ class TestFixture:
         )
         result = traced.runpytest(*ARGS)
         result.assert_outcomes(passed=1)
-        result.stdout.fnmatch_lines(["replayable: 1 replay(s), 1 divergence(s) in 1 test(s)"])
+        result.stdout.fnmatch_lines(
+            ["replayable: 1 replay(s) in 1 test(s), 1 divergence(s) in 1 of them"]
+        )
 
     def test_plugin_registers_its_marker_and_options(self, pytester: pytest.Pytester) -> None:
         """--strict-markers accepts @pytest.mark.replay and --help lists the options."""

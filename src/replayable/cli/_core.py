@@ -47,7 +47,7 @@ def _parse_tags(tags: tuple[str, ...]) -> dict[str, str]:
 )
 @click.option(
     "--status",
-    type=click.Choice(["ok", "error", "running", "incomplete"]),
+    type=click.Choice(["ok", "error", "diverged", "running", "incomplete"]),
     help="Only runs with this status.",
 )
 @click.option("--since", help="Only runs started within this period (1h, 30m, 2d) or after a date.")

@@ -98,7 +98,17 @@ def demo_cmd(store_url: str | None, db: str | None) -> None:
     if not blocked:
         out.print("[bold red]the fix did not change the path[/bold red]")
         sys.exit(1)
+    at = f" --store {store.url}" if store_url else ""
     out.print(Rule("Next"))
-    out.print(f"  replayable show {incident.id}")
-    out.print(f"  replayable replay {incident.id} --import replayable.demo.agent")
-    out.print(f"  database at {agent.db_path()}  ({len(after_incident)} rows after the incident)")
+    out.print(f"  replayable show {incident.id}{at}                  # the incident, step by step")
+    out.print(f"  replayable replay {incident.id} --import replayable.demo.agent{at}")
+    out.print(f"  replayable diff {incident.id} {fixed.run.id}{at}   # incident vs fixed replay")
+    out.print(
+        f"  replayable promote {incident.id} --name incident --forbid delete_record{at}"
+        "   # a regression test"
+    )
+    out.print("  replayable serve                                   # the web viewer")
+    out.print(
+        f"  the incident left {len(after_incident)} of {len(agent.CUSTOMERS)} customers; "
+        f"the demo database ({agent.db_path()}) is reset to all {len(after)}"
+    )

@@ -41,7 +41,13 @@ KIND_STYLES = {
     "clock": "dim",
     "node": "yellow",
 }
-STATUS_STYLES = {"ok": "green", "error": "bold red", "running": "yellow", "incomplete": "red"}
+STATUS_STYLES = {
+    "ok": "green",
+    "error": "bold red",
+    "diverged": "bold yellow",
+    "running": "yellow",
+    "incomplete": "red",
+}
 
 
 def fmt_duration(seconds: float | None) -> str:

@@ -223,6 +223,7 @@ class _Summary:
 
     def __init__(self) -> None:
         self.replays = 0
+        self.tests: set[str] = set()
         self.diverged: list[tuple[str, list[str]]] = []
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
@@ -231,6 +232,7 @@ class _Summary:
         for name, value in report.user_properties:
             if name == _PROP and isinstance(value, dict):
                 self.replays += 1
+                self.tests.add(report.nodeid)
                 divs = [str(d) for d in value.get("divergences") or ()]
                 if divs:
                     self.diverged.append((report.nodeid, divs))
@@ -240,9 +242,10 @@ class _Summary:
             return
         n_div = sum(len(d) for _, d in self.diverged)
         terminalreporter.write_sep("-", "replayable")
+        where = f" in {len(self.diverged)} of them" if self.diverged else ""
         terminalreporter.write_line(
-            f"replayable: {self.replays} replay(s), {n_div} divergence(s) "
-            f"in {len(self.diverged)} test(s)"
+            f"replayable: {self.replays} replay(s) in {len(self.tests)} test(s), "
+            f"{n_div} divergence(s){where}"
         )
         for nodeid, divs in self.diverged:
             more = f" (+{len(divs) - 1} more)" if len(divs) > 1 else ""

@@ -9,3 +9,33 @@ from replayable.cli import _core, _demo, _store, _testing, _views  # noqa: F401 
 from replayable.cli._common import main
 
 __all__ = ["main"]
+
+_SHORT_HELP = {
+    "demo": "Record an incident, replay it offline, then against a fix.",
+    "runs": "List recorded runs (filters: name, tag, status, since, boundary).",
+    "show": "Show one run as a step tree, or one step's full input and output.",
+    "replay": "Replay a run against your code; exit 1 if it took another path.",
+    "diff": "Align two runs and show where they part ways.",
+    "stats": "Runs, steps, errors and tokens by model over a period.",
+    "serve": "Start the local web viewer (127.0.0.1).",
+    "export": "Write one run as a JSONL trace file.",
+    "import": "Import JSONL trace files into a store, all or nothing.",
+    "verify": "Check a run's or trace file's hash chain (and signature).",
+    "copy": "Copy runs between stores (e.g. PostgreSQL to a laptop SQLite).",
+    "prune": "Delete runs older than a period (retention).",
+    "promote": "Turn a run into a trace file plus a ready-to-run pytest test.",
+    "fuzz": "Perturb recorded outputs; check an invariant on each re-run.",
+}
+for _name, _text in _SHORT_HELP.items():
+    if _name in main.commands:
+        main.commands[_name].short_help = _text
+
+main.epilog = """\b
+The loop:
+  replayable demo                                 see it work, offline
+  replayable runs --status error --since 1d       find the incident
+  replayable show RUN                             what happened, step by step
+  replayable replay RUN --import my_agent         your fixed code against the recording
+  replayable diff RUN REPLAY_RUN                  where the two part ways
+  replayable promote RUN --forbid delete_record   a regression test for CI
+"""

@@ -35,8 +35,13 @@ def _no_color() -> bool:
 
 
 def console() -> Console:
-    """A stdout console honouring NO_COLOR (re-read at every call, for tests)."""
-    return Console(no_color=_no_color(), highlight=False, soft_wrap=False)
+    """A stdout console honouring NO_COLOR (re-read at every call, for tests).
+
+    Piped output (not a terminal, no $COLUMNS) is laid out 160 columns wide rather than rich's
+    80, so ids, addresses and diffs stay whole for grep and log files.
+    """
+    width = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 160
+    return Console(no_color=_no_color(), highlight=False, soft_wrap=False, width=width)
 
 
 def err_console() -> Console:

@@ -53,8 +53,15 @@ def _parse_tags(tags: tuple[str, ...]) -> dict[str, str]:
 @click.option("--since", help="Only runs started within this period (1h, 30m, 2d) or after a date.")
 @click.option("--boundary", help="Only runs that called this boundary (full or bare name).")
 @click.option("--errors", "has_error", is_flag=True, default=None, help="Only runs with an error.")
-@click.option("-n", "--limit", default=50, show_default=True, help="At most this many runs.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON (one object per run).")
+@click.option(
+    "-n",
+    "--limit",
+    default=50,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="At most this many runs.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array of runs.")
 @handle_errors
 def runs_cmd(
     store_url: str | None,
@@ -83,7 +90,10 @@ def runs_cmd(
         click.echo(orjson.dumps([r.to_dict() for r in found]).decode())
         return
     if not found:
-        click.echo(f"no runs in {store.url}")
+        filtered = any((name, tags, status, since, boundary, has_error))
+        click.echo(
+            f"no runs match these filters in {store.url}" if filtered else f"no runs in {store.url}"
+        )
         return
     console().print(run_table(found))
 

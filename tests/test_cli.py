@@ -179,3 +179,20 @@ class TestDemo:
         assert "never reached" in out
         runs = rp.open_store(tmp_path / "demo.db").list_runs()
         assert any(r.parent_run for r in runs)
+
+
+class TestTraceFiles:
+    def test_show_and_diff_accept_trace_files(
+        self, recorded_run: tuple[rp.Run, Path], tmp_path: Path
+    ) -> None:
+        """A trace file can be shown and diffed like a run in the store."""
+        from replayable.trace import write_trace
+
+        run, _ = recorded_run
+        path = write_trace(run, run.events(), tmp_path / "incident.jsonl")
+        env = {"NO_COLOR": "1", "COLUMNS": "200"}
+        shown = CliRunner().invoke(main, ["show", str(path)], env=env)
+        assert shown.exit_code == 0, shown.output
+        assert "[tool] write_file" in shown.output
+        same = CliRunner().invoke(main, ["diff", str(path), run.id], env=env)
+        assert same.exit_code == 0, same.output

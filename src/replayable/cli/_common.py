@@ -8,6 +8,7 @@ import re
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -16,12 +17,14 @@ from rich.console import Console
 from replayable._version import __version__
 from replayable.errors import ReplayableError
 from replayable.store import Store, open_store
+from replayable.trace import Event, Run, read_trace
 
 __all__ = [
     "console",
     "err_console",
     "fail",
     "handle_errors",
+    "load_run",
     "main",
     "parse_since",
     "store_option",
@@ -85,6 +88,16 @@ def store_option(fn: F) -> F:
 def get_store(url: str | None, *, create: bool = False) -> Store:
     """Open the store named on the command line; only commands that write may create one."""
     return open_store(url, must_exist=not create)
+
+
+def load_run(ref: str, store_url: str | None) -> tuple[Run, list[Event]]:
+    """A run and its events from a trace file path, or a run id (or unique prefix) in the
+    store named on the command line."""
+    if ref.endswith(".jsonl") or Path(ref).is_file():
+        return read_trace(ref)
+    store = get_store(store_url)
+    run = store.get_run(ref)
+    return run, list(store.iter_events(run.id))
 
 
 _SINCE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")

@@ -18,6 +18,7 @@ from replayable.cli._common import (
     fail,
     get_store,
     handle_errors,
+    load_run,
     main,
     parse_since,
     store_option,
@@ -116,11 +117,9 @@ def show_cmd(
     """Show a run as a tree of steps: kind, name, duration, model, sampling and tokens, short
     input/output, errors in red. With --step, one step's full input and output.
 
-    RUN_ID may be a unique prefix of the id.
+    RUN_ID may be a unique prefix of the id, or a trace file (.jsonl).
     """
-    store = get_store(store_url)
-    run = store.get_run(run_id)
-    events = list(store.iter_events(run.id))
+    run, events = load_run(run_id, store_url)
     out = console()
     if step_ref is not None:
         ev = find_event(run, events, step_ref)

@@ -4,21 +4,11 @@ from __future__ import annotations
 
 import importlib
 import sys
-from pathlib import Path
 from typing import Any
 
 import click
 
-from replayable.cli._common import console, get_store, handle_errors, main, store_option
-from replayable.trace import Event, Run, read_trace
-
-
-def _load(run_ref: str, store_url: str | None) -> tuple[Run, list[Event]]:
-    if run_ref.endswith(".jsonl") or Path(run_ref).is_file():
-        return read_trace(run_ref)
-    store = get_store(store_url)
-    run = store.get_run(run_ref)
-    return run, list(store.iter_events(run.id))
+from replayable.cli._common import console, handle_errors, load_run, main, store_option
 
 
 @main.command("promote")
@@ -55,7 +45,7 @@ def promote_cmd(
     """
     from replayable.testing._promote import promote
 
-    run, events = _load(run_id, store_url)
+    run, events = load_run(run_id, store_url)
     done = promote(run, events, trace=trace, test=test, name=name, forbid=forbid, overwrite=force)
     out = console()
     out.print(f"wrote {done.trace} ({done.calls} recorded calls)")

@@ -16,6 +16,7 @@ from replayable.cli._common import (
     fail,
     get_store,
     handle_errors,
+    load_run,
     main,
     parse_since,
     store_option,
@@ -40,10 +41,10 @@ def diff_cmd(run_a: str, run_b: str, store_url: str | None, as_json: bool) -> No
     Steps pair up by address, then by boundary and input key. Shows every step (= same,
     ~ changed, - only in A, + only in B), then the first divergence with the field-level
     changes of its input, output and error. Exits 1 when the runs differ, like diff(1).
+    Either run may be a trace file (.jsonl).
     """
-    store = get_store(store_url)
-    a, b = store.get_run(run_a), store.get_run(run_b)
-    d = diff_runs(a, store.iter_events(a.id), b, store.iter_events(b.id))
+    (a, events_a), (b, events_b) = load_run(run_a, store_url), load_run(run_b, store_url)
+    d = diff_runs(a, events_a, b, events_b)
     if as_json:
         click.echo(orjson.dumps(d.to_dict()).decode())
     else:

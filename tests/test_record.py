@@ -348,7 +348,8 @@ class TestLifecycleEdges:
     def test_a_call_finishing_after_the_run_is_not_recorded(
         self, caplog: pytest.LogCaptureFixture
     ) -> None:
-        """A generator drained after the block is dropped with a warning; the run verifies."""
+        """A generator drained after the block: recorded as never started, the late chunks
+        dropped with a warning; the run verifies."""
         from replayable.trace import verify_events
 
         @rp.boundary(kind="tool", name="late_gen")
@@ -362,11 +363,31 @@ class TestLifecycleEdges:
         assert list(g) == [1]
         stored = rp.open_store().get_run(run.id)
         events = list(stored.events())
-        assert [e.boundary.rsplit(":", 1)[-1] for e in events] == ["add"]
+        assert [e.boundary.rsplit(":", 1)[-1] for e in events] == ["add", "late_gen"]
+        assert events[1].meta["never_started"] is True
+        assert events[1].output == []
         head, problems = verify_events(events)
         assert problems == []
         assert head == stored.head_hash
         assert any("after run" in r.getMessage() for r in caplog.records)
+
+    def test_a_stream_never_iterated_still_replays(self) -> None:
+        """A generator created and dropped unread is part of the recording; replay matches."""
+
+        @rp.boundary(kind="llm", name="maybe_stream")
+        def maybe_stream(n: int) -> Iterator[int]:
+            yield from range(n)
+
+        @rp.boundary(kind="agent", name="uses_second")
+        def uses_second() -> list[int]:
+            maybe_stream(1)  # created, never read
+            return list(maybe_stream(3))
+
+        with rp.record() as run:
+            assert uses_second() == [0, 1, 2]
+        with rp.replay(run.id) as r:
+            assert uses_second() == [0, 1, 2]
+        assert r.ok
 
     def test_exit_in_another_task_still_finishes_the_run(self) -> None:
         """An async record entered in one task and exited in another is still finished."""

@@ -141,6 +141,17 @@ class Recorder(Session):
         self.root = Frame(seq=-1, address="")
         self._seq = itertools.count()
         self.closed = False
+        # Streams created but not iterated yet: their body (and so their event) only starts on
+        # the first next(). Ones never started are recorded as empty at close.
+        self._unstarted: dict[int, tuple[Boundary, Frame, dict[str, Any]]] = {}
+
+    def stream_created(self, b: Boundary, frame: Frame, **kw: Any) -> None:
+        """Note a generator boundary whose body has not run yet."""
+        self._unstarted[frame.seq] = (b, frame, kw)
+
+    def stream_started(self, frame: Frame) -> None:
+        """Its body runs now: it will record itself."""
+        self._unstarted.pop(frame.seq, None)
 
     # -- snapshots -------------------------------------------------------------------------
 
@@ -271,11 +282,13 @@ class Recorder(Session):
 
     def call_gen(self, b: Boundary, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Iterator[Any]:
         frame = self.begin(b, args, kwargs)
+        self.stream_created(b, frame)
         return self._run_gen(b, frame, args, kwargs)
 
     def _run_gen(
         self, b: Boundary, frame: Frame, args: tuple[Any, ...], kwargs: dict[str, Any], **kw: Any
     ) -> Iterator[Any]:
+        self.stream_started(frame)
         chunks: list[Any] = []
         frame.meta["stream"] = True
         gen = b.fn(*args, **kwargs)
@@ -309,11 +322,13 @@ class Recorder(Session):
         self, b: Boundary, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> AsyncIterator[Any]:
         frame = self.begin(b, args, kwargs)
+        self.stream_created(b, frame)
         return self._run_agen(b, frame, args, kwargs)
 
     async def _run_agen(
         self, b: Boundary, frame: Frame, args: tuple[Any, ...], kwargs: dict[str, Any], **kw: Any
     ) -> AsyncIterator[Any]:
+        self.stream_started(frame)
         chunks: list[Any] = []
         frame.meta["stream"] = True
         agen = b.fn(*args, **kwargs)
@@ -359,6 +374,10 @@ class Recorder(Session):
         that found divergences finishes as ``diverged``.
         """
         run = self.run
+        for b, frame, kw in list(self._unstarted.values()):
+            frame.meta.update(stream=True, never_started=True)
+            self.finish(b, frame, output=[], encoded=True, **kw)
+        self._unstarted.clear()
         self.closed = True
         run.ended_at = time.time()
         run.status = status or ("error" if exc is not None else "ok")

@@ -312,17 +312,27 @@ class Replayer(Recorder):
         frame = self.begin(b, args, kwargs)
         plan = self._plan(b, frame)
         if plan.live:
+            self.stream_created(b, frame, key=plan.key)
             return self._run_gen(b, frame, args, kwargs, key=plan.key)
         assert plan.event is not None
+        self.stream_created(b, frame, key=plan.key, served=True)
         return self._serve_gen(b, frame, plan.event, plan.key)
 
     def _serve_gen(self, b: Boundary, frame: Frame, ev: Event, key: str) -> Iterator[Any]:
+        self.stream_started(frame)
         chunks = ev.output if isinstance(ev.output, list) else []
-        for chunk in chunks:
-            yield b.decode_output(chunk)
+        complete = False
+        try:
+            for chunk in chunks:
+                yield b.decode_output(chunk)
+            complete = True
+        finally:
+            if not complete:
+                frame.meta["closed_early"] = True
+            if not complete or ev.error is None:
+                self.finish(b, frame, output=chunks, key=key, encoded=True, served=True)
         if ev.error is not None:
             raise self._served_error(b, frame, ev, key)
-        self.finish(b, frame, output=chunks, key=key, encoded=True, served=True)
 
     def call_agen(
         self, b: Boundary, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -330,19 +340,29 @@ class Replayer(Recorder):
         frame = self.begin(b, args, kwargs)
         plan = self._plan(b, frame)
         if plan.live:
+            self.stream_created(b, frame, key=plan.key)
             return self._run_agen(b, frame, args, kwargs, key=plan.key)
         assert plan.event is not None
+        self.stream_created(b, frame, key=plan.key, served=True)
         return self._serve_agen(b, frame, plan.event, plan.key)
 
     async def _serve_agen(
         self, b: Boundary, frame: Frame, ev: Event, key: str
     ) -> AsyncIterator[Any]:
+        self.stream_started(frame)
         chunks = ev.output if isinstance(ev.output, list) else []
-        for chunk in chunks:
-            yield b.decode_output(chunk)
+        complete = False
+        try:
+            for chunk in chunks:
+                yield b.decode_output(chunk)
+            complete = True
+        finally:
+            if not complete:
+                frame.meta["closed_early"] = True
+            if not complete or ev.error is None:
+                self.finish(b, frame, output=chunks, key=key, encoded=True, served=True)
         if ev.error is not None:
             raise self._served_error(b, frame, ev, key)
-        self.finish(b, frame, output=chunks, key=key, encoded=True, served=True)
 
     # -- the end -----------------------------------------------------------------------------
 

@@ -389,6 +389,29 @@ class TestLifecycleEdges:
             assert uses_second() == [0, 1, 2]
         assert r.ok
 
+    def test_generator_send_and_throw_reach_the_function(self) -> None:
+        """send() and throw() pass through a recorded generator as through the plain one."""
+
+        @rp.boundary(kind="tool", name="echo_gen")
+        def echo_gen() -> Iterator[str]:
+            got = yield "ready"
+            while True:
+                try:
+                    got = yield f"echo {got}"
+                except KeyError:
+                    yield "handled"
+                    return
+
+        def drive() -> list[str]:
+            g = echo_gen()
+            return [next(g), g.send(1), g.send(2), g.throw(KeyError("k"))]
+
+        plain = drive()
+        with rp.record() as run:
+            assert drive() == plain == ["ready", "echo 1", "echo 2", "handled"]
+        (ev,) = list(run.events())
+        assert ev.output == plain
+
     def test_exit_in_another_task_still_finishes_the_run(self) -> None:
         """An async record entered in one task and exited in another is still finished."""
 

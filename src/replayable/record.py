@@ -293,17 +293,28 @@ class Recorder(Session):
         frame.meta["stream"] = True
         gen = b.fn(*args, **kwargs)
         finished = False
+        sent: Any = None
+        thrown: BaseException | None = None
         try:
-            while True:
+            while True:  # `yield from`, with the step's frame around each resumption
                 token = FRAME.set(frame)
                 try:
-                    item = next(gen)
+                    if thrown is not None:
+                        exc, thrown = thrown, None
+                        item = gen.throw(exc)
+                    else:
+                        item = gen.send(sent)
                 except StopIteration:
                     break
                 finally:
                     FRAME.reset(token)
                 chunks.append(b.encode_output(item))
-                yield item
+                try:
+                    sent = yield item
+                except GeneratorExit:
+                    raise
+                except BaseException as exc:  # thrown in by the consumer: hand it on
+                    thrown, sent = exc, None
         except GeneratorExit:
             frame.meta["closed_early"] = True
             gen.close()
@@ -333,17 +344,28 @@ class Recorder(Session):
         frame.meta["stream"] = True
         agen = b.fn(*args, **kwargs)
         finished = False
+        sent: Any = None
+        thrown: BaseException | None = None
         try:
-            while True:
+            while True:  # `async for` plus asend/athrow, with the step's frame around each step
                 token = FRAME.set(frame)
                 try:
-                    item = await agen.__anext__()
+                    if thrown is not None:
+                        exc, thrown = thrown, None
+                        item = await agen.athrow(exc)
+                    else:
+                        item = await agen.asend(sent)
                 except StopAsyncIteration:
                     break
                 finally:
                     FRAME.reset(token)
                 chunks.append(b.encode_output(item))
-                yield item
+                try:
+                    sent = yield item
+                except GeneratorExit:
+                    raise
+                except BaseException as exc:  # thrown in by the consumer: hand it on
+                    thrown, sent = exc, None
         except GeneratorExit:
             frame.meta["closed_early"] = True
             await agen.aclose()

@@ -569,3 +569,37 @@ class TestReplayRunRecord:
             two_steps()
         assert [d.reason for d in r.divergences] == ["changed", "skipped"]
         assert "stopped at divergence 1" in r.report()
+
+
+class TestCancellation:
+    def test_a_timed_out_call_times_out_again_in_replay(self) -> None:
+        """A call cancelled by the caller's timeout is cancelled again, not re-raised raw."""
+
+        @rp.boundary(kind="tool", name="slow_lookup")
+        async def slow_lookup(x: int) -> int:
+            CALLS.append("slow_lookup")
+            await asyncio.sleep(10)
+            return x
+
+        @rp.boundary(kind="agent", name="with_fallback")
+        async def with_fallback() -> str:
+            try:
+                await asyncio.wait_for(slow_lookup(1), 0.05)
+            except TimeoutError:
+                return "fallback"
+            return "answer"
+
+        async def go(mode: Any) -> str:
+            async with mode:
+                return await with_fallback()
+
+        async def record_it() -> tuple[rp.Run, str]:
+            async with rp.record() as run:
+                out = await with_fallback()
+            return run, out
+
+        run, first = asyncio.run(record_it())
+        assert first == "fallback"
+        CALLS.clear()
+        assert asyncio.run(go(rp.replay(run.id))) == "fallback"
+        assert CALLS == []

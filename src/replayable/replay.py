@@ -8,6 +8,7 @@ start order); failing that, the recorded call at the same address tells *what ch
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import os
 import threading
@@ -303,6 +304,16 @@ class Replayer(Recorder):
             return await self._run_async(b, frame, args, kwargs, key=plan.key)
         ev = plan.event
         assert ev is not None
+        if ev.error is not None and str(ev.error.get("type", "")).endswith(":CancelledError"):
+            # The call was cancelled from outside (a timeout, a sibling task). Re-raising the
+            # CancelledError here would escape the caller's own handling (wait_for turns only
+            # the cancellation it made into TimeoutError), so wait for the agent's code to
+            # cancel it again, as it did when recorded.
+            try:
+                await asyncio.get_running_loop().create_future()
+            except asyncio.CancelledError as exc:
+                self.finish(b, frame, error=exc, key=plan.key, served=True)
+                raise
         if ev.error is not None:
             raise self._served_error(b, frame, ev, plan.key)
         self.finish(b, frame, output=ev.output, key=plan.key, encoded=True, served=True)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -245,3 +245,57 @@ class Store(Protocol):
 
     def close(self) -> None:
         """Release connections."""
+
+
+def runs_query(
+    q: RunQuery, *, ph: str, tag_clause: str, tag_path: Callable[[str], str]
+) -> tuple[str, list[Any]]:
+    """The ``WHERE ... ORDER BY ... LIMIT`` part of a run query, shared by the SQL stores.
+
+    ``ph`` is the driver's placeholder (``?`` or ``%s``); ``tag_clause`` compares one tag (two
+    placeholders: the path from ``tag_path(tag)``, then the value). ``running`` and
+    ``incomplete`` are told apart after reading (see :func:`only_status`), so they get no LIMIT.
+    """
+    where: list[str] = []
+    params: list[Any] = []
+    if q.name is not None:
+        where.append(f"name = {ph}")
+        params.append(q.name)
+    if q.status is not None:
+        where.append(f"status = {ph}")
+        params.append("running" if q.status == "incomplete" else q.status)
+    if q.since is not None:
+        where.append(f"started_at >= {ph}")
+        params.append(q.since)
+    if q.until is not None:
+        where.append(f"started_at < {ph}")
+        params.append(q.until)
+    for tag, value in (q.tags or {}).items():
+        where.append(tag_clause)
+        params.extend([tag_path(tag), value])
+    if q.boundary is not None:
+        where.append(
+            "EXISTS (SELECT 1 FROM events e WHERE e.run_id = runs.id "
+            f"AND (e.boundary = {ph} OR e.boundary LIKE {ph} ESCAPE '\\'))"
+        )
+        bare = q.boundary.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+        params.extend([q.boundary, f"%:{bare}"])
+    if q.has_error is not None:
+        clause = (
+            "(status = 'error' OR EXISTS (SELECT 1 FROM events e WHERE e.run_id = runs.id "
+            "AND e.error IS NOT NULL))"
+        )
+        where.append(clause if q.has_error else f"NOT {clause}")
+    sql = (" WHERE " + " AND ".join(where)) if where else ""
+    sql += " ORDER BY started_at DESC"
+    if q.status not in ("running", "incomplete"):
+        sql += f" LIMIT {ph}"
+        params.append(q.limit)
+    return sql, params
+
+
+def only_status(q: RunQuery, runs: list[Run]) -> list[Run]:
+    """Apply the ``running`` / ``incomplete`` distinction, which needs the recorder's liveness."""
+    if q.status in ("running", "incomplete"):
+        return [r for r in runs if r.status == q.status][: q.limit]
+    return runs

@@ -25,9 +25,11 @@ from replayable.store.base import (
     RUN_COLUMNS,
     EventRow,
     RunQuery,
+    only_status,
     row_to_event,
     run_from_row,
     run_to_row,
+    runs_query,
 )
 from replayable.trace import Event, Run, sign_run
 
@@ -288,48 +290,12 @@ class PostgresStore:
     def list_runs(self, query: RunQuery | None = None) -> list[Run]:
         """Runs matching ``query``, newest first."""
         q = query or RunQuery()
-        where: list[str] = []
-        params: list[Any] = []
-        if q.name is not None:
-            where.append("name = %s")
-            params.append(q.name)
-        if q.status is not None:
-            where.append("status = %s")
-            params.append("running" if q.status == "incomplete" else q.status)
-        if q.since is not None:
-            where.append("started_at >= %s")
-            params.append(q.since)
-        if q.until is not None:
-            where.append("started_at < %s")
-            params.append(q.until)
-        for tag, value in (q.tags or {}).items():
-            where.append("(tags::jsonb ->> %s) = %s")
-            params.extend([tag, value])
-        if q.boundary is not None:
-            where.append(
-                "EXISTS (SELECT 1 FROM events e WHERE e.run_id = runs.id "
-                "AND (e.boundary = %s OR e.boundary LIKE %s))"
-            )
-            bare = q.boundary.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-            params.extend([q.boundary, f"%:{bare}"])
-        if q.has_error is not None:
-            clause = (
-                "(status = 'error' OR EXISTS (SELECT 1 FROM events e WHERE e.run_id = runs.id "
-                "AND e.error IS NOT NULL))"
-            )
-            where.append(clause if q.has_error else f"NOT {clause}")
-        sql = f"SELECT {_RUNS} FROM runs"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY started_at DESC"
-        if q.status not in ("running", "incomplete"):
-            sql += " LIMIT %s"
-            params.append(q.limit)
+        where, params = runs_query(
+            q, ph="%s", tag_clause="(tags::jsonb ->> %s) = %s", tag_path=lambda tag: tag
+        )
+        sql = f"SELECT {_RUNS} FROM runs{where}"
         rows = self._use(lambda c: c.execute(sql, params).fetchall())
-        runs = [run_from_row(r, self) for r in rows]
-        if q.status in ("running", "incomplete"):
-            runs = [r for r in runs if r.status == q.status][: q.limit]
-        return runs
+        return only_status(q, [run_from_row(r, self) for r in rows])
 
     def close(self) -> None:
         """Close the pool's connections (the store reconnects if used again)."""

@@ -24,9 +24,11 @@ from replayable.store.base import (
     RUN_COLUMNS,
     EventRow,
     RunQuery,
+    only_status,
     row_to_event,
     run_from_row,
     run_to_row,
+    runs_query,
 )
 from replayable.trace import Event, Run, sign_run
 
@@ -311,49 +313,12 @@ class SQLiteStore:
     def list_runs(self, query: RunQuery | None = None) -> list[Run]:
         """Runs matching ``query``, newest first."""
         q = query or RunQuery()
-        where: list[str] = []
-        params: list[Any] = []
-        if q.name is not None:
-            where.append("name = ?")
-            params.append(q.name)
-        if q.status is not None:
-            # 'incomplete' is 'running' with a dead recorder: filtered after reading.
-            where.append("status = ?")
-            params.append("running" if q.status == "incomplete" else q.status)
-        if q.since is not None:
-            where.append("started_at >= ?")
-            params.append(q.since)
-        if q.until is not None:
-            where.append("started_at < ?")
-            params.append(q.until)
-        for tag, value in (q.tags or {}).items():
-            where.append("json_extract(tags, ?) = ?")
-            params.extend([f'$."{tag}"', value])
-        if q.boundary is not None:
-            where.append(
-                "EXISTS (SELECT 1 FROM events e WHERE e.run_id = runs.id "
-                "AND (e.boundary = ? OR e.boundary LIKE ? ESCAPE '\\'))"
-            )
-            bare = q.boundary.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-            params.extend([q.boundary, f"%:{bare}"])
-        if q.has_error is not None:
-            clause = (
-                "(status = 'error' OR EXISTS (SELECT 1 FROM events e WHERE e.run_id = runs.id "
-                "AND e.error IS NOT NULL))"
-            )
-            where.append(clause if q.has_error else f"NOT {clause}")
-        sql = f"SELECT {_RUNS} FROM runs"
-        if where:
-            sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY started_at DESC"
-        if q.status not in ("running", "incomplete"):
-            sql += " LIMIT ?"
-            params.append(q.limit)
+        where, params = runs_query(
+            q, ph="?", tag_clause="json_extract(tags, ?) = ?", tag_path=lambda tag: f'$."{tag}"'
+        )
+        sql = f"SELECT {_RUNS} FROM runs{where}"
         rows = self._run(lambda db: db.execute(sql, params).fetchall())
-        runs = [run_from_row(r, self) for r in rows]
-        if q.status in ("running", "incomplete"):
-            runs = [r for r in runs if r.status == q.status][: q.limit]
-        return runs
+        return only_status(q, [run_from_row(r, self) for r in rows])
 
     def close(self) -> None:
         """Close every connection this store opened."""

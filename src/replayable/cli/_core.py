@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import importlib
-import inspect
 import sys
 from pathlib import Path
-from typing import Any
 
 import click
 import orjson
 
-from replayable.boundary import Boundary, registry
+from replayable._rootcall import call_recorded, root_call
+from replayable.boundary import Boundary
 from replayable.cli._common import (
     console,
     fail,
@@ -27,7 +25,7 @@ from replayable.cli._render import find_event, run_table, step_detail, step_tree
 from replayable.errors import Divergence, ReplayableError
 from replayable.replay import Replay, replay
 from replayable.store.base import RunQuery
-from replayable.trace import Event, Run
+from replayable.trace import Event
 
 
 def _parse_tags(tags: tuple[str, ...]) -> dict[str, str]:
@@ -133,54 +131,6 @@ def show_cmd(
         click.echo(orjson.dumps(payload).decode())
         return
     out.print(step_tree(run, events, width=width, max_width=out.width))
-
-
-def root_call(run: Run, events: list[Event]) -> tuple[Boundary, Event]:
-    """The recorded top-level agent call and its registered boundary."""
-    tops = [e for e in events if e.parent_seq is None and e.kind != "clock"]
-    if not tops:
-        raise ReplayableError(f"run {run.id} has no top-level call to replay")
-    agents = [e for e in tops if e.kind == "agent"]
-    ev = (agents or tops)[0]
-    b = registry().get(ev.boundary)
-    if b is None:
-        raise ReplayableError(
-            f"the run's root boundary {ev.boundary} is not registered: pass --import with the "
-            "module that defines it"
-        )
-    return b, ev
-
-
-def call_recorded(b: Boundary, ev: Event) -> Any:
-    """Call a boundary (through its wrapper) with the arguments recorded for it."""
-    kwargs = dict(ev.input) if isinstance(ev.input, dict) else {}
-    args: list[Any] = []
-    if b.signature is not None:
-        for p in b.signature.parameters.values():
-            if p.kind is inspect.Parameter.VAR_POSITIONAL:
-                args = list(kwargs.pop(p.name, []))
-            elif p.kind is inspect.Parameter.POSITIONAL_ONLY and p.name in kwargs:
-                args.append(kwargs.pop(p.name))
-    if b.signature is not None and next(iter(b.signature.parameters), None) in ("self", "cls"):
-        raise ReplayableError(
-            f"{b.name} is a method; replay it from Python with rp.replay(...) around your own call"
-        )
-    result = b.wrapper(*args, **kwargs)
-    if inspect.isawaitable(result):
-        return asyncio.run(_await(result))
-    if inspect.isgenerator(result):
-        return list(result)
-    if inspect.isasyncgen(result):
-        return asyncio.run(_drain(result))
-    return result
-
-
-async def _await(aw: Any) -> Any:
-    return await aw
-
-
-async def _drain(agen: Any) -> list[Any]:
-    return [item async for item in agen]
 
 
 def import_modules(modules: tuple[str, ...]) -> None:

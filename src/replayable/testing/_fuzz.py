@@ -13,10 +13,8 @@ recording has no counterpart for "leaves the recording"; such examples are count
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import copy
-import inspect
 import itertools
 import os
 import re
@@ -29,10 +27,11 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from replayable import canonical
+from replayable._rootcall import call_recorded, root_call
 from replayable._writer import clean_input, input_key
 from replayable.boundary import decode_error, encode_error, registry, resolve_name
 from replayable.context import FRAME, SESSION, Frame, Session
-from replayable.errors import ReplayableError, UnknownBoundary
+from replayable.errors import ReplayableError
 from replayable.record import environment, new_run_id
 from replayable.replay import load_source
 from replayable.store import Store
@@ -344,40 +343,6 @@ class _FuzzSession(Session):
             raise decode_error(error)
 
 
-def _root_of(run: Run, events: Sequence[Event]) -> tuple[Boundary, Event]:
-    tops = [e for e in events if e.parent_seq is None and e.kind != "clock"]
-    if not tops:
-        raise ReplayableError(f"run {run.id} has no top-level call to re-run")
-    ev = ([e for e in tops if e.kind == "agent"] or tops)[0]
-    b = registry().get(ev.boundary)
-    if b is None:
-        raise UnknownBoundary(
-            f"the run's root boundary {ev.boundary} is not registered: import the module that "
-            "defines it (CLI: --import MODULE)"
-        )
-    return b, ev
-
-
-def _call_root(b: Boundary, ev: Event) -> Any:
-    kwargs = dict(ev.input) if isinstance(ev.input, dict) else {}
-    result = b.wrapper(**kwargs)
-    if inspect.isawaitable(result):
-        return asyncio.run(_await(result))
-    if inspect.isgenerator(result):
-        return list(result)
-    if inspect.isasyncgen(result):
-        return asyncio.run(_drain(result))
-    return result
-
-
-async def _await(aw: Any) -> Any:
-    return await aw
-
-
-async def _drain(agen: Any) -> list[Any]:
-    return [item async for item in agen]
-
-
 def run_perturbed(
     run: Run,
     events: Sequence[Event],
@@ -386,7 +351,7 @@ def run_perturbed(
     live: Iterable[str] = (),
 ) -> Outcome:
     """Re-run the recorded root call with ``mutations`` applied to the served outputs."""
-    b, root = _root_of(run, events)
+    b, root = root_call(run, list(events))
     outputs: dict[int, Any] = {}
     by_seq = {e.seq: e for e in events}
     for m in mutations:
@@ -397,7 +362,7 @@ def run_perturbed(
         raise ReplayableError("a record, replay or cassette is already active in this context")
     tokens = (SESSION.set(session), FRAME.set(session.root))
     try:
-        outcome.result = _call_root(b, root)
+        outcome.result = call_recorded(b, root)
     except _OffRecord as exc:
         outcome.off_record = str(exc)
     except Exception as exc:
@@ -502,7 +467,7 @@ def fuzz(
         raise ReplayableError('fuzz needs hypothesis: pip install "replayable[testing]"') from None
 
     run, events = load_source(source, store)
-    _root_of(run, events)
+    root_call(run, list(events))
     names = {e.boundary for e in events}
     registered = registry()
     if boundaries is not None:

@@ -1,0 +1,62 @@
+"""The root call of a recorded run: which boundary it was, and calling it again with the
+recorded arguments (what ``replayable replay`` and ``fuzz`` re-run)."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from typing import Any
+
+from replayable.boundary import Boundary, registry
+from replayable.errors import ReplayableError, UnknownBoundary
+from replayable.trace import Event, Run
+
+__all__ = ["call_recorded", "root_call"]
+
+
+def root_call(run: Run, events: list[Event] | tuple[Event, ...]) -> tuple[Boundary, Event]:
+    """The recorded top-level agent call and its registered boundary."""
+    tops = [e for e in events if e.parent_seq is None and e.kind != "clock"]
+    if not tops:
+        raise ReplayableError(f"run {run.id} has no top-level call to replay")
+    agents = [e for e in tops if e.kind == "agent"]
+    ev = (agents or tops)[0]
+    b = registry().get(ev.boundary)
+    if b is None:
+        raise UnknownBoundary(
+            f"the run's root boundary {ev.boundary} is not registered: import the module that "
+            "defines it (CLI: --import MODULE)"
+        )
+    return b, ev
+
+
+def call_recorded(b: Boundary, ev: Event) -> Any:
+    """Call a boundary (through its wrapper) with the arguments recorded for it."""
+    kwargs = dict(ev.input) if isinstance(ev.input, dict) else {}
+    args: list[Any] = []
+    if b.signature is not None:
+        for p in b.signature.parameters.values():
+            if p.kind is inspect.Parameter.VAR_POSITIONAL:
+                args = list(kwargs.pop(p.name, []))
+            elif p.kind is inspect.Parameter.POSITIONAL_ONLY and p.name in kwargs:
+                args.append(kwargs.pop(p.name))
+    if b.signature is not None and next(iter(b.signature.parameters), None) in ("self", "cls"):
+        raise ReplayableError(
+            f"{b.name} is a method; replay it from Python with rp.replay(...) around your own call"
+        )
+    result = b.wrapper(*args, **kwargs)
+    if inspect.isawaitable(result):
+        return asyncio.run(_await(result))
+    if inspect.isgenerator(result):
+        return list(result)
+    if inspect.isasyncgen(result):
+        return asyncio.run(_drain(result))
+    return result
+
+
+async def _await(aw: Any) -> Any:
+    return await aw
+
+
+async def _drain(agen: Any) -> list[Any]:
+    return [item async for item in agen]

@@ -310,7 +310,9 @@ def create_app(
 
     async def index(request: Request) -> Response:
         runs, filters = list_runs(request)
-        return page(request, "runs.html", runs=runs, filters=filters, store_url=store.url)
+        return page(
+            request, "runs.html", title="runs", runs=runs, filters=filters, store_url=store.url
+        )
 
     async def run_page(request: Request) -> Response:
         info = run_info(request.path_params["run_id"])

@@ -491,13 +491,12 @@ class TestKeyMatching:
 class TestIncompleteRecordings:
     def test_children_of_a_call_that_never_completed_are_not_lost(self) -> None:
         """Completed children of an in-flight parent are reported if the replay skips them."""
-        from replayable.trace import Event
+        from replayable.trace import Event, chain_hash, event_content
 
         run = rp.Run(id="dead-run", name="died", status="incomplete")
-        events = [
-            Event("dead-run", 2, "agent/0 > mid/0 > leaf/0", 1, "leaf", "tool", "k", {}, 1),
-        ]
-        path = write_trace(run, events, Path("dead.jsonl"))
+        leaf = Event("dead-run", 2, "agent/0 > mid/0 > leaf/0", 1, "leaf", "tool", "k", {}, 1)
+        leaf.hash = chain_hash("", event_content(leaf))
+        path = write_trace(run, [leaf], Path("dead.jsonl"))
 
         @rp.boundary(kind="agent", name="agent")
         def agent_doing_nothing() -> None:
@@ -603,3 +602,17 @@ class TestCancellation:
         CALLS.clear()
         assert asyncio.run(go(rp.replay(run.id))) == "fallback"
         assert CALLS == []
+
+
+class TestTamperedRecordings:
+    def test_replaying_an_edited_run_warns(self, db: str, store_path: Path) -> None:
+        """A recording edited after the fact still replays, with a warning that says so."""
+        run, _ = recorded(db)
+        with sqlite3.connect(store_path) as conn:
+            conn.execute(
+                'UPDATE events SET output = \'{"action":"delete","id":1}\' '
+                "WHERE run_id = ? AND boundary LIKE '%:plan'",
+                (run.id,),
+            )
+        with pytest.warns(rp.ReplayableWarning, match="does not verify"):
+            rp.replay(run.id)

@@ -43,7 +43,7 @@ from replayable.record import (
     reset_context,
 )
 from replayable.store import Store, open_store
-from replayable.trace import Event, Run, read_trace
+from replayable.trace import Event, Run, read_trace, verify_events
 
 if TYPE_CHECKING:
     from replayable.boundary import Boundary
@@ -519,6 +519,14 @@ def replay(
     """
     source_run, events = load_source(source, store)
     _check_version(source_run)
+    _, problems = verify_events(events)
+    if problems:
+        warnings.warn(
+            f"run {source_run.id} does not verify ({problems[0]}): it was edited after it was "
+            "recorded; replaying it anyway (`replayable verify` says more)",
+            ReplayableWarning,
+            stacklevel=2,
+        )
     target = open_store(store) if store is not None else (source_run.store or open_store(None))
     run = Run(
         id=new_run_id(),

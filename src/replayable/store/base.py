@@ -14,6 +14,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import orjson
 
+from replayable.errors import RunNotFound
 from replayable.trace import Event, Run
 
 __all__ = [
@@ -278,8 +279,7 @@ def runs_query(
             "EXISTS (SELECT 1 FROM events e WHERE e.run_id = runs.id "
             f"AND (e.boundary = {ph} OR e.boundary LIKE {ph} ESCAPE '\\'))"
         )
-        bare = q.boundary.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-        params.extend([q.boundary, f"%:{bare}"])
+        params.extend([q.boundary, f"%:{like_escape(q.boundary)}"])
     if q.has_error is not None:
         clause = (
             "(status = 'error' OR EXISTS (SELECT 1 FROM events e WHERE e.run_id = runs.id "
@@ -299,3 +299,26 @@ def only_status(q: RunQuery, runs: list[Run]) -> list[Run]:
     if q.status in ("running", "incomplete"):
         return [r for r in runs if r.status == q.status][: q.limit]
     return runs
+
+
+def like_escape(text: str) -> str:
+    """``text`` for a LIKE pattern with ``\\`` as the escape character."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def pick_run(run_id: str, rows: Sequence[Sequence[Any]], store: Any, url: str) -> Run:
+    """The run a lookup by id or prefix means: an exact id, else the only prefix match.
+
+    ``rows`` are the first few runs whose id equals ``run_id`` or starts with it.
+    """
+    if not run_id:
+        raise RunNotFound("empty run id; list runs with `replayable runs`")
+    exact = [r for r in rows if r[0] == run_id]
+    if exact or len(rows) == 1:
+        return run_from_row((exact or rows)[0], store)
+    if not rows:
+        raise RunNotFound(f"no run {run_id!r} in {url}; list runs with `replayable runs`")
+    ids = ", ".join(str(r[0]) for r in rows[:3])
+    raise RunNotFound(
+        f"run id prefix {run_id!r} is ambiguous in {url} ({ids}, ...); give more of it"
+    )

@@ -18,13 +18,15 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from replayable.errors import RunNotFound, StoreUnavailable
+from replayable.errors import StoreUnavailable
 from replayable.store.base import (
     EVENT_COLUMNS,
     RUN_COLUMNS,
     EventRow,
     RunQuery,
+    like_escape,
     only_status,
+    pick_run,
     row_to_event,
     run_from_row,
     run_to_row,
@@ -283,21 +285,14 @@ class SQLiteStore:
 
     def get_run(self, run_id: str) -> Run:
         """The run with this id or unique id prefix."""
-        pattern = run_id.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        pattern = like_escape(run_id) + "%"
         rows = self._run(
             lambda db: db.execute(
                 f"SELECT {_RUNS} FROM runs WHERE id = ? OR id LIKE ? ESCAPE '\\' LIMIT 3",
                 (run_id, pattern),
             ).fetchall()
         )
-        exact = [r for r in rows if r[0] == run_id]
-        if exact:
-            return run_from_row(exact[0], self)
-        if len(rows) == 1:
-            return run_from_row(rows[0], self)
-        if not rows:
-            raise RunNotFound(f"no run {run_id!r} in {self.url}; list runs with `replayable runs`")
-        raise RunNotFound(f"run id prefix {run_id!r} is ambiguous in {self.url}; give more of it")
+        return pick_run(run_id, rows, self, self.url)
 
     def iter_events(self, run_id: str) -> Iterator[Event]:
         """The run's events in seq order, streamed from a cursor."""

@@ -36,7 +36,7 @@ import orjson
 from replayable import canonical
 from replayable._writer import clean_input, input_key
 from replayable.boundary import decode_error, encode_error
-from replayable.context import SESSION, Session
+from replayable.context import SESSION, AsyncToo, Session
 from replayable.diff import diff_values
 from replayable.errors import FixtureMiss, ReplayableError, TraceCorrupt
 from replayable.record import ReplayableWarning
@@ -111,7 +111,7 @@ class CassetteCall:
         return self._input
 
 
-class Cassette(Session):
+class Cassette(Session, AsyncToo["Cassette"]):
     """An exact-match fixture file; a context manager (sync or async) and a decorator.
 
     >>> with rp.cassette("tests/cassettes/weather.jsonl", mode="replay") as tape:
@@ -245,17 +245,6 @@ class Cassette(Session):
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
-
-    async def __aenter__(self) -> Cassette:
-        return self.__enter__()
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.__exit__(exc_type, exc, tb)
 
     def __call__(self, fn: F) -> F:
         """Use the cassette as a decorator: each call of ``fn`` runs inside a fresh activation."""

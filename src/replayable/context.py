@@ -12,15 +12,25 @@ import functools
 import itertools
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 if TYPE_CHECKING:
     from replayable.boundary import Boundary
 
-__all__ = ["Frame", "Session", "annotate", "bind", "current_frame", "current_session"]
+__all__ = [
+    "AsyncToo",
+    "Frame",
+    "Session",
+    "annotate",
+    "bind",
+    "current_frame",
+    "current_session",
+]
 
 P = ParamSpec("P")
 R = TypeVar("R")
+T = TypeVar("T")
 
 
 @dataclass(slots=True)
@@ -112,3 +122,30 @@ def bind(fn: Callable[P, R]) -> Callable[P, R]:
         return ctx.copy().run(fn, *args, **kwargs)
 
     return bound
+
+
+class AsyncToo(Generic[T]):
+    """A context manager usable with ``with`` and ``async with``: entering and leaving do nothing
+    worth awaiting, so the async protocol runs the sync one."""
+
+    def __enter__(self) -> T:
+        raise NotImplementedError
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> T:
+        return self.__enter__()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.__exit__(exc_type, exc, tb)

@@ -26,7 +26,7 @@ from replayable import canonical
 from replayable._version import __version__
 from replayable._writer import Pending, Writer, writer_for
 from replayable.boundary import encode_error
-from replayable.context import FRAME, SESSION, Frame, Session
+from replayable.context import FRAME, SESSION, AsyncToo, Frame, Session
 from replayable.errors import ReplayableError, Unserializable
 from replayable.redact import redact
 from replayable.store import Store, open_store
@@ -427,7 +427,7 @@ def reset_context(tokens: list[contextvars.Token[Any]]) -> None:
             var.set(None)  # type: ignore[attr-defined]
 
 
-class Recording:
+class Recording(AsyncToo[Run]):
     """Context manager returned by :func:`record` (use with ``with`` or ``async with``)."""
 
     def __init__(self, session_factory: Any) -> None:
@@ -455,17 +455,6 @@ class Recording:
             reset_context(self._tokens)
         finally:
             self._session.close(exc)
-
-    async def __aenter__(self) -> Run:
-        return self.__enter__()
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.__exit__(exc_type, exc, tb)
 
 
 def record(

@@ -26,7 +26,7 @@ import orjson
 from replayable._version import __version__
 from replayable._writer import clean_input, input_key
 from replayable.boundary import decode_error, registry, resolve_name
-from replayable.context import FRAME, SESSION, Frame
+from replayable.context import FRAME, SESSION, AsyncToo, Frame
 from replayable.diff import diff_values
 from replayable.errors import (
     Divergence,
@@ -403,7 +403,7 @@ class Replayer(Recorder):
         return out
 
 
-class Replay:
+class Replay(AsyncToo["Replay"]):
     """A replay in progress or done: ``divergences``, ``report()``, the replay ``run``, ``source``.
 
     Use it as a context manager (``with`` or ``async with``); see :func:`replay`.
@@ -482,17 +482,6 @@ class Replay:
             s.close(exc, status="diverged" if s.divergences and exc is None else None)
         if exc is None and s.replay_strict and s.divergences:
             raise s.divergences[0]
-
-    async def __aenter__(self) -> Replay:
-        return self.__enter__()
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.__exit__(exc_type, exc, tb)
 
 
 def replay(

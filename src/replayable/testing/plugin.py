@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from replayable.cassette import MODES, Cassette, force_mode, resolve_mode
+from replayable.context import AsyncToo
 from replayable.record import Recording, record
 from replayable.replay import Replay, replay
 from replayable.store import Store, open_store
@@ -116,7 +117,7 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, Any, Any]:
         _note(item, r)
 
 
-class ReplayableFixture:
+class ReplayableFixture(AsyncToo[Cassette]):
     """What the ``replayable`` fixture gives a test.
 
     >>> def test_agent(replayable):
@@ -195,17 +196,6 @@ class ReplayableFixture:
         assert self._cassette is not None
         self._cassette.__exit__(exc_type, exc, tb)
         self._cassette = None
-
-    async def __aenter__(self) -> Cassette:
-        return self.__enter__()
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.__exit__(exc_type, exc, tb)
 
 
 @pytest.fixture

@@ -24,6 +24,7 @@ __all__ = [
     "err_console",
     "fail",
     "handle_errors",
+    "import_option",
     "load_run",
     "main",
     "parse_since",
@@ -82,6 +83,17 @@ def store_option(fn: F) -> F:
         show_envvar=True,
         help="Store URL or path: sqlite:///x.db, postgresql://..., a .db file or a directory of "
         "trace files. Default: .replayable/traces.db",
+    )(fn)
+
+
+def import_option(fn: F) -> F:
+    """``--import MODULE`` (repeatable, required): the modules that define the boundaries."""
+    return click.option(
+        "--import",
+        "modules",
+        multiple=True,
+        required=True,
+        help="Module defining the agent's boundaries (importable from here); repeatable.",
     )(fn)
 
 

@@ -16,6 +16,7 @@ from replayable.cli._common import (
     fail,
     get_store,
     handle_errors,
+    import_option,
     load_run,
     main,
     parse_since,
@@ -146,13 +147,7 @@ def import_modules(modules: tuple[str, ...]) -> None:
 @main.command("replay")
 @click.argument("run_id")
 @store_option
-@click.option(
-    "--import",
-    "modules",
-    multiple=True,
-    required=True,
-    help="Module defining the agent's boundaries (importable from here); repeatable.",
-)
+@import_option
 @click.option(
     "--live",
     multiple=True,

@@ -8,7 +8,14 @@ from typing import Any
 
 import click
 
-from replayable.cli._common import console, handle_errors, load_run, main, store_option
+from replayable.cli._common import (
+    console,
+    handle_errors,
+    import_option,
+    load_run,
+    main,
+    store_option,
+)
 
 
 @main.command("promote")
@@ -73,13 +80,7 @@ def _import_invariant(spec: str) -> Any:
 @main.command("fuzz")
 @click.argument("run_id")
 @store_option
-@click.option(
-    "--import",
-    "modules",
-    multiple=True,
-    required=True,
-    help="Module defining the agent's boundaries (importable from here); repeatable.",
-)
+@import_option
 @click.option(
     "--invariant",
     required=True,

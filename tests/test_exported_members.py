@@ -33,6 +33,7 @@ EXPECTED = {
     "canonicalize",
     "cassette",
     "get_boundary",
+    "instrument",
     "key",
     "now",
     "open_store",

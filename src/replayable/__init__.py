@@ -30,6 +30,7 @@ from replayable.errors import (
     UnknownBoundary,
     Unserializable,
 )
+from replayable.integrations import instrument
 from replayable.record import ReplayableWarning, record
 from replayable.replay import Replay, replay
 from replayable.store import Store, open_store
@@ -62,6 +63,7 @@ __all__ = [
     "canonicalize",
     "cassette",
     "get_boundary",
+    "instrument",
     "key",
     "now",
     "open_store",

@@ -1,38 +1,131 @@
 """Integrations with model SDKs and frameworks; each is an optional extra, imported lazily.
 
->>> from replayable.integrations import instrument
->>> client = instrument(openai.OpenAI())      # or anthropic.Anthropic(), or a LangGraph graph
+>>> import replayable as rp
+>>> client = rp.instrument(openai.OpenAI())      # or an Agent, a LangGraph graph, ...
+
+:func:`instrument` looks the object up in :data:`INTEGRATIONS` (checked in order, by the modules
+its type comes from, so no SDK is imported to decide) and hands it to that stack's module, which
+is imported only then. A stack's module exposes
+``instrument(obj, *, side_effects=(), **options) -> obj``.
+
+Adding a stack is one :class:`Integration` entry in :data:`INTEGRATIONS` plus its module.
 """
 
 from __future__ import annotations
 
+import importlib
+import inspect
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from types import ModuleType
 from typing import Any
 
 from replayable.errors import UnsupportedClient
 
-__all__ = ["instrument"]
+__all__ = ["INTEGRATIONS", "Integration", "instrument", "origin"]
 
 
-def instrument(obj: Any) -> Any:
-    """Instrument an OpenAI or Anthropic client, or a LangGraph graph; returns the same object.
+def origin(obj: Any) -> tuple[str, ...]:
+    """The dotted modules ``obj`` comes from: a module's own name, a function's module, or the
+    module of each class in its type's MRO (so subclasses defined elsewhere still match)."""
+    if isinstance(obj, ModuleType):
+        return (obj.__name__,)
+    if inspect.isroutine(obj):
+        return (str(getattr(obj, "__module__", None) or ""),)
+    cls = obj if isinstance(obj, type) else type(obj)
+    return tuple(c.__module__ for c in cls.__mro__ if c is not object)
 
-    >>> app = instrument(builder.compile())
+
+def from_modules(*prefixes: str) -> Callable[[Any], bool]:
+    """A match test: does ``obj`` come from a module under one of ``prefixes``?
+
+    >>> from_modules("openai")(openai.OpenAI())
+    True
     """
-    top = type(obj).__module__.partition(".")[0]
-    if top == "openai":
-        from replayable.integrations import openai
 
-        return openai.instrument(obj)
-    if top == "anthropic":
-        from replayable.integrations import anthropic
+    def matches(obj: Any) -> bool:
+        return any(mod == p or mod.startswith(p + ".") for mod in origin(obj) for p in prefixes)
 
-        return anthropic.instrument(obj)
-    if top == "langgraph":
-        from replayable.integrations import langgraph
+    return matches
 
-        return langgraph.instrument(obj)
+
+@dataclass(frozen=True)
+class Integration:
+    """One supported stack: how to recognise its objects and where its instrumenter lives.
+
+    ``matches`` must not import the stack (use :func:`from_modules`); ``module`` is imported
+    only when an object matches; ``extra`` is the ``pip install 'replayable[extra]'`` name;
+    ``supported`` lists, for error messages, what the stack accepts.
+    """
+
+    name: str
+    module: str
+    extra: str
+    supported: str
+    matches: Callable[[Any], bool]
+
+
+INTEGRATIONS: list[Integration] = [
+    Integration(
+        "openai",
+        "replayable.integrations.openai",
+        "openai",
+        "openai.OpenAI, openai.AsyncOpenAI, openai.AzureOpenAI, openai.AsyncAzureOpenAI",
+        from_modules("openai"),
+    ),
+    Integration(
+        "anthropic",
+        "replayable.integrations.anthropic",
+        "anthropic",
+        "anthropic.Anthropic, anthropic.AsyncAnthropic",
+        from_modules("anthropic"),
+    ),
+    Integration(
+        "langgraph",
+        "replayable.integrations.langgraph",
+        "langgraph",
+        "LangGraph graphs (StateGraph or compiled)",
+        from_modules("langgraph"),
+    ),
+    # Further stacks: append an Integration here (first match wins, so put the more
+    # specific prefix first).
+]
+"""Every stack :func:`instrument` knows, checked in order; the first match handles the object."""
+
+
+def _load(integration: Integration) -> ModuleType:
+    try:
+        return importlib.import_module(integration.module)
+    except ImportError as exc:
+        raise UnsupportedClient(
+            f"instrumenting {integration.name} needs its extra: "
+            f"pip install 'replayable[{integration.extra}]' ({exc})"
+        ) from exc
+
+
+def supported(integrations: Iterable[Integration] = ()) -> str:
+    """One line per stack naming what it accepts, for error messages."""
+    return "; ".join(f"{i.name}: {i.supported}" for i in (integrations or INTEGRATIONS))
+
+
+def instrument(obj: Any, *, side_effects: Iterable[str] = (), **options: Any) -> Any:
+    """Make a client, model, agent, graph or session of a supported stack record and replay.
+
+    Returns ``obj`` instrumented in place, or an instrumented equivalent where the stack needs
+    one (use the return value). ``side_effects`` names the framework's tools that change the
+    world: replay never runs them and ``live=`` refuses them unless ``allow_side_effects=True``.
+    Other ``options`` go to the stack's instrumenter. Each stack is an optional extra, imported
+    only here; an object of no supported stack raises :class:`~replayable.errors.UnsupportedClient`
+    listing what is supported.
+
+    >>> client = rp.instrument(openai.OpenAI())
+    >>> agent = rp.instrument(Agent(name="shop", tools=[place_order]), side_effects=["place_order"])
+    """
+    for integration in INTEGRATIONS:
+        if integration.matches(obj):
+            module = _load(integration)
+            return module.instrument(obj, side_effects=tuple(side_effects), **options)
+    cls = type(obj)
     raise UnsupportedClient(
-        f"cannot instrument {type(obj).__module__}.{type(obj).__qualname__}: supported are "
-        "openai.OpenAI, openai.AsyncOpenAI, anthropic.Anthropic, anthropic.AsyncAnthropic and "
-        "LangGraph graphs (StateGraph or compiled)"
+        f"cannot instrument {cls.__module__}.{cls.__qualname__}: supported are {supported()}"
     )

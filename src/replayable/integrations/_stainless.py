@@ -16,7 +16,7 @@ import importlib
 import sys
 import warnings
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
@@ -26,7 +26,7 @@ from replayable.context import Session, annotate, current_session
 from replayable.errors import UnsupportedClient
 from replayable.record import ReplayableWarning
 
-__all__ = ["SDK", "Endpoint", "instrument_client", "load_sdk"]
+__all__ = ["SDK", "Endpoint", "instrument_client", "load_sdk", "no_tools"]
 
 # Arguments that shape the HTTP call, not the answer: kept out of the input snapshot.
 _TRANSPORT_ARGS = ("timeout",)
@@ -45,6 +45,16 @@ def load_sdk(name: str, extra: str) -> ModuleType:
         raise UnsupportedClient(
             f"the {name} SDK is not installed: pip install 'replayable[{extra}]'"
         ) from exc
+
+
+def no_tools(side_effects: Iterable[str], what: str) -> None:
+    """Refuse ``side_effects=`` for an object that has no tools to mark."""
+    names = tuple(side_effects)
+    if names:
+        raise UnsupportedClient(
+            f"side_effects={list(names)!r}: {what} has no tools; mark your own tool functions "
+            "with @replayable.boundary(kind='tool', side_effects=True)"
+        )
 
 
 def major(version: str) -> str:

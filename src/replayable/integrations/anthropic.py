@@ -16,11 +16,18 @@ stop reason and the request id in the step's metadata. Replay returns ``Message`
 from __future__ import annotations
 
 import functools
+from collections.abc import Iterable
 from typing import Any
 
 from replayable.context import current_session
 from replayable.errors import UnsupportedClient
-from replayable.integrations._stainless import SDK, Endpoint, instrument_client, load_sdk
+from replayable.integrations._stainless import (
+    SDK,
+    Endpoint,
+    instrument_client,
+    load_sdk,
+    no_tools,
+)
 
 __all__ = ["MESSAGES_KEY", "instrument"]
 
@@ -127,13 +134,14 @@ def _patch_stream(client: Any, sdk: Any, is_async: bool) -> None:
     resource.stream = stream
 
 
-def instrument(client: Any) -> Any:
+def instrument(client: Any, *, side_effects: Iterable[str] = ()) -> Any:
     """Record ``client``'s model calls as ``llm`` boundaries; returns the same client.
 
     Supports ``anthropic.Anthropic`` and ``anthropic.AsyncAnthropic``.
 
     >>> client = instrument(anthropic.Anthropic())
     """
+    no_tools(side_effects, "an Anthropic client")
     sdk = load_sdk("anthropic", "anthropic")
     if isinstance(client, sdk.AsyncAnthropic):
         is_async = True

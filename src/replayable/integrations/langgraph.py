@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextvars
 import importlib
+from collections.abc import Iterable
 from typing import Any
 
 from replayable.boundary import boundary
@@ -109,7 +110,7 @@ def _wrap(graph_name: str, node: str, inner: Any) -> Any:
     return wrapped
 
 
-def instrument(graph: Any, *, name: str | None = None) -> Any:
+def instrument(graph: Any, *, name: str | None = None, side_effects: Iterable[str] = ()) -> Any:
     """Make every node of a LangGraph graph a ``node`` boundary; returns the same graph.
 
     Accepts a ``StateGraph`` builder (before ``compile()``) or a compiled graph. ``name``
@@ -117,6 +118,11 @@ def instrument(graph: Any, *, name: str | None = None) -> Any:
 
     >>> app = instrument(builder.compile(name="support"))
     """
+    if tuple(side_effects):
+        raise UnsupportedClient(
+            "side_effects= is not supported for LangGraph graphs yet: mark the tool functions "
+            "with @replayable.boundary(kind='tool', side_effects=True)"
+        )
     try:
         importlib.import_module("langgraph")
     except ImportError as exc:

@@ -16,10 +16,17 @@ SDK's own objects (``ChatCompletion``, ``Stream[ChatCompletionChunk]``...) and n
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from replayable.errors import UnsupportedClient
-from replayable.integrations._stainless import SDK, Endpoint, instrument_client, load_sdk
+from replayable.integrations._stainless import (
+    SDK,
+    Endpoint,
+    instrument_client,
+    load_sdk,
+    no_tools,
+)
 
 __all__ = ["CHAT_KEY", "RESPONSES_KEY", "instrument"]
 
@@ -162,13 +169,14 @@ def accumulate(acc: dict[str, Any], event: Any) -> None:
         acc.update(describe(event.response))
 
 
-def instrument(client: Any) -> Any:
+def instrument(client: Any, *, side_effects: Iterable[str] = ()) -> Any:
     """Record ``client``'s model calls as ``llm`` boundaries; returns the same client.
 
     Supports ``openai.OpenAI`` and ``openai.AsyncOpenAI`` (and their Azure subclasses).
 
     >>> client = instrument(openai.OpenAI())
     """
+    no_tools(side_effects, "an OpenAI client")
     sdk = load_sdk("openai", "openai")
     if isinstance(client, sdk.AsyncOpenAI):
         is_async = True

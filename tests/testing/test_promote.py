@@ -6,10 +6,15 @@ import ast
 
 import pytest
 from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import replayable as rp
 from replayable.cli import main
-from replayable.trace import read_trace
+from replayable.errors import ReplayableError
+from replayable.testing._promote import promote as promote_files
+from replayable.testing._promote import render_test
+from replayable.trace import Event, Run, read_trace
 
 ARGS = (
     "-p",
@@ -89,3 +94,102 @@ class TestPromotedIncident:
         pytester.makeconftest(FIX)
         after = pytester.runpytest(*ARGS, "tests")
         after.assert_outcomes(passed=1)
+
+
+def _crafted(run_name: str, boundary_name: str, value: str) -> tuple[rp.Run, list[Event]]:
+    """A trace as a hostile file would give it: the root is the demo agent, the rest is text."""
+    run = Run(id="0190abcdef12", name=run_name, started_at=1.7e9, status="ok")
+    root = Event(
+        run_id=run.id,
+        seq=0,
+        address="support_agent/0",
+        parent_seq=None,
+        boundary="replayable.demo.agent:support_agent",
+        kind="agent",
+        key="k",
+        input={"request": value},
+    )
+    step = Event(
+        run_id=run.id,
+        seq=1,
+        address=f"support_agent/0 > {boundary_name}/0",
+        parent_seq=0,
+        boundary=boundary_name,
+        kind="tool",
+        key="k",
+        input={"q": value, "n": 1},
+    )
+    return run, [root, step]
+
+
+_PAYLOAD = '__import__("pathlib").Path("PWNED").touch()'
+_HOSTILE = [
+    f'"""\n{_PAYLOAD}\n"""',
+    f"x\n{_PAYLOAD}\n#",
+    "\\U0000zz \\N{nope} \\x",
+    "'''\"\"\"\\",
+    "ünï ² ℌ\u2028\x85\x0c",
+]
+
+
+class TestPromoteHostileTraces:
+    """Recorded text reaches generated source only as repr() literals; identifiers checked."""
+
+    @pytest.mark.parametrize("text", _HOSTILE)
+    @pytest.mark.parametrize("forbid", [(), ("evil",)])
+    def test_recorded_text_never_becomes_code(
+        self, pytester: pytest.Pytester, text: str, forbid: tuple[str, ...]
+    ) -> None:
+        """Run name, boundary name and arguments with quotes, escapes and newlines: the test
+        compiles, importing it runs nothing recorded, and the text is kept as data."""
+        boundary_name = f"m:evil{text}" if not forbid else "m:evil"
+        run, events = _crafted(text, boundary_name, text)
+        source = render_test(run, events, trace_rel="t.jsonl", test_name=text, forbid=forbid)
+        tree = ast.parse(source)
+        compile(source, "test_x.py", "exec")
+        constants = {n.value for n in ast.walk(tree) if isinstance(n, ast.Constant)}
+        assert text in constants  # the run name, as data
+        calls = {ast.unparse(n.func) for n in ast.walk(tree) if isinstance(n, ast.Call)}
+        assert not any("import" in c or "Path" in c for c in calls), calls
+        namespace: dict[str, object] = {"__name__": "promoted"}
+        exec(compile(source, "test_x.py", "exec"), namespace)  # collection = import
+        assert not (pytester.path / "PWNED").exists()
+
+    @given(st.text(max_size=40), st.text(max_size=40))
+    @settings(max_examples=60, deadline=None)
+    def test_any_recorded_text_compiles(self, name: str, value: str) -> None:
+        """Property: whatever the run name and arguments, the promoted module compiles."""
+        run, events = _crafted(name, "m:step", value)
+        for forbid in ((), ("step",)):
+            source = render_test(run, events, trace_rel="t.jsonl", test_name=name, forbid=forbid)
+            compile(source, "test_x.py", "exec")
+
+    @pytest.mark.parametrize(
+        "root",
+        [
+            "os:system",  # importable, but not a boundary the project declared
+            "replayable.demo.agent:support_agent\nimport os",
+            "replayable.demo.agent:support_agent; import os",
+            "replayable.demo.agent:class",
+            "os; import sys:x",
+        ],
+    )
+    def test_root_must_be_a_registered_boundary_with_a_plain_name(self, root: str) -> None:
+        """A root call that is not a declared @boundary with identifier names is refused."""
+        run, events = _crafted("r", "m:step", "v")
+        events[0].boundary = root
+        with pytest.raises(ReplayableError, match=r"boundary|module-level"):
+            render_test(run, events, trace_rel="t.jsonl", test_name="t")
+
+    @pytest.mark.parametrize("run_id", ["../../x", "/etc/passwd", "..\\..\\x"])
+    def test_crafted_run_id_stays_in_the_default_folders(
+        self, pytester: pytest.Pytester, run_id: str
+    ) -> None:
+        """The default file names from a crafted run id stay under tests/ and tests/traces/."""
+        run, events = _crafted("r", "m:step", "v")
+        run.id = run_id
+        for ev in events:
+            ev.run_id = run_id
+        done = promote_files(run, events)
+        assert done.trace.resolve().parent == (pytester.path / "tests" / "traces").resolve()
+        assert done.test.resolve().parent == (pytester.path / "tests").resolve()

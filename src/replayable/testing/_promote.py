@@ -23,6 +23,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from replayable.boundary import Boundary, registry, resolve_name
 from replayable.errors import ReplayableError
 from replayable.trace import Event, Run, write_trace
@@ -43,10 +45,19 @@ class Promoted:
     calls: int
 
 
+def _slug(text: str) -> str:
+    """``text`` reduced to ASCII letters, digits and ``_``: safe in a file name and in a Python
+    identifier, whatever a recording holds."""
+    return re.sub(r"[^A-Za-z0-9_]+", "_", text).strip("_")
+
+
 def default_name(run: Run) -> str:
     """A file-and-function-friendly name: the run's name and the start of its id."""
-    base = re.sub(r"\W+", "_", (run.name or "run").lower()).strip("_") or "run"
-    return f"{base}_{run.id[:8]}"
+    base = _slug((run.name or "run").lower()) or "run"
+    return f"{base}_{_slug(run.id[:8]) or 'run'}"
+
+
+_MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 
 
 def _root(run: Run, events: Sequence[Event]) -> Event:
@@ -59,10 +70,17 @@ def _root(run: Run, events: Sequence[Event]) -> Event:
 
 def _root_boundary(ev: Event) -> tuple[str, str, Boundary | None]:
     module, _, qualname = ev.boundary.partition(":")
-    if not qualname or "." in qualname or "<" in qualname or module == "__main__":
+    if (
+        not _MODULE.fullmatch(module)
+        or not qualname.isidentifier()
+        or keyword.iskeyword(qualname)
+        or any(keyword.iskeyword(part) for part in module.split("."))
+        or module == "__main__"
+    ):
         raise ReplayableError(
-            f"the run's root call {ev.boundary} is not a module-level function that a test can "
-            "import; promote needs one (wrap the agent in a module-level @boundary(kind='agent'))"
+            f"the run's root call {ev.boundary!r} is not a module-level function that a test "
+            "can import; promote needs one (wrap the agent in a module-level "
+            "@boundary(kind='agent'))"
         )
     if "." not in sys.path and "" not in sys.path:
         sys.path.insert(0, ".")
@@ -73,11 +91,21 @@ def _root_boundary(ev: Event) -> tuple[str, str, Boundary | None]:
             f"cannot import {module!r} to write its test ({exc}); run promote from the project "
             "root, where the test will import it"
         ) from None
-    return module, qualname, registry().get(ev.boundary)
+    b = registry().get(ev.boundary)
+    if b is None:
+        # The test will call this function with recorded arguments: only a function the
+        # project itself declared a boundary (not any importable callable a trace names).
+        raise ReplayableError(
+            f"{module}:{qualname} is not a registered @boundary once {module!r} is imported; "
+            "promote only writes tests that call the project's own boundaries"
+        )
+    return module, qualname, b
 
 
 def _literal(value: Any) -> str:
-    return repr(value)
+    """A Python literal for a recorded value: JSON types only (a round trip through JSON
+    first), so ``repr`` can only give a literal, never code."""
+    return repr(orjson.loads(orjson.dumps(value)))
 
 
 def _short_pattern(value: Any) -> str:
@@ -102,7 +130,13 @@ def _call_expr(fn: str, value: Any) -> str:
 
 
 def _bare(name: str) -> str:
+    """A boundary's bare function name (recorded text: only ever written through repr())."""
     return name.rsplit(":", 1)[-1].rsplit(".", 1)[-1]
+
+
+def _ident(name: str) -> str:
+    """``name`` as part of a Python identifier (ASCII letters, digits, ``_``)."""
+    return _slug(name) or "boundary"
 
 
 def render_test(
@@ -114,6 +148,7 @@ def render_test(
     forbid: Iterable[str] = (),
 ) -> str:
     """The source of a pytest module that replays ``trace_rel`` (relative to the test file)."""
+    test_name = _slug(test_name) or "run"
     root = _root(run, events)
     module, fn, b = _root_boundary(root)
     ordered = sorted(events, key=lambda e: e.seq)
@@ -129,8 +164,10 @@ def render_test(
     else:
         prefix = "def"
     when = datetime.fromtimestamp(run.started_at, UTC).strftime("%Y-%m-%d %H:%M UTC")
+    # Recorded text (run id and name, boundary names, arguments) reaches this source only as
+    # repr() literals; identifiers are checked (module, function) or slugged (test names).
     head = [
-        f'"""Promoted from run {run.id} ({run.name or "unnamed"}, recorded {when}).',
+        f'"""Promoted from a run recorded {when} (RUN_ID and RUN_NAME below).',
         "",
         "Written by `replayable promote`. The trace file holds every recorded call; the test",
         "re-runs the agent's own code against it: model and tool outputs are served from the",
@@ -145,21 +182,18 @@ def render_test(
         f"from {module} import {fn}",
         "",
         f"TRACE = {trace_rel!r}  # relative to this file",
+        f"RUN_ID = {run.id!r}",
+        f"RUN_NAME = {run.name!r}",
         "",
         "",
     ]
     if forbidden:
         first = min((i for i, e in enumerate(steps) if e.boundary in forbidden), default=len(steps))
-        names = ", ".join(_bare(f) for f in forbidden)
-        recorded = "; ".join(
-            f"{_bare(e.boundary)}({_short_pattern(e.input)})"
-            for e in steps
-            if e.boundary in forbidden
-        )
+        recorded = [(_bare(e.boundary), e.input) for e in steps if e.boundary in forbidden]
         body = [
             "@pytest.mark.replay(TRACE, strict=False)",
-            f"{prefix} test_{test_name}_never_calls_{_bare(forbidden[0])}(replayable):",
-            f'    """The incident: on this input the agent must not call {names}."""',
+            f"{prefix} test_{test_name}_never_calls_{_ident(_bare(forbidden[0]))}(replayable):",
+            '    """The incident: on this input the agent must not call the forbidden steps."""',
             f"    {call}",
             "    replay = replayable.replay_session",
             "    # The steps that led up to the incident still happen...",
@@ -173,7 +207,8 @@ def render_test(
             "        ],",
             "        exact=False,",
             "    )",
-            f"    # ...but not the bad call (recorded: {recorded}).",
+            "    # ...but not the bad call. Recorded:",
+            *(f"    #   {name!r}: {_short_pattern(value)}" for name, value in recorded),
             *(f"    rt.assert_not_called(replay, {_bare(f)!r})" for f in forbidden),
         ]
     else:
@@ -214,7 +249,7 @@ def promote(
     >>> promote(run, list(run.events()), forbid=["delete_record"])
     Promoted(trace=PosixPath('tests/traces/support_agent_0190ab12.jsonl'), ...)
     """
-    stem = re.sub(r"\W+", "_", name).strip("_") if name else default_name(run)
+    stem = (_slug(name) or "run") if name else default_name(run)
     trace_path = Path(trace) if trace is not None else Path("tests/traces") / f"{stem}.jsonl"
     test_path = Path(test) if test is not None else Path("tests") / f"test_{stem}.py"
     if test_path.exists() and not overwrite:

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+from replayable._drift import DriftReport, drift
 from replayable._version import __version__
 from replayable.boundary import Boundary, Codec, boundary, get_boundary, registry
 from replayable.canonical import canonicalize, key
@@ -41,6 +42,7 @@ __all__ = [
     "Cassette",
     "Codec",
     "Divergence",
+    "DriftReport",
     "Event",
     "FieldChange",
     "FixtureMiss",
@@ -62,6 +64,7 @@ __all__ = [
     "boundary",
     "canonicalize",
     "cassette",
+    "drift",
     "get_boundary",
     "instrument",
     "key",

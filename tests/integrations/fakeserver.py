@@ -13,6 +13,7 @@ import json
 import random
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -35,6 +36,11 @@ class FakeLLMServer:
     """Start with :meth:`start`, point SDK clients at :attr:`openai_url` / :attr:`anthropic_url`."""
 
     seed: int = 0
+    fingerprint: str | None = None
+    """When set, every chat completion reports this ``system_fingerprint`` (a model version)."""
+    steer: Callable[[str, list[str]], tuple[str, dict[str, Any]] | None] | None = None
+    """When set, decides the tool call from (last user text, offered tool names): a
+    ``(name, arguments)`` pair, or None for the default (first tool, sampled arguments)."""
     requests: list[Seen] = field(default_factory=list)
     _httpd: ThreadingHTTPServer | None = None
     _thread: threading.Thread | None = None
@@ -164,6 +170,9 @@ class _Handler(BaseHTTPRequestHandler):
         tools = body.get("tools") or []
         call = _tool_name(tools[0]) if tools and not _has_tool_result(messages) else None
         self.args = s.args(tools[0]) if call else {}
+        steered = s.steer(prompt, [_tool_name(t) for t in tools]) if call and s.steer else None
+        if steered is not None:
+            call, self.args = steered
         n = s.next_id()
         model = str(body.get("model", "fake-model"))
         if self.path.endswith("/chat/completions"):
@@ -217,7 +226,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _chat(self, body: dict[str, Any], model: str, n: int, call: str | None) -> None:
         s = self.owner
         base = {"id": f"chatcmpl-{n}", "created": int(time.time()), "model": model + "-2025"}
-        fp = f"fp_{n % 7}"
+        fp = s.fingerprint or f"fp_{n % 7}"
         usage = {"prompt_tokens": 10 + n, "completion_tokens": 5 + n, "total_tokens": 15 + 2 * n}
         args = json.dumps(self.args)
         text = s.text()

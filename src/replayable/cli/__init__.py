@@ -5,7 +5,14 @@ Each command group lives in its own module and registers itself on :data:`main` 
 
 from __future__ import annotations
 
-from replayable.cli import _core, _demo, _store, _testing, _views  # noqa: F401  (registration)
+from replayable.cli import (  # noqa: F401  (registration)
+    _core,
+    _demo,
+    _store,
+    _testing,
+    _views,
+    _whatif,
+)
 from replayable.cli._common import main
 
 __all__ = ["main"]
@@ -25,6 +32,8 @@ _SHORT_HELP = {
     "prune": "Delete runs older than a period (retention).",
     "promote": "Turn a run into a trace file plus a ready-to-run pytest test.",
     "fuzz": "Perturb recorded outputs; check an invariant on each re-run.",
+    "drift": "Re-run recorded model calls live; report what today's model does differently.",
+    "fork": "Replay a run up to a step, then change it or run live from there.",
 }
 for _name, _text in _SHORT_HELP.items():
     if _name in main.commands:

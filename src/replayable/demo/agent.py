@@ -34,6 +34,11 @@ CUSTOMERS = [
 GUARD = False
 """The fix. False reproduces the incident; True makes the agent check the email first."""
 
+MODEL = "scripted-sampler-1"
+FINGERPRINT = "fp_demo_1"
+"""What the scripted model reports as its model and ``system_fingerprint`` (a model update
+changes them; ``replayable drift`` reports it)."""
+
 
 def db_path() -> Path:
     """Where the demo database lives (``$REPLAYABLE_DEMO_DB`` or .replayable/demo/customers.db)."""
@@ -79,8 +84,8 @@ def choose_record(
     # At temperature > 0 the sampler sometimes takes the runner-up: a near-identical name.
     pick = ranked[1] if len(ranked) > 1 and seed < 0.3 * temperature / 0.8 else ranked[0]
     rp.annotate(
-        model="scripted-sampler-1",
-        system_fingerprint=f"fp_demo_{int(seed * 1e6):06d}",
+        model=MODEL,
+        system_fingerprint=FINGERPRINT,
         usage={"input_tokens": 40 + 12 * len(candidates), "output_tokens": 18},
         temperature=temperature,
     )

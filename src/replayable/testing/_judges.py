@@ -34,6 +34,7 @@ __all__ = [
     "LLMJudge",
     "Verdict",
     "assert_judged",
+    "default_judge",
     "judge",
     "set_default_judge",
 ]
@@ -219,6 +220,11 @@ def set_default_judge(j: Judge | None) -> None:
     _DEFAULT[:] = [] if j is None else [j]
 
 
+def default_judge() -> Judge:
+    """The judge :func:`judge` uses when none is given."""
+    return _DEFAULT[0] if _DEFAULT else EmbeddingJudge()
+
+
 def judge(
     candidate: str, reference: str, criteria: str | None = None, *, using: Judge | None = None
 ) -> Verdict:
@@ -230,7 +236,7 @@ def judge(
     >>> verdict = judge(answer, "Your account is closed.", criteria="same outcome")
     >>> assert verdict, verdict.message()
     """
-    chosen = using or (_DEFAULT[0] if _DEFAULT else EmbeddingJudge())
+    chosen = using or default_judge()
     return chosen.judge(candidate, reference, criteria)
 
 

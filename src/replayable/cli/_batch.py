@@ -1,0 +1,139 @@
+"""What the commands over many runs share (``drift``, ``check``): which runs (``RUN...``,
+``--since/--name/--tag/--status/--limit``) and how results leave (``--json``, ``--junit F``)."""
+
+from __future__ import annotations
+
+import functools
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+__all__ = ["JUnitCase", "Selection", "output_options", "selection_options", "write_junit"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+@dataclass(frozen=True, slots=True)
+class Selection:
+    """The runs a command was asked about: ids/files, and a query over the store."""
+
+    refs: tuple[str, ...]
+    since: str | None
+    name: str | None
+    tags: dict[str, str]
+    status: str | None
+    limit: int
+
+    @property
+    def empty(self) -> bool:
+        """True when nothing at all was asked for."""
+        return not self.refs and not any((self.since, self.name, self.tags, self.status))
+
+
+def _tags(values: tuple[str, ...]) -> dict[str, str]:
+    out = {}
+    for tag in values:
+        if "=" not in tag:
+            raise click.BadParameter(f"{tag!r}: use key=value", param_hint="--tag")
+        k, v = tag.split("=", 1)
+        out[k] = v
+    return out
+
+
+def selection_options(fn: F) -> F:
+    """``RUN...`` plus ``--since/--name/--tag/--status/--limit``, passed on as ``selection``."""
+
+    @functools.wraps(fn)
+    def wrapped(
+        *args: Any,
+        runs: tuple[str, ...],
+        since: str | None,
+        name: str | None,
+        tags: tuple[str, ...],
+        status: str | None,
+        limit: int,
+        **kwargs: Any,
+    ) -> Any:
+        selection = Selection(runs, since, name, _tags(tags), status, limit)
+        return fn(*args, selection=selection, **kwargs)
+
+    decorators = [
+        click.argument("runs", nargs=-1),
+        click.option(
+            "--since", help="Runs started within this period (1h, 30m, 7d) or after a date."
+        ),
+        click.option("--name", help="Runs with this name."),
+        click.option("--tag", "tags", multiple=True, help="Runs with this tag (key=value)."),
+        click.option(
+            "--status",
+            type=click.Choice(["ok", "error", "diverged", "running", "incomplete"]),
+            help="Runs with this status.",
+        ),
+        click.option(
+            "--limit",
+            default=50,
+            show_default=True,
+            type=click.IntRange(min=1),
+            help="At most this many runs from the query.",
+        ),
+    ]
+    out: Any = wrapped
+    for deco in reversed(decorators):
+        out = deco(out)
+    return out  # type: ignore[no-any-return]
+
+
+def output_options(fn: F) -> F:
+    """``--json`` (print a JSON report) and ``--junit FILE`` (write JUnit XML for CI)."""
+    fn = click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")(fn)
+    return click.option(
+        "--junit",
+        "junit",
+        type=click.Path(dir_okay=False, writable=True),
+        help="Also write a JUnit XML report to this file (one test case per item).",
+    )(fn)
+
+
+@dataclass(frozen=True, slots=True)
+class JUnitCase:
+    """One test case: ``status`` is ``passed``, ``failed`` or ``skipped``."""
+
+    classname: str
+    name: str
+    status: str
+    message: str = ""
+    text: str = ""
+    seconds: float = 0.0
+
+
+def write_junit(path: str | Path, suite: str, cases: Iterable[JUnitCase]) -> Path:
+    """Write one JUnit XML test suite (what CI systems read) and return its path."""
+    cases = list(cases)
+    failures = sum(1 for c in cases if c.status == "failed")
+    skipped = sum(1 for c in cases if c.status == "skipped")
+    root = ET.Element("testsuites")
+    node = ET.SubElement(
+        root,
+        "testsuite",
+        name=suite,
+        tests=str(len(cases)),
+        failures=str(failures),
+        skipped=str(skipped),
+        errors="0",
+        time=f"{sum(c.seconds for c in cases):.3f}",
+    )
+    for c in cases:
+        case = ET.SubElement(
+            node, "testcase", classname=c.classname, name=c.name, time=f"{c.seconds:.3f}"
+        )
+        if c.status == "failed":
+            ET.SubElement(case, "failure", message=c.message).text = c.text or c.message
+        elif c.status == "skipped":
+            ET.SubElement(case, "skipped", message=c.message)
+    out = Path(path)
+    ET.ElementTree(root).write(out, encoding="utf-8", xml_declaration=True)
+    return out

@@ -1,0 +1,296 @@
+"""Drift: recorded model calls re-run live, alone, and what changed reported per step."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import xml.etree.ElementTree as ET
+from pathlib import Path
+from typing import Any
+
+import openai
+import pytest
+from click.testing import CliRunner
+from tests.integrations.conftest import API_KEY
+from tests.integrations.fakeserver import FakeLLMServer
+
+import replayable as rp
+from replayable.boundary import _REGISTRY
+from replayable.cli import main
+from replayable.demo import agent as demo
+from replayable.integrations.openai import instrument
+from replayable.testing import Verdict
+
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": name,
+            "parameters": {"type": "object", "properties": {"order": {"type": "integer"}}},
+        },
+    }
+    for name in ("lookup_order", "cancel_order")
+]
+PROMPTS = ["where is order 7?", "please cancel order 7", "is order 7 shipped?", "cancel 7 now"]
+TOOL_CALLS: list[str] = []
+CLIENT: dict[str, Any] = {}
+
+
+class Exact:
+    """A judge that passes equal texts only (the embedding judge is tested elsewhere)."""
+
+    def judge(self, candidate: str, reference: str, criteria: str | None = None) -> Verdict:
+        same = candidate == reference
+        return Verdict(same, float(same), "equal" if same else "differs", candidate, reference)
+
+
+def client_for(server: FakeLLMServer) -> Any:
+    """A real OpenAI client on the loopback server, instrumented (the registered boundary)."""
+    return instrument(openai.OpenAI(base_url=server.openai_url, api_key=API_KEY, max_retries=0))
+
+
+@rp.boundary(kind="tool", side_effects=True)
+def cancel_order(db: str, order: int) -> int:
+    TOOL_CALLS.append("cancel_order")
+    with sqlite3.connect(db) as conn:
+        return conn.execute("DELETE FROM orders WHERE id = ?", (order,)).rowcount
+
+
+@rp.boundary(kind="tool")
+def lookup_order(order: int) -> dict[str, Any]:
+    TOOL_CALLS.append("lookup_order")
+    return {"order": order, "status": "shipped"}
+
+
+@rp.boundary(kind="agent")
+def order_agent(db: str, prompt: str) -> Any:
+    resp = CLIENT["openai"].chat.completions.create(
+        model="gpt-4o", messages=[{"role": "user", "content": prompt}], tools=TOOLS
+    )
+    call = resp.choices[0].message.tool_calls[0]
+    args = json.loads(call.function.arguments)
+    if call.function.name == "cancel_order":
+        return cancel_order(db, args["order"])
+    return lookup_order(args["order"])
+
+
+def always_lookup(prompt: str, tools: list[str]) -> tuple[str, dict[str, Any]]:
+    return "lookup_order", {"order": 7}
+
+
+def cancels_when_asked(prompt: str, tools: list[str]) -> tuple[str, dict[str, Any]]:
+    return ("cancel_order" if "cancel" in prompt else "lookup_order"), {"order": 7}
+
+
+@pytest.fixture
+def db(tmp_path: Path) -> str:
+    path = tmp_path / "orders.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE orders (id INTEGER PRIMARY KEY)")
+        conn.executemany("INSERT INTO orders VALUES (?)", [(i,) for i in range(1, 10)])
+    return str(path)
+
+
+def orders(db: str) -> int:
+    with sqlite3.connect(db) as conn:
+        return int(conn.execute("SELECT count(*) FROM orders").fetchone()[0])
+
+
+@pytest.fixture
+def last_week(db: str) -> list[rp.Run]:
+    """Four runs recorded against last week's model: fingerprint fp_old, always looks up."""
+    old = FakeLLMServer(seed=1, fingerprint="fp_old", steer=always_lookup).start()
+    CLIENT["openai"] = client_for(old)
+    runs = []
+    for prompt in PROMPTS:
+        with rp.record(name="orders") as run:
+            order_agent(db, prompt)
+        runs.append(run)
+    old.stop()
+    TOOL_CALLS.clear()
+    return runs
+
+
+class TestOpenAIDrift:
+    def test_names_exactly_the_steps_and_fields_that_changed(
+        self, last_week: list[rp.Run], db: str
+    ) -> None:
+        """A new fingerprint on every step, a new tool only where today's model cancels."""
+        today = FakeLLMServer(seed=2, fingerprint="fp_new", steer=cancels_when_asked).start()
+        try:
+            client_for(today)
+            report = rp.drift(name="orders", judge=Exact())
+        finally:
+            today.stop()
+        assert len(today.requests) == 4
+        by_run = {s.run_id: s for s in report.steps}
+        assert [by_run[r.id].step for r in last_week] == ["create#1"] * 4
+        fields = {r.id: [c.field for c in by_run[r.id].changes] for r in last_week}
+        assert fields == {
+            last_week[0].id: ["system_fingerprint"],
+            last_week[1].id: ["system_fingerprint", "tool"],
+            last_week[2].id: ["system_fingerprint"],
+            last_week[3].id: ["system_fingerprint", "tool"],
+        }
+        tool = next(c for c in by_run[last_week[1].id].changes if c.field == "tool")
+        assert (tool.recorded, tool.live) == (["lookup_order"], ["cancel_order"])
+        summary = report.summary()["openai:chat.completions.create"]
+        assert summary == {
+            "calls": 4,
+            "drifted": 4,
+            "not_rerun": 0,
+            "fields": {"system_fingerprint": 4, "tool": 2},
+        }
+
+    def test_nothing_but_the_model_call_runs(self, last_week: list[rp.Run], db: str) -> None:
+        """Drift never calls a tool, even where today's model would cancel the order."""
+        today = FakeLLMServer(seed=3, fingerprint="fp_old", steer=cancels_when_asked).start()
+        try:
+            client_for(today)
+            rp.drift([r.id for r in last_week], judge=Exact())
+        finally:
+            today.stop()
+        assert TOOL_CALLS == []
+        assert orders(db) == 9
+
+    def test_same_model_same_answers_is_no_drift(self, last_week: list[rp.Run]) -> None:
+        """Today's model answering as last week's: every step 'same'."""
+        today = FakeLLMServer(seed=4, fingerprint="fp_old", steer=always_lookup).start()
+        try:
+            client_for(today)
+            report = rp.drift(name="orders", judge=Exact())
+        finally:
+            today.stop()
+        assert [s.status for s in report.steps] == ["same"] * 4
+        assert not report.drifted
+
+
+class TestNotRerunnable:
+    def test_an_unregistered_boundary_is_reported_per_step(
+        self, last_week: list[rp.Run], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """No client configured: each step says it was not re-run, and why."""
+        monkeypatch.delitem(_REGISTRY, "openai:chat.completions.create")
+        report = rp.drift(last_week[0].id)
+        (step,) = report.steps
+        assert step.status == "not_rerun"
+        assert "no client configured" in step.reason
+        assert "not re-run" in report.report()
+
+    def test_a_nested_call_the_recording_cannot_serve_stops_the_step(self) -> None:
+        """A model call that now calls a tool with another input is not run past it."""
+        state = {"q": "a"}
+
+        @rp.boundary(kind="tool", name="drift_test:search")
+        def search(q: str) -> list[str]:
+            return [q]
+
+        @rp.boundary(kind="llm", name="drift_test:think")
+        def think(topic: str) -> str:
+            return f"{topic}: {search(state['q'])[0]}"
+
+        with rp.record(name="nested") as run:
+            think("x")
+        assert rp.drift(run.id, judge=None).steps[0].status == "same"
+        state["q"] = "b"
+        step = rp.drift(run.id, judge=None).steps[0]
+        assert step.status == "not_rerun"
+        assert "drift_test:search" in step.reason
+
+
+class TestConcurrency:
+    def test_async_model_calls_run_concurrently_up_to_the_bound(self) -> None:
+        """Four async calls that each wait for the other three all finish with concurrency=4."""
+        gate: dict[str, Any] = {}
+
+        @rp.boundary(kind="llm", name="drift_test:together")
+        async def together(n: int) -> str:
+            if "barrier" in gate:
+                await asyncio.wait_for(gate["barrier"].wait(), timeout=5)
+            return f"answer {n}"
+
+        runs = []
+        for n in range(4):
+            with rp.record(name="together") as run:
+                asyncio.run(together(n))
+            runs.append(run.id)
+
+        async def make() -> None:
+            gate["barrier"] = asyncio.Barrier(4)
+
+        asyncio.run(make())
+        report = rp.drift(runs, judge=None, concurrency=4)
+        assert [s.status for s in report.steps] == ["same"] * 4
+
+
+class TestDemoAndCli:
+    def record_demo(self, n: int) -> list[str]:
+        ids = []
+        for _ in range(n):
+            demo.reset_db()
+            with rp.record(name="support-demo") as run:
+                demo.support_agent(demo.REQUEST)
+            ids.append(run.id)
+        return ids
+
+    def test_a_model_update_shows_in_every_step(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """The demo model's new fingerprint and name are reported for each run."""
+        self.record_demo(3)
+        demo.reset_db()
+        monkeypatch.setattr(demo, "FINGERPRINT", "fp_demo_2")
+        monkeypatch.setattr(demo, "MODEL", "scripted-sampler-2")
+        report = rp.drift(name="support-demo", judge=None)
+        assert len(report.steps) == 3
+        for step in report.steps:
+            assert step.step == "choose_record#1"
+            assert {"model", "system_fingerprint"} <= {c.field for c in step.changes}
+        assert demo.customers() == [tuple(c) for c in demo.CUSTOMERS]
+
+    def test_cli_json_junit_and_exit_code(
+        self, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    ) -> None:
+        """`replayable drift` exits 1 on drift, prints JSON, writes one JUnit case per step."""
+        ids = self.record_demo(2)
+        monkeypatch.setattr(demo, "FINGERPRINT", "fp_demo_2")
+        junit = tmp_path / "drift.xml"
+        result = CliRunner().invoke(
+            main,
+            [
+                "drift",
+                "--name",
+                "support-demo",
+                "--import",
+                "replayable.demo.agent",
+                "--judge",
+                "exact",
+                "--json",
+                "--junit",
+                str(junit),
+            ],
+        )
+        assert result.exit_code == 1, result.output
+        data = json.loads(result.output)
+        assert sorted(data["runs"]) == sorted(ids)
+        assert (
+            data["summary"]["replayable.demo.agent:choose_record"]["fields"]["system_fingerprint"]
+            == 2
+        )
+        suite = ET.parse(junit).getroot().find("testsuite")
+        assert suite is not None
+        assert (suite.get("tests"), suite.get("failures")) == ("2", "2")
+
+    def test_cli_prints_a_summary_line_per_boundary(self) -> None:
+        """The human report ends with calls drifted per boundary."""
+        (run_id,) = self.record_demo(1)
+        result = CliRunner().invoke(
+            main, ["drift", run_id, "--import", "replayable.demo.agent", "--judge", "exact"]
+        )
+        assert result.exit_code in (0, 1), result.output  # the demo model samples
+        assert "call(s) drifted" in result.output.splitlines()[-1]
+
+    def test_cli_without_runs_is_a_one_line_error(self) -> None:
+        """No RUN and no query: exit 2 with one line."""
+        result = CliRunner().invoke(main, ["drift", "--import", "replayable.demo.agent"])
+        assert result.exit_code == 2
+        assert "error: name runs" in result.output

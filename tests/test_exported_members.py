@@ -48,8 +48,8 @@ EXPECTED = {
 
 
 def test_all_is_the_public_api() -> None:
-    """__all__ lists the public names (sorted), and each resolves."""
-    assert set(rp.__all__) >= EXPECTED
+    """__all__ is exactly the public names (sorted), and each resolves."""
+    assert set(rp.__all__) == EXPECTED
     assert rp.__all__ == sorted(rp.__all__)
     for name in rp.__all__:
         assert getattr(rp, name) is not None
@@ -74,3 +74,10 @@ def test_errors_share_one_root() -> None:
             and obj is not rp.ReplayableError
         ):
             assert issubclass(obj, rp.ReplayableError), name
+
+
+def test_warnings_live_with_the_errors() -> None:
+    """ReplayableWarning has one home, errors.py, and is the same object wherever imported."""
+    from replayable import errors, record
+
+    assert rp.ReplayableWarning is errors.ReplayableWarning is record.ReplayableWarning

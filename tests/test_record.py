@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 import replayable as rp
-from replayable.tree import build_tree
+from replayable._tree import build_tree
 
 
 @rp.boundary(kind="tool")

@@ -7,7 +7,7 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from replayable.rundiff import diff_runs, run_usage, tokens_of
+from replayable._rundiff import diff_runs, run_usage, tokens_of
 from replayable.trace import Event, Run
 
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from replayable._tree import build_tree, walk
 from replayable.trace import Event
-from replayable.tree import build_tree, walk
 
 
 def ev(seq: int, address: str, parent: int | None) -> Event:

@@ -24,6 +24,7 @@ from replayable.errors import (
     FixtureMiss,
     RecordedError,
     ReplayableError,
+    ReplayableWarning,
     RunNotFound,
     SideEffectRefused,
     StoreUnavailable,
@@ -32,7 +33,7 @@ from replayable.errors import (
     Unserializable,
 )
 from replayable.integrations import instrument
-from replayable.record import ReplayableWarning, record
+from replayable.record import record
 from replayable.replay import Replay, replay
 from replayable.store import Store, open_store
 from replayable.trace import Event, Run

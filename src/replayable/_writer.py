@@ -8,7 +8,6 @@ the agent never sees the error unless the recording is ``strict``.
 from __future__ import annotations
 
 import atexit
-import hashlib
 import logging
 import os
 import queue
@@ -29,7 +28,7 @@ from replayable.trace import chain_hash
 if TYPE_CHECKING:
     from replayable.boundary import Boundary
 
-__all__ = ["Pending", "Writer", "clean_input", "input_key", "stop_writer", "writer_for"]
+__all__ = ["Pending", "Writer", "stop_writer", "writer_for"]
 
 log = logging.getLogger("replayable")
 
@@ -59,23 +58,6 @@ class Pending:
     """Set by a replay, which has redacted ``input`` already to compute it."""
     served: bool = False
     """The output was served from a recording (and so was redacted when recorded)."""
-
-
-def clean_input(b: Boundary, data: bytes) -> tuple[bytes, Any]:
-    """Redact a snapshotted input. Returns (bytes, parsed value or None if not parsed)."""
-    if b.redact_keys or b.redactors or might_hold_secrets(data):
-        value = redact(orjson.loads(data), extra_keys=b.redact_keys, redactors=b.redactors)
-        return orjson.dumps(value, option=_SORTED), value
-    return data, None
-
-
-def input_key(b: Boundary, data: bytes, value: Any = None) -> str:
-    """The canonical key of a redacted input snapshot, per the boundary's key rules."""
-    if b.key_fields is None and not b.ignore and not canonical._needs_normalize(data, b.transient):
-        return hashlib.sha256(data).hexdigest()
-    if value is None:
-        value = orjson.loads(data)
-    return canonical.key_of_json(b.key_view(value), b.transient)
 
 
 def _meta_bytes(meta: dict[str, Any]) -> bytes:
@@ -177,19 +159,20 @@ class Writer:
         if p.key is not None:  # a replay keyed the call: its input is redacted already
             inp, key = p.input, p.key
         else:
-            inp, value = clean_input(b, p.input)
-            key = input_key(b, inp, value)
+            inp, value = canonical.clean_input(b, p.input)
+            key = canonical.input_key(b, inp, value)
         out = p.output
         if p.served:
             pass  # served from a recording, so redacted when it was recorded
         elif b.redactors or b.redact_keys or might_hold_secrets(out):
-            out = orjson.dumps(
-                redact(orjson.loads(out), extra_keys=b.redact_keys, redactors=b.redactors),
-                option=_SORTED,
+            out = canonical.snapshot(
+                redact(orjson.loads(out), extra_keys=b.redact_keys, redactors=b.redactors)
             )
         error = None if p.error is None else redact(p.error)
         meta = _meta_bytes(p.meta)
         chain_seq, prev = self._chains.get(p.run_id, (0, ""))
+        # Stored values keep their order; the hash covers the sorted form (what
+        # ``trace.event_content`` recomputes from the parsed event).
         content = orjson.dumps(
             {
                 "address": p.address,
@@ -197,11 +180,11 @@ class Writer:
                 "chain_seq": chain_seq,
                 "duration_ns": p.duration_ns,
                 "error": error,
-                "input": orjson.Fragment(inp),
+                "input": orjson.Fragment(canonical.sorted_json(inp)),
                 "key": key,
                 "kind": b.kind,
                 "meta": orjson.Fragment(meta),
-                "output": orjson.Fragment(out),
+                "output": orjson.Fragment(canonical.sorted_json(out)),
                 "parent_seq": p.parent_seq,
                 "run_id": p.run_id,
                 "seq": p.seq,

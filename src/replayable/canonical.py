@@ -8,6 +8,12 @@ Anything else raises :class:`~replayable.errors.Unserializable` naming the path 
 
 ``key`` is the SHA-256 of the canonical JSON. One orjson pass does the work; Python only walks the
 value again when there is something to drop or fold, or to find the path of a bad value.
+
+Sorting is for keys, hashes and diffs only. A *snapshot* (:func:`snapshot`, what a store, trace
+file or cassette keeps and what a replay serves) keeps dicts in the order they were built, so an
+agent that serializes a served value sees exactly what it saw when it was recorded.
+:func:`clean_input` and :func:`input_key` turn a boundary's input snapshot into what is stored
+(redacted, order kept) and into its key (over the sorted form, per the boundary's key rules).
 """
 
 from __future__ import annotations
@@ -22,24 +28,32 @@ from collections.abc import Iterable, Mapping
 from decimal import Decimal
 from enum import Enum
 from pathlib import PurePath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ahocorasick_rs
 import orjson
 
 from replayable.errors import Unserializable
+from replayable.redact import might_hold_secrets, redact
+
+if TYPE_CHECKING:
+    from replayable.boundary import Boundary
 
 __all__ = [
     "DEFAULT_TRANSIENT_KEYS",
     "JSON",
     "canonical_json",
     "canonicalize",
+    "clean_input",
     "dumps",
+    "input_key",
     "key",
     "key_of_json",
     "loads",
     "normalize",
     "sanitize",
+    "snapshot",
+    "sorted_json",
 ]
 
 JSON = Any
@@ -89,6 +103,24 @@ def dumps(value: Any, *, sort_keys: bool = True) -> bytes:
         return orjson.dumps(value, default=_default, option=_SORTED if sort_keys else _OPTS)
     except (TypeError, orjson.JSONEncodeError) as exc:
         raise _locate(value, "", 0, exc) from None
+
+
+def snapshot(value: Any) -> bytes:
+    """JSON bytes of ``value`` with dicts in their own order: what is stored and served.
+
+    >>> snapshot({"b": 1, "a": 2})
+    b'{"b":1,"a":2}'
+    """
+    return dumps(value, sort_keys=False)
+
+
+def sorted_json(data: bytes) -> bytes:
+    """The same JSON with keys sorted at every depth: what keys and hashes are computed over.
+
+    >>> sorted_json(b'{"b":1,"a":{"d":2,"c":3}}')
+    b'{"a":{"c":3,"d":2},"b":1}'
+    """
+    return orjson.dumps(orjson.loads(data), option=_SORTED)
 
 
 def loads(data: bytes | str) -> JSON:
@@ -229,3 +261,30 @@ def key_of_json(value: JSON, drop: frozenset[str] = DEFAULT_TRANSIENT_KEYS) -> s
     if _needs_normalize(data, drop):
         data = orjson.dumps(normalize(value, drop), option=_SORTED)
     return hashlib.sha256(data).hexdigest()
+
+
+def clean_input(b: Boundary, data: bytes) -> tuple[bytes, Any]:
+    """Redact an input snapshot, keeping its order.
+
+    Returns (bytes, the parsed value, or None when nothing needed parsing).
+    """
+    if b.redact_keys or b.redactors or might_hold_secrets(data):
+        value = redact(orjson.loads(data), extra_keys=b.redact_keys, redactors=b.redactors)
+        return orjson.dumps(value, option=_OPTS), value
+    return data, None
+
+
+def input_key(b: Boundary, data: bytes, value: Any = None) -> str:
+    """The key of a redacted input snapshot, per the boundary's key rules (``key=``,
+    ``ignore=``, transient fields); independent of dict order.
+
+    ``value`` is ``data`` parsed, when the caller has it already.
+    """
+    if b.key_fields is None and not b.ignore and not _needs_normalize(data, b.transient):
+        sorted_data = (
+            orjson.dumps(value, option=_SORTED) if value is not None else sorted_json(data)
+        )
+        return hashlib.sha256(sorted_data).hexdigest()
+    if value is None:
+        value = orjson.loads(data)
+    return key_of_json(b.key_view(value), b.transient)

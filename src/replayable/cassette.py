@@ -34,12 +34,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import orjson
 
 from replayable import canonical
-from replayable._writer import clean_input, input_key
+from replayable._diff import diff_values
 from replayable.boundary import decode_error, encode_error
 from replayable.context import SESSION, AsyncToo, Session
-from replayable.diff import diff_values
-from replayable.errors import FixtureMiss, ReplayableError, TraceCorrupt
-from replayable.record import ReplayableWarning
+from replayable.errors import FixtureMiss, ReplayableError, ReplayableWarning, TraceCorrupt
 from replayable.redact import might_hold_secrets, redact
 
 if TYPE_CHECKING:
@@ -53,7 +51,6 @@ except ImportError:  # pragma: no cover - Windows: O_APPEND alone
 __all__ = ["MODES", "Cassette", "CassetteCall", "cassette", "force_mode", "resolve_mode"]
 
 MODES = ("record", "replay", "auto", "off")
-_SORTED = orjson.OPT_SORT_KEYS
 _FORCED_MODE: str | None = None
 """Set by the pytest plugin's ``--replayable-mode``; ``$REPLAYABLE_MODE`` still wins."""
 
@@ -87,7 +84,7 @@ class _Entry:
 
     def raw_input(self) -> bytes:
         if self._raw is None:
-            self._raw = orjson.dumps(self.input, option=_SORTED)
+            self._raw = canonical.snapshot(self.input)
         return self._raw
 
 
@@ -195,8 +192,7 @@ class Cassette(Session, AsyncToo["Cassette"]):
                     "key": key,
                     "kind": b.kind,
                     "output": out,
-                },
-                option=_SORTED,
+                },  # keys in sorted order; values keep their own (what is served)
             )
             + b"\n"
         )
@@ -273,8 +269,8 @@ class Cassette(Session, AsyncToo["Cassette"]):
         return b.kind == "agent" or b.name in self.live or b.bare_name in self.live
 
     def _lookup(self, b: Boundary, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Lookup:
-        data, value = clean_input(b, canonical.dumps(b.bind(args, kwargs)))
-        key = input_key(b, data, value)
+        data, value = canonical.clean_input(b, canonical.snapshot(b.bind(args, kwargs)))
+        key = canonical.input_key(b, data, value)
         k = (b.name, key)
         with self._lock:
             entries = self._entries.get(k) if self.mode != "record" else None
@@ -351,7 +347,7 @@ class Cassette(Session, AsyncToo["Cassette"]):
             return  # our own errors and interrupts are not the boundary's behaviour
         error = None if exc is None else redact(encode_error(exc))
         if exc is None:
-            raw = canonical.dumps(out)
+            raw = canonical.snapshot(out)
             if b.redactors or b.redact_keys or might_hold_secrets(raw):
                 out = redact(orjson.loads(raw), extra_keys=b.redact_keys, redactors=b.redactors)
             else:

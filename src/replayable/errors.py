@@ -14,6 +14,8 @@ The hierarchy::
     ├── UnsupportedClient           an integration was handed an object it cannot instrument
     └── RecordedError               a recorded exception whose type cannot be rebuilt
 
+    ReplayableWarning (UserWarning) something was recorded or replayed less faithfully than asked
+
 Every error says what happened, where (run, step address, field path) and what to do next.
 """
 
@@ -29,6 +31,7 @@ __all__ = [
     "FixtureMiss",
     "RecordedError",
     "ReplayableError",
+    "ReplayableWarning",
     "RunNotFound",
     "SideEffectRefused",
     "StoreUnavailable",
@@ -206,3 +209,7 @@ class RecordedError(ReplayableError):
         self.type_name = type_name
         self.message = message
         super().__init__(f"{type_name}: {message}")
+
+
+class ReplayableWarning(UserWarning):
+    """Something was recorded or replayed less faithfully than asked (never fatal)."""

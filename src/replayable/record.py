@@ -27,7 +27,7 @@ from replayable._version import __version__
 from replayable._writer import Pending, Writer, writer_for
 from replayable.boundary import encode_error
 from replayable.context import FRAME, SESSION, AsyncToo, Frame, Session
-from replayable.errors import ReplayableError, Unserializable
+from replayable.errors import ReplayableError, ReplayableWarning, Unserializable
 from replayable.redact import redact
 from replayable.store import Store, open_store
 from replayable.trace import Run
@@ -46,10 +46,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("replayable")
-
-
-class ReplayableWarning(UserWarning):
-    """Something was recorded or replayed less faithfully than asked (never fatal)."""
 
 
 def new_run_id() -> str:
@@ -157,7 +153,7 @@ class Recorder(Session):
 
     def _snapshot(self, b: Boundary, value: Any, what: str) -> tuple[bytes, str | None]:
         try:
-            return canonical.dumps(value), None
+            return canonical.snapshot(value), None
         except Unserializable as exc:
             if self.strict:
                 raise
@@ -170,7 +166,7 @@ class Recorder(Session):
                 )
             # Keep every field that serializes; only the bad parts become markers.
             clean, _ = canonical.sanitize(value)
-            return canonical.dumps(clean), exc.path
+            return canonical.snapshot(clean), exc.path
 
     # -- the step lifecycle ------------------------------------------------------------------
 

@@ -23,21 +23,21 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from replayable import canonical
+from replayable._diff import diff_values
 from replayable._version import __version__
-from replayable._writer import clean_input, input_key
 from replayable.boundary import decode_error, registry, resolve_name
 from replayable.context import FRAME, SESSION, AsyncToo, Frame
-from replayable.diff import diff_values
 from replayable.errors import (
     Divergence,
     ReplayableError,
+    ReplayableWarning,
     SideEffectRefused,
     TraceCorrupt,
     UnknownBoundary,
 )
 from replayable.record import (
     Recorder,
-    ReplayableWarning,
     environment,
     new_run_id,
     reset_context,
@@ -162,9 +162,9 @@ class Replayer(Recorder):
     # -- matching ----------------------------------------------------------------------------
 
     def _plan(self, b: Boundary, frame: Frame) -> _Plan:
-        data, value = clean_input(b, frame.data)
+        data, value = canonical.clean_input(b, frame.data)
         frame.data = data  # the replay records the redacted input it keyed
-        key = input_key(b, data, value)
+        key = canonical.input_key(b, data, value)
         ev, div = self._match(b, frame, key, data, value)
         live = b.kind == "agent" or b.name in self.live_names
         if ev is not None and (b.name, self.nth[ev.seq]) in self.live_calls:

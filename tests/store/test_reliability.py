@@ -18,13 +18,13 @@ import pytest
 
 import replayable as rp
 from replayable import _writer
+from replayable._tree import build_tree
 from replayable._writer import writer_for
 from replayable.store import open_store
 from replayable.store.base import RunQuery
 from replayable.store.postgres import PostgresStore
 from replayable.store.sqlite import SQLiteStore
 from replayable.trace import verify_run
-from replayable.tree import build_tree
 
 
 def python(code: str, *args: str, **kw: object) -> subprocess.Popen[str]:

@@ -14,10 +14,10 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
+from replayable._rundiff import RunDiff, tokens_of
+from replayable._tree import Step, build_tree
 from replayable.errors import ReplayableError
-from replayable.rundiff import RunDiff, tokens_of
 from replayable.trace import Event, Run
-from replayable.tree import Step, build_tree
 
 __all__ = [
     "KIND_STYLES",

@@ -11,6 +11,7 @@ import orjson
 from rich.progress import Progress
 from rich.table import Table
 
+from replayable._rundiff import diff_runs, run_usage
 from replayable.cli._common import (
     console,
     fail,
@@ -22,7 +23,6 @@ from replayable.cli._common import (
     store_option,
 )
 from replayable.cli._render import diff_view
-from replayable.rundiff import diff_runs, run_usage
 from replayable.store.base import RunQuery
 from replayable.trace import Event, Run
 

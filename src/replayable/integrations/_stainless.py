@@ -23,8 +23,7 @@ from typing import Any
 
 from replayable.boundary import Boundary, boundary, register_error_codec
 from replayable.context import Session, annotate, current_session
-from replayable.errors import UnsupportedClient
-from replayable.record import ReplayableWarning
+from replayable.errors import ReplayableWarning, UnsupportedClient
 
 __all__ = ["SDK", "Endpoint", "instrument_client", "load_sdk", "no_tools"]
 

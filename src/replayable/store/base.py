@@ -70,7 +70,8 @@ EventRow = tuple[Any, ...]
 
 
 def _text(value: Any) -> str:
-    return orjson.dumps(value, option=orjson.OPT_SORT_KEYS).decode()
+    """JSON text of a stored value, in its own order (sorting is for keys and hashes only)."""
+    return orjson.dumps(value).decode()
 
 
 def event_to_row(ev: Event) -> EventRow:

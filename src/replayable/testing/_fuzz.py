@@ -28,7 +28,6 @@ import orjson
 
 from replayable import canonical
 from replayable._rootcall import call_recorded, root_call
-from replayable._writer import clean_input, input_key
 from replayable.boundary import decode_error, encode_error, registry, resolve_name
 from replayable.context import FRAME, SESSION, Frame, Session
 from replayable.errors import ReplayableError
@@ -235,7 +234,7 @@ class _FuzzSession(Session):
         frame = Frame(
             seq=next(self._seq), address=parent.child_address(b.name, ordinal), parent=parent
         )
-        frame.data = canonical.dumps(b.bind(args, kwargs))
+        frame.data = canonical.snapshot(b.bind(args, kwargs))
         frame.started_at = time.time()
         ev = self.by_address.get(frame.address)
         if ev is not None and ev.boundary != b.name:
@@ -248,7 +247,7 @@ class _FuzzSession(Session):
         return b.kind == "agent" or b.name in self.live
 
     def _finish(self, b: Boundary, frame: Frame, output: Any = None, error: Any = None) -> None:
-        data, value = clean_input(b, frame.data)
+        data, value = canonical.clean_input(b, frame.data)
         parent = frame.parent
         self.calls.append(
             Event(
@@ -258,7 +257,7 @@ class _FuzzSession(Session):
                 parent_seq=parent.seq if parent is not None and parent.seq >= 0 else None,
                 boundary=b.name,
                 kind=b.kind,
-                key=input_key(b, data, value),
+                key=canonical.input_key(b, data, value),
                 input=value if value is not None else orjson.loads(data),
                 output=output,
                 error=error,
@@ -281,7 +280,7 @@ class _FuzzSession(Session):
                 raise
             finally:
                 FRAME.reset(token)
-            self._finish(b, frame, canonical.canonicalize(b.encode_output(result), drop=()))
+            self._finish(b, frame, orjson.loads(canonical.snapshot(b.encode_output(result))))
             return result
         if ev.error is not None:
             self._finish(b, frame, error=ev.error)
@@ -301,7 +300,7 @@ class _FuzzSession(Session):
                 raise
             finally:
                 FRAME.reset(token)
-            self._finish(b, frame, canonical.canonicalize(b.encode_output(result), drop=()))
+            self._finish(b, frame, orjson.loads(canonical.snapshot(b.encode_output(result))))
             return result
         if ev.error is not None:
             self._finish(b, frame, error=ev.error)

@@ -26,8 +26,8 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from replayable._rundiff import diff_runs
 from replayable.errors import ReplayableError, RunNotFound
-from replayable.rundiff import diff_runs
 from replayable.store.base import RunQuery, Store
 from replayable.viewer._data import (
     MAX_INLINE_BYTES,

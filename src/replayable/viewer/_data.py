@@ -12,10 +12,10 @@ from typing import Any
 
 import orjson
 
-from replayable.rundiff import run_usage, tokens_of
+from replayable._rundiff import run_usage, tokens_of
+from replayable._tree import Step, build_tree, walk
 from replayable.store.base import Store
 from replayable.trace import Event, Run
-from replayable.tree import Step, build_tree, walk
 
 __all__ = [
     "MAX_INLINE_BYTES",

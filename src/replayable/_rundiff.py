@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from replayable.diff import diff_values
+from replayable._diff import diff_values
 from replayable.errors import FieldChange
 from replayable.trace import Event, Run
 

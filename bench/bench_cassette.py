@@ -34,18 +34,17 @@ def _inputs(n: int) -> list[dict[str, Any]]:
 
 def _write(path: Path, inputs: list[dict[str, Any]]) -> None:
     from replayable import canonical
-    from replayable._writer import input_key
     from replayable.boundary import get_boundary
 
     b = get_boundary("bench.cassette:complete")
     with path.open("wb") as fh:
         for i, inp in enumerate(inputs):
-            data = canonical.dumps(inp)
+            data = canonical.snapshot(inp)
             line = {
                 "boundary": b.name,
                 "error": None,
                 "input": inp,
-                "key": input_key(b, data),
+                "key": canonical.input_key(b, data),
                 "kind": "llm",
                 "output": f"answer {i}",
             }

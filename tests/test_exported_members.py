@@ -78,6 +78,8 @@ def test_errors_share_one_root() -> None:
 
 def test_warnings_live_with_the_errors() -> None:
     """ReplayableWarning has one home, errors.py, and is the same object wherever imported."""
-    from replayable import errors, record
+    import importlib
 
+    errors = importlib.import_module("replayable.errors")
+    record = importlib.import_module("replayable.record")
     assert rp.ReplayableWarning is errors.ReplayableWarning is record.ReplayableWarning

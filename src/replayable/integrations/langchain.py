@@ -1,0 +1,653 @@
+"""Record and replay LangChain chat models and tools.
+
+>>> import replayable as rp
+>>> from langchain.agents import create_agent
+>>> agent = create_agent(rp.instrument(model), rp.instrument(tools, side_effects=["place_order"]))
+>>> with rp.record(name="shop"):
+...     agent.invoke({"messages": [{"role": "user", "content": "two mugs please"}]})
+
+A chat model (any ``BaseChatModel``: ``ChatOpenAI``, ``ChatAnthropic``...) becomes a boundary of
+kind ``llm`` named ``langchain:<ModelClass>``, whichever way it is called (``invoke``,
+``ainvoke``, ``stream``, ``astream``, ``generate``, batch, inside an agent): the seam is the
+model's ``_generate`` / ``_stream`` (and async twins), so it works whatever client the model uses
+underneath. Keyed: the model's identifying parameters, the messages (without their random ids
+and response metadata), ``stop`` and the call options (bound tools, tool choice...). Replay
+rebuilds ``AIMessage`` / ``AIMessageChunk`` with tool calls, usage and response metadata; a call
+recorded streamed can be replayed unstreamed and the other way round.
+
+A tool (any ``BaseTool``) becomes a boundary of kind ``tool`` named ``langchain:tool.<name>``,
+keyed by its arguments (injected ones such as ``ToolRuntime`` left out). Tools named in
+``side_effects`` are marked as changing the world, so ``live=`` refuses them. A tool error is
+recorded and re-raised in replay, so ``handle_tool_errors`` sees it as it did live.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+import importlib
+import json
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from replayable import canonical
+from replayable.boundary import Boundary, boundary
+from replayable.context import SESSION
+from replayable.errors import UnsupportedClient, Unserializable
+
+__all__ = ["LangChainCodec", "instrument", "instrument_model", "instrument_tool"]
+
+_MARK = "__replayable__"
+_ORIGINAL = "__replayable_original__"
+# Keys the redactor would take for secrets (a name part is "token"); stored under another name.
+_ESCAPED = {"token_usage": "tokenusage"}
+_UNESCAPED = {v: k for k, v in _ESCAPED.items()}
+
+
+def require() -> None:
+    """Import langchain-core, or say which extra installs it."""
+    try:
+        importlib.import_module("langchain_core")
+    except ImportError as exc:
+        raise UnsupportedClient(
+            "LangChain is not installed: pip install 'replayable[langchain]'"
+        ) from exc
+
+
+def _escape(value: Any, table: dict[str, str]) -> Any:
+    if isinstance(value, dict):
+        return {table.get(k, k): _escape(v, table) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_escape(v, table) for v in value]
+    return value
+
+
+class LangChainCodec:
+    """JSON for LangChain and LangGraph values, and back to their own types.
+
+    Messages (``{"$message": ...}``), chat results and generation chunks, documents, LangGraph's
+    ``Command`` / ``Send`` / ``Overwrite`` / ``Interrupt``, tuples; dicts and lists recursively.
+    """
+
+    def encode(self, value: Any) -> Any:
+        from langchain_core.documents import Document
+        from langchain_core.messages import BaseMessage, message_to_dict
+        from langchain_core.outputs import ChatGeneration, ChatResult
+
+        if isinstance(value, BaseMessage):
+            return {"$message": _escape(message_to_dict(value), _ESCAPED)}
+        if isinstance(value, ChatResult):
+            return {
+                "$result": {
+                    "generations": [self.encode(g) for g in value.generations],
+                    "llm_output": _escape(self.encode(value.llm_output), _ESCAPED),
+                }
+            }
+        if isinstance(value, ChatGeneration):  # and ChatGenerationChunk
+            tag = "$chunk" if type(value).__name__ == "ChatGenerationChunk" else "$generation"
+            return {
+                tag: {
+                    "message": self.encode(value.message),
+                    "generation_info": self.encode(value.generation_info),
+                }
+            }
+        if isinstance(value, Document):
+            return {"$document": value.model_dump(mode="json")}
+        if isinstance(value, dict):
+            return {k: self.encode(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [self.encode(v) for v in value]
+        if isinstance(value, tuple):
+            return {"$tuple": [self.encode(v) for v in value]}
+        if type(value).__module__.startswith("langgraph."):
+            return self._encode_graph(value)
+        return value
+
+    def _encode_graph(self, value: Any) -> Any:
+        from langgraph.types import Command, Interrupt, Overwrite, Send
+
+        if isinstance(value, Command):
+            return {
+                "$command": {
+                    "graph": value.graph,
+                    "update": self.encode(value.update),
+                    "resume": self.encode(value.resume),
+                    "goto": self.encode(value.goto),
+                }
+            }
+        if isinstance(value, Send):
+            timeout = value.timeout
+            return {
+                "$send": {
+                    "node": value.node,
+                    "arg": self.encode(value.arg),
+                    "timeout": None if timeout is None else canonical.canonicalize(timeout),
+                }
+            }
+        if isinstance(value, Overwrite):
+            return {"$overwrite": self.encode(value.value)}
+        if isinstance(value, Interrupt):
+            return {"$interrupt": {"value": self.encode(value.value), "id": value.id}}
+        return value
+
+    def decode(self, data: Any) -> Any:
+        if isinstance(data, list):
+            return [self.decode(v) for v in data]
+        if not isinstance(data, dict):
+            return data
+        if len(data) == 1:
+            tag, body = next(iter(data.items()))
+            if tag.startswith("$"):
+                decoder = _DECODERS.get(tag)
+                if decoder is not None:
+                    return decoder(self, body)
+        return {k: self.decode(v) for k, v in data.items()}
+
+
+def _d_message(codec: LangChainCodec, body: Any) -> Any:
+    from langchain_core.messages import messages_from_dict
+
+    return messages_from_dict([_escape(body, _UNESCAPED)])[0]
+
+
+def _d_result(codec: LangChainCodec, body: Any) -> Any:
+    from langchain_core.outputs import ChatResult
+
+    return ChatResult(
+        generations=[codec.decode(g) for g in body["generations"]],
+        llm_output=_escape(codec.decode(body.get("llm_output")), _UNESCAPED),
+    )
+
+
+def _d_generation(codec: LangChainCodec, body: Any) -> Any:
+    from langchain_core.outputs import ChatGeneration
+
+    return ChatGeneration(
+        message=codec.decode(body["message"]), generation_info=body.get("generation_info")
+    )
+
+
+def _d_chunk(codec: LangChainCodec, body: Any) -> Any:
+    from langchain_core.outputs import ChatGenerationChunk
+
+    return ChatGenerationChunk(
+        message=codec.decode(body["message"]), generation_info=body.get("generation_info")
+    )
+
+
+def _d_document(codec: LangChainCodec, body: Any) -> Any:
+    from langchain_core.documents import Document
+
+    return Document.model_validate(body)
+
+
+def _d_tuple(codec: LangChainCodec, body: Any) -> Any:
+    return tuple(codec.decode(v) for v in body)
+
+
+def _d_command(codec: LangChainCodec, body: Any) -> Any:
+    from langgraph.types import Command
+
+    goto = codec.decode(body.get("goto"))
+    return Command(
+        graph=body.get("graph"),
+        update=codec.decode(body.get("update")),
+        resume=codec.decode(body.get("resume")),
+        goto=goto if goto is not None else (),
+    )
+
+
+def _d_send(codec: LangChainCodec, body: Any) -> Any:
+    from langgraph.types import Send, TimeoutPolicy
+
+    timeout = body.get("timeout")
+    return Send(
+        body["node"],
+        codec.decode(body.get("arg")),
+        timeout=TimeoutPolicy(**timeout) if isinstance(timeout, dict) else None,
+    )
+
+
+def _d_overwrite(codec: LangChainCodec, body: Any) -> Any:
+    from langgraph.types import Overwrite
+
+    return Overwrite(codec.decode(body))
+
+
+def _d_interrupt(codec: LangChainCodec, body: Any) -> Any:
+    from langgraph.types import Interrupt
+
+    return Interrupt(value=codec.decode(body.get("value")), id=body.get("id"))
+
+
+_DECODERS: dict[str, Callable[[LangChainCodec, Any], Any]] = {
+    "$message": _d_message,
+    "$result": _d_result,
+    "$generation": _d_generation,
+    "$chunk": _d_chunk,
+    "$document": _d_document,
+    "$tuple": _d_tuple,
+    "$command": _d_command,
+    "$send": _d_send,
+    "$overwrite": _d_overwrite,
+    "$interrupt": _d_interrupt,
+}
+
+CODEC = LangChainCodec()
+
+# -- input views ---------------------------------------------------------------------------------
+
+# Message fields that never reach a provider, or differ on every run: left out of the key.
+_MESSAGE_NOISE = frozenset({"id", "response_metadata", "usage_metadata"})
+
+
+def message_view(message: Any) -> Any:
+    """A message as keyed: its type and content fields, without ids and response metadata."""
+    from langchain_core.messages import BaseMessage
+
+    if not isinstance(message, BaseMessage):
+        return jsonable(message)
+    data = message.model_dump(mode="json", exclude=set(_MESSAGE_NOISE))
+    return {k: v for k, v in data.items() if v not in (None, {}, [])} | {"type": message.type}
+
+
+def jsonable(value: Any) -> Any:
+    """``value`` in JSON terms for an input snapshot: messages as views, schemas as JSON Schema,
+    anything else that does not serialize as a ``{"$object": type}`` marker (never a repr)."""
+    from langchain_core.messages import BaseMessage
+
+    if isinstance(value, BaseMessage):
+        return message_view(value)
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, type) and hasattr(value, "model_json_schema"):
+        return {"$schema": value.model_json_schema()}
+    try:
+        canonical.canonicalize(value, drop=())
+    except Unserializable:
+        cls = value if isinstance(value, type) else type(value)
+        return {"$object": f"{cls.__module__}.{cls.__qualname__}"}
+    return value
+
+
+def _model_params(model: Any) -> dict[str, Any]:
+    try:
+        params = dict(model._identifying_params)
+    except Exception:
+        params = {}
+    params.pop("stream", None)  # streamed or not, the answer is the same call
+    params.pop("streaming", None)
+    return {str(k): jsonable(v) for k, v in params.items()}
+
+
+# -- models ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Call:
+    """The real call in flight; the boundary itself only sees a JSON view of it."""
+
+    fn: Callable[..., Any]
+    obj: Any
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    streaming: bool
+
+
+_CALL: contextvars.ContextVar[_Call | None] = contextvars.ContextVar(
+    "replayable_langchain_call", default=None
+)
+
+
+def _outer(obj: Any) -> bool:
+    """False inside ``obj``'s own recorded call (a default async method that runs the sync one
+    in a thread): that inner call is part of the outer step, not a step of its own."""
+    call = _CALL.get()
+    return call is None or call.obj is not obj
+
+
+def _take_call() -> _Call:
+    call = _CALL.get()
+    if call is None:  # only reachable if the boundary function is called by hand
+        raise UnsupportedClient("a LangChain boundary was called outside its instrumented method")
+    return call
+
+
+def _llm_boundaries(name: str) -> tuple[Boundary, Boundary]:
+    """The sync and async boundary of one model class: generators, one item per chunk (or one
+    item, the whole result, for an unstreamed call), so either shape can serve the other."""
+
+    @boundary(name=name, kind="llm", codec=CODEC)
+    def llm(model: Any, messages: Any, stop: Any, options: Any) -> Iterator[Any]:
+        call = _take_call()
+        if call.streaming:
+            yield from call.fn(call.obj, *call.args, **call.kwargs)
+        else:
+            yield call.fn(call.obj, *call.args, **call.kwargs)
+
+    @boundary(name=name, kind="llm", codec=CODEC)
+    async def allm(model: Any, messages: Any, stop: Any, options: Any) -> AsyncIterator[Any]:
+        call = _take_call()
+        if call.streaming:
+            async for chunk in call.fn(call.obj, *call.args, **call.kwargs):
+                yield chunk
+        else:
+            yield await call.fn(call.obj, *call.args, **call.kwargs)
+
+    return llm.__replayable__, allm.__replayable__  # type: ignore[attr-defined]
+
+
+def _llm_view(model: Any, messages: Any, stop: Any, kwargs: dict[str, Any]) -> dict[str, Any]:
+    options = {k: v for k, v in kwargs.items() if not k.startswith("ls_")}
+    return {
+        "model": _model_params(model),
+        "messages": [message_view(m) for m in messages],
+        "stop": jsonable(stop),
+        "options": jsonable(options),
+    }
+
+
+def _as_result(items: list[Any]) -> Any:
+    """One ``ChatResult`` from what the boundary yielded: a result, or chunks to merge."""
+    from langchain_core.language_models.chat_models import generate_from_stream
+    from langchain_core.outputs import ChatResult
+
+    if len(items) == 1 and isinstance(items[0], ChatResult):
+        return items[0]
+    return generate_from_stream(iter(items))
+
+
+def _as_chunks(item: Any) -> list[Any]:
+    """Generation chunks from what the boundary yielded: a chunk, or a whole result to split."""
+    from langchain_core.messages import AIMessageChunk
+    from langchain_core.outputs import ChatGenerationChunk, ChatResult
+
+    if not isinstance(item, ChatResult):
+        return [item]
+    out = []
+    for gen in item.generations:
+        msg = gen.message
+        calls = [
+            {"name": c["name"], "args": json.dumps(c["args"]), "id": c.get("id"), "index": i}
+            for i, c in enumerate(getattr(msg, "tool_calls", None) or ())
+        ]
+        chunk = AIMessageChunk(
+            content=msg.content,
+            additional_kwargs=msg.additional_kwargs,
+            response_metadata=msg.response_metadata,
+            tool_call_chunks=calls,
+            usage_metadata=getattr(msg, "usage_metadata", None),
+            id=msg.id,
+            chunk_position="last",
+        )
+        out.append(ChatGenerationChunk(message=chunk, generation_info=gen.generation_info))
+    return out
+
+
+def _split_llm_args(
+    args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> tuple[Any, Any, dict[str, Any]]:
+    messages = args[0] if args else kwargs.pop("messages")
+    stop = args[1] if len(args) > 1 else kwargs.get("stop")
+    rest = {k: v for k, v in kwargs.items() if k not in ("stop", "run_manager")}
+    return messages, stop, rest
+
+
+def _model_wrappers(cls: type, name: str) -> dict[str, Callable[..., Any]]:
+    sync_b, async_b = _llm_boundaries(name)
+    gen_sync, gen_async = sync_b.wrapper, async_b.wrapper
+    out: dict[str, Callable[..., Any]] = {}
+
+    def active(obj: Any) -> bool:
+        return SESSION.get() is not None and obj.__dict__.get(_MARK) is not None and _outer(obj)
+
+    original_generate = cls._generate  # type: ignore[attr-defined]
+
+    def _generate(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if not active(self):
+            return original_generate(self, *args, **kwargs)
+        messages, stop, rest = _split_llm_args(args, dict(kwargs))
+        gen = gen_sync(**_llm_view(self, messages, stop, rest))
+        token = _CALL.set(_Call(original_generate, self, args, kwargs, streaming=False))
+        try:
+            items = list(gen)
+        finally:
+            _CALL.reset(token)
+        return _as_result(items)
+
+    out["_generate"] = _generate
+
+    original_agenerate = cls._agenerate  # type: ignore[attr-defined]
+
+    async def _agenerate(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if not active(self):
+            return await original_agenerate(self, *args, **kwargs)
+        messages, stop, rest = _split_llm_args(args, dict(kwargs))
+        gen = gen_async(**_llm_view(self, messages, stop, rest))
+        token = _CALL.set(_Call(original_agenerate, self, args, kwargs, streaming=False))
+        try:
+            items = [item async for item in gen]
+        finally:
+            _CALL.reset(token)
+        return _as_result(items)
+
+    out["_agenerate"] = _agenerate
+
+    original_stream = cls._stream  # type: ignore[attr-defined]
+
+    def _stream(self: Any, *args: Any, **kwargs: Any) -> Iterator[Any]:
+        if not active(self):
+            yield from original_stream(self, *args, **kwargs)
+            return
+        messages, stop, rest = _split_llm_args(args, dict(kwargs))
+        gen = gen_sync(**_llm_view(self, messages, stop, rest))
+        token = _CALL.set(_Call(original_stream, self, args, kwargs, streaming=True))
+        try:  # the boundary's body takes the real call when it starts: on the first item
+            first = next(gen, _END)
+        finally:
+            _CALL.reset(token)
+        if first is _END:
+            return
+        yield from _as_chunks(first)
+        for item in gen:
+            yield from _as_chunks(item)
+
+    out["_stream"] = _stream
+
+    original_astream = cls._astream  # type: ignore[attr-defined]
+
+    async def _astream(self: Any, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
+        if not active(self):
+            async for chunk in original_astream(self, *args, **kwargs):
+                yield chunk
+            return
+        messages, stop, rest = _split_llm_args(args, dict(kwargs))
+        gen = gen_async(**_llm_view(self, messages, stop, rest))
+        token = _CALL.set(_Call(original_astream, self, args, kwargs, streaming=True))
+        try:
+            first = await anext(gen, _END)
+        finally:
+            _CALL.reset(token)
+        if first is _END:
+            return
+        for c in _as_chunks(first):
+            yield c
+        async for item in gen:
+            for c in _as_chunks(item):
+                yield c
+
+    out["_astream"] = _astream
+    return out
+
+
+_END = object()
+
+
+def _patch(cls: type, attr: str, wrapper: Callable[..., Any]) -> None:
+    original = getattr(cls, attr)
+    # LangChain reads the method's signature to decide what to pass (run_manager, config).
+    functools.update_wrapper(wrapper, original)
+    setattr(wrapper, _ORIGINAL, original)
+    setattr(cls, attr, wrapper)
+
+
+def _patched(cls: type, attr: str) -> bool:
+    return hasattr(getattr(cls, attr, None), _ORIGINAL)
+
+
+def instrument_model(model: Any) -> Any:
+    """Make a LangChain chat model an ``llm`` boundary; returns the same model.
+
+    >>> model = instrument_model(ChatOpenAI(model="gpt-4o-mini"))
+    """
+    require()
+    from langchain_core.language_models import BaseChatModel
+
+    if not isinstance(model, BaseChatModel):
+        raise UnsupportedClient(
+            f"cannot instrument {type(model).__module__}.{type(model).__qualname__} as a chat "
+            "model: replayable.integrations.langchain supports BaseChatModel subclasses"
+        )
+    cls = type(model)
+    if not _patched(cls, "_generate"):
+        name = f"langchain:{cls.__name__}"
+        for attr, wrapper in _model_wrappers(cls, name).items():
+            # Only what the class implements: the base class's defaults call the sync methods
+            # (patched), and LangChain checks whether _stream is overridden to know it streams.
+            if getattr(cls, attr) is not getattr(BaseChatModel, attr):
+                _patch(cls, attr, wrapper)
+    object.__setattr__(model, _MARK, {"kind": "model"})
+    return model
+
+
+# -- tools ----------------------------------------------------------------------------------------
+
+_FILTERED = frozenset({"config", "run_manager", "callbacks", "callback_manager"})
+
+
+def _tool_boundaries(tool: Any, side_effects: bool) -> tuple[Boundary, Boundary]:
+    name = f"langchain:tool.{tool.name}"
+
+    @boundary(name=name, kind="tool", side_effects=side_effects, codec=CODEC)
+    def run_tool(**arguments: Any) -> Any:
+        call = _take_call()
+        return call.fn(call.obj, *call.args, **call.kwargs)
+
+    @boundary(name=name, kind="tool", side_effects=side_effects, codec=CODEC)
+    async def arun_tool(**arguments: Any) -> Any:
+        call = _take_call()
+        return await call.fn(call.obj, *call.args, **call.kwargs)
+
+    return run_tool.__replayable__, arun_tool.__replayable__  # type: ignore[attr-defined]
+
+
+def _tool_view(tool: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+    try:
+        injected = frozenset(tool._injected_args_keys)
+    except Exception:
+        injected = frozenset()
+    view = {k: jsonable(v) for k, v in kwargs.items() if k not in _FILTERED and k not in injected}
+    if args:
+        view["input" if len(args) == 1 else "args"] = jsonable(
+            args[0] if len(args) == 1 else list(args)
+        )
+    return view
+
+
+def _patch_tool_class(cls: type) -> None:
+    if _patched(cls, "_run"):
+        return
+    original_run = cls._run  # type: ignore[attr-defined]
+    original_arun = cls._arun  # type: ignore[attr-defined]
+
+    def _run(self: Any, *args: Any, **kwargs: Any) -> Any:
+        mark = self.__dict__.get(_MARK)
+        if mark is None or SESSION.get() is None or not _outer(self):
+            return original_run(self, *args, **kwargs)
+        token = _CALL.set(_Call(original_run, self, args, kwargs, streaming=False))
+        try:
+            return mark["sync"].wrapper(**_tool_view(self, args, kwargs))
+        finally:
+            _CALL.reset(token)
+
+    async def _arun(self: Any, *args: Any, **kwargs: Any) -> Any:
+        mark = self.__dict__.get(_MARK)
+        if mark is None or SESSION.get() is None or not _outer(self):
+            return await original_arun(self, *args, **kwargs)
+        token = _CALL.set(_Call(original_arun, self, args, kwargs, streaming=False))
+        try:
+            return await mark["async"].wrapper(**_tool_view(self, args, kwargs))
+        finally:
+            _CALL.reset(token)
+
+    _patch(cls, "_run", _run)
+    _patch(cls, "_arun", _arun)
+
+
+def instrument_tool(tool: Any, *, side_effects: bool = False) -> Any:
+    """Make a LangChain tool a ``tool`` boundary named ``langchain:tool.<name>``.
+
+    >>> place_order = instrument_tool(place_order, side_effects=True)
+    """
+    require()
+    from langchain_core.tools import BaseTool
+
+    if not isinstance(tool, BaseTool):
+        raise UnsupportedClient(
+            f"cannot instrument {type(tool).__module__}.{type(tool).__qualname__} as a tool: "
+            "replayable.integrations.langchain supports BaseTool (e.g. made with @tool)"
+        )
+    _patch_tool_class(type(tool))
+    sync_b, async_b = _tool_boundaries(tool, side_effects)
+    object.__setattr__(tool, _MARK, {"kind": "tool", "sync": sync_b, "async": async_b})
+    return tool
+
+
+def _tool_names(tools: Iterable[Any]) -> set[str]:
+    return {str(getattr(t, "name", "")) for t in tools}
+
+
+def instrument(obj: Any, *, side_effects: Iterable[str] = (), **options: Any) -> Any:
+    """Instrument a chat model, a tool, or a list of tools; returns what it was given.
+
+    ``side_effects`` names the tools that change the world.
+
+    >>> model = instrument(ChatOpenAI(model="gpt-4o-mini"))
+    >>> tools = instrument([search, place_order], side_effects=["place_order"])
+    """
+    if options:
+        raise TypeError(f"unexpected option(s) for LangChain: {', '.join(sorted(options))}")
+    require()
+    from langchain_core.language_models import BaseChatModel
+    from langchain_core.tools import BaseTool
+
+    marked = set(side_effects)
+    if isinstance(obj, BaseChatModel):
+        if marked:
+            raise UnsupportedClient(
+                "side_effects= names tools; pass it with the tools, "
+                "e.g. rp.instrument([search, place_order], side_effects=['place_order'])"
+            )
+        return instrument_model(obj)
+    items = list(obj) if isinstance(obj, (list, tuple)) else [obj]
+    unknown = marked - _tool_names(i for i in items if isinstance(i, BaseTool))
+    if unknown:
+        raise UnsupportedClient(
+            f"side_effects names no tool given here: {', '.join(sorted(unknown))} "
+            f"(tools: {', '.join(sorted(_tool_names(items))) or 'none'})"
+        )
+    for item in items:
+        if isinstance(item, BaseTool):
+            instrument_tool(item, side_effects=item.name in marked)
+        elif isinstance(item, BaseChatModel):
+            instrument_model(item)
+        else:
+            raise UnsupportedClient(
+                f"cannot instrument {type(item).__module__}.{type(item).__qualname__}: "
+                "replayable.integrations.langchain supports chat models (BaseChatModel) and "
+                "tools (BaseTool)"
+            )
+    return obj

@@ -34,7 +34,7 @@ from typing import Any
 from replayable import canonical
 from replayable.boundary import Boundary, boundary
 from replayable.context import SESSION
-from replayable.errors import UnsupportedClient, Unserializable
+from replayable.errors import Unserializable, UnsupportedClient
 
 __all__ = ["LangChainCodec", "instrument", "instrument_model", "instrument_tool"]
 
@@ -370,7 +370,7 @@ def _as_chunks(item: Any) -> list[Any]:
     out = []
     for gen in item.generations:
         msg = gen.message
-        calls = [
+        calls: list[Any] = [
             {"name": c["name"], "args": json.dumps(c["args"]), "id": c.get("id"), "index": i}
             for i, c in enumerate(getattr(msg, "tool_calls", None) or ())
         ]

@@ -38,7 +38,7 @@ def tools(orders: Orders) -> list[Any]:
         """How many of `item` are in stock."""
         return f"{item}: 12 in stock"
 
-    return rp_langchain.instrument([place_order, check_stock], side_effects=["place_order"])
+    return rp.instrument([place_order, check_stock], side_effects=["place_order"])
 
 
 @pytest.fixture
@@ -48,7 +48,7 @@ def model(server: FakeLLMServer) -> Any:
     chat = ChatOpenAI(
         model="gpt-4o-mini", base_url=server.openai_url, api_key=API_KEY, max_retries=0
     )
-    return rp_langchain.instrument(chat)
+    return rp.instrument(chat)
 
 
 def build(model: Any, tools: list[Any], *, prompt: str = "Be brief.", middleware: Any = ()) -> Any:
@@ -224,9 +224,7 @@ class TestGraphLevel:
         """rp.instrument(graph): nodes return Command; replay rebuilds it, no InvalidUpdateError."""
         from langgraph.types import Command
 
-        from replayable.integrations.langgraph import instrument
-
-        graph = instrument(build(model, tools), side_effects=["place_order"])
+        graph = rp.instrument(build(model, tools), side_effects=["place_order"])
         with rp.record() as run:
             final = graph.invoke(QUESTION)
         events = list(rp.open_store(None).iter_events(run.id))

@@ -49,6 +49,17 @@ def from_modules(*prefixes: str) -> Callable[[Any], bool]:
     return matches
 
 
+def _all_of(test: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    """A match test for ``obj`` itself or, for a non-empty list or tuple, every item in it."""
+
+    def matches(obj: Any) -> bool:
+        if isinstance(obj, (list, tuple)):
+            return bool(obj) and all(test(item) for item in obj)
+        return test(obj)
+
+    return matches
+
+
 @dataclass(frozen=True)
 class Integration:
     """One supported stack: how to recognise its objects and where its instrumenter lives.
@@ -86,6 +97,13 @@ INTEGRATIONS: list[Integration] = [
         "langgraph",
         "LangGraph graphs (StateGraph or compiled)",
         from_modules("langgraph"),
+    ),
+    Integration(
+        "langchain",
+        "replayable.integrations.langchain",
+        "langchain",
+        "LangChain chat models (BaseChatModel) and tools (BaseTool, or a list of them)",
+        _all_of(from_modules("langchain_core")),
     ),
     # Further stacks: append an Integration here (first match wins, so put the more
     # specific prefix first).

@@ -26,10 +26,9 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from replayable import canonical
-from replayable._writer import clean_input, input_key
+from replayable._diff import diff_values
 from replayable.boundary import Boundary, decode_error, encode_error, registry
 from replayable.context import FRAME, SESSION, Frame, Session
-from replayable.diff import diff_values
 from replayable.errors import ReplayableError
 from replayable.redact import redact
 from replayable.store import Store, open_store
@@ -231,8 +230,8 @@ class _StepSession(Session):
     def _serve(self, b: Boundary, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Event | None:
         if b.kind == "clock":
             return None
-        data, value = clean_input(b, canonical.dumps(b.bind(args, kwargs)))
-        key = input_key(b, data, value)
+        data, value = canonical.clean_input(b, canonical.snapshot(b.bind(args, kwargs)))
+        key = canonical.input_key(b, data, value)
         with self.lock:
             for ev in self.pending:
                 if ev.boundary == b.name and ev.key == key:

@@ -9,6 +9,7 @@ import replayable as rp
 EXPECTED = {
     "Boundary",
     "Cassette",
+    "CheckReport",
     "Codec",
     "Divergence",
     "DriftReport",
@@ -33,6 +34,7 @@ EXPECTED = {
     "boundary",
     "canonicalize",
     "cassette",
+    "check",
     "drift",
     "get_boundary",
     "instrument",

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+from replayable._check import CheckReport, check
 from replayable._drift import DriftReport, drift
 from replayable._version import __version__
 from replayable.boundary import Boundary, Codec, boundary, get_boundary, registry
@@ -41,6 +42,7 @@ from replayable.trace import Event, Run
 __all__ = [
     "Boundary",
     "Cassette",
+    "CheckReport",
     "Codec",
     "Divergence",
     "DriftReport",
@@ -65,6 +67,7 @@ __all__ = [
     "boundary",
     "canonicalize",
     "cassette",
+    "check",
     "drift",
     "get_boundary",
     "instrument",

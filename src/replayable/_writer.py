@@ -28,7 +28,7 @@ from replayable.trace import chain_hash
 if TYPE_CHECKING:
     from replayable.boundary import Boundary
 
-__all__ = ["Pending", "Writer", "stop_writer", "writer_for"]
+__all__ = ["Pending", "Writer", "pending_row", "stop_writer", "writer_for"]
 
 log = logging.getLogger("replayable")
 
@@ -67,6 +67,67 @@ def _meta_bytes(meta: dict[str, Any]) -> bytes:
         return canonical.dumps(meta)
     except Unserializable:
         return canonical.dumps(canonical.sanitize(meta)[0])
+
+
+def pending_row(p: Pending, chains: dict[str, tuple[int, str]]) -> EventRow:
+    """A completed call as a store row: redacted, keyed and linked into its run's hash chain
+    (``chains`` maps a run id to its (events so far, head hash) and is updated)."""
+    b = p.boundary
+    if p.key is not None:  # a replay keyed the call: its input is redacted already
+        inp, key = p.input, p.key
+    else:
+        inp, value = canonical.clean_input(b, p.input)
+        key = canonical.input_key(b, inp, value)
+    out = p.output
+    if p.served:
+        pass  # served from a recording, so redacted when it was recorded
+    elif b.redactors or b.redact_keys or might_hold_secrets(out):
+        out = canonical.snapshot(
+            redact(orjson.loads(out), extra_keys=b.redact_keys, redactors=b.redactors)
+        )
+    error = None if p.error is None else redact(p.error)
+    meta = _meta_bytes(p.meta)
+    chain_seq, prev = chains.get(p.run_id, (0, ""))
+    # Stored values keep their order; the hash covers the sorted form (what
+    # ``trace.event_content`` recomputes from the parsed event).
+    content = orjson.dumps(
+        {
+            "address": p.address,
+            "boundary": b.name,
+            "chain_seq": chain_seq,
+            "duration_ns": p.duration_ns,
+            "error": error,
+            "input": orjson.Fragment(canonical.sorted_json(inp)),
+            "key": key,
+            "kind": b.kind,
+            "meta": orjson.Fragment(meta),
+            "output": orjson.Fragment(canonical.sorted_json(out)),
+            "parent_seq": p.parent_seq,
+            "run_id": p.run_id,
+            "seq": p.seq,
+            "started_at": p.started_at,
+        },
+        option=_SORTED,
+    )
+    digest = chain_hash(prev, content)
+    chains[p.run_id] = (chain_seq + 1, digest)
+    return (
+        p.run_id,
+        p.seq,
+        chain_seq,
+        p.address,
+        p.parent_seq,
+        b.name,
+        b.kind,
+        key,
+        inp.decode(),
+        out.decode(),
+        None if error is None else orjson.dumps(error, option=_SORTED).decode(),
+        meta.decode(),
+        p.started_at,
+        p.duration_ns,
+        digest,
+    )
 
 
 class Writer:
@@ -155,62 +216,7 @@ class Writer:
         self._write(rows)
 
     def _row(self, p: Pending) -> EventRow:
-        b = p.boundary
-        if p.key is not None:  # a replay keyed the call: its input is redacted already
-            inp, key = p.input, p.key
-        else:
-            inp, value = canonical.clean_input(b, p.input)
-            key = canonical.input_key(b, inp, value)
-        out = p.output
-        if p.served:
-            pass  # served from a recording, so redacted when it was recorded
-        elif b.redactors or b.redact_keys or might_hold_secrets(out):
-            out = canonical.snapshot(
-                redact(orjson.loads(out), extra_keys=b.redact_keys, redactors=b.redactors)
-            )
-        error = None if p.error is None else redact(p.error)
-        meta = _meta_bytes(p.meta)
-        chain_seq, prev = self._chains.get(p.run_id, (0, ""))
-        # Stored values keep their order; the hash covers the sorted form (what
-        # ``trace.event_content`` recomputes from the parsed event).
-        content = orjson.dumps(
-            {
-                "address": p.address,
-                "boundary": b.name,
-                "chain_seq": chain_seq,
-                "duration_ns": p.duration_ns,
-                "error": error,
-                "input": orjson.Fragment(canonical.sorted_json(inp)),
-                "key": key,
-                "kind": b.kind,
-                "meta": orjson.Fragment(meta),
-                "output": orjson.Fragment(canonical.sorted_json(out)),
-                "parent_seq": p.parent_seq,
-                "run_id": p.run_id,
-                "seq": p.seq,
-                "started_at": p.started_at,
-            },
-            option=_SORTED,
-        )
-        digest = chain_hash(prev, content)
-        self._chains[p.run_id] = (chain_seq + 1, digest)
-        return (
-            p.run_id,
-            p.seq,
-            chain_seq,
-            p.address,
-            p.parent_seq,
-            b.name,
-            b.kind,
-            key,
-            inp.decode(),
-            out.decode(),
-            None if error is None else orjson.dumps(error, option=_SORTED).decode(),
-            meta.decode(),
-            p.started_at,
-            p.duration_ns,
-            digest,
-        )
+        return pending_row(p, self._chains)
 
     def _write(self, rows: list[EventRow]) -> None:
         if self._retry_ops:

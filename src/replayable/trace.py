@@ -35,6 +35,7 @@ __all__ = [
     "check_trace",
     "event_content",
     "head_signature",
+    "parse_trace",
     "read_trace",
     "sign_run",
     "signing_key",
@@ -382,6 +383,12 @@ def read_trace(path: str | os.PathLike[str]) -> tuple[Run, list[Event]]:
         raise TraceCorrupt(f"no such trace file: {p}") from None
     except OSError as exc:
         raise TraceCorrupt(f"cannot read trace file {p}: {exc.strerror or exc}") from None
+    return parse_trace(data, p)
+
+
+def parse_trace(data: bytes, p: str | os.PathLike[str] = "trace") -> tuple[Run, list[Event]]:
+    """A trace file's bytes as a run and its events (``p`` names it in errors); raises
+    :class:`TraceCorrupt` naming the bad line."""
     lines = data.split(b"\n")
     if lines and lines[-1] == b"":
         lines.pop()

@@ -6,6 +6,7 @@ Each command group lives in its own module and registers itself on :data:`main` 
 from __future__ import annotations
 
 from replayable.cli import (  # noqa: F401  (registration)
+    _check,
     _core,
     _demo,
     _store,
@@ -34,6 +35,8 @@ _SHORT_HELP = {
     "fuzz": "Perturb recorded outputs; check an invariant on each re-run.",
     "drift": "Re-run recorded model calls live; report what today's model does differently.",
     "fork": "Replay a run up to a step, then change it or run live from there.",
+    "check": "Replay many recorded runs against your code; group what changed.",
+    "checks": "List the checks kept in the store, or show one.",
 }
 for _name, _text in _SHORT_HELP.items():
     if _name in main.commands:

@@ -18,6 +18,8 @@ from replayable.errors import RunNotFound
 from replayable.trace import Event, Run
 
 __all__ = [
+    "CHECK_COLUMNS",
+    "CHECK_RUN_COLUMNS",
     "EVENT_COLUMNS",
     "RUN_COLUMNS",
     "EventRow",
@@ -64,6 +66,31 @@ EVENT_COLUMNS = (
     "duration_ns",
     "hash",
 )
+
+CHECK_COLUMNS = (
+    "id",
+    "started_at",
+    "ended_at",
+    "store",
+    "selection",
+    "environment",
+    "summary",
+    "passed",
+)
+"""Columns of the ``checks`` table (one row per ``replayable check``; JSON fields as text)."""
+
+CHECK_RUN_COLUMNS = (
+    "check_id",
+    "seq",
+    "run_id",
+    "name",
+    "outcome",
+    "signature",
+    "detail",
+    "replay_id",
+    "duration_s",
+)
+"""Columns of the ``check_runs`` table: one checked run's outcome."""
 
 EventRow = tuple[Any, ...]
 """One event in :data:`EVENT_COLUMNS` order; input/output/error/meta as JSON text."""
@@ -245,6 +272,17 @@ class Store(Protocol):
     def delete_runs(self, *, before: float) -> int:
         """Delete runs that started before this epoch time; returns how many."""
 
+    def save_check(self, check: Sequence[Any], runs: Sequence[Sequence[Any]]) -> None:
+        """Insert a check (:data:`CHECK_COLUMNS`) and its runs' outcomes
+        (:data:`CHECK_RUN_COLUMNS`) in one transaction."""
+
+    def list_checks(self, limit: int = 50) -> list[tuple[Any, ...]]:
+        """Check rows, newest first."""
+
+    def get_check(self, check_id: str) -> tuple[tuple[Any, ...], list[tuple[Any, ...]]]:
+        """A check row (by id or unique prefix) and its run rows in order; raises
+        ``RunNotFound``."""
+
     def close(self) -> None:
         """Release connections."""
 
@@ -323,3 +361,14 @@ def pick_run(run_id: str, rows: Sequence[Sequence[Any]], store: Any, url: str) -
     raise RunNotFound(
         f"run id prefix {run_id!r} is ambiguous in {url} ({ids}, ...); give more of it"
     )
+
+
+def pick_check(check_id: str, rows: Sequence[Sequence[Any]], url: str) -> tuple[Any, ...]:
+    """The check a lookup by id or prefix means (``rows``: the first few whose id equals
+    ``check_id`` or starts with it)."""
+    exact = [r for r in rows if r[0] == check_id]
+    if check_id and (exact or len(rows) == 1):
+        return tuple((exact or rows)[0])
+    if not check_id or not rows:
+        raise RunNotFound(f"no check {check_id!r} in {url}; list checks with `replayable checks`")
+    raise RunNotFound(f"check id prefix {check_id!r} is ambiguous in {url}; give more of it")

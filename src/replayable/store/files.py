@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -149,6 +150,20 @@ class TraceDirStore:
     def delete_runs(self, *, before: float) -> int:
         """Refused: the store is read-only."""
         raise self._read_only()
+
+    def save_check(self, check: Sequence[Any], runs: Sequence[Sequence[Any]]) -> None:
+        """Refused: the store is read-only."""
+        raise self._read_only()
+
+    def list_checks(self, limit: int = 50) -> list[tuple[Any, ...]]:
+        """None: checks are kept in SQLite or PostgreSQL, never in a trace directory."""
+        return []
+
+    def get_check(self, check_id: str) -> tuple[tuple[Any, ...], list[tuple[Any, ...]]]:
+        """Refused: a trace directory holds no checks."""
+        raise RunNotFound(
+            f"no check {check_id!r} in {self.path}: a directory of trace files keeps no checks"
+        )
 
     def close(self) -> None:
         """Nothing to release."""

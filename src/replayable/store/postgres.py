@@ -21,12 +21,15 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from replayable.errors import StoreUnavailable
 from replayable.store.base import (
+    CHECK_COLUMNS,
+    CHECK_RUN_COLUMNS,
     EVENT_COLUMNS,
     RUN_COLUMNS,
     EventRow,
     RunQuery,
     like_escape,
     only_status,
+    pick_check,
     pick_run,
     row_to_event,
     run_from_row,
@@ -80,13 +83,46 @@ CREATE INDEX events_boundary ON events (boundary, run_id);
 CREATE INDEX events_errors ON events (run_id) WHERE error IS NOT NULL
 """
 
-MIGRATIONS: list[tuple[str, str]] = [("m001_initial", _M001_INITIAL)]
+_M003_CHECKS = """
+CREATE TABLE checks (
+    id TEXT PRIMARY KEY,
+    started_at DOUBLE PRECISION NOT NULL,
+    ended_at DOUBLE PRECISION,
+    store TEXT,
+    selection TEXT NOT NULL DEFAULT '{}',
+    environment TEXT NOT NULL DEFAULT '{}',
+    summary TEXT NOT NULL DEFAULT '{}',
+    passed INTEGER NOT NULL
+);
+CREATE TABLE check_runs (
+    check_id TEXT NOT NULL,
+    seq INTEGER NOT NULL,
+    run_id TEXT NOT NULL,
+    name TEXT,
+    outcome TEXT NOT NULL,
+    signature TEXT,
+    detail TEXT,
+    replay_id TEXT,
+    duration_s DOUBLE PRECISION,
+    PRIMARY KEY (check_id, seq)
+);
+CREATE INDEX checks_id_prefix ON checks (id text_pattern_ops);
+CREATE INDEX checks_started ON checks (started_at)
+"""
+
+MIGRATIONS: list[tuple[str, str]] = [
+    ("m001_initial", _M001_INITIAL),
+    ("m003_checks", _M003_CHECKS),
+]
 """Ordered, named schema migrations; the ``_migrations`` table records which have run."""
 
 _RUNS = ", ".join(RUN_COLUMNS)
 _EVENTS = ", ".join(EVENT_COLUMNS)
 _INSERT_RUN = f"INSERT INTO runs ({_RUNS}) VALUES ({', '.join(['%s'] * len(RUN_COLUMNS))})"
 _COPY_EVENTS = f"COPY events ({_EVENTS}) FROM STDIN"
+_CHECKS = ", ".join(CHECK_COLUMNS)
+_INSERT_CHECK = f"INSERT INTO checks ({_CHECKS}) VALUES ({', '.join(['%s'] * len(CHECK_COLUMNS))})"
+_COPY_CHECK_RUNS = f"COPY check_runs ({', '.join(CHECK_RUN_COLUMNS)}) FROM STDIN"
 
 
 def _safe_url(url: str) -> str:
@@ -250,6 +286,18 @@ class PostgresStore:
 
         return int(self._use(delete))
 
+    def save_check(self, check: Sequence[Any], runs: Sequence[Sequence[Any]]) -> None:
+        """Insert a check and its runs' outcomes in one transaction (outcomes with ``COPY``)."""
+
+        def save(conn: psycopg.Connection[Any]) -> None:
+            with conn.transaction():
+                conn.execute(_INSERT_CHECK, tuple(check))
+                with conn.cursor() as cur, cur.copy(_COPY_CHECK_RUNS) as copy:
+                    for row in runs:
+                        copy.write_row(row)
+
+        self._use(save)
+
     # -- reading -----------------------------------------------------------------------------
 
     def get_run(self, run_id: str) -> Run:
@@ -291,6 +339,32 @@ class PostgresStore:
         sql = f"SELECT {_RUNS} FROM runs{where}"
         rows = self._use(lambda c: c.execute(sql, params).fetchall())
         return only_status(q, [run_from_row(r, self) for r in rows])
+
+    def list_checks(self, limit: int = 50) -> list[tuple[Any, ...]]:
+        """Check rows, newest first."""
+        sql = f"SELECT {_CHECKS} FROM checks ORDER BY started_at DESC LIMIT %s"
+        return self._use(  # type: ignore[no-any-return]
+            lambda c: [tuple(r) for r in c.execute(sql, (limit,)).fetchall()]
+        )
+
+    def get_check(self, check_id: str) -> tuple[tuple[Any, ...], list[tuple[Any, ...]]]:
+        """A check (id or unique prefix) and its run rows in order."""
+        pattern = like_escape(check_id) + "%"
+        rows = self._use(
+            lambda c: c.execute(
+                f"SELECT {_CHECKS} FROM checks WHERE id = %s OR id LIKE %s LIMIT 3",
+                (check_id, pattern),
+            ).fetchall()
+        )
+        check = pick_check(check_id, rows, self.url)
+        runs = self._use(
+            lambda c: c.execute(
+                f"SELECT {', '.join(CHECK_RUN_COLUMNS)} FROM check_runs WHERE check_id = %s "
+                "ORDER BY seq",
+                (check[0],),
+            ).fetchall()
+        )
+        return check, [tuple(r) for r in runs]
 
     def close(self) -> None:
         """Close the pool's connections (the store reconnects if used again)."""

@@ -20,12 +20,15 @@ from typing import Any
 
 from replayable.errors import StoreUnavailable
 from replayable.store.base import (
+    CHECK_COLUMNS,
+    CHECK_RUN_COLUMNS,
     EVENT_COLUMNS,
     RUN_COLUMNS,
     EventRow,
     RunQuery,
     like_escape,
     only_status,
+    pick_check,
     pick_run,
     row_to_event,
     run_from_row,
@@ -99,9 +102,41 @@ def _m002_signature_and_query_indexes(db: sqlite3.Connection) -> None:
     )
 
 
+def _m003_checks(db: sqlite3.Connection) -> None:
+    _script(
+        db,
+        """
+        CREATE TABLE checks (
+            id TEXT PRIMARY KEY,
+            started_at REAL NOT NULL,
+            ended_at REAL,
+            store TEXT,
+            selection TEXT NOT NULL DEFAULT '{}',
+            environment TEXT NOT NULL DEFAULT '{}',
+            summary TEXT NOT NULL DEFAULT '{}',
+            passed INTEGER NOT NULL
+        );
+        CREATE TABLE check_runs (
+            check_id TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            run_id TEXT NOT NULL,
+            name TEXT,
+            outcome TEXT NOT NULL,
+            signature TEXT,
+            detail TEXT,
+            replay_id TEXT,
+            duration_s REAL,
+            PRIMARY KEY (check_id, seq)
+        );
+        CREATE INDEX checks_started ON checks (started_at);
+        """,
+    )
+
+
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _m001_initial,
     _m002_signature_and_query_indexes,
+    _m003_checks,
 ]
 """Ordered schema migrations; the ``_migrations`` table records which have run."""
 
@@ -109,6 +144,12 @@ _RUNS = ", ".join(RUN_COLUMNS)
 _EVENTS = ", ".join(EVENT_COLUMNS)
 _INSERT_RUN = f"INSERT INTO runs ({_RUNS}) VALUES ({','.join('?' * len(RUN_COLUMNS))})"
 _INSERT_EVENTS = f"INSERT INTO events ({_EVENTS}) VALUES ({','.join('?' * len(EVENT_COLUMNS))})"
+_CHECKS = ", ".join(CHECK_COLUMNS)
+_INSERT_CHECK = f"INSERT INTO checks ({_CHECKS}) VALUES ({','.join('?' * len(CHECK_COLUMNS))})"
+_INSERT_CHECK_RUNS = (
+    f"INSERT INTO check_runs ({', '.join(CHECK_RUN_COLUMNS)}) "
+    f"VALUES ({','.join('?' * len(CHECK_RUN_COLUMNS))})"
+)
 
 
 _STORES: weakref.WeakSet[SQLiteStore] = weakref.WeakSet()
@@ -281,6 +322,15 @@ class SQLiteStore:
 
         return int(self._transaction(delete))
 
+    def save_check(self, check: Sequence[Any], runs: Sequence[Sequence[Any]]) -> None:
+        """Insert a check and its runs' outcomes in one transaction."""
+
+        def save(db: sqlite3.Connection) -> None:
+            db.execute(_INSERT_CHECK, tuple(check))
+            db.executemany(_INSERT_CHECK_RUNS, runs)
+
+        self._transaction(save)
+
     # -- reading -----------------------------------------------------------------------------
 
     def get_run(self, run_id: str) -> Run:
@@ -314,6 +364,30 @@ class SQLiteStore:
         sql = f"SELECT {_RUNS} FROM runs{where}"
         rows = self._run(lambda db: db.execute(sql, params).fetchall())
         return only_status(q, [run_from_row(r, self) for r in rows])
+
+    def list_checks(self, limit: int = 50) -> list[tuple[Any, ...]]:
+        """Check rows, newest first."""
+        sql = f"SELECT {_CHECKS} FROM checks ORDER BY started_at DESC LIMIT ?"
+        return [tuple(r) for r in self._run(lambda db: db.execute(sql, (limit,)).fetchall())]
+
+    def get_check(self, check_id: str) -> tuple[tuple[Any, ...], list[tuple[Any, ...]]]:
+        """A check (id or unique prefix) and its run rows in order."""
+        pattern = like_escape(check_id) + "%"
+        rows = self._run(
+            lambda db: db.execute(
+                f"SELECT {_CHECKS} FROM checks WHERE id = ? OR id LIKE ? ESCAPE '\\' LIMIT 3",
+                (check_id, pattern),
+            ).fetchall()
+        )
+        check = pick_check(check_id, rows, self.url)
+        runs = self._run(
+            lambda db: db.execute(
+                f"SELECT {', '.join(CHECK_RUN_COLUMNS)} FROM check_runs WHERE check_id = ? "
+                "ORDER BY seq",
+                (check[0],),
+            ).fetchall()
+        )
+        return check, [tuple(r) for r in runs]
 
     def close(self) -> None:
         """Close every connection this store opened."""

@@ -1,0 +1,305 @@
+"""``check`` and ``checks``: replay many recorded runs against the code as it is now, and list
+the checks kept."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import click
+import orjson
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from replayable._check import CheckReport, check, list_checks, load_check
+from replayable.cli._common import (
+    console,
+    err_console,
+    fail,
+    get_store,
+    handle_errors,
+    import_option,
+    main,
+    parse_since,
+    store_option,
+)
+from replayable.cli._core import _parse_tags, import_modules
+from replayable.cli._render import fmt_duration, fmt_time
+
+__all__ = ["render_report"]
+
+LABELS = {
+    "unchanged": ("unchanged", "green"),
+    "diverged": ("diverged", "bold yellow"),
+    "failed": ("failed", "bold red"),
+    "not_replayable": ("not replayable", "magenta"),
+}
+
+
+def _progress() -> tuple[Callable[[int, int], None], Callable[[], None]]:
+    """A progress callback: a rich bar on a terminal, a plain line every tenth in CI logs."""
+    err = err_console()
+    if err.is_terminal:
+        bar = Progress(
+            TextColumn("checking"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("runs"),
+            TimeElapsedColumn(),
+            console=err,
+            transient=True,
+        )
+        task = bar.add_task("check", total=None)
+        bar.start()
+
+        def update(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        return update, bar.stop
+    state = {"next": 0.0, "t0": time.perf_counter()}
+
+    def line(done: int, total: int) -> None:
+        if total and (done >= state["next"] or done == total):
+            rate = done / max(time.perf_counter() - state["t0"], 1e-9)
+            click.echo(f"checked {done}/{total} runs ({rate:,.0f} runs/s)", err=True)
+            state["next"] = done + max(1, total // 10)
+
+    return line, lambda: None
+
+
+def render_report(report: CheckReport, out: Console) -> None:
+    """The check as a human reads it: counts, then groups largest first with examples, then the
+    failed and not replayable runs."""
+    c = report.counts
+    total = len(report.outcomes)
+    secs = max(report.ended_at - report.started_at, 1e-9)
+    jobs = report.selection.get("jobs", 1)
+    where = report.selection.get("executor", "local")
+    out.print(
+        f"checked {total} run(s) of {escape(report.store)} in {fmt_duration(secs)} "
+        f"({total / secs:,.0f} runs/s, {where}, {jobs} job(s))"
+    )
+    table = Table(show_header=False, box=None, padding=(0, 2))
+    for key, (label, style) in LABELS.items():
+        extra = f"in {len(report.groups)} group(s)" if key == "diverged" and c[key] else ""
+        table.add_row(f"[{style}]{label}[/{style}]", str(c[key]), extra)
+    out.print(table)
+    if report.groups:
+        out.print("\n[bold]diverged[/bold], by first divergence (largest group first):")
+        for g in report.groups:
+            out.print(f"  [bold yellow]{g.count:>5}[/bold yellow]  {escape(g.signature)}")
+            for run_id, replay_id in g.examples:
+                diff = f"replayable diff {run_id} {replay_id}" if replay_id else ""
+                out.print(f"         e.g. {run_id}  {diff}")
+    for key in ("failed", "not_replayable"):
+        runs = report.runs(key)
+        if runs:
+            label, style = LABELS[key]
+            out.print(f"\n[{style}]{label}[/{style}]:")
+            for o in runs[:20]:
+                out.print(f"  {o.run_id}  {escape(o.detail)}")
+            if len(runs) > 20:
+                out.print(f"  ... and {len(runs) - 20} more (--json lists every run)")
+    if report.saved_to:
+        out.print(
+            f"\ncheck {report.id} kept in {escape(report.saved_to)}: "
+            f"`replayable checks {report.id}`, or open it in `replayable serve`"
+        )
+    verdict = "[green]passed[/green]" if report.ok else "[bold red]FAILED[/bold red]"
+    out.print(f"check {verdict}")
+
+
+@main.command("check")
+@import_option
+@store_option
+@click.option("--since", help="Only runs started within this period (7d, 12h) or after a date.")
+@click.option("--name", help="Only runs with this name.")
+@click.option(
+    "--tag", "tags", multiple=True, help="Only runs with this tag (key=value); repeatable."
+)
+@click.option(
+    "--status",
+    type=click.Choice(["ok", "error", "diverged"]),
+    help="Only runs that ended with this status.",
+)
+@click.option("--limit", type=click.IntRange(min=1), help="At most this many runs, newest first.")
+@click.option("--sample", type=click.IntRange(min=1), help="Check a random sample of N runs.")
+@click.option("--seed", type=int, help="Seed of --sample, for the same sample again.")
+@click.option(
+    "--live",
+    multiple=True,
+    help="Boundary to run live instead of serving it (name, module:qualname or name#N); "
+    "repeatable. Side-effecting boundaries are refused.",
+)
+@click.option(
+    "--jobs",
+    default=1,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="Worker processes (local executor).",
+)
+@click.option(
+    "--executor",
+    type=click.Choice(["local", "dask"]),
+    default="local",
+    show_default=True,
+    help="local: processes on this machine; dask: tasks on an existing Dask cluster.",
+)
+@click.option("--address", help="The Dask scheduler, tcp://HOST:PORT (with --executor dask).")
+@click.option("--json", "as_json", is_flag=True, help="Print the report (every run) as JSON.")
+@click.option(
+    "--junit",
+    type=click.Path(dir_okay=False, writable=True),
+    help="Also write JUnit XML here (one test case per run) for CI test reports.",
+)
+@click.option(
+    "--save-to",
+    help="Store that keeps the check and the replays of diverged runs. Default: the --store, "
+    "or .replayable/traces.db when --store is a directory of trace files.",
+)
+@click.option("--no-save", is_flag=True, help="Do not keep the check.")
+@handle_errors
+def check_cmd(
+    modules: tuple[str, ...],
+    store_url: str | None,
+    since: str | None,
+    name: str | None,
+    tags: tuple[str, ...],
+    status: str | None,
+    limit: int | None,
+    sample: int | None,
+    seed: int | None,
+    live: tuple[str, ...],
+    jobs: int,
+    executor: str,
+    address: str | None,
+    as_json: bool,
+    junit: str | None,
+    save_to: str | None,
+    no_save: bool,
+) -> None:
+    """Replay every selected recorded run against your code as it is now, and sort the runs:
+    unchanged; diverged, grouped by the first divergence (boundary, reason, changed fields),
+    largest group first; failed (the agent raised where the recording did not); not replayable.
+
+    Each run's root agent call is re-run with its recorded arguments; model and tool outputs
+    come from the recording. The check is kept (with the replays of diverged runs, for
+    `replayable diff`) and shown by `replayable checks` and `replayable serve`.
+
+    Exits 1 when any run diverged or failed, 2 on bad input.
+
+    \b
+    replayable check --import my_agent --since 7d
+    replayable check --import my_agent --store corpus/ --junit check.xml
+    replayable check --import my_agent --jobs 4 --sample 500 --seed 1
+    replayable check --import my_agent --store postgresql://... \\
+        --executor dask --address tcp://10.0.0.5:8786
+    """
+    if seed is not None and sample is None:
+        raise click.UsageError("--seed goes with --sample N")
+    if executor == "dask" and not address:
+        raise click.UsageError("--executor dask needs --address tcp://HOST:PORT")
+    if address and executor != "dask":
+        raise click.UsageError("--address is for --executor dask")
+    if executor == "dask" and jobs != 1:
+        raise click.UsageError("--jobs is for the local executor; size the Dask cluster instead")
+    import_modules(modules)
+    store = get_store(store_url)
+    update, stop = _progress()
+    try:
+        report = check(
+            store,
+            imports=modules,
+            since=parse_since(since),
+            name=name,
+            tags=_parse_tags(tags) or None,
+            status=status,
+            limit=limit,
+            sample=sample,
+            seed=seed,
+            live=live,
+            jobs=jobs,
+            executor=executor,
+            address=address,
+            save=not no_save,
+            save_to=get_store(save_to, create=True) if save_to else None,
+            progress=update,
+        )
+    except ValueError as exc:
+        stop()
+        fail(str(exc))
+        return
+    finally:
+        stop()
+    if junit:
+        Path(junit).parent.mkdir(parents=True, exist_ok=True)
+        Path(junit).write_text(report.to_junit(), encoding="utf-8")
+    if as_json:
+        click.echo(orjson.dumps(report.to_dict()).decode())
+    elif not report.outcomes:
+        click.echo(f"no runs match these filters in {report.store}: nothing to check")
+    else:
+        render_report(report, console())
+    if not report.ok:
+        sys.exit(1)
+
+
+@main.command("checks")
+@click.argument("check_id", required=False)
+@store_option
+@click.option(
+    "-n",
+    "--limit",
+    default=20,
+    show_default=True,
+    type=click.IntRange(min=1),
+    help="At most this many checks.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@handle_errors
+def checks_cmd(check_id: str | None, store_url: str | None, limit: int, as_json: bool) -> None:
+    """List the checks kept in the store, newest first; with CHECK_ID (or a unique prefix),
+    show one: its counts, groups with examples, failed and not replayable runs."""
+    store = get_store(store_url)
+    if check_id is not None:
+        report = load_check(check_id, store)
+        if as_json:
+            click.echo(orjson.dumps(report.to_dict()).decode())
+        else:
+            render_report(report, console())
+        return
+    found = list_checks(store, limit)
+    if as_json:
+        click.echo(
+            orjson.dumps(
+                [{k: v for k, v in r.to_dict().items() if k != "runs"} for r in found]
+            ).decode()
+        )
+        return
+    if not found:
+        click.echo(f"no checks in {store.url}; run one with `replayable check --import MODULE`")
+        return
+    table = Table(box=None, padding=(0, 2))
+    table.add_column("check", no_wrap=True)
+    table.add_column("started", no_wrap=True)
+    for col in ("runs", "unchanged", "diverged", "failed", "not replayable"):
+        table.add_column(col, justify="right")
+    table.add_column("largest group", overflow="fold")
+    for r in found:
+        c = r.counts
+        top = r.groups[0].signature if r.groups else ""
+        table.add_row(
+            r.id,
+            fmt_time(r.started_at),
+            str(sum(c.values())),
+            str(c["unchanged"]),
+            f"[bold yellow]{c['diverged']}[/bold yellow]" if c["diverged"] else "0",
+            f"[bold red]{c['failed']}[/bold red]" if c["failed"] else "0",
+            str(c["not_replayable"]),
+            escape(top),
+        )
+    console().print(table)

@@ -1,0 +1,256 @@
+"""``rp.check``: many recorded runs replayed against the code as it is now, sorted and kept."""
+
+from __future__ import annotations
+
+import sqlite3
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from tests.fixtures.check_corpus import URGENT, Corpus, record_corpus
+
+import replayable as rp
+from replayable._check import CheckReport, list_checks, load_check
+from replayable.store import open_store
+from replayable.store.base import RunQuery
+from replayable.trace import write_trace
+
+
+@pytest.fixture
+def corpus(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Corpus]:
+    """30 recorded runs of the sampling support agent, in the test's SQLite store."""
+    code = tmp_path / "code"
+    code.mkdir()
+    monkeypatch.syspath_prepend(str(code))
+    return record_corpus(open_store(tmp_path / "traces.db"), code)
+
+
+def _outcomes(report: CheckReport) -> list[tuple[str, str, str | None]]:
+    return [(o.run_id, o.outcome, o.signature) for o in report.outcomes]
+
+
+class TestSorting:
+    def test_unchanged_code_leaves_every_run_unchanged(self, corpus: Corpus) -> None:
+        """Against the code that recorded them, every run takes the recorded path."""
+        report = rp.check(corpus.store, imports=[corpus.name])
+        assert report.counts == {
+            "unchanged": 30,
+            "diverged": 0,
+            "failed": 0,
+            "not_replayable": 0,
+        }
+        assert report.ok
+        assert report.groups == []
+
+    def test_a_change_on_some_inputs_diverges_exactly_those_runs_in_one_group(
+        self, corpus: Corpus
+    ) -> None:
+        """Capping refunds at 100 diverges exactly the runs that refunded more, in one group
+        whose signature is issue_refund, changed, [amount]; every other run is unchanged."""
+        expected = corpus.refunds_over(100)
+        assert expected, "the sampled corpus has refunds over 100"
+        corpus.change()
+        report = rp.check(corpus.store, imports=[corpus.name])
+        diverged = {o.run_id for o in report.runs("diverged")}
+        assert diverged == expected
+        assert {o.run_id for o in report.runs("unchanged")} == {
+            r.id for r in corpus.runs
+        } - expected
+        assert not report.ok
+        [group] = report.groups
+        assert group.boundary == f"{corpus.name}:issue_refund"
+        assert group.reason == "changed"
+        assert group.fields == ("amount",)
+        assert group.signature == f"changed {corpus.name}:issue_refund [amount]"
+        assert group.count == len(expected)
+        assert {r for r, _ in group.examples} <= expected
+        assert 0 < len(group.examples) <= 5
+
+    def test_groups_are_largest_first(self, corpus: Corpus) -> None:
+        """Two kinds of change give two groups with the right members, the bigger one first."""
+        over = corpus.refunds_over(100)
+        small = corpus.refunds_over(0) - corpus.refunds_over(90)  # totals under 100
+        assert over
+        assert small
+        corpus.change(
+            "amount = min(amount, 100)\n"
+            '    if order["total"] < 100:\n'
+            "        lookup_order(order_id)"
+        )
+        report = rp.check(corpus.store, imports=[corpus.name])
+        members = {
+            g.signature: {o.run_id for o in report.runs("diverged") if o.signature == g.signature}
+            for g in report.groups
+        }
+        assert members == {
+            f"changed {corpus.name}:issue_refund [amount]": over,
+            f"unexpected {corpus.name}:lookup_order": small,
+        }
+        assert [g.count for g in report.groups] == sorted([len(over), len(small)], reverse=True)
+
+    def test_a_raise_where_the_recording_did_not_is_failed(self, corpus: Corpus) -> None:
+        """Urgent tickets now raise: exactly those runs are failed, with the error named."""
+        corpus.change(URGENT, where="# FIRST")
+        report = rp.check(corpus.store, imports=[corpus.name])
+        urgent = {r.id for r in corpus.runs if "urgent" in corpus.recorded(r)[0].input["ticket"]}
+        assert {o.run_id for o in report.runs("failed")} == urgent
+        for o in report.runs("failed"):
+            assert o.signature == "builtins:RuntimeError"
+            assert "no handler for urgent tickets" in o.detail
+        assert report.counts["unchanged"] == 30 - len(urgent)
+        assert not report.ok
+
+
+class TestNotReplayable:
+    def test_an_edited_event_is_not_replayable_and_the_check_goes_on(
+        self, corpus: Corpus, tmp_path: Path
+    ) -> None:
+        """A run whose stored event was edited is reported as a damaged trace; the others
+        are checked as usual."""
+        victim = corpus.runs[3]
+        with sqlite3.connect(tmp_path / "traces.db") as db:
+            db.execute(
+                "UPDATE events SET output = ? WHERE run_id = ? AND seq = 1",
+                ('{"label": "question", "score": 0.9}', victim.id),
+            )
+        report = rp.check(corpus.store, imports=[corpus.name])
+        [bad] = report.runs("not_replayable")
+        assert bad.run_id == victim.id
+        assert bad.detail.startswith("damaged trace:")
+        assert report.counts["unchanged"] == 29
+        assert report.ok  # not replayable runs are reported, not failed
+
+    def test_a_damaged_trace_file_in_a_corpus_directory(
+        self, corpus: Corpus, tmp_path: Path
+    ) -> None:
+        """In a directory of trace files, a file with a broken event line is not replayable;
+        every other file is checked, and the check is kept in the default store."""
+        corpus_dir = tmp_path / "corpus"
+        for run in corpus.runs[:6]:
+            write_trace(run, corpus.recorded(run), corpus_dir / f"{run.id}.jsonl")
+        broken = corpus_dir / f"{corpus.runs[2].id}.jsonl"
+        lines = broken.read_text(encoding="utf-8").splitlines(keepends=True)
+        broken.write_text(lines[0] + lines[1] + "{not json\n", encoding="utf-8")
+        report = rp.check(corpus_dir, imports=[corpus.name])
+        [bad] = report.runs("not_replayable")
+        assert bad.run_id == corpus.runs[2].id
+        assert "line 3 is not a valid event" in bad.detail
+        assert report.counts["unchanged"] == 5
+        assert report.saved_to == open_store(None).url
+
+    def test_an_unregistered_root_boundary_is_not_replayable(self, corpus: Corpus) -> None:
+        """Checking without importing the agent's module says which boundary is missing."""
+        from replayable.boundary import _REGISTRY
+
+        for name in [n for n in _REGISTRY if n.startswith(corpus.name + ":")]:
+            del _REGISTRY[name]
+        report = rp.check(corpus.store, imports=[])
+        assert report.counts["not_replayable"] == 30
+        assert "is not registered" in report.outcomes[0].detail
+
+
+class TestKept:
+    def test_the_check_is_kept_with_its_groups_and_every_runs_outcome(self, corpus: Corpus) -> None:
+        """load_check gives back the same outcomes and groups; list_checks lists it first."""
+        corpus.change()
+        report = rp.check(corpus.store, imports=[corpus.name])
+        again = load_check(report.id[:14], corpus.store)
+        assert _outcomes(again) == _outcomes(report)
+        assert again.groups == report.groups
+        assert again.counts == report.counts
+        [listed] = list_checks(corpus.store)
+        assert listed.id == report.id
+        assert listed.counts == report.counts
+        assert listed.outcomes == []
+
+    def test_only_diverged_runs_keep_their_replay(self, corpus: Corpus) -> None:
+        """Unchanged runs leave nothing behind; each diverged run's replay is in the store,
+        linked to its source, and diffs against it at issue_refund."""
+        from replayable._rundiff import diff_runs
+
+        corpus.change()
+        report = rp.check(corpus.store, imports=[corpus.name])
+        replays = [r for r in corpus.store.list_runs(RunQuery(limit=1000)) if r.parent_run]
+        diverged = report.runs("diverged")
+        assert {r.id for r in replays} == {o.replay_id for o in diverged}
+        o = diverged[0]
+        replay = corpus.store.get_run(str(o.replay_id))
+        assert replay.parent_run == o.run_id
+        assert replay.status == "diverged"
+        source = corpus.store.get_run(o.run_id)
+        d = diff_runs(
+            source, corpus.recorded(source), replay, list(corpus.store.iter_events(replay.id))
+        )
+        assert d.first_divergence is not None
+        assert d.first_divergence.boundary.endswith(":issue_refund")
+        from replayable.trace import verify_events
+
+        assert verify_events(corpus.store.iter_events(replay.id))[1] == []
+
+    def test_save_false_keeps_nothing(self, corpus: Corpus) -> None:
+        """save=False writes neither the check nor any replay."""
+        corpus.change()
+        report = rp.check(corpus.store, imports=[corpus.name], save=False)
+        assert report.saved_to is None
+        assert list_checks(corpus.store) == []
+        assert not [r for r in corpus.store.list_runs(RunQuery(limit=1000)) if r.parent_run]
+
+
+class TestSelection:
+    def test_sample_with_a_seed_is_repeatable(self, corpus: Corpus) -> None:
+        """sample=N checks N runs; the same seed picks the same ones."""
+        a = rp.check(corpus.store, imports=[corpus.name], sample=7, seed=3, save=False)
+        b = rp.check(corpus.store, imports=[corpus.name], sample=7, seed=3, save=False)
+        assert len(a.outcomes) == 7
+        assert [o.run_id for o in a.outcomes] == [o.run_id for o in b.outcomes]
+
+    def test_filters_and_limit(self, corpus: Corpus, tmp_path: Path) -> None:
+        """name, tags and limit narrow the selection; replays are never selected."""
+        more = record_corpus(corpus.store, corpus.directory, n=3, tags={"env": "staging"})
+        staging = rp.check(corpus.store, imports=[more.name], tags={"env": "staging"}, save=False)
+        assert {o.run_id for o in staging.outcomes} == {r.id for r in more.runs}
+        newest = rp.check(corpus.store, imports=[corpus.name], limit=4, save=False)
+        assert [o.run_id for o in newest.outcomes] == [r.id for r in more.runs[::-1]] + [
+            corpus.runs[-1].id
+        ]
+        assert rp.check(corpus.store, name="nope", save=False).outcomes == []
+
+    def test_bad_arguments_are_refused(self, corpus: Corpus) -> None:
+        """jobs < 1, an unknown executor, dask without an address: ValueError at once."""
+        with pytest.raises(ValueError, match="jobs"):
+            rp.check(corpus.store, jobs=0)
+        with pytest.raises(ValueError, match="executor"):
+            rp.check(corpus.store, executor="ray")
+        with pytest.raises(ValueError, match="address"):
+            rp.check(corpus.store, executor="dask")
+
+
+class TestParallel:
+    def test_two_worker_processes_give_the_same_result_as_one(self, corpus: Corpus) -> None:
+        """jobs=2 sorts and groups every run exactly as jobs=1 does."""
+        corpus.change()
+        one = rp.check(corpus.store, imports=[corpus.name], save=False)
+        two = rp.check(corpus.store, imports=[corpus.name], jobs=2, save=False)
+        assert _outcomes(two) == _outcomes(one)
+        assert [(g.signature, g.count) for g in two.groups] == [
+            (g.signature, g.count) for g in one.groups
+        ]
+
+
+class TestJUnit:
+    def test_junit_xml_parses_with_one_case_per_run(self, corpus: Corpus) -> None:
+        """The JUnit report parses; diverged runs are failures naming their group."""
+        corpus.change()
+        report = rp.check(corpus.store, imports=[corpus.name], save=False)
+        root = ET.fromstring(report.to_junit())
+        [suite] = root.findall("testsuite")
+        cases = suite.findall("testcase")
+        assert len(cases) == 30
+        assert int(suite.get("tests", "0")) == 30
+        assert int(suite.get("failures", "0")) == report.counts["diverged"]
+        failures = [c for c in cases if c.find("failure") is not None]
+        assert {c.get("name") for c in failures} == {o.run_id for o in report.runs("diverged")}
+        failure = failures[0].find("failure")
+        assert failure is not None
+        assert failure.get("message") == report.groups[0].signature

@@ -105,6 +105,13 @@ INTEGRATIONS: list[Integration] = [
         "LangChain chat models (BaseChatModel) and tools (BaseTool, or a list of them)",
         _all_of(from_modules("langchain_core")),
     ),
+    Integration(
+        "mcp",
+        "replayable.integrations.mcp",
+        "mcp",
+        "mcp.Client, mcp.ClientSession",
+        from_modules("mcp"),
+    ),
     # Further stacks: append an Integration here (first match wins, so put the more
     # specific prefix first).
 ]

@@ -1,0 +1,292 @@
+"""Record and replay MCP (Model Context Protocol) client calls, without the server in replay.
+
+>>> import replayable as rp
+>>> from mcp import Client, StdioServerParameters
+>>> server = StdioServerParameters(command="python", args=["shop_server.py"])
+>>> async with rp.instrument(Client(server), side_effects=["place_order"]) as client:
+...     await client.call_tool("place_order", {"item": "mug", "quantity": 2})
+
+Each request becomes a boundary: ``mcp:tools/call.<tool>`` (kind ``tool``, one boundary per tool
+so ``live=`` and ``side_effects`` work per tool, keyed by the tool's arguments),
+``mcp:tools/list``, ``mcp:resources/read``, ``mcp:resources/list``, ``mcp:prompts/get`` and
+``mcp:prompts/list`` (kind ``retrieval``). Replay returns the SDK's own result types.
+
+Side effects: a tool changes the world unless the server annotates it ``readOnlyHint=True``
+(MCP's default for an unannotated tool is "may write"); ``side_effects=[...]`` marks tools as
+changing the world whatever their annotations, ``safe=[...]`` marks tools as safe to run live.
+
+An instrumented ``mcp.Client`` entered (``async with``) inside a replay never connects: the
+server process is not spawned and no connection is opened. Only a call named in ``live=``
+connects, on demand. A bare ``ClientSession`` can be instrumented too, but its transport is
+yours: open it outside the replay, or use a ``Client``.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import importlib
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from replayable.boundary import Boundary, boundary
+from replayable.context import SESSION
+from replayable.errors import UnsupportedClient
+
+__all__ = ["ResultCodec", "instrument"]
+
+_MARK = "__replayable_mcp__"
+
+
+class ResultCodec:
+    """MCP results as their wire JSON, rebuilt as the SDK's own pydantic types."""
+
+    def __init__(self, type_name: str) -> None:
+        self.type_name = type_name
+
+    def encode(self, value: Any) -> Any:
+        dump = getattr(value, "model_dump", None)
+        if dump is None:
+            return value
+        return dump(mode="json", by_alias=True, exclude_none=True)
+
+    def decode(self, data: Any) -> Any:
+        types = importlib.import_module("mcp.types")
+        return getattr(types, self.type_name).model_validate(data)
+
+
+@dataclass
+class _Real:
+    """The real call in flight; the boundary sees only its JSON arguments."""
+
+    state: _State
+    method: str
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+
+
+_CALL: contextvars.ContextVar[_Real | None] = contextvars.ContextVar(
+    "replayable_mcp_call", default=None
+)
+
+
+async def _live() -> Any:
+    real = _CALL.get()
+    if real is None:
+        raise UnsupportedClient("an MCP boundary was called outside its instrumented client")
+    await real.state.connect()
+    return await real.state.originals[real.method](*real.args, **real.kwargs)
+
+
+def _make(name: str, kind: str, result: str, side_effects: bool = False) -> Boundary:
+    codec = ResultCodec(result)
+
+    @boundary(name=name, kind=kind, side_effects=side_effects, codec=codec)
+    async def call(**params: Any) -> Any:
+        return await _live()
+
+    return call.__replayable__  # type: ignore[attr-defined,no-any-return]
+
+
+_REQUESTS: dict[str, Boundary] = {}
+_TOOLS: dict[str, Boundary] = {}
+
+
+def _page(cursor: str | None = None, **_: Any) -> dict[str, Any]:
+    return {"cursor": cursor}
+
+
+def _resource(uri: Any, **_: Any) -> dict[str, Any]:
+    return {"uri": str(uri)}
+
+
+def _prompt(name: str, arguments: dict[str, Any] | None = None, **_: Any) -> dict[str, Any]:
+    return {"name": name, "arguments": arguments or {}}
+
+
+# method -> (boundary name, result type, the call's parameters as keyed)
+_METHODS: dict[str, tuple[str, str, Callable[..., dict[str, Any]]]] = {
+    "list_tools": ("mcp:tools/list", "ListToolsResult", _page),
+    "read_resource": ("mcp:resources/read", "ReadResourceResult", _resource),
+    "list_resources": ("mcp:resources/list", "ListResourcesResult", _page),
+    "get_prompt": ("mcp:prompts/get", "GetPromptResult", _prompt),
+    "list_prompts": ("mcp:prompts/list", "ListPromptsResult", _page),
+}
+
+
+def _request_boundary(method: str) -> Boundary:
+    b = _REQUESTS.get(method)
+    if b is None:
+        name, result, _ = _METHODS[method]
+        b = _REQUESTS[method] = _make(name, "retrieval", result)
+    return b
+
+
+def tool_boundary_name(tool: str) -> str:
+    """The boundary name of calls to one MCP tool: ``mcp:tools/call.<tool>``."""
+    return f"mcp:tools/call.{tool}"
+
+
+def _tool_boundary(tool: str, side_effects: bool) -> Boundary:
+    b = _TOOLS.get(tool)
+    if b is None or b.side_effects is not side_effects:
+        # Defining it registers it: live= is answered with the latest flags known for the tool.
+        b = _TOOLS[tool] = _make(tool_boundary_name(tool), "tool", "CallToolResult", side_effects)
+    return b
+
+
+@dataclass
+class _State:
+    """What an instrumented client knows: its original methods, tool flags, connection."""
+
+    client: Any
+    originals: dict[str, Callable[..., Awaitable[Any]]]
+    side_effects: frozenset[str]
+    safe: frozenset[str]
+    read_only: dict[str, bool] = field(default_factory=dict)
+    offline: bool = False
+    connected: bool = False
+    enter: Callable[[], Awaitable[Any]] | None = None
+
+    def changes_world(self, tool: str) -> bool:
+        if tool in self.side_effects:
+            return True
+        if tool in self.safe:
+            return False
+        return not self.read_only.get(tool, False)
+
+    def learn(self, listing: Any) -> None:
+        """Note each listed tool's ``readOnlyHint`` (a served listing counts too)."""
+        for tool in getattr(listing, "tools", None) or ():
+            hints = getattr(tool, "annotations", None)
+            self.read_only[tool.name] = bool(getattr(hints, "read_only_hint", None))
+
+    async def connect(self) -> None:
+        """Open the real connection of a client entered offline (a live call in a replay)."""
+        if self.offline and not self.connected and self.enter is not None:
+            await self.enter()
+            self.connected = True
+
+
+def _wrap_tool_call(state: _State) -> Callable[..., Awaitable[Any]]:
+    original = state.originals["call_tool"]
+
+    async def call_tool(
+        name: str, arguments: dict[str, Any] | None = None, *args: Any, **kwargs: Any
+    ) -> Any:
+        if SESSION.get() is None:
+            return await original(name, arguments, *args, **kwargs)
+        b = _tool_boundary(name, state.changes_world(name))
+        token = _CALL.set(_Real(state, "call_tool", (name, arguments, *args), kwargs))
+        try:
+            return await b.wrapper(**(arguments or {}))
+        finally:
+            _CALL.reset(token)
+
+    return call_tool
+
+
+def _wrap_request(state: _State, method: str) -> Callable[..., Awaitable[Any]]:
+    original = state.originals[method]
+    keyed = _METHODS[method][2]
+
+    async def request(*args: Any, **kwargs: Any) -> Any:
+        if SESSION.get() is None:
+            result = await original(*args, **kwargs)
+        else:
+            b = _request_boundary(method)
+            token = _CALL.set(_Real(state, method, args, kwargs))
+            try:
+                result = await b.wrapper(**keyed(*args, **kwargs))
+            finally:
+                _CALL.reset(token)
+        if method == "list_tools":
+            state.learn(result)
+        return result
+
+    return request
+
+
+def _offline_class(cls: type) -> type:
+    """A subclass of ``mcp.Client`` whose ``async with`` does not connect inside a replay."""
+    cached = cls.__dict__.get("__replayable_offline__")
+    if cached is not None:
+        return cached  # type: ignore[no-any-return]
+    base_enter = cls.__aenter__  # type: ignore[attr-defined]
+    base_exit = cls.__aexit__  # type: ignore[attr-defined]
+
+    async def __aenter__(self: Any) -> Any:
+        state: _State = self.__dict__[_MARK]
+        from replayable.replay import Replayer
+
+        state.offline = isinstance(SESSION.get(), Replayer)
+        state.connected = False
+        if state.offline:
+            state.enter = lambda: base_enter(self)
+            return self
+        await base_enter(self)
+        state.connected = True
+        return self
+
+    async def __aexit__(self: Any, *exc: Any) -> Any:
+        state: _State = self.__dict__[_MARK]
+        if not state.connected:
+            return None
+        state.connected = False
+        return await base_exit(self, *exc)
+
+    offline = type(
+        cls.__name__,
+        (cls,),
+        {"__aenter__": __aenter__, "__aexit__": __aexit__, "__module__": cls.__module__},
+    )
+    cls.__replayable_offline__ = offline  # type: ignore[attr-defined]
+    offline.__replayable_offline__ = offline  # type: ignore[attr-defined]
+    return offline
+
+
+def instrument(
+    obj: Any, *, side_effects: Iterable[str] = (), safe: Iterable[str] = (), **options: Any
+) -> Any:
+    """Record an ``mcp.Client`` (or ``ClientSession``)'s requests; returns the same object.
+
+    ``side_effects`` names tools that change the world (replay never runs them, ``live=``
+    refuses them); ``safe`` names tools that may run live whatever their annotations.
+
+    >>> client = instrument(Client(server), side_effects=["place_order"], safe=["check_stock"])
+    """
+    if options:
+        raise TypeError(f"unexpected option(s) for MCP: {', '.join(sorted(options))}")
+    try:
+        mcp = importlib.import_module("mcp")
+    except ImportError as exc:
+        raise UnsupportedClient("MCP is not installed: pip install 'replayable[mcp]'") from exc
+    marked, allowed = frozenset(side_effects), frozenset(safe)
+    both = marked & allowed
+    if both:
+        raise UnsupportedClient(
+            f"tools named both in side_effects and in safe: {', '.join(sorted(both))}"
+        )
+    if not isinstance(obj, (mcp.Client, mcp.ClientSession)):
+        raise UnsupportedClient(
+            f"cannot instrument {type(obj).__module__}.{type(obj).__qualname__}: "
+            "replayable.integrations.mcp supports mcp.Client and mcp.ClientSession"
+        )
+    if _MARK in obj.__dict__:
+        raise UnsupportedClient("this MCP client is instrumented already")
+    methods = ["call_tool", *_METHODS]
+    state = _State(
+        client=obj,
+        originals={m: getattr(obj, m) for m in methods},
+        side_effects=marked,
+        safe=allowed,
+    )
+    obj.__dict__[_MARK] = state
+    obj.call_tool = _wrap_tool_call(state)
+    for method in _METHODS:
+        setattr(obj, method, _wrap_request(state, method))
+    for tool in marked | allowed:  # known before any replay starts, so live= can check them
+        _tool_boundary(tool, tool in marked)
+    if isinstance(obj, mcp.Client):
+        obj.__class__ = _offline_class(type(obj))
+    return obj

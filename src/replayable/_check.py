@@ -387,6 +387,7 @@ def _prepare(task: _Task) -> None:
             sys.path.append(p)
     for name in task.imports:
         if name not in _IMPORTED:
+            importlib.invalidate_caches()  # a module written since this worker started
             importlib.import_module(name)
             _IMPORTED.add(name)
 

@@ -15,7 +15,7 @@ import threading
 import time
 import warnings
 from collections import defaultdict
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -434,6 +434,12 @@ class Replay(AsyncToo["Replay"]):
         return list(self.session.divergences)
 
     @property
+    def changes(self) -> list[Any]:
+        """What-if replays: every step the override or fork changed (``Change`` objects, in
+        order); empty for a plain replay."""
+        return list(getattr(self.session, "changes", ()))
+
+    @property
     def ok(self) -> bool:
         """True when the replay found no divergence."""
         return not self.session.divergences
@@ -446,9 +452,11 @@ class Replay(AsyncToo["Replay"]):
             f"replay of run {s.source.id}: {len(s.events)} recorded calls, {served} matched, "
             f"{len(s.divergences)} divergence(s)"
         )
+        whatif = s.whatif_lines() if hasattr(s, "whatif_lines") else []
         if not s.divergences:
-            return head + "\nno divergence: the code took the recorded path"
-        lines = [head, *(f"{i}. {d.describe()}" for i, d in enumerate(s.divergences, 1))]
+            tail = "no divergence" + ("" if whatif else ": the code took the recorded path")
+            return "\n".join([head, *whatif, tail])
+        lines = [head, *whatif, *(f"{i}. {d.describe()}" for i, d in enumerate(s.divergences, 1))]
         if s.stopped_by is not None and s.stopped_by in s.divergences:
             at = s.divergences.index(s.stopped_by) + 1
             lines.append(
@@ -492,6 +500,10 @@ def replay(
     allow_side_effects: bool = False,
     strict: bool = True,
     match: str = "address",
+    override: Mapping[str, Any] | None = None,
+    live_from: str | None = None,
+    live_kinds: Iterable[str] = (),
+    fakes: Mapping[str, Callable[..., Any]] | None = None,
 ) -> Replay:
     """Replay a recorded run: a run id (or unique prefix), a :class:`Run`, or a trace file path.
 
@@ -501,6 +513,15 @@ def replay(
     ``allow_side_effects=True``. With ``strict=True`` the first divergence raises
     :class:`Divergence`; with ``strict=False`` divergences collect in ``.divergences``.
     ``match="key"`` matches by canonical key alone, ignoring where the call sits.
+
+    What-ifs (see :mod:`replayable._fork`): ``override={"name#N": value}`` makes that recorded
+    call return ``value`` (or raise it, for an exception); ``live_from="name#N"`` serves every
+    call before that step and runs the ones without side effects live from it on;
+    ``live_kinds=("llm",)`` runs calls of those kinds live when the recording cannot serve them
+    (changed or new), instead of diverging. A side-effecting call after the fork point is served
+    only when it matches the recording exactly, else it runs its fake (``fakes={"name": fn}``),
+    or live with ``allow_side_effects=True``, or raises :class:`SideEffectRefused`.
+    ``Replay.changes`` and ``report()`` say what the what-if changed.
 
     >>> with replay(run.id) as r:
     ...     agent("delete Bob's record")
@@ -527,14 +548,26 @@ def replay(
         parent_run=source_run.id,
         store=target,
     )
-    session = Replayer(
-        target,
-        run,
-        source_run,
-        events,
-        live=live,
-        allow_side_effects=allow_side_effects,
-        strict=strict,
-        match=match,
-    )
-    return Replay(session)
+    options: dict[str, Any] = {
+        "live": live,
+        "allow_side_effects": allow_side_effects,
+        "strict": strict,
+        "match": match,
+    }
+    if override or live_from is not None or live_kinds or fakes:
+        from replayable._fork import WhatIf
+
+        return Replay(
+            WhatIf(
+                target,
+                run,
+                source_run,
+                events,
+                override=dict(override or {}),
+                live_from=live_from,
+                live_kinds=tuple(live_kinds),
+                fakes=dict(fakes or {}),
+                **options,
+            )
+        )
+    return Replay(Replayer(target, run, source_run, events, **options))

@@ -115,3 +115,23 @@ class TestEscapingInTheBrowser:
             expect(page.locator("tr.detail-row pre.json").first).to_contain_text("<script>")
             expect(page.locator("tr.step .preview").first).to_contain_text("<img src=x")
             assert page.evaluate("window.pwned") is None
+
+
+class TestForkFromHereInTheBrowser:
+    def test_the_expanded_step_card_copies_its_fork_command(
+        self, page: Page, live_server: LiveServer, incident: Incident
+    ) -> None:
+        """Expanding the model step shows 'fork from here'; its copy button copies it."""
+        page.context.grant_permissions(["clipboard-read", "clipboard-write"])
+        page.goto(f"{live_server.url}/runs/{incident.run.id}")
+        page.locator("tr.step[data-name='choose_record'] .step-name").click()
+        command = page.locator("tr.detail-row .fork-here input.cmd")
+        expect(command).to_have_value(
+            f"replayable fork {incident.run.id} --import replayable.demo.agent "
+            f"--at choose_record#1 --live-from --store {incident.store.url}"
+        )
+        button = page.locator("tr.detail-row .fork-here button.copy")
+        button.click()
+        expect(button).to_have_text("copied")
+        assert page.evaluate("navigator.clipboard.readText()") == command.input_value()
+        expect(button).to_have_text("copy fork command", timeout=5000)

@@ -141,3 +141,193 @@ def drift_cmd(
         console().print(report.report(), markup=False)
     if report.drifted:
         sys.exit(1)
+
+
+def _exception(spec: str) -> BaseException:
+    """``TYPE[:MESSAGE]``: a builtin exception name or ``module:Class``, and its message."""
+    import builtins
+
+    head, sep, message = spec.partition(":")
+    cls: Any = getattr(builtins, head, None)
+    if cls is None and sep:  # module:Class[:message]
+        cls_name, _, message = message.partition(":")
+        cls = _load_object(f"{head}:{cls_name}", "--set-error")
+    if not (isinstance(cls, type) and issubclass(cls, BaseException)):
+        raise click.BadParameter(
+            f"{spec!r}: use TYPE[:MESSAGE] with a builtin exception (TimeoutError:model timed "
+            "out) or module:Class[:MESSAGE]",
+            param_hint="--set-error",
+        )
+    try:
+        return cls(message) if message else cls()
+    except TypeError as exc:
+        raise click.BadParameter(f"cannot build {spec!r}: {exc}", param_hint="--set-error")
+
+
+def _output(text: str | None, file: Any, error: str | None) -> tuple[bool, Any]:
+    given = [x for x in (text, file, error) if x is not None]
+    if len(given) > 1:
+        raise click.UsageError("give one of --set-output, --set-output-file, --set-error")
+    if error is not None:
+        return True, _exception(error)
+    raw = text if text is not None else (file.read() if file is not None else None)
+    if raw is None:
+        return False, None
+    try:
+        return True, orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        hint = "--set-output" if text is not None else "--set-output-file"
+        raise click.BadParameter(f"not JSON: {exc}", param_hint=hint)
+
+
+def _fakes(specs: tuple[str, ...]) -> dict[str, Any]:
+    out = {}
+    for spec in specs:
+        name, sep, target = spec.partition("=")
+        if not sep or not name or not target:
+            raise click.BadParameter(f"{spec!r}: use NAME=module:function", param_hint="--fake")
+        fn = _load_object(target, "--fake")
+        if not callable(fn):
+            raise click.BadParameter(f"{target!r} is not callable", param_hint="--fake")
+        out[name] = fn
+    return out
+
+
+@main.command("fork")
+@click.argument("run_id")
+@store_option
+@import_option
+@click.option(
+    "--at",
+    "at",
+    required=True,
+    help="The step to fork at: name#N, the N-th recorded call of boundary 'name' (1-based, in "
+    "start order; a bare name means #1). `replayable show RUN` lists the steps.",
+)
+@click.option("--set-output", help="JSON the step returns instead of its recorded output.")
+@click.option(
+    "--set-output-file",
+    type=click.File("rb"),
+    help="A file holding that JSON ('-' for stdin).",
+)
+@click.option(
+    "--set-error",
+    help="An exception the step raises instead: TYPE[:MESSAGE] (TimeoutError:model timed out) "
+    "or module:Class[:MESSAGE].",
+)
+@click.option(
+    "--live-from",
+    is_flag=True,
+    help="Serve every call before the step, then run it and every later call live (side "
+    "effects excepted: served when they match the recording, else refused or faked).",
+)
+@click.option(
+    "--live-kind",
+    "live_kinds",
+    multiple=True,
+    help="Kind (llm, tool, ...) whose calls run live when the recording cannot serve them "
+    "(changed or new); repeatable.",
+)
+@click.option(
+    "--live", multiple=True, help="Boundary to run live throughout (name or name#N); repeatable."
+)
+@click.option(
+    "--fake",
+    "fakes",
+    multiple=True,
+    help="NAME=module:function: run this instead of boundary NAME when the recording cannot "
+    "serve it (e.g. a side effect that changed); repeatable.",
+)
+@click.option(
+    "--allow-side-effects",
+    is_flag=True,
+    help="Let changed side effects run for real (without it they are refused).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON.")
+@handle_errors
+def fork_cmd(
+    run_id: str,
+    store_url: str | None,
+    modules: tuple[str, ...],
+    at: str,
+    set_output: str | None,
+    set_output_file: Any,
+    set_error: str | None,
+    live_from: bool,
+    live_kinds: tuple[str, ...],
+    live: tuple[str, ...],
+    fakes: tuple[str, ...],
+    allow_side_effects: bool,
+    as_json: bool,
+) -> None:
+    """What if step --at had returned something else, or had run again live?
+
+    Replays RUN with your code (its root agent called with the recorded arguments): every call
+    before the step is served from the recording; the step returns --set-output (or raises
+    --set-error), or with --live-from runs live with everything after it. Calls that still
+    match are served; a side effect that no longer matches is refused unless faked (--fake) or
+    allowed. Prints which steps changed; the fork is recorded as a run linked to RUN at the
+    step. Exits 0 when the fork ran to the end, 1 when a refused side effect or a divergence
+    stopped it, 2 on bad input.
+    """
+    from replayable._rootcall import call_recorded, root_call
+    from replayable.cli._core import import_modules
+    from replayable.errors import Divergence, ReplayableError, SideEffectRefused
+    from replayable.replay import replay
+
+    step = at if "#" in at else f"{at}#1"
+    has_output, value = _output(set_output, set_output_file, set_error)
+    if not has_output and not live_from:
+        fail(
+            "say what changes at the step: --set-output JSON, --set-output-file F, "
+            "--set-error TYPE[:MESSAGE] or --live-from"
+        )
+    import_modules(modules)
+    faked = _fakes(fakes)
+    rp = replay(
+        run_id,
+        store=get_store(store_url, create=run_id.endswith(".jsonl")),
+        live=live,
+        allow_side_effects=allow_side_effects,
+        strict=False,
+        override={step: value} if has_output else None,
+        live_from=step if live_from else None,
+        live_kinds=live_kinds,
+        fakes=faked,
+    )
+    b, ev = root_call(rp.source, rp.recorded_events)
+    stopped: BaseException | None = None
+    try:
+        with rp:
+            call_recorded(b, ev)
+    except (Divergence, SideEffectRefused) as exc:
+        stopped = exc
+    except ReplayableError:
+        raise
+    except Exception as exc:
+        if ev.error is None:
+            stopped = exc
+    if as_json:
+        payload = {
+            "source": rp.source.id,
+            "fork": rp.run.id,
+            "at": rp.run.metadata.get("fork"),
+            "changes": [c.to_dict() for c in rp.changes],
+            "divergences": [d.to_dict() for d in rp.divergences],
+            "stopped": None if stopped is None else f"{type(stopped).__name__}: {stopped}",
+        }
+        click.echo(orjson.dumps(payload).decode())
+    else:
+        out = console()
+        out.print(rp.report(), markup=False)
+        if isinstance(stopped, SideEffectRefused):
+            out.print(f"stopped: {stopped}", markup=False)
+        elif stopped is not None and not isinstance(stopped, Divergence):
+            out.print(f"the agent raised {type(stopped).__name__}: {stopped}", markup=False)
+        out.print(
+            f"fork recorded as run {rp.run.id} (source {rp.source.id} at {step}); compare: "
+            f"replayable diff {rp.source.id} {rp.run.id}",
+            markup=False,
+        )
+    if isinstance(stopped, Divergence | SideEffectRefused):
+        sys.exit(1)

@@ -32,6 +32,8 @@ from replayable.store.base import RunQuery, Store
 from replayable.viewer._data import (
     MAX_INLINE_BYTES,
     RunCache,
+    fork_command,
+    root_module,
     run_overview,
     run_summary,
     step_data,
@@ -297,9 +299,7 @@ def create_app(
             for r in store.list_runs(RunQuery(limit=500))
             if r.parent_run == run.id or r.metadata.get("replay_of") == run.id
         ]
-        roots = [e for e in loaded.events if e.parent_seq is None and e.kind != "clock"]
-        agents = [e for e in roots if e.kind == "agent"] or roots
-        module = agents[0].boundary.split(":", 1)[0] if agents else "your_module"
+        module = root_module(loaded)
         return {
             "run": run_summary(run),
             "environment": run.environment,
@@ -340,6 +340,7 @@ def create_app(
             title=f"{step['name']} · run {loaded.run.id}",
             run=run_summary(loaded.run),
             step=step,
+            fork_command=fork_command(loaded, step["seq"], store.url),
         )
 
     async def diff_page(request: Request) -> Response:
@@ -387,7 +388,7 @@ def create_app(
         step = step_data(loaded, int(request.path_params["seq"]), max_inline_bytes)
         if step is None:
             raise HTTPException(404, "no such step in this run")
-        return _json(step)
+        return _json({**step, "fork_command": fork_command(loaded, step["seq"], store.url)})
 
     async def api_field(request: Request) -> Response:
         loaded = cache.get(request.path_params["run_id"])

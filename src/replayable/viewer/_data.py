@@ -5,6 +5,8 @@ No HTML here (templates do that, with autoescaping); the JSON API returns these 
 
 from __future__ import annotations
 
+import re
+import shlex
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -21,9 +23,11 @@ __all__ = [
     "MAX_INLINE_BYTES",
     "LoadedRun",
     "RunCache",
+    "fork_command",
     "pretty",
     "preview",
     "retrieval_cards",
+    "root_module",
     "run_summary",
     "step_data",
     "tree_rows",
@@ -180,11 +184,55 @@ def tree_rows(loaded: LoadedRun, offset: int = 0, limit: int = 500) -> list[dict
 
 
 def run_summary(run: Run) -> dict[str, Any]:
-    """A run as the run list and the API show it (no environment dump)."""
+    """A run as the run list and the API show it (no environment dump). A fork carries
+    ``fork``: the step it forked at (``seq``, ``address``, ``step``) in its source."""
     d = run.to_dict()
     d["duration_s"] = run.duration_s
     d["replay_of"] = run.parent_run or run.metadata.get("replay_of")
+    fork = run.metadata.get("fork")
+    d["fork"] = fork if isinstance(fork, dict) and fork.get("step") else None
     return d
+
+
+def root_module(loaded: LoadedRun) -> str:
+    """The module of the run's root agent: what ``--import`` needs to replay or fork it."""
+    roots = [e for e in loaded.events if e.parent_seq is None and e.kind != "clock"]
+    agents = [e for e in roots if e.kind == "agent"] or roots
+    return agents[0].boundary.split(":", 1)[0] if agents else "your_module"
+
+
+def _shell_word(text: str) -> str:
+    """``text`` as one shell word: bare when it is plain (``#`` inside a word is no comment)."""
+    return text if re.fullmatch(r"[\w@%+=:,./#-]+", text) else shlex.quote(text)
+
+
+def fork_command(loaded: LoadedRun, seq: int, store_url: str) -> str | None:
+    """``replayable fork RUN --at name#N --live-from ...`` for a step, ready to copy; None for
+    agent and clock steps (a fork changes what a step returns, not the agent around it)."""
+    ev = loaded.by_seq.get(seq)
+    if ev is None or ev.kind in ("agent", "clock"):
+        return None
+    nth = sum(1 for e in loaded.events if e.boundary == ev.boundary and e.seq <= ev.seq)
+    bare = ev.boundary.rsplit(":", 1)[-1].rsplit(".", 1)[-1]
+    others = {
+        e.boundary
+        for e in loaded.events
+        if e.boundary.rsplit(":", 1)[-1].rsplit(".", 1)[-1] == bare
+    }
+    name = bare if len(others) == 1 else ev.boundary
+    return " ".join(
+        [
+            "replayable fork",
+            loaded.run.id,
+            "--import",
+            shlex.quote(root_module(loaded)),
+            "--at",
+            _shell_word(f"{name}#{nth}"),
+            "--live-from",
+            "--store",
+            shlex.quote(store_url),
+        ]
+    )
 
 
 def run_overview(loaded: LoadedRun) -> dict[str, Any]:

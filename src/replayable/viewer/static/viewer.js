@@ -113,9 +113,11 @@ async function copyText(text, button) {
     input.select();
     document.execCommand("copy");
   }
+  const label = button.dataset.label || button.textContent;
+  button.dataset.label = label;
   button.classList.add("copied");
   button.textContent = "copied";
-  setTimeout(() => { button.classList.remove("copied"); button.textContent = "copy replay command"; }, 1500);
+  setTimeout(() => { button.classList.remove("copied"); button.textContent = label; }, 1500);
 }
 
 document.addEventListener("DOMContentLoaded", () => {
@@ -132,7 +134,9 @@ document.addEventListener("DOMContentLoaded", () => {
   }
   const more = document.getElementById("load-more");
   if (more && table) more.addEventListener("click", () => loadMore(more, table));
-  for (const b of document.querySelectorAll("button.copy")) {
-    b.addEventListener("click", () => copyText(document.getElementById(b.dataset.copy).value, b));
-  }
+  // Delegated: step cards (with their "fork from here" command) load after the page does.
+  document.addEventListener("click", (ev) => {
+    const b = ev.target.closest("button.copy");
+    if (b) copyText(document.getElementById(b.dataset.copy).value, b);
+  });
 });

@@ -26,6 +26,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from replayable._check import CheckReport, list_checks, load_check
 from replayable._rundiff import diff_runs
 from replayable.errors import ReplayableError, RunNotFound
 from replayable.store.base import RunQuery, Store
@@ -82,6 +83,17 @@ API_DOCS = [
         "GET",
         "/api/runs/{run}/steps/{seq}/{field}",
         "The full value of input, output, error or meta, as JSON, never cut.",
+    ),
+    (
+        "GET",
+        "/api/checks",
+        "Kept checks (replayable check), newest first: counts, passed, groups. Query: limit.",
+    ),
+    (
+        "GET",
+        "/api/checks/{check}",
+        "One check (id or unique prefix): selection, counts, groups of diverged runs with "
+        "examples (run_id, replay_id), and every run's outcome.",
     ),
     (
         "GET",
@@ -231,6 +243,14 @@ def _int(request: Request, name: str, default: int, top: int) -> int:
         raise HTTPException(400, f"{name}={raw!r}: expected a number")
 
 
+def check_summary(report: CheckReport) -> dict[str, Any]:
+    """A kept check as the pages and ``/api/checks`` show it (without per-run outcomes)."""
+    d = report.to_dict()
+    d.pop("runs")
+    d["total"] = sum(report.counts.values())
+    return d
+
+
 def create_app(
     store: Store,
     *,
@@ -363,6 +383,39 @@ def create_app(
             counts=d.counts(),
         )
 
+    async def checks_page(request: Request) -> Response:
+        checks = list_checks(store, _int(request, "limit", 100, 1000))
+        return page(
+            request,
+            "checks.html",
+            title="checks",
+            checks=[check_summary(c) for c in checks],
+            store_url=store.url,
+        )
+
+    async def check_page(request: Request) -> Response:
+        report = load_check(request.path_params["check_id"], store)
+        runs: dict[str, list[dict[str, Any]]] = {"failed": [], "not_replayable": []}
+        for o in report.outcomes:
+            if o.outcome in runs:
+                runs[o.outcome].append(o.to_dict())
+        summary = check_summary(report)
+        return page(
+            request,
+            "check.html",
+            title=f"check {report.id}",
+            check=summary,
+            total=summary["total"],
+            runs=runs,
+        )
+
+    async def api_checks(request: Request) -> Response:
+        checks = list_checks(store, _int(request, "limit", 100, 1000))
+        return _json({"checks": [check_summary(c) for c in checks]})
+
+    async def api_check(request: Request) -> Response:
+        return _json(load_check(request.path_params["check_id"], store).to_dict())
+
     async def api_runs(request: Request) -> Response:
         runs, _ = list_runs(request)
         return _json({"runs": runs})
@@ -438,6 +491,8 @@ def create_app(
         Route("/runs/{run_id}", run_page),
         Route("/runs/{run_id}/steps/{seq:int}", step_page),
         Route("/diff", diff_page),
+        Route("/checks", checks_page),
+        Route("/checks/{check_id}", check_page),
         Route("/api/docs", api_docs),
         Route("/api/runs", api_runs),
         Route("/api/runs/{run_id}", api_run),
@@ -445,6 +500,8 @@ def create_app(
         Route("/api/runs/{run_id}/steps/{seq:int}", api_step),
         Route("/api/runs/{run_id}/steps/{seq:int}/{field}", api_field),
         Route("/api/diff", api_diff),
+        Route("/api/checks", api_checks),
+        Route("/api/checks/{check_id}", api_check),
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
     ]
     app = Starlette(

@@ -80,3 +80,45 @@ class TestNotCalledAndDivergence:
             with pytest.raises(AssertionError, match=r"delete_record.*was never reached"):
                 rt.assert_no_divergence(r)
         assert [d.reason for d in rt.divergences(r)] == ["skipped"]
+
+
+class TestAssertOutput:
+    def test_partial_output_patterns_and_predicates(self, incident: rp.Run) -> None:
+        """Every call's output must match; dict patterns check only their keys."""
+        calls = rt.assert_output(incident, "delete_record", {"deleted": 1})
+        assert [c.name for c in calls] == ["delete_record"]
+        rt.assert_output(incident, "search_customers", lambda out: len(out) >= 2)
+        rt.assert_output(incident, "delete_record", {"customer_id": IsInt(gt=0)}, call=1)
+
+    def test_mismatch_shows_what_was_returned(self, incident: rp.Run) -> None:
+        """A failing output names the call and shows its output."""
+        with pytest.raises(AssertionError) as info:
+            rt.assert_output(incident, "delete_record", {"status": "blocked"})
+        text = str(info.value)
+        assert "1 of 1 call(s) to delete_record did not return {'status': 'blocked'}" in text
+        assert "'deleted': 1" in text
+
+    def test_never_called_and_missing_call_number_fail(self, incident: rp.Run) -> None:
+        """No call at all, or a call number past the last, is a failure, not a pass."""
+        with pytest.raises(AssertionError, match="issue_refund was never called"):
+            rt.assert_output(incident, "issue_refund", rt.ANY)
+        with pytest.raises(AssertionError, match="there is no call 2"):
+            rt.assert_output(incident, "delete_record", rt.ANY, call=2)
+
+    def test_a_call_that_raised_does_not_match(self, tmp_path: Path) -> None:
+        """A recorded exception is not an output: it never matches, and the message says why."""
+
+        @rp.boundary(name="tests.testing:failing_refund")
+        def failing_refund(amount: int) -> dict[str, int]:
+            raise ValueError("card declined")
+
+        with rp.record(tmp_path / "t.db") as run, pytest.raises(ValueError):
+            failing_refund(5)
+        with pytest.raises(AssertionError, match=r"raised .*ValueError: card declined"):
+            rt.assert_output(run, "failing_refund", rt.ANY)
+
+    def test_not_called_with_output_pins_the_incident_outcome(self, incident: rp.Run) -> None:
+        """output= narrows assert_not_called to calls that also returned the pattern."""
+        rt.assert_not_called(incident, "delete_record", output={"deleted": 0})
+        with pytest.raises(AssertionError, match=r"-> \{'deleted': 1\} was called 1 time"):
+            rt.assert_not_called(incident, "delete_record", output={"deleted": 1})

@@ -180,3 +180,91 @@ class TestEmbeddingJudge:
             assert not rt.judge(ANSWER, REFERENCE)
         finally:
             rt.set_default_judge(None)
+
+
+APPROVED = "I couldn't issue that refund: $9,847,261.00 is more than the order total of $47.00."
+INCIDENT = "Done. Refunded $9,847,261.00 to order #9847261."
+
+
+class TestContrastiveJudge:
+    def test_the_incident_reply_passes_alone_and_fails_contrastively(
+        self, embedding: rt.EmbeddingJudge
+    ) -> None:
+        """The issue's case: alone the incident scores above threshold; with incident= it fails."""
+        assert embedding.judge(INCIDENT, APPROVED).passed
+        verdict = embedding.judge(INCIDENT, APPROVED, incident=INCIDENT)
+        assert not verdict.passed
+        assert "does not state the reference's outcome (not done)" in verdict.reason
+        assert "incident (must not be repeated):" in verdict.message()
+
+    def test_a_harmless_reword_of_the_fix_passes(self, embedding: rt.EmbeddingJudge) -> None:
+        """'policy check failed' fails the plain threshold but passes contrastively."""
+        reword = "Refund blocked: policy check failed."
+        assert not embedding.judge(reword, APPROVED).passed
+        verdict = rt.judge(reword, APPROVED, incident=INCIDENT, using=embedding)
+        assert verdict.passed, verdict.message()
+        assert verdict.judge == "EmbeddingJudge(all-MiniLM-L6-v2, contrastive)"
+
+    def test_yes_is_not_no(self, embedding: rt.EmbeddingJudge) -> None:
+        """Polarity: 'Yes.' against the approved 'No.' fails, a reworded no passes."""
+        assert not embedding.judge("Yes.", "No.", incident="Yes.").passed
+        assert embedding.judge("No, it was not done.", "No.", incident="Yes.").passed
+
+    def test_a_fact_only_the_incident_stated_fails(self, embedding: rt.EmbeddingJudge) -> None:
+        """When both outcomes are 'done', the incident's own amount gives it away."""
+        approved = "Done. Refunded $47.00 to order #9847261 for the double charge."
+        assert embedding.judge(
+            "Refund of $47.00 issued for order #9847261.", approved, incident=INCIDENT
+        )
+        verdict = embedding.judge(
+            "All set: $9,847,261.00 has been refunded to order #9847261.",
+            approved,
+            incident=INCIDENT,
+        )
+        assert not verdict.passed
+        assert "repeats the incident's 9847261.00" in verdict.reason
+
+    def test_off_topic_answers_fail(self, embedding: rt.EmbeddingJudge) -> None:
+        """Nonsense and non-answers fail even when they share the reference's polarity."""
+        verdict = embedding.judge("Sorry, bananas are not blue.", APPROVED, incident=INCIDENT)
+        assert not verdict.passed
+        assert "off topic" in verdict.reason
+
+    def test_assert_judged_takes_the_incident(self, embedding: rt.EmbeddingJudge) -> None:
+        """assert_judged(..., incident=) raises JudgeFailed on the incident's own answer."""
+        with pytest.raises(rt.JudgeFailed, match="contrastive"):
+            rt.assert_judged(INCIDENT, APPROVED, incident=INCIDENT, using=embedding)
+
+    def test_llm_judge_is_shown_the_incident(
+        self, llm_judge: rt.LLMJudge, model: tuple[_Model, str]
+    ) -> None:
+        """The LLM judge's request carries the incident answer as the one not to repeat."""
+        rt.judge(ANSWER, REFERENCE, incident="We refunded 9,847,261 dollars.", using=llm_judge)
+        content = model[0].requests[0]["messages"][1]["content"]
+        assert "Incident answer (wrong, must not recur):\nWe refunded 9,847,261 dollars." in content
+
+    def test_a_judge_without_incident_keyword_still_works(self) -> None:
+        """A user judge written to the old protocol is called without incident=."""
+
+        class Exact:
+            def judge(
+                self, candidate: str, reference: str, criteria: str | None = None
+            ) -> rt.Verdict:
+                return rt.Verdict(candidate == reference, 1.0, "exact", candidate, reference)
+
+        assert rt.judge("a", "a", using=Exact())
+
+
+class TestCalibration:
+    def test_labelled_set_precision_and_recall(self, embedding: rt.EmbeddingJudge) -> None:
+        """On the held-out labelled pairs the contrastive judge passes no negative and at least
+        90% of positives, and no group's incident reply; the plain threshold does far worse."""
+        from bench.incidents._judging import evaluate
+
+        scores = evaluate(embedding, split="held-out")
+        assert scores["pairs"] >= 30
+        assert scores["contrastive"]["precision"] == 1.0
+        assert scores["contrastive"]["recall"] >= 0.9
+        assert scores["plain"]["precision"] < 0.8
+        assert not any(scores["incident_replies_passed"])
+        assert evaluate(embedding, split="calibration")["pairs"] >= 100

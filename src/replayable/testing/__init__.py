@@ -23,12 +23,15 @@ from replayable.testing._assertions import (
     assert_calls,
     assert_no_divergence,
     assert_not_called,
+    assert_output,
     calls,
     divergences,
     matches,
 )
 from replayable.testing._fuzz import FuzzReport, Mutation, Outcome, fuzz
 from replayable.testing._judges import (
+    CONTRASTIVE_FLOOR,
+    CONTRASTIVE_MARGIN,
     EMBEDDING_THRESHOLD,
     EmbeddingJudge,
     Judge,
@@ -42,6 +45,8 @@ from replayable.testing._judges import (
 
 __all__ = [
     "ANY",
+    "CONTRASTIVE_FLOOR",
+    "CONTRASTIVE_MARGIN",
     "EMBEDDING_THRESHOLD",
     "Call",
     "EmbeddingJudge",
@@ -57,6 +62,7 @@ __all__ = [
     "assert_judged",
     "assert_no_divergence",
     "assert_not_called",
+    "assert_output",
     "calls",
     "divergences",
     "fuzz",

@@ -4,6 +4,7 @@ They read the calls of a replay (live or finished), a run, a trace file, a casse
 outcome, in start order, and match them against patterns: a boundary name (full or bare), and
 optionally an argument pattern that is partial (only the keys you list are checked, at any depth),
 with :data:`ANY`, predicates (``lambda v: v > 3``) and dirty-equals objects (``IsStr()``).
+:func:`assert_output` matches what calls returned the same way.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ __all__ = [
     "assert_calls",
     "assert_no_divergence",
     "assert_not_called",
+    "assert_output",
     "calls",
     "divergences",
 ]
@@ -204,19 +206,60 @@ def assert_called(
     return hits
 
 
-def assert_not_called(source: Any, name: str, pattern: Any = ANY) -> None:
-    """Assert no call to ``name`` (with arguments matching ``pattern``) was made.
+def assert_not_called(source: Any, name: str, pattern: Any = ANY, *, output: Any = ANY) -> None:
+    """Assert no call to ``name`` (with arguments matching ``pattern``, and returning an output
+    matching ``output``) was made. A call that raised has no output: ``output=`` never matches it.
 
     >>> assert_not_called(replay, "delete_record")
+    >>> assert_not_called(replay, "issue_refund", {"amount_cents": 984726100},
+    ...                   output={"status": "refunded"})   # the incident: called and done
     """
     hits = [
         c
         for c in calls(source, ignore_kinds=("clock",))
-        if _name_matches(name, c.boundary) and matches(pattern, c.input)
+        if _name_matches(name, c.boundary)
+        and matches(pattern, c.input)
+        and (output is ANY or (c.error is None and matches(output, c.output)))
     ]
     if hits:
-        listing = "\n".join(f"  {c}" for c in hits)
-        raise AssertionError(f"{_label(name, pattern)} was called {len(hits)} time(s):\n{listing}")
+        label = _label(name, pattern) + ("" if output is ANY else f" -> {output!r}")
+        listing = "\n".join(f"  {c} -> {_result(c)}" for c in hits)
+        raise AssertionError(f"{label} was called {len(hits)} time(s):\n{listing}")
+
+
+def _result(c: Call) -> str:
+    if c.error is not None:
+        err = c.error if isinstance(c.error, dict) else {}
+        return f"raised {err.get('type', '?')}: {err.get('message', c.error)}"
+    text = repr(c.output)
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
+def assert_output(source: Any, name: str, pattern: Any, *, call: int | None = None) -> list[Call]:
+    """Assert what ``name`` returned: every call to it (or only the ``call``-th, 1-based) has an
+    output matching ``pattern``; there must be at least one. Returns the calls checked.
+
+    Partial like argument patterns: a dict checks only its keys, at any depth; predicates and
+    dirty-equals objects work. A call that raised does not match.
+
+    >>> rt.assert_output(replay, "issue_refund", {"status": "blocked"})
+    >>> rt.assert_output(replay, "quote", {"total": lambda t: t < 100}, call=2)
+    """
+    every = [c for c in calls(source, ignore_kinds=("clock",)) if _name_matches(name, c.boundary)]
+    if not every:
+        listing = "\n".join(f"  {c}" for c in calls(source)) or "  (no calls)"
+        raise AssertionError(f"{name} was never called; calls were:\n{listing}")
+    if call is not None:
+        if not 1 <= call <= len(every):
+            raise AssertionError(f"{name} was called {len(every)} time(s), there is no call {call}")
+        every = [every[call - 1]]
+    bad = [c for c in every if c.error is not None or not matches(pattern, c.output)]
+    if bad:
+        listing = "\n".join(f"  {c} -> {_result(c)}" for c in bad)
+        raise AssertionError(
+            f"{len(bad)} of {len(every)} call(s) to {name} did not return {pattern!r}:\n{listing}"
+        )
+    return every
 
 
 def divergences(replay: Replay) -> list[Divergence]:

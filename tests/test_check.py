@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sqlite3
-import xml.etree.ElementTree as ET
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -236,21 +235,3 @@ class TestParallel:
         assert [(g.signature, g.count) for g in two.groups] == [
             (g.signature, g.count) for g in one.groups
         ]
-
-
-class TestJUnit:
-    def test_junit_xml_parses_with_one_case_per_run(self, corpus: Corpus) -> None:
-        """The JUnit report parses; diverged runs are failures naming their group."""
-        corpus.change()
-        report = rp.check(corpus.store, imports=[corpus.name], save=False)
-        root = ET.fromstring(report.to_junit())
-        [suite] = root.findall("testsuite")
-        cases = suite.findall("testcase")
-        assert len(cases) == 30
-        assert int(suite.get("tests", "0")) == 30
-        assert int(suite.get("failures", "0")) == report.counts["diverged"]
-        failures = [c for c in cases if c.find("failure") is not None]
-        assert {c.get("name") for c in failures} == {o.run_id for o in report.runs("diverged")}
-        failure = failures[0].find("failure")
-        assert failure is not None
-        assert failure.get("message") == report.groups[0].signature

@@ -24,7 +24,6 @@ import random as _random
 import sys
 import threading
 import time
-import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -182,41 +181,6 @@ class CheckReport:
             "groups": [g.to_dict() for g in self.groups],
             "runs": [o.to_dict() for o in self.outcomes],
         }
-
-    def to_junit(self) -> str:
-        """JUnit XML (one test case per run) for CI test reports: a diverged run is a failure,
-        a failed run an error, a run that is not replayable a skipped test."""
-        c = self.counts
-        suites = ET.Element("testsuites", name="replayable check")
-        suite = ET.SubElement(
-            suites,
-            "testsuite",
-            name=f"replayable check {self.id}",
-            tests=str(len(self.outcomes)),
-            failures=str(c["diverged"]),
-            errors=str(c["failed"]),
-            skipped=str(c["not_replayable"]),
-            time=f"{self.ended_at - self.started_at:.3f}",
-            timestamp=time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(self.started_at)),
-        )
-        for o in self.outcomes:
-            case = ET.SubElement(
-                suite,
-                "testcase",
-                classname=f"replayable.check.{o.name or 'run'}",
-                name=o.run_id,
-                time=f"{o.duration_s:.4f}",
-            )
-            text = o.detail + (f"\nreplay: {o.replay_id}" if o.replay_id else "")
-            if o.outcome == "diverged":
-                ET.SubElement(
-                    case, "failure", message=o.signature or "", type="diverged"
-                ).text = text
-            elif o.outcome == "failed":
-                ET.SubElement(case, "error", message=o.detail, type=o.signature or "").text = text
-            elif o.outcome == "not_replayable":
-                ET.SubElement(case, "skipped", message=f"not replayable: {o.detail}")
-        return ET.tostring(suites, encoding="unicode", xml_declaration=True) + "\n"
 
     # -- storage -------------------------------------------------------------------------------
 

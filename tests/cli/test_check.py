@@ -68,6 +68,12 @@ class TestCheck:
         assert suite is not None
         assert len(suite.findall("testcase")) == 20
         assert int(suite.get("failures", "-1")) == len(corpus.refunds_over(100))
+        failures = [c for c in suite.findall("testcase") if c.find("failure") is not None]
+        assert {c.get("name") for c in failures} == corpus.refunds_over(100)
+        failure = failures[0].find("failure")
+        assert failure is not None
+        assert failure.get("message") == f"diverged: changed {corpus.name}:issue_refund [amount]"
+        assert "replayable diff " in (failure.text or "")
 
     def test_progress_is_plain_lines_when_not_a_terminal(self, corpus: Corpus) -> None:
         """In a CI log (no terminal) progress is a few plain lines on stderr."""

@@ -16,6 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from replayable._check import CheckReport, check, list_checks, load_check
+from replayable.cli._batch import JUnitCase, output_options, write_junit
 from replayable.cli._common import (
     console,
     err_console,
@@ -30,7 +31,7 @@ from replayable.cli._common import (
 from replayable.cli._core import _parse_tags, import_modules
 from replayable.cli._render import fmt_duration, fmt_time
 
-__all__ = ["render_report"]
+__all__ = ["junit_cases", "render_report"]
 
 LABELS = {
     "unchanged": ("unchanged", "green"),
@@ -113,6 +114,31 @@ def render_report(report: CheckReport, out: Console) -> None:
     out.print(f"check {verdict}")
 
 
+def junit_cases(report: CheckReport) -> list[JUnitCase]:
+    """One JUnit test case per run: diverged and failed runs fail (the message names the
+    group or the error), runs that are not replayable are skipped."""
+    cases = []
+    for o in report.outcomes:
+        status = {"diverged": "failed", "failed": "failed", "not_replayable": "skipped"}
+        message = {
+            "diverged": f"diverged: {o.signature}",
+            "failed": f"failed: {o.detail}",
+            "not_replayable": f"not replayable: {o.detail}",
+        }
+        replay = f"\nreplayable diff {o.run_id} {o.replay_id}" if o.replay_id else ""
+        cases.append(
+            JUnitCase(
+                classname=f"replayable.check.{o.name or 'run'}",
+                name=o.run_id,
+                status=status.get(o.outcome, "passed"),
+                message=message.get(o.outcome, ""),
+                text=o.detail + replay,
+                seconds=o.duration_s,
+            )
+        )
+    return cases
+
+
 @main.command("check")
 @import_option
 @store_option
@@ -150,12 +176,7 @@ def render_report(report: CheckReport, out: Console) -> None:
     help="local: processes on this machine; dask: tasks on an existing Dask cluster.",
 )
 @click.option("--address", help="The Dask scheduler, tcp://HOST:PORT (with --executor dask).")
-@click.option("--json", "as_json", is_flag=True, help="Print the report (every run) as JSON.")
-@click.option(
-    "--junit",
-    type=click.Path(dir_okay=False, writable=True),
-    help="Also write JUnit XML here (one test case per run) for CI test reports.",
-)
+@output_options
 @click.option(
     "--save-to",
     help="Store that keeps the check and the replays of diverged runs. Default: the --store, "
@@ -237,7 +258,7 @@ def check_cmd(
         stop()
     if junit:
         Path(junit).parent.mkdir(parents=True, exist_ok=True)
-        Path(junit).write_text(report.to_junit(), encoding="utf-8")
+        write_junit(junit, f"replayable check {report.id}", junit_cases(report))
     if as_json:
         click.echo(orjson.dumps(report.to_dict()).decode())
     elif not report.outcomes:

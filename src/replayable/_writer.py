@@ -61,12 +61,15 @@ class Pending:
 
 
 def _meta_bytes(meta: dict[str, Any]) -> bytes:
-    """Step metadata as JSON; values with no JSON form (from ``annotate``) become markers
-    rather than costing the whole event."""
+    """Step metadata as JSON, redacted (``annotate`` values are recorded data too); values
+    with no JSON form become markers rather than costing the whole event."""
     try:
-        return canonical.dumps(meta)
+        data = canonical.dumps(meta)
     except Unserializable:
-        return canonical.dumps(canonical.sanitize(meta)[0])
+        data = canonical.dumps(canonical.sanitize(meta)[0])
+    if might_hold_secrets(data):
+        data = canonical.dumps(redact(orjson.loads(data)))
+    return data
 
 
 def pending_row(p: Pending, chains: dict[str, tuple[int, str]]) -> EventRow:

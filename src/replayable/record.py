@@ -28,7 +28,7 @@ from replayable._writer import Pending, Writer, writer_for
 from replayable.boundary import encode_error
 from replayable.context import FRAME, SESSION, AsyncToo, Frame, Session
 from replayable.errors import ReplayableError, ReplayableWarning, Unserializable
-from replayable.redact import redact
+from replayable.redact import redact, redact_run
 from replayable.store import Store, open_store
 from replayable.trace import Run
 
@@ -381,6 +381,7 @@ class Recorder(Session):
     def start(self) -> None:
         """Create the run in the store (through the writer, so a down store never blocks)."""
         run = self.run
+        redact_run(run)  # once per run: tags, metadata, environment and argv hold secrets too
         if self.strict:
             self.writer.error = None
         self.writer.run_op(lambda: self.store.create_run(run))
@@ -401,6 +402,7 @@ class Recorder(Session):
         run.status = status or ("error" if exc is not None else "ok")
         if exc is not None:
             run.error = redact(encode_error(exc))
+        run.metadata = redact(run.metadata)  # a replay adds its divergences here at exit
 
         def finish() -> None:
             run.event_count, run.head_hash = self.writer.head(run.id)

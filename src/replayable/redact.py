@@ -1,10 +1,26 @@
 """Secrets out before anything is written.
 
-A dict key is secret when one of its name parts (split at ``_``, ``-``, ``.``, spaces and
-camelCase humps) is a secret word: ``password``, ``token``, ``secret``, ``cookie``,
-``authorization``, ``api key``... so ``access_token`` and ``X-Api-Key`` are redacted while
-``max_tokens`` and ``usage.input_tokens`` are not. Any string value is scrubbed of bearer and
-``sk-`` style credentials wherever they appear. User redactors (plain callables) run on top.
+Two rules, applied to every recorded value (arguments, outputs, stream chunks, errors,
+annotations, run tags, metadata, environment and command line):
+
+- **Key names.** A dict value is replaced when its key names a secret by whole name part (split
+  at ``_``, ``-``, ``.``, spaces and camelCase humps): ``password``, ``secret``, ``cookie``,
+  ``authorization``, ``api key``, ``private key``, ``AccountKey``, ``connection_string``,
+  ``database_url``... ``token`` only where it names a credential: as the last part
+  (``access_token``, ``X-Auth-Token``, bare ``token``), never as a count or type
+  (``token_usage``, ``token_count``, ``max_tokens``, ``usage.input_tokens``).
+- **Value shapes.** Every string is matched against a rule set of credential shapes (cloud,
+  VCS, chat-webhook, payment, model-hub and registry tokens, JWTs, PEM private keys, URL
+  passwords, header and ``name=value`` lines), kept as data in ``secret_rules.toml`` and adapted
+  from gitleaks (MIT). A string is only run against the rules whose literal keyword it holds,
+  found in one Aho-Corasick pass, so most text costs one scan.
+
+Add your own with :func:`add_pattern` and :func:`add_key`; per boundary, ``redact=`` takes extra
+key names or a callable. ``replayable scan`` finds what older recordings still hold.
+
+>>> from replayable import redact
+>>> redact.add_pattern(r"\\bacme_[0-9a-f]{32}\\b", name="acme-token")
+>>> redact.add_key("ssn")
 """
 
 from __future__ import annotations
@@ -12,12 +28,35 @@ from __future__ import annotations
 import functools
 import itertools
 import re
-from collections.abc import Callable, Iterable
-from typing import Any, Protocol
+import threading
+import tomllib
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from importlib import resources
+from typing import TYPE_CHECKING, Any, Protocol
 
 import ahocorasick_rs
 
-__all__ = ["REDACTED", "Redactor", "is_secret_key", "might_hold_secrets", "redact", "scrub"]
+if TYPE_CHECKING:
+    from replayable.trace import Run
+
+__all__ = [
+    "REDACTED",
+    "Finding",
+    "Redactor",
+    "Rule",
+    "add_key",
+    "add_pattern",
+    "find",
+    "holds_secret",
+    "is_secret_key",
+    "might_hold_secrets",
+    "redact",
+    "redact_argv",
+    "redact_run",
+    "rules",
+    "scrub",
+]
 
 REDACTED = "[REDACTED]"
 
@@ -27,7 +66,6 @@ _SECRET_PARTS = frozenset(
         "passwd",
         "passphrase",
         "pwd",
-        "token",
         "secret",
         "cookie",
         "authorization",
@@ -37,48 +75,27 @@ _SECRET_PARTS = frozenset(
         "credentials",
     }
 )
-_SECRET_PAIRS = frozenset({("api", "key"), ("private", "key"), ("access", "key")})
+_SECRET_PAIRS = frozenset(
+    {
+        ("api", "key"),
+        ("private", "key"),
+        ("access", "key"),
+        ("account", "key"),
+        ("signing", "key"),
+        ("encryption", "key"),
+        ("master", "key"),
+        ("connection", "string"),
+        ("database", "url"),
+        ("db", "url"),
+    }
+)
+_TOKEN = "token"
+"""Secret only as the last name part: ``access_token`` is a credential, ``token_count`` is not."""
 
 _PARTS = re.compile(r"[A-Z]?[a-z0-9]+|[A-Z]+(?![a-z])")
 
-_VALUE_PATTERNS = re.compile(
-    r"(?:"
-    r"\bsk-[A-Za-z0-9_\-]{16,}"
-    r"|(?i:\bbearer)\s+[A-Za-z0-9._~+/=\-]{8,}"
-    r"|(?i:\bbasic)\s+[A-Za-z0-9+/]{8,}={0,2}"
-    r"|\bgh[pousr]_[A-Za-z0-9]{20,}"
-    r"|\bAKIA[0-9A-Z]{16}\b"
-    r"|\bxox[abprs]-[A-Za-z0-9\-]{10,}"
-    r")",
-    re.ASCII,  # no Unicode case folding or spaces: the byte-level pre-check must see every match
-)
-
-# might_hold_secrets is true when the lowercased data holds one of _HINT_ANY; or a secret word
-# (_HINT_PARTS: found by a short prefix, then completed) that ends a name part, i.e. is not
-# followed by a lowercase letter in the original bytes ("tokens", "author" and "passport" cannot
-# make is_secret_key true, so a usage block does not force a redaction pass); or a secret pair
-# ending in "key" (_KEY_PREFIXES); or _HINT_GH. All prefixes are found in one Aho-Corasick pass
-# over the bytes: this pre-check runs twice per recorded event and was the writer's largest cost
-# as ~15 scans.
-_HINT_ANY = (b"sk-", b"bearer", b"basic", b"akia", b"xox")
-_HINT_PARTS: tuple[tuple[bytes, tuple[bytes, ...]], ...] = (
-    (b"token", (b"token",)),
-    (b"pass", (b"password", b"passwd", b"passphrase")),
-    (b"pwd", (b"pwd",)),
-    (b"secret", (b"secret",)),
-    (b"cookie", (b"cookie",)),
-    (b"auth", (b"authorization", b"auth")),
-    (b"credential", (b"credentials", b"credential")),
-)
-assert {w for _, ws in _HINT_PARTS for w in ws} | {b"apikey"} == {w.encode() for w in _SECRET_PARTS}
-_PATTERNS: list[bytes] = [*_HINT_ANY, *(p for p, _ in _HINT_PARTS), b"key", b"gh"]
-_N_ANY = len(_HINT_ANY)
-_KEY_INDEX = len(_PATTERNS) - 2
-_COMPLETIONS = {i + _N_ANY: words for i, (_, words) in enumerate(_HINT_PARTS)}
-_MATCHER = ahocorasick_rs.BytesAhoCorasick(_PATTERNS)
-_KEY_PREFIXES = (b"api", b"private", b"access")
-_HINT_GH = re.compile(rb"gh[pousr]_")
-_GH = re.compile(r"gh[pousr]_")
+_user_parts: set[tuple[str, ...]] = set()
+_lock = threading.Lock()
 
 
 class Redactor(Protocol):
@@ -87,58 +104,271 @@ class Redactor(Protocol):
     def __call__(self, value: Any, /) -> Any: ...
 
 
+def _parts(name: str) -> list[str]:
+    return [p.lower() for p in _PARTS.findall(name)]
+
+
 @functools.lru_cache(maxsize=4096)
 def is_secret_key(name: str) -> bool:
-    """True when a dict key names a secret by one of its whole name parts.
+    """True when a dict key (or flag, or header) names a secret by its whole name parts.
 
-    >>> is_secret_key("api_key"), is_secret_key("max_tokens")
-    (True, False)
+    >>> is_secret_key("api_key"), is_secret_key("access_token"), is_secret_key("token_usage")
+    (True, True, False)
     """
-    parts = [p.lower() for p in _PARTS.findall(name)]
-    if any(p in _SECRET_PARTS for p in parts):
+    parts = _parts(name)
+    if not parts:
+        return False
+    if any(p in _SECRET_PARTS for p in parts) or parts[-1] == _TOKEN:
         return True
-    return any(pair in _SECRET_PAIRS for pair in itertools.pairwise(parts))
+    if any(pair in _SECRET_PAIRS for pair in itertools.pairwise(parts)):
+        return True
+    for user in _user_parts:
+        n = len(user)
+        if any(tuple(parts[i : i + n]) == user for i in range(len(parts) - n + 1)):
+            return True
+    return False
+
+
+def _looks_random(value: str) -> bool:
+    """A credential body rather than a word: it holds a digit, or a 20+ character run, or mixes
+    cases over 16+ characters ("a basic introduction" and "sk-learn-estimators" are prose)."""
+    if any(c.isdigit() for c in value):
+        return True
+    if max((len(s) for s in re.split(r"[^A-Za-z]+", value)), default=0) >= 20:
+        return True
+    return len(value) >= 16 and not value.islower() and not value.isupper()
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """One credential shape: where it came from, its pattern and the literals that gate it."""
+
+    id: str
+    pattern: re.Pattern[str]
+    keywords: tuple[str, ...]
+    group: str | None = None
+    """Replace only this named group (the rest of the match, e.g. ``Authorization:``, stays)."""
+    check: str | None = None
+    """``random``: the ``secret`` group must look random; ``name``: the ``name`` group must be
+    a secret key name (see :func:`is_secret_key`)."""
+    by_name: bool = False
+    """Only fires next to a secret key name, so the byte pre-check's name hints cover it."""
+    source: str = "replayable"
+
+    def hits(self, text: str) -> Iterator[re.Match[str]]:
+        """Matches that pass the rule's check, left to right, not overlapping.
+
+        A match that fails its check is retried one character later, so "request:
+        api_key=..." still finds ``api_key`` after rejecting ``request``.
+        """
+        pos = 0
+        while pos <= len(text):
+            m = self.pattern.search(text, pos)
+            if m is None:
+                return
+            if self._ok(m):
+                yield m
+                pos = m.end() if m.end() > m.start() else m.end() + 1
+            else:
+                pos = m.start() + 1
+
+    def _ok(self, m: re.Match[str]) -> bool:
+        if self.check == "random":
+            return _looks_random(m["secret"] if "secret" in self.pattern.groupindex else m[0])
+        if self.check == "name":
+            if not is_secret_key(m["name"]):
+                return False
+            # "name: word" in prose is not a credential; "name=word" or "name": "word" is.
+            value = m["secret"]
+            return m["sep"] == "=" or m["quote"] is not None or not value.isalpha()
+        return True
+
+    def sub(self, text: str) -> str:
+        """``text`` with every match (or its ``group``) replaced by the marker."""
+        out: list[str] = []
+        last = 0
+        for m in self.hits(text):
+            start, end = m.span(self.group) if self.group is not None else m.span()
+            out.append(text[last:start])
+            out.append(REDACTED)
+            last = end
+        if not out:
+            return text
+        out.append(text[last:])
+        return "".join(out)
+
+
+def _load_rules() -> list[Rule]:
+    data = tomllib.loads(resources.files("replayable").joinpath("secret_rules.toml").read_text())
+    out = []
+    for r in data["rules"]:
+        out.append(
+            Rule(
+                id=r["id"],
+                pattern=re.compile(r["regex"], re.ASCII),
+                keywords=tuple(k.lower() for k in r.get("keywords", ())),
+                group=r.get("group"),
+                check=r.get("check"),
+                by_name=bool(r.get("by_name", False)),
+                source=r.get("source", "replayable"),
+            )
+        )
+    return out
+
+
+class _RuleSet:
+    """The rules with their two gates: one over strings (which rules to run) and one over the
+    serialized bytes of a whole event (whether to parse it at all)."""
+
+    def __init__(self, rules: Sequence[Rule], user_parts: Iterable[tuple[str, ...]]) -> None:
+        self.rules = tuple(rules)
+        words: list[str] = []
+        owners: list[list[int]] = []
+        seen: dict[str, int] = {}
+        self.always: tuple[int, ...] = tuple(i for i, r in enumerate(self.rules) if not r.keywords)
+        user_words = tuple(sorted({u[-1] for u in user_parts}))
+        for i, rule in enumerate(self.rules):
+            # a rule gated on key names also fires near the names users added
+            extra = user_words if rule.check == "name" else ()
+            for kw in (*rule.keywords, *extra):
+                if kw not in seen:
+                    seen[kw] = len(words)
+                    words.append(kw)
+                    owners.append([])
+                owners[seen[kw]].append(i)
+        self.owners = [tuple(o) for o in owners]
+        self.matcher = ahocorasick_rs.AhoCorasick(words) if words else None
+        # Byte gate: literal keywords of shape rules; secret words checked to end a name part;
+        # pair seconds ("key", "string", "url") checked to follow their first word.
+        patterns: list[bytes] = []
+        self.kinds: list[tuple[str, Any]] = []
+        for kw in words:
+            if all(self.rules[i].by_name for i in owners[seen[kw]]):
+                continue
+            patterns.append(kw.encode())
+            self.kinds.append(("url", None) if kw == "://" else ("any", None))
+        for word in sorted(_SECRET_PARTS):
+            patterns.append(word.encode())
+            self.kinds.append(("part", None))
+        patterns.append(_TOKEN.encode())
+        self.kinds.append(("token", None))
+        seconds: dict[str, list[bytes]] = {}
+        for first, second in sorted(_SECRET_PAIRS):
+            seconds.setdefault(second, []).append(first.encode())
+        for second, firsts in seconds.items():
+            patterns.append(second.encode())
+            self.kinds.append(("pair", tuple(firsts)))
+        for user in sorted(user_parts):
+            patterns.append(user[-1].encode())
+            self.kinds.append(("any", None))
+        self.byte_matcher = ahocorasick_rs.BytesAhoCorasick(patterns)
+        self.always_bytes = bool(self.always)
+
+    def candidates(self, text: str) -> list[int]:
+        """Indexes of the rules worth running on ``text``, in rule order."""
+        found: set[int] = set(self.always)
+        if self.matcher is not None:
+            for index, _, _ in self.matcher.find_matches_as_indexes(text.lower(), overlapping=True):
+                found.update(self.owners[index])
+        return sorted(found)
+
+
+_RULES = _RuleSet(_load_rules(), ())
+_FLAG = re.compile(r"--?[A-Za-z][A-Za-z0-9_.\-]*\Z")
+_URL_USERINFO = re.compile(rb"[^\s/?#@\"'<>]*:[^\s/?#@\"'<>]*@")
+
+
+def rules() -> list[Rule]:
+    """The active rules, built-in then user-added, in the order they are applied."""
+    return list(_RULES.rules)
+
+
+def add_pattern(
+    pattern: str | re.Pattern[str], *, name: str = "custom", keywords: Iterable[str] = ()
+) -> Rule:
+    """Redact every match of ``pattern`` (a named group ``secret``, if any, is all that goes).
+
+    ``keywords`` are literals every match contains: without them the pattern runs on every
+    recorded event (correct, but slower). Affects calls recorded from now on.
+
+    >>> redact.add_pattern(r"\\bacme_[0-9a-f]{32}\\b", name="acme-token", keywords=["acme_"])
+    """
+    global _RULES
+    compiled = re.compile(pattern, re.ASCII) if isinstance(pattern, str) else pattern
+    kws = tuple(k.lower() for k in keywords if k)
+    rule = Rule(
+        id=name,
+        pattern=compiled,
+        keywords=kws,
+        group="secret" if "secret" in compiled.groupindex else None,
+        source="user",
+    )
+    with _lock:
+        _RULES = _RuleSet([*_RULES.rules, rule], _user_parts)
+    return rule
+
+
+def add_key(name: str) -> None:
+    """Treat dict keys (and flags) whose name parts contain ``name``'s parts as secret.
+
+    >>> redact.add_key("ssn")  # ssn, user_ssn, customerSSN
+    """
+    global _RULES
+    parts = tuple(_parts(name))
+    if not parts:
+        raise ValueError(f"add_key: {name!r} has no name parts (letters or digits)")
+    with _lock:
+        _user_parts.add(parts)
+        is_secret_key.cache_clear()
+        _RULES = _RuleSet(_RULES.rules, _user_parts)
 
 
 def scrub(text: str) -> str:
-    """Replace bearer, ``sk-`` and similar credentials inside a string."""
-    # Every credential pattern holds one of these literals; most text holds none, and plain
-    # substring tests are far cheaper than running the full pattern over it.
-    if (
-        not text.isascii()  # Unicode case folding: leave it to the pattern
-        or "sk-" in text
-        or "AKIA" in text
-        or "xox" in text
-        or ("gh" in text and _GH.search(text) is not None)
-    ):
-        return _VALUE_PATTERNS.sub(REDACTED, text)
-    low = text.lower()
-    if "bearer" in low or "basic" in low:
-        return _VALUE_PATTERNS.sub(REDACTED, text)
+    """``text`` with every credential shape replaced by ``[REDACTED]``.
+
+    >>> scrub("curl -H 'Authorization: Token 9f8e7d6c5b4a' https://api")
+    "curl -H 'Authorization: [REDACTED]' https://api"
+    """
+    rs = _RULES
+    for i in rs.candidates(text):
+        text = rs.rules[i].sub(text)
     return text
 
 
 def might_hold_secrets(data: bytes) -> bool:
-    """Cheap pre-check on serialized JSON: False means :func:`redact` would change nothing."""
+    """Cheap pre-check on serialized JSON: False means :func:`redact` would change nothing.
+
+    One Aho-Corasick pass over the lowercased bytes; a secret word only counts where it ends a
+    name part, so a usage block (``max_tokens``, ``input_tokens``) does not force a parse.
+    """
+    rs = _RULES
+    if rs.always_bytes:
+        return True
     low = data.lower()
     n = len(data)
-    for index, start, _ in _MATCHER.find_matches_as_indexes(low, overlapping=True):
-        if index < _N_ANY:
+    for index, start, stop in rs.byte_matcher.find_matches_as_indexes(low, overlapping=True):
+        kind, firsts = rs.kinds[index]
+        if kind == "any":
             return True
-        if index == _KEY_INDEX:
-            before = start  # skip any separators back to the part before "key"
-            while before > 0 and not low[before - 1 : before].isalnum():
-                before -= 1
-            if low.endswith(_KEY_PREFIXES, 0, before):
+        if kind == "url":
+            if _URL_USERINFO.match(low, stop) is not None:
                 return True
-        elif index == _KEY_INDEX + 1:
-            if _HINT_GH.match(low, start) is not None:
-                return True
-        else:
-            for word in _COMPLETIONS[index]:
-                stop = start + len(word)
-                if low.startswith(word, start) and not (stop < n and 97 <= data[stop] <= 122):
-                    return True
+            continue
+        if stop < n and 97 <= data[stop] <= 122:  # the part goes on: "tokens", "author"
+            continue
+        if kind == "part":
+            return True
+        if kind == "token":
+            # a last name part: not followed by a letter/digit, nor by a separator and more name
+            nxt = data[stop : stop + 2]
+            if nxt[:1].isalnum() or (nxt[:1] in (b"_", b"-", b".", b" ") and nxt[1:].isalnum()):
+                continue
+            return True
+        before = start  # a pair: skip separators back to the part before "key"/"url"/...
+        while before > 0 and not low[before - 1 : before].isalnum():
+            before -= 1
+        if low.endswith(firsts, 0, before):
+            return True
     return False
 
 
@@ -151,7 +381,7 @@ def redact(
     """Return ``value`` (JSON types) with secret keys and credential strings replaced.
 
     >>> redact({"api_key": "k", "max_tokens": 5, "h": "Bearer abcdefgh12"})
-    {'api_key': '[REDACTED]', 'max_tokens': 5, 'h': '[REDACTED]'}
+    {'api_key': '[REDACTED]', 'max_tokens': 5, 'h': 'Bearer [REDACTED]'}
     """
     extra = frozenset(k.lower() for k in extra_keys)
     out = _walk(value, extra)
@@ -184,3 +414,85 @@ def holds_secret(value: Any) -> bool:
     """Any value under a secret key is replaced (a numeric PIN is a secret too); None and empty
     values stay, as they leak nothing."""
     return value is not None and value not in ("", [], {})
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    """Where a secret sits in a value (never the secret itself): a field path and a rule name."""
+
+    path: str
+    rule: str
+
+
+def find(value: Any, path: str = "") -> list[Finding]:
+    """Every place :func:`redact` would change in ``value``, with the rule that fires there.
+
+    >>> find({"headers": {"x": "Bearer 0123456789ab"}, "api_key": "k"})
+    [Finding(path='headers.x', rule='bearer-token'), Finding(path='api_key', rule='secret-key')]
+    """
+    out: list[Finding] = []
+    _find(value, path, out)
+    return out
+
+
+def _find(value: Any, path: str, out: list[Finding]) -> None:
+    if isinstance(value, str):
+        rs = _RULES
+        for i in rs.candidates(value):
+            rule = rs.rules[i]
+            new = rule.sub(value)
+            if new != value:
+                out.append(Finding(path, rule.id))
+                value = new
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            sub = f"{path}.{k}" if path else str(k)
+            if is_secret_key(k) and holds_secret(v) and v != REDACTED:
+                out.append(Finding(sub, "secret-key"))
+            else:
+                _find(v, sub, out)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _find(v, f"{path}[{i}]", out)
+
+
+def redact_argv(argv: Sequence[str]) -> list[str]:
+    """A command line with secrets out: a flag named like a secret loses its value (``--api-key
+    X`` or ``--api-key=X``), and every argument is scrubbed (URLs lose their password).
+
+    >>> redact_argv(["agent.py", "--api-key", "abc", "--store", "postgresql://u:pw@db/x"])
+    ['agent.py', '--api-key', '[REDACTED]', '--store', 'postgresql://u:[REDACTED]@db/x']
+    """
+    out: list[str] = []
+    hide_next = False
+    for arg in argv:
+        if hide_next:
+            out.append(REDACTED)
+            hide_next = False
+            continue
+        flag, eq, _ = arg.partition("=")
+        if _FLAG.match(flag) and is_secret_key(flag.lstrip("-")):
+            if eq:
+                out.append(f"{flag}={REDACTED}")
+            else:
+                out.append(arg)
+                hide_next = True
+            continue
+        out.append(scrub(arg))
+    return out
+
+
+def redact_run(run: Run) -> None:
+    """Redact a run's header in place: name, tags, metadata, environment (and its argv), error."""
+    if run.name is not None:
+        run.name = scrub(run.name)
+    run.tags = redact(run.tags)
+    run.metadata = redact(run.metadata)
+    env = dict(run.environment)
+    argv = env.pop("argv", None)
+    env = redact(env)
+    if isinstance(argv, list):
+        env["argv"] = redact_argv([str(a) for a in argv])
+    run.environment = env
+    if run.error is not None:
+        run.error = redact(run.error)

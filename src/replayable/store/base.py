@@ -269,6 +269,9 @@ class Store(Protocol):
         Returns False, writing nothing, when a run with this id is already there.
         """
 
+    def replace_run(self, run: Run, rows: Sequence[EventRow]) -> None:
+        """Overwrite a run's header and all its events in one transaction (``scan --fix``)."""
+
     def delete_runs(self, *, before: float) -> int:
         """Delete runs that started before this epoch time; returns how many."""
 

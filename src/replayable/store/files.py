@@ -147,6 +147,10 @@ class TraceDirStore:
         """Refused: the store is read-only."""
         raise self._read_only()
 
+    def replace_run(self, run: Run, rows: Sequence[EventRow]) -> None:
+        """Refused: the store is read-only (``replayable scan --fix FILE...`` rewrites files)."""
+        raise self._read_only()
+
     def delete_runs(self, *, before: float) -> int:
         """Refused: the store is read-only."""
         raise self._read_only()

@@ -272,6 +272,21 @@ class PostgresStore:
 
         return bool(self._use(put))
 
+    def replace_run(self, run: Run, rows: Sequence[EventRow]) -> None:
+        """Overwrite a run's header and all its events in one transaction (``scan --fix``).
+
+        Old row versions stay in the table files until PostgreSQL vacuums them.
+        """
+
+        def replace(conn: psycopg.Connection[Any]) -> None:
+            with conn.transaction():
+                conn.execute("DELETE FROM events WHERE run_id = %s", (run.id,))
+                conn.execute("DELETE FROM runs WHERE id = %s", (run.id,))
+                conn.execute(_INSERT_RUN, run_to_row(run))
+                self._copy(conn, rows)
+
+        self._use(replace)
+
     def delete_runs(self, *, before: float) -> int:
         """Delete runs (and their events) that started before ``before``."""
 

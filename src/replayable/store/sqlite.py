@@ -310,6 +310,29 @@ class SQLiteStore:
 
         return bool(self._transaction(put))
 
+    def replace_run(self, run: Run, rows: Sequence[EventRow]) -> None:
+        """Overwrite a run's header and all its events in one transaction (``scan --fix``).
+
+        The old rows' bytes are zeroed (``secure_delete``) and the WAL is truncated afterwards,
+        so what was replaced is gone from the files too, not just from query results.
+        """
+
+        def replace(db: sqlite3.Connection) -> None:
+            db.execute("DELETE FROM events WHERE run_id = ?", (run.id,))
+            db.execute("DELETE FROM runs WHERE id = ?", (run.id,))
+            db.execute(_INSERT_RUN, run_to_row(run))
+            db.executemany(_INSERT_EVENTS, rows)
+
+        def secure(db: sqlite3.Connection) -> None:
+            db.execute("PRAGMA secure_delete=ON")
+
+        self._run(secure)
+        try:
+            self._transaction(replace)
+        finally:
+            self._run(lambda db: db.execute("PRAGMA secure_delete=OFF"))
+        self._run(lambda db: db.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall())
+
     def delete_runs(self, *, before: float) -> int:
         """Delete runs (and their events) that started before ``before``."""
 

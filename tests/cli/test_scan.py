@@ -1,0 +1,162 @@
+"""`replayable scan`: report secrets already recorded (never printing them), and `--fix` them so
+that `verify` still passes."""
+
+from __future__ import annotations
+
+import re
+import secrets
+import sqlite3
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+import replayable as rp
+from replayable import redact as redact_mod
+from replayable.cli import main
+from replayable.redact import REDACTED
+from replayable.store.sqlite import SQLiteStore
+from replayable.trace import read_trace, write_trace
+
+ENV = {"NO_COLOR": "1", "COLUMNS": "200"}
+
+
+@rp.boundary(kind="tool")
+def lookup(query: str) -> dict[str, str]:
+    return {"answer": f"found {query}"}
+
+
+def _key() -> str:
+    return "ghp_" + secrets.token_hex(18)
+
+
+@pytest.fixture
+def leaky(store_path: Path) -> tuple[rp.Run, str]:
+    """A run recorded before the rule set knew GitHub tokens: the token is in the store."""
+    key = _key()
+    full = redact_mod._RULES
+    redact_mod._RULES = redact_mod._RuleSet([r for r in full.rules if r.id != "github-token"], ())
+    try:
+        with rp.record(tags={"ticket": "T-1"}) as run:
+            lookup(f"repo access with {key}")
+    finally:
+        redact_mod._RULES = full
+    rp.open_store().close()
+    assert key.encode() in b"".join(p.read_bytes() for p in store_path.parent.glob("traces.db*"))
+    return run, key
+
+
+class TestScan:
+    def test_reports_run_address_field_and_rule_never_the_secret(
+        self, leaky: tuple[rp.Run, str]
+    ) -> None:
+        """A secret in a store is reported by run, step, field path and rule; exit 1."""
+        run, key = leaky
+        result = CliRunner().invoke(main, ["scan"], env=ENV)
+        assert result.exit_code == 1, result.output
+        assert re.search(rf"{run.id}  \S*lookup/0  input\.query  github-token", result.output)
+        assert re.search(rf"{run.id}  \S*lookup/0  output\.answer  github-token", result.output)
+        assert key not in result.output
+        assert key[4:14] not in result.output
+
+    def test_clean_store_exits_0(self, store_path: Path) -> None:
+        """A store with nothing secret in it says so and exits 0."""
+        with rp.record():
+            lookup("weather in Paris")
+        result = CliRunner().invoke(main, ["scan"], env=ENV)
+        assert result.exit_code == 0, result.output
+        assert "no secrets found" in result.output
+
+    def test_fix_redacts_rechains_and_verify_passes(
+        self, leaky: tuple[rp.Run, str], store_path: Path
+    ) -> None:
+        """--fix removes the secret from the rows and the file, and verify passes after."""
+        run, key = leaky
+        fixed = CliRunner().invoke(main, ["scan", "--fix"], env=ENV)
+        assert fixed.exit_code == 0, fixed.output
+        assert CliRunner().invoke(main, ["scan"], env=ENV).exit_code == 0
+        verified = CliRunner().invoke(main, ["verify", run.id], env=ENV)
+        assert verified.exit_code == 0, verified.output
+        (ev,) = list(rp.open_store().iter_events(run.id))
+        assert ev.input == {"query": f"repo access with {REDACTED}"}
+        rp.open_store().close()
+        raw = b"".join(p.read_bytes() for p in store_path.parent.glob("traces.db*"))
+        assert key.encode() not in raw
+
+    def test_fix_re_signs_a_signed_run(
+        self, store_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A signed run is re-signed by --fix, so verify with the key still passes."""
+        monkeypatch.setenv("REPLAYABLE_SIGNING_KEY", "k3y-for-tests")
+        key = _key()
+        store = SQLiteStore(store_path)
+        with rp.record(store) as run:
+            lookup("hello")
+        store.close()
+        with sqlite3.connect(store_path) as db:  # an older recording with a secret in it
+            db.execute(
+                "UPDATE events SET input = ? WHERE run_id = ?",
+                (f'{{"query":"{key}"}}', run.id),
+            )
+        assert CliRunner().invoke(main, ["verify", run.id], env=ENV).exit_code == 1
+        assert CliRunner().invoke(main, ["scan", "--fix"], env=ENV).exit_code == 0
+        verified = CliRunner().invoke(main, ["verify", run.id], env=ENV)
+        assert verified.exit_code == 0, verified.output
+        assert "valid" in verified.output
+
+    def test_signed_run_without_key_is_refused(
+        self, leaky: tuple[rp.Run, str], monkeypatch: pytest.MonkeyPatch, store_path: Path
+    ) -> None:
+        """--fix of a signed run with no signing key set is a usage error, changing nothing."""
+        run, _ = leaky
+        with sqlite3.connect(store_path) as db:
+            db.execute("UPDATE runs SET signature = 'hmac-sha256:00' WHERE id = ?", (run.id,))
+        result = CliRunner().invoke(main, ["scan", "--fix"], env=ENV)
+        assert result.exit_code == 2
+        assert "REPLAYABLE_SIGNING_KEY" in result.output
+
+    def test_trace_files_fixed_in_place(self, leaky: tuple[rp.Run, str], tmp_path: Path) -> None:
+        """Trace files are scanned and fixed in place; verify passes on the fixed file."""
+        run, key = leaky
+        store = rp.open_store()
+        path = write_trace(store.get_run(run.id), store.iter_events(run.id), tmp_path / "t.jsonl")
+        found = CliRunner().invoke(main, ["scan", str(path)], env=ENV)
+        assert found.exit_code == 1
+        assert "github-token" in found.output
+        assert CliRunner().invoke(main, ["scan", "--fix", str(path)], env=ENV).exit_code == 0
+        assert key not in path.read_text()
+        verified = CliRunner().invoke(main, ["verify", str(path)], env=ENV)
+        assert verified.exit_code == 0, verified.output
+        _, events = read_trace(path)
+        assert events[0].output == {"answer": f"found repo access with {REDACTED}"}
+
+    def test_run_header_is_scanned(self, store_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        """A secret in a run's stored argv is found in the header and reported as (run)."""
+        key = _key()
+        store = SQLiteStore(store_path)
+        with rp.record(store) as run:
+            lookup("x")
+        store.close()
+        with sqlite3.connect(store_path) as db:
+            db.execute(
+                "UPDATE runs SET environment = ? WHERE id = ?",
+                (f'{{"argv":["agent.py","--github","{key}"]}}', run.id),
+            )
+        result = CliRunner().invoke(main, ["scan"], env=ENV)
+        assert result.exit_code == 1
+        assert f"{run.id}  (run)  environment.argv[2]  github-token" in result.output
+
+    @pytest.mark.parametrize(
+        ("args", "message"),
+        [
+            (["scan", "missing.jsonl"], "no such trace file"),
+            (["scan", "--store", "x.db", "t.jsonl"], "not both"),
+        ],
+    )
+    def test_usage_errors_exit_2(self, args: list[str], message: str, tmp_path: Path) -> None:
+        """Bad input is one line on stderr and exit 2."""
+        (tmp_path / "t.jsonl").write_text("")
+        result = CliRunner().invoke(main, args, env=ENV)
+        assert result.exit_code == 2
+        assert message in result.output
+        assert "Traceback" not in result.output

@@ -166,6 +166,33 @@ class TestOpenAIDrift:
         assert not report.drifted
 
 
+class TestStreams:
+    def test_a_streamed_call_is_compared_on_its_folded_answer(self, db: str) -> None:
+        """A stream=True call: fingerprint from its chunks, the tool from its deltas."""
+        old = FakeLLMServer(seed=1, fingerprint="fp_old", steer=always_lookup).start()
+        client = client_for(old)
+        with rp.record(name="streamed") as run:
+            stream = client.chat.completions.create(
+                model="gpt-4o",
+                messages=[{"role": "user", "content": "cancel order 7"}],
+                tools=TOOLS,
+                stream=True,
+            )
+            list(stream)
+        old.stop()
+        today = FakeLLMServer(seed=2, fingerprint="fp_new", steer=cancels_when_asked).start()
+        try:
+            client_for(today)
+            (step,) = rp.drift(run.id, judge=Exact()).steps
+        finally:
+            today.stop()
+        assert step.boundary == "openai:chat.completions.create_stream"
+        assert [(c.field, c.recorded, c.live) for c in step.changes] == [
+            ("system_fingerprint", "fp_old", "fp_new"),
+            ("tool", ["lookup_order"], ["cancel_order"]),
+        ]
+
+
 class TestNotRerunnable:
     def test_an_unregistered_boundary_is_reported_per_step(
         self, last_week: list[rp.Run], monkeypatch: pytest.MonkeyPatch
@@ -288,6 +315,23 @@ class TestDemoAndCli:
         )
         assert result.exit_code in (0, 1), result.output  # the demo model samples
         assert "call(s) drifted" in result.output.splitlines()[-1]
+
+    def test_cli_sample_and_seed_pick_the_same_runs_again(self) -> None:
+        """--sample N --seed S re-runs N of the selected runs, the same ones each time."""
+        self.record_demo(4)
+        args = ["drift", "--name", "support-demo", "--import", "replayable.demo.agent"]
+        picked = []
+        for _ in range(2):
+            result = CliRunner().invoke(
+                main, [*args, "--sample", "2", "--seed", "5", "--judge", "exact", "--json"]
+            )
+            assert result.exit_code in (0, 1), result.output
+            picked.append(json.loads(result.output)["runs"])
+        assert len(picked[0]) == 2
+        assert picked[0] == picked[1]
+        alone = CliRunner().invoke(main, [*args, "--seed", "5"])
+        assert alone.exit_code == 2
+        assert "--seed goes with --sample" in alone.output
 
     def test_cli_without_runs_is_a_one_line_error(self) -> None:
         """No RUN and no query: exit 2 with one line."""

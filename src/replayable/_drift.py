@@ -32,7 +32,6 @@ from replayable.context import FRAME, SESSION, Frame, Session
 from replayable.errors import ReplayableError
 from replayable.redact import redact
 from replayable.store import Store, open_store
-from replayable.store.base import RunQuery
 from replayable.trace import Event, Run
 
 if TYPE_CHECKING:
@@ -189,11 +188,13 @@ def select_runs(
     tags: Mapping[str, str] | None = None,
     status: str | None = None,
     limit: int | None = None,
+    sample: int | None = None,
+    seed: int | None = None,
 ) -> list[tuple[Run, list[Event]]]:
-    """The runs named by id (or prefix), trace file or :class:`Run`, plus those a query picks.
-
-    Replays (runs with a ``parent_run``) are left out of a query: they repeat their source.
+    """The runs named by id (or prefix), trace file or :class:`Run`, plus those a query picks
+    (the same selection as ``rp.check``: newest first, replays left out, ``sample`` of them).
     """
+    from replayable._check import _selection
     from replayable.replay import load_source
 
     refs = list(refs)
@@ -201,15 +202,22 @@ def select_runs(
     if refs and not any(x is not None for x in (since, name, tags, status)):
         return out
     src = open_store(store)
-    query = RunQuery(name=name, tags=dict(tags) if tags else None, status=status, since=since)
     seen = {run.id for run, _ in out}
-    for run in src.list_runs(query):
-        if run.id in seen or run.parent_run is not None:
-            continue
-        out.append((run, list(src.iter_events(run.id))))
-        seen.add(run.id)
-        if limit is not None and len(out) >= limit:
-            break
+    picked = _selection(
+        src,
+        since=since,
+        until=None,
+        name=name,
+        tags=tags,
+        status=status,
+        limit=limit,
+        sample=sample,
+        seed=seed,
+    )
+    for run, _path in picked:
+        if run.id not in seen:
+            out.append((run, list(src.iter_events(run.id))))
+            seen.add(run.id)
     return out
 
 
@@ -605,6 +613,8 @@ def drift(
     tags: Mapping[str, str] | None = None,
     status: str | None = None,
     limit: int | None = None,
+    sample: int | None = None,
+    seed: int | None = None,
     kind: str = "llm",
     judge: Judge | bool | None = True,
     concurrency: int = 8,
@@ -614,7 +624,8 @@ def drift(
     text similarity.
 
     ``runs``: run ids (or prefixes), trace files or :class:`Run` objects; and/or a query
-    (``since`` in epoch seconds, ``name``, ``tags``, ``status``, ``limit``). Only the model
+    (``since`` in epoch seconds, ``name``, ``tags``, ``status``, ``limit``, a ``sample`` of N
+    with ``seed``), the same selection as :func:`replayable.check`. Only the model
     calls run: the boundaries must be registered (import the module that defines them, or that
     instruments the SDK client pointing at today's model). ``judge``: the
     :class:`~replayable.testing.Judge` for text (``True``: the default judge; ``None``: texts
@@ -627,7 +638,15 @@ def drift(
         raise ValueError("concurrency must be >= 1")
     refs = [runs] if isinstance(runs, str | Run) else list(runs)
     selected = select_runs(
-        refs, store=store, since=since, name=name, tags=tags, status=status, limit=limit
+        refs,
+        store=store,
+        since=since,
+        name=name,
+        tags=tags,
+        status=status,
+        limit=limit,
+        sample=sample,
+        seed=seed,
     )
     chosen: Judge | None
     if judge is True:

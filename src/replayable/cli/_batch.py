@@ -1,5 +1,6 @@
-"""What the commands over many runs share (``drift``, ``check``): which runs (``RUN...``,
-``--since/--name/--tag/--status/--limit``) and how results leave (``--json``, ``--junit F``)."""
+"""What the commands over many runs share: which runs (``RUN...``,
+``--since/--name/--tag/--status/--limit/--sample/--seed``, the options and meanings of
+``replayable check``) and how results leave (``--json``, ``--junit F``)."""
 
 from __future__ import annotations
 
@@ -26,7 +27,9 @@ class Selection:
     name: str | None
     tags: dict[str, str]
     status: str | None
-    limit: int
+    limit: int | None
+    sample: int | None
+    seed: int | None
 
     @property
     def empty(self) -> bool:
@@ -55,10 +58,14 @@ def selection_options(fn: F) -> F:
         name: str | None,
         tags: tuple[str, ...],
         status: str | None,
-        limit: int,
+        limit: int | None,
+        sample: int | None,
+        seed: int | None,
         **kwargs: Any,
     ) -> Any:
-        selection = Selection(runs, since, name, _tags(tags), status, limit)
+        if seed is not None and sample is None:
+            raise click.UsageError("--seed goes with --sample N")
+        selection = Selection(runs, since, name, _tags(tags), status, limit, sample, seed)
         return fn(*args, selection=selection, **kwargs)
 
     decorators = [
@@ -70,16 +77,14 @@ def selection_options(fn: F) -> F:
         click.option("--tag", "tags", multiple=True, help="Runs with this tag (key=value)."),
         click.option(
             "--status",
-            type=click.Choice(["ok", "error", "diverged", "running", "incomplete"]),
-            help="Runs with this status.",
+            type=click.Choice(["ok", "error", "diverged"]),
+            help="Runs that ended with this status.",
         ),
         click.option(
-            "--limit",
-            default=50,
-            show_default=True,
-            type=click.IntRange(min=1),
-            help="At most this many runs from the query.",
+            "--limit", type=click.IntRange(min=1), help="At most this many runs, newest first."
         ),
+        click.option("--sample", type=click.IntRange(min=1), help="A random sample of N runs."),
+        click.option("--seed", type=int, help="Seed of --sample, for the same sample again."),
     ]
     out: Any = wrapped
     for deco in reversed(decorators):

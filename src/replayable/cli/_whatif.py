@@ -114,6 +114,8 @@ def drift_cmd(
         tags=selection.tags or None,
         status=selection.status,
         limit=selection.limit,
+        sample=selection.sample,
+        seed=selection.seed,
         kind=kind,
         judge=_judge(judge_spec),
         concurrency=concurrency,

@@ -43,6 +43,7 @@ EXPECTED = {
     "open_store",
     "random",
     "record",
+    "redact",
     "registry",
     "replay",
     "uuid4",

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+from replayable import redact
 from replayable._check import CheckReport, check
 from replayable._drift import DriftReport, drift
 from replayable._version import __version__
@@ -76,6 +77,7 @@ __all__ = [
     "open_store",
     "random",
     "record",
+    "redact",
     "registry",
     "replay",
     "uuid4",

@@ -67,7 +67,7 @@ class Change:
 
     def describe(self) -> str:
         """One line, then the field-level changes indented."""
-        head = f"{self.how}: {self.step} at {self.address}"
+        head = f"{self.how}: {self.step}"
         if self.detail:
             head += f" ({self.detail})"
         return "\n".join([head, *(f"    {c}" for c in self.changes[:8])])

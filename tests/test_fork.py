@@ -292,6 +292,29 @@ class TestLiveFrom:
         assert r.divergences == []
 
 
+class TestOverrideSdkResponse:
+    def test_a_json_response_is_served_as_the_sdk_type(self, cancelled_7: rp.Run, db: str) -> None:
+        """Overriding the OpenAI call with response JSON: the agent gets a ChatCompletion that
+        calls lookup_order; with live_kinds=('tool',) the read tool runs, nothing is cancelled."""
+        recorded = next(
+            e for e in rp.open_store(None).iter_events(cancelled_7.id) if e.kind == "llm"
+        )
+        response = json.loads(json.dumps(recorded.output))
+        call = response["choices"][0]["message"]["tool_calls"][0]["function"]
+        call.update(name="lookup_order", arguments=json.dumps({"order": 4}))
+        with rp.replay(cancelled_7.id, override={"create#1": response}, live_kinds=("tool",)) as r:
+            out = order_agent(db, "cancel my order")
+        assert out == {"looked_up": {"order": 4, "status": "shipped"}}
+        assert CALLED == [("lookup_order", 4)]
+        assert orders(db) == 9
+        assert [(c.how, c.step) for c in r.changes] == [
+            ("overridden", "create#1"),
+            ("live", "lookup_order"),
+            ("live", "order_agent#1"),
+            ("not reached", "cancel_order#1"),
+        ]
+
+
 class TestLiveKinds:
     def test_a_changed_model_call_runs_live_while_matching_calls_are_served(
         self, cancelled_7: rp.Run, db: str, monkeypatch: pytest.MonkeyPatch

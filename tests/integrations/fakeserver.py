@@ -1,10 +1,27 @@
-"""A loopback HTTP server speaking the OpenAI (chat completions, responses) and Anthropic
-(messages) wire formats, including server-sent-event streams with tool-call deltas.
+"""A loopback HTTP model server for the integration tests; tests of other stacks reuse it.
 
-Answers are sampled (a seeded RNG per server), so two calls with the same request differ, as
-a real model's would. Directives in the last user message steer it: ``[429]`` / ``[500]``
-answer with that HTTP error. When the request offers tools and the conversation holds no tool
-result yet, the answer is a call to the first tool.
+Speaks the wire formats agents use, each plain and as server-sent events:
+
+- OpenAI ``POST /v1/chat/completions`` (``stream=True``: chunks with content or tool-call
+  deltas, ``[DONE]``, usage when ``stream_options.include_usage``),
+- OpenAI ``POST /v1/responses`` (``stream=True``: ``response.created``, output item added /
+  text or function-call-argument deltas / done events, ``response.completed``),
+- OpenAI ``POST /v1/embeddings`` (one sampled vector per input),
+- Anthropic ``POST /v1/messages`` (``stream=True``: ``message_start`` ... ``message_stop``).
+
+It SAMPLES: answers, tool arguments and vectors come from a seeded RNG that advances with every
+request, so two identical requests get different answers, as from a real model; a replay that
+reached the server would show. Rules:
+
+- When the request offers tools and the conversation holds no tool result yet, the answer is a
+  call to the first tool, with arguments sampled from its JSON schema (strings are cities).
+- A ``response_format`` / ``text.format`` JSON schema gets a JSON answer sampled from it
+  (structured outputs, ``.parse()``).
+- ``[429]`` or ``[500]`` in the last user message answers with that HTTP error.
+
+API (stable): ``FakeLLMServer(seed=0).start()`` -> the server; ``.openai_url`` (``.../v1``),
+``.anthropic_url``, ``.port``; ``.requests`` (every :class:`Seen` request: path, headers,
+JSON body); ``.stop()`` (afterwards nothing listens on the port).
 """
 
 from __future__ import annotations
@@ -100,12 +117,49 @@ class FakeLLMServer:
 
     def args(self, tool: dict[str, Any]) -> dict[str, Any]:
         """Arguments for a call to ``tool``, sampled from its JSON schema."""
-        out: dict[str, Any] = {}
+        schema = {"type": "object", "properties": _tool_props(tool)}
         with self.lock:
-            for name, prop in _tool_props(tool).items():
-                kind = prop.get("type") if isinstance(prop, dict) else None
-                out[name] = self.rng.randint(1, 4) if kind == "integer" else self.rng.choice(CITIES)
-        return out
+            return dict(self._sample(schema, schema))
+
+    def sample(self, schema: dict[str, Any]) -> Any:
+        """A value sampled from a JSON schema (objects, arrays, enums, scalars, $ref/$defs)."""
+        with self.lock:
+            return self._sample(schema, schema)
+
+    def vector(self, dims: int = 8) -> list[float]:
+        with self.lock:
+            return [round(self.rng.uniform(-1, 1), 6) for _ in range(dims)]
+
+    def _sample(self, schema: Any, root: dict[str, Any]) -> Any:
+        if not isinstance(schema, dict):
+            return self.rng.choice(CITIES)
+        ref = schema.get("$ref")
+        if isinstance(ref, str) and ref.startswith("#/"):
+            node: Any = root
+            for part in ref[2:].split("/"):
+                node = node.get(part, {}) if isinstance(node, dict) else {}
+            return self._sample(node, root)
+        for combo in ("anyOf", "oneOf", "allOf"):
+            if isinstance(schema.get(combo), list) and schema[combo]:
+                options = [o for o in schema[combo] if o.get("type") != "null"] or schema[combo]
+                return self._sample(options[0], root)
+        if "enum" in schema:
+            return self.rng.choice(schema["enum"])
+        kind = schema.get("type")
+        if isinstance(kind, list):
+            kind = next((k for k in kind if k != "null"), "string")
+        if kind == "object" or "properties" in schema:
+            props = schema.get("properties") or {}
+            return {name: self._sample(prop, root) for name, prop in props.items()}
+        if kind == "array":
+            return [self._sample(schema.get("items") or {}, root)]
+        if kind == "integer":
+            return self.rng.randint(1, 4)
+        if kind == "number":
+            return round(self.rng.uniform(0, 100), 2)
+        if kind == "boolean":
+            return self.rng.random() < 0.5
+        return self.rng.choice(CITIES)
 
 
 def _last_user_text(messages: list[Any]) -> str:
@@ -139,6 +193,17 @@ def _tool_props(tool: dict[str, Any]) -> dict[str, Any]:
     return dict(schema.get("properties") or {"city": {"type": "string"}})
 
 
+def _answer_schema(body: dict[str, Any]) -> dict[str, Any] | None:
+    """The JSON schema a structured-output request asks the answer to follow, if any."""
+    fmt = body.get("response_format")
+    if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
+        return dict((fmt.get("json_schema") or {}).get("schema") or {})
+    fmt = (body.get("text") or {}).get("format") if isinstance(body.get("text"), dict) else None
+    if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
+        return dict(fmt.get("schema") or {})
+    return None
+
+
 def _tool_name(tool: dict[str, Any]) -> str:
     fn = tool.get("function")
     return str(fn["name"] if isinstance(fn, dict) else tool.get("name"))
@@ -147,6 +212,7 @@ def _tool_name(tool: dict[str, Any]) -> str:
 class _Handler(BaseHTTPRequestHandler):
     owner: FakeLLMServer
     args: dict[str, Any]
+    answer: str
     protocol_version = "HTTP/1.1"
 
     def log_message(self, format: str, *args: Any) -> None:
@@ -175,6 +241,10 @@ class _Handler(BaseHTTPRequestHandler):
             call, self.args = steered
         n = s.next_id()
         model = str(body.get("model", "fake-model"))
+        schema = _answer_schema(body) if call is None else None
+        self.answer = json.dumps(s.sample(schema)) if schema is not None else s.text()
+        if self.path.endswith("/embeddings"):
+            return self._embeddings(body, model, n)
         if self.path.endswith("/chat/completions"):
             return self._chat(body, model, n, call)
         if self.path.endswith("/responses"):
@@ -224,12 +294,11 @@ class _Handler(BaseHTTPRequestHandler):
     # -- OpenAI chat completions ------------------------------------------------------------
 
     def _chat(self, body: dict[str, Any], model: str, n: int, call: str | None) -> None:
-        s = self.owner
         base = {"id": f"chatcmpl-{n}", "created": int(time.time()), "model": model + "-2025"}
         fp = s.fingerprint or f"fp_{n % 7}"
         usage = {"prompt_tokens": 10 + n, "completion_tokens": 5 + n, "total_tokens": 15 + 2 * n}
         args = json.dumps(self.args)
-        text = s.text()
+        text = self.answer
         if not body.get("stream"):
             message: dict[str, Any] = {"role": "assistant", "content": None if call else text}
             message["refusal"] = None
@@ -297,8 +366,7 @@ class _Handler(BaseHTTPRequestHandler):
     # -- OpenAI responses -------------------------------------------------------------------
 
     def _responses(self, body: dict[str, Any], model: str, n: int, call: str | None) -> None:
-        s = self.owner
-        text = s.text()
+        text = self.answer
         if call:
             item: dict[str, Any] = {
                 "type": "function_call",
@@ -345,9 +413,25 @@ class _Handler(BaseHTTPRequestHandler):
         seq = iter(range(1000))
         pending = {**resp, "status": "in_progress", "output": [], "usage": None}
         ev: list[tuple[str | None, Any]] = [
-            ("response.created", {"type": "response.created", "response": pending})
+            ("response.created", {"type": "response.created", "response": pending}),
+            ("response.in_progress", {"type": "response.in_progress", "response": pending}),
         ]
-        if not call:
+        at = {"output_index": 0, "item_id": item["id"]}
+        if call:
+            empty = {**item, "status": "in_progress", "arguments": ""}
+            ev.append(
+                (
+                    "response.output_item.added",
+                    {"type": "response.output_item.added", "output_index": 0, "item": empty},
+                )
+            )
+            raw = item["arguments"]
+            for i in range(0, len(raw), 5):
+                kind = "response.function_call_arguments.delta"
+                ev.append((kind, {"type": kind, **at, "delta": raw[i : i + 5]}))
+            kind = "response.function_call_arguments.done"
+            ev.append((kind, {"type": kind, **at, "name": call, "arguments": raw}))
+        else:
             empty = {**item, "status": "in_progress", "content": []}
             ev.append(
                 (
@@ -355,29 +439,55 @@ class _Handler(BaseHTTPRequestHandler):
                     {"type": "response.output_item.added", "output_index": 0, "item": empty},
                 )
             )
-            for w in text.split(" "):
+            part = {"type": "output_text", "text": "", "annotations": []}
+            kind = "response.content_part.added"
+            ev.append((kind, {"type": kind, **at, "content_index": 0, "part": part}))
+            words = text.split(" ")
+            for i, w in enumerate(words):
+                kind = "response.output_text.delta"
+                delta = w if i == len(words) - 1 else w + " "
                 ev.append(
-                    (
-                        "response.output_text.delta",
-                        {
-                            "type": "response.output_text.delta",
-                            "item_id": item["id"],
-                            "output_index": 0,
-                            "content_index": 0,
-                            "delta": w + " ",
-                            "logprobs": [],
-                        },
-                    )
+                    (kind, {"type": kind, **at, "content_index": 0, "delta": delta, "logprobs": []})
                 )
+            kind = "response.output_text.done"
+            ev.append(
+                (kind, {"type": kind, **at, "content_index": 0, "text": text, "logprobs": []})
+            )
+            kind = "response.content_part.done"
+            ev.append(
+                (kind, {"type": kind, **at, "content_index": 0, "part": {**part, "text": text}})
+            )
+        kind = "response.output_item.done"
+        ev.append((kind, {"type": kind, "output_index": 0, "item": item}))
         ev.append(("response.completed", {"type": "response.completed", "response": resp}))
         self._sse([(name, {**data, "sequence_number": next(seq)}) for name, data in ev])
         return None
 
+    # -- OpenAI embeddings ------------------------------------------------------------------
+
+    def _embeddings(self, body: dict[str, Any], model: str, n: int) -> None:
+        inputs = body.get("input")
+        items = inputs if isinstance(inputs, list) else [inputs]
+        dims = int(body.get("dimensions") or 8)
+        data = [
+            {"object": "embedding", "index": i, "embedding": self.owner.vector(dims)}
+            for i in range(len(items))
+        ]
+        tokens = sum(len(str(x).split()) for x in items)
+        self._json(
+            200,
+            {
+                "object": "list",
+                "data": data,
+                "model": model,
+                "usage": {"prompt_tokens": tokens + n, "total_tokens": tokens + n},
+            },
+        )
+
     # -- Anthropic messages -----------------------------------------------------------------
 
     def _anthropic(self, body: dict[str, Any], model: str, n: int, call: str | None) -> None:
-        s = self.owner
-        text = s.text()
+        text = self.answer
         tool_input = self.args
         usage = {"input_tokens": 12 + n, "output_tokens": 6 + n}
         msg: dict[str, Any] = {

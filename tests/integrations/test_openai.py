@@ -317,7 +317,7 @@ class TestSecrets:
 class TestBadInput:
     def test_an_unsupported_client_is_refused_naming_the_supported_ones(self) -> None:
         """Instrumenting something else says which clients are supported."""
-        with pytest.raises(UnsupportedClient, match=r"openai\.OpenAI and openai\.AsyncOpenAI"):
+        with pytest.raises(UnsupportedClient, match=r"openai\.OpenAI, openai\.AsyncOpenAI"):
             rp_openai.instrument(object())
 
     def test_instrumenting_twice_records_once(self, openai_client: Any) -> None:

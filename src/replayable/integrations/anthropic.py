@@ -1,137 +1,81 @@
 """Record and replay the Anthropic SDK at its provider seam.
 
 >>> import anthropic, replayable as rp
->>> from replayable.integrations.anthropic import instrument
->>> client = instrument(anthropic.Anthropic())
+>>> client = rp.instrument(anthropic.Anthropic())
 >>> with rp.record(name="support"):
 ...     client.messages.create(model="claude-sonnet-4-5", max_tokens=512, messages=[...])
 
-``messages.create`` (plain and ``stream=True``) and ``messages.stream`` become boundaries of
-kind ``llm``. Keyed: model, system, messages, tools, tool choice, max tokens, sampling settings,
-thinking and output config. Stored, never keyed: everything else, plus response model, usage,
-stop reason and the request id in the step's metadata. Replay returns ``Message`` objects and
-``MessageStream`` streams rebuilt from the recording, and never calls out.
+Every path to ``/v1/messages`` becomes a boundary of kind ``llm`` named
+``anthropic:messages.create`` (``_stream`` for streams): ``messages.create`` plain and
+``stream=True``, ``messages.stream``, ``messages.parse``, ``with_raw_response`` and
+``with_streaming_response``. The input is the request body; every field is keyed except those
+in :data:`IGNORED`. Metadata (never keyed): response model, usage, stop reason, tool calls and
+the request id. Replay returns the SDK's own ``Message``, ``MessageStream`` and raw-response
+objects rebuilt from the recording, and never calls out.
 """
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Iterable
 from typing import Any
 
-from replayable.context import current_session
 from replayable.errors import UnsupportedClient
-from replayable.integrations._stainless import (
-    SDK,
-    Endpoint,
-    instrument_client,
-    load_sdk,
-    no_tools,
-)
+from replayable.integrations._stainless import SDK, Route, instrument_client, load_sdk, no_tools
 
-__all__ = ["MESSAGES_KEY", "instrument"]
+__all__ = ["IGNORED", "ROUTES", "instrument"]
 
-MESSAGES_KEY = (
-    "model",
-    "system",
-    "messages",
-    "max_tokens",
-    "tools",
-    "tool_choice",
-    "temperature",
-    "top_p",
-    "top_k",
-    "stop_sequences",
-    "thinking",
-    "output_config",
-    "container",
-    "extra_body",
-)
-"""The Messages API fields that decide the answer; every other argument is stored only."""
+IGNORED = ("stream", "metadata", "service_tier")
+"""Request fields stored with the step but left out of its key."""
 
-ENDPOINTS = (
-    Endpoint(
-        path=("messages",),
-        name="anthropic:messages.create",
-        operation="chat",
-        response_type="anthropic.types:Message",
-        chunk_type="anthropic.types:RawMessageStreamEvent",
-        key=MESSAGES_KEY,
-    ),
-)
+ROUTES = (Route("/messages", "anthropic:messages.create", "llm", "chat", IGNORED),)
+"""The recorded endpoints and their boundary names."""
 
 
 def _usage(usage: Any) -> dict[str, Any]:
-    if usage is None:
+    if not isinstance(usage, dict):
         return {}
-    return {
-        "input_tokens": getattr(usage, "input_tokens", None),
-        "output_tokens": getattr(usage, "output_tokens", None),
-    }
+    return {k: usage[k] for k in ("input_tokens", "output_tokens") if usage.get(k) is not None}
 
 
 def describe(msg: Any) -> dict[str, Any]:
-    """Metadata of a ``Message``: stored with the step, never keyed."""
+    """Metadata of a ``Message`` body: stored with the step, never keyed."""
+    if not isinstance(msg, dict):
+        return {}
     meta: dict[str, Any] = {
-        "response_model": getattr(msg, "model", None),
-        "response_id": getattr(msg, "id", None),
-        "request_id": getattr(msg, "_request_id", None),
-        "usage": _usage(getattr(msg, "usage", None)),
-        "finish_reasons": [msg.stop_reason] if getattr(msg, "stop_reason", None) else None,
+        "response_model": msg.get("model"),
+        "response_id": msg.get("id"),
+        "usage": _usage(msg.get("usage")) or None,
+        "finish_reasons": [msg["stop_reason"]] if msg.get("stop_reason") else None,
     }
-    tools = [b.name for b in getattr(msg, "content", None) or () if b.type == "tool_use"]
+    content = msg.get("content")
+    content = content if isinstance(content, list) else []
+    tools = [str(b.get("name")) for b in content if b.get("type") == "tool_use"]
     if tools:
         meta["tool_calls"] = tools
     return {k: v for k, v in meta.items() if v is not None}
 
 
-def accumulate(acc: dict[str, Any], event: Any) -> None:
-    """Fold one streamed event into the step's metadata."""
-    kind = getattr(event, "type", None)
+def accumulate(acc: dict[str, Any], event: Any) -> bool:
+    """Fold one streamed event (its JSON data) into the step's metadata; True if the metadata
+    changed."""
+    if not isinstance(event, dict):
+        return False
+    before = repr(acc)
+    kind = event.get("type")
     if kind == "message_start":
-        acc.update(describe(event.message))
-    elif kind == "content_block_start" and event.content_block.type == "tool_use":
-        acc.setdefault("tool_calls", []).append(event.content_block.name)
+        acc.update(describe(event.get("message")))
+    elif kind == "content_block_start":
+        block = event.get("content_block") or {}
+        if block.get("type") == "tool_use":
+            acc.setdefault("tool_calls", []).append(block.get("name"))
     elif kind == "message_delta":
-        if event.delta.stop_reason:
-            acc["finish_reasons"] = [event.delta.stop_reason]
-        out = getattr(event.usage, "output_tokens", None)
+        stop = (event.get("delta") or {}).get("stop_reason")
+        if stop:
+            acc["finish_reasons"] = [stop]
+        out = (event.get("usage") or {}).get("output_tokens")
         if out is not None:
             acc.setdefault("usage", {})["output_tokens"] = out
-
-
-_SDK: SDK | None = None
-
-
-def _sdk(module: Any) -> SDK:
-    global _SDK
-    if _SDK is None:
-        _SDK = SDK(module=module, provider="anthropic", describe=describe, accumulate=accumulate)
-    return _SDK
-
-
-def _patch_stream(client: Any, sdk: Any, is_async: bool) -> None:
-    """``messages.stream(...)`` posts directly; route it through the patched ``create``."""
-    from anthropic.lib.streaming import AsyncMessageStreamManager, MessageStreamManager
-
-    resource = client.messages
-    original = resource.stream
-    if hasattr(original, "__replayable_original__"):
-        return
-
-    def stream(*args: Any, **kwargs: Any) -> Any:
-        fmt = kwargs.get("output_format", sdk.NOT_GIVEN)
-        if current_session() is None or args or fmt not in (None, sdk.NOT_GIVEN, sdk.omit):
-            return original(*args, **kwargs)
-        kwargs.pop("output_format", None)
-        if is_async:
-            return AsyncMessageStreamManager(resource.create(**kwargs, stream=True))
-        return MessageStreamManager(
-            functools.partial(resource.create, **kwargs, stream=True), output_format=sdk.NOT_GIVEN
-        )
-
-    stream.__replayable_original__ = original  # type: ignore[attr-defined]
-    resource.stream = stream
+    return repr(acc) != before
 
 
 def instrument(client: Any, *, side_effects: Iterable[str] = ()) -> Any:
@@ -151,8 +95,16 @@ def instrument(client: Any, *, side_effects: Iterable[str] = ()) -> Any:
         raise UnsupportedClient(
             f"cannot instrument {type(client).__module__}.{type(client).__qualname__}: "
             "replayable.integrations.anthropic supports anthropic.Anthropic and "
-            "anthropic.AsyncAnthropic (for OpenAI clients use replayable.integrations.openai)"
+            "anthropic.AsyncAnthropic"
         )
-    instrument_client(client, _sdk(sdk), ENDPOINTS, is_async)
-    _patch_stream(client, sdk, is_async)
-    return client
+    return instrument_client(client, _sdk(sdk), is_async)
+
+
+_SDK: SDK | None = None
+
+
+def _sdk(module: Any) -> SDK:
+    global _SDK
+    if _SDK is None:
+        _SDK = SDK(module, "anthropic", ROUTES, describe, accumulate)
+    return _SDK

@@ -1,17 +1,21 @@
 """Record and replay the OpenAI SDK at its provider seam.
 
 >>> import openai, replayable as rp
->>> from replayable.integrations.openai import instrument
->>> client = instrument(openai.OpenAI())
+>>> client = rp.instrument(openai.OpenAI())
 >>> with rp.record(name="support"):
 ...     client.chat.completions.create(model="gpt-4o", messages=[...])
 
-``chat.completions.create`` and ``responses.create`` (plain and ``stream=True``; the
-``chat.completions.stream`` / ``responses.stream`` helpers go through them) become boundaries of
-kind ``llm``. Keyed: the fields that decide the answer (model, messages/input, tools, sampling
-settings...). Stored, never keyed: everything else, plus response model, system fingerprint,
-usage, finish reasons and the provider request id in the step's metadata. Replay returns the
-SDK's own objects (``ChatCompletion``, ``Stream[ChatCompletionChunk]``...) and never calls out.
+Every path an agent takes to ``/chat/completions`` and ``/responses`` becomes a boundary of kind
+``llm`` (``openai:chat.completions.create``, ``openai:responses.create``; streams add
+``_stream``): ``create`` plain and ``stream=True``, ``.parse()`` / structured outputs,
+``with_raw_response``, ``with_streaming_response``, ``chat.completions.stream`` and
+``responses.stream``. ``embeddings.create`` becomes ``openai:embeddings.create`` of kind
+``retrieval``. The input is the request body the SDK sends; every field decides the key except
+the ones in :data:`IGNORED` (stored, never keyed). Metadata (never keyed): response model,
+system fingerprint, usage, finish reasons, tool calls and the provider request id. Replay hands
+the recorded answer to the SDK, so each path returns the SDK's own objects (``ChatCompletion``,
+``ParsedChatCompletion``, ``LegacyAPIResponse``, ``Stream[ChatCompletionChunk]``...) with the
+recorded headers, and never calls out. ``client.copy()`` / ``with_options()`` stay instrumented.
 """
 
 from __future__ import annotations
@@ -20,159 +24,104 @@ from collections.abc import Iterable
 from typing import Any
 
 from replayable.errors import UnsupportedClient
-from replayable.integrations._stainless import (
-    SDK,
-    Endpoint,
-    instrument_client,
-    load_sdk,
-    no_tools,
-)
+from replayable.integrations._stainless import SDK, Route, instrument_client, load_sdk, no_tools
 
-__all__ = ["CHAT_KEY", "RESPONSES_KEY", "instrument"]
+__all__ = ["IGNORED", "ROUTES", "instrument"]
 
-CHAT_KEY = (
-    "model",
-    "messages",
-    "tools",
-    "tool_choice",
-    "functions",
-    "function_call",
-    "parallel_tool_calls",
-    "temperature",
-    "top_p",
-    "max_tokens",
-    "max_completion_tokens",
-    "seed",
-    "response_format",
-    "n",
-    "stop",
-    "frequency_penalty",
-    "presence_penalty",
-    "logit_bias",
-    "logprobs",
-    "top_logprobs",
-    "reasoning_effort",
-    "verbosity",
-    "modalities",
-    "audio",
-    "prediction",
-    "web_search_options",
-    "extra_body",
+IGNORED = (
+    "stream",
+    "stream_options",
+    "user",
+    "metadata",
+    "store",
+    "service_tier",
+    "safety_identifier",
+    "prompt_cache_key",
+    "prompt_cache_retention",
+    "background",
 )
-"""The chat-completion fields that decide the answer; every other argument is stored only."""
+"""Request fields stored with the step but left out of its key: they do not change the answer."""
 
-RESPONSES_KEY = (
-    "model",
-    "input",
-    "instructions",
-    "tools",
-    "tool_choice",
-    "parallel_tool_calls",
-    "max_tool_calls",
-    "temperature",
-    "top_p",
-    "top_logprobs",
-    "max_output_tokens",
-    "reasoning",
-    "text",
-    "previous_response_id",
-    "conversation",
-    "prompt",
-    "truncation",
-    "include",
-    "extra_body",
+ROUTES = (
+    Route("/chat/completions", "openai:chat.completions.create", "llm", "chat", IGNORED),
+    Route("/responses", "openai:responses.create", "llm", "chat", IGNORED),
+    Route("/embeddings", "openai:embeddings.create", "retrieval", "embeddings", ("user",)),
 )
-"""The Responses API fields that decide the answer."""
-
-ENDPOINTS = (
-    Endpoint(
-        path=("chat", "completions"),
-        name="openai:chat.completions.create",
-        operation="chat",
-        response_type="openai.types.chat:ChatCompletion",
-        chunk_type="openai.types.chat:ChatCompletionChunk",
-        key=CHAT_KEY,
-    ),
-    Endpoint(
-        path=("responses",),
-        name="openai:responses.create",
-        operation="chat",
-        response_type="openai.types.responses:Response",
-        chunk_type="openai.types.responses:ResponseStreamEvent",
-        key=RESPONSES_KEY,
-    ),
-)
+"""The recorded endpoints (a POST whose path ends so) and their boundary names."""
 
 
 def _usage(usage: Any) -> dict[str, Any]:
-    if usage is None:
+    if not isinstance(usage, dict):
         return {}
-
-    def get(name: str) -> Any:
-        return usage.get(name) if isinstance(usage, dict) else getattr(usage, name, None)
-
-    inp = get("prompt_tokens") if get("prompt_tokens") is not None else get("input_tokens")
-    out = get("completion_tokens") if get("completion_tokens") is not None else get("output_tokens")
-    return {"input_tokens": inp, "output_tokens": out}
+    inp = usage.get("prompt_tokens", usage.get("input_tokens"))
+    out = usage.get("completion_tokens", usage.get("output_tokens"))
+    return {k: v for k, v in (("input_tokens", inp), ("output_tokens", out)) if v is not None}
 
 
-def describe(resp: Any) -> dict[str, Any]:
-    """Metadata of a ``ChatCompletion`` or ``Response``: stored with the step, never keyed."""
+def describe(body: Any) -> dict[str, Any]:
+    """Metadata of a chat completion, response or embedding list: stored, never keyed."""
+    if not isinstance(body, dict):
+        return {}
     meta: dict[str, Any] = {
-        "response_model": getattr(resp, "model", None),
-        "response_id": getattr(resp, "id", None),
-        "request_id": getattr(resp, "_request_id", None),
-        "usage": _usage(getattr(resp, "usage", None)),
+        "response_model": body.get("model"),
+        "response_id": body.get("id"),
+        "usage": _usage(body.get("usage")) or None,
+        "system_fingerprint": body.get("system_fingerprint"),
     }
-    if getattr(resp, "system_fingerprint", None):
-        meta["system_fingerprint"] = resp.system_fingerprint
-    choices = getattr(resp, "choices", None)
-    if choices is not None:
-        meta["finish_reasons"] = [c.finish_reason for c in choices]
-    elif getattr(resp, "status", None) is not None:
-        meta["finish_reasons"] = [resp.status]
-    tools = _tool_names(resp)
+    choices = body.get("choices")
+    if isinstance(choices, list):
+        meta["finish_reasons"] = [c.get("finish_reason") for c in choices]
+    elif body.get("object") == "response":
+        meta["finish_reasons"] = [body.get("status")]
+    tools = _tool_names(body)
     if tools:
         meta["tool_calls"] = tools
     return {k: v for k, v in meta.items() if v is not None}
 
 
-def _tool_names(resp: Any) -> list[str]:
+def _tool_names(body: dict[str, Any]) -> list[str]:
     names = []
-    for c in getattr(resp, "choices", None) or ():
-        for tc in getattr(c.message, "tool_calls", None) or ():
-            fn = getattr(tc, "function", None)
-            if fn is not None:
-                names.append(fn.name)
-    for item in getattr(resp, "output", None) or ():
-        if getattr(item, "type", None) == "function_call":
-            names.append(item.name)
+    for c in body.get("choices") or ():
+        for tc in (c.get("message") or {}).get("tool_calls") or ():
+            fn = tc.get("function")
+            if isinstance(fn, dict):
+                names.append(str(fn.get("name")))
+    if body.get("object") == "response":
+        for item in body.get("output") or ():
+            if item.get("type") == "function_call":
+                names.append(str(item.get("name")))
     return names
 
 
-def accumulate(acc: dict[str, Any], event: Any) -> None:
-    """Fold one streamed chunk or event into the step's metadata."""
-    if getattr(event, "object", None) == "chat.completion.chunk":
-        acc["response_model"] = event.model
-        acc["response_id"] = event.id
-        if getattr(event, "system_fingerprint", None):
-            acc["system_fingerprint"] = event.system_fingerprint
-        for c in event.choices:
-            if c.finish_reason:
-                acc.setdefault("finish_reasons", []).append(c.finish_reason)
-            for tc in c.delta.tool_calls or ():
-                if tc.function is not None and tc.function.name:
-                    acc.setdefault("tool_calls", []).append(tc.function.name)
-        if event.usage is not None:
-            acc["usage"] = _usage(event.usage)
-    elif getattr(event, "type", None) in ("response.completed", "response.incomplete"):
-        acc.update(describe(event.response))
+def accumulate(acc: dict[str, Any], event: Any) -> bool:
+    """Fold one streamed chunk or event (its JSON data) into the step's metadata; True if the
+    metadata changed."""
+    if not isinstance(event, dict):
+        return False
+    before = repr(acc)
+    if event.get("object") == "chat.completion.chunk":
+        acc["response_model"] = event.get("model")
+        acc["response_id"] = event.get("id")
+        if event.get("system_fingerprint"):
+            acc["system_fingerprint"] = event["system_fingerprint"]
+        for c in event.get("choices") or ():
+            if c.get("finish_reason"):
+                acc.setdefault("finish_reasons", []).append(c["finish_reason"])
+            for tc in (c.get("delta") or {}).get("tool_calls") or ():
+                name = (tc.get("function") or {}).get("name")
+                if name:
+                    acc.setdefault("tool_calls", []).append(name)
+        if event.get("usage"):
+            acc["usage"] = _usage(event["usage"])
+    elif event.get("type") in ("response.completed", "response.incomplete", "response.failed"):
+        acc.update(describe(event.get("response")))
+    return repr(acc) != before
 
 
 def instrument(client: Any, *, side_effects: Iterable[str] = ()) -> Any:
-    """Record ``client``'s model calls as ``llm`` boundaries; returns the same client.
+    """Record ``client``'s model and embedding calls; returns the same client.
 
-    Supports ``openai.OpenAI`` and ``openai.AsyncOpenAI`` (and their Azure subclasses).
+    Supports ``openai.OpenAI``, ``openai.AsyncOpenAI`` and their Azure subclasses.
 
     >>> client = instrument(openai.OpenAI())
     """
@@ -185,10 +134,10 @@ def instrument(client: Any, *, side_effects: Iterable[str] = ()) -> Any:
     else:
         raise UnsupportedClient(
             f"cannot instrument {type(client).__module__}.{type(client).__qualname__}: "
-            "replayable.integrations.openai supports openai.OpenAI and openai.AsyncOpenAI "
-            "(for Anthropic clients use replayable.integrations.anthropic)"
+            "replayable.integrations.openai supports openai.OpenAI, openai.AsyncOpenAI, "
+            "openai.AzureOpenAI and openai.AsyncAzureOpenAI"
         )
-    return instrument_client(client, _sdk(sdk), ENDPOINTS, is_async)
+    return instrument_client(client, _sdk(sdk), is_async)
 
 
 _SDK: SDK | None = None
@@ -197,5 +146,5 @@ _SDK: SDK | None = None
 def _sdk(module: Any) -> SDK:
     global _SDK
     if _SDK is None:
-        _SDK = SDK(module=module, provider="openai", describe=describe, accumulate=accumulate)
+        _SDK = SDK(module, "openai", ROUTES, describe, accumulate)
     return _SDK

@@ -229,7 +229,8 @@ class _Handler(BaseHTTPRequestHandler):
         elif isinstance(body.get("input"), str):
             messages = [{"role": "user", "content": body["input"]}]
         prompt = _last_user_text(messages)
-        anthropic = self.path.endswith("/messages")
+        route = self.path.partition("?")[0]
+        anthropic = route.endswith("/messages")
         for code in (429, 500):
             if f"[{code}]" in prompt:
                 return self._error(code, anthropic)
@@ -243,11 +244,11 @@ class _Handler(BaseHTTPRequestHandler):
         model = str(body.get("model", "fake-model"))
         schema = _answer_schema(body) if call is None else None
         self.answer = json.dumps(s.sample(schema)) if schema is not None else s.text()
-        if self.path.endswith("/embeddings"):
+        if route.endswith("/embeddings"):
             return self._embeddings(body, model, n)
-        if self.path.endswith("/chat/completions"):
+        if route.endswith("/chat/completions"):
             return self._chat(body, model, n, call)
-        if self.path.endswith("/responses"):
+        if route.endswith("/responses"):
             return self._responses(body, model, n, call)
         if anthropic:
             return self._anthropic(body, model, n, call)

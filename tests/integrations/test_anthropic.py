@@ -150,3 +150,68 @@ class TestDispatch:
         assert getattr(client, "__replayable__", False)
         with pytest.raises(UnsupportedClient, match=r"openai\.OpenAI, openai\.AsyncOpenAI"):
             instrument(42)
+
+
+class TestEveryPathAnAgentTakes:
+    def test_with_raw_response_replays_a_raw_response(
+        self, anthropic_client: Any, server: FakeLLMServer
+    ) -> None:
+        """messages.with_raw_response replays the SDK's raw response; parse() gives the Message."""
+
+        def agent() -> Any:
+            return anthropic_client.messages.with_raw_response.create(
+                model="claude", max_tokens=64, messages=MESSAGES
+            )
+
+        with rp.record() as run:
+            raw = agent()
+        seen = offline(server)
+        with rp.replay(run.id) as r:
+            again = agent()
+        assert type(again) is type(raw)
+        assert isinstance(again.parse(), Message)
+        assert again.parse() == raw.parse()
+        assert again.headers["request-id"] == raw.headers["request-id"]
+        assert r.ok
+        assert len(server.requests) == seen
+
+    async def test_async_stream_helper_and_streaming_response(
+        self, async_anthropic_client: Any, server: FakeLLMServer
+    ) -> None:
+        """AsyncAnthropic messages.stream and with_streaming_response replay offline."""
+
+        async def agent() -> tuple[str, Any]:
+            async with async_anthropic_client.messages.stream(
+                model="claude", max_tokens=64, messages=MESSAGES
+            ) as stream:
+                text = "".join([t async for t in stream.text_stream])
+            create = async_anthropic_client.messages.with_streaming_response.create
+            async with create(model="claude", max_tokens=64, messages=MESSAGES) as api:
+                message = await api.parse()
+            return text, message
+
+        async with rp.record() as run:
+            recorded = await agent()
+        assert recorded[0]
+        seen = offline(server)
+        async with rp.replay(run.id) as r:
+            assert await agent() == recorded
+        assert r.ok
+        assert len(server.requests) == seen
+
+    def test_with_options_copies_stay_instrumented(
+        self, anthropic_client: Any, server: FakeLLMServer
+    ) -> None:
+        """A client from with_options() records and replays like the original."""
+
+        def agent() -> Any:
+            return anthropic_client.with_options(max_retries=0).messages.create(
+                model="claude", max_tokens=64, messages=MESSAGES
+            )
+
+        with rp.record() as run:
+            recorded = agent()
+        seen = offline(server)
+        with rp.replay(run.id):
+            assert agent() == recorded
+        assert len(server.requests) == seen

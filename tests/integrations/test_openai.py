@@ -11,6 +11,7 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from openai.types.responses import Response
+from pydantic import BaseModel
 from tests.integrations.conftest import API_KEY
 from tests.integrations.fakeserver import FakeLLMServer
 
@@ -339,3 +340,175 @@ class TestBadInput:
         with rp.replay(run.id), pytest.warns(rp.ReplayableWarning, match="major versions differ"):
             replayed = openai_client.chat.completions.create(model="m", messages=MESSAGES)
         assert replayed == recorded
+
+
+class Weather(BaseModel):
+    city: str
+    celsius: int
+
+
+class TestEveryPathAnAgentTakes:
+    def test_with_raw_response_replays_a_raw_response_whose_parse_works(
+        self, openai_client: Any, server: FakeLLMServer
+    ) -> None:
+        """with_raw_response (ChatOpenAI's default) replays a LegacyAPIResponse, headers and all."""
+
+        def agent() -> Any:
+            return openai_client.chat.completions.with_raw_response.create(
+                model="m", messages=MESSAGES
+            )
+
+        with rp.record() as run:
+            raw = agent()
+        (ev,) = events(run)
+        assert ev.output["object"] == "chat.completion"
+        seen = offline(server)
+        with rp.replay(run.id) as r:
+            again = agent()
+        assert type(again) is type(raw)
+        assert type(again).__name__ == "LegacyAPIResponse"
+        assert again.parse() == raw.parse()
+        assert isinstance(again.parse(), ChatCompletion)
+        assert again.headers["x-request-id"] == raw.headers["x-request-id"]
+        assert again.parse()._request_id == raw.parse()._request_id
+        assert r.ok
+        assert len(server.requests) == seen
+
+    async def test_async_with_streaming_response_streams_the_same_events(
+        self, async_openai_client: Any, server: FakeLLMServer
+    ) -> None:
+        """The agents SDK's streamed Responses path: with_streaming_response + parse() + iterate."""
+
+        async def agent() -> tuple[list[Any], str | None]:
+            create = async_openai_client.responses.with_streaming_response.create
+            async with create(model="gpt-5", input="hi", tools=[], stream=True) as api:
+                stream = await api.parse()
+                return [e async for e in stream], api.request_id
+
+        async with rp.record() as run:
+            recorded, request_id = await agent()
+        seen = offline(server)
+        async with rp.replay(run.id) as r:
+            replayed, request_id2 = await agent()
+        assert replayed == recorded
+        assert type(replayed[-1]).__name__ == "ResponseCompletedEvent"
+        assert request_id2 == request_id is not None
+        assert r.ok
+        assert len(server.requests) == seen
+
+    def test_sync_with_streaming_response_of_a_plain_call(
+        self, openai_client: Any, server: FakeLLMServer
+    ) -> None:
+        """with_streaming_response without stream=True replays an APIResponse to parse()."""
+
+        def agent() -> Any:
+            with openai_client.chat.completions.with_streaming_response.create(
+                model="m", messages=MESSAGES
+            ) as api:
+                return api.parse()
+
+        with rp.record() as run:
+            recorded = agent()
+        offline(server)
+        with rp.replay(run.id):
+            assert agent() == recorded
+
+    def test_with_options_and_copy_stay_instrumented(
+        self, openai_client: Any, server: FakeLLMServer
+    ) -> None:
+        """Clients made by with_options()/copy() (Pydantic AI, the agents SDK) record and replay."""
+
+        def agent() -> list[Any]:
+            return [
+                openai_client.with_options(max_retries=0).chat.completions.create(
+                    model="m", messages=MESSAGES
+                ),
+                openai_client.copy(timeout=5).chat.completions.create(
+                    model="m2", messages=MESSAGES
+                ),
+            ]
+
+        with rp.record() as run:
+            recorded = agent()
+        assert len(events(run)) == 2
+        seen = offline(server)
+        with rp.replay(run.id):
+            assert agent() == recorded
+        assert len(server.requests) == seen
+
+    def test_parse_with_a_pydantic_model_replays_the_parsed_object(
+        self, openai_client: Any, server: FakeLLMServer
+    ) -> None:
+        """Structured outputs: .parse(response_format=Model) replays .parsed as that model."""
+
+        def agent() -> Any:
+            return openai_client.chat.completions.parse(
+                model="m", messages=MESSAGES, response_format=Weather
+            )
+
+        with rp.record() as run:
+            recorded = agent()
+        assert isinstance(recorded.choices[0].message.parsed, Weather)
+        (ev,) = events(run)
+        assert ev.input["response_format"]["type"] == "json_schema"
+        offline(server)
+        with rp.replay(run.id):
+            replayed = agent()
+        assert replayed.choices[0].message.parsed == recorded.choices[0].message.parsed
+
+    def test_responses_stream_helper_and_text_format(
+        self, openai_client: Any, server: FakeLLMServer
+    ) -> None:
+        """responses.stream(text_format=Model) yields the same events and the parsed output."""
+
+        def agent() -> tuple[list[str], Any]:
+            with openai_client.responses.stream(
+                model="gpt-5", input="weather?", text_format=Weather
+            ) as stream:
+                kinds = [e.type for e in stream]
+                return kinds, stream.get_final_response().output_parsed
+
+        with rp.record() as run:
+            kinds, parsed = agent()
+        assert isinstance(parsed, Weather)
+        assert "response.output_text.delta" in kinds
+        offline(server)
+        with rp.replay(run.id):
+            assert agent() == (kinds, parsed)
+
+    def test_embeddings_are_retrieval_steps(
+        self, openai_client: Any, server: FakeLLMServer
+    ) -> None:
+        """embeddings.create is a `retrieval` boundary; replay returns the same vectors."""
+
+        def agent() -> list[list[float]]:
+            resp = openai_client.embeddings.create(model="e", input=["a cat", "a dog"])
+            return [d.embedding for d in resp.data]
+
+        with rp.record() as run:
+            vectors = agent()
+        assert vectors != agent()
+        (ev,) = events(run)
+        assert (ev.boundary, ev.kind) == ("openai:embeddings.create", "retrieval")
+        seen = offline(server)
+        with rp.replay(run.id):
+            assert agent() == vectors
+        assert len(server.requests) == seen
+
+    def test_azure_client_is_supported(self, server: FakeLLMServer) -> None:
+        """AzureOpenAI (deployment URLs) records and replays through the same boundary."""
+        client = rp.instrument(
+            openai.AzureOpenAI(
+                azure_endpoint=f"http://127.0.0.1:{server.port}",
+                api_key=API_KEY,
+                api_version="2024-10-21",
+                max_retries=0,
+            )
+        )
+        with rp.record() as run:
+            recorded = client.chat.completions.create(model="dep", messages=MESSAGES)
+        assert server.requests[-1].path.startswith("/openai/deployments/dep/chat/completions")
+        seen = offline(server)
+        with rp.replay(run.id):
+            assert client.chat.completions.create(model="dep", messages=MESSAGES) == recorded
+        assert len(server.requests) == seen

@@ -577,9 +577,7 @@ def _patch_request(client: Any, sdk: SDK, is_async: bool) -> None:
                 if stream:
                     gen = bound.wrapper(**body)
                     opened = await gen.__anext__()
-                    response = rebuilt.stream(
-                        call.options, opened, _async_stream(sdk.http, gen)
-                    )
+                    response = rebuilt.stream(call.options, opened, _async_stream(sdk.http, gen))
                 else:
                     response = rebuilt.plain(call.options, await bound.wrapper(**body))
             finally:
@@ -602,9 +600,7 @@ def _patch_request(client: Any, sdk: SDK, is_async: bool) -> None:
                 if stream:
                     gen = bound.wrapper(**body)
                     opened = next(gen)
-                    response = rebuilt.stream(
-                        call.options, opened, _sync_stream(sdk.http, gen)
-                    )
+                    response = rebuilt.stream(call.options, opened, _sync_stream(sdk.http, gen))
                 else:
                     response = rebuilt.plain(call.options, bound.wrapper(**body))
             finally:

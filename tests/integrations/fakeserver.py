@@ -295,6 +295,7 @@ class _Handler(BaseHTTPRequestHandler):
     # -- OpenAI chat completions ------------------------------------------------------------
 
     def _chat(self, body: dict[str, Any], model: str, n: int, call: str | None) -> None:
+        s = self.owner
         base = {"id": f"chatcmpl-{n}", "created": int(time.time()), "model": model + "-2025"}
         fp = s.fingerprint or f"fp_{n % 7}"
         usage = {"prompt_tokens": 10 + n, "completion_tokens": 5 + n, "total_tokens": 15 + 2 * n}

@@ -88,6 +88,8 @@ class SDK:
     version: str = ""
     _codec_registered: bool = False
     _boundaries: dict[tuple[str, bool, bool], Boundary] = field(default_factory=dict)
+    latest: dict[bool, weakref.ref[Any]] = field(default_factory=dict)
+    """The client instrumented last, sync and async: what a boundary called on its own uses."""
 
     def __post_init__(self) -> None:
         self.version = str(getattr(self.module, "__version__", ""))
@@ -236,22 +238,24 @@ def _content(body: Any) -> bytes:
 
 
 def _event(sse: Any) -> dict[str, Any]:
-    """One server-sent event as a chunk: its JSON data (or raw text), event name and id."""
-    chunk: dict[str, Any] = {}
-    if sse.event:
-        chunk["event"] = sse.event
+    """One server-sent event as a chunk: its JSON data object itself, with ``$event`` only when
+    the event name is not the data's ``type``; other data as text under ``$data``."""
     try:
         data = json.loads(sse.data)
     except ValueError:
         data = None
-    if isinstance(data, (dict, list)):
-        chunk["data"] = data
+    if isinstance(data, dict) and not any(str(k).startswith("$") for k in data):
+        chunk = data
+        if sse.event != data.get("type"):
+            chunk["$event"] = sse.event
     else:
-        chunk["text"] = sse.data
+        chunk = {"$data": sse.data}
+        if sse.event:
+            chunk["$event"] = sse.event
     if sse.id:
-        chunk["id"] = sse.id
+        chunk["$id"] = sse.id
     if sse.retry is not None:
-        chunk["retry"] = sse.retry
+        chunk["$retry"] = sse.retry
     return chunk
 
 
@@ -259,17 +263,17 @@ def _wire(chunk: Any) -> bytes:
     """A chunk back to the bytes of its server-sent event."""
     if not isinstance(chunk, dict):
         return b""
-    lines = []
-    if chunk.get("event"):
-        lines.append(f"event: {chunk['event']}")
-    if chunk.get("id"):
-        lines.append(f"id: {chunk['id']}")
-    if chunk.get("retry") is not None:
-        lines.append(f"retry: {chunk['retry']}")
-    if "data" in chunk:
-        text = json.dumps(chunk["data"], ensure_ascii=False, separators=(",", ":"))
+    event = chunk["$event"] if "$event" in chunk else chunk.get("type")
+    lines = [f"event: {event}"] if event else []
+    if chunk.get("$id"):
+        lines.append(f"id: {chunk['$id']}")
+    if chunk.get("$retry") is not None:
+        lines.append(f"retry: {chunk['$retry']}")
+    if "$data" in chunk:
+        text = str(chunk["$data"])
     else:
-        text = str(chunk.get("text", ""))
+        data = {k: v for k, v in chunk.items() if not str(k).startswith("$")}
+        text = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
     lines += [f"data: {line}" for line in text.split("\n")]
     return ("\n".join(lines) + "\n\n").encode()
 
@@ -338,7 +342,7 @@ def _make_boundary(sdk: SDK, route: Route, is_async: bool, stream: bool) -> Boun
     if stream and is_async:
 
         async def astream(**body: Any) -> AsyncIterator[Any]:
-            call = _the_call()
+            call = _the_call(sdk, route, True, True, body)
             annotate(**_static(call, body))
             response = await call.original(
                 call.sdk.http.Response, _live_options(call), stream=True, stream_cls=None
@@ -350,7 +354,7 @@ def _make_boundary(sdk: SDK, route: Route, is_async: bool, stream: bool) -> Boun
                 yield first
                 async for sse in call.sdk.sse().aiter_bytes(response.aiter_bytes()):
                     chunk = _event(sse)
-                    if call.sdk.accumulate(acc, chunk.get("data")):
+                    if call.sdk.accumulate(acc, chunk):
                         annotate(**acc)
                     yield chunk
             finally:
@@ -360,7 +364,7 @@ def _make_boundary(sdk: SDK, route: Route, is_async: bool, stream: bool) -> Boun
     elif stream:
 
         def sstream(**body: Any) -> Iterator[Any]:
-            call = _the_call()
+            call = _the_call(sdk, route, False, True, body)
             annotate(**_static(call, body))
             response = call.original(
                 call.sdk.http.Response, _live_options(call), stream=True, stream_cls=None
@@ -372,7 +376,7 @@ def _make_boundary(sdk: SDK, route: Route, is_async: bool, stream: bool) -> Boun
                 yield first
                 for sse in call.sdk.sse().iter_bytes(response.iter_bytes()):
                     chunk = _event(sse)
-                    if call.sdk.accumulate(acc, chunk.get("data")):
+                    if call.sdk.accumulate(acc, chunk):
                         annotate(**acc)
                     yield chunk
             finally:
@@ -382,7 +386,7 @@ def _make_boundary(sdk: SDK, route: Route, is_async: bool, stream: bool) -> Boun
     elif is_async:
 
         async def aplain(**body: Any) -> Any:
-            call = _the_call()
+            call = _the_call(sdk, route, True, False, body)
             annotate(**_static(call, body))
             response = await call.original(
                 call.sdk.http.Response, _live_options(call), stream=False, stream_cls=None
@@ -394,7 +398,7 @@ def _make_boundary(sdk: SDK, route: Route, is_async: bool, stream: bool) -> Boun
     else:
 
         def plain(**body: Any) -> Any:
-            call = _the_call()
+            call = _the_call(sdk, route, False, False, body)
             annotate(**_static(call, body))
             response = call.original(
                 call.sdk.http.Response, _live_options(call), stream=False, stream_cls=None
@@ -407,11 +411,23 @@ def _make_boundary(sdk: SDK, route: Route, is_async: bool, stream: bool) -> Boun
     return made
 
 
-def _the_call() -> _Call:
+def _the_call(sdk: SDK, route: Route, is_async: bool, stream: bool, body: dict[str, Any]) -> _Call:
+    """The request in flight, or (a boundary called on its own, as drift does) a new request
+    with ``body`` through the client of this SDK instrumented last."""
     call = _CALL.get()
-    if call is None:
-        raise UnsupportedClient("an SDK boundary was called outside its client's request")
-    return call
+    if call is not None:
+        return call
+    ref = sdk.latest.get(is_async)
+    client = ref() if ref is not None else None
+    if client is None:
+        kind = "async " if is_async else ""
+        raise UnsupportedClient(
+            f"{route.name}: no {kind}{sdk.provider} client is instrumented in this process; "
+            "instrument one (rp.instrument(client)) to re-run recorded calls"
+        )
+    models = importlib.import_module(f"{sdk.module.__name__}._models")
+    options = models.FinalRequestOptions.construct(method="post", url=route.suffix, json_data=body)
+    return _Call(sdk, route, client.__replayable_request__, options, stream, None)
 
 
 def _answer(call: _Call, response: Any) -> _Answer:
@@ -615,7 +631,9 @@ def instrument_client(client: Any, sdk: SDK, is_async: bool) -> Any:
     if "request" in vars(client) and getattr(client, "__replayable__", False):
         return client
     sdk.register_errors()
+    client.__replayable_request__ = client.request
     _patch_request(client, sdk, is_async)
+    sdk.latest[is_async] = weakref.ref(client)
     copy = client.copy
 
     def instrumented_copy(*args: Any, **kwargs: Any) -> Any:

@@ -27,7 +27,7 @@ __all__ = ["IGNORED", "ROUTES", "instrument"]
 IGNORED = ("stream", "metadata", "service_tier")
 """Request fields stored with the step but left out of its key."""
 
-ROUTES = (Route("/messages", "anthropic:messages.create", "llm", "chat", IGNORED),)
+ROUTES = (Route("/v1/messages", "anthropic:messages.create", "llm", "chat", IGNORED),)
 """The recorded endpoints and their boundary names."""
 
 

@@ -88,8 +88,9 @@ class SDK:
     version: str = ""
     _codec_registered: bool = False
     _boundaries: dict[tuple[str, bool, bool], Boundary] = field(default_factory=dict)
-    latest: dict[bool, weakref.ref[Any]] = field(default_factory=dict)
-    """The client instrumented last, sync and async: what a boundary called on its own uses."""
+    latest: dict[bool, Any] = field(default_factory=dict)
+    """The client instrumented last, sync and async: what a boundary called on its own uses
+    (held, like a registered boundary holds its function)."""
 
     def __post_init__(self) -> None:
         self.version = str(getattr(self.module, "__version__", ""))
@@ -417,8 +418,7 @@ def _the_call(sdk: SDK, route: Route, is_async: bool, stream: bool, body: dict[s
     call = _CALL.get()
     if call is not None:
         return call
-    ref = sdk.latest.get(is_async)
-    client = ref() if ref is not None else None
+    client = sdk.latest.get(is_async)
     if client is None:
         kind = "async " if is_async else ""
         raise UnsupportedClient(
@@ -633,7 +633,7 @@ def instrument_client(client: Any, sdk: SDK, is_async: bool) -> Any:
     sdk.register_errors()
     client.__replayable_request__ = client.request
     _patch_request(client, sdk, is_async)
-    sdk.latest[is_async] = weakref.ref(client)
+    sdk.latest[is_async] = client
     copy = client.copy
 
     def instrumented_copy(*args: Any, **kwargs: Any) -> Any:

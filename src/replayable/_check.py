@@ -32,6 +32,7 @@ from typing import Any
 
 import orjson
 
+from replayable import _writer
 from replayable._rootcall import call_recorded, root_call
 from replayable._writer import Pending, pending_row
 from replayable.boundary import registry
@@ -361,6 +362,10 @@ def run_batch(task: _Task) -> list[_Done]:
     _prepare(task)
     if not _ENV:
         _ENV.update(environment())
+    if _NOWHERE not in _writer._WRITERS:
+        # A check's replays are never written through a store's background writer: give
+        # their stand-in store a buffer, so no writer thread starts (after a fork, again).
+        _writer._WRITERS[_NOWHERE] = _Buffer()  # type: ignore[assignment]
     store = open_store(task.store) if task.store is not None else None
     return [_check_item(item, store, task) for item in task.items]
 
@@ -420,7 +425,7 @@ def _check_item(item: _Item, store: Store | None, task: _Task) -> _Done:
             parent_run=run.id,
         )
         session = Replayer(
-            store or _NOWHERE,
+            _NOWHERE,
             replay_run,
             run,
             events,
@@ -506,7 +511,8 @@ def _kept(session: Replayer, buffer: _Buffer, status: str) -> tuple[dict[str, An
 
 
 class _Nowhere:
-    """The store a check's replay of a shipped trace is attached to: it is never written."""
+    """The store a check's replays are attached to: they are never written through it (a kept
+    replay is written whole, with ``put_run``, by the caller)."""
 
     url = "nowhere:"
 

@@ -626,6 +626,9 @@ def check(
             raise ValueError(f"{label} must be >= 1, not {value}")
     src = open_store(store, must_exist=True)
     started = time.time()
+    env = environment()
+    if not _ENV:  # forked workers inherit it, and need not ask git again
+        _ENV.update(env)
     check_id = new_run_id()
     mods = tuple(imports) if imports is not None else _default_imports()
     for mod in mods:
@@ -667,7 +670,7 @@ def check(
     for start in range(0, len(chosen), size):
         items = []
         for i, (run, path) in enumerate(chosen[start : start + size], start=start):
-            head = run.to_dict()
+            head = _header(run)
             if ship:
                 data = Path(path).read_bytes() if path else _trace_bytes(src, run)
                 items.append(_Item(i, run=head, data=data, label=path or run.id))
@@ -706,7 +709,7 @@ def check(
         ended_at=time.time(),
         store=src.url,
         selection=selection,
-        environment=environment(),
+        environment=env,
         outcomes=outcomes,
         groups=group_outcomes(
             outcomes, {str(d.outcome.signature): d.parts for d in done if d.parts}
@@ -717,6 +720,14 @@ def check(
         _save(target, report, [d.kept for d in done if d.kept is not None])
         report.saved_to = target.url
     return report
+
+
+def _header(run: Run) -> dict[str, Any]:
+    """What a worker needs of a run's header (its environment only for the version check)."""
+    d = run.to_dict()
+    d["environment"] = {"replayable": run.environment.get("replayable")}
+    d["metadata"] = {}
+    return d
 
 
 def _trace_bytes(store: Store, run: Run) -> bytes:

@@ -179,3 +179,33 @@ class TestCopyAndPrune:
         assert result.exit_code == 0
         assert "deleted 1 runs" in result.output
         assert [r.id for r in open_store().list_runs(RunQuery())] == [run.id]
+
+
+class TestExportCorpus:
+    def test_export_since_writes_one_trace_per_recorded_run(self, run: Run, tmp_path: Path) -> None:
+        """export --since 7d -o DIR writes every recorded run (not replays) as RUN_ID.jsonl,
+        a directory `check --store DIR` reads."""
+        open_store().put_run(Run(id="old-run", started_at=time.time() - 86400 * 30), [])
+        open_store().put_run(
+            Run(id="a-replay", started_at=time.time(), parent_run=run.id, status="ok"), []
+        )
+        result = invoke("export", "--since", "7d", "-o", str(tmp_path / "corpus"))
+        assert result.exit_code == 0, result.output
+        assert "exported 1 run(s)" in result.output
+        files = sorted(p.name for p in (tmp_path / "corpus").iterdir())
+        assert files == [f"{run.id}.jsonl"]
+        assert [r.id for r in open_store(tmp_path / "corpus").list_runs()] == [run.id]
+
+    @pytest.mark.parametrize(
+        ("args", "message"),
+        [
+            ([], "name a RUN_ID"),
+            (["--since", "7d"], "-o DIR"),
+            (["RUNID", "--since", "7d"], "not both"),
+        ],
+    )
+    def test_export_usage_errors(self, run: Run, args: list[str], message: str) -> None:
+        """Neither a run nor a query, a query without -o DIR, or both: exit 2, one line."""
+        result = invoke("export", *[run.id if a == "RUNID" else a for a in args])
+        assert result.exit_code == 2
+        assert message in result.output

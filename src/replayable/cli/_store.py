@@ -37,21 +37,55 @@ _ALL = 10**12
 
 
 @main.command("export")
-@click.argument("run_id")
+@click.argument("run_id", required=False)
 @store_option
 @click.option(
     "-o",
     "--output",
-    type=click.Path(dir_okay=False, allow_dash=True),
-    help="Trace file to write (default RUN_ID.jsonl; '-' for stdout).",
+    type=click.Path(allow_dash=True),
+    help="Trace file to write (default RUN_ID.jsonl; '-' for stdout); with --since/--name/"
+    "--tag/--status, a directory that gets one RUN_ID.jsonl per run.",
 )
+@click.option("--since", help="Export every run started within this period (7d) or after a date.")
+@click.option("--name", help="Export every run with this name.")
+@click.option("--tag", "tags", multiple=True, help="Export every run with this tag (key=value).")
+@click.option(
+    "--status", type=click.Choice(["ok", "error", "diverged"]), help="Only runs with this status."
+)
+@click.option("--limit", type=click.IntRange(min=1), help="At most this many runs, newest first.")
 @handle_errors
-def export_cmd(run_id: str, store_url: str | None, output: str | None) -> None:
-    """Write one run as a JSONL trace file (header line, then one event a line, keys sorted).
+def export_cmd(
+    run_id: str | None,
+    store_url: str | None,
+    output: str | None,
+    since: str | None,
+    name: str | None,
+    tags: tuple[str, ...],
+    status: str | None,
+    limit: int | None,
+) -> None:
+    """Write one run as a JSONL trace file (header line, then one event a line, keys sorted),
+    or, with --since/--name/--tag/--status, every matching recorded run (replays left out) into
+    the directory -o names: a corpus for `replayable check --store DIR`.
 
-    RUN_ID may be a unique prefix. The file is written atomically and diffs well in git.
+    RUN_ID may be a unique prefix. Files are written atomically and diff well in git.
+
+    \b
+    replayable export RUN -o tests/traces/incident.jsonl
+    replayable export --since 7d -o corpus/
     """
     store = get_store(store_url)
+    query = any((since, name, tags, status))
+    if run_id is None:
+        if not query:
+            fail("name a RUN_ID, or pick runs with --since/--name/--tag/--status and -o DIR")
+        if not output or output == "-":
+            fail("-o DIR: the directory the trace files go to (one RUN_ID.jsonl per run)")
+            return
+        _export_many(store_url, output, since, name, tags, status, limit)
+        return
+    if query or limit:
+        fail("give either RUN_ID or --since/--name/--tag/--status/--limit, not both")
     run = store.get_run(run_id)
     events = list(store.iter_events(run.id))
     if output == "-":
@@ -59,10 +93,48 @@ def export_cmd(run_id: str, store_url: str | None, output: str | None) -> None:
         sys.stdout.buffer.writelines(trace_lines(run, events))
         sys.stdout.buffer.flush()
         return
+    if output is not None and Path(output).is_dir():
+        fail(f"{output} is a directory: name the trace file (or pick runs with --since ...)")
     target = write_trace(run, events, output or f"{run.id}.jsonl")
     if run.status in ("running", "incomplete"):
         err_console().print(f"[yellow]note: run {run.id} is {run.status}[/yellow]")
     click.echo(f"exported run {run.id} ({len(events)} events) to {target}")
+
+
+def _export_many(
+    store_url: str | None,
+    output: str,
+    since: str | None,
+    name: str | None,
+    tags: tuple[str, ...],
+    status: str | None,
+    limit: int | None,
+) -> None:
+    """Every recorded run the query picks (not replays, not unfinished) as RUN_ID.jsonl."""
+    from replayable.cli._core import _parse_tags
+
+    store = get_store(store_url)
+    target = Path(output)
+    if target.exists() and not target.is_dir():
+        fail(f"{output} is a file: -o names a directory when exporting several runs")
+    query = RunQuery(
+        name=name,
+        tags=_parse_tags(tags) or None,
+        status=status,
+        since=parse_since(since),
+        limit=_ALL,
+    )
+    runs = [
+        r
+        for r in store.list_runs(query)
+        if r.parent_run is None and r.status not in ("running", "incomplete")
+    ][:limit]
+    events = 0
+    for run in runs:
+        evs = list(store.iter_events(run.id))
+        events += len(evs)
+        write_trace(run, evs, target / f"{run.id}.jsonl")
+    click.echo(f"exported {len(runs)} run(s) ({events} events) to {target}/")
 
 
 @main.command("import")

@@ -481,6 +481,33 @@ class TestArgv:
         for f in store_path.parent.glob("traces.db*"):
             assert_absent(key[3:], f.read_bytes(), f.name)
 
+    def test_a_replay_run_does_not_store_the_store_password(
+        self, pg_url: str, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """`replayable replay ... --store postgresql://user:PASSWORD@...`: the replay's run (the
+        one the viewer's API shows) holds no password."""
+        password = "Pw" + _r(14)
+        url = pg_url.replace("postgresql://postgres@", f"postgresql://postgres:{password}@")
+        with rp.record(url) as run:
+            _tool("hi")
+        monkeypatch.setattr(sys, "argv", ["replayable", "replay", run.id, "--store", url])
+        with rp.replay(run.id, store=url) as r:
+            _tool("hi")
+        replay_run = rp.open_store(url).get_run(r.run.id)
+        assert replay_run.environment["argv"][-1] == url.replace(password, REDACTED)
+        with psycopg.connect(pg_url) as conn:
+            rows = conn.execute("SELECT row_to_json(r)::text FROM runs r").fetchall()
+        assert_absent(password, "\n".join(x[0] for x in rows), "runs")
+
+    def test_check_and_fuzz_environments_redact_argv_too(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The environment every run kind records (record, replay, check, fuzz) is redacted."""
+        from replayable.record import environment
+
+        monkeypatch.setattr(sys, "argv", ["agent.py", "--openai-api-key", "plain"])
+        assert environment()["argv"] == ["agent.py", "--openai-api-key", REDACTED]
+
 
 class TestUserRules:
     @pytest.fixture(autouse=True)

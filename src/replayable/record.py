@@ -28,7 +28,7 @@ from replayable._writer import Pending, Writer, writer_for
 from replayable.boundary import encode_error
 from replayable.context import FRAME, SESSION, AsyncToo, Frame, Session
 from replayable.errors import ReplayableError, ReplayableWarning, Unserializable
-from replayable.redact import redact, redact_run
+from replayable.redact import redact, redact_argv, redact_run
 from replayable.store import Store, open_store
 from replayable.trace import Run
 
@@ -88,7 +88,7 @@ def environment() -> dict[str, Any]:
         "platform": platform.platform(),
         "host": socket.gethostname(),
         "pid": os.getpid(),
-        "argv": list(sys.argv),
+        "argv": redact_argv(sys.argv),  # --api-key X, URLs with a password
     }
 
 

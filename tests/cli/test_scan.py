@@ -3,11 +3,14 @@ that `verify` still passes."""
 
 from __future__ import annotations
 
+import os
 import re
 import secrets
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 from click.testing import CliRunner
 
@@ -19,6 +22,21 @@ from replayable.store.sqlite import SQLiteStore
 from replayable.trace import read_trace, write_trace
 
 ENV = {"NO_COLOR": "1", "COLUMNS": "200"}
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh PostgreSQL schema on the test server, dropped after the test."""
+    server = os.environ.get("REPLAYABLE_TEST_POSTGRES")
+    if not server:
+        pytest.fail("REPLAYABLE_TEST_POSTGRES is not set (see .ci/run)")
+    schema = f"rp_scan_{secrets.token_hex(6)}"
+    with psycopg.connect(server, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    sep = "&" if "?" in server else "?"
+    yield f"{server}{sep}options=-csearch_path%3D{schema}"
+    with psycopg.connect(server, autocommit=True) as conn:
+        conn.execute(f"DROP SCHEMA {schema} CASCADE")
 
 
 @rp.boundary(kind="tool")
@@ -145,6 +163,30 @@ class TestScan:
         result = CliRunner().invoke(main, ["scan"], env=ENV)
         assert result.exit_code == 1
         assert f"{run.id}  (run)  environment.argv[2]  github-token" in result.output
+
+    def test_postgres_store_fixed(self, pg_url: str) -> None:
+        """A PostgreSQL store is scanned and fixed the same way; verify passes after."""
+        key = _key()
+        full = redact_mod._RULES
+        redact_mod._RULES = redact_mod._RuleSet(
+            [r for r in full.rules if r.id != "github-token"], ()
+        )
+        try:
+            with rp.record(pg_url) as run:
+                lookup(f"token {key}")
+        finally:
+            redact_mod._RULES = full
+        found = CliRunner().invoke(main, ["scan", "--store", pg_url], env=ENV)
+        assert found.exit_code == 1, found.output
+        assert key not in found.output
+        fixed = CliRunner().invoke(main, ["scan", "--fix", "--store", pg_url], env=ENV)
+        assert fixed.exit_code == 0, fixed.output
+        verified = CliRunner().invoke(main, ["verify", run.id, "--store", pg_url], env=ENV)
+        assert verified.exit_code == 0, verified.output
+        with psycopg.connect(pg_url) as conn:
+            rows = conn.execute("SELECT input || output FROM events").fetchall()
+        assert rows
+        assert all(key not in r[0] for r in rows)
 
     @pytest.mark.parametrize(
         ("args", "message"),

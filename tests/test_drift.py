@@ -6,6 +6,7 @@ import asyncio
 import json
 import sqlite3
 import xml.etree.ElementTree as ET
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,9 +46,22 @@ class Exact:
         return Verdict(same, float(same), "equal" if same else "differs", candidate, reference)
 
 
+OPENED: list[Any] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_clients() -> Iterator[None]:
+    """Every client a test opened is closed after it (no socket left for the GC to find)."""
+    yield
+    while OPENED:
+        OPENED.pop().close()
+
+
 def client_for(server: FakeLLMServer) -> Any:
     """A real OpenAI client on the loopback server, instrumented (the registered boundary)."""
-    return instrument(openai.OpenAI(base_url=server.openai_url, api_key=API_KEY, max_retries=0))
+    client = openai.OpenAI(base_url=server.openai_url, api_key=API_KEY, max_retries=0)
+    OPENED.append(client)
+    return instrument(client)
 
 
 @rp.boundary(kind="tool", side_effects=True)

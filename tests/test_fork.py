@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -182,10 +183,21 @@ def server(tool: str, order: int) -> FakeLLMServer:
     return FakeLLMServer(seed=order, steer=lambda prompt, tools: (tool, {"order": order})).start()
 
 
+OPENED: list[Any] = []
+
+
+@pytest.fixture(autouse=True)
+def _close_clients() -> Iterator[None]:
+    """Every client a test opened is closed after it (no socket left for the GC to find)."""
+    yield
+    while OPENED:
+        OPENED.pop().close()
+
+
 def use(srv: FakeLLMServer) -> None:
-    CLIENT["openai"] = rp.integrations.openai.instrument(
-        openai.OpenAI(base_url=srv.openai_url, api_key=API_KEY, max_retries=0)
-    )
+    client = openai.OpenAI(base_url=srv.openai_url, api_key=API_KEY, max_retries=0)
+    OPENED.append(client)
+    CLIENT["openai"] = rp.integrations.openai.instrument(client)
 
 
 @pytest.fixture

@@ -131,10 +131,15 @@ class TestNotReplayable:
         broken = corpus_dir / f"{corpus.runs[2].id}.jsonl"
         lines = broken.read_text(encoding="utf-8").splitlines(keepends=True)
         broken.write_text(lines[0] + lines[1] + "{not json\n", encoding="utf-8")
+        headless = corpus_dir / "sub" / "cut.jsonl"
+        headless.parent.mkdir()
+        headless.write_text('{"format": "replayable-tr\n', encoding="utf-8")
         report = rp.check(corpus_dir, imports=[corpus.name])
-        [bad] = report.runs("not_replayable")
+        bad, cut = report.runs("not_replayable")
         assert bad.run_id == corpus.runs[2].id
         assert "line 3 is not a valid event" in bad.detail
+        assert cut.run_id == str(headless)
+        assert "line 1 (header) is not valid JSON" in cut.detail
         assert report.counts["unchanged"] == 5
         assert report.saved_to == open_store(None).url
 

@@ -561,6 +561,15 @@ def _selection(
     return [(r, str(paths[r.id]) if r.id in paths else None) for r in runs]
 
 
+def _unreadable(src: Store) -> list[str]:
+    """Files of a trace directory whose header does not read: no run to the store, but
+    damaged traces in the corpus, to report rather than leave out unnoticed."""
+    if not isinstance(src, TraceDirStore):
+        return []
+    known = {p for _, p in src._runs().values()}
+    return [str(p) for p in sorted(src.path.rglob("*.jsonl")) if p not in known]
+
+
 def _default_imports() -> tuple[str, ...]:
     """Modules defining the registered boundaries (what a worker must import)."""
     mods = {name.split(":", 1)[0] for name in registry()}
@@ -633,7 +642,8 @@ def check(
     mods = tuple(imports) if imports is not None else _default_imports()
     for mod in mods:
         importlib.import_module(mod)
-    chosen = _selection(
+    chosen: list[tuple[Run | None, str | None]] = []
+    chosen += _selection(
         src,
         since=since,
         until=until,
@@ -644,6 +654,7 @@ def check(
         sample=sample,
         seed=seed,
     )
+    chosen += [(None, path) for path in _unreadable(src)]
     selection = {
         k: v
         for k, v in {
@@ -670,12 +681,15 @@ def check(
     for start in range(0, len(chosen), size):
         items = []
         for i, (run, path) in enumerate(chosen[start : start + size], start=start):
-            head = _header(run)
+            head = _header(run) if run is not None else None
+            label = path or (run.id if run is not None else "")
             if ship:
-                data = Path(path).read_bytes() if path else _trace_bytes(src, run)
-                items.append(_Item(i, run=head, data=data, label=path or run.id))
+                data = _trace_bytes(src, run) if run is not None and not path else b""
+                if path:
+                    data = Path(path).read_bytes()
+                items.append(_Item(i, run=head, data=data, label=label))
             else:
-                items.append(_Item(i, run=head, path=path, label=path or run.id))
+                items.append(_Item(i, run=head, path=path, label=label))
         tasks.append(
             _Task(
                 items=items,

@@ -239,6 +239,28 @@ class TestNotRerunnable:
         assert step.status == "not_rerun"
         assert "drift_test:search" in step.reason
 
+    def test_a_blocked_nested_call_counts_even_when_the_model_code_catches_it(self) -> None:
+        """A model function that swallows errors cannot hide that drift could not re-run it."""
+        state = {"q": "a"}
+
+        @rp.boundary(kind="tool", name="drift_test:fetch")
+        def fetch(q: str) -> str:
+            return q
+
+        @rp.boundary(kind="llm", name="drift_test:careless")
+        def careless(topic: str) -> str:
+            try:
+                return fetch(state["q"])
+            except Exception:
+                return "fallback"
+
+        with rp.record(name="careless") as run:
+            careless("x")
+        state["q"] = "b"
+        step = rp.drift(run.id, judge=None).steps[0]
+        assert step.status == "not_rerun"
+        assert "drift_test:fetch" in step.reason
+
 
 class TestConcurrency:
     def test_async_model_calls_run_concurrently_up_to_the_bound(self) -> None:

@@ -234,6 +234,8 @@ class _StepSession(Session):
         self.pending = list(nested)
         self.lock = threading.Lock()
         self.frame = Frame(seq=top.seq, address=top.address)
+        self.blocked: _NotRerunnable | None = None
+        """Set when a nested call could not be served, even if the model code caught it."""
 
     def _serve(self, b: Boundary, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Event | None:
         if b.kind == "clock":
@@ -245,10 +247,11 @@ class _StepSession(Session):
                 if ev.boundary == b.name and ev.key == key:
                     self.pending.remove(ev)
                     return ev
-        raise _NotRerunnable(
+        self.blocked = _NotRerunnable(
             f"it calls {b.name} with an input the recording does not have; drift re-runs only "
             f"the {self.top.kind} call itself"
         )
+        raise self.blocked
 
     def call(self, b: Boundary, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
         ev = self._serve(b, args, kwargs)
@@ -583,6 +586,10 @@ async def _one(
     except _NotRerunnable as exc:
         result.status = "not_rerun"
         result.reason = str(exc)
+        return result
+    if session.blocked is not None:
+        result.status = "not_rerun"
+        result.reason = str(session.blocked)
         return result
     recorded = _answer(ev.output, ev.meta or {}, ev.error)
     now = _answer(live.output, redact(canonical.sanitize(live.meta)[0]), live.error)

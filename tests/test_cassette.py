@@ -141,8 +141,11 @@ class TestAutoMode:
         assert CALLS == ["q"]
 
     def test_live_boundaries_always_call_through(self, tape: Path) -> None:
-        """A boundary named in live= runs every time and is not recorded."""
-        with rp.cassette(tape, live=["complete"]):
+        """A boundary named in live= runs every time and is not recorded.
+
+        (Full name: other test modules define a ``complete`` boundary too, and an ambiguous
+        bare name is an error.)"""
+        with rp.cassette(tape, live=["tests.test_cassette:complete"]):
             complete("x")
             complete("x")
         assert CALLS == ["x", "x"]

@@ -418,7 +418,8 @@ class TestLifecycleEdges:
         async def main() -> rp.Run:
             cm = rp.record()
             run = await asyncio.create_task(cm.__aenter__())
-            add(1)
+            with pytest.warns(rp.ReplayableWarning, match=r"rp\.bind"):
+                add(1)  # this task never saw the run: not recorded, and said so
             await asyncio.create_task(cm.__aexit__(None, None, None))
             return run
 

@@ -616,3 +616,139 @@ class TestTamperedRecordings:
             )
         with pytest.warns(rp.ReplayableWarning, match="does not verify"):
             rp.replay(run.id)
+
+
+@rp.boundary(kind="tool")
+def weather(city: str) -> str:
+    """A tool an agent wraps in try/except, as agent frameworks do."""
+    return f"sunny in {city}"
+
+
+@rp.boundary(kind="tool")
+def forecast(city: str) -> str:
+    """A second tool, called after weather."""
+    return f"rain tomorrow in {city}"
+
+
+def tool_message(fn: Any, city: str) -> str:
+    """What a framework does with a tool's exception: it becomes the tool's message."""
+    try:
+        return str(fn(city))
+    except Exception as exc:
+        return f"tool error: {exc}"
+
+
+class TestDivergenceCannotBeSwallowed:
+    def test_a_caught_divergence_is_kept_and_raised_at_exit(self) -> None:
+        """The agent catches the Divergence inside its tool call; the strict replay still fails
+        with it at block exit, and the report lists it."""
+        with rp.record() as run:
+            tool_message(weather, "Paris")
+        with pytest.raises(rp.Divergence) as info, rp.replay(run.id) as r:
+            message = tool_message(weather, "Lyon")
+        assert message.startswith("tool error:")
+        assert info.value.boundary.endswith(":weather")
+        assert info.value.reason == "changed"
+        assert r.divergences[0] is info.value
+        assert "weather changed" in r.report().splitlines()[1]
+        assert "'Paris' -> 'Lyon'" in r.report()
+
+    def test_the_first_divergence_wins_over_a_later_exception(self) -> None:
+        """A caught divergence, then a later error propagating: the first divergence is raised,
+        with the later error as its context."""
+        with rp.record() as run:
+            tool_message(weather, "Paris")
+            forecast("Paris")
+
+        def agent() -> None:
+            tool_message(weather, "Lyon")  # diverges; caught
+            forecast("Lyon")  # diverges; propagates
+
+        with pytest.raises(rp.Divergence) as info, rp.replay(run.id) as r:
+            agent()
+        assert info.value.boundary.endswith(":weather")
+        assert isinstance(info.value.__context__, rp.Divergence)
+        assert info.value.__context__.boundary.endswith(":forecast")
+        assert [d.boundary.rsplit(":", 1)[-1] for d in r.divergences][:2] == [
+            "weather",
+            "forecast",
+        ]
+        assert "weather" in r.report().splitlines()[1]
+
+    def test_an_unrelated_error_after_a_caught_divergence_surfaces_the_divergence(self) -> None:
+        """The agent fails later because of what the swallowed divergence did: the divergence
+        is the error reported."""
+        with rp.record() as run:
+            tool_message(weather, "Paris")
+
+        def agent() -> None:
+            raise KeyError(tool_message(weather, "Lyon"))
+
+        with pytest.raises(rp.Divergence) as info, rp.replay(run.id):
+            agent()
+        assert isinstance(info.value.__context__, KeyError)
+
+    def test_non_strict_keeps_a_caught_divergence(self) -> None:
+        """With strict=False nothing raises, and the caught divergence is in .divergences."""
+        with rp.record() as run:
+            tool_message(weather, "Paris")
+        with rp.replay(run.id, strict=False) as r:
+            tool_message(weather, "Lyon")
+        assert [d.reason for d in r.divergences] == ["changed"]
+
+
+@rp.boundary(kind="tool", side_effects=True)
+def send_email(to: str) -> str:
+    """A side effect that must never fire in a replay."""
+    SENT.append(to)
+    return f"sent to {to}"
+
+
+SENT: list[str] = []
+
+
+class TestThreads:
+    def test_run_in_executor_without_bind_refuses_a_side_effect_in_a_replay(self) -> None:
+        """loop.run_in_executor does not carry the context: a side effect called there during a
+        replay is refused, naming rp.bind, instead of firing."""
+
+        async def main(bound: bool) -> str:
+            loop = asyncio.get_running_loop()
+            fn = rp.bind(send_email) if bound else send_email
+            return await loop.run_in_executor(None, fn, "bob@example.com")
+
+        with rp.record() as run:
+            asyncio.run(main(bound=True))
+        assert SENT == ["bob@example.com"]
+        SENT.clear()
+        with pytest.raises(rp.SideEffectRefused, match=r"rp\.bind"), rp.replay(run.id):
+            asyncio.run(main(bound=False))
+        assert SENT == []
+        with rp.replay(run.id) as r:
+            assert asyncio.run(main(bound=True)) == "sent to bob@example.com"
+        assert r.ok
+        assert SENT == []
+
+    def test_a_boundary_outside_the_context_warns_once_naming_bind(self) -> None:
+        """While recording, a call from a thread without the context warns (once) and says
+        what to do; it is not recorded."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        with rp.record() as run, ThreadPoolExecutor(2) as pool:
+            with pytest.warns(rp.ReplayableWarning, match=r"rp\.bind") as warned:
+                list(pool.map(weather, ["a", "b", "c"]))
+        assert len([w for w in warned if "rp.bind" in str(w.message)]) == 1
+        assert list(run.events()) == []
+
+    def test_to_thread_carries_the_context(self) -> None:
+        """asyncio.to_thread copies the context: the call is recorded and replayed."""
+
+        async def main() -> str:
+            return await asyncio.to_thread(weather, "Oslo")
+
+        with rp.record() as run:
+            asyncio.run(main())
+        with rp.replay(run.id) as r:
+            assert asyncio.run(main()) == "sunny in Oslo"
+        assert r.ok
+        assert [e.boundary for e in run.events()] == ["tests.test_replay:weather"]

@@ -27,7 +27,8 @@ import orjson
 
 from replayable import canonical
 from replayable._diff import diff_values
-from replayable.boundary import Boundary, decode_error, encode_error, registry
+from replayable._errors_codec import decode_error, encode_error
+from replayable.boundary import Boundary, registry
 from replayable.context import FRAME, SESSION, Frame, Session
 from replayable.errors import ReplayableError
 from replayable.redact import redact

@@ -21,10 +21,9 @@ side effects, and recorded calls no longer reached.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import inspect
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -32,7 +31,9 @@ import orjson
 
 from replayable import canonical
 from replayable._diff import diff_values
-from replayable.boundary import encode_error, registry, resolve_name
+from replayable._engine import Ending
+from replayable._errors_codec import encode_error
+from replayable.boundary import registry, resolve_name
 from replayable.canonical import clean_input, input_key
 from replayable.errors import (
     Divergence,
@@ -177,7 +178,7 @@ class WhatIf(Replayer):
     def _plan(self, b: Boundary, frame: Frame) -> _Plan:
         data, value = clean_input(b, frame.data)
         frame.data = data
-        key = input_key(b, data, value)
+        key = frame.key = input_key(b, data, value)
         ev, div = self._match(b, frame, key, data, value)
         if ev is not None and ev.seq == self.live_from:
             self.forked = True
@@ -221,16 +222,13 @@ class WhatIf(Replayer):
             with self._lock:
                 self.divergences.append(div)
             if self.replay_strict or not live:
-                self.finish(b, frame, error=div, key=key)
                 raise div
         frame.rec_seq = ev.seq if ev is not None else UNMATCHED
         if ev is not None and not live and "unserializable_output" in ev.meta:
-            exc = ReplayableError(
+            raise ReplayableError(
                 f"cannot serve {b.name} at {ev.address}: its output was not recorded "
                 f"(unserializable at {ev.meta['unserializable_output']!r})"
             )
-            self.finish(b, frame, error=exc, key=key)
-            raise exc
         if ev is not None and not live:
             self._consume_subtree(ev.seq)
             frame.meta.update(served=True, source_seq=ev.seq)
@@ -290,7 +288,6 @@ class WhatIf(Replayer):
             f"{_bare(b.name)}=module:fn) or allow_side_effects=True"
         )
         frame.rec_seq = ev.seq if ev is not None else UNMATCHED
-        self.finish(b, frame, error=exc, key=key)
         raise exc
 
     def _live(
@@ -333,60 +330,36 @@ class WhatIf(Replayer):
 
     # -- running fakes, and noting what live steps did ---------------------------------------
 
-    def _faked(self, b: Boundary, frame: Frame) -> Boundary:
+    def function(self, frame: Frame) -> Callable[..., Any]:
+        """A faked step runs its fake (async-wrapped for an async boundary)."""
+        b = frame.b
+        assert b is not None
         if frame.meta.get("whatif") != "faked":
-            return b
+            return b.fn
         fake = self.fakes[b.name]
-        fb = copy.copy(b)
         if b.is_async and not inspect.iscoroutinefunction(fake):
 
             async def run_fake(*args: Any, **kwargs: Any) -> Any:
                 return fake(*args, **kwargs)
 
-            fb.fn = run_fake
-        else:
-            fb.fn = fake
-        return fb
+            return run_fake
+        return fake
 
-    def _run_sync(
-        self, b: Boundary, frame: Frame, args: tuple[Any, ...], kwargs: dict[str, Any], **kw: Any
-    ) -> Any:
-        return super()._run_sync(self._faked(b, frame), frame, args, kwargs, **kw)
-
-    async def _run_async(
-        self, b: Boundary, frame: Frame, args: tuple[Any, ...], kwargs: dict[str, Any], **kw: Any
-    ) -> Any:
-        return await super()._run_async(self._faked(b, frame), frame, args, kwargs, **kw)
-
-    def _run_gen(
-        self, b: Boundary, frame: Frame, args: tuple[Any, ...], kwargs: dict[str, Any], **kw: Any
-    ) -> Iterator[Any]:
-        return super()._run_gen(self._faked(b, frame), frame, args, kwargs, **kw)
-
-    def _run_agen(
-        self, b: Boundary, frame: Frame, args: tuple[Any, ...], kwargs: dict[str, Any], **kw: Any
-    ) -> Any:
-        return super()._run_agen(self._faked(b, frame), frame, args, kwargs, **kw)
-
-    def finish(
-        self,
-        b: Boundary,
-        frame: Frame,
-        *,
-        output: Any = None,
-        error: BaseException | None = None,
-        key: str | None = None,
-        encoded: bool = False,
-        served: bool = False,
-    ) -> None:
+    def at_end(self, frame: Frame, outcome: Ending) -> None:
+        """Note what a live or faked step did differently; record the step."""
+        b = frame.b
+        assert b is not None
         how = frame.meta.get("whatif")
+        error = outcome.error
         if how is not None and not isinstance(error, ReplayableError):
-            self._note_live(b, frame, str(how), output, error, encoded)
-        if frame.meta.get("overridden"):
-            served = False  # the user's value: redact it like any live output
-        super().finish(
-            b, frame, output=output, error=error, key=key, encoded=encoded, served=served
-        )
+            output = None if outcome.output is None else orjson.loads(outcome.output)
+            self._note_live(b, frame, str(how), output, error, True)
+        if frame.meta.get("overridden") and outcome.served is not None:
+            # The user's value: redact it like any live output.
+            served = outcome.served
+            out = None if error is not None else self.snapshot(frame, served.output, "output")
+            outcome = Ending(output=out, error=error)
+        super().at_end(frame, outcome)
 
     def _note_live(
         self,

@@ -7,19 +7,17 @@ Inside one, it hands the call to the active session (:mod:`replayable.record`,
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
-import importlib
 import inspect
 import threading
 import typing
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol, TypeVar, overload
 
-from replayable import canonical
+from replayable import _engine, _errors_codec, canonical
 from replayable.context import SESSION
-from replayable.errors import RecordedError, UnknownBoundary, Unserializable
+from replayable.errors import UnknownBoundary
 
 __all__ = [
     "Boundary",
@@ -30,6 +28,10 @@ __all__ = [
     "registry",
     "resolve_name",
 ]
+
+# Where a recorded exception is encoded and rebuilt; re-exported here, where integrations
+# register their SDK's error types.
+register_error_codec = _errors_codec.register_error_codec
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -211,91 +213,6 @@ class Boundary:
         return f"<Boundary {self.name} kind={self.kind}>"
 
 
-_ERROR_CODECS: dict[type, tuple[Callable[[Any], Any], Callable[[type, dict[str, Any]], Any]]] = {}
-
-
-def register_error_codec(
-    cls: type[BaseException],
-    encode: Callable[[Any], Any],
-    decode: Callable[[type, dict[str, Any]], Any],
-) -> None:
-    """Record extra ``data`` for exceptions of ``cls`` (and subclasses) and rebuild them from it.
-
-    For exceptions whose constructor needs more than their message (an SDK's HTTP errors).
-
-    >>> register_error_codec(MyError, lambda e: {"code": e.code}, lambda t, d: t(d["data"]["code"]))
-    """
-    _ERROR_CODECS[cls] = (encode, decode)
-
-
-def _error_codec(cls: type) -> Any:
-    return next((_ERROR_CODECS[k] for k in cls.__mro__ if k in _ERROR_CODECS), None)
-
-
-def encode_error(exc: BaseException) -> dict[str, Any]:
-    """The recorded form of an exception: type, message and args (and registered ``data``)."""
-    cls = type(exc)
-    try:
-        args = canonical.canonicalize(list(exc.args), drop=())
-    except Unserializable:
-        args = [str(a) for a in exc.args]
-    out = {"type": f"{cls.__module__}:{cls.__qualname__}", "message": str(exc), "args": args}
-    attrs = {k: v for k, v in getattr(exc, "__dict__", {}).items() if not k.startswith("_")}
-    if attrs:  # attributes a custom __init__ set (``self.code = code``), when they serialize
-        with contextlib.suppress(Unserializable):
-            out["attrs"] = canonical.canonicalize(attrs, drop=())
-    codec = _error_codec(cls) if _ERROR_CODECS else None
-    if codec is not None:
-        with contextlib.suppress(Exception):
-            out["data"] = canonical.canonicalize(codec[0](exc), drop=())
-    return out
-
-
-def decode_error(data: dict[str, Any]) -> BaseException:
-    """Rebuild a recorded exception as its own type where possible, else :class:`RecordedError`."""
-    type_name = str(data.get("type", "Exception"))
-    message = str(data.get("message", ""))
-    args = data.get("args") or []
-    module_name, _, qualname = type_name.partition(":")
-    try:
-        obj: Any = importlib.import_module(module_name)
-        for part in qualname.split("."):
-            obj = getattr(obj, part)
-    except Exception:
-        return RecordedError(type_name, message)
-    if not (isinstance(obj, type) and issubclass(obj, BaseException)):
-        return RecordedError(type_name, message)
-    codec = _error_codec(obj) if "data" in data else None
-    if codec is not None:
-        try:
-            rebuilt = codec[1](obj, data)
-            if isinstance(rebuilt, BaseException):
-                return rebuilt
-        except Exception:
-            pass
-    attrs = data.get("attrs") or {}
-    try:
-        exc = obj(*args)
-        if str(exc) == message or not message:
-            return _with_attrs(exc, attrs)
-    except Exception:
-        pass
-    try:
-        exc = obj.__new__(obj)
-        BaseException.__init__(exc, *(args or [message]))
-        return _with_attrs(exc, attrs)
-    except Exception:
-        return RecordedError(type_name, message)
-
-
-def _with_attrs(exc: BaseException, attrs: dict[str, Any]) -> BaseException:
-    """Restore recorded attributes, so ``except CodeError as e: e.code`` works in replay."""
-    for name, value in attrs.items():
-        with contextlib.suppress(Exception):
-            setattr(exc, name, value)
-    return exc
-
-
 def _register(b: Boundary) -> None:
     with _REGISTRY_LOCK:
         _REGISTRY[b.name] = b
@@ -335,6 +252,9 @@ def resolve_name(name: str, names: Iterable[str], *, missing_ok: bool = False) -
     if name in pool:
         return name
     matches = sorted(n for n in pool if n.rsplit(":", 1)[-1].rsplit(".", 1)[-1] == name)
+    if len(matches) > 1:  # a user's bare name means their boundary, not one of ours
+        own = [n for n in matches if not n.startswith(("replayable:", "replayable."))]
+        matches = own if len(own) == 1 else matches
     if len(matches) == 1:
         return matches[0]
     if not matches:
@@ -415,6 +335,8 @@ def boundary(
             def wrapper(*args: Any, **kwargs: Any) -> Any:
                 session = SESSION.get()
                 if session is None:
+                    if _engine.ACTIVE:
+                        _engine.orphan_call(b)
                     return func(*args, **kwargs)
                 return session.call_agen(b, args, kwargs)
 
@@ -423,6 +345,8 @@ def boundary(
             def wrapper(*args: Any, **kwargs: Any) -> Any:
                 session = SESSION.get()
                 if session is None:
+                    if _engine.ACTIVE:
+                        _engine.orphan_call(b)
                     return func(*args, **kwargs)
                 return session.call_gen(b, args, kwargs)
 
@@ -431,6 +355,8 @@ def boundary(
             async def wrapper(*args: Any, **kwargs: Any) -> Any:
                 session = SESSION.get()
                 if session is None:
+                    if _engine.ACTIVE:
+                        _engine.orphan_call(b)
                     return await func(*args, **kwargs)
                 return await session.call_async(b, args, kwargs)
 
@@ -439,6 +365,8 @@ def boundary(
             def wrapper(*args: Any, **kwargs: Any) -> Any:
                 session = SESSION.get()
                 if session is None:
+                    if _engine.ACTIVE:
+                        _engine.orphan_call(b)
                     return func(*args, **kwargs)
                 return session.call(b, args, kwargs)
 

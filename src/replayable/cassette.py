@@ -20,12 +20,13 @@ share one file. Boundaries of kind ``agent`` and those named in ``live`` always 
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import inspect
 import os
 import threading
 import warnings
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -35,8 +36,9 @@ import orjson
 
 from replayable import canonical
 from replayable._diff import diff_values
-from replayable.boundary import decode_error, encode_error
-from replayable.context import SESSION, AsyncToo, Session
+from replayable._engine import Ending, Engine, Serve, activate, deactivate, resolve_live
+from replayable._errors_codec import encode_error
+from replayable.context import SESSION, AsyncToo, Frame
 from replayable.errors import FixtureMiss, ReplayableError, ReplayableWarning, TraceCorrupt
 from replayable.redact import might_hold_secrets, redact
 
@@ -51,6 +53,7 @@ except ImportError:  # pragma: no cover - Windows: O_APPEND alone
 __all__ = ["MODES", "Cassette", "CassetteCall", "cassette", "force_mode", "resolve_mode"]
 
 MODES = ("record", "replay", "auto", "off")
+_STREAM_META = ("closed_early", "never_started", "handled_throws")
 _FORCED_MODE: str | None = None
 """Set by the pytest plugin's ``--replayable-mode``; ``$REPLAYABLE_MODE`` still wins."""
 
@@ -80,6 +83,7 @@ class _Entry:
     input: Any
     output: Any
     error: dict[str, Any] | None
+    meta: dict[str, Any] = field(default_factory=dict)
     _raw: bytes | None = None
 
     def raw_input(self) -> bytes:
@@ -108,7 +112,7 @@ class CassetteCall:
         return self._input
 
 
-class Cassette(Session, AsyncToo["Cassette"]):
+class Cassette(Engine, AsyncToo["Cassette"]):
     """An exact-match fixture file; a context manager (sync or async) and a decorator.
 
     >>> with rp.cassette("tests/cassettes/weather.jsonl", mode="replay") as tape:
@@ -120,11 +124,15 @@ class Cassette(Session, AsyncToo["Cassette"]):
     def __init__(
         self, path: str | os.PathLike[str], mode: str = "auto", *, live: Iterable[str] = ()
     ) -> None:
+        super().__init__()
         resolve_mode(mode)  # fail early on a bad mode
         self.path = Path(path)
         self.requested_mode = mode
         self.mode = mode
-        self.live = frozenset(live)
+        self.live = tuple(live)
+        self._live_names: set[str] = set()
+        self._live_calls: set[tuple[str, int]] = set()
+        self._counts: dict[str, int] = {}
         self.calls: list[CassetteCall] = []
         self.hits = 0
         self.misses = 0
@@ -171,7 +179,14 @@ class Cassette(Session, AsyncToo["Cassette"]):
                 continue
             try:
                 d = orjson.loads(raw)
-                entry = _Entry(d["boundary"], d["key"], d["input"], d.get("output"), d.get("error"))
+                entry = _Entry(
+                    d["boundary"],
+                    d["key"],
+                    d["input"],
+                    d.get("output"),
+                    d.get("error"),
+                    d.get("meta") or {},
+                )
             except (orjson.JSONDecodeError, KeyError, TypeError):
                 raise TraceCorrupt(
                     f"cassette {self.path}: line {lineno} is not a recorded call", line=lineno
@@ -182,7 +197,9 @@ class Cassette(Session, AsyncToo["Cassette"]):
         self._entries.setdefault((entry.boundary, entry.key), []).append(entry)
         self._by_boundary.setdefault(entry.boundary, []).append(entry)
 
-    def _append(self, b: Boundary, key: str, data: bytes, out: Any, error: Any) -> None:
+    def _append(
+        self, b: Boundary, key: str, data: bytes, out: Any, error: Any, meta: dict[str, Any]
+    ) -> None:
         line = (
             orjson.dumps(
                 {
@@ -191,12 +208,13 @@ class Cassette(Session, AsyncToo["Cassette"]):
                     "input": orjson.Fragment(data),
                     "key": key,
                     "kind": b.kind,
+                    **({"meta": meta} if meta else {}),
                     "output": out,
                 },  # keys in sorted order; values keep their own (what is served)
             )
             + b"\n"
         )
-        entry = _Entry(b.name, key, orjson.loads(data), out, error, data)
+        entry = _Entry(b.name, key, orjson.loads(data), out, error, meta, data)
         with self._lock:
             self._add(entry)
             k = (b.name, key)
@@ -225,8 +243,11 @@ class Cassette(Session, AsyncToo["Cassette"]):
             self.load()
         elif self.mode in ("replay", "auto"):
             self.load()
+        self._live_names, self._live_calls = resolve_live(self.live, set(self._by_boundary))
+        self._counts.clear()
         if self.mode != "off":
             self._token = SESSION.set(self)
+            activate(self)
         return self
 
     def __exit__(
@@ -236,6 +257,8 @@ class Cassette(Session, AsyncToo["Cassette"]):
         tb: TracebackType | None,
     ) -> None:
         if self._token is not None:
+            deactivate(self)
+            self.end_unstarted()
             SESSION.reset(self._token)
             self._token = None
         if self._fd is not None:
@@ -265,12 +288,20 @@ class Cassette(Session, AsyncToo["Cassette"]):
 
     # -- lookup -------------------------------------------------------------------------------
 
-    def _runs_live(self, b: Boundary) -> bool:
-        return b.kind == "agent" or b.name in self.live or b.bare_name in self.live
+    unserializable = "raise"
 
-    def _lookup(self, b: Boundary, args: tuple[Any, ...], kwargs: dict[str, Any]) -> _Lookup:
-        data, value = canonical.clean_input(b, canonical.snapshot(b.bind(args, kwargs)))
-        key = canonical.input_key(b, data, value)
+    def at_start(self, frame: Frame) -> Serve | None:
+        """Serve a recorded call, or run it live (agents, ``live=``, a miss in ``auto``/``record``
+        mode); a miss in ``replay`` mode raises :class:`FixtureMiss`."""
+        b = frame.b
+        assert b is not None
+        with self._lock:
+            nth = self._counts[b.name] = self._counts.get(b.name, 0) + 1
+        if b.kind == "agent" or b.name in self._live_names or (b.name, nth) in self._live_calls:
+            return None
+        data, value = canonical.clean_input(b, frame.data)
+        frame.data = data
+        key = frame.key = canonical.input_key(b, data, value)
         k = (b.name, key)
         with self._lock:
             entries = self._entries.get(k) if self.mode != "record" else None
@@ -284,11 +315,37 @@ class Cassette(Session, AsyncToo["Cassette"]):
                     self.calls.append(
                         CassetteCall(b.name, data, True, entry.output, entry.error, b.kind)
                     )
-                    return _Lookup(key, data, entry)
+                    return Serve.recorded(entry.output, entry.error, entry.meta)
             self.misses += 1
         if self.mode == "replay":
             raise self._miss(b, key, data, value)
-        return _Lookup(key, data, None)
+        frame.meta["cassette_miss"] = True
+        return None
+
+    def at_end(self, frame: Frame, outcome: Ending) -> None:
+        """Append a miss that ran live to the file, unless what ended it is not the boundary's
+        own behaviour (our errors, interrupts). A stream closed early or never iterated is kept
+        as such: served again, it refuses to be read further than it was."""
+        b = frame.b
+        exc = outcome.error
+        if b is None or not frame.meta.get("cassette_miss") or outcome.refused:
+            return
+        if exc is not None and (
+            isinstance(exc, ReplayableError)
+            or not isinstance(exc, Exception | asyncio.CancelledError)
+        ):
+            return  # ours, or an interrupt; a cancellation is served by waiting for another
+        error = None if exc is None else redact(encode_error(exc))
+        out: Any = None
+        if outcome.output is not None:
+            raw = outcome.output
+            if b.redactors or b.redact_keys or might_hold_secrets(raw):
+                out = redact(orjson.loads(raw), extra_keys=b.redact_keys, redactors=b.redactors)
+            else:
+                out = orjson.loads(raw)
+        self.calls.append(CassetteCall(b.name, frame.data, False, out, error, b.kind))
+        meta = {k: frame.meta[k] for k in _STREAM_META if k in frame.meta}
+        self._append(b, frame.key or "", frame.data, out, error, meta)
 
     def _check_unkeyed(self, b: Boundary, entry: _Entry, data: bytes, value: Any) -> None:
         """Keys stay honest: warn when a field left out of the key differs from the recording."""
@@ -334,123 +391,6 @@ class Cassette(Session, AsyncToo["Cassette"]):
             changes=best_changes,
             path=str(self.path),
         )
-
-    def _served(self, b: Boundary, entry: _Entry) -> Any:
-        if entry.error is not None:
-            raise decode_error(entry.error)
-        return b.decode_output(entry.output)
-
-    def _record(
-        self, b: Boundary, look: _Lookup, out: Any = None, exc: BaseException | None = None
-    ) -> None:
-        if exc is not None and (isinstance(exc, ReplayableError) or not isinstance(exc, Exception)):
-            return  # our own errors and interrupts are not the boundary's behaviour
-        error = None if exc is None else redact(encode_error(exc))
-        if exc is None:
-            raw = canonical.snapshot(out)
-            if b.redactors or b.redact_keys or might_hold_secrets(raw):
-                out = redact(orjson.loads(raw), extra_keys=b.redact_keys, redactors=b.redactors)
-            else:
-                out = orjson.loads(raw)
-        else:
-            out = None
-        self.calls.append(CassetteCall(b.name, look.data, False, out, error, b.kind))
-        self._append(b, look.key, look.data, out, error)
-
-    # -- the four call shapes ----------------------------------------------------------------
-
-    def call(self, b: Boundary, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        if self._runs_live(b):
-            return b.fn(*args, **kwargs)
-        look = self._lookup(b, args, kwargs)
-        if look.entry is not None:
-            return self._served(b, look.entry)
-        try:
-            result = b.fn(*args, **kwargs)
-        except BaseException as exc:
-            self._record(b, look, exc=exc)
-            raise
-        self._record(b, look, b.encode_output(result))
-        return result
-
-    async def call_async(self, b: Boundary, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        if self._runs_live(b):
-            return await b.fn(*args, **kwargs)
-        look = self._lookup(b, args, kwargs)
-        if look.entry is not None:
-            return self._served(b, look.entry)
-        try:
-            result = await b.fn(*args, **kwargs)
-        except BaseException as exc:
-            self._record(b, look, exc=exc)
-            raise
-        self._record(b, look, b.encode_output(result))
-        return result
-
-    def call_gen(self, b: Boundary, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Iterator[Any]:
-        if self._runs_live(b):
-            return b.fn(*args, **kwargs)  # type: ignore[no-any-return]
-        look = self._lookup(b, args, kwargs)
-        if look.entry is not None:
-            return self._serve_gen(b, look.entry)
-        return self._record_gen(b, look, b.fn(*args, **kwargs))
-
-    def _serve_gen(self, b: Boundary, entry: _Entry) -> Iterator[Any]:
-        for chunk in entry.output if isinstance(entry.output, list) else ():
-            yield b.decode_output(chunk)
-        if entry.error is not None:
-            raise decode_error(entry.error)
-
-    def _record_gen(self, b: Boundary, look: _Lookup, gen: Iterator[Any]) -> Iterator[Any]:
-        chunks: list[Any] = []
-        try:
-            for item in gen:
-                chunks.append(b.encode_output(item))
-                yield item
-        except GeneratorExit:
-            raise  # closed early: a partial stream is not a recording
-        except BaseException as exc:
-            self._record(b, look, chunks, exc)
-            raise
-        self._record(b, look, chunks)
-
-    def call_agen(
-        self, b: Boundary, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> AsyncIterator[Any]:
-        if self._runs_live(b):
-            return b.fn(*args, **kwargs)  # type: ignore[no-any-return]
-        look = self._lookup(b, args, kwargs)
-        if look.entry is not None:
-            return self._serve_agen(b, look.entry)
-        return self._record_agen(b, look, b.fn(*args, **kwargs))
-
-    async def _serve_agen(self, b: Boundary, entry: _Entry) -> AsyncIterator[Any]:
-        for chunk in entry.output if isinstance(entry.output, list) else ():
-            yield b.decode_output(chunk)
-        if entry.error is not None:
-            raise decode_error(entry.error)
-
-    async def _record_agen(
-        self, b: Boundary, look: _Lookup, agen: AsyncIterator[Any]
-    ) -> AsyncIterator[Any]:
-        chunks: list[Any] = []
-        try:
-            async for item in agen:
-                chunks.append(b.encode_output(item))
-                yield item
-        except GeneratorExit:
-            raise
-        except BaseException as exc:
-            self._record(b, look, chunks, exc)
-            raise
-        self._record(b, look, chunks)
-
-
-@dataclass(slots=True)
-class _Lookup:
-    key: str
-    data: bytes
-    entry: _Entry | None
 
 
 def cassette(

@@ -1,8 +1,8 @@
 """The context that follows a call: which session is active and which step is the parent.
 
-Two context variables carry everything. ``asyncio`` tasks, ``asyncio.to_thread`` and
-``loop.run_in_executor`` copy them already; for a raw thread pool, :func:`bind` wraps a callable
-with the caller's context.
+Two context variables carry everything. ``asyncio`` tasks and ``asyncio.to_thread`` copy them;
+``loop.run_in_executor`` and a raw thread pool do not, so wrap the callable with :func:`bind`
+(a boundary called there while a run is active warns, naming ``rp.bind``).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
 if TYPE_CHECKING:
+    from replayable._engine import Serve
     from replayable.boundary import Boundary
 
 __all__ = [
@@ -38,7 +39,9 @@ class Frame:
     """One step being executed: the parent of the calls made inside it.
 
     ``rec_seq`` is, during a replay, the recorded event this step was matched to (``None`` at the
-    root, ``-1`` when the step has no recorded counterpart).
+    root, ``-1`` when the step has no recorded counterpart). ``b`` is the boundary called,
+    ``data`` its input snapshot, ``key`` its key once a mode computed it, ``serve`` what the mode
+    serves instead of running it (``None``: it runs live).
     """
 
     seq: int
@@ -50,6 +53,9 @@ class Frame:
     data: bytes = b"null"
     started_at: float = 0.0
     t0: int = 0
+    b: Boundary | None = None
+    key: str | None = None
+    serve: Serve | None = None
 
     def next_ordinal(self, name: str) -> int:
         """The ordinal of the next child call named ``name`` (0-based, in start order)."""

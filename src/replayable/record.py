@@ -7,7 +7,6 @@ lists in place); everything else happens on the background writer (:mod:`replaya
 from __future__ import annotations
 
 import contextvars
-import itertools
 import logging
 import os
 import platform
@@ -16,24 +15,23 @@ import socket
 import subprocess
 import sys
 import time
-import warnings
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from functools import lru_cache
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
-from replayable import canonical
+from replayable._engine import Ending, Engine, Serve, activate, deactivate
+from replayable._errors_codec import encode_error
 from replayable._version import __version__
 from replayable._writer import Pending, Writer, writer_for
-from replayable.boundary import encode_error
-from replayable.context import FRAME, SESSION, AsyncToo, Frame, Session
-from replayable.errors import ReplayableError, ReplayableWarning, Unserializable
+from replayable.context import FRAME, SESSION, AsyncToo, Frame
+from replayable.errors import ReplayableError, ReplayableWarning
 from replayable.redact import redact, redact_argv, redact_run
 from replayable.store import Store, open_store
 from replayable.trace import Run
 
 if TYPE_CHECKING:
-    from replayable.boundary import Boundary
+    pass
 
 __all__ = [
     "Recorder",
@@ -104,7 +102,6 @@ def _tags(tags: Mapping[str, Any] | Iterable[str] | None) -> dict[str, str]:
     return out
 
 
-_UNSERIALIZABLE_WARNED: set[tuple[str, str]] = set()
 _LATE_WARNED: set[str] = set()
 
 
@@ -126,98 +123,49 @@ def _warn_late(run_id: str, boundary: str) -> None:
 OBSERVERS: list[Any] = []
 
 
-class Recorder(Session):
-    """The session behind :func:`record`: turns boundary calls into events."""
+class Recorder(Engine):
+    """The record policy: every call runs live and is kept as an event of ``run``."""
 
     def __init__(self, store: Store, run: Run, *, strict: bool = False) -> None:
+        super().__init__()
         self.store = store
         self.run = run
         self.strict = strict
+        self.unserializable = "raise" if strict else "mark"
         self.writer: Writer = writer_for(store)
-        self.root = Frame(seq=-1, address="")
-        self._seq = itertools.count()
         self.closed = False
-        # Streams created but not iterated yet: their body (and so their event) only starts on
-        # the first next(). Ones never started are recorded as empty at close.
-        self._unstarted: dict[int, tuple[Boundary, Frame, dict[str, Any]]] = {}
 
-    def stream_created(self, b: Boundary, frame: Frame, **kw: Any) -> None:
-        """Note a generator boundary whose body has not run yet."""
-        self._unstarted[frame.seq] = (b, frame, kw)
+    def at_start(self, frame: Frame) -> Serve | None:
+        """Recording runs every call live."""
+        self.observe_begin(frame)
+        return None
 
-    def stream_started(self, frame: Frame) -> None:
-        """Its body runs now: it will record itself."""
-        self._unstarted.pop(frame.seq, None)
-
-    # -- snapshots -------------------------------------------------------------------------
-
-    def _snapshot(self, b: Boundary, value: Any, what: str) -> tuple[bytes, str | None]:
-        try:
-            return canonical.snapshot(value), None
-        except Unserializable as exc:
-            if self.strict:
-                raise
-            if (b.name, what) not in _UNSERIALIZABLE_WARNED:
-                _UNSERIALIZABLE_WARNED.add((b.name, what))
-                warnings.warn(
-                    f"{b.name}: {what} not recorded faithfully: {exc}",
-                    ReplayableWarning,
-                    stacklevel=4,
-                )
-            # Keep every field that serializes; only the bad parts become markers.
-            clean, _ = canonical.sanitize(value)
-            return canonical.snapshot(clean), exc.path
-
-    # -- the step lifecycle ------------------------------------------------------------------
-
-    def begin(self, b: Boundary, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Frame:
-        """Open a step: allocate its seq and address and snapshot its input."""
-        parent = FRAME.get() or self.root
-        ordinal = parent.next_ordinal(b.name)
-        frame = Frame(
-            seq=next(self._seq), address=parent.child_address(b.name, ordinal), parent=parent
-        )
-        frame.data, bad = self._snapshot(b, b.bind(args, kwargs), "input")
-        if bad is not None:
-            frame.meta["unserializable_input"] = bad
-        frame.started_at = time.time()
-        frame.t0 = time.perf_counter_ns()
+    def observe_begin(self, frame: Frame) -> None:
+        """Tell live observers (OpenTelemetry) a step began."""
         if OBSERVERS:
             for obs in OBSERVERS:
-                obs.on_begin(self, b, frame)
-        return frame
+                obs.on_begin(self, frame.b, frame)
 
-    def finish(
-        self,
-        b: Boundary,
-        frame: Frame,
-        *,
-        output: Any = None,
-        error: BaseException | None = None,
-        key: str | None = None,
-        encoded: bool = False,
-        served: bool = False,
-    ) -> None:
-        """Close a step: snapshot its output (or error) and hand it to the writer.
-
-        ``key`` (from a replay) means ``frame.data`` is the redacted input it was computed from;
-        ``served`` means the output came from a recording.
-        """
+    def at_end(self, frame: Frame, outcome: Ending) -> None:
+        """Keep the call as an event: its input, its output (or error), its metadata."""
+        b = frame.b
+        assert b is not None
         duration = time.perf_counter_ns() - frame.t0
         parent = frame.parent
+        error = outcome.error
         if OBSERVERS:
             for obs in OBSERVERS:
                 obs.on_finish(self, b, frame, error, duration)
         if self.closed:
             _warn_late(self.run.id, b.name)
             return
-        if error is not None and not frame.meta.get("stream"):
+        served = outcome.served
+        if served is not None:
+            out = self.snapshot(frame, served.output, "output")
+        elif outcome.output is not None:
+            out = outcome.output  # a stream that failed keeps the chunks it yielded
+        else:
             out = b"null"
-        else:  # a stream that failed keeps the chunks it yielded before the error
-            value = output if encoded else b.encode_output(output)
-            out, bad = self._snapshot(b, value, "output")
-            if bad is not None:
-                frame.meta["unserializable_output"] = bad
         self.writer.submit(
             Pending(
                 run_id=self.run.id,
@@ -231,150 +179,12 @@ class Recorder(Session):
                 meta=frame.meta,
                 started_at=frame.started_at,
                 duration_ns=duration,
-                key=key,
-                served=served,
+                key=frame.key,
+                served=served is not None,
             )
         )
         if self.strict and self.writer.error is not None:
             raise self.writer.error
-
-    # -- the four call shapes ----------------------------------------------------------------
-
-    def call(self, b: Boundary, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        frame = self.begin(b, args, kwargs)
-        return self._run_sync(b, frame, args, kwargs)
-
-    def _run_sync(
-        self, b: Boundary, frame: Frame, args: tuple[Any, ...], kwargs: dict[str, Any], **kw: Any
-    ) -> Any:
-        token = FRAME.set(frame)
-        try:
-            result = b.fn(*args, **kwargs)
-        except BaseException as exc:
-            FRAME.reset(token)
-            self.finish(b, frame, error=exc, **kw)
-            raise
-        FRAME.reset(token)
-        self.finish(b, frame, output=result, **kw)
-        return result
-
-    async def call_async(self, b: Boundary, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        frame = self.begin(b, args, kwargs)
-        return await self._run_async(b, frame, args, kwargs)
-
-    async def _run_async(
-        self, b: Boundary, frame: Frame, args: tuple[Any, ...], kwargs: dict[str, Any], **kw: Any
-    ) -> Any:
-        token = FRAME.set(frame)
-        try:
-            result = await b.fn(*args, **kwargs)
-        except BaseException as exc:
-            FRAME.reset(token)
-            self.finish(b, frame, error=exc, **kw)
-            raise
-        FRAME.reset(token)
-        self.finish(b, frame, output=result, **kw)
-        return result
-
-    def call_gen(self, b: Boundary, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Iterator[Any]:
-        frame = self.begin(b, args, kwargs)
-        self.stream_created(b, frame)
-        return self._run_gen(b, frame, args, kwargs)
-
-    def _run_gen(
-        self, b: Boundary, frame: Frame, args: tuple[Any, ...], kwargs: dict[str, Any], **kw: Any
-    ) -> Iterator[Any]:
-        self.stream_started(frame)
-        chunks: list[Any] = []
-        frame.meta["stream"] = True
-        gen = b.fn(*args, **kwargs)
-        finished = False
-        sent: Any = None
-        thrown: BaseException | None = None
-        try:
-            while True:  # `yield from`, with the step's frame around each resumption
-                token = FRAME.set(frame)
-                try:
-                    if thrown is not None:
-                        exc, thrown = thrown, None
-                        item = gen.throw(exc)
-                    else:
-                        item = gen.send(sent)
-                except StopIteration:
-                    break
-                finally:
-                    FRAME.reset(token)
-                chunks.append(b.encode_output(item))
-                try:
-                    sent = yield item
-                except GeneratorExit:
-                    raise
-                except BaseException as exc:  # thrown in by the consumer: hand it on
-                    thrown, sent = exc, None
-        except GeneratorExit:
-            frame.meta["closed_early"] = True
-            gen.close()
-            finished = True
-            self.finish(b, frame, output=chunks, encoded=True, **kw)
-            raise
-        except BaseException as exc:
-            finished = True
-            self.finish(b, frame, output=chunks, error=exc, encoded=True, **kw)
-            raise
-        finally:
-            if not finished:
-                self.finish(b, frame, output=chunks, encoded=True, **kw)
-
-    def call_agen(
-        self, b: Boundary, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> AsyncIterator[Any]:
-        frame = self.begin(b, args, kwargs)
-        self.stream_created(b, frame)
-        return self._run_agen(b, frame, args, kwargs)
-
-    async def _run_agen(
-        self, b: Boundary, frame: Frame, args: tuple[Any, ...], kwargs: dict[str, Any], **kw: Any
-    ) -> AsyncIterator[Any]:
-        self.stream_started(frame)
-        chunks: list[Any] = []
-        frame.meta["stream"] = True
-        agen = b.fn(*args, **kwargs)
-        finished = False
-        sent: Any = None
-        thrown: BaseException | None = None
-        try:
-            while True:  # `async for` plus asend/athrow, with the step's frame around each step
-                token = FRAME.set(frame)
-                try:
-                    if thrown is not None:
-                        exc, thrown = thrown, None
-                        item = await agen.athrow(exc)
-                    else:
-                        item = await agen.asend(sent)
-                except StopAsyncIteration:
-                    break
-                finally:
-                    FRAME.reset(token)
-                chunks.append(b.encode_output(item))
-                try:
-                    sent = yield item
-                except GeneratorExit:
-                    raise
-                except BaseException as exc:  # thrown in by the consumer: hand it on
-                    thrown, sent = exc, None
-        except GeneratorExit:
-            frame.meta["closed_early"] = True
-            await agen.aclose()
-            finished = True
-            self.finish(b, frame, output=chunks, encoded=True, **kw)
-            raise
-        except BaseException as exc:
-            finished = True
-            self.finish(b, frame, output=chunks, error=exc, encoded=True, **kw)
-            raise
-        finally:
-            if not finished:
-                self.finish(b, frame, output=chunks, encoded=True, **kw)
 
     # -- run lifecycle -----------------------------------------------------------------------
 
@@ -393,10 +203,7 @@ class Recorder(Session):
         that found divergences finishes as ``diverged``.
         """
         run = self.run
-        for b, frame, kw in list(self._unstarted.values()):
-            frame.meta.update(stream=True, never_started=True)
-            self.finish(b, frame, output=[], encoded=True, **kw)
-        self._unstarted.clear()
+        self.end_unstarted()
         self.closed = True
         run.ended_at = time.time()
         run.status = status or ("error" if exc is not None else "ok")
@@ -440,6 +247,7 @@ class Recording(AsyncToo[Run]):
         self._session = session
         session.start()
         self._tokens = [SESSION.set(session), FRAME.set(session.root)]
+        activate(session)
         return session.run
 
     def __exit__(
@@ -449,6 +257,7 @@ class Recording(AsyncToo[Run]):
         tb: TracebackType | None,
     ) -> None:
         assert self._session is not None
+        deactivate(self._session)
         try:
             reset_context(self._tokens)
         finally:

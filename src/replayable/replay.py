@@ -8,14 +8,13 @@ start order); failing that, the recorded call at the same address tells *what ch
 
 from __future__ import annotations
 
-import asyncio
 import contextvars
 import os
 import threading
 import time
 import warnings
 from collections import defaultdict
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -25,8 +24,9 @@ import orjson
 
 from replayable import canonical
 from replayable._diff import diff_values
+from replayable._engine import Serve, activate, deactivate, resolve_live
 from replayable._version import __version__
-from replayable.boundary import decode_error, registry, resolve_name
+from replayable.boundary import registry
 from replayable.context import FRAME, SESSION, AsyncToo, Frame
 from replayable.errors import (
     Divergence,
@@ -55,6 +55,8 @@ UNMATCHED = -1
 
 @dataclass(slots=True)
 class _Plan:
+    """A replay's decision for one call: run ``live``, else serve ``event``."""
+
     live: bool
     event: Event | None
     key: str
@@ -129,13 +131,11 @@ class Replayer(Recorder):
     def _resolve_live(self, live: Iterable[str], allow_side_effects: bool) -> None:
         registered = registry()
         recorded = {ev.boundary for ev in self.events.values()}
-        for entry in live:
-            name, _, nth = entry.partition("#")
-            # A bare name is resolved among the recording's boundaries first, so an unrelated
-            # boundary elsewhere in the process with the same function name does not collide.
-            full = resolve_name(name, recorded, missing_ok=True) or resolve_name(
-                name, set(registered) | recorded
-            )
+        self.live_names, self.live_calls = resolve_live(live, recorded)
+        counts: dict[str, int] = defaultdict(int)
+        for ev in self.events.values():
+            counts[ev.boundary] += 1
+        for full in self.live_names | {name for name, _ in self.live_calls}:
             b = registered.get(full)
             if b is None:
                 raise UnknownBoundary(
@@ -147,24 +147,35 @@ class Replayer(Recorder):
                     f"{full} has side effects; running it live would fire them again. "
                     "Pass allow_side_effects=True (CLI: --allow-side-effects) if you mean it"
                 )
-            if nth:
-                if not nth.isdigit() or int(nth) < 1:
-                    raise UnknownBoundary(f"bad call number in {entry!r}: use name#N with N >= 1")
-                count = sum(1 for ev in self.events.values() if ev.boundary == full)
-                if int(nth) > count:
-                    raise UnknownBoundary(
-                        f"{entry!r}: {full} has {count} recorded call(s) in run {self.source.id}"
-                    )
-                self.live_calls.add((full, int(nth)))
-            else:
-                self.live_names.add(full)
+        for full, n in sorted(self.live_calls):
+            if n > counts[full]:
+                raise UnknownBoundary(
+                    f"'{full}#{n}': {full} has {counts[full]} recorded call(s) in run "
+                    f"{self.source.id}"
+                )
 
-    # -- matching ----------------------------------------------------------------------------
+    # -- the policy --------------------------------------------------------------------------
+
+    serves_recordings = True
+
+    def at_start(self, frame: Frame) -> Serve | None:
+        """Match the call to the recording: serve it, run it live (agents, ``live=``), or raise
+        the divergence that says what changed."""
+        self.observe_begin(frame)
+        b = frame.b
+        assert b is not None
+        plan = self._plan(b, frame)
+        ev = plan.event
+        if plan.live or ev is None:
+            return None
+        return Serve.recorded(ev.output, ev.error, ev.meta)
 
     def _plan(self, b: Boundary, frame: Frame) -> _Plan:
+        """The decision for one call (what-if replays decide differently): the recorded event
+        it matched, and whether it runs live; raising refuses it."""
         data, value = canonical.clean_input(b, frame.data)
         frame.data = data  # the replay records the redacted input it keyed
-        key = canonical.input_key(b, data, value)
+        key = frame.key = canonical.input_key(b, data, value)
         ev, div = self._match(b, frame, key, data, value)
         live = b.kind == "agent" or b.name in self.live_names
         if ev is not None and (b.name, self.nth[ev.seq]) in self.live_calls:
@@ -173,17 +184,14 @@ class Replayer(Recorder):
             with self._lock:
                 self.divergences.append(div)
             if self.replay_strict or not live:
-                self.finish(b, frame, error=div, key=key)
                 raise div
         frame.rec_seq = ev.seq if ev is not None else UNMATCHED
         if ev is not None and not live and "unserializable_output" in ev.meta:
-            exc = ReplayableError(
+            raise ReplayableError(
                 f"cannot serve {b.name} at {ev.address}: its output was not recorded "
                 f"(unserializable at {ev.meta['unserializable_output']!r}); give the boundary "
                 "a codec, or name it in live=[...]"
             )
-            self.finish(b, frame, error=exc, key=key)
-            raise exc
         if ev is not None and not live:
             self._consume_subtree(ev.seq)
             frame.meta.update(served=True, source_seq=ev.seq)
@@ -279,104 +287,6 @@ class Replayer(Recorder):
                 self.consumed.add(s)
                 stack.extend(self.children.get(s, ()))
 
-    # -- serving -----------------------------------------------------------------------------
-
-    def _served_error(self, b: Boundary, frame: Frame, ev: Event, key: str) -> BaseException:
-        assert ev.error is not None
-        exc = decode_error(ev.error)
-        self.finish(b, frame, error=exc, key=key)
-        return exc
-
-    def call(self, b: Boundary, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        frame = self.begin(b, args, kwargs)
-        plan = self._plan(b, frame)
-        if plan.live:
-            return self._run_sync(b, frame, args, kwargs, key=plan.key)
-        ev = plan.event
-        assert ev is not None
-        if ev.error is not None:
-            raise self._served_error(b, frame, ev, plan.key)
-        self.finish(b, frame, output=ev.output, key=plan.key, encoded=True, served=True)
-        return b.decode_output(ev.output)
-
-    async def call_async(self, b: Boundary, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        frame = self.begin(b, args, kwargs)
-        plan = self._plan(b, frame)
-        if plan.live:
-            return await self._run_async(b, frame, args, kwargs, key=plan.key)
-        ev = plan.event
-        assert ev is not None
-        if ev.error is not None and str(ev.error.get("type", "")).endswith(":CancelledError"):
-            # The call was cancelled from outside (a timeout, a sibling task). Re-raising the
-            # CancelledError here would escape the caller's own handling (wait_for turns only
-            # the cancellation it made into TimeoutError), so wait for the agent's code to
-            # cancel it again, as it did when recorded.
-            try:
-                await asyncio.get_running_loop().create_future()
-            except asyncio.CancelledError as exc:
-                self.finish(b, frame, error=exc, key=plan.key, served=True)
-                raise
-        if ev.error is not None:
-            raise self._served_error(b, frame, ev, plan.key)
-        self.finish(b, frame, output=ev.output, key=plan.key, encoded=True, served=True)
-        return b.decode_output(ev.output)
-
-    def call_gen(self, b: Boundary, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Iterator[Any]:
-        frame = self.begin(b, args, kwargs)
-        plan = self._plan(b, frame)
-        if plan.live:
-            self.stream_created(b, frame, key=plan.key)
-            return self._run_gen(b, frame, args, kwargs, key=plan.key)
-        assert plan.event is not None
-        self.stream_created(b, frame, key=plan.key, served=True)
-        return self._serve_gen(b, frame, plan.event, plan.key)
-
-    def _serve_gen(self, b: Boundary, frame: Frame, ev: Event, key: str) -> Iterator[Any]:
-        self.stream_started(frame)
-        chunks = ev.output if isinstance(ev.output, list) else []
-        complete = False
-        try:
-            for chunk in chunks:
-                yield b.decode_output(chunk)
-            complete = True
-        finally:
-            if not complete:
-                frame.meta["closed_early"] = True
-            if not complete or ev.error is None:
-                self.finish(b, frame, output=chunks, key=key, encoded=True, served=True)
-        if ev.error is not None:
-            raise self._served_error(b, frame, ev, key)
-
-    def call_agen(
-        self, b: Boundary, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> AsyncIterator[Any]:
-        frame = self.begin(b, args, kwargs)
-        plan = self._plan(b, frame)
-        if plan.live:
-            self.stream_created(b, frame, key=plan.key)
-            return self._run_agen(b, frame, args, kwargs, key=plan.key)
-        assert plan.event is not None
-        self.stream_created(b, frame, key=plan.key, served=True)
-        return self._serve_agen(b, frame, plan.event, plan.key)
-
-    async def _serve_agen(
-        self, b: Boundary, frame: Frame, ev: Event, key: str
-    ) -> AsyncIterator[Any]:
-        self.stream_started(frame)
-        chunks = ev.output if isinstance(ev.output, list) else []
-        complete = False
-        try:
-            for chunk in chunks:
-                yield b.decode_output(chunk)
-            complete = True
-        finally:
-            if not complete:
-                frame.meta["closed_early"] = True
-            if not complete or ev.error is None:
-                self.finish(b, frame, output=chunks, key=key, encoded=True, served=True)
-        if ev.error is not None:
-            raise self._served_error(b, frame, ev, key)
-
     # -- the end -----------------------------------------------------------------------------
 
     def skipped(self) -> list[Divergence]:
@@ -471,6 +381,7 @@ class Replay(AsyncToo["Replay"]):
         session = self.session
         session.start()
         self._tokens = [SESSION.set(session), FRAME.set(session.root)]
+        activate(session)
         return self
 
     def __exit__(
@@ -480,6 +391,7 @@ class Replay(AsyncToo["Replay"]):
         tb: TracebackType | None,
     ) -> None:
         s = self.session
+        deactivate(s)
         try:
             reset_context(self._tokens)
         finally:
@@ -488,8 +400,14 @@ class Replay(AsyncToo["Replay"]):
             s.divergences.extend(s.skipped())
             s.run.metadata["divergences"] = [d.to_dict() for d in s.divergences]
             s.close(exc, status="diverged" if s.divergences and exc is None else None)
-        if exc is None and s.replay_strict and s.divergences:
-            raise s.divergences[0]
+        if not (s.replay_strict and s.divergences):
+            return
+        first = s.divergences[0]
+        # The first divergence is the cause, even when the agent's code caught it (turned it
+        # into a tool message, say) and something else went wrong later. Skipped calls are only
+        # news when nothing else is propagating.
+        if exc is None or (exc is not first and first.reason != "skipped"):
+            raise first
 
 
 def replay(

@@ -53,7 +53,7 @@ PROMPTS: list[str] = []
 
 
 @rp.boundary(kind="llm")
-def complete(prompt: str) -> str:
+def compose(prompt: str) -> str:
     """A model that answers differently every time it is really called."""
     PROMPTS.append(prompt)
     return f"answer {secrets.token_hex(4)}"
@@ -62,7 +62,7 @@ def complete(prompt: str) -> str:
 def agent(question: str) -> str:
     """Puts the tool's result, serialized, into the next prompt: what many agents do."""
     hits = search(question)
-    return complete(f"Answer {question} using: {json.dumps(hits)}")
+    return compose(f"Answer {question} using: {json.dumps(hits)}")
 
 
 def dumped(value: Any) -> str:

@@ -15,11 +15,10 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import itertools
 import os
 import re
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,9 +26,11 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from replayable import canonical
+from replayable._engine import Ending, Engine, Serve, activate, deactivate
+from replayable._errors_codec import encode_error
 from replayable._rootcall import call_recorded, root_call
-from replayable.boundary import decode_error, encode_error, registry, resolve_name
-from replayable.context import FRAME, SESSION, Frame, Session
+from replayable.boundary import registry, resolve_name
+from replayable.context import FRAME, SESSION, Frame
 from replayable.errors import ReplayableError
 from replayable.record import environment, new_run_id
 from replayable.replay import load_source
@@ -37,7 +38,7 @@ from replayable.store import Store
 from replayable.trace import Event, Run, chain_hash, event_content, write_trace
 
 if TYPE_CHECKING:
-    from replayable.boundary import Boundary
+    pass
 
 __all__ = ["FuzzReport", "Mutation", "Outcome", "Site", "fuzz", "run_perturbed", "sites_of"]
 
@@ -212,41 +213,45 @@ class Outcome:
         ]
 
 
-class _FuzzSession(Session):
-    """Serves recorded outputs (perturbed where asked) by address; agents and ``live`` run."""
+class _FuzzSession(Engine):
+    """The fuzz policy: serve recorded outputs (perturbed where asked) by address; agents and
+    ``live`` run; a call the recording has no counterpart for leaves the recording."""
 
     def __init__(
         self, run_id: str, events: Sequence[Event], outputs: dict[int, Any], live: frozenset[str]
     ) -> None:
+        super().__init__()
         self.run_id = run_id
         self.by_address = {e.address: e for e in events}
         self.outputs = outputs
         self.live = live
-        self.root = Frame(seq=-1, address="")
         self.calls: list[Event] = []
-        self._seq = itertools.count()
 
-    def _begin(
-        self, b: Boundary, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> tuple[Frame, Event | None]:
-        parent = FRAME.get() or self.root
-        ordinal = parent.next_ordinal(b.name)
-        frame = Frame(
-            seq=next(self._seq), address=parent.child_address(b.name, ordinal), parent=parent
-        )
-        frame.data = canonical.snapshot(b.bind(args, kwargs))
-        frame.started_at = time.time()
+    def at_start(self, frame: Frame) -> Serve | None:
+        """Serve the call recorded at this address, or run it live."""
+        b = frame.b
+        assert b is not None
         ev = self.by_address.get(frame.address)
         if ev is not None and ev.boundary != b.name:
             ev = None
-        if ev is None and not self._is_live(b):
+        live = b.kind == "agent" or b.name in self.live
+        if ev is None and not live:
             raise _OffRecord(f"{b.name} at {frame.address} is not in the recording")
-        return frame, ev
+        if ev is None or live:
+            return None
+        return Serve.recorded(self.outputs.get(ev.seq, ev.output), ev.error, ev.meta)
 
-    def _is_live(self, b: Boundary) -> bool:
-        return b.kind == "agent" or b.name in self.live
-
-    def _finish(self, b: Boundary, frame: Frame, output: Any = None, error: Any = None) -> None:
+    def at_end(self, frame: Frame, outcome: Ending) -> None:
+        """Keep the call (what the invariant is checked on)."""
+        b = frame.b
+        if b is None or outcome.refused:
+            return
+        served = outcome.served
+        if served is not None:
+            output, error = served.output, served.error
+        else:
+            output = None if outcome.output is None else orjson.loads(outcome.output)
+            error = None if outcome.error is None else encode_error(outcome.error)
         data, value = canonical.clean_input(b, frame.data)
         parent = frame.parent
         self.calls.append(
@@ -265,81 +270,6 @@ class _FuzzSession(Session):
                 started_at=frame.started_at,
             )
         )
-
-    def _served(self, ev: Event) -> Any:
-        return self.outputs.get(ev.seq, ev.output)
-
-    def call(self, b: Boundary, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        frame, ev = self._begin(b, args, kwargs)
-        if ev is None or self._is_live(b):
-            token = FRAME.set(frame)
-            try:
-                result = b.fn(*args, **kwargs)
-            except BaseException as exc:
-                self._finish(b, frame, error=encode_error(exc))
-                raise
-            finally:
-                FRAME.reset(token)
-            self._finish(b, frame, orjson.loads(canonical.snapshot(b.encode_output(result))))
-            return result
-        if ev.error is not None:
-            self._finish(b, frame, error=ev.error)
-            raise decode_error(ev.error)
-        out = self._served(ev)
-        self._finish(b, frame, out)
-        return b.decode_output(out)
-
-    async def call_async(self, b: Boundary, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        frame, ev = self._begin(b, args, kwargs)
-        if ev is None or self._is_live(b):
-            token = FRAME.set(frame)
-            try:
-                result = await b.fn(*args, **kwargs)
-            except BaseException as exc:
-                self._finish(b, frame, error=encode_error(exc))
-                raise
-            finally:
-                FRAME.reset(token)
-            self._finish(b, frame, orjson.loads(canonical.snapshot(b.encode_output(result))))
-            return result
-        if ev.error is not None:
-            self._finish(b, frame, error=ev.error)
-            raise decode_error(ev.error)
-        out = self._served(ev)
-        self._finish(b, frame, out)
-        return b.decode_output(out)
-
-    def call_gen(self, b: Boundary, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Iterator[Any]:
-        frame, ev = self._begin(b, args, kwargs)
-        if ev is None or self._is_live(b):
-            items = list(b.fn(*args, **kwargs))
-            self._finish(b, frame, [b.encode_output(i) for i in items])
-            return iter(items)
-        chunks = self._served(ev)
-        self._finish(b, frame, chunks, ev.error)
-        return self._chunks(b, chunks if isinstance(chunks, list) else [], ev.error)
-
-    def _chunks(self, b: Boundary, chunks: list[Any], error: Any) -> Iterator[Any]:
-        for chunk in chunks:
-            yield b.decode_output(chunk)
-        if error is not None:
-            raise decode_error(error)
-
-    def call_agen(
-        self, b: Boundary, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> AsyncIterator[Any]:
-        frame, ev = self._begin(b, args, kwargs)
-        if ev is None or self._is_live(b):
-            return b.fn(*args, **kwargs)  # type: ignore[no-any-return]
-        chunks = self._served(ev)
-        self._finish(b, frame, chunks, ev.error)
-        return self._achunks(b, chunks if isinstance(chunks, list) else [], ev.error)
-
-    async def _achunks(self, b: Boundary, chunks: list[Any], error: Any) -> AsyncIterator[Any]:
-        for chunk in chunks:
-            yield b.decode_output(chunk)
-        if error is not None:
-            raise decode_error(error)
 
 
 def run_perturbed(
@@ -360,6 +290,7 @@ def run_perturbed(
     if SESSION.get() is not None:
         raise ReplayableError("a record, replay or cassette is already active in this context")
     tokens = (SESSION.set(session), FRAME.set(session.root))
+    activate(session)
     try:
         outcome.result = call_recorded(b, root)
     except _OffRecord as exc:
@@ -367,6 +298,8 @@ def run_perturbed(
     except Exception as exc:
         outcome.error = exc
     finally:
+        deactivate(session)
+        session.end_unstarted()
         SESSION.reset(tokens[0])
         FRAME.reset(tokens[1])
     outcome.calls.sort(key=lambda e: e.seq)

@@ -424,20 +424,9 @@ def _check_item(item: _Item, store: Store | None, task: _Task) -> _Done:
             started_at=time.time(),
             parent_run=run.id,
         )
-        session = Replayer(
-            _NOWHERE,
-            replay_run,
-            run,
-            events,
-            live=task.live,
-            allow_side_effects=False,
-            strict=False,
-            match="address",
-        )
+        session = _CheckReplayer(replay_run, run, events, live=task.live)
     except ReplayableError as exc:
         return out("not_replayable", str(exc).splitlines()[0])
-    buffer = _Buffer()
-    session.writer = buffer  # type: ignore[assignment]
     raised: BaseException | None = None
     try:
         with Replay(session):
@@ -459,7 +448,7 @@ def _check_item(item: _Item, store: Store | None, task: _Task) -> _Done:
         and raised is not None
         and (recorded_error is None or not recorded_error.endswith(raised_type or ""))
     ):
-        kept = _kept(session, buffer, "error")
+        kept = session.kept("error")
         sig = raised_type or "Exception"
         was = f" (the recording raised {recorded_error})" if recorded_error else ""
         return out(
@@ -482,7 +471,7 @@ def _check_item(item: _Item, store: Store | None, task: _Task) -> _Done:
         return out("unchanged", "took the recorded path")
     fields = sorted({c.path for c in first.changes})
     sig = f"{first.reason} {first.boundary}" + (f" [{', '.join(fields)}]" if fields else "")
-    kept = _kept(session, buffer, "diverged")
+    kept = session.kept("diverged")
     more = f" (+{len(divs) - 1} more)" if len(divs) > 1 else ""
     return out(
         "diverged",
@@ -499,15 +488,34 @@ def _type_name(exc: BaseException) -> str:
     return f"{t.__module__}:{t.__qualname__}"
 
 
-def _kept(session: Replayer, buffer: _Buffer, status: str) -> tuple[dict[str, Any], list[EventRow]]:
-    """The replay of a diverged or failed run as a run header and rows, ready for put_run."""
-    run = session.run
-    run.status = status  # a divergence raised through the agent would read as "error"
-    chains: dict[str, tuple[int, str]] = {}
-    rows = [pending_row(p, chains) for p in buffer.pending]
-    run.event_count, run.head_hash = chains.get(run.id, (0, ""))
-    sign_run(run)
-    return run.to_dict(), rows
+class _CheckReplayer(Replayer):
+    """The check mode: the replay policy (same matching, recorded values served, agents run
+    live, divergences collected) keeping its events in memory instead of writing them; a run
+    worth keeping (diverged or failed) becomes a run and rows with :meth:`kept`."""
+
+    def __init__(self, run: Run, source: Run, events: list[Event], *, live: Iterable[str]) -> None:
+        super().__init__(
+            _NOWHERE,
+            run,
+            source,
+            events,
+            live=live,
+            allow_side_effects=False,
+            strict=False,
+            match="address",
+        )
+        self.buffer = _Buffer()
+        self.writer = self.buffer  # type: ignore[assignment]
+
+    def kept(self, status: str) -> tuple[dict[str, Any], list[EventRow]]:
+        """The replay as a run header and rows in write order, ready for ``put_run``."""
+        run = self.run
+        run.status = status  # a divergence raised through the agent would read as "error"
+        chains: dict[str, tuple[int, str]] = {}
+        rows = [pending_row(p, chains) for p in self.buffer.pending]
+        run.event_count, run.head_hash = chains.get(run.id, (0, ""))
+        sign_run(run)
+        return run.to_dict(), rows
 
 
 class _Nowhere:

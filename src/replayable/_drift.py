@@ -16,12 +16,14 @@ threads), at most ``concurrency`` at a time.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 import threading
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator, Iterable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
@@ -39,6 +41,8 @@ if TYPE_CHECKING:
     from replayable.testing._judges import Judge
 
 __all__ = ["DriftChange", "DriftReport", "StepDrift", "drift", "select_runs"]
+
+T = TypeVar("T")
 
 FIELDS = ("model", "system_fingerprint", "tool", "arguments", "shape", "text", "error")
 """What a drift report compares, in the order it reports them."""
@@ -561,8 +565,20 @@ def _steps(run: Run, events: list[Event], kind: str) -> list[tuple[Event, list[E
     return out
 
 
+async def _in_pool(pool: ThreadPoolExecutor, fn: Callable[..., T], *args: Any) -> T:
+    """``fn(*args)`` on ``pool``, in a copy of this context (what ``asyncio.to_thread`` does,
+    with a pool as wide as the concurrency asked for)."""
+    ctx = contextvars.copy_context()
+    return await asyncio.get_running_loop().run_in_executor(pool, ctx.run, fn, *args)
+
+
 async def _one(
-    run: Run, ev: Event, nested: list[Event], step: str, judge: Judge | None
+    run: Run,
+    ev: Event,
+    nested: list[Event],
+    step: str,
+    judge: Judge | None,
+    pool: ThreadPoolExecutor,
 ) -> StepDrift:
     result = StepDrift(run.id, ev.seq, ev.address, ev.boundary, step)
     b = registry().get(ev.boundary)
@@ -583,7 +599,7 @@ async def _one(
         if b.is_async or b.is_agen:
             live = await _run_async(session, args, kwargs)
         else:
-            live = await asyncio.to_thread(_run_sync, session, args, kwargs)
+            live = await _in_pool(pool, _run_sync, session, args, kwargs)
     except _NotRerunnable as exc:
         result.status = "not_rerun"
         result.reason = str(exc)
@@ -594,7 +610,7 @@ async def _one(
         return result
     recorded = _answer(ev.output, ev.meta or {}, ev.error)
     now = _answer(live.output, redact(canonical.sanitize(live.meta)[0]), live.error)
-    changes, result.similarity = await asyncio.to_thread(_compare, recorded, now, judge)
+    changes, result.similarity = await _in_pool(pool, _compare, recorded, now, judge)
     result.changes = changes
     result.status = "drifted" if changes else "same"
     return result
@@ -604,12 +620,13 @@ async def _all(
     work: list[tuple[Run, Event, list[Event], str]], judge: Judge | None, concurrency: int
 ) -> list[StepDrift]:
     gate = asyncio.Semaphore(concurrency)
+    with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="replayable-drift") as pool:
 
-    async def bounded(run: Run, ev: Event, nested: list[Event], step: str) -> StepDrift:
-        async with gate:
-            return await _one(run, ev, nested, step, judge)
+        async def bounded(run: Run, ev: Event, nested: list[Event], step: str) -> StepDrift:
+            async with gate:
+                return await _one(run, ev, nested, step, judge, pool)
 
-    return list(await asyncio.gather(*(bounded(*w) for w in work)))
+        return list(await asyncio.gather(*(bounded(*w) for w in work)))
 
 
 def drift(

@@ -120,6 +120,36 @@ class TestNotReplayable:
         assert report.counts["unchanged"] == 29
         assert report.ok  # not replayable runs are reported, not failed
 
+    def test_a_cut_tail_is_not_replayable(self, corpus: Corpus, tmp_path: Path) -> None:
+        """A run whose last events are gone (the head hash no longer matches) is damaged."""
+        victim = corpus.runs[5]
+        with sqlite3.connect(tmp_path / "traces.db") as db:
+            db.execute(
+                "DELETE FROM events WHERE run_id = ? AND chain_seq = "
+                "(SELECT MAX(chain_seq) FROM events WHERE run_id = ?)",
+                (victim.id, victim.id),
+            )
+        report = rp.check(corpus.store, imports=[corpus.name], save=False)
+        [bad] = report.runs("not_replayable")
+        assert bad.run_id == victim.id
+        assert "head hash or event count" in bad.detail
+
+    def test_another_major_version_is_not_replayable(self, corpus: Corpus, tmp_path: Path) -> None:
+        """A trace recorded by another major version of replayable is listed with the reason."""
+        import orjson
+
+        corpus_dir = tmp_path / "corpus"
+        run = corpus.runs[0]
+        path = write_trace(run, corpus.recorded(run), corpus_dir / "old.jsonl")
+        head, rest = path.read_bytes().split(b"\n", 1)
+        header = orjson.loads(head)
+        header["run"]["environment"]["replayable"] = "9.0.0"
+        path.write_bytes(orjson.dumps(header) + b"\n" + rest)
+        report = rp.check(corpus_dir, imports=[corpus.name], save=False)
+        [bad] = report.runs("not_replayable")
+        assert bad.detail.startswith("incompatible version:")
+        assert "9.0.0" in bad.detail
+
     def test_a_damaged_trace_file_in_a_corpus_directory(
         self, corpus: Corpus, tmp_path: Path
     ) -> None:

@@ -42,7 +42,7 @@ from replayable.replay import Replay, Replayer, _check_version
 from replayable.store import DEFAULT_STORE, Store, open_store
 from replayable.store.base import EventRow, RunQuery
 from replayable.store.files import TraceDirStore
-from replayable.trace import Event, Run, parse_trace, read_trace, sign_run, verify_events
+from replayable.trace import Event, Run, parse_trace, read_trace, sign_run, verify_run
 
 __all__ = ["CheckReport", "Group", "RunOutcome", "check", "list_checks", "load_check"]
 
@@ -410,9 +410,9 @@ def _check_item(item: _Item, store: Store | None, task: _Task) -> _Done:
         _check_version(run)
     except TraceCorrupt as exc:
         return out("not_replayable", f"incompatible version: {exc}")
-    _, problems = verify_events(events)
-    if problems:
-        return out("not_replayable", f"damaged trace: {problems[0]}")
+    verified = verify_run(run, events, key=b"")  # the chain and its head: edits, a cut tail
+    if not verified.ok:
+        return out("not_replayable", f"damaged trace: {verified.problem}")
     try:
         b, ev = root_call(run, events)
         replay_run = Run(
@@ -689,7 +689,7 @@ def check(
     for start in range(0, len(chosen), size):
         items = []
         for i, (run, path) in enumerate(chosen[start : start + size], start=start):
-            head = _header(run) if run is not None else None
+            head = run.to_dict() if run is not None else None
             label = path or (run.id if run is not None else "")
             if ship:
                 data = _trace_bytes(src, run) if run is not None and not path else b""
@@ -742,14 +742,6 @@ def check(
         _save(target, report, [d.kept for d in done if d.kept is not None])
         report.saved_to = target.url
     return report
-
-
-def _header(run: Run) -> dict[str, Any]:
-    """What a worker needs of a run's header (its environment only for the version check)."""
-    d = run.to_dict()
-    d["environment"] = {"replayable": run.environment.get("replayable")}
-    d["metadata"] = {}
-    return d
 
 
 def _trace_bytes(store: Store, run: Run) -> bytes:

@@ -233,9 +233,10 @@ class Cassette(Engine, AsyncToo["Cassette"]):
 
     # -- activation ---------------------------------------------------------------------------
 
-    def __enter__(self) -> Cassette:
-        if SESSION.get() is not None:
-            raise ReplayableError("a record, replay or cassette is already active in this context")
+    def open(self) -> Cassette:
+        """Resolve the mode and read the file without becoming the active session: what a
+        replay does with its ``fallback=`` cassette (it consults :meth:`at_start` and
+        :meth:`at_end` itself). :meth:`close` releases the file."""
         self.mode = resolve_mode(self.requested_mode)
         if self.mode == "record":
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -245,6 +246,18 @@ class Cassette(Engine, AsyncToo["Cassette"]):
             self.load()
         self._live_names, self._live_calls = resolve_live(self.live, set(self._by_boundary))
         self._counts.clear()
+        return self
+
+    def close(self) -> None:
+        """Close the file opened for appending, if any."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> Cassette:
+        if SESSION.get() is not None:
+            raise ReplayableError("a record, replay or cassette is already active in this context")
+        self.open()
         if self.mode != "off":
             self._token = SESSION.set(self)
             activate(self)
@@ -261,9 +274,7 @@ class Cassette(Engine, AsyncToo["Cassette"]):
             self.end_unstarted()
             SESSION.reset(self._token)
             self._token = None
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
+        self.close()
 
     def __call__(self, fn: F) -> F:
         """Use the cassette as a decorator: each call of ``fn`` runs inside a fresh activation."""

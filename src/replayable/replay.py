@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import contextvars
 import os
+import sys
 import threading
 import time
 import warnings
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -24,9 +26,10 @@ import orjson
 
 from replayable import canonical
 from replayable._diff import diff_values
-from replayable._engine import Serve, activate, deactivate, resolve_live
+from replayable._engine import Ending, Serve, activate, deactivate, resolve_live
 from replayable._version import __version__
 from replayable.boundary import registry
+from replayable.cassette import Cassette
 from replayable.context import FRAME, SESSION, AsyncToo, Frame
 from replayable.errors import (
     Divergence,
@@ -100,6 +103,8 @@ class Replayer(Recorder):
         allow_side_effects: bool,
         strict: bool,
         match: str,
+        fallback: Cassette | None = None,
+        sandbox: AbstractContextManager[Any] | None = None,
     ) -> None:
         super().__init__(store, run)
         if match not in ("address", "key"):
@@ -126,7 +131,10 @@ class Replayer(Recorder):
         self._lock = threading.Lock()
         self.live_names: set[str] = set()
         self.live_calls: set[tuple[str, int]] = set()
-        self._resolve_live(live, allow_side_effects)
+        self.fallback = fallback
+        self.fallback_calls: list[Divergence] = []
+        self.sandbox = sandbox
+        self._resolve_live(live, allow_side_effects or sandbox is not None)
 
     def _resolve_live(self, live: Iterable[str], allow_side_effects: bool) -> None:
         registered = registry()
@@ -144,8 +152,9 @@ class Replayer(Recorder):
                 )
             if b.side_effects and not allow_side_effects:
                 raise SideEffectRefused(
-                    f"{full} has side effects; running it live would fire them again. "
-                    "Pass allow_side_effects=True (CLI: --allow-side-effects) if you mean it"
+                    f"{full} has side effects; running it live would fire them again. Give it "
+                    "a world of its own (sandbox=a scratch database or fake client) or pass "
+                    "allow_side_effects=True (CLI: --allow-side-effects) if you mean it"
                 )
         for full, n in sorted(self.live_calls):
             if n > counts[full]:
@@ -165,10 +174,25 @@ class Replayer(Recorder):
         b = frame.b
         assert b is not None
         plan = self._plan(b, frame)
+        if frame.meta.get("fallback"):
+            assert self.fallback is not None
+            return self.fallback.at_start(frame)
         ev = plan.event
         if plan.live or ev is None:
             return None
         return Serve.recorded(ev.output, ev.error, ev.meta)
+
+    def at_end(self, frame: Frame, outcome: Ending) -> None:
+        """Keep the call in the replay's run; a call the fallback took ran live on a miss, and
+        the cassette keeps it too."""
+        super().at_end(frame, outcome)
+        if frame.meta.get("fallback") and self.fallback is not None:
+            self.fallback.at_end(frame, outcome)
+
+    def _falls_back(self, b: Boundary) -> bool:
+        """Whether the fallback cassette may take a call the recording cannot serve: never a
+        side effect (a miss would fire it), never an agent (agents always run)."""
+        return self.fallback is not None and not b.side_effects and b.kind != "agent"
 
     def _plan(self, b: Boundary, frame: Frame) -> _Plan:
         """The decision for one call (what-if replays decide differently): the recorded event
@@ -180,6 +204,15 @@ class Replayer(Recorder):
         live = b.kind == "agent" or b.name in self.live_names
         if ev is not None and (b.name, self.nth[ev.seq]) in self.live_calls:
             live = True
+        if div is not None and not live and self._falls_back(b):
+            # The recording cannot serve this call (a fix changed its input): the cassette can.
+            with self._lock:
+                self.fallback_calls.append(div)
+            if ev is not None:
+                self._consume_subtree(ev.seq)
+            frame.rec_seq = UNMATCHED
+            frame.meta["fallback"] = True
+            return _Plan(True, ev, key)
         if div is not None:
             with self._lock:
                 self.divergences.append(div)
@@ -350,6 +383,11 @@ class Replay(AsyncToo["Replay"]):
         return list(getattr(self.session, "changes", ()))
 
     @property
+    def fallback_calls(self) -> list[Divergence]:
+        """The calls the recording could not serve that the ``fallback=`` cassette took."""
+        return list(self.session.fallback_calls)
+
+    @property
     def ok(self) -> bool:
         """True when the replay found no divergence."""
         return not self.session.divergences
@@ -379,10 +417,32 @@ class Replay(AsyncToo["Replay"]):
         if SESSION.get() is not None:
             raise ReplayableError("a record or replay is already active in this context")
         session = self.session
-        session.start()
+        if session.sandbox is not None:
+            session.sandbox.__enter__()  # the world the live side effects act on
+        try:
+            if session.fallback is not None:
+                session.fallback.open()
+            session.start()
+        except BaseException:
+            self._leave(*sys.exc_info())
+            raise
         self._tokens = [SESSION.set(session), FRAME.set(session.root)]
         activate(session)
         return self
+
+    def _leave(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        s = self.session
+        try:
+            if s.fallback is not None:
+                s.fallback.close()
+        finally:
+            if s.sandbox is not None:
+                s.sandbox.__exit__(exc_type, exc, tb)
 
     def __exit__(
         self,
@@ -399,7 +459,12 @@ class Replay(AsyncToo["Replay"]):
                 s.stopped_by = exc
             s.divergences.extend(s.skipped())
             s.run.metadata["divergences"] = [d.to_dict() for d in s.divergences]
-            s.close(exc, status="diverged" if s.divergences and exc is None else None)
+            if s.fallback_calls:
+                s.run.metadata["fallback"] = [d.to_dict() for d in s.fallback_calls]
+            try:
+                s.close(exc, status="diverged" if s.divergences and exc is None else None)
+            finally:
+                self._leave(exc_type, exc, tb)
         if not (s.replay_strict and s.divergences):
             return
         first = s.divergences[0]
@@ -422,6 +487,8 @@ def replay(
     live_from: str | None = None,
     live_kinds: Iterable[str] = (),
     fakes: Mapping[str, Callable[..., Any]] | None = None,
+    fallback: Cassette | None = None,
+    sandbox: AbstractContextManager[Any] | None = None,
 ) -> Replay:
     """Replay a recorded run: a run id (or unique prefix), a :class:`Run`, or a trace file path.
 
@@ -440,6 +507,14 @@ def replay(
     only when it matches the recording exactly, else it runs its fake (``fakes={"name": fn}``),
     or live with ``allow_side_effects=True``, or raises :class:`SideEffectRefused`.
     ``Replay.changes`` and ``report()`` say what the what-if changed.
+
+    Testing a fix: ``fallback=rp.cassette(path)`` serves the calls the recording no longer
+    matches (a fix changed the model's input) from a cassette, recorded by one live call the
+    first time (``REPLAYABLE_MODE=replay`` makes a miss raise :class:`FixtureMiss`); side
+    effects and agents never go to it. They are listed in ``Replay.fallback_calls``, not in
+    ``divergences``. ``sandbox=`` is the world the side-effecting boundaries named in ``live``
+    act on (a context manager entered for the replay: a scratch database, a fake client); with
+    it they run live without ``allow_side_effects``.
 
     >>> with replay(run.id) as r:
     ...     agent("delete Bob's record")
@@ -466,11 +541,17 @@ def replay(
         parent_run=source_run.id,
         store=target,
     )
+    if fallback is not None and not isinstance(fallback, Cassette):
+        raise TypeError(f"fallback must be a cassette (rp.cassette(path)), not {fallback!r}")
+    if sandbox is not None and not hasattr(sandbox, "__enter__"):
+        raise TypeError(f"sandbox must be a context manager (the test's world), not {sandbox!r}")
     options: dict[str, Any] = {
         "live": live,
         "allow_side_effects": allow_side_effects,
         "strict": strict,
         "match": match,
+        "fallback": fallback,
+        "sandbox": sandbox,
     }
     if override or live_from is not None or live_kinds or fakes:
         from replayable._fork import WhatIf

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ast
+import sqlite3
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -193,3 +195,126 @@ class TestPromoteHostileTraces:
         done = promote_files(run, events)
         assert done.trace.resolve().parent == (pytester.path / "tests" / "traces").resolve()
         assert done.test.resolve().parent == (pytester.path / "tests").resolve()
+
+
+@pytest.fixture
+def refund_incident(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> tuple[rp.Run, Path]:
+    """The refund incident of bench/incidents, recorded against a production world of its own."""
+    from bench.incidents import refund
+    from bench.incidents._common import create_world
+
+    worlds = pytester.path / "worlds"
+    monkeypatch.setenv("BENCH_INCIDENT_WORLDS", str(worlds))
+    monkeypatch.setenv("BENCH_INCIDENT_VARIANT", "buggy")
+    monkeypatch.setenv("BENCH_INCIDENT_CALLS", str(pytester.path / "model-calls.txt"))
+    world = create_world(refund.SCENARIO, worlds / "refund.db")
+    with rp.record(name="refund") as run:
+        refund.refund_agent(refund.REQUEST)
+    (pytester.path / "model-calls.txt").unlink()
+    return run, world
+
+
+def _refunds(world: Path) -> list[tuple[str, int]]:
+    with sqlite3.connect(world) as db:
+        return list(db.execute("SELECT order_id, amount_cents FROM refunds ORDER BY rowid"))
+
+
+class TestPromoteLive:
+    """--live TOOL: the tool runs live in the test's world; fixes anywhere pass, bugs fail."""
+
+    WORLD = "bench.incidents.refund:scratch_world"
+
+    @pytest.mark.parametrize("fix", ["tool_fix", "agent_fix", "prompt_fix", "harmless_2"])
+    def test_fails_on_the_bug_passes_on_each_fix_without_touching_the_world(
+        self,
+        pytester: pytest.Pytester,
+        refund_incident: tuple[rp.Run, Path],
+        monkeypatch: pytest.MonkeyPatch,
+        fix: str,
+    ) -> None:
+        """Red on the incident's code (the refund really ran, in the scratch world), green with
+        the fix in the tool, the agent or the prompt; production rows never change."""
+        run, world = refund_incident
+        before = _refunds(world)
+        promote(run.id, "--name", "refund", "--live", "issue_refund", "--world", self.WORLD)
+        source = (pytester.path / "tests" / "test_refund.py").read_text()
+        assert "from bench.incidents.refund import scratch_world as world" in source
+        assert "output={'status': 'refunded'}," in source
+        red = pytester.runpytest(*ARGS, "tests")
+        red.assert_outcomes(failed=1)
+        red.stdout.fnmatch_lines(["*-> {'status': 'refunded'} was called 1 time(s)*"])
+        monkeypatch.setenv("BENCH_INCIDENT_VARIANT", fix)
+        pytester.runpytest(*ARGS, "tests").assert_outcomes(passed=1)
+        assert _refunds(world) == before
+
+    def test_second_run_in_replay_mode_calls_no_model(
+        self,
+        pytester: pytest.Pytester,
+        refund_incident: tuple[rp.Run, Path],
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """The agent fix changes the model's input: the first run records it into the cassette,
+        the CI run (REPLAYABLE_MODE=replay) is served from it and still passes."""
+        run, _ = refund_incident
+        calls = pytester.path / "model-calls.txt"
+        promote(run.id, "--name", "refund", "--live", "issue_refund", "--world", self.WORLD)
+        monkeypatch.setenv("BENCH_INCIDENT_VARIANT", "agent_fix")
+        pytester.runpytest(*ARGS, "tests").assert_outcomes(passed=1)
+        assert calls.read_text().splitlines() == ["refund"]
+        assert (pytester.path / "tests" / "cassettes" / "refund.jsonl").is_file()
+        calls.unlink()
+        monkeypatch.setenv("REPLAYABLE_MODE", "replay")
+        pytester.runpytest(*ARGS, "tests").assert_outcomes(passed=1)
+        assert not calls.exists()
+
+    def test_without_world_the_test_holds_a_stub_that_fails(
+        self, pytester: pytest.Pytester, refund_incident: tuple[rp.Run, Path]
+    ) -> None:
+        """No --world: a marked stub world() that fails before anything runs."""
+        run, world = refund_incident
+        before = _refunds(world)
+        out = promote(run.id, "--name", "refund", "--live", "issue_refund")
+        assert "fill in the world() stub" in out
+        source = (pytester.path / "tests" / "test_refund.py").read_text()
+        assert "# STUB written by `replayable promote --live`" in source
+        result = pytester.runpytest(*ARGS, "tests")
+        result.assert_outcomes(failed=1)
+        result.stdout.fnmatch_lines(["*world() is a stub: give issue_refund a world of its own*"])
+        assert _refunds(world) == before
+
+    @pytest.mark.parametrize(
+        ("args", "message"),
+        [
+            (["--world", "bench.incidents.refund:scratch_world"], "--world is for the tools"),
+            (["--live", "issue_refund", "--world", "os; import sys:x"], "use MODULE:FUNCTION"),
+            (["--live", "issue_refund", "--world", "bench.incidents.refund:no"], "not a function"),
+        ],
+    )
+    def test_bad_world_is_one_line_exit_2(
+        self,
+        pytester: pytest.Pytester,
+        refund_incident: tuple[rp.Run, Path],
+        args: list[str],
+        message: str,
+    ) -> None:
+        """A world without --live, or one that is not MODULE:FUNCTION, is refused plainly."""
+        result = CliRunner().invoke(main, ["promote", refund_incident[0].id, *args])
+        assert result.exit_code == 2
+        assert message in result.output
+        assert len(result.output.strip().splitlines()) == 1
+
+    @pytest.mark.parametrize("text", _HOSTILE)
+    def test_recorded_text_never_becomes_code_with_live(self, text: str) -> None:
+        """A hostile tool name, arguments and output compile as data in the --live test."""
+        run, events = _crafted(text, f"m:evil{text}", text)
+        events[1].output = {"status": text, "note": text}
+        source = render_test(
+            run, events, trace_rel="t.jsonl", test_name=text, live=[f"m:evil{text}"]
+        )
+        tree = ast.parse(source)
+        namespace: dict[str, object] = {"__name__": "promoted"}
+        exec(compile(source, "test_x.py", "exec"), namespace)
+        constants = {n.value for n in ast.walk(tree) if isinstance(n, ast.Constant)}
+        assert text in constants

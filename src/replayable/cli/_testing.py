@@ -16,6 +16,7 @@ from replayable.cli._common import (
     main,
     store_option,
 )
+from replayable.errors import ReplayableError
 
 
 @main.command("promote")
@@ -33,6 +34,22 @@ from replayable.cli._common import (
     "before it and that it is never called. Repeatable. Without it, the test asserts the "
     "recorded path.",
 )
+@click.option(
+    "--live",
+    "live",
+    multiple=True,
+    help="A side-effecting tool whose fix may be inside it: the test runs it live in a world "
+    "of its own (see --world) and asserts it no longer does what it did in the incident "
+    "(the recorded arguments and outcome). Repeatable.",
+)
+@click.option(
+    "--world",
+    default=None,
+    metavar="MODULE:FUNC",
+    help="With --live: a context manager factory taking the test's tmp_path that gives the "
+    "live tools their world (a scratch database, a fake client). Without it the test holds a "
+    "marked stub that fails until you fill it in.",
+)
 @click.option("--force", is_flag=True, help="Overwrite an existing test file.")
 @handle_errors
 def promote_cmd(
@@ -42,21 +59,40 @@ def promote_cmd(
     test: str | None,
     name: str | None,
     forbid: tuple[str, ...],
+    live: tuple[str, ...],
+    world: str | None,
     force: bool,
 ) -> None:
     """Export RUN as a trace file and write a pytest test that replays it.
 
-    The test calls the run's root agent with the recorded arguments under
-    @pytest.mark.replay (outputs served, side effects not fired, no network) and asserts its
-    structure: by default the recorded path; with --forbid NAME, that NAME is never called.
+    The test calls the run's root agent with the recorded arguments under a replay (outputs
+    served, side effects not fired, no network) and asserts its structure: by default the
+    recorded path; with --forbid NAME, that NAME is never called; with --live TOOL, that TOOL,
+    run live in a world of the test's own, no longer does what it did in the incident.
+    Incident tests serve model calls a fix changed from a cassette (tests/cassettes/NAME.jsonl),
+    recorded by one live call the first time; REPLAYABLE_MODE=replay makes a miss fail.
     """
     from replayable.testing._promote import promote
 
     run, events = load_run(run_id, store_url)
-    done = promote(run, events, trace=trace, test=test, name=name, forbid=forbid, overwrite=force)
+    if world is not None and not live:
+        raise ReplayableError("--world is for the tools that run live: add --live TOOL")
+    done = promote(
+        run,
+        events,
+        trace=trace,
+        test=test,
+        name=name,
+        forbid=forbid,
+        live=live,
+        world=world,
+        overwrite=force,
+    )
     out = console()
     out.print(f"wrote {done.trace} ({done.calls} recorded calls)")
     out.print(f"wrote {done.test}")
+    if live and world is None:
+        out.print(f"fill in the world() stub in {done.test}: the test fails until it does")
     out.print(f"run it: pytest {done.test}")
 
 

@@ -1,13 +1,23 @@
 """``promote``: a recorded run becomes a trace file and a ready-to-run pytest test.
 
-The test replays the trace around a call of the run's root agent with its recorded arguments
-(``@pytest.mark.replay``), then asserts structure. Two flavours:
+The test replays the trace around a call of the run's root agent with its recorded arguments,
+then asserts structure. Three flavours:
 
 - *regression* (default): the path must stay the recorded one. It passes on the unchanged code
   and fails, showing the divergence, once the path changes.
 - *incident* (``forbid=["delete_record"]``): the recorded path is the bug. The test asserts that
   the calls leading up to it still happen and that the forbidden boundary is not called; it fails
-  on the code that produced the incident and passes once the fix stops the bad call.
+  on the code that produced the incident and passes once the fix (in the agent, or the prompt
+  that steers the model away from the call) stops the bad call.
+- *incident, tool live* (``live=["issue_refund"]``): the fix may be inside the tool. The tool
+  runs live in a world the test provides (``world``: a scratch database, a fake client; a marked
+  stub until filled in, or ``"module:function"``), and the test asserts that it no longer does
+  what it did in the incident: called with the incident's arguments, returning the incident's
+  outcome. Fixes in the agent or the prompt pass too.
+
+Both incident flavours replay with a fallback cassette (``cassettes/NAME.jsonl``): a fix that
+changes what the model is asked is served from the cassette, recorded by one live call the first
+time (``REPLAYABLE_MODE=replay`` in CI makes a miss fail instead).
 """
 
 from __future__ import annotations
@@ -139,6 +149,116 @@ def _ident(name: str) -> str:
     return _slug(name) or "boundary"
 
 
+_OUTCOME_FIELDS = (
+    "status",
+    "state",
+    "outcome",
+    "result",
+    "ok",
+    "success",
+    "succeeded",
+    "blocked",
+    "approved",
+    "error",
+)
+
+
+def _outcome_pattern(value: Any) -> str:
+    """The part of a recorded output that says what happened: its status-like scalar fields
+    when it has any, else every short scalar field."""
+    if not isinstance(value, dict):
+        return _literal(value) if isinstance(value, _SCALARS) else "rt.ANY"
+    named = {k: v for k, v in value.items() if k in _OUTCOME_FIELDS and isinstance(v, _SCALARS)}
+    return _literal(named) if named else _short_pattern(value)
+
+
+def _world_spec(world: str) -> tuple[str, str]:
+    """``module:function`` checked as two identifiers (it is written into the test as code)."""
+    module, _, fn = world.partition(":")
+    if (
+        not _MODULE.fullmatch(module)
+        or not fn.isidentifier()
+        or keyword.iskeyword(fn)
+        or any(keyword.iskeyword(part) for part in module.split("."))
+    ):
+        raise ReplayableError(
+            f"world {world!r}: use MODULE:FUNCTION, a context manager factory taking the test's "
+            "tmp_path (e.g. myapp.testing:scratch_db)"
+        )
+    return module, fn
+
+
+def _live_body(
+    steps: Sequence[Event],
+    live_tools: Sequence[str],
+    forbidden: Sequence[str],
+    *,
+    prefix: str,
+    call: str,
+    name: str,
+    world: str | None,
+) -> list[str]:
+    """The incident test whose tools run live in the test's world (``promote --live``)."""
+    first = min((i for i, e in enumerate(steps) if e.boundary in live_tools), default=len(steps))
+    # Recorded names reach comments and strings slugged (_ident), code only through repr().
+    tools = ", ".join(_ident(_bare(t)) for t in live_tools)
+    stub = [
+        "@contextmanager",
+        "def world(tmp_path: Path) -> Iterator[None]:",
+        f"    # STUB written by `replayable promote --live`: the world {tools} act(s) on in",
+        "    # this test. Replace this body: point the tool at a scratch database under",
+        "    # tmp_path or at a fake client, then yield. Until then the test fails here.",
+        "    pytest.fail(",
+        f'        "world() is a stub: give {tools} a world of its own (see its comment)",',
+        "        pytrace=False,",
+        "    )",
+        "    yield",
+        "",
+        "",
+    ]
+    enter = "async with" if prefix == "async def" else "with"
+    tool_id = _ident(_bare(live_tools[0]))
+    lines = [
+        *([] if world else stub),
+        f"{prefix} test_{name}_does_not_repeat_{tool_id}(replayable, tmp_path):",
+        f'    """The incident: {tools} run(s) live in a world of the test\'s own and must not',
+        '    do again what it did in the incident (fixes in the tool, agent or prompt pass)."""',
+        "    here = Path(__file__).parent",
+        f"    {enter} replayable.replay(",
+        "        here / TRACE,",
+        f"        live={[_bare(t) for t in live_tools]!r},",
+        "        sandbox=world(tmp_path),",
+        "        fallback=rp.cassette(here / CASSETTE),",
+        "        strict=False,",
+        "    ) as replay:",
+        f"        {call.replace(chr(10), chr(10) + '    ')}",
+        "    # The steps that led up to the incident still happen...",
+        "    rt.assert_calls(",
+        "        replay,",
+        "        [",
+        *(
+            f"            ({_bare(e.boundary)!r}, {_short_pattern(e.input)}),"
+            for e in steps[:first]
+        ),
+        "        ],",
+        "        exact=False,",
+        "    )",
+        "    # ...but not the incident: the call with its arguments that did what it did.",
+    ]
+    for e in steps:
+        if e.boundary in live_tools:
+            lines += [
+                "    rt.assert_not_called(",
+                "        replay,",
+                f"        {_bare(e.boundary)!r},",
+                f"        {_short_pattern(e.input)},",
+                f"        output={_outcome_pattern(e.output)},",
+                "    )",
+            ]
+    lines += [f"    rt.assert_not_called(replay, {_bare(f)!r})" for f in forbidden]
+    return lines
+
+
 def render_test(
     run: Run,
     events: Sequence[Event],
@@ -146,14 +266,31 @@ def render_test(
     trace_rel: str,
     test_name: str,
     forbid: Iterable[str] = (),
+    live: Iterable[str] = (),
+    world: str | None = None,
+    cassette_rel: str | None = None,
 ) -> str:
-    """The source of a pytest module that replays ``trace_rel`` (relative to the test file)."""
+    """The source of a pytest module that replays ``trace_rel`` (relative to the test file).
+
+    ``forbid`` / ``live`` choose the incident flavours (see the module doc); ``cassette_rel`` is
+    their fallback cassette, ``world`` the ``module:function`` giving live tools their world.
+    """
     test_name = _slug(test_name) or "run"
     root = _root(run, events)
     module, fn, b = _root_boundary(root)
     ordered = sorted(events, key=lambda e: e.seq)
     steps = [e for e in ordered if e.kind not in ("clock", "agent")]
-    forbidden = [resolve_name(f, {e.boundary for e in ordered}) for f in forbid]
+    recorded_names = {e.boundary for e in ordered}
+    live_tools = list(dict.fromkeys(resolve_name(t, recorded_names) for t in live))
+    forbidden = [
+        f
+        for f in dict.fromkeys(resolve_name(f, recorded_names) for f in forbid)
+        if f not in live_tools
+    ]
+    if world is not None and not live_tools:
+        raise ReplayableError("a world is for the tools that run live: pass live= as well")
+    if (forbidden or live_tools) and cassette_rel is None:
+        cassette_rel = f"cassettes/{test_name}.jsonl"
     call = _call_expr(fn, root.input)
     if b is not None and b.is_agen:
         prefix, call = "async def", f"[chunk async for chunk in {call}]"
@@ -166,32 +303,58 @@ def render_test(
     when = datetime.fromtimestamp(run.started_at, UTC).strftime("%Y-%m-%d %H:%M UTC")
     # Recorded text (run id and name, boundary names, arguments) reaches this source only as
     # repr() literals; identifiers are checked (module, function) or slugged (test names).
+    std = ["from pathlib import Path"] if live_tools else []
+    if live_tools and world is None:
+        std[:0] = ["from collections.abc import Iterator", "from contextlib import contextmanager"]
+    third = [] if live_tools and world else ["import pytest"]
+    ours = [*(["import replayable as rp"] if live_tools else []), "import replayable.testing as rt"]
+    ours.append(f"from {module} import {fn}")
+    if world is not None:
+        world_module, world_fn = _world_spec(world)
+        ours.append(f"from {world_module} import {world_fn} as world")
+    how = (
+        [
+            "re-runs the agent's own code against it: model outputs are served from the trace",
+            "(or the cassette, for calls a fix changed); the tools named in live= run in the",
+            "test's own world; nothing else is fired, no network is used.",
+        ]
+        if live_tools
+        else [
+            "re-runs the agent's own code against it: model and tool outputs are served from the",
+            "trace, side effects are not fired again, no network is used.",
+        ]
+    )
+    constants = [f"TRACE = {trace_rel!r}  # relative to this file"]
+    if cassette_rel is not None and (forbidden or live_tools):
+        constants.append(f"CASSETTE = {cassette_rel!r}  # model calls a fix changed: live once")
     head = [
         f'"""Promoted from a run recorded {when} (RUN_ID and RUN_NAME below).',
         "",
         "Written by `replayable promote`. The trace file holds every recorded call; the test",
-        "re-runs the agent's own code against it: model and tool outputs are served from the",
-        "trace, side effects are not fired again, no network is used.",
+        *how,
         '"""',
         "",
         "from __future__ import annotations",
         "",
-        "import pytest",
+        *([*std, ""] if std else []),
+        *([*third, ""] if third else []),
+        *ours,
         "",
-        "import replayable.testing as rt",
-        f"from {module} import {fn}",
-        "",
-        f"TRACE = {trace_rel!r}  # relative to this file",
+        *constants,
         f"RUN_ID = {run.id!r}",
         f"RUN_NAME = {run.name!r}",
         "",
         "",
     ]
-    if forbidden:
+    if live_tools:
+        body = _live_body(
+            steps, live_tools, forbidden, prefix=prefix, call=call, name=test_name, world=world
+        )
+    elif forbidden:
         first = min((i for i, e in enumerate(steps) if e.boundary in forbidden), default=len(steps))
         recorded = [(_bare(e.boundary), e.input) for e in steps if e.boundary in forbidden]
         body = [
-            "@pytest.mark.replay(TRACE, strict=False)",
+            "@pytest.mark.replay(TRACE, strict=False, fallback=CASSETTE)",
             f"{prefix} test_{test_name}_never_calls_{_ident(_bare(forbidden[0]))}(replayable):",
             '    """The incident: on this input the agent must not call the forbidden steps."""',
             f"    {call}",
@@ -239,23 +402,45 @@ def promote(
     test: str | os.PathLike[str] | None = None,
     name: str | None = None,
     forbid: Iterable[str] = (),
+    live: Iterable[str] = (),
+    world: str | None = None,
     overwrite: bool = False,
 ) -> Promoted:
     """Write ``run`` as a trace file and a pytest test replaying it; returns the paths.
 
     Defaults: ``tests/traces/NAME.jsonl`` and ``tests/test_NAME.py``, NAME from the run's name
-    and id. An existing test file is kept unless ``overwrite=True``.
+    and id; incident tests (``forbid``, ``live``) fall back on ``tests/cassettes/NAME.jsonl``.
+    An existing test file is kept unless ``overwrite=True``.
 
     >>> promote(run, list(run.events()), forbid=["delete_record"])
     Promoted(trace=PosixPath('tests/traces/support_agent_0190ab12.jsonl'), ...)
     """
+    if world is not None:
+        module, fn = _world_spec(world)
+        try:
+            factory = getattr(importlib.import_module(module), fn, None)
+        except ImportError as exc:
+            raise ReplayableError(f"cannot import the world's module {module!r}: {exc}") from None
+        if not callable(factory):
+            raise ReplayableError(f"world {world!r} is not a function in {module!r}")
     stem = (_slug(name) or "run") if name else default_name(run)
     trace_path = Path(trace) if trace is not None else Path("tests/traces") / f"{stem}.jsonl"
     test_path = Path(test) if test is not None else Path("tests") / f"test_{stem}.py"
     if test_path.exists() and not overwrite:
         raise ReplayableError(f"{test_path} exists; pass --force to overwrite it")
     rel = os.path.relpath(trace_path.resolve(), test_path.resolve().parent)
-    source = render_test(run, events, trace_rel=Path(rel).as_posix(), test_name=stem, forbid=forbid)
+    cassette = test_path.parent / "cassettes" / f"{stem}.jsonl"
+    cassette_rel = os.path.relpath(cassette.resolve(), test_path.resolve().parent)
+    source = render_test(
+        run,
+        events,
+        trace_rel=Path(rel).as_posix(),
+        test_name=stem,
+        forbid=forbid,
+        live=live,
+        world=world,
+        cassette_rel=Path(cassette_rel).as_posix(),
+    )
     write_trace(run, events, trace_path)
     test_path.parent.mkdir(parents=True, exist_ok=True)
     test_path.write_text(source, encoding="utf-8")

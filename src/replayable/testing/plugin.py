@@ -2,7 +2,8 @@
 
 - ``@pytest.mark.replay("tests/traces/incident-42.jsonl", live=[...], strict=True)`` replays the
   trace file around the test body: boundaries are served from it, agents run. The path is tried
-  relative to the test file, then the rootdir, then the working directory.
+  relative to the test file, then the rootdir, then the working directory. ``fallback=`` (a
+  cassette, or its path relative to the test file) serves the calls the trace no longer matches.
 - The ``replayable`` fixture: the active marker replay (``replayable.replay_session``), helpers
   bound to the test (``record()``, ``replay()``, ``cassette()``), and, used as a context manager,
   a cassette for this test under ``cassettes/`` next to the test file.
@@ -52,8 +53,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
-        "replay(path, live=(), strict=True, allow_side_effects=False, match='address'): "
-        "replay a replayable trace file around the test body",
+        "replay(path, live=(), strict=True, allow_side_effects=False, match='address', "
+        "fallback=None): replay a replayable trace file around the test body; fallback: a "
+        "cassette (or its path, beside the test) serving calls the trace no longer matches",
     )
     mode = config.getoption("replayable_mode", None)
     if mode:
@@ -99,6 +101,11 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, Any, Any]:
     if not marker.args:
         pytest.fail("@pytest.mark.replay needs a trace file path", pytrace=False)
     kwargs = dict(marker.kwargs)
+    fallback = kwargs.pop("fallback", None)
+    if isinstance(fallback, str | os.PathLike):
+        # A path: the cassette beside the test (created by its first run, when it records).
+        path = Path(fallback)
+        fallback = Cassette(path if path.is_absolute() else item.path.parent / path, "auto")
     r = replay(
         _resolve(item, marker.args[0]),
         store=_store(item.config),
@@ -106,6 +113,7 @@ def pytest_runtest_call(item: pytest.Item) -> Generator[None, Any, Any]:
         allow_side_effects=bool(kwargs.pop("allow_side_effects", False)),
         strict=bool(kwargs.pop("strict", True)),
         match=str(kwargs.pop("match", "address")),
+        fallback=fallback,
     )
     if kwargs:
         pytest.fail(f"unknown @pytest.mark.replay options: {sorted(kwargs)}", pytrace=False)

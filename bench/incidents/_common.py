@@ -6,8 +6,8 @@ a side-effect tool acting on a real SQLite world, and a second model turn report
 - The *variant* (``$BENCH_INCIDENT_VARIANT``) says which code is in place: ``buggy`` (the code
   that produced the incident), a fix in the tool, in the agent or in the prompt, or the tool fix
   with one of five harmless changes to the tool's output.
-- The *world* is a SQLite file: ``$BENCH_INCIDENT_WORLD`` (production), or the scratch copy a
-  test opens with :func:`scratch_world` (a sandbox), which wins while it is open.
+- The *world* is a SQLite file: ``$BENCH_INCIDENT_WORLDS/<scenario>.db`` (production), or the
+  scratch copy a test opens with :func:`scratch_world` (a sandbox), which wins while it is open.
 - The *model* (:func:`chat`) is scripted but samples: its wording is drawn at random on every
   call, so a replay that called it instead of serving the recording would show.
 """
@@ -39,13 +39,14 @@ __all__ = [
     "run_agent",
     "scratch_world",
     "variant",
+    "world_path",
 ]
 
 HARMLESS = tuple(f"harmless_{i}" for i in range(1, 6))
 FIX_VARIANTS = ("tool_fix", "agent_fix", "prompt_fix")
 VARIANTS = ("buggy", *FIX_VARIANTS, *HARMLESS)
 
-_SCRATCH: list[Path] = []
+_SCRATCH: dict[str, list[Path]] = {}
 
 
 def variant() -> str:
@@ -88,18 +89,19 @@ def register(s: Scenario) -> Scenario:
     return s
 
 
-def _world() -> Path:
-    if _SCRATCH:
-        return _SCRATCH[-1]
-    path = os.environ.get("BENCH_INCIDENT_WORLD")
-    if not path:
-        raise RuntimeError("no world: set BENCH_INCIDENT_WORLD or open scratch_world()")
-    return Path(path)
+def world_path(name: str) -> Path:
+    """The world scenario ``name`` acts on: its open scratch world, else production."""
+    if _SCRATCH.get(name):
+        return _SCRATCH[name][-1]
+    worlds = os.environ.get("BENCH_INCIDENT_WORLDS")
+    if not worlds:
+        raise RuntimeError("no world: set BENCH_INCIDENT_WORLDS or open scratch_world()")
+    return Path(worlds) / f"{name}.db"
 
 
-def connect() -> sqlite3.Connection:
-    """A connection to the world in force (a scratch world while one is open)."""
-    return sqlite3.connect(_world(), isolation_level=None)
+def connect(name: str) -> sqlite3.Connection:
+    """A connection to the world in force for scenario ``name`` (autocommit)."""
+    return sqlite3.connect(world_path(name), isolation_level=None)
 
 
 def create_world(scenario: Scenario, path: Path) -> Path:
@@ -122,11 +124,11 @@ def row_counts(scenario: Scenario, path: Path) -> dict[str, int]:
 def scratch_world(scenario: Scenario, directory: Path) -> Iterator[Path]:
     """A scratch copy of the scenario's world in ``directory``; tools act on it while open."""
     path = create_world(scenario, Path(directory) / f"{scenario.name}-scratch.db")
-    _SCRATCH.append(path)
+    _SCRATCH.setdefault(scenario.name, []).append(path)
     try:
         yield path
     finally:
-        _SCRATCH.remove(path)
+        _SCRATCH[scenario.name].remove(path)
 
 
 def harmless(result: dict[str, Any]) -> dict[str, Any]:
@@ -162,6 +164,10 @@ def chat(model: str, messages: list[dict[str, Any]]) -> dict[str, Any]:
     Wording is sampled on every call (a replay that called it would show).
     """
     scenario = _SCENARIOS[model.removeprefix("scripted-")]
+    counter = os.environ.get("BENCH_INCIDENT_CALLS")
+    if counter:  # the benchmark counts live model calls
+        with open(counter, "a", encoding="utf-8") as fh:
+            fh.write(f"{scenario.name}\n")
     last = messages[-1]
     if last["role"] == "tool":
         result = json.loads(last["content"])

@@ -57,7 +57,7 @@ def delete_rows(table: str, only_test: bool) -> dict[str, Any]:
     """Delete customers (the fix refuses a delete without the test filter)."""
     if table != "customers":
         raise ValueError(f"unknown table {table!r}")
-    db = connect()
+    db = connect("delete")
     if guarded() and not only_test:
         return harmless(
             {

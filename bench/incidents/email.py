@@ -54,7 +54,7 @@ SCENARIO = register(
 @rp.boundary(kind="tool", side_effects=True)
 def send_email(audience: str, template: str) -> dict[str, Any]:
     """Queue an email to an audience (the fix refuses bulk audiences)."""
-    db = connect()
+    db = connect("email")
     if audience == "all_customers":
         ids = [r[0] for r in db.execute("SELECT id FROM customers")]
     else:

@@ -62,7 +62,7 @@ SCENARIO = register(
 @rp.boundary(kind="tool", side_effects=True)
 def send_invoice(customer: str, amount_cents: int, currency: str) -> dict[str, Any]:
     """Send an invoice: writes the invoice row (the fix checks the customer's currency)."""
-    db = connect()
+    db = connect("invoice")
     row = db.execute("SELECT currency FROM customers WHERE name = ?", (customer,)).fetchone()
     billed_in = row[0] if row else currency
     if guarded() and currency != billed_in:

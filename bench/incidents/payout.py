@@ -60,7 +60,7 @@ SCENARIO = register(
 @rp.boundary(kind="tool", side_effects=True)
 def send_payout(vendor: str, account: str, amount_cents: int) -> dict[str, Any]:
     """Send money to an account (the fix pays only the vendor's account on file)."""
-    db = connect()
+    db = connect("payout")
     on_file = db.execute("SELECT account FROM vendors WHERE name = ?", (vendor,)).fetchone()
     if guarded() and (on_file is None or on_file[0] != account):
         return harmless(

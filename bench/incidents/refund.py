@@ -65,7 +65,7 @@ def _usd(cents: int) -> str:
 @rp.boundary(kind="tool", side_effects=True)
 def issue_refund(order_id: str, amount_cents: int) -> dict[str, Any]:
     """Refund an order: writes the refund row (the fix checks it against the order total)."""
-    db = connect()
+    db = connect("refund")
     row = db.execute("SELECT total_cents FROM orders WHERE id = ?", (order_id,)).fetchone()
     total = row[0] if row else 0
     if guarded() and amount_cents > total:

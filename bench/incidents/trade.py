@@ -59,7 +59,7 @@ SCENARIO = register(
 @rp.boundary(kind="tool", side_effects=True)
 def place_order(symbol: str, side: str, quantity: int) -> dict[str, Any]:
     """Place an order at the last price (the fix caps the notional)."""
-    db = connect()
+    db = connect("trade")
     price = db.execute("SELECT price_cents FROM prices WHERE symbol = ?", (symbol,)).fetchone()[0]
     notional = price * quantity
     if guarded() and notional > LIMIT_CENTS:

@@ -9,8 +9,10 @@ re-run. The live answer is compared with the recorded one field by field: model 
 model chose and their arguments, the JSON shape of a structured answer, and the similarity of
 the text according to a judge (:mod:`replayable.testing`).
 
-Steps run concurrently on one event loop (async boundaries are awaited, sync ones run in worker
-threads), at most ``concurrency`` at a time.
+Drift is a policy of the call engine (:mod:`replayable._engine`): the step runs live, a call
+nested in it is served from its recorded subtree or refused, and its ending is kept in memory
+(nothing is written to a store). Steps run concurrently on one event loop (async boundaries are
+awaited, sync ones run in a pool of worker threads), at most ``concurrency`` at a time.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import contextvars
 import inspect
 import threading
 from collections import Counter, defaultdict
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -29,9 +31,10 @@ import orjson
 
 from replayable import canonical
 from replayable._diff import diff_values
-from replayable._errors_codec import decode_error, encode_error
+from replayable._engine import Ending, Engine, Serve, activate, deactivate
+from replayable._errors_codec import encode_error
 from replayable.boundary import Boundary, registry
-from replayable.context import FRAME, SESSION, Frame, Session
+from replayable.context import FRAME, SESSION, Frame
 from replayable.errors import ReplayableError
 from replayable.redact import redact
 from replayable.store import Store, open_store
@@ -229,69 +232,46 @@ def select_runs(
 # -- re-running one step ------------------------------------------------------------------------
 
 
-class _StepSession(Session):
-    """The session around one re-run step: nested calls are served from its recorded subtree,
-    clock and randomness run live (the model samples again), anything else stops the step."""
+class _StepSession(Engine):
+    """The drift policy for one step: the step itself runs live, calls nested in it are served
+    from its recorded subtree, clock and randomness run live (the model samples again), and any
+    other call stops the step (it is reported as not re-run)."""
 
-    def __init__(self, b: Boundary, top: Event, nested: list[Event]) -> None:
-        self.b = b
+    serves_recordings = True  # a side effect called outside the context is refused, not fired
+
+    def __init__(self, top: Event, nested: list[Event]) -> None:
+        super().__init__()
         self.top = top
         self.pending = list(nested)
         self.lock = threading.Lock()
-        self.frame = Frame(seq=top.seq, address=top.address)
         self.blocked: _NotRerunnable | None = None
         """Set when a nested call could not be served, even if the model code caught it."""
+        self.live: _Live | None = None
 
-    def _serve(self, b: Boundary, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Event | None:
-        if b.kind == "clock":
+    def at_start(self, frame: Frame) -> Serve | None:
+        b = frame.b
+        assert b is not None
+        if frame.parent is self.root or b.kind == "clock":
             return None
-        data, value = canonical.clean_input(b, canonical.snapshot(b.bind(args, kwargs)))
+        data, value = canonical.clean_input(b, frame.data)
         key = canonical.input_key(b, data, value)
         with self.lock:
             for ev in self.pending:
                 if ev.boundary == b.name and ev.key == key:
                     self.pending.remove(ev)
-                    return ev
+                    return Serve.recorded(ev.output, ev.error, ev.meta)
         self.blocked = _NotRerunnable(
             f"it calls {b.name} with an input the recording does not have; drift re-runs only "
             f"the {self.top.kind} call itself"
         )
         raise self.blocked
 
-    def call(self, b: Boundary, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        ev = self._serve(b, args, kwargs)
-        if ev is None:
-            return b.fn(*args, **kwargs)
-        if ev.error is not None:
-            raise decode_error(ev.error)
-        return b.decode_output(ev.output)
-
-    async def call_async(self, b: Boundary, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        ev = self._serve(b, args, kwargs)
-        if ev is None:
-            return await b.fn(*args, **kwargs)
-        if ev.error is not None:
-            raise decode_error(ev.error)
-        return b.decode_output(ev.output)
-
-    def call_gen(self, b: Boundary, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Iterator[Any]:
-        ev = self._serve(b, args, kwargs)
-        if ev is None:
-            return b.fn(*args, **kwargs)  # type: ignore[no-any-return]
-        return iter([b.decode_output(c) for c in ev.output or []])
-
-    def call_agen(
-        self, b: Boundary, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> AsyncIterator[Any]:
-        ev = self._serve(b, args, kwargs)
-        if ev is None:
-            return b.fn(*args, **kwargs)  # type: ignore[no-any-return]
-        return _aiter([b.decode_output(c) for c in ev.output or []])
-
-
-async def _aiter(items: list[Any]) -> AsyncIterator[Any]:
-    for item in items:
-        yield item
+    def at_end(self, frame: Frame, outcome: Ending) -> None:
+        if frame.parent is not self.root:
+            return
+        output = None if outcome.output is None else redact(orjson.loads(outcome.output))
+        error = None if outcome.error is None else encode_error(outcome.error)
+        self.live = _Live(output=output, error=error, meta=dict(frame.meta))
 
 
 def _arguments(b: Boundary, ev: Event) -> tuple[list[Any], dict[str, Any]]:
@@ -320,43 +300,38 @@ class _Live:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-def _encode(b: Boundary, value: Any, stream: bool) -> Any:
-    if stream:
-        return redact(canonical.canonicalize([b.encode_output(c) for c in value], drop=()))
-    return redact(canonical.canonicalize(b.encode_output(value), drop=()))
-
-
-def _run_sync(session: _StepSession, args: list[Any], kwargs: dict[str, Any]) -> _Live:
-    b = session.b
-    tokens = (SESSION.set(session), FRAME.set(session.frame))
+def _run_sync(session: _StepSession, b: Boundary, args: list[Any], kwargs: dict[str, Any]) -> None:
+    tokens = (SESSION.set(session), FRAME.set(session.root))
+    activate(session)
     try:
-        result = b.fn(*args, **kwargs)
-        if b.is_gen:
-            result = list(result)
-        return _Live(output=_encode(b, result, b.is_gen), meta=session.frame.meta)
-    except _NotRerunnable:
-        raise
-    except Exception as exc:
-        return _Live(error=encode_error(exc), meta=session.frame.meta)
+        result = b.wrapper(*args, **kwargs)
+        if inspect.isgenerator(result):
+            for _ in result:
+                pass
+    except Exception:
+        pass  # the engine handed it to at_end: the live answer is an error
     finally:
+        deactivate(session)
         FRAME.reset(tokens[1])
         SESSION.reset(tokens[0])
 
 
-async def _run_async(session: _StepSession, args: list[Any], kwargs: dict[str, Any]) -> _Live:
-    b = session.b
-    tokens = (SESSION.set(session), FRAME.set(session.frame))
+async def _run_async(
+    session: _StepSession, b: Boundary, args: list[Any], kwargs: dict[str, Any]
+) -> None:
+    tokens = (SESSION.set(session), FRAME.set(session.root))
+    activate(session)
     try:
-        if b.is_agen:
-            result = [item async for item in b.fn(*args, **kwargs)]
+        result = b.wrapper(*args, **kwargs)
+        if inspect.isasyncgen(result):
+            async for _ in result:
+                pass
         else:
-            result = await b.fn(*args, **kwargs)
-        return _Live(output=_encode(b, result, b.is_agen), meta=session.frame.meta)
-    except _NotRerunnable:
-        raise
-    except Exception as exc:
-        return _Live(error=encode_error(exc), meta=session.frame.meta)
+            await result
+    except Exception:
+        pass  # the engine handed it to at_end: the live answer is an error
     finally:
+        deactivate(session)
         FRAME.reset(tokens[1])
         SESSION.reset(tokens[0])
 
@@ -595,18 +570,18 @@ async def _one(
         return result
     try:
         args, kwargs = _arguments(b, ev)
-        session = _StepSession(b, ev, nested)
-        if b.is_async or b.is_agen:
-            live = await _run_async(session, args, kwargs)
-        else:
-            live = await _in_pool(pool, _run_sync, session, args, kwargs)
     except _NotRerunnable as exc:
-        result.status = "not_rerun"
-        result.reason = str(exc)
+        result.status, result.reason = "not_rerun", str(exc)
         return result
-    if session.blocked is not None:
+    session = _StepSession(ev, nested)
+    if b.is_async or b.is_agen:
+        await _run_async(session, b, args, kwargs)
+    else:
+        await _in_pool(pool, _run_sync, session, b, args, kwargs)
+    live = session.live
+    if session.blocked is not None or live is None:
         result.status = "not_rerun"
-        result.reason = str(session.blocked)
+        result.reason = str(session.blocked or "the call did not finish")
         return result
     recorded = _answer(ev.output, ev.meta or {}, ev.error)
     now = _answer(live.output, redact(canonical.sanitize(live.meta)[0]), live.error)

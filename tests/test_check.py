@@ -250,6 +250,20 @@ class TestSelection:
         ]
         assert rp.check(corpus.store, name="nope", save=False).outcomes == []
 
+    def test_a_live_model_runs_its_code_with_recorded_randomness(self, corpus: Corpus) -> None:
+        """live=["classify"] runs the model's code again; its rp.random() is served from the
+        recording, so it samples the same label and every run stays unchanged."""
+        report = rp.check(corpus.store, imports=[corpus.name], live=["classify"], save=False)
+        assert report.counts["unchanged"] == 30
+
+    def test_a_side_effect_named_live_is_refused_before_anything_runs(self, corpus: Corpus) -> None:
+        """live=["issue_refund"] raises SideEffectRefused; nothing is checked or kept."""
+        corpus.module.REFUNDS.clear()  # the refunds recording made
+        with pytest.raises(rp.SideEffectRefused, match="issue_refund has side effects"):
+            rp.check(corpus.store, imports=[corpus.name], live=["issue_refund"])
+        assert list_checks(corpus.store) == []
+        assert corpus.module.REFUNDS == []
+
     def test_bad_arguments_are_refused(self, corpus: Corpus) -> None:
         """jobs < 1, an unknown executor, dask without an address: ValueError at once."""
         with pytest.raises(ValueError, match="jobs"):

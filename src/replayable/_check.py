@@ -36,7 +36,13 @@ from replayable import _writer
 from replayable._rootcall import call_recorded, root_call
 from replayable._writer import Pending, pending_row
 from replayable.boundary import registry
-from replayable.errors import Divergence, RecordedError, ReplayableError, TraceCorrupt
+from replayable.errors import (
+    Divergence,
+    RecordedError,
+    ReplayableError,
+    SideEffectRefused,
+    TraceCorrupt,
+)
 from replayable.record import environment, new_run_id
 from replayable.replay import Replay, Replayer, _check_version
 from replayable.store import DEFAULT_STORE, Store, open_store
@@ -578,6 +584,19 @@ def _unreadable(src: Store) -> list[str]:
     return [str(p) for p in sorted(src.path.rglob("*.jsonl")) if p not in known]
 
 
+def _refuse_side_effects(live: Iterable[str]) -> None:
+    """A check never fires side effects: naming one live is refused before anything runs."""
+    for entry in live:
+        name = entry.partition("#")[0]
+        for full, b in registry().items():
+            bare = full.rsplit(":", 1)[-1].rsplit(".", 1)[-1]
+            if b.side_effects and name in (full, bare):
+                raise SideEffectRefused(
+                    f"{full} has side effects: a check never runs them live (they would fire "
+                    "once per checked run); leave it served from the recordings"
+                )
+
+
 def _default_imports() -> tuple[str, ...]:
     """Modules defining the registered boundaries (what a worker must import)."""
     mods = {name.split(":", 1)[0] for name in registry()}
@@ -650,6 +669,7 @@ def check(
     mods = tuple(imports) if imports is not None else _default_imports()
     for mod in mods:
         importlib.import_module(mod)
+    _refuse_side_effects(live)
     chosen: list[tuple[Run | None, str | None]] = []
     chosen += _selection(
         src,

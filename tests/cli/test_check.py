@@ -89,6 +89,7 @@ class TestCheck:
             (["--address", "tcp://127.0.0.1:1"], "--address is for --executor dask"),
             (["--limit", "0"], "--limit"),
             (["--tag", "novalue"], "key=value"),
+            (["--live", "issue_refund"], "has side effects"),
         ],
     )
     def test_usage_errors_exit_2(self, corpus: Corpus, args: list[str], message: str) -> None:

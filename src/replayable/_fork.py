@@ -400,6 +400,22 @@ class WhatIf(Replayer):
 
     # -- the end -----------------------------------------------------------------------------
 
+    def close(self, exc: BaseException | None, *, status: str | None = None) -> None:
+        """Keep what the what-if changed in the fork's run (its page lists it), then close."""
+        fork = self.run.metadata.get("fork")
+        if isinstance(fork, dict):
+            fork["changes"] = [
+                {
+                    "how": c.how,
+                    "step": c.step,
+                    "address": c.address,
+                    "detail": c.detail,
+                    "changes": [str(f) for f in c.changes[:8]],
+                }
+                for c in self.changes
+            ]
+        super().close(exc, status=status)
+
     def skipped(self) -> list[Divergence]:
         """Calls never reached: after the fork point they are changes, before it divergences."""
         out = []

@@ -68,3 +68,28 @@ class TestForkRunPage:
         assert "at choose_record#1" in html
         plain = client.get(f"/runs/{incident.replay.id}").text
         assert 'id="fork-source"' not in plain
+
+    def test_a_fork_lists_what_changed_with_links_to_its_steps(self, incident: Incident) -> None:
+        """Overridden, faked and live steps link to the fork's own step pages."""
+        pick = {"tool": "delete_record", "arguments": {"customer_id": 13}, "reason": "13"}
+        demo.reset_db()
+        with rp.replay(
+            incident.run.id,
+            store=incident.store,
+            override={"choose_record#1": pick},
+            fakes={"delete_record": lambda customer_id: {"deleted": 0}},
+        ) as fork:
+            demo.support_agent(demo.REQUEST)
+        from replayable._writer import stop_writer
+
+        stop_writer(incident.store)
+        assert demo.customers() == [tuple(c) for c in demo.CUSTOMERS]
+        html = TestClient(create_app(incident.store), base_url=LOCAL).get(f"/runs/{fork.run.id}")
+        assert 'id="fork-changes"' in html.text
+        seqs = {
+            e.boundary.rsplit(":", 1)[-1]: e.seq for e in incident.store.iter_events(fork.run.id)
+        }
+        for how, name in (("overridden", "choose_record"), ("faked", "delete_record")):
+            assert f'class="badge how-{how}"' in html.text
+            assert f'href="/runs/{fork.run.id}/steps/{seqs[name]}">{name}#1</a>' in html.text
+        assert "~ input.customer_id: 12 -&gt; 13" in html.text

@@ -33,6 +33,7 @@ from replayable.store.base import RunQuery, Store
 from replayable.viewer._data import (
     MAX_INLINE_BYTES,
     RunCache,
+    fork_changes,
     fork_command,
     root_module,
     run_overview,
@@ -326,6 +327,7 @@ def create_app(
             "overview": run_overview(loaded),
             "replays": replays,
             "replay_command": f"replayable replay {run.id} --import {module} --store {store.url}",
+            "fork_changes": fork_changes(loaded),
         }
 
     async def index(request: Request) -> Response:

@@ -23,6 +23,7 @@ __all__ = [
     "MAX_INLINE_BYTES",
     "LoadedRun",
     "RunCache",
+    "fork_changes",
     "fork_command",
     "pretty",
     "preview",
@@ -192,6 +193,20 @@ def run_summary(run: Run) -> dict[str, Any]:
     fork = run.metadata.get("fork")
     d["fork"] = fork if isinstance(fork, dict) and fork.get("step") else None
     return d
+
+
+def fork_changes(loaded: LoadedRun) -> list[dict[str, Any]]:
+    """A fork's changes (what its what-if changed, in order), each with the ``seq`` of its step
+    in the fork's own run when it has one (a step not reached has none)."""
+    fork = loaded.run.metadata.get("fork")
+    if not isinstance(fork, dict):
+        return []
+    seqs = {e.address: e.seq for e in loaded.events}
+    return [
+        {**c, "seq": None if c.get("how") == "not reached" else seqs.get(str(c.get("address")))}
+        for c in fork.get("changes") or ()
+        if isinstance(c, dict)
+    ]
 
 
 def root_module(loaded: LoadedRun) -> str:

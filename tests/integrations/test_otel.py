@@ -117,6 +117,26 @@ class TestLive:
         assert got["chat gpt-4o"].attributes["gen_ai.usage.output_tokens"] > 0
         assert got["chat gpt-4o"].attributes["gen_ai.response.model"] == "gpt-4o-2025"
 
+    def test_live_spans_carry_no_secret(
+        self, spans: tuple[TracerProvider, InMemorySpanExporter]
+    ) -> None:
+        """Annotations and exception messages are redacted before a live span leaves."""
+        provider, exporter = spans
+        key = "ghp_" + "a1B2c3D4" * 5
+
+        @rp.boundary(kind="tool")
+        def fetch(repo: str) -> None:
+            rp.annotate(auth_header=f"token {key}", note=f"using {key}")
+            raise PermissionError(f"rejected {key}")
+
+        with otel.live(provider), rp.record(), pytest.raises(PermissionError):
+            fetch("acme/agent")
+        (span,) = exporter.get_finished_spans()
+        dump = str(dict(span.attributes or {})) + str(span.status.description)
+        assert span.status.status_code is StatusCode.ERROR
+        assert "a1B2c3D4" not in dump
+        assert "[REDACTED]" in dump
+
     def test_outside_live_nothing_is_emitted(
         self, openai_client: Any, spans: tuple[TracerProvider, InMemorySpanExporter]
     ) -> None:

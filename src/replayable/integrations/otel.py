@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from replayable.record import OBSERVERS
-from replayable.redact import redact
+from replayable.redact import redact, scrub
 
 if TYPE_CHECKING:
     from replayable.boundary import Boundary
@@ -256,7 +256,7 @@ class _LiveExporter:
             from opentelemetry.trace import Status, StatusCode
 
             inp = redact(orjson.loads(frame.data))
-            meta = dict(frame.meta)
+            meta = redact(dict(frame.meta))  # annotate() values leave the process here
             err = None if error is None else {"type": type(error).__qualname__}
             span.update_name(span_name(b.kind, b.name, meta, inp))
             span.set_attributes(
@@ -271,7 +271,7 @@ class _LiveExporter:
                 )
             )
             if error is not None:
-                span.set_status(Status(StatusCode.ERROR, str(error)))
+                span.set_status(Status(StatusCode.ERROR, scrub(str(error))))
             span.end(end_time=int(frame.started_at * 1e9) + duration)
         except Exception:
             self._fail()

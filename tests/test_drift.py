@@ -374,3 +374,44 @@ class TestDemoAndCli:
         result = CliRunner().invoke(main, ["drift", "--import", "replayable.demo.agent"])
         assert result.exit_code == 2
         assert "error: name runs" in result.output
+
+
+class TestFreshProcess:
+    def test_cli_re_runs_calls_through_a_client_that_made_no_call_yet(
+        self, last_week: list[rp.Run], tmp_path: Path
+    ) -> None:
+        """`replayable drift --import M` in a new process: M only instruments a client."""
+        import os
+        import subprocess
+        import sys
+
+        (tmp_path / "todays_model.py").write_text(
+            "import os, openai\n"
+            "import replayable as rp\n"
+            "client = rp.instrument(openai.OpenAI(base_url=os.environ['MODEL_URL'], "
+            "api_key='sk-test', max_retries=0))\n"
+        )
+        today = FakeLLMServer(seed=5, fingerprint="fp_new", steer=always_lookup).start()
+        try:
+            env = {
+                **os.environ,
+                "MODEL_URL": today.openai_url,
+                "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path]),
+            }
+            args = ["drift", "--name", "orders", "--import", "todays_model", "--judge", "exact"]
+            proc = subprocess.run(
+                [sys.executable, "-m", "replayable.cli", *args, "--json"],
+                capture_output=True,
+                text=True,
+                env=env,
+                cwd=tmp_path,
+                timeout=120,
+                check=False,
+            )
+        finally:
+            today.stop()
+        assert proc.returncode == 1, proc.stderr
+        steps = json.loads(proc.stdout)["steps"]
+        assert len(today.requests) == 4
+        assert [s["status"] for s in steps] == ["drifted"] * 4
+        assert {c["field"] for s in steps for c in s["changes"]} == {"system_fingerprint"}

@@ -634,6 +634,9 @@ def instrument_client(client: Any, sdk: SDK, is_async: bool) -> Any:
     client.__replayable_request__ = client.request
     _patch_request(client, sdk, is_async)
     sdk.latest[is_async] = client
+    for route in sdk.routes:  # registered now, so a process that only instruments can re-run
+        for stream in (False, True):  # recorded calls by name (drift) before making any
+            sdk.boundary(route, is_async, stream)
     copy = client.copy
 
     def instrumented_copy(*args: Any, **kwargs: Any) -> Any:

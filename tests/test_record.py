@@ -126,13 +126,14 @@ class TestWhatIsRecorded:
 
     def test_hash_chain_verifies(self) -> None:
         """Events chain their hashes in write order, and the run keeps the head."""
-        from replayable.trace import verify_events
+        from replayable.trace import verify_run
 
         with rp.record() as run:
             outer(3)
-        head, problems = verify_events(run.events())
-        assert problems == []
-        assert rp.open_store().get_run(run.id).head_hash == head
+        stored = rp.open_store().get_run(run.id)
+        result = verify_run(stored, run.events())
+        assert result.ok, result.problem
+        assert stored.head_hash == result.head_hash
 
 
 class TestErrors:
@@ -350,7 +351,7 @@ class TestLifecycleEdges:
     ) -> None:
         """A generator drained after the block: recorded as never started, the late chunks
         dropped with a warning; the run verifies."""
-        from replayable.trace import verify_events
+        from replayable.trace import verify_run
 
         @rp.boundary(kind="tool", name="late_gen")
         def late_gen() -> Iterator[int]:
@@ -366,9 +367,9 @@ class TestLifecycleEdges:
         assert [e.boundary.rsplit(":", 1)[-1] for e in events] == ["add", "late_gen"]
         assert events[1].meta["never_started"] is True
         assert events[1].output == []
-        head, problems = verify_events(events)
-        assert problems == []
-        assert head == stored.head_hash
+        result = verify_run(stored, events)
+        assert result.ok, result.problem
+        assert result.head_hash == stored.head_hash
         assert any("after run" in r.getMessage() for r in caplog.records)
 
     def test_a_stream_never_iterated_still_replays(self) -> None:

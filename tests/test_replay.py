@@ -491,11 +491,11 @@ class TestKeyMatching:
 class TestIncompleteRecordings:
     def test_children_of_a_call_that_never_completed_are_not_lost(self) -> None:
         """Completed children of an in-flight parent are reported if the replay skips them."""
-        from replayable.trace import Event, chain_hash, event_content
+        from replayable.trace import Event, chain_events
 
         run = rp.Run(id="dead-run", name="died", status="incomplete")
         leaf = Event("dead-run", 2, "agent/0 > mid/0 > leaf/0", 1, "leaf", "tool", "k", {}, 1)
-        leaf.hash = chain_hash("", event_content(leaf))
+        chain_events(run, [leaf])
         path = write_trace(run, [leaf], Path("dead.jsonl"))
 
         @rp.boundary(kind="agent", name="agent")

@@ -48,7 +48,15 @@ from replayable.replay import Replay, Replayer, _check_version
 from replayable.store import DEFAULT_STORE, Store, open_store
 from replayable.store.base import EventRow, RunQuery
 from replayable.store.files import TraceDirStore
-from replayable.trace import Event, Run, parse_trace, read_trace, sign_run, verify_run
+from replayable.trace import (
+    Event,
+    Run,
+    check_recording,
+    genesis_hash,
+    parse_trace,
+    read_trace,
+    seal_run,
+)
 
 __all__ = ["CheckReport", "Group", "RunOutcome", "check", "list_checks", "load_check"]
 
@@ -306,8 +314,11 @@ class _Buffer:
     def flush(self, timeout: float = 30.0) -> None:
         """Nothing is queued."""
 
-    def head(self, run_id: str) -> tuple[int, str]:
-        return len(self.pending), ""
+    def begin_run(self, run: Run) -> None:
+        """The run is not created: a kept replay is written whole, later."""
+
+    def seal(self, run: Run) -> None:
+        """Sealed when kept (see ``_CheckReplayer.kept``)."""
 
 
 @dataclass(slots=True)
@@ -416,7 +427,10 @@ def _check_item(item: _Item, store: Store | None, task: _Task) -> _Done:
         _check_version(run)
     except TraceCorrupt as exc:
         return out("not_replayable", f"incompatible version: {exc}")
-    verified = verify_run(run, events, key=b"")  # the chain and its head: edits, a cut tail
+    try:  # the chain and its head (edits, a cut tail); with a signing key, the signature
+        verified = check_recording(run, events)
+    except TraceCorrupt as exc:
+        return out("not_replayable", f"does not verify: {exc}")
     if not verified.ok:
         return out("not_replayable", f"damaged trace: {verified.problem}")
     try:
@@ -517,10 +531,10 @@ class _CheckReplayer(Replayer):
         """The replay as a run header and rows in write order, ready for ``put_run``."""
         run = self.run
         run.status = status  # a divergence raised through the agent would read as "error"
-        chains: dict[str, tuple[int, str]] = {}
+        chains: dict[str, tuple[int, str]] = {run.id: (0, genesis_hash(run))}
         rows = [pending_row(p, chains) for p in self.buffer.pending]
-        run.event_count, run.head_hash = chains.get(run.id, (0, ""))
-        sign_run(run)
+        count, head = chains[run.id]
+        seal_run(run, head, count)
         return run.to_dict(), rows
 
 

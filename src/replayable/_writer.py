@@ -22,8 +22,9 @@ import orjson
 from replayable import canonical
 from replayable.errors import StoreUnavailable, Unserializable
 from replayable.redact import might_hold_secrets, redact
-from replayable.store.base import EventRow, Store
-from replayable.trace import chain_hash
+from replayable.store.base import Checkpoint, EventRow, Store
+from replayable.trace import Run, chain_hash, checkpoint, content_bytes, genesis_hash, seal_run
+from replayable.trace import signing_key as _signing_key
 
 if TYPE_CHECKING:
     from replayable.boundary import Boundary
@@ -89,28 +90,24 @@ def pending_row(p: Pending, chains: dict[str, tuple[int, str]]) -> EventRow:
             redact(orjson.loads(out), extra_keys=b.redact_keys, redactors=b.redactors)
         )
     error = None if p.error is None else redact(p.error)
+    err = None if error is None else orjson.dumps(error, option=_SORTED)
     meta = _meta_bytes(p.meta)
     chain_seq, prev = chains.get(p.run_id, (0, ""))
-    # Stored values keep their order; the hash covers the sorted form (what
-    # ``trace.event_content`` recomputes from the parsed event).
-    content = orjson.dumps(
-        {
-            "address": p.address,
-            "boundary": b.name,
-            "chain_seq": chain_seq,
-            "duration_ns": p.duration_ns,
-            "error": error,
-            "input": orjson.Fragment(canonical.sorted_json(inp)),
-            "key": key,
-            "kind": b.kind,
-            "meta": orjson.Fragment(meta),
-            "output": orjson.Fragment(canonical.sorted_json(out)),
-            "parent_seq": p.parent_seq,
-            "run_id": p.run_id,
-            "seq": p.seq,
-            "started_at": p.started_at,
-        },
-        option=_SORTED,
+    content = content_bytes(
+        run_id=p.run_id,
+        seq=p.seq,
+        chain_seq=chain_seq,
+        address=p.address,
+        parent_seq=p.parent_seq,
+        boundary=b.name,
+        kind=b.kind,
+        key=key,
+        started_at=p.started_at,
+        duration_ns=p.duration_ns,
+        input=inp,
+        output=out,
+        error=err,
+        meta=meta,
     )
     digest = chain_hash(prev, content)
     chains[p.run_id] = (chain_seq + 1, digest)
@@ -125,7 +122,7 @@ def pending_row(p: Pending, chains: dict[str, tuple[int, str]]) -> EventRow:
         key,
         inp.decode(),
         out.decode(),
-        None if error is None else orjson.dumps(error, option=_SORTED).decode(),
+        None if err is None else err.decode(),
         meta.decode(),
         p.started_at,
         p.duration_ns,
@@ -140,9 +137,11 @@ class Writer:
         self.store = store
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._chains: dict[str, tuple[int, str]] = {}
+        self._checkpoints: dict[str, tuple[int, str, bytes]] = {}
         self._retry: list[EventRow] = []
         self._retry_ops: list[Callable[[], None]] = []
         self._failed = False
+        self._key: bytes | None = None
         self._dropped = 0
         self.error: BaseException | None = None
         self._thread = threading.Thread(target=self._loop, name="replayable-writer", daemon=True)
@@ -165,6 +164,23 @@ class Writer:
     def run_op(self, op: Callable[[], None]) -> None:
         """Queue a run-level store operation, ordered with the events around it."""
         self._queue.put(op)
+
+    def begin_run(self, run: Run) -> None:
+        """Queue the creation of ``run``; its hash chain starts from its header (genesis)."""
+
+        def create() -> None:
+            self._chains.setdefault(run.id, (0, genesis_hash(run)))
+            self.store.create_run(run)
+
+        self._queue.put(create)
+
+    def seal(self, run: Run) -> None:
+        """Set a finishing run's event count, sealed head and signature from its chain.
+
+        Call it from a run operation (on this thread, after the run's events)."""
+        count, head = self._chains.pop(run.id, (0, genesis_hash(run)))
+        self._checkpoints.pop(run.id, None)
+        seal_run(run, head, count)
 
     def flush(self, timeout: float = 30.0) -> None:
         """Block until everything queued so far is written (or has failed, fail-open)."""
@@ -201,6 +217,7 @@ class Writer:
                 return
 
     def _handle(self, items: list[Any]) -> None:
+        self._key = _signing_key()
         rows: list[EventRow] = []
         for item in items:
             if isinstance(item, Pending):
@@ -219,7 +236,11 @@ class Writer:
         self._write(rows)
 
     def _row(self, p: Pending) -> EventRow:
-        return pending_row(p, self._chains)
+        row = pending_row(p, self._chains)
+        if self._key is not None:  # a signed checkpoint goes in with the batch
+            count, head = self._chains[p.run_id]
+            self._checkpoints[p.run_id] = (count, head, self._key)
+        return row
 
     def _write(self, rows: list[EventRow]) -> None:
         if self._retry_ops:
@@ -229,12 +250,23 @@ class Writer:
             self._retry = []
         if not rows:
             return
+        pending = dict(self._checkpoints)
+        checkpoints: list[Checkpoint] = [
+            (run_id, count, head, checkpoint(run_id, head, count, key))
+            for run_id, (count, head, key) in pending.items()
+        ]
         try:
-            self.store.write_rows(rows)
+            if checkpoints:
+                self.store.write_rows(rows, checkpoints)
+            else:
+                self.store.write_rows(rows)
         except Exception as exc:
             self._fail(exc)
             self._retry = rows[-MAX_PENDING:]
         else:
+            for run_id, state in pending.items():
+                if self._checkpoints.get(run_id) is state:
+                    del self._checkpoints[run_id]
             if self._failed:
                 log.warning("replayable: store %s is writable again", self.store.url)
             self._failed = False

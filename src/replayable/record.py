@@ -194,7 +194,7 @@ class Recorder(Engine):
         redact_run(run)  # once per run: tags, metadata, environment and argv hold secrets too
         if self.strict:
             self.writer.error = None
-        self.writer.run_op(lambda: self.store.create_run(run))
+        self.writer.begin_run(run)
 
     def close(self, exc: BaseException | None, *, status: str | None = None) -> None:
         """Finish the run: status, end time, head hash; then flush everything to the store.
@@ -212,7 +212,7 @@ class Recorder(Engine):
         run.metadata = redact(run.metadata)  # a replay adds its divergences here at exit
 
         def finish() -> None:
-            run.event_count, run.head_hash = self.writer.head(run.id)
+            self.writer.seal(run)
             self.store.finish_run(run)
 
         self.writer.run_op(finish)

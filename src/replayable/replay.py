@@ -46,7 +46,7 @@ from replayable.record import (
     reset_context,
 )
 from replayable.store import Store, open_store
-from replayable.trace import Event, Run, read_trace, verify_events
+from replayable.trace import Event, Run, check_recording, read_trace
 
 if TYPE_CHECKING:
     from replayable.boundary import Boundary
@@ -489,6 +489,7 @@ def replay(
     fakes: Mapping[str, Callable[..., Any]] | None = None,
     fallback: Cassette | None = None,
     sandbox: AbstractContextManager[Any] | None = None,
+    trust: bool = False,
 ) -> Replay:
     """Replay a recorded run: a run id (or unique prefix), a :class:`Run`, or a trace file path.
 
@@ -498,6 +499,9 @@ def replay(
     ``allow_side_effects=True``. With ``strict=True`` the first divergence raises
     :class:`Divergence`; with ``strict=False`` divergences collect in ``.divergences``.
     ``match="key"`` matches by canonical key alone, ignoring where the call sits.
+    With ``$REPLAYABLE_SIGNING_KEY`` set, a recording that does not verify against it (edited,
+    cut short, unsigned) raises :class:`TraceCorrupt` unless ``trust=True``; without a key an
+    edited recording is replayed with a warning.
 
     What-ifs (see :mod:`replayable._fork`): ``override={"name#N": value}`` makes that recorded
     call return ``value`` (or raise it, for an exception); ``live_from="name#N"`` serves every
@@ -522,11 +526,11 @@ def replay(
     """
     source_run, events = load_source(source, store)
     _check_version(source_run)
-    _, problems = verify_events(events)
-    if problems:
+    checked = check_recording(source_run, events, trust=trust)
+    if not checked.ok:
         warnings.warn(
-            f"run {source_run.id} does not verify ({problems[0]}): it was edited after it was "
-            "recorded; replaying it anyway (`replayable verify` says more)",
+            f"run {source_run.id} does not verify ({checked.problem}): it was edited after it "
+            "was recorded; replaying it anyway (`replayable verify` says more)",
             ReplayableWarning,
             stacklevel=2,
         )

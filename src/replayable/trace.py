@@ -10,43 +10,59 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import io
 import os
+import re
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import orjson
 
-from replayable.errors import TraceCorrupt
+from replayable.errors import ReplayableError, TraceCorrupt
 
 if TYPE_CHECKING:
     from replayable.store.base import Store
 
 __all__ = [
+    "HASH_VERSION",
     "SIGNING_KEY_ENV",
     "TRACE_FORMAT",
     "TRACE_VERSION",
     "Event",
     "Run",
     "Verification",
+    "chain_events",
     "chain_hash",
+    "check_recording",
+    "check_run_id",
     "check_trace",
+    "checkpoint",
+    "content_bytes",
     "event_content",
+    "genesis_hash",
     "head_signature",
+    "iter_trace",
     "parse_trace",
     "read_trace",
+    "read_trace_header",
+    "seal_hash",
+    "seal_run",
     "sign_run",
     "signing_key",
     "trace_lines",
     "verify_events",
     "verify_run",
+    "verify_trace",
     "write_trace",
 ]
 
 TRACE_FORMAT = "replayable-trace"
-TRACE_VERSION = 1
+TRACE_VERSION = 2
+"""Version 2 adds ``hash_version`` to the header (hash format 2); version 1 files still read."""
+_READABLE_VERSIONS = (1, 2)
 
 _SORTED = orjson.OPT_SORT_KEYS
 
@@ -97,25 +113,48 @@ class Event:
         }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Event:
-        """Inverse of :meth:`to_dict`."""
+    def from_dict(cls, d: Any) -> Event:
+        """Inverse of :meth:`to_dict`; a missing or mistyped field raises KeyError/TypeError."""
+        if not isinstance(d, dict):
+            raise TypeError(f"an event is a JSON object, not {type(d).__name__}")
         return cls(
-            run_id=d["run_id"],
-            seq=int(d["seq"]),
-            address=d["address"],
-            parent_seq=d.get("parent_seq"),
-            boundary=d["boundary"],
-            kind=d["kind"],
-            key=d.get("key", ""),
+            run_id=_field(d, "run_id", str),
+            seq=_field(d, "seq", int),
+            address=_field(d, "address", str),
+            parent_seq=_field(d, "parent_seq", int, None),
+            boundary=_field(d, "boundary", str),
+            kind=_field(d, "kind", str),
+            key=_field(d, "key", str, ""),
             input=d.get("input"),
             output=d.get("output"),
-            error=d.get("error"),
-            meta=d.get("meta") or {},
-            started_at=float(d.get("started_at", 0.0)),
-            duration_ns=int(d.get("duration_ns", 0)),
-            chain_seq=int(d.get("chain_seq", 0)),
-            hash=d.get("hash", ""),
+            error=_field(d, "error", dict, None),
+            meta=_field(d, "meta", dict, {}),
+            started_at=float(_field(d, "started_at", float, 0.0)),
+            duration_ns=_field(d, "duration_ns", int, 0),
+            chain_seq=_field(d, "chain_seq", int, 0),
+            hash=_field(d, "hash", str, ""),
         )
+
+
+_REQUIRED = object()
+_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number", dict: "an object"}
+
+
+def _field(d: dict[str, Any], name: str, kind: type, default: Any = _REQUIRED) -> Any:
+    """``d[name]`` checked to be ``kind`` (int for float allowed, bool never an int); a
+    missing field takes ``default`` (KeyError if required), null too when the default is
+    None."""
+    if name not in d or (d[name] is None and default is not _REQUIRED):
+        if default is _REQUIRED:
+            raise KeyError(name)
+        return default
+    value = d[name]
+    ok = isinstance(value, kind) and not isinstance(value, bool)
+    if kind is float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+    if not ok:
+        raise TypeError(f"field {name!r} must be {_TYPE_NAMES[kind]}, not {type(value).__name__}")
+    return value
 
 
 @dataclass(slots=True)
@@ -139,6 +178,8 @@ class Run:
     head_hash: str | None = None
     event_count: int = 0
     signature: str | None = None
+    hash_version: int = 2
+    """How the run is hashed: 2 covers the header (see :func:`genesis_hash`); 1 is older."""
     store: Store | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -168,33 +209,155 @@ class Run:
             "head_hash": self.head_hash,
             "event_count": self.event_count,
             "signature": self.signature,
+            "hash_version": self.hash_version,
         }
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Run:
-        """Inverse of :meth:`to_dict`."""
+    def from_dict(cls, d: Any) -> Run:
+        """Inverse of :meth:`to_dict`; a missing or mistyped field raises KeyError/TypeError.
+
+        A dict without ``hash_version`` is a run recorded before version 2 (header not hashed).
+        """
+        if not isinstance(d, dict):
+            raise TypeError(f"the run is a JSON object, not {type(d).__name__}")
+        tags = _field(d, "tags", dict, {})
+        if not all(isinstance(v, str) for v in tags.values()):
+            raise TypeError("field 'tags' must map names to strings")
         return cls(
-            id=d["id"],
-            name=d.get("name"),
-            tags=dict(d.get("tags") or {}),
-            metadata=dict(d.get("metadata") or {}),
-            environment=dict(d.get("environment") or {}),
-            started_at=float(d.get("started_at") or 0.0),
-            ended_at=d.get("ended_at"),
-            status=d.get("status", "ok"),
-            error=d.get("error"),
-            parent_run=d.get("parent_run"),
-            head_hash=d.get("head_hash"),
-            event_count=int(d.get("event_count") or 0),
-            signature=d.get("signature"),
+            id=_field(d, "id", str),
+            name=_field(d, "name", str, None),
+            tags=dict(tags),
+            metadata=dict(_field(d, "metadata", dict, {})),
+            environment=dict(_field(d, "environment", dict, {})),
+            started_at=float(_field(d, "started_at", float, 0.0)),
+            ended_at=_field(d, "ended_at", float, None),
+            status=_field(d, "status", str, "ok"),
+            error=_field(d, "error", dict, None),
+            parent_run=_field(d, "parent_run", str, None),
+            head_hash=_field(d, "head_hash", str, None),
+            event_count=_field(d, "event_count", int, 0),
+            signature=_field(d, "signature", str, None),
+            hash_version=_field(d, "hash_version", int, 1),
         )
 
 
-def event_content(ev: Event) -> bytes:
-    """The canonical bytes an event's hash covers: every field but ``hash``, keys sorted."""
-    d = ev.to_dict()
-    del d["hash"]
-    return orjson.dumps(d, option=_SORTED)
+# -- the hashed content ---------------------------------------------------------------------
+#
+# Version 2 (every run recorded since): the chain starts from the run's *genesis* hash, over
+# the header fields fixed when the run starts (id, name, tags, environment, start time, parent
+# run); each event hashes its fields with input, output, error and meta exactly as stored (the
+# order they were recorded in); a finished run's ``head_hash`` is a *seal* over the last event
+# hash and the outcome (status, error, end time, metadata, event count). So an edit anywhere in
+# a run, header included, breaks ``head_hash``; with a signing key the signature over it makes
+# the edit undetectable only to someone holding the key.
+# Version 1 (older runs): a chain from "" over events with every key sorted; the header is not
+# covered. They stay readable and verifiable, and verify says that the header is unchecked.
+
+HASH_VERSION = 2
+"""The hash format new runs are recorded with (see the comment above)."""
+
+
+def _norm(value: Any) -> bytes:
+    """JSON of a header value as it reads back from any store: sorted keys, one round trip
+    (so a tuple, a datetime or a dataclass hashes as the list, string or dict it is stored as)."""
+    return orjson.dumps(orjson.loads(orjson.dumps(value, option=_SORTED)), option=_SORTED)
+
+
+def _json_bytes(value: Any) -> bytes:
+    """A parsed stored value back to its stored bytes (orjson output round-trips exactly)."""
+    return orjson.dumps(value)
+
+
+def genesis_hash(run: Run) -> str:
+    """Where a version-2 run's chain starts: SHA-256 over the header fixed at its start."""
+    start = {
+        "environment": run.environment,
+        "id": run.id,
+        "name": run.name,
+        "parent_run": run.parent_run,
+        "started_at": run.started_at,
+        "tags": run.tags,
+    }
+    return hashlib.sha256(b"replayable-run-v2\n" + _norm(start)).hexdigest()
+
+
+def seal_hash(run: Run, chain_head: str, event_count: int) -> str:
+    """A finished version-2 run's ``head_hash``: the last event hash and the run's outcome."""
+    end = {
+        "chain_head": chain_head,
+        "ended_at": run.ended_at,
+        "error": run.error,
+        "event_count": event_count,
+        "metadata": run.metadata,
+        "status": run.status,
+    }
+    return hashlib.sha256(b"replayable-seal-v2\n" + _norm(end)).hexdigest()
+
+
+def content_bytes(
+    *,
+    run_id: str,
+    seq: int,
+    chain_seq: int,
+    address: str,
+    parent_seq: int | None,
+    boundary: str,
+    kind: str,
+    key: str,
+    started_at: float,
+    duration_ns: int,
+    input: bytes,
+    output: bytes,
+    error: bytes | None,
+    meta: bytes,
+) -> bytes:
+    """The bytes a version-2 event hash covers: its fields, JSON values exactly as stored.
+
+    The one definition of an event's hashed content: the writer calls it with the bytes it
+    stores, :func:`event_content` with an :class:`Event` read back.
+    """
+    return orjson.dumps(
+        {
+            "address": address,
+            "boundary": boundary,
+            "chain_seq": chain_seq,
+            "duration_ns": duration_ns,
+            "error": None if error is None else orjson.Fragment(error),
+            "input": orjson.Fragment(input),
+            "key": key,
+            "kind": kind,
+            "meta": orjson.Fragment(meta),
+            "output": orjson.Fragment(output),
+            "parent_seq": parent_seq,
+            "run_id": run_id,
+            "seq": seq,
+            "started_at": started_at,
+        }
+    )
+
+
+def event_content(ev: Event, hash_version: int = HASH_VERSION) -> bytes:
+    """The canonical bytes an event's hash covers (see :func:`content_bytes`)."""
+    if hash_version < 2:
+        d = ev.to_dict()
+        del d["hash"]
+        return orjson.dumps(d, option=_SORTED)
+    return content_bytes(
+        run_id=ev.run_id,
+        seq=ev.seq,
+        chain_seq=ev.chain_seq,
+        address=ev.address,
+        parent_seq=ev.parent_seq,
+        boundary=ev.boundary,
+        kind=ev.kind,
+        key=ev.key,
+        started_at=ev.started_at,
+        duration_ns=ev.duration_ns,
+        input=_json_bytes(ev.input),
+        output=_json_bytes(ev.output),
+        error=None if ev.error is None else _json_bytes(ev.error),
+        meta=_json_bytes(ev.meta),
+    )
 
 
 def chain_hash(prev: str, content: bytes) -> str:
@@ -212,24 +375,79 @@ def signing_key() -> bytes | None:
     return value.encode() if value else None
 
 
-def head_signature(run_id: str, head_hash: str, event_count: int, key: bytes) -> str:
-    """HMAC-SHA256 over a run's id, head hash and event count.
+def _finished(status: str) -> bool:
+    return status not in ("running", "incomplete")
+
+
+def head_signature(
+    run_id: str, head_hash: str, event_count: int, key: bytes, *, state: str | None = None
+) -> str:
+    """HMAC-SHA256 over a run's id, head hash and event count (and, version 2, its state:
+    ``running`` for a checkpoint, ``finished`` for a sealed head).
 
     >>> head_signature("r1", "ab" * 32, 3, b"secret")[:12]
     'hmac-sha256:'
     """
-    message = f"replayable-head-v1\n{run_id}\n{head_hash}\n{event_count}".encode()
-    return _SIGNATURE_PREFIX + hmac.new(key, message, hashlib.sha256).hexdigest()
+    if state is None:
+        message = f"replayable-head-v1\n{run_id}\n{head_hash}\n{event_count}"
+    else:
+        message = f"replayable-run-v2\n{run_id}\n{state}\n{head_hash}\n{event_count}"
+    return _SIGNATURE_PREFIX + hmac.new(key, message.encode(), hashlib.sha256).hexdigest()
+
+
+def _expected_signature(run: Run, key: bytes) -> str | None:
+    if run.head_hash is None:
+        return None
+    if run.hash_version < 2:
+        return head_signature(run.id, run.head_hash, run.event_count, key)
+    state = "finished" if _finished(run.status) else "running"
+    return head_signature(run.id, run.head_hash, run.event_count, key, state=state)
 
 
 def sign_run(run: Run, key: bytes | None = None) -> None:
-    """Sign a finished run's head in place, with ``key`` or ``$REPLAYABLE_SIGNING_KEY`` if set.
+    """Sign a run's head in place, with ``key`` or ``$REPLAYABLE_SIGNING_KEY`` if set.
 
-    Stores call this when they record a run's outcome; without a key the run stays unsigned.
+    Without a key the run stays unsigned.
     """
     key = key if key is not None else signing_key()
-    if key and run.head_hash is not None:
-        run.signature = head_signature(run.id, run.head_hash, run.event_count, key)
+    if key:
+        run.signature = _expected_signature(run, key)
+
+
+def checkpoint(run_id: str, chain_head: str, event_count: int, key: bytes) -> str:
+    """The signature of a running run's checkpoint (written with every batch under a key)."""
+    return head_signature(run_id, chain_head, event_count, key, state="running")
+
+
+def seal_run(run: Run, chain_head: str, event_count: int, key: bytes | None = None) -> None:
+    """Set a finished run's event count, sealed head hash and (with a key) signature; for a
+    run not finished, its checkpoint (the chain head)."""
+    run.event_count = event_count
+    if run.hash_version < 2:
+        run.head_hash = chain_head or None
+    elif _finished(run.status):
+        run.head_hash = seal_hash(run, chain_head, event_count)
+    else:  # still running (or died): the head is a checkpoint of the chain
+        run.head_hash = chain_head
+    run.signature = None
+    sign_run(run, key)
+
+
+def chain_events(run: Run, events: Iterable[Event], key: bytes | None = None) -> list[Event]:
+    """Give ``events`` (in write order) their chain positions and hashes, then seal ``run``.
+
+    For code that builds a run outside the recorder (e.g. a fuzz outcome written as a trace).
+    """
+    run.hash_version = HASH_VERSION
+    prev = genesis_hash(run)
+    out: list[Event] = []
+    for i, ev in enumerate(events):
+        ev.run_id, ev.chain_seq = run.id, i
+        ev.hash = chain_hash(prev, event_content(ev))
+        prev = ev.hash
+        out.append(ev)
+    seal_run(run, prev, len(out), key)
+    return out
 
 
 @dataclass(slots=True)
@@ -239,7 +457,8 @@ class Verification:
     ``bad_seq``/``bad_address`` name the first event whose hash does not check out, ``line``
     its line in a trace file (1 for the header). ``signature`` is ``valid``, ``invalid``,
     ``missing`` (a key is set but the run is unsigned), ``unchecked`` (signed, no key set) or
-    ``unsigned``.
+    ``unsigned``. ``legacy`` marks a run in the version-1 hash format, whose header (status,
+    name, tags, metadata, ...) is not covered: only its events are checked.
     """
 
     run_id: str
@@ -251,6 +470,7 @@ class Verification:
     bad_address: str | None = None
     line: int | None = None
     signature: str = "unsigned"
+    legacy: bool = False
 
 
 def verify_run(
@@ -263,69 +483,170 @@ def verify_run(
     """Recompute a run's hash chain in write order, check its head hash and its signature.
 
     ``key`` defaults to ``$REPLAYABLE_SIGNING_KEY`` (``b""``: check no signature); ``lines``
-    maps event seq to trace-file line so problems can name the line.
+    maps event seq to trace-file line so problems can name the line. ``events`` may come in any
+    order; in write order (or nearly: start order) they are streamed, not held.
 
     >>> result = verify_run(run, run.events())
     >>> result.ok, result.problem
     (True, None)
     """
-    key = (key if key is not None else signing_key()) or None
-    ordered = sorted(events, key=lambda e: e.chain_seq)
-    prev = ""
-    result = Verification(run_id=run.id, event_count=len(ordered), head_hash="")
+    pairs = ((ev, None if lines is None else lines.get(ev.seq)) for ev in events)
+    return _verify(run, pairs, key=key, in_file=lines is not None)
 
-    def bad(ev: Event | None, problem: str) -> Verification:
+
+def _verify(
+    run: Run,
+    pairs: Iterable[tuple[Event, int | None]],
+    *,
+    key: bytes | None,
+    in_file: bool,
+) -> Verification:
+    key = (key if key is not None else signing_key()) or None
+    v2 = run.hash_version >= 2
+    result = Verification(run_id=run.id, event_count=0, head_hash="", legacy=not v2)
+
+    def bad(ev: Event | None, line: int | None, problem: str) -> Verification:
         result.ok = False
         result.problem = problem
         if ev is not None:
-            result.bad_seq, result.bad_address = ev.seq, ev.address
-            result.line = None if lines is None else lines.get(ev.seq)
-        elif lines is not None:
+            result.bad_seq, result.bad_address, result.line = ev.seq, ev.address, line
+        elif in_file:
             result.line = 1
         return result
 
-    for i, ev in enumerate(ordered):
+    prev = genesis_hash(run) if v2 else ""
+    position = 0
+    # Events arrive in start order and are chained in write order (a parent after its
+    # children): hold only those whose turn has not come yet.
+    waiting: dict[int, tuple[Event, int | None]] = {}
+    hashes_at: dict[int, str] = {}
+    checkpoint_at = (
+        run.event_count - 1 if (v2 and run.head_hash and not _finished(run.status)) else None
+    )
+
+    def take(ev: Event, line: int | None) -> Verification | None:
+        nonlocal prev, position
         where = f"run {run.id}: event seq={ev.seq} ({ev.address})"
         if ev.run_id != run.id:
-            return bad(ev, f"{where} belongs to run {ev.run_id}, not {run.id}")
-        if ev.chain_seq != i:
-            what = "missing" if ev.chain_seq > i else "duplicated"
+            return bad(ev, line, f"{where} belongs to run {ev.run_id}, not {run.id}")
+        if chain_hash(prev, event_content(ev, run.hash_version)) != ev.hash:
             return bad(
-                ev, f"{where}: write position {ev.chain_seq}, expected {i} (an event is {what})"
+                ev, line, f"{where}: hash does not match its content (edited) or its predecessor"
             )
-        if chain_hash(prev, event_content(ev)) != ev.hash:
-            return bad(ev, f"{where}: hash does not match its content (edited) or its predecessor")
         prev = ev.hash
-    result.head_hash = prev
-    if run.head_hash is None:
-        if run.status in ("ok", "error"):
-            return bad(None, f"run {run.id} is finished ({run.status}) but has no head hash")
-    elif run.head_hash != prev or run.event_count != len(ordered):
+        if position == checkpoint_at:
+            hashes_at[position] = prev
+        position += 1
+        return None
+
+    last: tuple[Event, int | None] | None = None
+    for ev, line in pairs:
+        last = (ev, line)
+        if ev.chain_seq < position or ev.chain_seq in waiting:
+            where = f"run {run.id}: event seq={ev.seq} ({ev.address})"
+            return bad(ev, line, f"{where}: write position {ev.chain_seq} is duplicated")
+        if ev.chain_seq != position:
+            waiting[ev.chain_seq] = (ev, line)
+            continue
+        if (problem := take(ev, line)) is not None:
+            return problem
+        while position in waiting:
+            if (problem := take(*waiting.pop(position))) is not None:
+                return problem
+    if waiting:
+        ev, line = waiting[min(waiting)]
         return bad(
-            None,
-            f"run {run.id}: head hash or event count ({run.event_count}) does not match the "
-            f"{len(ordered)} events (events removed, added, or the head edited)",
+            ev,
+            line,
+            f"run {run.id}: event seq={ev.seq} ({ev.address}): write position {ev.chain_seq}, "
+            f"expected {position} (an event is missing)",
         )
+    del last
+    result.event_count = position
+    result.head_hash = prev
+    if v2 and _finished(run.status):
+        expected = seal_hash(run, prev, position)
+        if run.head_hash is None:
+            return bad(None, None, f"run {run.id} is finished ({run.status}) but has no head hash")
+        if run.head_hash != expected or run.event_count != position:
+            return bad(
+                None,
+                None,
+                f"run {run.id}: the header or the event count ({run.event_count}) does not match "
+                f"the {position} events (header edited, events removed or added)",
+            )
+        result.head_hash = run.head_hash
+    elif v2 and run.head_hash is not None:
+        # A running run with a signed checkpoint: the events it covers must all be there.
+        at = run.event_count - 1
+        checked = hashes_at.get(at) if at >= 0 else genesis_hash(run)
+        if position < run.event_count or checked != run.head_hash:
+            return bad(
+                None,
+                None,
+                f"run {run.id} ({run.status}): its checkpoint covers {run.event_count} events, "
+                f"{position} are there or they differ (events removed or edited)",
+            )
+    elif not v2:
+        if run.head_hash is None:
+            if _finished(run.status):
+                return bad(
+                    None, None, f"run {run.id} is finished ({run.status}) but has no head hash"
+                )
+        elif run.head_hash != prev or run.event_count != position:
+            return bad(
+                None,
+                None,
+                f"run {run.id}: head hash or event count ({run.event_count}) does not match the "
+                f"{position} events (events removed, added, or the head edited)",
+            )
     if run.signature is not None:
+        expected_sig = None if key is None else _expected_signature(run, key)
         if key is None:
             result.signature = "unchecked"
-        elif run.head_hash is not None and hmac.compare_digest(
-            run.signature, head_signature(run.id, run.head_hash, run.event_count, key)
-        ):
+        elif expected_sig is not None and hmac.compare_digest(run.signature, expected_sig):
             result.signature = "valid"
         else:
             result.signature = "invalid"
-            return bad(None, f"run {run.id}: signature does not match (wrong key or tampered)")
-    elif key is not None and run.head_hash is not None:
+            return bad(
+                None, None, f"run {run.id}: signature does not match (wrong key or tampered)"
+            )
+    elif key is not None and (v2 or run.head_hash is not None):
         result.signature = "missing"
-        return bad(None, f"run {run.id} is not signed but ${SIGNING_KEY_ENV} is set")
+        return bad(None, None, f"run {run.id} is not signed but ${SIGNING_KEY_ENV} is set")
+    return result
+
+
+def verify_trace(path: str | os.PathLike[str], *, key: bytes | None = None) -> Verification:
+    """Verify a trace file, streaming it (a large file is never held in memory).
+
+    Raises :class:`TraceCorrupt` for a file that cannot be read as a trace at all.
+    """
+    run, lines = _open_trace(path)
+    return _verify(run, lines, key=key, in_file=True)
+
+
+def check_recording(run: Run, events: Iterable[Event], *, trust: bool = False) -> Verification:
+    """What replay checks before it serves a recording.
+
+    With ``$REPLAYABLE_SIGNING_KEY`` set, a recording that does not verify (signature invalid
+    or missing, chain or header edited) raises :class:`TraceCorrupt` unless ``trust=True``.
+    Otherwise the result says whether the chain holds, for the caller to warn.
+    """
+    key = signing_key()
+    result = verify_run(run, events, key=b"" if trust or key is None else key)
+    if key is not None and not trust and not result.ok:
+        raise TraceCorrupt(
+            f"run {run.id} does not verify against ${SIGNING_KEY_ENV} ({result.problem}); "
+            "refusing to replay it. Pass trust=True (--trust) to replay it anyway"
+        )
     return result
 
 
 def verify_events(events: Iterable[Event]) -> tuple[str, list[str]]:
-    """Recompute the chain in write order. Returns (head hash, problems); empty list = intact."""
+    """Recompute a version-1 style chain (from ""). Returns (head hash, problems)."""
     evs = list(events)
-    run = Run(id=evs[0].run_id if evs else "")
+    run = Run(id=evs[0].run_id if evs else "", hash_version=1)
     result = verify_run(run, evs, key=b"")
     return result.head_hash, [] if result.ok else [str(result.problem)]
 
@@ -346,7 +667,10 @@ def check_trace(path: str | os.PathLike[str]) -> tuple[Run, list[Event]]:
 
 
 def trace_lines(run: Run, events: Iterable[Event]) -> Iterator[bytes]:
-    """The lines of a trace file (each ending in a newline): the header, then events by seq."""
+    """The lines of a trace file (each ending in a newline): the header, then events by seq.
+
+    Top-level keys are sorted; recorded values keep their stored order (what is hashed).
+    """
     header = {"format": TRACE_FORMAT, "version": TRACE_VERSION, "run": run.to_dict()}
     yield orjson.dumps(header, option=_SORTED) + b"\n"
     for ev in sorted(events, key=lambda e: e.seq):
@@ -357,63 +681,164 @@ def trace_lines(run: Run, events: Iterable[Event]) -> Iterator[bytes]:
 def write_trace(run: Run, events: Iterable[Event], path: str | os.PathLike[str]) -> Path:
     """Write one run as a JSONL trace file, atomically (temp file + rename).
 
+    A target that exists and is not a regular file (a pipe, ``/dev/stdout``, ``/dev/null``) is
+    written in place instead, so it stays what it is.
+
     >>> write_trace(run, run.events(), "traces/incident.jsonl")
     """
+    check_run_id(run.id)
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        if target.exists() and not target.is_file():
+            if target.is_dir():
+                raise ReplayableError(f"cannot write trace file {target}: it is a directory")
+            with target.open("wb") as fh:
+                fh.writelines(trace_lines(run, events))
+            return target
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise ReplayableError(f"cannot write trace file {target}: {exc.strerror or exc}") from None
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.writelines(trace_lines(run, events))
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise ReplayableError(
+                f"cannot write trace file {target}: {exc.strerror or exc}"
+            ) from None
         raise
     return target
 
 
-def read_trace(path: str | os.PathLike[str]) -> tuple[Run, list[Event]]:
-    """Read a JSONL trace file; raises :class:`TraceCorrupt` naming the bad line."""
-    p = Path(path)
-    try:
-        data = p.read_bytes()
-    except FileNotFoundError:
-        raise TraceCorrupt(f"no such trace file: {p}") from None
-    except OSError as exc:
-        raise TraceCorrupt(f"cannot read trace file {p}: {exc.strerror or exc}") from None
-    return parse_trace(data, p)
+_RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
-def parse_trace(data: bytes, p: str | os.PathLike[str] = "trace") -> tuple[Run, list[Event]]:
-    """A trace file's bytes as a run and its events (``p`` names it in errors); raises
-    :class:`TraceCorrupt` naming the bad line."""
-    lines = data.split(b"\n")
-    if lines and lines[-1] == b"":
-        lines.pop()
-    elif lines:
-        raise TraceCorrupt(f"{p}: line {len(lines)} is truncated (no newline)", line=len(lines))
-    if not lines:
-        raise TraceCorrupt(f"{p}: empty trace file", line=1)
+def check_run_id(run_id: Any) -> str:
+    """``run_id`` if it is a valid run id, else :class:`TraceCorrupt`.
+
+    A run id is 1-128 ASCII letters, digits, ``.``, ``_`` and ``-``, starting with a letter or
+    digit, with no ``..``: it becomes a file name (``export``), so it must never be a path.
+    """
+    if not isinstance(run_id, str) or not _RUN_ID.fullmatch(run_id) or ".." in run_id:
+        raise TraceCorrupt(
+            f"invalid run id {run_id!r}: a run id is letters, digits, '.', '_' and '-' "
+            "(at most 128, no '..')"
+        )
+    return run_id
+
+
+def _lines(fh: IO[bytes], p: Path) -> Iterator[tuple[int, bytes]]:
+    """Numbered lines of a trace file, streamed; the last must end in a newline."""
+    for lineno, raw in enumerate(fh, start=1):
+        if not raw.endswith(b"\n"):
+            raise TraceCorrupt(f"{p}: line {lineno} is truncated (no newline)", line=lineno)
+        yield lineno, raw
+
+
+def _header_run(p: Path, raw: bytes) -> Run:
     try:
-        header = orjson.loads(lines[0])
+        header = orjson.loads(raw)
     except orjson.JSONDecodeError:
         raise TraceCorrupt(f"{p}: line 1 (header) is not valid JSON", line=1) from None
     if not isinstance(header, dict) or header.get("format") != TRACE_FORMAT:
         raise TraceCorrupt(f"{p}: not a replayable trace file (bad header)", line=1)
     version = header.get("version")
-    if version != TRACE_VERSION:
+    if version not in _READABLE_VERSIONS:
         raise TraceCorrupt(
-            f"{p}: trace format version {version} is not supported (this replayable reads "
-            f"version {TRACE_VERSION}); upgrade replayable or re-export the run",
+            f"{p}: trace format version {version!r} is not supported (this replayable reads "
+            f"versions {', '.join(map(str, _READABLE_VERSIONS))}); upgrade replayable or "
+            "re-export the run",
             line=1,
         )
-    run = Run.from_dict(header["run"])
-    events: list[Event] = []
-    for lineno, raw in enumerate(lines[1:], start=2):
-        try:
-            events.append(Event.from_dict(orjson.loads(raw)))
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
-            raise TraceCorrupt(f"{p}: line {lineno} is not a valid event", line=lineno) from None
-    return run, events
+    try:
+        run = Run.from_dict(header.get("run"))
+        check_run_id(run.id)
+    except (TypeError, ValueError, KeyError, TraceCorrupt) as exc:
+        raise TraceCorrupt(f"{p}: line 1 (header): {_reason(exc)}", line=1) from None
+    return run
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, KeyError):
+        return f"missing field {exc.args[0]!r}"
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
+def _event(p: Path, lineno: int, raw: bytes) -> Event:
+    try:
+        return Event.from_dict(orjson.loads(raw))
+    except orjson.JSONDecodeError:
+        raise TraceCorrupt(f"{p}: line {lineno} is not valid JSON", line=lineno) from None
+    except (KeyError, TypeError, ValueError) as exc:
+        raise TraceCorrupt(
+            f"{p}: line {lineno} is not a valid event: {_reason(exc)}", line=lineno
+        ) from None
+
+
+def _open(p: Path) -> IO[bytes]:
+    try:
+        if p.is_dir():
+            raise TraceCorrupt(f"{p} is a directory, not a trace file")
+        return p.open("rb")
+    except FileNotFoundError:
+        raise TraceCorrupt(f"no such trace file: {p}") from None
+    except OSError as exc:
+        raise TraceCorrupt(f"cannot read trace file {p}: {exc.strerror or exc}") from None
+
+
+def _open_trace(path: str | os.PathLike[str]) -> tuple[Run, Generator[tuple[Event, int | None]]]:
+    """The header's run, and the file's events (with their line numbers) streamed."""
+    p = Path(path)
+    fh = _open(p)
+    lines = _lines(fh, p)
+    try:
+        first = next(lines, None)
+        if first is None:
+            raise TraceCorrupt(f"{p}: empty trace file", line=1)
+        run = _header_run(p, first[1])
+    except BaseException:
+        fh.close()
+        raise
+
+    def events() -> Generator[tuple[Event, int | None]]:
+        with fh:
+            for lineno, raw in lines:
+                yield _event(p, lineno, raw), lineno
+
+    return run, events()
+
+
+def read_trace_header(path: str | os.PathLike[str]) -> Run:
+    """The run in a trace file's header line (reads one line)."""
+    run, events = _open_trace(path)
+    events.close()
+    return run
+
+
+def iter_trace(path: str | os.PathLike[str]) -> tuple[Run, Iterator[Event]]:
+    """A trace file's run and its events, streamed in file (seq) order."""
+    run, pairs = _open_trace(path)
+    return run, (ev for ev, _ in pairs)
+
+
+def read_trace(path: str | os.PathLike[str]) -> tuple[Run, list[Event]]:
+    """Read a JSONL trace file; raises :class:`TraceCorrupt` naming the bad line."""
+    run, events = iter_trace(path)
+    return run, list(events)
+
+
+def parse_trace(data: bytes, p: str | os.PathLike[str] = "trace") -> tuple[Run, list[Event]]:
+    """A trace file's bytes as a run and its events (``p`` names it in errors); raises
+    :class:`TraceCorrupt` naming the bad line."""
+    name = Path(p)
+    lines = _lines(io.BytesIO(data), name)
+    first = next(lines, None)
+    if first is None:
+        raise TraceCorrupt(f"{name}: empty trace file", line=1)
+    run = _header_run(name, first[1])
+    return run, [_event(name, lineno, raw) for lineno, raw in lines]

@@ -25,7 +25,8 @@ def make_run(run_id: str, **kw: Any) -> Run:
 
 
 def make_events(run_id: str, n: int, *, boundary: str = "mod:tool", error_at: int = -1) -> list:
-    """Rows of ``n`` chained events, as the writer would produce them."""
+    """Rows of ``n`` events chained the version-1 way (from ""; these runs are stored and
+    queried here, not verified: the recorder's chains are, below)."""
     prev = ""
     rows = []
     from replayable.trace import chain_hash, event_content
@@ -46,7 +47,7 @@ def make_events(run_id: str, n: int, *, boundary: str = "mod:tool", error_at: in
             started_at=1000.0 + i,
             duration_ns=5,
         )
-        ev.hash = chain_hash(prev, event_content(ev))
+        ev.hash = chain_hash(prev, event_content(ev, 1))
         prev = ev.hash
         rows.append(event_to_row(ev))
     return rows

@@ -164,6 +164,12 @@ def import_modules(modules: tuple[str, ...]) -> None:
     show_default=True,
     help="Match calls by place in the tree (address) or by canonical input alone (key).",
 )
+@click.option(
+    "--trust",
+    is_flag=True,
+    help="Replay a recording that does not verify against $REPLAYABLE_SIGNING_KEY "
+    "(edited, cut short or unsigned) instead of refusing it.",
+)
 @handle_errors
 def replay_cmd(
     run_id: str,
@@ -172,6 +178,7 @@ def replay_cmd(
     live: tuple[str, ...],
     allow_side_effects: bool,
     match: str,
+    trust: bool,
 ) -> None:
     """Replay a run against your code: call its root agent with the recorded arguments.
 
@@ -188,6 +195,7 @@ def replay_cmd(
         allow_side_effects=allow_side_effects,
         strict=False,
         match=match,
+        trust=trust,
     )
     b, ev = root_call(rp.source, rp.recorded_events)
     out = console()

@@ -22,6 +22,7 @@ __all__ = [
     "CHECK_RUN_COLUMNS",
     "EVENT_COLUMNS",
     "RUN_COLUMNS",
+    "Checkpoint",
     "EventRow",
     "RunQuery",
     "Store",
@@ -46,6 +47,7 @@ RUN_COLUMNS = (
     "head_hash",
     "event_count",
     "signature",
+    "hash_version",
 )
 """Columns of the ``runs`` table, in the order :func:`run_to_row` gives them."""
 
@@ -95,6 +97,9 @@ CHECK_RUN_COLUMNS = (
 EventRow = tuple[Any, ...]
 """One event in :data:`EVENT_COLUMNS` order; input/output/error/meta as JSON text."""
 
+Checkpoint = tuple[str, int, str, str]
+"""A running run's signed checkpoint: (run id, event count, chain head, signature)."""
+
 
 def _text(value: Any) -> str:
     """JSON text of a stored value, in its own order (sorting is for keys and hashes only)."""
@@ -138,6 +143,7 @@ def run_to_row(run: Run) -> tuple[Any, ...]:
         run.head_hash,
         run.event_count,
         run.signature,
+        run.hash_version,
     )
 
 
@@ -183,6 +189,7 @@ def run_from_row(row: Sequence[Any], store: Store | None = None) -> Run:
         head_hash=row[10],
         event_count=row[11],
         signature=row[12],
+        hash_version=row[13],
         store=store,
     )
 
@@ -249,10 +256,12 @@ class Store(Protocol):
         """Insert a new run (status ``running``)."""
 
     def finish_run(self, run: Run) -> None:
-        """Update a run's end time, status, error, head hash and event count."""
+        """Update a run's end time, status, error, metadata, head hash, event count and
+        signature (sealed by the writer: stores store, they do not sign)."""
 
-    def write_rows(self, rows: Sequence[EventRow]) -> None:
-        """Insert a batch of event rows in one transaction."""
+    def write_rows(self, rows: Sequence[EventRow], checkpoints: Sequence[Checkpoint] = ()) -> None:
+        """Insert a batch of event rows in one transaction, and in the same transaction set
+        each checkpoint's count, head hash and signature on its run while it is ``running``."""
 
     def get_run(self, run_id: str) -> Run:
         """The run with this id or unique id prefix; raises ``RunNotFound``."""

@@ -16,7 +16,7 @@ from typing import Any
 import orjson
 
 from replayable.errors import RunNotFound, StoreUnavailable, TraceCorrupt
-from replayable.store.base import EventRow, RunQuery
+from replayable.store.base import Checkpoint, EventRow, RunQuery
 from replayable.trace import TRACE_FORMAT, Event, Run, read_trace
 
 __all__ = ["TraceDirStore"]
@@ -139,7 +139,7 @@ class TraceDirStore:
         """Refused: the store is read-only."""
         raise self._read_only()
 
-    def write_rows(self, rows: Sequence[EventRow]) -> None:
+    def write_rows(self, rows: Sequence[EventRow], checkpoints: Sequence[Checkpoint] = ()) -> None:
         """Refused: the store is read-only."""
         raise self._read_only()
 

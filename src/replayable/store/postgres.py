@@ -25,6 +25,7 @@ from replayable.store.base import (
     CHECK_RUN_COLUMNS,
     EVENT_COLUMNS,
     RUN_COLUMNS,
+    Checkpoint,
     EventRow,
     RunQuery,
     like_escape,
@@ -36,7 +37,7 @@ from replayable.store.base import (
     run_to_row,
     runs_query,
 )
-from replayable.trace import Event, Run, sign_run
+from replayable.trace import Event, Run
 
 __all__ = ["MIGRATIONS", "PostgresStore"]
 
@@ -113,6 +114,8 @@ CREATE INDEX checks_started ON checks (started_at)
 MIGRATIONS: list[tuple[str, str]] = [
     ("m001_initial", _M001_INITIAL),
     ("m003_checks", _M003_CHECKS),
+    # Runs recorded before this migration keep the version-1 hash (header not covered).
+    ("m004_hash_version", "ALTER TABLE runs ADD COLUMN hash_version INTEGER NOT NULL DEFAULT 1"),
 ]
 """Ordered, named schema migrations; the ``_migrations`` table records which have run."""
 
@@ -231,8 +234,7 @@ class PostgresStore:
         self._use(lambda c: c.execute(_INSERT_RUN, run_to_row(run)))
 
     def finish_run(self, run: Run) -> None:
-        """Record a run's outcome (signing its head when ``$REPLAYABLE_SIGNING_KEY`` is set)."""
-        sign_run(run)
+        """Record a run's outcome, head hash and signature (sealed by the writer)."""
         row = run_to_row(run)
         self._use(
             lambda c: c.execute(
@@ -248,14 +250,22 @@ class PostgresStore:
             for row in rows:
                 copy.write_row(row)
 
-    def write_rows(self, rows: Sequence[EventRow]) -> None:
-        """Insert a batch of event rows in one transaction, with ``COPY``."""
+    def write_rows(self, rows: Sequence[EventRow], checkpoints: Sequence[Checkpoint] = ()) -> None:
+        """Insert a batch of event rows with ``COPY`` (and the runs' signed checkpoints) in one
+        transaction."""
         if not rows:
             return
 
         def write(conn: psycopg.Connection[Any]) -> None:
             with conn.transaction():
                 self._copy(conn, rows)
+                if checkpoints:
+                    with conn.cursor() as cur:
+                        cur.executemany(
+                            "UPDATE runs SET event_count=%s, head_hash=%s, signature=%s "
+                            "WHERE id=%s AND status='running'",
+                            [(n, h, sig, rid) for rid, n, h, sig in checkpoints],
+                        )
 
         self._use(write)
 

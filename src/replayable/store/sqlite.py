@@ -24,6 +24,7 @@ from replayable.store.base import (
     CHECK_RUN_COLUMNS,
     EVENT_COLUMNS,
     RUN_COLUMNS,
+    Checkpoint,
     EventRow,
     RunQuery,
     like_escape,
@@ -35,7 +36,7 @@ from replayable.store.base import (
     run_to_row,
     runs_query,
 )
-from replayable.trace import Event, Run, sign_run
+from replayable.trace import Event, Run
 
 __all__ = ["MIGRATIONS", "SQLiteStore"]
 
@@ -133,16 +134,25 @@ def _m003_checks(db: sqlite3.Connection) -> None:
     )
 
 
+def _m004_hash_version(db: sqlite3.Connection) -> None:
+    # Runs recorded before this migration keep the version-1 hash (header not covered).
+    db.execute("ALTER TABLE runs ADD COLUMN hash_version INTEGER NOT NULL DEFAULT 1")
+
+
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _m001_initial,
     _m002_signature_and_query_indexes,
     _m003_checks,
+    _m004_hash_version,
 ]
 """Ordered schema migrations; the ``_migrations`` table records which have run."""
 
 _RUNS = ", ".join(RUN_COLUMNS)
 _EVENTS = ", ".join(EVENT_COLUMNS)
 _INSERT_RUN = f"INSERT INTO runs ({_RUNS}) VALUES ({','.join('?' * len(RUN_COLUMNS))})"
+_CHECKPOINT = (
+    "UPDATE runs SET event_count=?, head_hash=?, signature=? WHERE id=? AND status='running'"
+)
 _INSERT_EVENTS = f"INSERT INTO events ({_EVENTS}) VALUES ({','.join('?' * len(EVENT_COLUMNS))})"
 _CHECKS = ", ".join(CHECK_COLUMNS)
 _INSERT_CHECK = f"INSERT INTO checks ({_CHECKS}) VALUES ({','.join('?' * len(CHECK_COLUMNS))})"
@@ -283,8 +293,7 @@ class SQLiteStore:
         self._run(lambda db: db.execute(_INSERT_RUN, run_to_row(run)))
 
     def finish_run(self, run: Run) -> None:
-        """Record a run's outcome (signing its head when ``$REPLAYABLE_SIGNING_KEY`` is set)."""
-        sign_run(run)
+        """Record a run's outcome, head hash and signature (sealed by the writer)."""
         row = run_to_row(run)
         self._run(
             lambda db: db.execute(
@@ -294,9 +303,15 @@ class SQLiteStore:
             )
         )
 
-    def write_rows(self, rows: Sequence[EventRow]) -> None:
-        """Insert a batch of event rows in one transaction."""
-        self._transaction(lambda db: db.executemany(_INSERT_EVENTS, rows))
+    def write_rows(self, rows: Sequence[EventRow], checkpoints: Sequence[Checkpoint] = ()) -> None:
+        """Insert a batch of event rows (and the runs' signed checkpoints) in one transaction."""
+
+        def write(db: sqlite3.Connection) -> None:
+            db.executemany(_INSERT_EVENTS, rows)
+            if checkpoints:
+                db.executemany(_CHECKPOINT, [(n, h, sig, rid) for rid, n, h, sig in checkpoints])
+
+        self._transaction(write)
 
     def put_run(self, run: Run, rows: Sequence[EventRow]) -> bool:
         """Insert a run and its events atomically; False if the run is already there."""

@@ -35,7 +35,7 @@ from replayable.errors import ReplayableError
 from replayable.record import environment, new_run_id
 from replayable.replay import load_source
 from replayable.store import Store
-from replayable.trace import Event, Run, chain_hash, event_content, write_trace
+from replayable.trace import Event, Run, chain_events, write_trace
 
 if TYPE_CHECKING:
     pass
@@ -487,15 +487,8 @@ def write_outcome(run: Run, outcome: Outcome, path: str | os.PathLike[str]) -> P
         error=None if outcome.error is None else encode_error(outcome.error),
         parent_run=run.id,
     )
-    prev = ""
     events = []
-    for i, call in enumerate(sorted(outcome.calls, key=lambda e: e.seq)):
-        ev = copy.copy(call)
-        ev.run_id = fuzz_run.id
-        ev.chain_seq = i
-        ev.hash = chain_hash(prev, event_content(ev))
-        prev = ev.hash
-        events.append(ev)
-    fuzz_run.event_count = len(events)
-    fuzz_run.head_hash = prev or None
+    for call in sorted(outcome.calls, key=lambda e: e.seq):
+        events.append(copy.copy(call))
+    chain_events(fuzz_run, events)
     return write_trace(fuzz_run, events, path)

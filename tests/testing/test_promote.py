@@ -13,9 +13,9 @@ from hypothesis import strategies as st
 
 import replayable as rp
 from replayable.cli import main
-from replayable.errors import ReplayableError
+from replayable.errors import ReplayableError, TraceCorrupt
+from replayable.testing._promote import default_name, render_test
 from replayable.testing._promote import promote as promote_files
-from replayable.testing._promote import render_test
 from replayable.trace import Event, Run, read_trace
 
 ARGS = (
@@ -184,17 +184,18 @@ class TestPromoteHostileTraces:
             render_test(run, events, trace_rel="t.jsonl", test_name="t")
 
     @pytest.mark.parametrize("run_id", ["../../x", "/etc/passwd", "..\\..\\x"])
-    def test_crafted_run_id_stays_in_the_default_folders(
+    def test_crafted_run_id_never_becomes_a_path(
         self, pytester: pytest.Pytester, run_id: str
     ) -> None:
-        """The default file names from a crafted run id stay under tests/ and tests/traces/."""
+        """A crafted run id gives a slugged default name, and no trace file is written for it."""
         run, events = _crafted("r", "m:step", "v")
         run.id = run_id
         for ev in events:
             ev.run_id = run_id
-        done = promote_files(run, events)
-        assert done.trace.resolve().parent == (pytester.path / "tests" / "traces").resolve()
-        assert done.test.resolve().parent == (pytester.path / "tests").resolve()
+        assert default_name(run).replace("_", "").isalnum()
+        with pytest.raises(TraceCorrupt, match="invalid run id"):
+            promote_files(run, events)
+        assert not (pytester.path / "tests").exists()
 
 
 @pytest.fixture

@@ -9,10 +9,11 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 import click
 from rich.console import Console
+from rich.markup import escape as rich_escape
 
 from replayable._version import __version__
 from replayable.errors import ReplayableError
@@ -27,7 +28,9 @@ __all__ = [
     "import_option",
     "load_run",
     "main",
+    "markup",
     "parse_since",
+    "safe",
     "store_option",
 ]
 
@@ -53,9 +56,34 @@ def err_console() -> Console:
     return Console(stderr=True, no_color=_no_color(), highlight=False)
 
 
-def fail(message: str, code: int = 2) -> None:
+# C0 and C1 controls (ESC starts terminal sequences: titles, clear screen, OSC 52 clipboard
+# writes), DEL, line and paragraph separators, and bidirectional overrides.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def safe(text: str, *, newlines: bool = False) -> str:
+    """Recorded text made safe for a terminal: control characters shown as escapes
+    (``\\x1b``, ``\\n``), so a recorded value can never drive the terminal. ``newlines=True``
+    keeps line breaks (multi-line messages)."""
+
+    def visible(m: re.Match[str]) -> str:
+        ch = m.group()
+        if newlines and ch == "\n":
+            return ch
+        return ch.encode("unicode_escape").decode("ascii")
+
+    return _CONTROL.sub(visible, text)
+
+
+def markup(text: str, *, newlines: bool = False) -> str:
+    """Recorded text for a rich ``print``: control characters visible and markup escaped
+    (``[/bold]`` prints as itself)."""
+    return rich_escape(safe(text, newlines=newlines))
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
     """Print one error line to stderr and exit with ``code`` (2: bad input or unknown thing)."""
-    click.echo(f"error: {message}", err=True)
+    click.echo(f"error: {safe(message, newlines=True)}", err=True)
     sys.exit(code)
 
 
@@ -67,8 +95,10 @@ def handle_errors(fn: F) -> F:
         try:
             return fn(*args, **kwargs)
         except ReplayableError as exc:
-            fail(str(exc).splitlines()[0] if len(str(exc).splitlines()) == 1 else str(exc))
-        return None
+            fail(str(exc))
+        except OSError as exc:  # a path given on the command line that cannot be used
+            where = f" ({exc.filename})" if exc.filename else ""
+            fail(f"{exc.strerror or exc}{where}")
 
     return wrapper  # type: ignore[return-value]
 

@@ -10,13 +10,13 @@ import orjson
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from replayable.cli._common import (
-    console,
     err_console,
     fail,
     get_store,
     handle_errors,
     main,
     parse_since,
+    safe,
     store_option,
 )
 from replayable.errors import TraceCorrupt
@@ -26,10 +26,11 @@ from replayable.trace import (
     Event,
     Run,
     Verification,
+    check_run_id,
     check_trace,
-    read_trace,
     trace_lines,
     verify_run,
+    verify_trace,
     write_trace,
 )
 
@@ -87,6 +88,7 @@ def export_cmd(
     if query or limit:
         fail("give either RUN_ID or --since/--name/--tag/--status/--limit, not both")
     run = store.get_run(run_id)
+    check_run_id(run.id)  # it names the default file: never a path
     events = list(store.iter_events(run.id))
     if output == "-":
         sys.stdout.flush()
@@ -97,8 +99,8 @@ def export_cmd(
         fail(f"{output} is a directory: name the trace file (or pick runs with --since ...)")
     target = write_trace(run, events, output or f"{run.id}.jsonl")
     if run.status in ("running", "incomplete"):
-        err_console().print(f"[yellow]note: run {run.id} is {run.status}[/yellow]")
-    click.echo(f"exported run {run.id} ({len(events)} events) to {target}")
+        click.echo(f"note: run {run.id} is {run.status}", err=True)
+    click.echo(f"exported run {run.id} ({len(events)} events) to {safe(str(target))}", err=True)
 
 
 def _export_many(
@@ -153,15 +155,15 @@ def import_cmd(files: tuple[str, ...], store_url: str | None) -> None:
         try:
             run, events = check_trace(file)
         except TraceCorrupt as exc:
-            fail(f"TraceCorrupt: {exc}; nothing imported")
+            fail(f"TraceCorrupt: {safe(str(exc))}; nothing imported")
         loaded.append((file, run, events))
     store = get_store(store_url, create=True)
     for file, run, events in loaded:
         run.store = None
         if store.put_run(run, [event_to_row(e) for e in events]):
-            click.echo(f"imported run {run.id} ({len(events)} events) from {file}")
+            click.echo(f"imported run {run.id} ({len(events)} events) from {safe(file)}")
         else:
-            click.echo(f"run {run.id} from {file} is already in {store.url}; skipped")
+            click.echo(f"run {run.id} from {safe(file)} is already in {store.url}; skipped")
 
 
 def _report(v: Verification, source: str, as_json: bool) -> None:
@@ -175,6 +177,7 @@ def _report(v: Verification, source: str, as_json: bool) -> None:
                     "events": v.event_count,
                     "head_hash": v.head_hash,
                     "signature": v.signature,
+                    "legacy": v.legacy,
                     "problem": v.problem,
                     "bad_seq": v.bad_seq,
                     "bad_address": v.bad_address,
@@ -183,21 +186,26 @@ def _report(v: Verification, source: str, as_json: bool) -> None:
             ).decode()
         )
         return
-    out = console()
     if v.ok:
         sig = {
             "valid": ", signature valid",
             "unchecked": ", signed (set $REPLAYABLE_SIGNING_KEY to check the signature)",
         }.get(v.signature, "")
-        out.print(
-            f"[green]ok[/green]: run {v.run_id}, {v.event_count} events, chain intact, "
-            f"head {v.head_hash[:16] or '-'}{sig}"
+        legacy = (
+            "; old format (hash version 1): the run header (status, name, tags, metadata) is "
+            "not covered, only its events"
+            if v.legacy
+            else ", header covered"
+        )
+        click.echo(
+            f"ok: run {safe(v.run_id)}, {v.event_count} events, chain intact, "
+            f"head {v.head_hash[:16] or '-'}{sig}{legacy}"
         )
         return
     where = f" (line {v.line})" if v.line is not None else ""
-    out.print(f"[red]BAD[/red]{where}: {v.problem}")
+    click.echo(f"BAD{where}: {safe(v.problem or '')}")
     if v.bad_seq is not None:
-        out.print(f"first bad event: seq={v.bad_seq} at {v.bad_address}")
+        click.echo(f"first bad event: seq={v.bad_seq} at {safe(v.bad_address or '')}")
 
 
 @main.command("verify")
@@ -206,14 +214,19 @@ def _report(v: Verification, source: str, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @handle_errors
 def verify_cmd(target: str, store_url: str | None, as_json: bool) -> None:
-    """Recompute a run's hash chain and name the first bad event; exit 1 if anything is off.
+    """Recompute a run's hash chain and header hash; name the first bad event; exit 1 if
+    anything is off.
 
-    TARGET is a run id (or unique prefix) in the store, or a trace file. When
-    $REPLAYABLE_SIGNING_KEY is set the run's signed head is checked too.
+    TARGET is a run id (or unique prefix) in the store, or a trace file (streamed, never read
+    whole). What is checked: every event's hash chained in write order from the run's header,
+    the head hash sealing the last event with the outcome (status, error, end time, metadata,
+    event count), and, when $REPLAYABLE_SIGNING_KEY is set, the signature over that head (a
+    run still recording: its last signed checkpoint). Runs recorded before hash version 2
+    are checked for their events only, and say so.
     """
     if Path(target).is_file():
         try:
-            run, events = read_trace(target)
+            result = verify_trace(target)
         except TraceCorrupt as exc:
             if as_json:
                 click.echo(
@@ -222,10 +235,8 @@ def verify_cmd(target: str, store_url: str | None, as_json: bool) -> None:
                     ).decode()
                 )
             else:
-                console().print(f"[red]BAD[/red]: TraceCorrupt: {exc}")
+                click.echo(f"BAD: TraceCorrupt: {safe(str(exc))}")
             sys.exit(1)
-        lines = {ev.seq: i for i, ev in enumerate(events, start=2)}
-        result = verify_run(run, events, lines=lines)
     else:
         store = get_store(store_url)
         run = store.get_run(target)

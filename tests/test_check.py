@@ -218,9 +218,10 @@ class TestKept:
         )
         assert d.first_divergence is not None
         assert d.first_divergence.boundary.endswith(":issue_refund")
-        from replayable.trace import verify_events
+        from replayable.trace import verify_run
 
-        assert verify_events(corpus.store.iter_events(replay.id))[1] == []
+        kept = corpus.store.get_run(replay.id)
+        assert verify_run(kept, corpus.store.iter_events(replay.id)).ok
 
     def test_save_false_keeps_nothing(self, corpus: Corpus) -> None:
         """save=False writes neither the check nor any replay."""

@@ -1,9 +1,11 @@
 """The data model of a recording (runs and events), its hash chain, and trace files.
 
 A trace file is one run as JSONL: a header line (format, version, run with its environment), then
-one event a line in ``seq`` (start) order, keys sorted so files diff well in git.
-Each event's ``hash`` chains over the previous event *in write order* (``chain_seq``):
-``sha256(prev_hash + canonical content)``, so any edit breaks the chain from that event on.
+one event a line in ``seq`` (start) order, field names sorted so files diff well in git.
+Each event's ``hash`` chains over the previous event *in write order* (``chain_seq``),
+``sha256(prev_hash + content)``, starting from a hash of the run's header; a finished run's head
+hash seals the chain with its outcome, and a signing key signs that head (see the comment above
+:data:`HASH_VERSION`). Any edit, header included, breaks the head.
 """
 
 from __future__ import annotations
@@ -773,7 +775,9 @@ def _event(p: Path, lineno: int, raw: bytes) -> Event:
     try:
         return Event.from_dict(orjson.loads(raw))
     except orjson.JSONDecodeError:
-        raise TraceCorrupt(f"{p}: line {lineno} is not valid JSON", line=lineno) from None
+        raise TraceCorrupt(
+            f"{p}: line {lineno} is not a valid event (not valid JSON)", line=lineno
+        ) from None
     except (KeyError, TypeError, ValueError) as exc:
         raise TraceCorrupt(
             f"{p}: line {lineno} is not a valid event: {_reason(exc)}", line=lineno

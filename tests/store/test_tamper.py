@@ -324,5 +324,5 @@ class TestOldFormat:
         conn.close()
         store = SQLiteStore(db)
         assert store.get_run("old").hash_version == 1
-        assert store.migrations()[-1] == "_m003_hash_version"
+        assert store.migrations()[-1] == "_m004_hash_version"
         store.close()

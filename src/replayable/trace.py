@@ -50,6 +50,7 @@ __all__ = [
     "parse_trace",
     "read_trace",
     "read_trace_header",
+    "rechain",
     "seal_hash",
     "seal_run",
     "sign_run",
@@ -450,6 +451,22 @@ def chain_events(run: Run, events: Iterable[Event], key: bytes | None = None) ->
         out.append(ev)
     seal_run(run, prev, len(out), key)
     return out
+
+
+def rechain(run: Run, events: Iterable[Event], key: bytes | None = None) -> None:
+    """Recompute the hashes of ``events`` (kept in their write order) and ``run``'s head, in the
+    run's own hash version: after a deliberate rewrite such as redacting a secret.
+
+    A run that has a head (finished, or checkpointed) is sealed and signed again (``key`` or
+    ``$REPLAYABLE_SIGNING_KEY``).
+    """
+    prev = genesis_hash(run) if run.hash_version >= 2 else ""
+    ordered = sorted(events, key=lambda e: e.chain_seq)
+    for ev in ordered:
+        ev.hash = chain_hash(prev, event_content(ev, run.hash_version))
+        prev = ev.hash
+    if run.head_hash is not None or (run.hash_version >= 2 and _finished(run.status)):
+        seal_run(run, prev, len(ordered), key)
 
 
 @dataclass(slots=True)

@@ -15,10 +15,8 @@ from replayable.store.base import RunQuery, event_to_row
 from replayable.trace import (
     Event,
     Run,
-    chain_hash,
-    event_content,
     read_trace,
-    sign_run,
+    rechain,
     signing_key,
     write_trace,
 )
@@ -60,19 +58,12 @@ def _fix(run: Run, events: list[Event]) -> None:
             "(otherwise `verify` would fail afterwards)"
         )
     redact_run(run)
-    prev = ""
-    for ev in sorted(events, key=lambda e: e.chain_seq):
+    for ev in events:
         ev.input = redact(ev.input)
         ev.output = redact(ev.output)
         ev.error = None if ev.error is None else redact(ev.error)
         ev.meta = redact(ev.meta)
-        ev.hash = chain_hash(prev, event_content(ev))
-        prev = ev.hash
-    if run.head_hash is not None:
-        run.head_hash = prev
-        run.event_count = len(events)
-        run.signature = None
-        sign_run(run)
+    rechain(run, events)
 
 
 def _report(hits: list[_Hit]) -> None:

@@ -591,8 +591,8 @@ def _verify(
             return bad(
                 None,
                 None,
-                f"run {run.id}: the header or the event count ({run.event_count}) does not match "
-                f"the {position} events (header edited, events removed or added)",
+                f"run {run.id}: head hash or event count ({run.event_count}) does not match the "
+                f"header and the {position} events (header edited, events removed or added)",
             )
         result.head_hash = run.head_hash
     elif v2 and run.head_hash is not None:

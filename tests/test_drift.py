@@ -207,6 +207,25 @@ class TestStreams:
         ]
 
 
+class TestFromPython:
+    def test_drift_works_from_async_code_and_takes_a_timedelta(self) -> None:
+        """Called where an event loop already runs, drift runs its own loop beside it."""
+        import datetime
+
+        @rp.boundary(kind="llm", name="drift_test:echo")
+        def echo(text: str) -> str:
+            return text
+
+        with rp.record(name="echo"):
+            echo("hi")
+
+        async def main() -> rp.DriftReport:
+            return rp.drift(name="echo", since=datetime.timedelta(hours=1), judge=None)
+
+        report = asyncio.run(main())
+        assert [s.status for s in report.steps] == ["same"]
+
+
 class TestNotRerunnable:
     def test_an_unregistered_boundary_is_reported_per_step(
         self, last_week: list[rp.Run], monkeypatch: pytest.MonkeyPatch

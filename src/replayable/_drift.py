@@ -22,9 +22,10 @@ import contextvars
 import inspect
 import threading
 from collections import Counter, defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
@@ -191,7 +192,7 @@ def select_runs(
     refs: Iterable[str | Run] = (),
     *,
     store: Store | str | None = None,
-    since: float | None = None,
+    since: float | timedelta | None = None,
     name: str | None = None,
     tags: Mapping[str, str] | None = None,
     status: str | None = None,
@@ -604,11 +605,22 @@ async def _all(
         return list(await asyncio.gather(*(bounded(*w) for w in work)))
 
 
+def _run_loop(coro: Coroutine[Any, Any, T]) -> T:
+    """Run ``coro`` on an event loop of its own: here, or in a helper thread when this thread
+    already runs one (drift called from async code, a notebook)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coro)
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="replayable-drift-loop") as one:
+        return one.submit(asyncio.run, coro).result()
+
+
 def drift(
     runs: Iterable[str | Run] | str | Run = (),
     *,
     store: Store | str | None = None,
-    since: float | None = None,
+    since: float | timedelta | None = None,
     name: str | None = None,
     tags: Mapping[str, str] | None = None,
     status: str | None = None,
@@ -624,14 +636,14 @@ def drift(
     text similarity.
 
     ``runs``: run ids (or prefixes), trace files or :class:`Run` objects; and/or a query
-    (``since`` in epoch seconds, ``name``, ``tags``, ``status``, ``limit``, a ``sample`` of N
-    with ``seed``), the same selection as :func:`replayable.check`. Only the model
-    calls run: the boundaries must be registered (import the module that defines them, or that
-    instruments the SDK client pointing at today's model). ``judge``: the
-    :class:`~replayable.testing.Judge` for text (``True``: the default judge; ``None``: texts
-    must be equal). At most ``concurrency`` calls run at once.
+    (``since`` in epoch seconds or a ``timedelta`` back from now, ``name``, ``tags``,
+    ``status``, ``limit``, a ``sample`` of N with ``seed``), the same selection as
+    :func:`replayable.check`. Only the model calls run: their boundaries must be registered
+    (import the module that defines them, or that instruments the SDK client pointing at
+    today's model). ``judge``: the :class:`~replayable.testing.Judge` for text (``True``: the
+    default judge; ``None``: texts must be equal). At most ``concurrency`` calls run at once.
 
-    >>> report = drift(since=time.time() - 7 * 86400, name="support")
+    >>> report = drift(since=timedelta(days=7), name="support")
     >>> print(report.report())
     """
     if concurrency < 1:
@@ -660,5 +672,5 @@ def drift(
         for run, events in selected
         for ev, nested, step in _steps(run, events, kind)
     ]
-    steps = asyncio.run(_all(work, chosen, concurrency)) if work else []
+    steps = _run_loop(_all(work, chosen, concurrency)) if work else []
     return DriftReport([run for run, _ in selected], steps)

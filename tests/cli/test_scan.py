@@ -101,6 +101,16 @@ class TestScan:
         raw = b"".join(p.read_bytes() for p in store_path.parent.glob("traces.db*"))
         assert key.encode() not in raw
 
+    def test_a_fixed_run_still_replays(self, leaky: tuple[rp.Run, str]) -> None:
+        """--fix re-keys a step whose input held the secret, so a replay still matches it."""
+        run, key = leaky
+        assert CliRunner().invoke(main, ["scan", "--fix"], env=ENV).exit_code == 0
+        with rp.replay(run.id) as r:
+            assert lookup(f"repo access with {key}") == {
+                "answer": f"found repo access with {REDACTED}"
+            }
+        assert r.divergences == []
+
     def test_fix_re_signs_a_signed_run(
         self, store_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:

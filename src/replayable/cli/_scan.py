@@ -5,11 +5,16 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import click
+import orjson
 from click.core import ParameterSource
 
+from replayable import canonical
+from replayable.boundary import get_boundary
 from replayable.cli._common import console, fail, get_store, handle_errors, main, store_option
+from replayable.errors import ReplayableError
 from replayable.redact import Finding, find, redact, redact_run
 from replayable.store.base import RunQuery, event_to_row
 from replayable.trace import (
@@ -50,6 +55,22 @@ def _run_hits(run: Run, events: Iterable[Event]) -> Iterator[_Hit]:
                 yield _Hit(run.id, ev.address, f.path, f.rule)
 
 
+def _rekeyed(ev: Event, new_input: Any) -> tuple[Any, str]:
+    """The redacted input and its key: a replay keys the live call's input redacted by today's
+    rules, so a step keyed over a secret is re-keyed, or it would no longer match. A step keyed
+    by its boundary's own rules (``key=``, ``ignore=``, ``transient=``) is re-keyed through the
+    boundary when this process has it registered; otherwise its key is kept."""
+    if new_input == ev.input:
+        return new_input, ev.key
+    if ev.key == canonical.key_of_json(ev.input):
+        return new_input, canonical.key_of_json(new_input)
+    try:
+        b = get_boundary(ev.boundary)
+    except ReplayableError:
+        return new_input, ev.key
+    return new_input, canonical.input_key(b, orjson.dumps(new_input))
+
+
 def _fix(run: Run, events: list[Event]) -> None:
     """Redact the run in place, recompute its chain in write order and re-sign its head."""
     if run.signature is not None and signing_key() is None:
@@ -59,7 +80,7 @@ def _fix(run: Run, events: list[Event]) -> None:
         )
     redact_run(run)
     for ev in events:
-        ev.input = redact(ev.input)
+        ev.input, ev.key = _rekeyed(ev, redact(ev.input))
         ev.output = redact(ev.output)
         ev.error = None if ev.error is None else redact(ev.error)
         ev.meta = redact(ev.meta)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -36,6 +37,8 @@ def refund(amount: int) -> dict[str, Any]:
 @rp.boundary(kind="agent", name="tests.fallback:agent")
 def agent(amount: int) -> str:
     """Model, tool (unless the agent's own guard stops it), model."""
+    if FIX.get("extra"):
+        model("is this refund sane?")
     model(f"refund {amount}?")
     guarded = FIX["agent"] and amount > 100
     outcome = "blocked by the agent" if guarded else refund(amount)["status"]
@@ -83,6 +86,24 @@ class TestFallback:
         assert all(d.boundary != "tests.fallback:model" for d in r.divergences)
         assert WORLD["real"] == [5000]  # only the recording's own refund, never a replay's
 
+    def test_an_extra_model_call_is_recorded_once_then_served(
+        self, incident: rp.Run, tmp_path: Path
+    ) -> None:
+        """A fix that adds a model turn: the calls the recording no longer matches go to the
+        fallback (live the first time, served after), the tool still matches the recording."""
+        FIX["extra"] = True
+        tape = tmp_path / "fallback.jsonl"
+        with rp.replay(incident, fallback=rp.cassette(tape), strict=False) as first:
+            agent(5000)
+        recorded_live = list(LIVE_CALLS)
+        assert "is this refund sane?" in recorded_live
+        with rp.replay(incident, fallback=rp.cassette(tape), strict=False) as second:
+            agent(5000)
+        assert recorded_live == LIVE_CALLS  # nothing new: all served
+        assert len(second.fallback_calls) == len(first.fallback_calls) >= 1
+        assert not second.divergences  # the refund matched the recording, served
+        assert WORLD["real"] == [5000]
+
     def test_replay_mode_makes_a_miss_fail(
         self, incident: rp.Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
@@ -108,10 +129,33 @@ class TestFallback:
             agent(7000)
         assert WORLD["real"] == [5000]
 
-    def test_fallback_must_be_a_cassette(self, incident: rp.Run) -> None:
-        """Anything else is refused before the replay starts."""
+    def test_fallback_must_be_a_cassette(self, incident: rp.Run, tmp_path: Path) -> None:
+        """Anything else is refused before the replay starts, and so is a what-if with it."""
         with pytest.raises(TypeError, match="fallback must be a cassette"):
             rp.replay(incident, fallback="tape.jsonl")  # type: ignore[arg-type]
+        tape = rp.cassette(tmp_path / "t.jsonl")
+        with pytest.raises(TypeError, match="does not combine"):
+            rp.replay(incident, fallback=tape, live_kinds=("llm",))
+
+    def test_works_in_async_agents(self, incident: rp.Run, tmp_path: Path) -> None:
+        """The fallback is consulted by the engine for every call shape (here: async)."""
+
+        @rp.boundary(kind="llm", name="tests.fallback:amodel")
+        async def amodel(prompt: str) -> str:
+            LIVE_CALLS.append(prompt)
+            return prompt.upper()
+
+        @rp.boundary(kind="agent", name="tests.fallback:aagent")
+        async def aagent(prompt: str) -> str:
+            return await amodel(prompt)
+
+        with rp.record(tmp_path / "a.db") as run:
+            asyncio.run(aagent("old"))
+        tape = tmp_path / "async.jsonl"
+        for _ in range(2):
+            with rp.replay(run, fallback=rp.cassette(tape), strict=False):
+                assert asyncio.run(aagent("new")) == "NEW"
+        assert LIVE_CALLS == ["old", "new"]
 
 
 class TestSandbox:

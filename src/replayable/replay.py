@@ -547,6 +547,11 @@ def replay(
     )
     if fallback is not None and not isinstance(fallback, Cassette):
         raise TypeError(f"fallback must be a cassette (rp.cassette(path)), not {fallback!r}")
+    if fallback is not None and (override or live_from is not None or live_kinds or fakes):
+        raise TypeError(
+            "fallback= does not combine with override/live_from/live_kinds/fakes: a what-if "
+            "decides itself what runs live; use live_kinds=('llm',) there instead"
+        )
     if sandbox is not None and not hasattr(sandbox, "__enter__"):
         raise TypeError(f"sandbox must be a context manager (the test's world), not {sandbox!r}")
     options: dict[str, Any] = {

@@ -1,0 +1,347 @@
+"""``rp.check``: replay many recorded runs against the code as it is now, and sort them.
+
+Each selected run's root agent call is re-run with its recorded arguments under a replay that
+keeps only the outcome (no copy of every replay is written; a diverged or failed run's replay is
+kept, so its diff can be opened). Runs come out as:
+
+- ``unchanged``: the code took the recorded path;
+- ``diverged``: grouped by the signature of the first divergence (boundary, reason, changed
+  field paths), largest group first;
+- ``failed``: the agent raised where the recording did not;
+- ``not_replayable``: unknown boundary, incompatible version, damaged or incomplete trace.
+
+Batches of runs go to worker processes (``jobs``) or to an existing Dask cluster
+(``executor="dask"``); each worker imports the agent's modules once and reads its runs' events
+straight from the store (or from trace files shipped with the task).
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import os
+import random as _random
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from replayable._check._report import CheckReport, Group, RunOutcome, group_outcomes
+from replayable._check._worker import ENV, Done, Item, Task, run_batch
+from replayable.boundary import registry
+from replayable.errors import ReplayableError, SideEffectRefused
+from replayable.record import environment, new_run_id
+from replayable.store import DEFAULT_STORE, Store, open_store
+from replayable.store.base import EventRow, RunQuery
+from replayable.store.files import TraceDirStore
+from replayable.trace import Run
+
+__all__ = ["CheckReport", "Group", "RunOutcome", "check", "list_checks", "load_check"]
+
+ProgressFn = Callable[[int, int], None]
+
+
+# -- selecting and distributing runs (in the caller) -----------------------------------------
+
+
+def _selection(
+    src: Store,
+    *,
+    since: float | timedelta | None,
+    until: float | None,
+    name: str | None,
+    tags: Mapping[str, str] | None,
+    status: str | None,
+    limit: int | None,
+    sample: int | None,
+    seed: int | None,
+) -> list[tuple[Run, str | None]]:
+    """The runs to check, newest first: (run, trace file path for a trace directory)."""
+    if isinstance(since, timedelta):
+        since = time.time() - since.total_seconds()
+    query = RunQuery(
+        name=name,
+        tags=dict(tags) if tags else None,
+        status=status,
+        since=since,
+        until=until,
+        limit=10**9,
+    )
+    paths: dict[str, Path] = {}
+    if isinstance(src, TraceDirStore):
+        paths = {rid: p for rid, (_, p) in src._runs().items()}
+    runs = [r for r in src.list_runs(query) if r.parent_run is None]
+    if limit is not None:
+        runs = runs[:limit]
+    if sample is not None and sample < len(runs):
+        picked = set(_random.Random(seed).sample(range(len(runs)), sample))
+        runs = [r for i, r in enumerate(runs) if i in picked]
+    return [(r, str(paths[r.id]) if r.id in paths else None) for r in runs]
+
+
+def _unreadable(src: Store) -> list[str]:
+    """Files of a trace directory whose header does not read: no run to the store, but
+    damaged traces in the corpus, to report rather than leave out unnoticed."""
+    if not isinstance(src, TraceDirStore):
+        return []
+    known = {p for _, p in src._runs().values()}
+    return [str(p) for p in sorted(src.path.rglob("*.jsonl")) if p not in known]
+
+
+def _refuse_side_effects(live: Iterable[str]) -> None:
+    """A check never fires side effects: naming one live is refused before anything runs."""
+    for entry in live:
+        name = entry.partition("#")[0]
+        for full, b in registry().items():
+            bare = full.rsplit(":", 1)[-1].rsplit(".", 1)[-1]
+            if b.side_effects and name in (full, bare):
+                raise SideEffectRefused(
+                    f"{full} has side effects: a check never runs them live (they would fire "
+                    "once per checked run); leave it served from the recordings"
+                )
+
+
+def _default_imports() -> tuple[str, ...]:
+    """Modules defining the registered boundaries (what a worker must import)."""
+    mods = {name.split(":", 1)[0] for name in registry()}
+    return tuple(sorted(m for m in mods if m != "__main__" and m in sys.modules))
+
+
+def _store_url(store: Store) -> str:
+    # A worker opens the store itself: it needs the URL with its credentials.
+    return str(getattr(store, "_conninfo", None) or store.url)
+
+
+def _batches(n: int, workers: int) -> int:
+    return max(1, min(250, math.ceil(n / max(1, workers * 8))))
+
+
+def check(
+    store: Store | str | os.PathLike[str] | None = None,
+    *,
+    imports: Iterable[str] | None = None,
+    since: float | timedelta | None = None,
+    until: float | None = None,
+    name: str | None = None,
+    tags: Mapping[str, str] | None = None,
+    status: str | None = None,
+    limit: int | None = None,
+    sample: int | None = None,
+    seed: int | None = None,
+    live: Iterable[str] = (),
+    jobs: int = 1,
+    executor: str = "local",
+    address: str | None = None,
+    save: bool = True,
+    save_to: Store | str | os.PathLike[str] | None = None,
+    progress: ProgressFn | None = None,
+) -> CheckReport:
+    """Replay every selected recorded run against the code as it is now, and sort the runs.
+
+    Runs are selected from ``store`` (SQLite, PostgreSQL or a directory of trace files) by
+    ``since`` (epoch seconds or a ``timedelta`` back from now), ``until``, ``name``, ``tags``
+    and ``status``, newest first, cut to ``limit``, then ``sample`` of them drawn with ``seed``.
+    Replays of runs are never selected. Each run's root agent call is re-run with its recorded
+    arguments; boundaries named in ``live`` run live (side-effecting ones are refused).
+
+    ``jobs`` > 1 checks batches in that many worker processes; ``executor="dask"`` sends them
+    to the Dask cluster at ``address`` (``pip install "replayable[dask]"``). Workers import
+    ``imports`` (default: the modules of every boundary registered here) once each.
+
+    With ``save`` (the default) the check, its groups and every run's outcome are kept in
+    ``save_to`` (default: ``store``, or the default SQLite store when ``store`` is a trace
+    directory), with the replays of the runs that diverged or failed.
+
+    >>> report = check("traces.db", since=timedelta(days=7), jobs=2)
+    >>> report.ok, report.counts, [g.signature for g in report.groups]
+    """
+    if jobs < 1:
+        raise ValueError(f"jobs must be >= 1, not {jobs}")
+    if executor not in ("local", "dask"):
+        raise ValueError(f"executor must be 'local' or 'dask', not {executor!r}")
+    if executor == "dask" and not address:
+        raise ValueError("executor='dask' needs the scheduler's address (tcp://HOST:PORT)")
+    for label, value in (("limit", limit), ("sample", sample)):
+        if value is not None and value < 1:
+            raise ValueError(f"{label} must be >= 1, not {value}")
+    src = open_store(store, must_exist=True)
+    started = time.time()
+    env = environment()
+    if not ENV:  # forked workers inherit it, and need not ask git again
+        ENV.update(env)
+    check_id = new_run_id()
+    mods = tuple(imports) if imports is not None else _default_imports()
+    for mod in mods:
+        importlib.import_module(mod)
+    _refuse_side_effects(live)
+    chosen: list[tuple[Run | None, str | None]] = []
+    chosen += _selection(
+        src,
+        since=since,
+        until=until,
+        name=name,
+        tags=tags,
+        status=status,
+        limit=limit,
+        sample=sample,
+        seed=seed,
+    )
+    chosen += [(None, path) for path in _unreadable(src)]
+    selection = {
+        k: v
+        for k, v in {
+            "since": since.total_seconds() if isinstance(since, timedelta) else since,
+            "until": until,
+            "name": name,
+            "tags": dict(tags) if tags else None,
+            "status": status,
+            "limit": limit,
+            "sample": sample,
+            "seed": seed,
+            "live": list(live) or None,
+            "imports": list(mods) or None,
+            "jobs": jobs,
+            "executor": executor,
+        }.items()
+        if v is not None
+    }
+    dask = executor == "dask"
+    ship = dask and not _store_url(src).startswith(("postgresql://", "postgres://"))
+    workers = jobs if not dask else 8
+    size = _batches(len(chosen), workers)
+    tasks: list[Task] = []
+    for start in range(0, len(chosen), size):
+        items = []
+        for i, (run, path) in enumerate(chosen[start : start + size], start=start):
+            head = run.to_dict() if run is not None else None
+            label = path or (run.id if run is not None else "")
+            if ship:
+                data = _trace_bytes(src, run) if run is not None and not path else b""
+                if path:
+                    data = Path(path).read_bytes()
+                items.append(Item(i, run=head, data=data, label=label))
+            else:
+                items.append(Item(i, run=head, path=path, label=label))
+        tasks.append(
+            Task(
+                items=items,
+                store=None if ship or chosen[start][1] else _store_url(src),
+                imports=mods,
+                live=tuple(live),
+                check_id=check_id,
+                sys_path=tuple(p for p in sys.path if p) if not dask else (),
+            )
+        )
+    done: list[Done] = []
+    total = len(chosen)
+    if progress is not None:
+        progress(0, total)
+    results: Iterable[list[Done]]
+    if dask:
+        results = _on_dask(tasks, str(address))
+    elif jobs == 1 or len(tasks) == 1:
+        results = (run_batch(t) for t in tasks)
+    else:
+        results = _on_processes(tasks, jobs)
+    for batch in results:
+        done.extend(batch)
+        if progress is not None:
+            progress(len(done), total)
+    done.sort(key=lambda d: d.index)
+    outcomes = [d.outcome for d in done]
+    report = CheckReport(
+        id=check_id,
+        started_at=started,
+        ended_at=time.time(),
+        store=src.url,
+        selection=selection,
+        environment=env,
+        outcomes=outcomes,
+        groups=group_outcomes(
+            outcomes, {str(d.outcome.signature): d.parts for d in done if d.parts}
+        ),
+    )
+    if save:
+        target = _save_target(src, save_to)
+        _save(target, report, [d.kept for d in done if d.kept is not None])
+        report.saved_to = target.url
+    return report
+
+
+def _trace_bytes(store: Store, run: Run) -> bytes:
+    from replayable.trace import trace_lines
+
+    return b"".join(trace_lines(run, store.iter_events(run.id)))
+
+
+def _on_processes(tasks: list[Task], jobs: int) -> Iterable[list[Done]]:
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    # fork starts a worker in milliseconds and gives it the modules as imported here, like
+    # jobs=1; but forking a process that runs other threads (a store's writer or connection
+    # pool) can copy a held lock, so such a process spawns fresh workers instead.
+    method = "fork" if sys.platform == "linux" and threading.active_count() == 1 else "spawn"
+    ctx = multiprocessing.get_context(method)
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
+        futures = [pool.submit(run_batch, t) for t in tasks]
+        for fut in as_completed(futures):
+            yield fut.result()
+
+
+def _on_dask(tasks: list[Task], address: str) -> Iterable[list[Done]]:
+    try:
+        distributed: Any = importlib.import_module("distributed")
+    except ImportError:
+        raise ReplayableError(
+            'the Dask executor needs distributed: pip install "replayable[dask]"'
+        ) from None
+    try:
+        client = distributed.Client(address, timeout="10s")
+    except OSError as exc:
+        raise ReplayableError(f"cannot reach the Dask scheduler at {address}: {exc}") from None
+    try:
+        futures = [client.submit(run_batch, t, pure=False) for t in tasks]
+        for fut in distributed.as_completed(futures):
+            yield fut.result()
+    finally:
+        client.close()
+
+
+def _save_target(src: Store, save_to: Store | str | os.PathLike[str] | None) -> Store:
+    if save_to is not None:
+        return open_store(save_to)
+    if not isinstance(src, TraceDirStore):
+        return src
+    default = open_store(None)
+    return default if not isinstance(default, TraceDirStore) else open_store(DEFAULT_STORE)
+
+
+def _save(
+    target: Store, report: CheckReport, kept: list[tuple[dict[str, Any], list[EventRow]]]
+) -> None:
+    for run, rows in kept:
+        target.put_run(Run.from_dict(run), rows)
+    head, runs = report.to_rows()
+    target.save_check(head, runs)
+
+
+# -- reading kept checks ---------------------------------------------------------------------
+
+
+def list_checks(
+    store: Store | str | os.PathLike[str] | None = None, limit: int = 50
+) -> list[CheckReport]:
+    """Kept checks, newest first: headers with counts and groups (no per-run outcomes)."""
+    st = open_store(store)
+    return [CheckReport.from_rows(row, saved_to=st.url) for row in st.list_checks(limit)]
+
+
+def load_check(check_id: str, store: Store | str | os.PathLike[str] | None = None) -> CheckReport:
+    """A kept check, by id or unique prefix, with every run's outcome."""
+    st = open_store(store)
+    head, runs = st.get_check(check_id)
+    return CheckReport.from_rows(head, runs, saved_to=st.url)

@@ -3,7 +3,8 @@ SQLite against the code as it is now, ``rp.check`` with one and two worker proce
 the loop a user would write today (``rp.replay`` per run, one process, every replay recorded).
 
 The corpus is 200 real recordings of the demo agent (the model samples, so they differ), each
-copied under new run ids (events re-chained, so every copy verifies) up to the size wanted.
+copied under new run ids (events re-chained and the run sealed, so every copy verifies) up to
+the size wanted.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ def _corpus(path: Path, n: int, distinct: int) -> list[str]:
     from replayable.demo import agent
     from replayable.store.base import event_to_row
     from replayable.store.sqlite import SQLiteStore
-    from replayable.trace import Event, Run, chain_hash, event_content
+    from replayable.trace import Event, Run, chain_events
 
     os.environ["REPLAYABLE_DEMO_DB"] = str(path.with_name("customers.db"))
     store = SQLiteStore(path)
@@ -44,15 +45,8 @@ def _corpus(path: Path, n: int, distinct: int) -> list[str]:
     for i in range(n - distinct):
         src, events = recorded[i % distinct]
         copy = Run.from_dict({**src.to_dict(), "id": f"{src.id[:12]}c{i:07d}"})
-        prev = ""
-        rows = []
-        for ev in sorted(events, key=lambda e: e.chain_seq):
-            d = {**ev.to_dict(), "run_id": copy.id}
-            moved = Event.from_dict(d)
-            prev = chain_hash(prev, event_content(moved))
-            moved.hash = prev
-            rows.append(event_to_row(moved))
-        copy.head_hash, copy.event_count = prev, len(rows)
+        moved = [Event.from_dict(e.to_dict()) for e in sorted(events, key=lambda e: e.chain_seq)]
+        rows = [event_to_row(e) for e in chain_events(copy, moved)]  # re-chained, sealed
         store.put_run(copy, rows)
         ids.append(copy.id)
     store.close()

@@ -216,3 +216,55 @@ class TestFixture:
         result.stdout.fnmatch_lines(["@pytest.mark.replay(path, live=(), strict=True*"])
         helped = pytester.runpytest(*ARGS, "--help")
         helped.stdout.fnmatch_lines(["*--replayable-mode*", "*--replayable-store*"])
+
+
+APP = """
+import replayable as rp
+
+CALLS = []
+
+
+@rp.boundary(kind="llm", name="plugin_app:model")
+def model(prompt):
+    CALLS.append(prompt)
+    return prompt.upper()
+
+
+@rp.boundary(kind="agent", name="plugin_app:agent")
+def agent(prompt):
+    return model(prompt)
+"""
+
+FALLBACK = """
+import pytest
+import plugin_app
+
+
+@pytest.mark.replay("traces/run.jsonl", strict=False, fallback="cassettes/fixed.jsonl")
+def test_fixed(replayable):
+    assert plugin_app.agent("new prompt") == "NEW PROMPT"
+    assert len(replayable.replay_session.fallback_calls) == 1
+"""
+
+
+class TestMarkerFallback:
+    def test_changed_call_is_recorded_beside_the_test_then_served(
+        self, pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """fallback="path" is a cassette beside the test: the first run calls the model once
+        and records it, a REPLAYABLE_MODE=replay run is served from it."""
+        pytester.makepyfile(plugin_app=APP)
+        pytester.syspathinsert()
+        import plugin_app  # type: ignore[import-not-found]
+
+        with rp.record(pytester.path / "rec.db") as run:
+            plugin_app.agent("old prompt")
+        write_trace(run, run.events(), pytester.path / "traces" / "run.jsonl")
+        plugin_app.CALLS.clear()
+        pytester.makepyfile(test_fallback=FALLBACK)
+        pytester.runpytest(*ARGS).assert_outcomes(passed=1)
+        assert plugin_app.CALLS == ["new prompt"]
+        assert (pytester.path / "cassettes" / "fixed.jsonl").is_file()
+        monkeypatch.setenv("REPLAYABLE_MODE", "replay")
+        pytester.runpytest(*ARGS).assert_outcomes(passed=1)
+        assert plugin_app.CALLS == ["new prompt"]

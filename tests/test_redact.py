@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import inspect
+import itertools
 import json
 import random
 import re
@@ -31,6 +32,7 @@ from replayable.redact import (
     might_hold_secrets,
     redact,
     redact_argv,
+    redact_split,
     scrub,
 )
 from replayable.store.postgres import PostgresStore
@@ -435,6 +437,27 @@ class TestSecretKeys:
         assert ev.output["response_metadata"]["token_usage"] == usage
 
 
+class TestStreams:
+    def test_a_key_streamed_token_by_token_never_reaches_the_disk(self, store_path: Path) -> None:
+        """A stream that yields a key in pieces stores no piece of it."""
+        key = "sk-proj-" + _r(48)
+        pieces = ["Your key is ", key[:5], key[5:17], key[17:40], key[40:], ", keep it safe."]
+
+        @rp.boundary(kind="llm")
+        def speak() -> Iterator[str]:
+            yield from pieces
+
+        with rp.record() as run:
+            assert "".join(speak()) == "".join(pieces)
+        (ev,) = list(run.events())
+        assert len(ev.output) == len(pieces)
+        assert ev.output[0] == "Your key is "
+        assert ev.output[-1] == ", keep it safe."
+        rp.open_store().close()
+        for f in store_path.parent.glob("traces.db*"):
+            assert_absent(key[3:], f.read_bytes(), f.name)
+
+
 class TestArgv:
     def test_flags_named_like_secrets_lose_their_value(self) -> None:
         """--api-key X, --password=X and URLs with passwords are redacted; the rest stays."""
@@ -676,6 +699,20 @@ class TestProperties:
         text = f"{before}{sep}{shape.text}{sep}{after}"
         out = redact({"messages": [{"content": text}]})["messages"][0]["content"]
         assert_absent(shape.secret, out, shape.name)
+
+    @given(_SHAPE, st.text(max_size=20), st.lists(st.integers(0, 10_000), max_size=6))
+    @settings(max_examples=300)
+    def test_a_secret_split_across_stream_chunks_is_removed(
+        self, shape: Shape, before: str, cuts: list[int]
+    ) -> None:
+        """Property: a secret streamed in pieces (cut anywhere) is gone from the chunks."""
+        text = f"{before} {shape.text} done"
+        points = sorted({c % (len(text) + 1) for c in cuts})
+        chunks = [text[a:b] for a, b in itertools.pairwise([0, *points, len(text)])]
+        out = redact(redact_split(chunks))
+        assert len(out) == len(chunks)
+        assert_absent(shape.secret, "".join(out), shape.name)
+        assert_absent(shape.secret, "\x00".join(out), shape.name)
 
     @given(st.text(max_size=30), st.text(max_size=30))
     def test_harmless_values_untouched(self, a: str, b: str) -> None:

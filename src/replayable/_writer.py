@@ -21,7 +21,7 @@ import orjson
 
 from replayable import canonical
 from replayable.errors import StoreUnavailable, Unserializable
-from replayable.redact import might_hold_secrets, redact
+from replayable.redact import might_hold_secrets, redact, redact_split
 from replayable.store.base import Checkpoint, EventRow, Store
 from replayable.trace import Run, chain_hash, checkpoint, content_bytes, genesis_hash, seal_run
 from replayable.trace import signing_key as _signing_key
@@ -85,6 +85,10 @@ def pending_row(p: Pending, chains: dict[str, tuple[int, str]]) -> EventRow:
     out = p.output
     if p.served:
         pass  # served from a recording, so redacted when it was recorded
+    elif p.meta.get("stream") and out.startswith(b'["'):  # text chunks: a secret may span some
+        out = canonical.snapshot(
+            redact(redact_split(orjson.loads(out)), extra_keys=b.redact_keys, redactors=b.redactors)
+        )
     elif b.redactors or b.redact_keys or might_hold_secrets(out):
         out = canonical.snapshot(
             redact(orjson.loads(out), extra_keys=b.redact_keys, redactors=b.redactors)

@@ -54,6 +54,7 @@ __all__ = [
     "redact",
     "redact_argv",
     "redact_run",
+    "redact_split",
     "rules",
     "scrub",
 ]
@@ -413,6 +414,63 @@ def _walk(value: Any, extra: frozenset[str]) -> Any:
     if isinstance(value, list):
         return [_walk(v, extra) for v in value]
     return value
+
+
+def redact_split(chunks: list[Any]) -> list[Any]:
+    """A stream's text chunks with secrets removed even where one spans several chunks
+    (a model streaming a key token by token): every chunk a secret touches loses its part of
+    it, and the first one gets the marker. Non-text chunks are left to :func:`redact`.
+
+    >>> redact_split(["key: sk-proj-", "Ab3dEf6hIj9kLm2n", " ok"])
+    ['key: sk-proj-', '[REDACTED]', ' ok']
+    """
+    out: list[Any] = []
+    run: list[str] = []
+    for chunk in [*chunks, None]:
+        if isinstance(chunk, str):
+            run.append(chunk)
+            continue
+        out.extend(_split_run(run) if len(run) > 1 else run)
+        run = []
+        if chunk is not None:
+            out.append(chunk)
+    return out
+
+
+def _split_run(run: list[str]) -> list[str]:
+    joined = "".join(run)
+    rs = _RULES
+    bounds = list(itertools.accumulate(len(c) for c in run))
+    starts = [0, *bounds[:-1]]
+    # a match inside one chunk is scrubbed there; one across chunks is cut out here
+    spans: list[tuple[int, int]] = []
+    for i in rs.candidates(joined):
+        rule = rs.rules[i]
+        for m in rule.hits(joined):
+            if any(m.start() < e < m.end() for e in bounds[:-1]):
+                spans.append(m.span(rule.group) if rule.group is not None else m.span())
+    crossing: list[tuple[int, int]] = []
+    for a, b in sorted(spans):
+        if crossing and a <= crossing[-1][1]:
+            crossing[-1] = (crossing[-1][0], max(b, crossing[-1][1]))
+        else:
+            crossing.append((a, b))
+    if not crossing:
+        return run
+    out = []
+    for lo, hi in zip(starts, bounds, strict=True):
+        pieces: list[str] = []
+        pos = lo
+        for a, b in crossing:
+            if b <= pos or a >= hi:
+                continue
+            if a >= lo:
+                pieces.append(joined[pos:a])
+                pieces.append(REDACTED)
+            pos = max(pos, min(b, hi))
+        pieces.append(joined[pos:hi])
+        out.append("".join(pieces))
+    return out
 
 
 def holds_secret(value: Any) -> bool:

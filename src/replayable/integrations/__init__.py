@@ -106,6 +106,13 @@ INTEGRATIONS: list[Integration] = [
         _all_of(from_modules("langchain_core")),
     ),
     Integration(
+        "pydantic-ai",
+        "replayable.integrations.pydantic_ai",
+        "pydantic-ai",
+        "pydantic_ai.Agent and its models",
+        from_modules("pydantic_ai"),
+    ),
+    Integration(
         "mcp",
         "replayable.integrations.mcp",
         "mcp",

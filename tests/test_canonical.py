@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import uuid
+from collections.abc import Iterator, Mapping
 from decimal import Decimal
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -17,11 +18,14 @@ from typing import Any
 import attrs
 import pydantic
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import replayable as rp
+from replayable import canonical
 from replayable.canonical import canonical_json, key_of_json
+from replayable.errors import Unserializable
+from replayable.trace import verify_run
 
 json_scalars = st.none() | st.booleans() | st.integers(-(2**53), 2**53) | st.text(max_size=20)
 json_values = st.recursive(
@@ -183,3 +187,152 @@ class TestUnserializable:
 
         with pytest.raises(rp.Unserializable):
             rp.key(Sneaky())
+
+
+@dataclasses.dataclass
+class _Unsorted:
+    zeta: int = 1
+    alpha: str = "a"
+    mid: list[int] = dataclasses.field(default_factory=lambda: [3, 1])
+
+
+class TestRoundTrip:
+    """Canonical forms that survive a store: dataclass fields, keys that collide as strings."""
+
+    def test_dataclass_fields_are_sorted_like_the_dict_they_read_back_as(self) -> None:
+        """A dataclass keys, canonicalizes and sorts exactly as its dict does."""
+        value = _Unsorted()
+        as_dict = dataclasses.asdict(value)
+        assert rp.key(value) == rp.key(as_dict)
+        assert list(rp.canonicalize(value)) == ["alpha", "mid", "zeta"]
+        assert canonical.dumps(value) == canonical.dumps(as_dict)
+        assert canonical.snapshot(value) == b'{"zeta":1,"alpha":"a","mid":[3,1]}'
+
+    def test_a_dataclass_recorded_verifies_and_replays(self) -> None:
+        """A run whose boundary takes and returns an unsorted dataclass verifies and replays."""
+
+        @rp.boundary(kind="tool", name="dc_tool")
+        def dc_tool(item: _Unsorted) -> _Unsorted:
+            return dataclasses.replace(item, zeta=item.zeta + 1)
+
+        with rp.record() as run:
+            dc_tool(_Unsorted())
+        stored = rp.open_store().get_run(run.id)
+        assert verify_run(stored, stored.events()).ok
+        with rp.replay(run.id) as r:
+            dc_tool(_Unsorted())
+        assert r.ok
+
+    @pytest.mark.parametrize(
+        ("value", "path"),
+        [
+            ({1: "a", "1": "b"}, ""),
+            ({True: "a", "true": "b"}, ""),
+            ({None: 1, "null": 2}, ""),
+            ({"outer": [{2.5: 1, "2.5": 2}]}, "outer[0]"),
+            ({"d": _Unsorted(mid={1: 1, "1": 2})}, "d.mid"),  # type: ignore[arg-type]
+        ],
+    )
+    def test_colliding_keys_raise_naming_the_path(self, value: Any, path: str) -> None:
+        """Keys that become the same JSON string raise Unserializable at that dict."""
+        with pytest.raises(Unserializable, match="same JSON key") as info:
+            canonical.dumps(value)
+        assert info.value.path == path
+        with pytest.raises(Unserializable):
+            canonical.snapshot(value)
+
+    def test_distinct_non_string_keys_still_serialize(self) -> None:
+        """Int and bool keys that do not collide are kept, as strings."""
+        assert canonical.loads(canonical.dumps({1: "a", 2: "b", None: "c"})) == {
+            "1": "a",
+            "2": "b",
+            "null": "c",
+        }
+
+    def test_colliding_keys_at_record_time_become_a_marked_field(self) -> None:
+        """Recording an argument whose keys collide marks that field; nothing is dropped
+        silently and the other fields are kept."""
+
+        @rp.boundary(kind="tool", name="collide")
+        def collide(data: dict[Any, str], other: int) -> int:
+            return other
+
+        with pytest.warns(rp.ReplayableWarning, match="same JSON key"), rp.record() as run:
+            assert collide({1: "a", "1": "b"}, 7) == 7
+        [ev] = list(rp.open_store().get_run(run.id).events())
+        assert ev.input == {"data": {"$unserializable": "data", "type": "dict"}, "other": 7}
+        assert ev.meta["unserializable_input"] == "data"
+
+    @given(
+        st.recursive(
+            st.integers(-5, 5) | st.text(max_size=3) | st.booleans() | st.none(),
+            lambda inner: (
+                st.lists(inner, max_size=3)
+                | st.dictionaries(
+                    st.integers(-3, 3) | st.booleans() | st.sampled_from(["1", "true", "-1", "x"]),
+                    inner,
+                    max_size=4,
+                )
+            ),
+            max_leaves=12,
+        )
+    )
+    @settings(max_examples=200, deadline=None)
+    def test_never_a_silently_dropped_value(self, value: Any) -> None:
+        """Property: a value either serializes with every key kept, or raises Unserializable."""
+
+        def count(v: Any) -> int:
+            if isinstance(v, dict):
+                return len(v) + sum(count(x) for x in v.values())
+            if isinstance(v, list):
+                return sum(count(x) for x in v)
+            return 0
+
+        try:
+            data = canonical.snapshot(value)
+        except Unserializable:
+            return
+        assert count(canonical.loads(data)) == count(value)
+
+
+class TestHostileObjects:
+    """Snapshotting never calls user code in a way the agent would see fail."""
+
+    def test_a_mapping_whose_getitem_raises_is_marked_and_the_call_runs(self) -> None:
+        """A Mapping that raises when read: the boundary still runs, the field is marked."""
+
+        class Broken(Mapping[str, int]):
+            def __getitem__(self, key: str) -> int:
+                raise RuntimeError("lazy mapping is closed")
+
+            def __iter__(self) -> Iterator[str]:
+                return iter(["a"])
+
+            def __len__(self) -> int:
+                return 1
+
+        @rp.boundary(kind="tool", name="takes_mapping")
+        def takes_mapping(m: Mapping[str, int]) -> str:
+            return "ran"
+
+        with pytest.warns(rp.ReplayableWarning), rp.record() as run:
+            assert takes_mapping(Broken()) == "ran"
+        [ev] = list(rp.open_store().get_run(run.id).events())
+        assert ev.input["m"]["$unserializable"] == "m"
+
+    def test_an_exception_whose_str_fails_reaches_the_agent_as_itself(self) -> None:
+        """The agent gets its own exception back even when its __str__ raises."""
+
+        class Odd(Exception):
+            def __str__(self) -> str:
+                raise AttributeError("no message")
+
+        @rp.boundary(kind="tool", name="raises_odd")
+        def raises_odd() -> None:
+            raise Odd("x")
+
+        with pytest.raises(Odd), rp.record() as run:
+            raises_odd()
+        [ev] = list(rp.open_store().get_run(run.id).events())
+        assert ev.error is not None
+        assert "str() raised AttributeError" in ev.error["message"]

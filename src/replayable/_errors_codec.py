@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from replayable import canonical
-from replayable.errors import RecordedError, Unserializable
+from replayable.errors import RecordedError
 
 __all__ = ["decode_error", "encode_error", "register_error_codec"]
 
@@ -35,17 +35,30 @@ def _error_codec(cls: type) -> Any:
     return next((_ERROR_CODECS[k] for k in cls.__mro__ if k in _ERROR_CODECS), None)
 
 
+def _text(value: Any) -> str:
+    """``str(value)``, or a placeholder naming its type when its ``__str__`` fails."""
+    try:
+        return str(value)
+    except Exception as exc:
+        return f"<{type(value).__qualname__}: str() raised {type(exc).__name__}>"
+
+
 def encode_error(exc: BaseException) -> dict[str, Any]:
     """The recorded form of an exception: type, message and args (and registered ``data``)."""
+    # Nothing here may raise: the agent must get its own exception back, not one from the
+    # recorder (an exception whose __str__ fails, args that cannot be printed).
     cls = type(exc)
     try:
         args = canonical.canonicalize(list(exc.args), drop=())
-    except Unserializable:
-        args = [str(a) for a in exc.args]
-    out = {"type": f"{cls.__module__}:{cls.__qualname__}", "message": str(exc), "args": args}
-    attrs = {k: v for k, v in getattr(exc, "__dict__", {}).items() if not k.startswith("_")}
+    except Exception:
+        args = [_text(a) for a in exc.args]
+    out = {"type": f"{cls.__module__}:{cls.__qualname__}", "message": _text(exc), "args": args}
+    try:
+        attrs = {k: v for k, v in vars(exc).items() if not k.startswith("_")}
+    except Exception:
+        attrs = {}
     if attrs:  # attributes a custom __init__ set (``self.code = code``), when they serialize
-        with contextlib.suppress(Unserializable):
+        with contextlib.suppress(Exception):
             out["attrs"] = canonical.canonicalize(attrs, drop=())
     codec = _error_codec(cls) if _ERROR_CODECS else None
     if codec is not None:

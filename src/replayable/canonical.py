@@ -64,7 +64,10 @@ DEFAULT_TRANSIENT_KEYS: frozenset[str] = frozenset(
 )
 """Keys dropped from *keys* (never from stored values) wherever they appear."""
 
-_OPTS = orjson.OPT_NON_STR_KEYS | orjson.OPT_NAIVE_UTC | orjson.OPT_SERIALIZE_NUMPY
+# Dataclasses go through ``_default`` (as dicts) so that sorting applies to their fields too:
+# orjson's native dataclass output keeps declaration order even under OPT_SORT_KEYS.
+_STR_KEYS = orjson.OPT_NAIVE_UTC | orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_PASSTHROUGH_DATACLASS
+_OPTS = _STR_KEYS | orjson.OPT_NON_STR_KEYS
 _SORTED = _OPTS | orjson.OPT_SORT_KEYS
 
 
@@ -94,14 +97,70 @@ def _default(value: Any) -> Any:
     raise TypeError
 
 
+def _encode(value: Any, option: int) -> bytes:
+    """orjson, with dict keys that are not strings checked first: two keys that are one JSON
+    string (``1`` and ``"1"``, ``True`` and ``"true"``) raise :class:`Unserializable` rather
+    than silently keeping only one value. Costs nothing for string keys (the first try)."""
+    try:
+        return orjson.dumps(value, default=_default, option=option & ~orjson.OPT_NON_STR_KEYS)
+    except (TypeError, orjson.JSONEncodeError):
+        pass
+    _check_keys(value, "", 0)
+    return orjson.dumps(value, default=_default, option=option)
+
+
+def _key_text(key: Any) -> str | None:
+    """The JSON string a non-string dict key becomes, or None if it has none."""
+    try:
+        text: str = next(iter(orjson.loads(orjson.dumps({key: None}, option=_OPTS))))
+    except (TypeError, orjson.JSONEncodeError, StopIteration):
+        return None
+    return text
+
+
+def _check_keys(value: Any, path: str, depth: int) -> None:
+    """Raise :class:`Unserializable` at the first dict whose keys collide as JSON strings."""
+    if depth > 200 or isinstance(value, str | int | float | bool | type(None)):
+        return
+    if isinstance(value, dict):
+        seen: dict[str, Any] = {}
+        for k, v in value.items():
+            text = k if isinstance(k, str) else _key_text(k)
+            if text is None:
+                continue  # no JSON form: reported by the encoder with its path
+            if text in seen:
+                raise Unserializable(
+                    path,
+                    "dict (colliding keys)",
+                    f"keys {seen[text]!r} and {k!r} are the same JSON key {text!r} (one value "
+                    "would be lost); use distinct string keys",
+                )
+            seen[text] = k
+            _check_keys(v, _join(path, text), depth + 1)
+        return
+    if isinstance(value, list | tuple):
+        for i, v in enumerate(value):
+            _check_keys(v, _join(path, i), depth + 1)
+        return
+    try:
+        converted = _default(value)
+    except Exception:
+        return
+    if converted is not value:
+        _check_keys(converted, path, depth + 1)
+
+
 def dumps(value: Any, *, sort_keys: bool = True) -> bytes:
     """Serialize ``value`` to JSON bytes in one orjson pass (keys sorted by default).
 
-    Raises :class:`Unserializable` naming the path of the first value with no JSON form.
+    Raises :class:`Unserializable` naming the path of the first value with no JSON form, or of
+    a dict whose keys collide once made strings (``{1: "a", "1": "b"}``).
     """
     try:
-        return orjson.dumps(value, default=_default, option=_SORTED if sort_keys else _OPTS)
-    except (TypeError, orjson.JSONEncodeError) as exc:
+        return _encode(value, _SORTED if sort_keys else _OPTS)
+    except Unserializable:
+        raise
+    except Exception as exc:  # also user code failing (a Mapping's __getitem__, a property)
         raise _locate(value, "", 0, exc) from None
 
 
@@ -152,22 +211,44 @@ def _children(value: Any) -> Iterable[tuple[str | int, Any]]:
 
 
 def _locate(value: Any, path: str, depth: int, exc: Exception) -> Unserializable:
-    """Walk ``value`` to find the first part orjson refused, and name its path."""
+    """Walk ``value`` to find the first part orjson refused, and name its path.
+
+    Never raises: a value whose own code fails while being read (a ``Mapping`` whose
+    ``__getitem__`` raises) is reported as unserializable at its path.
+    """
     if depth > 200:
-        return Unserializable(path, type(value).__name__, "nesting too deep (a cycle?)")
-    for part, child in _children(value):
-        try:
-            orjson.dumps(child, default=_default, option=_SORTED)
-        except (TypeError, orjson.JSONEncodeError) as child_exc:
-            return _locate(child, _join(path, part), depth + 1, child_exc)
+        return Unserializable(path, _type_name(value), "nesting too deep (a cycle?)")
+    try:
+        for part, child in _children(value):
+            try:
+                _encode(child, _SORTED)
+            except Exception as child_exc:
+                return _locate(child, _join(path, part), depth + 1, child_exc)
+    except Exception as read_exc:
+        return Unserializable(
+            path, _type_name(value), f"reading it raised {type(read_exc).__name__}"
+        )
+    if isinstance(exc, Unserializable) and exc.path == "":
+        return Unserializable(path, exc.type_name, _hint(exc))
+    if not isinstance(exc, TypeError | orjson.JSONEncodeError):
+        return Unserializable(path, _type_name(value), f"reading it raised {type(exc).__name__}")
     if isinstance(value, Mapping):
         bad = next((k for k in value if not isinstance(k, str | int | float | bool)), None)
         if bad is not None:
             return Unserializable(path, type(value).__name__, f"dict key {bad!r} is not a string")
     if isinstance(value, int) and not isinstance(value, bool):
         return Unserializable(path, "int", "integer outside the 64-bit range; pass it as a string")
+    return Unserializable(path, _type_name(value))
+
+
+def _type_name(value: Any) -> str:
     name = f"{type(value).__module__}.{type(value).__qualname__}"
-    return Unserializable(path, name.removeprefix("builtins."))
+    return name.removeprefix("builtins.")
+
+
+def _hint(exc: Unserializable) -> str | None:
+    text = str(exc)
+    return text.split("; ", 1)[1] if "; " in text else None
 
 
 def sanitize(value: Any, path: str = "", depth: int = 0) -> tuple[Any, list[str]]:
@@ -180,9 +261,15 @@ def sanitize(value: Any, path: str = "", depth: int = 0) -> tuple[Any, list[str]
     ['session']
     """
     try:
-        orjson.dumps(value, default=_default, option=_SORTED)
-    except (TypeError, orjson.JSONEncodeError) as exc:
-        children = list(_children(value)) if depth < 200 else []
+        _encode(value, _SORTED)
+    except Exception as exc:
+        try:
+            children = list(_children(value)) if depth < 200 else []
+        except Exception:  # its own code fails when read: it is marked whole
+            children = []
+        if isinstance(exc, Unserializable) and exc.path == "" and isinstance(value, Mapping):
+            # This dict's own keys collide: the dict is marked whole, no value is dropped.
+            return {"$unserializable": path, "type": "dict"}, [path]
         if not children:
             err = _locate(value, path, depth, exc)
             return {"$unserializable": err.path, "type": err.type_name}, [err.path]

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import replayable as rp
 from replayable.errors import TraceCorrupt
@@ -88,3 +90,40 @@ class TestTraceFiles:
         with rp.replay(str(trace)) as r:
             assert agent(["alice", "bob", "carol"])[1] == {"name": "bob", "id": 3}
         assert r.divergences == []
+
+
+_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**63), max_value=2**63 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=10),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=4)
+    ),
+    max_leaves=10,
+)
+
+
+@rp.boundary(kind="tool")
+def echo(value: object) -> object:
+    return value
+
+
+class TestRoundTrip:
+    @given(st.lists(_values, min_size=1, max_size=3))
+    @settings(max_examples=40, deadline=None)
+    def test_any_recorded_json_round_trips_through_a_trace_file(self, values: list) -> None:
+        """Property: whatever a boundary sees, its trace file reads back as the same events
+        (values in their recorded order) and verifies."""
+        with rp.record() as run:
+            for v in values:
+                echo(v)
+        stored = rp.open_store().get_run(run.id)
+        events = list(stored.events())
+        path = Path(f"{run.id}.jsonl")
+        write_trace(stored, events, path)
+        back, back_events = check_trace(path)
+        assert back.to_dict() == stored.to_dict()
+        assert [e.to_dict() for e in back_events] == [e.to_dict() for e in events]
+        assert verify_run(back, back_events).ok

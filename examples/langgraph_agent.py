@@ -19,7 +19,6 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.graph.message import add_messages
 
 import replayable as rp
-from replayable.integrations.langgraph import instrument
 
 TOOLS = [
     {
@@ -110,7 +109,7 @@ def build(client: Any, db: Path, model: str = "gpt-4o-mini") -> Any:
     graph.add_edge(START, "agent")
     graph.add_conditional_edges("agent", route, ["tools", END])
     graph.add_edge("tools", "agent")
-    return instrument(graph.compile(name="records"))
+    return rp.instrument(graph.compile(name="records"))
 
 
 def main(argv: list[str]) -> None:

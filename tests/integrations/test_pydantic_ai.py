@@ -3,6 +3,7 @@ replayed with the server stopped."""
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -35,8 +36,11 @@ def _close_sync_clients(request: pytest.FixtureRequest) -> Iterator[None]:
         from pydantic_ai._utils import get_event_loop
 
         clients, CLIENTS[:] = list(CLIENTS), []
+        loop = get_event_loop()
         for client in clients:
-            get_event_loop().run_until_complete(client.close())
+            loop.run_until_complete(client.close())
+        loop.close()
+        asyncio.set_event_loop(None)
 
 
 @pytest.fixture

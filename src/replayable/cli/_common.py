@@ -7,13 +7,14 @@ import os
 import re
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
 import click
-from rich.console import Console
+from rich.console import Console, ConsoleOptions, RenderableType
 from rich.markup import escape as rich_escape
+from rich.segment import Segment
 
 from replayable._version import __version__
 from replayable.errors import ReplayableError
@@ -41,6 +42,22 @@ def _no_color() -> bool:
     return bool(os.environ.get("NO_COLOR"))
 
 
+class SafeConsole(Console):
+    """A rich console that never lets recorded text drive the terminal: every control
+    character in rendered text (ESC of a title or clipboard sequence, a clear screen, a bidi
+    override) is printed as a visible escape. Rich's own styling is unaffected (it is applied
+    from styles when writing, never carried in the text)."""
+
+    def render(
+        self, renderable: RenderableType, options: ConsoleOptions | None = None
+    ) -> Iterable[Segment]:
+        for seg in super().render(renderable, options):
+            if seg.control or not _CONTROL.search(seg.text):
+                yield seg
+            else:
+                yield Segment(safe(seg.text, newlines=True), seg.style, seg.control)
+
+
 def console() -> Console:
     """A stdout console honouring NO_COLOR (re-read at every call, for tests).
 
@@ -48,17 +65,20 @@ def console() -> Console:
     80, so ids, addresses and diffs stay whole for grep and log files.
     """
     width = None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 160
-    return Console(no_color=_no_color(), highlight=False, soft_wrap=False, width=width)
+    return SafeConsole(no_color=_no_color(), highlight=False, soft_wrap=False, width=width)
 
 
 def err_console() -> Console:
     """A stderr console honouring NO_COLOR."""
-    return Console(stderr=True, no_color=_no_color(), highlight=False)
+    return SafeConsole(stderr=True, no_color=_no_color(), highlight=False)
 
 
 # C0 and C1 controls (ESC starts terminal sequences: titles, clear screen, OSC 52 clipboard
 # writes), DEL, line and paragraph separators, and bidirectional overrides.
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+_SURROGATE = re.compile("[\udc80-\udcff]")  # bytes that were not UTF-8 on the command line
 
 
 def safe(text: str, *, newlines: bool = False) -> str:
@@ -92,6 +112,13 @@ def handle_errors(fn: F) -> F:
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        for name, value in kwargs.items():
+            for item in value if isinstance(value, tuple) else (value,):
+                if isinstance(item, str) and _SURROGATE.search(item):
+                    shown = item.encode("utf-8", "surrogateescape").decode(
+                        "utf-8", "backslashreplace"
+                    )
+                    fail(f"{name.replace('_', ' ')} {safe(shown)!r} is not valid UTF-8")
         try:
             return fn(*args, **kwargs)
         except ReplayableError as exc:

@@ -200,9 +200,9 @@ def replay_cmd(
     b, ev = root_call(rp.source, rp.recorded_events)
     out = console()
     run_divergence = _run_replay(rp, b, ev)
-    out.print(rp.report())
+    out.print(rp.report(), markup=False)  # recorded text: `[/bold]` is data, not markup
     if run_divergence is not None and run_divergence not in rp.divergences:
-        out.print(run_divergence.describe())
+        out.print(run_divergence.describe(), markup=False)
     out.print(f"replay recorded as run {rp.run.id}")
     if rp.divergences or run_divergence is not None:
         sys.exit(1)
@@ -219,5 +219,7 @@ def _run_replay(rp: Replay, b: Boundary, ev: Event) -> Divergence | None:
         raise
     except Exception as exc:
         if ev.error is None:
-            console().print(f"[red]the agent raised {type(exc).__name__}: {exc}[/red]")
+            console().print(
+                f"the agent raised {type(exc).__name__}: {exc}", style="red", markup=False
+            )
     return None

@@ -88,14 +88,14 @@ def run_table(runs: Iterable[Run]) -> Table:
         )
     for run in runs:
         tags = " ".join(f"{k}={v}" if v else k for k, v in run.tags.items())
-        table.add_row(
-            run.id,
-            run.name or "",
+        table.add_row(  # recorded text as Text: never parsed as markup
+            Text(run.id),
+            Text(run.name or ""),
             Text(run.status, style=STATUS_STYLES.get(run.status, "")),
             fmt_time(run.started_at)[5:],  # MM-DD HH:MM:SS: the year rarely helps here
             fmt_duration(run.duration_s),
             str(run.event_count),
-            tags,
+            Text(tags),
         )
     return table
 

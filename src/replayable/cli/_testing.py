@@ -89,11 +89,11 @@ def promote_cmd(
         overwrite=force,
     )
     out = console()
-    out.print(f"wrote {done.trace} ({done.calls} recorded calls)")
-    out.print(f"wrote {done.test}")
+    out.print(f"wrote {done.trace} ({done.calls} recorded calls)", markup=False)
+    out.print(f"wrote {done.test}", markup=False)
     if live and world is None:
         out.print(f"fill in the world() stub in {done.test}: the test fails until it does")
-    out.print(f"run it: pytest {done.test}")
+    out.print(f"run it: pytest {done.test}", markup=False)
 
 
 def _import_invariant(spec: str) -> Any:

@@ -10,6 +10,7 @@ import click
 import orjson
 from rich.progress import Progress
 from rich.table import Table
+from rich.text import Text
 
 from replayable._rundiff import diff_runs, run_usage
 from replayable.cli._common import (
@@ -126,14 +127,20 @@ def stats_cmd(store_url: str | None, since: str, name: str | None, as_json: bool
         for col in ("model", "calls", "input tokens", "output tokens"):
             table.add_column(col, justify="left" if col == "model" else "right")
         for model, row in sorted(stats["models"].items()):
-            table.add_row(model, str(row["calls"]), str(row["input"]), str(row["output"]))
+            table.add_row(Text(model), str(row["calls"]), str(row["input"]), str(row["output"]))
         out.print(table)
 
 
 @main.command("serve")
 @store_option
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind.")
-@click.option("--port", default=8765, show_default=True, help="Port to listen on.")
+@click.option(
+    "--port",
+    default=8765,
+    show_default=True,
+    type=click.IntRange(0, 65535),
+    help="Port to listen on (0: any free port).",
+)
 @click.option(
     "--auth-token",
     envvar="REPLAYABLE_VIEWER_TOKEN",

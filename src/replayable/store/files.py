@@ -17,7 +17,7 @@ import orjson
 
 from replayable.errors import RunNotFound, StoreUnavailable, TraceCorrupt
 from replayable.store.base import Checkpoint, EventRow, RunQuery
-from replayable.trace import TRACE_FORMAT, Event, Run, read_trace
+from replayable.trace import TRACE_FORMAT, Event, Run, iter_trace, read_trace
 
 __all__ = ["TraceDirStore"]
 
@@ -82,9 +82,18 @@ class TraceDirStore:
         return run
 
     def iter_events(self, run_id: str) -> Iterator[Event]:
-        """The run's events in seq order."""
-        _, events = read_trace(self.path_of(run_id))
-        yield from sorted(events, key=lambda e: e.seq)
+        """The run's events in seq order, streamed (a file out of seq order is sorted)."""
+        path = self.path_of(run_id)
+        _, events = iter_trace(path)
+        last = -1
+        for ev in events:
+            if ev.seq < last:
+                events.close()  # type: ignore[attr-defined]
+                _, all_events = read_trace(path)
+                yield from sorted(all_events, key=lambda e: e.seq)
+                return
+            last = ev.seq
+            yield ev
 
     def list_runs(self, query: RunQuery | None = None) -> list[Run]:
         """Runs matching ``query``, newest first."""
@@ -112,16 +121,16 @@ class TraceDirStore:
             return False
         if q.boundary is None and q.has_error is None:
             return True
-        _, events = read_trace(file)
-        if q.boundary is not None and not any(
-            e.boundary == q.boundary or e.boundary.endswith(f":{q.boundary}") for e in events
-        ):
+        # One streamed pass over the events (a large file is never held in memory).
+        found = q.boundary is None
+        errored = run.status == "error"
+        _, events = iter_trace(file)
+        for e in events:
+            found = found or e.boundary == q.boundary or e.boundary.endswith(f":{q.boundary}")
+            errored = errored or e.error is not None
+        if not found:
             return False
-        if q.has_error is not None:
-            errored = run.status == "error" or any(e.error is not None for e in events)
-            if errored != q.has_error:
-                return False
-        return True
+        return q.has_error is None or errored == q.has_error
 
     # -- writing: refused --------------------------------------------------------------------
 

@@ -1,0 +1,217 @@
+"""Hostile or odd input to the CLI: recorded text is printed as text, bad arguments and bad
+trace files give one line and exit 2 (verify: a BAD line and exit 1), never a traceback."""
+
+from __future__ import annotations
+
+import os
+import stat
+import threading
+import tracemalloc
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from click.testing import CliRunner
+
+import replayable as rp
+from replayable.cli import main
+from replayable.trace import Event, Run, chain_events, verify_trace, write_trace
+
+HOSTILE = "[/bold] [red]x \x1b]0;owned\x07 \x1b[2J \x1b]52;c;ZXZpbA==\x07 \u202eevil"
+
+
+def invoke(*args: str) -> Any:
+    return CliRunner().invoke(main, list(args))
+
+
+@pytest.fixture
+def agent_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """An importable agent module whose tool returns hostile text."""
+    code = tmp_path / "code"
+    code.mkdir()
+    (code / "hostile_agent.py").write_text(
+        "import os\n\nimport replayable as rp\n\n"
+        "@rp.boundary(kind='tool')\n"
+        "def fetch(q: str) -> dict:\n"
+        "    return {'text': q}\n\n"
+        "@rp.boundary(kind='agent')\n"
+        "def agent(q: str) -> dict:\n"
+        "    return fetch(q + os.environ.get('HOSTILE_SUFFIX', ''))\n",
+        encoding="utf-8",
+    )
+    monkeypatch.syspath_prepend(str(code))
+    return "hostile_agent"
+
+
+@pytest.fixture
+def hostile_run(agent_module: str) -> rp.Run:
+    """A run whose name, tags and recorded values hold markup and terminal escapes."""
+    import importlib
+
+    mod = importlib.import_module(agent_module)
+    with rp.record(name=HOSTILE, tags={"t": HOSTILE}) as run:
+        mod.agent(HOSTILE)
+    return run
+
+
+class TestRecordedTextIsText:
+    @pytest.mark.parametrize(
+        "args",
+        [
+            ("show", "{id}"),
+            ("show", "{id}", "--step", "1"),
+            ("runs",),
+            ("stats",),
+            ("replay", "{id}", "--import", "hostile_agent"),
+            ("diff", "{id}", "{id}"),
+        ],
+        ids=lambda a: a[0] + ("-step" if "--step" in a else ""),
+    )
+    def test_no_markup_error_and_no_escape_sequence_reaches_the_terminal(
+        self, hostile_run: rp.Run, args: tuple[str, ...], monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Recorded `[/bold]` prints as itself; ESC, BEL and bidi overrides are shown escaped."""
+        monkeypatch.setenv("HOSTILE_SUFFIX", " [/italic] \x1b[31m")  # replay: a divergence
+        result = invoke(*(a.format(id=hostile_run.id) for a in args))
+        assert result.exit_code in (0, 1), result.output
+        assert result.exception is None or isinstance(result.exception, SystemExit)
+        for raw in ("\x1b]", "\x1b[2J", "\x07", "\u202e"):
+            assert raw not in result.output
+        if args[0] in ("show", "replay"):
+            assert "[/bold]" in result.output or "\\x1b" in result.output
+
+
+def _trace(tmp_path: Path, **header_run: Any) -> Path:
+    """A valid one-event trace file whose header's run fields are then overridden."""
+    run = Run(id="0190abcdef12", name="n", started_at=1.0, ended_at=2.0, status="ok")
+    ev = Event(run.id, 0, "m:f/0", None, "m:f", "tool", "k", {"a": 1}, {"b": 2})
+    chain_events(run, [ev])
+    path = write_trace(run, [ev], tmp_path / "t.jsonl")
+    if header_run:
+        head, rest = path.read_bytes().split(b"\n", 1)
+        header = orjson.loads(head)
+        for k, v in header_run.items():
+            if v is ...:
+                del header["run"][k]
+            else:
+                header["run"][k] = v
+        path.write_bytes(orjson.dumps(header) + b"\n" + rest)
+    return path
+
+
+HEADERS = {
+    "id missing": {"id": ...},
+    "id not a string": {"id": 7},
+    "id a path": {"id": "../../x"},
+    "tags not an object": {"tags": ["a"]},
+    "tag value not a string": {"tags": {"a": 1}},
+    "started_at a string": {"started_at": "yesterday"},
+    "event_count a float": {"event_count": 1.5},
+    "status null-ish list": {"status": []},
+}
+
+
+class TestHostileTraceFiles:
+    @pytest.mark.parametrize("fields", list(HEADERS.values()), ids=list(HEADERS))
+    @pytest.mark.parametrize("command", ["show", "import", "verify", "promote"])
+    def test_bad_header_is_one_line(self, tmp_path: Path, fields: dict, command: str) -> None:
+        """A header with missing or mistyped fields: one line naming line 1; exit 2 (verify:
+        BAD and exit 1); nothing imported."""
+        path = _trace(tmp_path, **fields)
+        result = invoke(command, str(path))
+        assert result.exit_code == (1 if command == "verify" else 2), result.output
+        assert result.exception is None or isinstance(result.exception, SystemExit)
+        assert "Traceback" not in result.output
+        assert "line 1" in result.output
+        assert len(result.output.strip().splitlines()) == 1
+
+    @pytest.mark.parametrize(
+        "line",
+        [
+            b'{"meta": "not an object"}',
+            b"[1, 2]",
+            b"not json",
+            b'{"run_id": "0190abcdef12", "seq": "0", "address": "a", "boundary": "b", "kind": "k"}',
+        ],
+    )
+    def test_bad_event_line_names_its_line(self, tmp_path: Path, line: bytes) -> None:
+        """An event line that is not an event object: one line naming line 2, exit 2."""
+        path = _trace(tmp_path)
+        head = path.read_bytes().split(b"\n", 1)[0]
+        path.write_bytes(head + b"\n" + line + b"\n")
+        result = invoke("show", str(path))
+        assert result.exit_code == 2
+        assert "line 2" in result.output
+        assert len(result.output.strip().splitlines()) == 1
+
+    def test_import_refuses_a_run_id_that_is_a_path(self, tmp_path: Path) -> None:
+        """`import` of a file whose run id is `../../x`: exit 2 and nothing written."""
+        path = _trace(tmp_path, id="../../x")
+        result = invoke("import", str(path), "--store", str(tmp_path / "s.db"))
+        assert result.exit_code == 2
+        assert "invalid run id" in result.output
+
+    def test_verify_streams_a_large_file(self, tmp_path: Path) -> None:
+        """verify reads a trace file line by line: its peak memory is a small fraction of the
+        file's size."""
+        run = Run(id="0190abcdef13", name="big", started_at=1.0, ended_at=2.0, status="ok")
+        blob = "x" * 20_000
+        events = [
+            Event(run.id, i, f"m:f/{i}", None, "m:f", "tool", "k", {"i": i}, {"blob": blob})
+            for i in range(1000)
+        ]
+        chain_events(run, events)
+        path = write_trace(run, events, tmp_path / "big.jsonl")
+        del events
+        size = path.stat().st_size
+        tracemalloc.start()
+        try:
+            assert verify_trace(path, key=b"").ok
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert size > 20_000_000
+        assert peak < size / 10
+
+
+class TestBadArguments:
+    def test_non_utf8_run_id_is_one_line(self) -> None:
+        """A run id that is not UTF-8 (surrogate-escaped by Python): one line, exit 2."""
+        for command in ("show", "export", "verify", "replay"):
+            args = [command, "\udcff\udcfe"] + (["--import", "os"] if command == "replay" else [])
+            result = invoke(*args)
+            assert result.exit_code == 2, (command, result.output)
+            assert "not valid UTF-8" in result.output
+
+    def test_serve_port_out_of_range(self) -> None:
+        """`serve --port 99999`: a usage error, exit 2."""
+        result = invoke("serve", "--port", "99999")
+        assert result.exit_code == 2
+        assert "99999" in result.output
+
+    def test_export_under_a_file_is_one_line(self, hostile_run: rp.Run, tmp_path: Path) -> None:
+        """`export -o a-file/sub/x.jsonl`: one line, exit 2."""
+        (tmp_path / "a-file").write_text("")
+        result = invoke(
+            "export", hostile_run.id, "-o", str(tmp_path / "a-file" / "sub" / "x.jsonl")
+        )
+        assert result.exit_code == 2
+        assert result.output.startswith("error: cannot write trace file")
+
+    def test_export_keeps_dev_null_and_a_fifo_what_they_are(
+        self, hostile_run: rp.Run, tmp_path: Path
+    ) -> None:
+        """`export -o /dev/null` and `-o FIFO` write in place: neither becomes a regular file."""
+        assert invoke("export", hostile_run.id, "-o", os.devnull).exit_code == 0
+        assert stat.S_ISCHR(os.stat(os.devnull).st_mode)
+        fifo = tmp_path / "pipe"
+        os.mkfifo(fifo)
+        got: list[bytes] = []
+        reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()))
+        reader.start()
+        assert invoke("export", hostile_run.id, "-o", str(fifo)).exit_code == 0
+        reader.join(10)
+        assert stat.S_ISFIFO(os.stat(fifo).st_mode)
+        assert got
+        assert got[0].startswith(b'{"format":"replayable-trace"')

@@ -438,3 +438,34 @@ class TestForkCli:
         )
         assert result.exit_code == 2
         assert message in result.output
+
+
+class TestStepNames:
+    def test_steps_sharing_a_bare_name_are_named_in_full(self) -> None:
+        """Two boundaries both called 'create': the report names them module:create#N, and a
+        bare 'create#1' is refused as ambiguous."""
+
+        @rp.boundary(kind="llm", name="whatif_a:create")
+        def create_a(x: int) -> int:
+            return x + 1
+
+        @rp.boundary(kind="llm", name="whatif_b:create")
+        def create_b(x: int) -> int:
+            return x * 2
+
+        @rp.boundary(kind="agent", name="whatif_test:both")
+        def both(x: int) -> int:
+            return create_b(create_a(x))
+
+        with rp.record(name="both") as run:
+            both(3)
+        with rp.replay(run.id, override={"whatif_a:create#1": 10}, live_kinds=("llm",)) as r:
+            assert both(3) == 20
+        assert [(c.how, c.step) for c in r.changes][:2] == [
+            ("overridden", "whatif_a:create#1"),
+            ("live", "whatif_b:create#1"),
+        ]
+        with pytest.raises(rp.UnknownBoundary, match="ambiguous"):
+            rp.replay(run.id, override={"create#1": 10})
+        steps = rp.drift(run.id, judge=None).steps
+        assert [s.step for s in steps] == ["whatif_a:create#1", "whatif_b:create#1"]

@@ -180,6 +180,10 @@ class DriftReport:
         return "\n".join(lines)
 
 
+def _bare(name: str) -> str:
+    return name.rsplit(":", 1)[-1].rsplit(".", 1)[-1]
+
+
 def _short(value: Any, limit: int = 60) -> str:
     text = value if isinstance(value, str) else orjson.dumps(value).decode()
     return text if len(text) <= limit else text[: limit - 1] + "…"
@@ -526,6 +530,9 @@ def _steps(run: Run, events: list[Event], kind: str) -> list[tuple[Event, list[E
             p = by_seq[p].parent_seq
         return False
 
+    fulls: dict[str, set[str]] = defaultdict(set)  # bare name -> full names, to spot clashes
+    for ev in events:
+        fulls[_bare(ev.boundary)].add(ev.boundary)
     out = []
     for ev in sorted(events, key=lambda e: e.seq):
         if ev.kind != kind or inside_same_kind(ev):
@@ -536,8 +543,9 @@ def _steps(run: Run, events: list[Event], kind: str) -> list[tuple[Event, list[E
             child = stack.pop()
             subtree.append(child)
             stack.extend(children.get(child.seq, ()))
-        bare = ev.boundary.rsplit(":", 1)[-1].rsplit(".", 1)[-1]
-        out.append((ev, sorted(subtree, key=lambda e: e.seq), f"{bare}#{nth[ev.seq]}"))
+        bare = _bare(ev.boundary)
+        name = ev.boundary if len(fulls[bare]) > 1 else bare
+        out.append((ev, sorted(subtree, key=lambda e: e.seq), f"{name}#{nth[ev.seq]}"))
     return out
 
 

@@ -110,6 +110,11 @@ class WhatIf(Replayer):
     ) -> None:
         super().__init__(store, run, source, events, **kw)
         self.allow_side_effects = bool(kw.get("allow_side_effects"))
+        seen: dict[str, set[str]] = {}
+        for e in self.events.values():
+            seen.setdefault(_bare(e.boundary), set()).add(e.boundary)
+        self._clash = {b for b, names in seen.items() if len(names) > 1}
+        """Bare names two boundaries of the run share: their steps are named in full."""
         self.overrides: dict[int, Any] = {}
         for spec, value in override.items():
             for seq in self._steps(spec, "override"):
@@ -150,8 +155,10 @@ class WhatIf(Replayer):
             run.name = f"fork of {source.name or source.id} at {fork['step']}"
 
     def step_name(self, ev: Event) -> str:
-        """``name#N``: the boundary's bare name and its recorded call number."""
-        return f"{_bare(ev.boundary)}#{self.nth[ev.seq]}"
+        """``name#N``: the boundary's bare name (its full name when another boundary of the
+        run has the same bare name) and its recorded call number."""
+        name = ev.boundary if _bare(ev.boundary) in self._clash else _bare(ev.boundary)
+        return f"{name}#{self.nth[ev.seq]}"
 
     def _steps(self, spec: str, option: str) -> list[int]:
         """The recorded calls ``name#N`` (or every call of ``name``) designates."""

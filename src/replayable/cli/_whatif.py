@@ -35,6 +35,7 @@ def _load_object(spec: str, option: str) -> Any:
         raise click.BadParameter(f"{spec!r}: use MODULE:NAME", param_hint=option)
     if "." not in sys.path and "" not in sys.path:
         sys.path.insert(0, ".")
+    importlib.invalidate_caches()  # "." may be cached as another directory's listing
     try:
         obj: Any = importlib.import_module(module_name)
     except ImportError as exc:

@@ -208,10 +208,10 @@ def select_runs(
     (the same selection as ``rp.check``: newest first, replays left out, ``sample`` of them).
     """
     from replayable._check import _selection
-    from replayable.replay import load_source
+    from replayable.store import load_run
 
     refs = list(refs)
-    out = [load_source(ref, store) for ref in refs]
+    out = [load_run(ref, store) for ref in refs]
     if refs and not any(x is not None for x in (since, name, tags, status)):
         return out
     src = open_store(store)

@@ -5,22 +5,28 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+from collections.abc import Iterable
 from typing import Any
 
 from replayable.boundary import Boundary, registry
 from replayable.errors import ReplayableError, UnknownBoundary
 from replayable.trace import Event, Run
 
-__all__ = ["call_recorded", "root_call"]
+__all__ = ["call_recorded", "root_call", "root_event"]
 
 
-def root_call(run: Run, events: list[Event] | tuple[Event, ...]) -> tuple[Boundary, Event]:
-    """The recorded top-level agent call and its registered boundary."""
+def root_event(run: Run, events: Iterable[Event], *, purpose: str = "replay") -> Event:
+    """The run's root call: its first top-level call of kind ``agent``, else its first
+    top-level call (clock reads left out)."""
     tops = [e for e in events if e.parent_seq is None and e.kind != "clock"]
     if not tops:
-        raise ReplayableError(f"run {run.id} has no top-level call to replay")
-    agents = [e for e in tops if e.kind == "agent"]
-    ev = (agents or tops)[0]
+        raise ReplayableError(f"run {run.id} has no top-level call to {purpose}")
+    return next((e for e in tops if e.kind == "agent"), tops[0])
+
+
+def root_call(run: Run, events: Iterable[Event]) -> tuple[Boundary, Event]:
+    """The recorded top-level agent call and its registered boundary."""
+    ev = root_event(run, events)
     b = registry().get(ev.boundary)
     if b is None:
         raise UnknownBoundary(

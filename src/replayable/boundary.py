@@ -13,7 +13,7 @@ import inspect
 import threading
 import typing
 from collections.abc import Callable, Iterable
-from typing import Any, Protocol, TypeVar, overload
+from typing import Any, Literal, Protocol, TypeVar, overload
 
 from replayable import _engine, _errors_codec, canonical
 from replayable.context import SESSION
@@ -22,6 +22,7 @@ from replayable.errors import UnknownBoundary
 __all__ = [
     "Boundary",
     "Codec",
+    "Kind",
     "boundary",
     "get_boundary",
     "register_error_codec",
@@ -34,6 +35,10 @@ __all__ = [
 register_error_codec = _errors_codec.register_error_codec
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+Kind = Literal["llm", "tool", "retrieval", "agent", "clock", "node"]
+"""The kinds replayable itself knows (``agent`` runs live in a replay, ``clock`` is ``rp.now()``
+and friends); any other string names a kind of your own."""
 
 _REGISTRY: dict[str, Boundary] = {}
 _REGISTRY_LOCK = threading.Lock()
@@ -277,7 +282,7 @@ def boundary(
     fn: None = None,
     *,
     name: str | None = None,
-    kind: str = "tool",
+    kind: Kind | str = "tool",
     side_effects: bool = False,
     key: Iterable[str] | None = None,
     ignore: Iterable[str] = (),
@@ -291,7 +296,7 @@ def boundary(
     fn: F | None = None,
     *,
     name: str | None = None,
-    kind: str = "tool",
+    kind: Kind | str = "tool",
     side_effects: bool = False,
     key: Iterable[str] | None = None,
     ignore: Iterable[str] = (),

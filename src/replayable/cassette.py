@@ -30,7 +30,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import orjson
 
@@ -52,7 +52,8 @@ except ImportError:  # pragma: no cover - Windows: O_APPEND alone
 
 __all__ = ["MODES", "Cassette", "CassetteCall", "cassette", "force_mode", "resolve_mode"]
 
-MODES = ("record", "replay", "auto", "off")
+Mode = Literal["record", "replay", "auto", "off"]
+MODES: tuple[Mode, ...] = ("record", "replay", "auto", "off")
 _STREAM_META = ("closed_early", "never_started", "handled_throws")
 _FORCED_MODE: str | None = None
 """Set by the pytest plugin's ``--replayable-mode``; ``$REPLAYABLE_MODE`` still wins."""
@@ -68,7 +69,7 @@ def force_mode(mode: str | None) -> None:
     _FORCED_MODE = mode
 
 
-def resolve_mode(mode: str) -> str:
+def resolve_mode(mode: str) -> Mode:
     """The mode in force: ``$REPLAYABLE_MODE``, else ``--replayable-mode``, else ``mode``."""
     chosen = os.environ.get("REPLAYABLE_MODE") or _FORCED_MODE or mode
     if chosen not in MODES:
@@ -122,7 +123,7 @@ class Cassette(Engine, AsyncToo["Cassette"]):
     """
 
     def __init__(
-        self, path: str | os.PathLike[str], mode: str = "auto", *, live: Iterable[str] = ()
+        self, path: str | os.PathLike[str], mode: Mode | str = "auto", *, live: Iterable[str] = ()
     ) -> None:
         super().__init__()
         resolve_mode(mode)  # fail early on a bad mode
@@ -405,7 +406,7 @@ class Cassette(Engine, AsyncToo["Cassette"]):
 
 
 def cassette(
-    path: str | os.PathLike[str], mode: str = "auto", *, live: Iterable[str] = ()
+    path: str | os.PathLike[str], mode: Mode | str = "auto", *, live: Iterable[str] = ()
 ) -> Cassette:
     """Serve and record boundary calls from an exact-match fixture file (JSONL).
 

@@ -18,9 +18,8 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from pathlib import Path
 from types import TracebackType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
 
@@ -45,8 +44,8 @@ from replayable.record import (
     new_run_id,
     reset_context,
 )
-from replayable.store import Store, open_store
-from replayable.trace import Event, Run, check_recording, read_trace
+from replayable.store import Store, load_run, open_store
+from replayable.trace import Event, Run, check_recording
 
 if TYPE_CHECKING:
     from replayable.boundary import Boundary
@@ -54,6 +53,9 @@ if TYPE_CHECKING:
 __all__ = ["Replay", "replay"]
 
 UNMATCHED = -1
+
+Match = Literal["address", "key"]
+"""How a replay matches calls: by place in the call tree and key, or by key alone."""
 
 
 @dataclass(slots=True)
@@ -63,21 +65,6 @@ class _Plan:
     live: bool
     event: Event | None
     key: str
-
-
-def load_source(
-    source: str | os.PathLike[str] | Run, store: Store | str | os.PathLike[str] | None
-) -> tuple[Run, list[Event]]:
-    """A run and its events from a Run, a run id (or prefix) in a store, or a trace file."""
-    if isinstance(source, Run):
-        src_store = source.store or open_store(store)
-        return source, list(src_store.iter_events(source.id))
-    text = os.fspath(source)
-    if text.endswith(".jsonl") or Path(text).is_file():
-        return read_trace(text)
-    src_store = open_store(store)
-    run = src_store.get_run(text)
-    return run, list(src_store.iter_events(run.id))
 
 
 def _check_version(run: Run) -> None:
@@ -102,7 +89,7 @@ class Replayer(Recorder):
         live: Iterable[str],
         allow_side_effects: bool,
         strict: bool,
-        match: str,
+        match: Match | str,
         fallback: Cassette | None = None,
         sandbox: AbstractContextManager[Any] | None = None,
     ) -> None:
@@ -482,7 +469,7 @@ def replay(
     live: Iterable[str] = (),
     allow_side_effects: bool = False,
     strict: bool = True,
-    match: str = "address",
+    match: Match | str = "address",
     override: Mapping[str, Any] | None = None,
     live_from: str | None = None,
     live_kinds: Iterable[str] = (),
@@ -524,7 +511,7 @@ def replay(
     ...     agent("delete Bob's record")
     >>> print(r.report())
     """
-    source_run, events = load_source(source, store)
+    source_run, events = load_run(source, store)
     _check_version(source_run)
     checked = check_recording(source_run, events, trust=trust)
     if not checked.ok:

@@ -19,7 +19,8 @@ from rich.segment import Segment
 from replayable._version import __version__
 from replayable.errors import ReplayableError
 from replayable.store import Store, open_store
-from replayable.trace import Event, Run, read_trace
+from replayable.store import load_run as _load_run
+from replayable.trace import Event, Run
 
 __all__ = [
     "console",
@@ -161,12 +162,10 @@ def get_store(url: str | None, *, create: bool = False) -> Store:
 
 def load_run(ref: str, store_url: str | None) -> tuple[Run, list[Event]]:
     """A run and its events from a trace file path, or a run id (or unique prefix) in the
-    store named on the command line."""
+    store named on the command line (which must exist)."""
     if ref.endswith(".jsonl") or Path(ref).is_file():
-        return read_trace(ref)
-    store = get_store(store_url)
-    run = store.get_run(ref)
-    return run, list(store.iter_events(run.id))
+        return _load_run(ref)
+    return _load_run(ref, get_store(store_url))
 
 
 _SINCE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")

@@ -166,9 +166,9 @@ def export(run: Run | str, tracer_provider: Any = None, *, store: Any = None) ->
     from opentelemetry import trace
     from opentelemetry.trace import Status, StatusCode
 
-    from replayable.replay import load_source
+    from replayable.store import load_run
 
-    source, events = load_source(run, store)
+    source, events = load_run(run, store)
     tracer = _tracer(tracer_provider)
     start = int(source.started_at * 1e9)
     ended = source.ended_at or max(

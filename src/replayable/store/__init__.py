@@ -7,6 +7,7 @@ from pathlib import Path
 
 from replayable.errors import StoreUnavailable
 from replayable.store.base import EVENT_COLUMNS, EventRow, RunQuery, Store
+from replayable.trace import Event, Run
 
 __all__ = [
     "DEFAULT_STORE",
@@ -16,6 +17,7 @@ __all__ = [
     "Store",
     "close_all",
     "default_url",
+    "load_run",
     "open_store",
 ]
 
@@ -57,6 +59,27 @@ def open_store(
     store = _open(text)
     _OPEN[text] = store
     return store
+
+
+def load_run(
+    ref: str | os.PathLike[str] | Run, store: str | os.PathLike[str] | Store | None = None
+) -> tuple[Run, list[Event]]:
+    """A run and its events, in start order: from a :class:`Run`, a trace file path, or a run
+    id (or unique prefix) in ``store`` (default: the default store).
+
+    The one loader behind ``replay``, ``fuzz``, ``drift``, the CLI and the integrations.
+    """
+    from replayable.trace import read_trace
+
+    if isinstance(ref, Run):
+        src = ref.store or open_store(store)
+        return ref, list(src.iter_events(ref.id))
+    text = os.fspath(ref)
+    if text.endswith(".jsonl") or Path(text).is_file():
+        return read_trace(text)
+    src = open_store(store)
+    run = src.get_run(text)
+    return run, list(src.iter_events(run.id))
 
 
 def close_all() -> None:

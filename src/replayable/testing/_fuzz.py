@@ -33,8 +33,7 @@ from replayable.boundary import registry, resolve_name
 from replayable.context import FRAME, SESSION, Frame
 from replayable.errors import ReplayableError
 from replayable.record import environment, new_run_id
-from replayable.replay import load_source
-from replayable.store import Store
+from replayable.store import Store, load_run
 from replayable.trace import Event, Run, chain_events, write_trace
 
 if TYPE_CHECKING:
@@ -398,7 +397,7 @@ def fuzz(
     except ImportError:  # pragma: no cover - hypothesis is in the testing extra
         raise ReplayableError('fuzz needs hypothesis: pip install "replayable[testing]"') from None
 
-    run, events = load_source(source, store)
+    run, events = load_run(source, store)
     root_call(run, list(events))
     names = {e.boundary for e in events}
     registered = registry()

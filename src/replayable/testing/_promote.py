@@ -35,6 +35,7 @@ from typing import Any
 
 import orjson
 
+from replayable._rootcall import root_event
 from replayable.boundary import Boundary, registry, resolve_name
 from replayable.errors import ReplayableError
 from replayable.trace import Event, Run, write_trace
@@ -71,11 +72,7 @@ _MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 
 
 def _root(run: Run, events: Sequence[Event]) -> Event:
-    tops = [e for e in events if e.parent_seq is None and e.kind != "clock"]
-    if not tops:
-        raise ReplayableError(f"run {run.id} has no top-level call to promote")
-    agents = [e for e in tops if e.kind == "agent"]
-    return (agents or tops)[0]
+    return root_event(run, events, purpose="promote")
 
 
 def _root_boundary(ev: Event) -> tuple[str, str, Boundary | None]:

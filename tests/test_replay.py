@@ -752,3 +752,85 @@ class TestThreads:
             assert asyncio.run(main()) == "sunny in Oslo"
         assert r.ok
         assert [e.boundary for e in run.events()] == ["tests.test_replay:weather"]
+
+
+class TestServedStepsAreReferences:
+    """A replay keeps a served step as a reference to the recorded one, not a second copy."""
+
+    def replayed(self, source: Any) -> rp.Replay:
+        with rp.replay(source) as r:
+            tool_message(weather, "Paris")
+            forecast("Paris")
+        return r
+
+    def stored_rows(self, run_id: str) -> list[tuple[str, str, str]]:
+        db = sqlite3.connect(rp.open_store().url.removeprefix("sqlite:///"))
+        try:
+            rows = db.execute(
+                "SELECT input, output, meta FROM events WHERE run_id = ? ORDER BY seq", (run_id,)
+            ).fetchall()
+        finally:
+            db.close()
+        return rows
+
+    def test_a_served_step_is_stored_as_a_reference_and_read_back_whole(self) -> None:
+        """The row holds a reference; the store reads it back as the full recorded values."""
+        with rp.record() as run:
+            tool_message(weather, "Paris")
+            forecast("Paris")
+        r = self.replayed(run.id)
+        rows = self.stored_rows(r.run.id)
+        assert all(inp == "null" and out == "null" and '"$ref"' in meta for inp, out, meta in rows)
+        recorded, replayed = list(run.events()), list(r.run.events())
+        assert [(e.input, e.output) for e in replayed] == [(e.input, e.output) for e in recorded]
+        assert all("$ref" not in e.meta for e in replayed)
+        assert rp.open_store().get_run(r.run.id).status == "ok"
+        from replayable.trace import verify_run
+
+        assert verify_run(rp.open_store().get_run(r.run.id), replayed).ok
+
+    def test_a_replay_of_a_replay_serves_and_verifies(self) -> None:
+        """References to references resolve: the second replay serves, its events read whole."""
+        with rp.record() as run:
+            tool_message(weather, "Paris")
+            forecast("Paris")
+        first = self.replayed(run.id)
+        second = self.replayed(first.run.id)
+        assert second.ok
+        third = self.replayed(second.run.id)
+        from replayable.trace import verify_run
+
+        events = list(third.run.events())
+        assert [e.output for e in events] == [e.output for e in run.events()]
+        assert verify_run(rp.open_store().get_run(third.run.id), events).ok
+
+    def test_an_exported_replay_is_self_contained_and_verifies(self, tmp_path: Path) -> None:
+        """A replay written as a trace file carries the full values and verifies on its own."""
+        from replayable.trace import check_trace, write_trace
+
+        with rp.record() as run:
+            tool_message(weather, "Paris")
+            forecast("Paris")
+        r = self.replayed(run.id)
+        stored = rp.open_store().get_run(r.run.id)
+        path = write_trace(stored, stored.events(), tmp_path / "replay.jsonl")
+        text = path.read_text()
+        assert "$ref" not in text
+        assert "sunny in Paris" in text
+        _, events = check_trace(path)
+        assert [e.output for e in events] == ["sunny in Paris", "rain tomorrow in Paris"]
+        with rp.replay(path, store=tmp_path / "elsewhere.db") as again:
+            tool_message(weather, "Paris")
+            forecast("Paris")
+        assert again.ok
+
+    def test_a_replay_from_a_trace_file_keeps_copies(self, tmp_path: Path) -> None:
+        """With no source run in the same store, served steps are stored in full."""
+        from replayable.trace import write_trace
+
+        with rp.record() as run:
+            tool_message(weather, "Paris")
+            forecast("Paris")
+        path = write_trace(run, run.events(), tmp_path / "t.jsonl")
+        r = self.replayed(path)
+        assert all(out != "null" for _, out, _ in self.stored_rows(r.run.id))

@@ -102,10 +102,15 @@ class Serve:
     exc: BaseException | None = None
     handled: tuple[int, ...] = ()
     partial: bool = False
+    source: Any = None
+    """The recorded event served, when the policy serves one as it is (a recording policy may
+    then keep a reference to it instead of a copy)."""
 
     @classmethod
     def recorded(cls, output: Any, error: dict[str, Any] | None, meta: dict[str, Any]) -> Serve:
         """Serve a recorded call (an event's, a cassette line's) with its stream metadata."""
+        if "stream" not in meta:
+            return cls(output, error)
         return cls(
             output,
             error,

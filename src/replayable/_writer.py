@@ -23,7 +23,15 @@ from replayable import canonical
 from replayable.errors import StoreUnavailable, Unserializable
 from replayable.redact import might_hold_secrets, redact, redact_split
 from replayable.store.base import Checkpoint, EventRow, Store
-from replayable.trace import Run, chain_hash, checkpoint, content_bytes, genesis_hash, seal_run
+from replayable.trace import (
+    Event,
+    Run,
+    chain_hash,
+    checkpoint,
+    content_bytes,
+    genesis_hash,
+    seal_run,
+)
 from replayable.trace import signing_key as _signing_key
 
 if TYPE_CHECKING:
@@ -59,6 +67,13 @@ class Pending:
     """Set by a replay, which has redacted ``input`` already to compute it."""
     served: bool = False
     """The output was served from a recording (and so was redacted when recorded)."""
+    source: Event | None = None
+    """A served step's recorded event, in the same store: the step is stored as a reference
+    to it (``meta["$ref"]``) instead of a second copy of its output (and of its input, when
+    byte-identical). The hash covers the resolved values, so a resolved copy verifies."""
+    source_run: str = ""
+    same_input: bool = False
+    """``input`` is byte for byte the source event's (the replay matched it so)."""
 
 
 def _meta_bytes(meta: dict[str, Any]) -> bytes:
@@ -96,6 +111,18 @@ def pending_row(p: Pending, chains: dict[str, tuple[int, str]]) -> EventRow:
     error = None if p.error is None else redact(p.error)
     err = None if error is None else orjson.dumps(error, option=_SORTED)
     meta = _meta_bytes(p.meta)
+    stored_in, stored_out, stored_meta = inp, out, meta
+    src = p.source
+    if src is not None:
+        # Stored as a reference to the source event; hashed as the values it stands for, so
+        # the resolved event (what every reader gets) verifies.
+        out = orjson.dumps(src.output)
+        same_input = p.same_input or orjson.dumps(src.input) == inp
+        ref = orjson.dumps({"$ref": [p.source_run, src.seq, int(same_input)]})
+        stored_meta = ref[:-1] + (b"}" if meta == b"{}" else b"," + meta[1:])
+        stored_out = b"null"
+        if same_input:
+            stored_in = b"null"
     chain_seq, prev = chains.get(p.run_id, (0, ""))
     content = content_bytes(
         run_id=p.run_id,
@@ -124,10 +151,10 @@ def pending_row(p: Pending, chains: dict[str, tuple[int, str]]) -> EventRow:
         b.name,
         b.kind,
         key,
-        inp.decode(),
-        out.decode(),
+        stored_in.decode(),
+        stored_out.decode(),
         None if err is None else err.decode(),
-        meta.decode(),
+        stored_meta.decode(),
         p.started_at,
         p.duration_ns,
         digest,

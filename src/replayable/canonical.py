@@ -361,16 +361,19 @@ def clean_input(b: Boundary, data: bytes) -> tuple[bytes, Any]:
     return data, None
 
 
-def input_key(b: Boundary, data: bytes, value: Any = None) -> str:
+def input_key(
+    b: Boundary, data: bytes, value: Any = None, *, sorted_data: bytes | None = None
+) -> str:
     """The key of a redacted input snapshot, per the boundary's key rules (``key=``,
     ``ignore=``, transient fields); independent of dict order.
 
-    ``value`` is ``data`` parsed, when the caller has it already.
+    ``value`` is ``data`` parsed, and ``sorted_data`` its sorted form, when the caller has them.
     """
     if b.key_fields is None and not b.ignore and not _needs_normalize(data, b.transient):
-        sorted_data = (
-            orjson.dumps(value, option=_SORTED) if value is not None else sorted_json(data)
-        )
+        if sorted_data is None:
+            sorted_data = (
+                orjson.dumps(value, option=_SORTED) if value is not None else sorted_json(data)
+            )
         return hashlib.sha256(sorted_data).hexdigest()
     if value is None:
         value = orjson.loads(data)

@@ -54,7 +54,7 @@ __all__ = ["MODES", "Cassette", "CassetteCall", "cassette", "force_mode", "resol
 
 Mode = Literal["record", "replay", "auto", "off"]
 MODES: tuple[Mode, ...] = ("record", "replay", "auto", "off")
-_STREAM_META = ("closed_early", "never_started", "handled_throws")
+_STREAM_META = ("stream", "closed_early", "never_started", "handled_throws")
 _FORCED_MODE: str | None = None
 """Set by the pytest plugin's ``--replayable-mode``; ``$REPLAYABLE_MODE`` still wins."""
 

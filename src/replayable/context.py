@@ -56,6 +56,7 @@ class Frame:
     b: Boundary | None = None
     key: str | None = None
     serve: Serve | None = None
+    sorted_data: bytes | None = None
 
     def next_ordinal(self, name: str) -> int:
         """The ordinal of the next child call named ``name`` (0-based, in start order)."""

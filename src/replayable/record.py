@@ -134,6 +134,8 @@ class Recorder(Engine):
         self.unserializable = "raise" if strict else "mark"
         self.writer: Writer = writer_for(store)
         self.closed = False
+        self.refer_to: str | None = None
+        """A run in the same store whose served events this run keeps as references."""
 
     def at_start(self, frame: Frame) -> Serve | None:
         """Recording runs every call live."""
@@ -160,8 +162,14 @@ class Recorder(Engine):
             _warn_late(self.run.id, b.name)
             return
         served = outcome.served
+        source = None
         if served is not None:
-            out = self.snapshot(frame, served.output, "output")
+            source = served.source if self.refer_to is not None else None
+            if source is not None and source.output is served.output:
+                out = b"null"  # the writer stores a reference to the source event
+            else:
+                source = None
+                out = self.snapshot(frame, served.output, "output")
         elif outcome.output is not None:
             out = outcome.output  # a stream that failed keeps the chunks it yielded
         else:
@@ -181,6 +189,9 @@ class Recorder(Engine):
                 duration_ns=duration,
                 key=frame.key,
                 served=served is not None,
+                source=source,
+                source_run=self.refer_to or "",
+                same_input=source is not None and frame.sorted_data is None,
             )
         )
         if self.strict and self.writer.error is not None:

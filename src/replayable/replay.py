@@ -94,6 +94,8 @@ class Replayer(Recorder):
         sandbox: AbstractContextManager[Any] | None = None,
     ) -> None:
         super().__init__(store, run)
+        if source.store is store:  # served steps refer to the source instead of copying it
+            self.refer_to = source.id
         if match not in ("address", "key"):
             raise ValueError(f"match must be 'address' or 'key', not {match!r}")
         self.source = source
@@ -167,7 +169,9 @@ class Replayer(Recorder):
         ev = plan.event
         if plan.live or ev is None:
             return None
-        return Serve.recorded(ev.output, ev.error, ev.meta)
+        serve = Serve.recorded(ev.output, ev.error, ev.meta)
+        serve.source = ev
+        return serve
 
     def at_end(self, frame: Frame, outcome: Ending) -> None:
         """Keep the call in the replay's run; a call the fallback took ran live on a miss, and
@@ -184,10 +188,20 @@ class Replayer(Recorder):
     def _plan(self, b: Boundary, frame: Frame) -> _Plan:
         """The decision for one call (what-if replays decide differently): the recorded event
         it matched, and whether it runs live; raising refuses it."""
-        data, value = canonical.clean_input(b, frame.data)
-        frame.data = data  # the replay records the redacted input it keyed
-        key = frame.key = canonical.input_key(b, data, value)
-        ev, div = self._match(b, frame, key, data, value)
+        ev = self._same_as_recorded(b, frame)
+        div = None
+        if ev is not None:  # byte for byte the recorded (redacted) input: nothing to redact
+            frame.key = ev.key
+        else:
+            data, value = canonical.clean_input(b, frame.data)
+            frame.sorted_data = (
+                orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
+                if value is not None
+                else canonical.sorted_json(data)
+            )
+            frame.data = data  # the replay records the redacted input it keyed
+            key = frame.key = canonical.input_key(b, data, value, sorted_data=frame.sorted_data)
+            ev, div = self._match(b, frame, key, data, value)
         live = b.kind == "agent" or b.name in self.live_names
         if ev is not None and (b.name, self.nth[ev.seq]) in self.live_calls:
             live = True
@@ -217,7 +231,33 @@ class Replayer(Recorder):
             frame.meta.update(served=True, source_seq=ev.seq)
         elif ev is not None:
             frame.meta["source_seq"] = ev.seq
-        return _Plan(live, ev, key)
+        return _Plan(live, ev, frame.key or "")
+
+    def _same_as_recorded(self, b: Boundary, frame: Frame) -> Event | None:
+        """The fast path: the next recorded call of ``b`` under this parent, when the call's
+        input snapshot is byte for byte its recorded input (claimed if so)."""
+        if self.match != "address":
+            return None
+        parent = frame.parent
+        prec = parent.rec_seq if parent is not None else None
+        if prec == UNMATCHED:
+            return None
+        gkey = (prec, b.name)
+        with self._lock:
+            group = self.groups.get(gkey)
+            if not group:
+                return None
+            start = self._first.get(gkey, 0)
+            while start < len(group) and group[start].seq in self.consumed:
+                start += 1
+            self._first[gkey] = start
+            if start == len(group):
+                return None
+            ev = group[start]
+            if orjson.dumps(ev.input) != frame.data:
+                return None
+            self.consumed.add(ev.seq)
+            return ev
 
     def _match(
         self, b: Boundary, frame: Frame, key: str, data: bytes, value: Any
@@ -300,7 +340,9 @@ class Replayer(Recorder):
         )
 
     def _consume_subtree(self, seq: int) -> None:
-        stack = list(self.children.get(seq, ()))
+        if seq not in self.children:
+            return
+        stack = list(self.children[seq])
         with self._lock:
             while stack:
                 s = stack.pop()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -28,6 +28,7 @@ __all__ = [
     "Store",
     "event_to_row",
     "process_alive",
+    "resolve_refs",
     "row_to_event",
     "run_from_row",
     "run_to_row",
@@ -200,6 +201,32 @@ def _json(value: Any) -> Any:
     if isinstance(value, str | bytes | bytearray | memoryview):
         return orjson.loads(bytes(value) if not isinstance(value, str) else value)
     return value  # already decoded (e.g. PostgreSQL jsonb)
+
+
+def resolve_refs(store: Store, events: Iterable[Event]) -> Iterator[Event]:
+    """``events`` as read from ``store``, each served step's reference to its source event
+    (``meta["$ref"]``: run, seq, input too) resolved into the values it stands for.
+
+    A replay stores a served step as a reference rather than a second copy; its hash covers the
+    resolved values, so what this yields verifies, and exports self-contained. A reference whose
+    source is gone is left unresolved (``meta["unresolved_ref"]``), and fails verification.
+    """
+    sources: dict[str, dict[int, Event]] = {}
+    for ev in events:
+        ref = ev.meta.pop("$ref", None) if "$ref" in ev.meta else None
+        if ref is not None:
+            run_id, seq, same_input = ref
+            found = sources.get(run_id)
+            if found is None:
+                found = sources[run_id] = {e.seq: e for e in store.iter_events(run_id)}
+            src = found.get(seq)
+            if src is None:
+                ev.meta["unresolved_ref"] = ref
+            else:
+                ev.output = src.output
+                if same_input:
+                    ev.input = src.input
+        yield ev
 
 
 def row_to_event(row: Sequence[Any]) -> Event:

@@ -32,6 +32,7 @@ from replayable.store.base import (
     only_status,
     pick_check,
     pick_run,
+    resolve_refs,
     row_to_event,
     run_from_row,
     run_to_row,
@@ -337,7 +338,11 @@ class PostgresStore:
         return pick_run(run_id, rows, self, self.url)
 
     def iter_events(self, run_id: str) -> Iterator[Event]:
-        """The run's events in seq order, streamed through a server-side cursor."""
+        """The run's events in seq order, streamed through a server-side cursor (references
+        resolved)."""
+        return resolve_refs(self, self._stored_events(run_id))
+
+    def _stored_events(self, run_id: str) -> Iterator[Event]:
         try:
             self._open()
             with (

@@ -31,6 +31,7 @@ from replayable.store.base import (
     only_status,
     pick_check,
     pick_run,
+    resolve_refs,
     row_to_event,
     run_from_row,
     run_to_row,
@@ -383,7 +384,10 @@ class SQLiteStore:
         return pick_run(run_id, rows, self, self.url)
 
     def iter_events(self, run_id: str) -> Iterator[Event]:
-        """The run's events in seq order, streamed from a cursor."""
+        """The run's events in seq order, streamed from a cursor (references resolved)."""
+        return resolve_refs(self, self._stored_events(run_id))
+
+    def _stored_events(self, run_id: str) -> Iterator[Event]:
         cursor = self._run(
             lambda db: db.execute(
                 f"SELECT {_EVENTS} FROM events WHERE run_id = ? ORDER BY seq", (run_id,)

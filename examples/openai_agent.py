@@ -14,7 +14,6 @@ import sys
 from typing import Any
 
 import replayable as rp
-from replayable.integrations.openai import instrument
 
 TOOLS = [
     {
@@ -65,7 +64,7 @@ class WeatherAgent:
 def main(argv: list[str]) -> None:
     import openai
 
-    agent = WeatherAgent(instrument(openai.OpenAI()))
+    agent = WeatherAgent(rp.instrument(openai.OpenAI()))
     if len(argv) > 2 and argv[1] == "--replay":
         with rp.replay(argv[2]) as r:
             answer = agent.run("What should I wear in Paris today?")

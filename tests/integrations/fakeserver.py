@@ -67,10 +67,13 @@ class FakeLLMServer:
         self.lock = threading.Lock()
         self.counter = 0
 
+    _port: int | None = None
+
     @property
     def port(self) -> int:
-        assert self._httpd is not None
-        return int(self._httpd.server_address[1])
+        """The port it listens on (after :meth:`stop`: the port it listened on)."""
+        assert self._port is not None, "start() the server first"
+        return self._port
 
     @property
     def openai_url(self) -> str:
@@ -87,6 +90,7 @@ class FakeLLMServer:
             owner = server
 
         self._httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._port = int(self._httpd.server_address[1])
         self._httpd.daemon_threads = True
         self._thread = threading.Thread(
             target=self._httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True

@@ -92,6 +92,21 @@ INTEGRATIONS: list[Integration] = [
         from_modules("anthropic"),
     ),
     Integration(
+        "openai-agents",
+        "replayable.integrations.openai_agents",
+        "agents",
+        "agents.Agent (with its handoffs, function tools and MCP servers), agents.FunctionTool, "
+        "agents.mcp.MCPServer",
+        from_modules("agents"),
+    ),
+    Integration(
+        "litellm",
+        "replayable.integrations.litellm",
+        "litellm",
+        "the litellm module, litellm.completion, litellm.acompletion",
+        from_modules("litellm"),
+    ),
+    Integration(
         "langgraph",
         "replayable.integrations.langgraph",
         "langgraph",

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
-from replayable.boundary import Boundary, boundary, register_error_codec
+from replayable.boundary import Boundary, _register, boundary, register_error_codec
 from replayable.context import Session, annotate, current_session
 from replayable.errors import ReplayableWarning, UnsupportedClient
 
@@ -634,9 +634,12 @@ def instrument_client(client: Any, sdk: SDK, is_async: bool) -> Any:
     client.__replayable_request__ = client.request
     _patch_request(client, sdk, is_async)
     sdk.latest[is_async] = client
-    for route in sdk.routes:  # registered now, so a process that only instruments can re-run
-        for stream in (False, True):  # recorded calls by name (drift) before making any
-            sdk.boundary(route, is_async, stream)
+    # Registered now, so a process that only instruments can re-run recorded calls by name
+    # (drift) before making any. Sync and async clients share boundary names: the registry
+    # holds the shape of the client instrumented last, which is also the one drift uses.
+    for route in sdk.routes:
+        for stream in (False, True):
+            _register(sdk.boundary(route, is_async, stream))
     copy = client.copy
 
     def instrumented_copy(*args: Any, **kwargs: Any) -> Any:

@@ -190,11 +190,11 @@ class TestCreateAgent:
             build(model, tools, middleware=[catch_tool_errors()]).invoke(QUESTION)
         server.stop()
         changed = build(model, tools, middleware=[catch_tool_errors(), double_quantity()])
-        with pytest.raises(Divergence), rp.replay(run.id) as r:
+        with pytest.raises(Divergence) as exc, rp.replay(run.id) as r:
             changed.invoke(QUESTION)
-        first = r.divergences[0]
-        assert first.boundary == "langchain:tool.place_order"
-        assert [c.path for c in first.changes] == ["quantity"]
+        assert exc.value is r.divergences[0]  # the first one, though the agent caught it
+        assert exc.value.boundary == "langchain:tool.place_order"
+        assert [c.path for c in exc.value.changes] == ["quantity"]
         assert orders.count() == 1
 
     def test_a_side_effect_tool_cannot_run_live(self, agent: Any) -> None:

@@ -52,4 +52,10 @@ The loop:
   replayable replay RUN --import my_agent         your fixed code against the recording
   replayable diff RUN REPLAY_RUN                  where the two part ways
   replayable promote RUN --forbid delete_record   a regression test for CI
+
+\b
+What if:
+  replayable fork RUN --import my_agent --at plan#1 --set-output JSON   had it returned that
+  replayable fork RUN --import my_agent --at plan#1 --live-from          run live from there
+  replayable drift --since 7d --import my_agent   today's model on last week's inputs
 """

@@ -474,9 +474,9 @@ def _split_run(run: list[str]) -> list[str]:
 
 
 def holds_secret(value: Any) -> bool:
-    """Any value under a secret key is replaced (a numeric PIN is a secret too); None and empty
-    values stay, as they leak nothing."""
-    return value is not None and value not in ("", [], {})
+    """Any value under a secret key is replaced (a numeric PIN is a secret too); None, flags
+    (``{"password": False}``) and empty values stay, as they leak nothing."""
+    return value is not None and not isinstance(value, bool) and value not in ("", [], {})
 
 
 @dataclass(frozen=True, slots=True)

@@ -223,6 +223,27 @@ class TestDivergence:
         assert any(c.path.startswith("input") for c in info.value.changes)
         assert orders.count() == 1
 
+    async def test_a_changed_tool_argument_diverges_though_the_sdk_catches_tool_errors(
+        self, default_client: Any, server: FakeLLMServer, orders: Orders
+    ) -> None:
+        """The model runs live and asks for other arguments: the tool call diverges on them, and
+        the strict replay raises it although the SDK turned it into a tool message."""
+        agent = shop_agent(orders)
+        async with rp.record() as run:
+            await Runner.run(agent, QUESTION)
+        server.steer = lambda prompt, tools: ("place_order", {"item": "teapot", "quantity": 9})
+        with pytest.raises(Divergence) as info:
+            async with rp.replay(run.id, live=["openai:responses.create"]):
+                await Runner.run(agent, QUESTION)
+        assert info.value.boundary == "agents:function_tool.place_order"
+        assert {c.path for c in info.value.changes} >= {"item", "quantity"}
+        assert orders.count() == 1
+        async with rp.replay(run.id, live=["openai:responses.create"], strict=False) as r:
+            result = await Runner.run(agent, QUESTION)
+        assert result.final_output  # the SDK turned the divergence into a tool message
+        assert r.divergences[0].boundary == "agents:function_tool.place_order"
+        assert orders.count() == 1
+
 
 class TestSideEffects:
     async def test_a_side_effect_tool_named_live_is_refused_before_anything_runs(

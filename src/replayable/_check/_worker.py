@@ -12,7 +12,7 @@ from typing import Any
 from replayable import _writer
 from replayable._check._report import RunOutcome
 from replayable._rootcall import call_recorded, root_call
-from replayable._writer import Pending, pending_row
+from replayable._writer import Pending, Writer, pending_row
 from replayable.errors import Divergence, RecordedError, ReplayableError, TraceCorrupt
 from replayable.record import environment, new_run_id
 from replayable.replay import Replay, Replayer, _check_version
@@ -31,17 +31,17 @@ from replayable.trace import (
 __all__ = ["ENV", "Done", "Item", "Task", "run_batch"]
 
 
-class _Buffer:
-    """Stands in for the background writer of a check's replay: events stay in memory, and
-    only a replay that is kept (diverged or failed) becomes rows."""
+class _Buffer(Writer):
+    """The check policy's answer to "what to keep": a writer with no thread and no store.
+    Events stay in memory; only a replay worth keeping (diverged or failed) becomes rows."""
 
-    failing = False
-    error: BaseException | None = None
-
-    def __init__(self) -> None:
+    def __init__(self) -> None:  # no background thread: nothing is written from here
+        self.error = None
+        self._failed = False
         self.pending: list[Pending] = []
 
     def submit(self, item: Pending) -> None:
+        """Keep the event in memory."""
         self.pending.append(item)
 
     def run_op(self, op: Callable[[], None]) -> None:
@@ -118,7 +118,7 @@ def run_batch(task: Task) -> list[Done]:
     if _NOWHERE not in _writer._WRITERS:
         # A check's replays are never written through a store's background writer: give
         # their stand-in store a buffer, so no writer thread starts (after a fork, again).
-        _writer._WRITERS[_NOWHERE] = _Buffer()  # type: ignore[assignment]
+        _writer._WRITERS[_NOWHERE] = _Buffer()
     store = open_store(task.store) if task.store is not None else None
     return [_check_item(item, store, task) for item in task.items]
 
@@ -260,8 +260,7 @@ class _CheckReplayer(Replayer):
             strict=False,
             match="address",
         )
-        self.buffer = _Buffer()
-        self.writer = self.buffer  # type: ignore[assignment]
+        self.buffer = self.writer = _Buffer()
 
     def kept(self, status: str) -> tuple[dict[str, Any], list[EventRow]]:
         """The replay as a run header and rows in write order, ready for ``put_run``."""

@@ -1,12 +1,21 @@
 """replayable: record LLM-agent runs at their semantic boundaries and replay them offline.
 
 >>> import replayable as rp
+>>> deleted = []
 >>> @rp.boundary(kind="tool", side_effects=True)
-... def delete_record(record_id: int) -> bool: ...
+... def delete_record(record_id: int) -> bool:
+...     deleted.append(record_id)
+...     return True
+>>> def agent(request: str) -> bool:
+...     return delete_record(7)
 >>> with rp.record(name="support") as run:
 ...     agent("delete Bob's record")
+True
 >>> with rp.replay(run.id) as r:      # delete_record is served, never called
 ...     agent("delete Bob's record")
+True
+>>> deleted, r.ok
+([7], True)
 """
 
 from __future__ import annotations

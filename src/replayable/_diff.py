@@ -19,7 +19,7 @@ def diff_values(recorded: Any, actual: Any, path: str = "", limit: int = 50) -> 
     """Paths where ``actual`` differs from ``recorded``: changed, added or removed.
 
     >>> [str(c) for c in diff_values({"id": 2, "a": 1}, {"id": 3, "b": 1})]
-    ["- a: 1", "+ b: 1", "~ id: 2 -> 3"]
+    ['- a: 1', '+ b: 1', '~ id: 2 -> 3']
     """
     out: list[FieldChange] = []
     _diff(recorded, actual, path, out, limit)

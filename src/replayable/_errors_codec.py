@@ -26,7 +26,13 @@ def register_error_codec(
 
     For exceptions whose constructor needs more than their message (an SDK's HTTP errors).
 
+    >>> class MyError(Exception):
+    ...     def __init__(self, code: int) -> None:
+    ...         super().__init__(f"failed with {code}")
+    ...         self.code = code
     >>> register_error_codec(MyError, lambda e: {"code": e.code}, lambda t, d: t(d["data"]["code"]))
+    >>> encode_error(MyError(429))["data"]
+    {'code': 429}
     """
     _ERROR_CODECS[cls] = (encode, decode)
 

@@ -116,8 +116,14 @@ class CassetteCall:
 class Cassette(Engine, AsyncToo["Cassette"]):
     """An exact-match fixture file; a context manager (sync or async) and a decorator.
 
-    >>> with rp.cassette("tests/cassettes/weather.jsonl", mode="replay") as tape:
+    >>> import replayable as rp
+    >>> forecast = rp.boundary(kind="tool")(lambda city: f"sunny in {city}")
+    >>> with rp.cassette("cassettes/weather.jsonl", mode="record"):
     ...     forecast("Paris")
+    'sunny in Paris'
+    >>> with rp.cassette("cassettes/weather.jsonl", mode="replay") as tape:
+    ...     forecast("Paris")
+    'sunny in Paris'
     >>> tape.hits, tape.misses
     (1, 0)
     """
@@ -414,7 +420,12 @@ def cassette(
     ``$REPLAYABLE_MODE`` overrides it. Boundaries named in ``live`` (full or bare name) and those
     of kind ``agent`` always run. Use it as ``with``, ``async with`` or a decorator.
 
-    >>> with cassette("tests/cassettes/support.jsonl") as tape:
-    ...     support_agent("delete my record")
+    >>> import replayable as rp
+    >>> answer = rp.boundary(kind="llm")(lambda prompt: prompt.upper())
+    >>> with cassette("cassettes/support.jsonl") as tape:  # auto: records the miss
+    ...     answer("delete my record")
+    'DELETE MY RECORD'
+    >>> tape.misses
+    1
     """
     return Cassette(path, mode, live=live)

@@ -110,7 +110,16 @@ def current_frame() -> Frame | None:
 def annotate(**fields: Any) -> None:
     """Attach metadata (JSON-able) to the step currently executing; a no-op outside a run.
 
-    >>> annotate(model="gpt-4o", system_fingerprint="fp_1")  # inside an llm boundary
+    >>> import replayable as rp
+    >>> @rp.boundary(kind="llm")
+    ... def complete(prompt: str) -> str:
+    ...     annotate(model="gpt-4o", system_fingerprint="fp_1")
+    ...     return "ok"
+    >>> with rp.record() as run:
+    ...     complete("hi")
+    'ok'
+    >>> next(run.events()).meta["model"]
+    'gpt-4o'
     """
     frame = FRAME.get()
     if frame is not None and SESSION.get() is not None:
@@ -120,7 +129,14 @@ def annotate(**fields: Any) -> None:
 def bind(fn: Callable[P, R]) -> Callable[P, R]:
     """Wrap ``fn`` so it runs in the current context, e.g. when submitted to a thread pool.
 
-    >>> pool.submit(bind(fetch), url)  # fetch's boundary calls nest under the caller's step
+    >>> import replayable as rp
+    >>> from concurrent.futures import ThreadPoolExecutor
+    >>> fetch = rp.boundary(kind="tool")(lambda url: len(url))
+    >>> with rp.record() as run, ThreadPoolExecutor(2) as pool:
+    ...     pool.submit(bind(fetch), "https://example.com").result()
+    19
+    >>> [e.address.split(":")[-1] for e in run.events()]
+    ['<lambda>/0']
     """
     ctx = contextvars.copy_context()
 

@@ -289,9 +289,13 @@ def record(
     outcome. Recording is fail-open: a store that is down costs the agent nothing but a logged
     warning; ``strict=True`` makes store errors and unserializable values fatal instead.
 
+    >>> from replayable import boundary
+    >>> lookup = boundary(kind="tool")(lambda name: {"name": name, "id": 7})
     >>> with record(name="support", tags={"env": "prod"}) as run:
-    ...     agent("delete Bob's record")
-    >>> run.id, run.status
+    ...     lookup("Bob")["id"]
+    7
+    >>> run.status, [e.output for e in run.events()]
+    ('ok', [{'name': 'Bob', 'id': 7}])
     """
     opened = open_store(store)
 

@@ -549,9 +549,16 @@ def replay(
     act on (a context manager entered for the replay: a scratch database, a fake client); with
     it they run live without ``allow_side_effects``.
 
+    >>> import replayable as rp
+    >>> lookup = rp.boundary(kind="tool")(lambda name: {"name": name, "id": 7})
+    >>> with rp.record() as run:
+    ...     lookup("Bob")["id"]
+    7
     >>> with replay(run.id) as r:
-    ...     agent("delete Bob's record")
-    >>> print(r.report())
+    ...     lookup("Bob")["id"]
+    7
+    >>> print(r.report().splitlines()[1])
+    no divergence: the code took the recorded path
     """
     source_run, events = load_run(source, store)
     _check_version(source_run)

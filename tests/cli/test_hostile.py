@@ -184,6 +184,26 @@ class TestBadArguments:
             assert result.exit_code == 2, (command, result.output)
             assert "not valid UTF-8" in result.output
 
+    @pytest.mark.parametrize(
+        ("args", "option"),
+        [
+            (["runs", "--since", "lately"], "--since"),
+            (["stats", "--since", "lately"], "--since"),
+            (["check", "--import", "os", "--since", "lately"], "--since"),
+            (["drift", "--import", "os", "--since", "lately"], "--since"),
+            (["export", "--since", "lately", "-o", "corpus"], "--since"),
+            (["prune", "--older-than", "lately", "--yes"], "--older-than"),
+        ],
+    )
+    def test_a_bad_period_names_its_option(
+        self, hostile_run: rp.Run, args: list[str], option: str
+    ) -> None:
+        """A period that is neither a duration nor a date: the option named, exit 2."""
+        result = invoke(*args)
+        assert result.exit_code == 2, result.output
+        assert f"Invalid value for {option}: 'lately': use a duration like 1h" in result.output
+        assert "Traceback" not in result.output
+
     def test_serve_port_out_of_range(self) -> None:
         """`serve --port 99999`: a usage error, exit 2."""
         result = invoke("serve", "--port", "99999")

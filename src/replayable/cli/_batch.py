@@ -13,7 +13,14 @@ from typing import Any, TypeVar
 
 import click
 
-__all__ = ["JUnitCase", "Selection", "output_options", "selection_options", "write_junit"]
+__all__ = [
+    "JUnitCase",
+    "Selection",
+    "output_options",
+    "parse_tags",
+    "selection_options",
+    "write_junit",
+]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -37,7 +44,8 @@ class Selection:
         return not self.refs and not any((self.since, self.name, self.tags, self.status))
 
 
-def _tags(values: tuple[str, ...]) -> dict[str, str]:
+def parse_tags(values: Iterable[str]) -> dict[str, str]:
+    """``--tag key=value`` options as a dict; anything without ``=`` is a usage error."""
     out = {}
     for tag in values:
         if "=" not in tag:
@@ -65,7 +73,7 @@ def selection_options(fn: F) -> F:
     ) -> Any:
         if seed is not None and sample is None:
             raise click.UsageError("--seed goes with --sample N")
-        selection = Selection(runs, since, name, _tags(tags), status, limit, sample, seed)
+        selection = Selection(runs, since, name, parse_tags(tags), status, limit, sample, seed)
         return fn(*args, selection=selection, **kwargs)
 
     decorators = [
@@ -140,5 +148,6 @@ def write_junit(path: str | Path, suite: str, cases: Iterable[JUnitCase]) -> Pat
         elif c.status == "skipped":
             ET.SubElement(case, "skipped", message=c.message)
     out = Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
     ET.ElementTree(root).write(out, encoding="utf-8", xml_declaration=True)
     return out

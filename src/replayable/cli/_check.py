@@ -6,7 +6,6 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import click
 import orjson
@@ -16,7 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from replayable._check import CheckReport, check, list_checks, load_check
-from replayable.cli._batch import JUnitCase, output_options, write_junit
+from replayable.cli._batch import JUnitCase, output_options, parse_tags, write_junit
 from replayable.cli._common import (
     console,
     err_console,
@@ -28,7 +27,7 @@ from replayable.cli._common import (
     parse_since,
     store_option,
 )
-from replayable.cli._core import _parse_tags, import_modules
+from replayable.cli._core import import_modules
 from replayable.cli._render import fmt_duration, fmt_time
 
 __all__ = ["junit_cases", "render_report"]
@@ -237,7 +236,7 @@ def check_cmd(
             imports=modules,
             since=parse_since(since),
             name=name,
-            tags=_parse_tags(tags) or None,
+            tags=parse_tags(tags) or None,
             status=status,
             limit=limit,
             sample=sample,
@@ -257,7 +256,6 @@ def check_cmd(
     finally:
         stop()
     if junit:
-        Path(junit).parent.mkdir(parents=True, exist_ok=True)
         write_junit(junit, f"replayable check {report.id}", junit_cases(report))
     if as_json:
         click.echo(orjson.dumps(report.to_dict()).decode())

@@ -6,7 +6,6 @@ import functools
 import os
 import re
 import sys
-import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
@@ -20,6 +19,7 @@ from replayable._version import __version__
 from replayable.errors import ReplayableError
 from replayable.store import Store, open_store
 from replayable.store import load_run as _load_run
+from replayable.store.base import parse_since as _parse_since
 from replayable.trace import Event, Run
 
 __all__ = [
@@ -168,26 +168,15 @@ def load_run(ref: str, store_url: str | None) -> tuple[Run, list[Event]]:
     return _load_run(ref, get_store(store_url))
 
 
-_SINCE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-def parse_since(text: str | None) -> float | None:
-    """``1h``, ``30m``, ``2d`` or an ISO date/time -> epoch seconds; None passes through."""
+def parse_since(text: str | None, option: str = "--since") -> float | None:
+    """``1h``, ``30m``, ``2d`` or an ISO date/time -> epoch seconds; None passes through; bad
+    input is a usage error naming ``option``."""
     if text is None:
         return None
-    m = _SINCE.match(text.strip())
-    if m:
-        return time.time() - float(m.group(1)) * _UNITS[m.group(2)]
-    from datetime import UTC, datetime
-
     try:
-        dt = datetime.fromisoformat(text)
-    except ValueError:
-        raise click.BadParameter(f"{text!r}: use a duration like 1h, 30m, 2d or an ISO date")
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)
-    return dt.timestamp()
+        return _parse_since(text)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint=option) from None
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

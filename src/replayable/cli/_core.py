@@ -11,6 +11,7 @@ import orjson
 
 from replayable._rootcall import call_recorded, root_call
 from replayable.boundary import Boundary
+from replayable.cli._batch import parse_tags
 from replayable.cli._common import (
     console,
     fail,
@@ -27,16 +28,6 @@ from replayable.errors import Divergence, ReplayableError
 from replayable.replay import Replay, replay
 from replayable.store.base import RunQuery
 from replayable.trace import Event
-
-
-def _parse_tags(tags: tuple[str, ...]) -> dict[str, str]:
-    out = {}
-    for tag in tags:
-        if "=" not in tag:
-            raise click.BadParameter(f"{tag!r}: use key=value", param_hint="--tag")
-        k, v = tag.split("=", 1)
-        out[k] = v
-    return out
 
 
 @main.command("runs")
@@ -78,7 +69,7 @@ def runs_cmd(
     store = get_store(store_url)
     query = RunQuery(
         name=name,
-        tags=_parse_tags(tags) or None,
+        tags=parse_tags(tags) or None,
         status=status,
         since=parse_since(since),
         boundary=boundary,

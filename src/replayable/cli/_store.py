@@ -113,7 +113,7 @@ def _export_many(
     limit: int | None,
 ) -> None:
     """Every recorded run the query picks (not replays, not unfinished) as RUN_ID.jsonl."""
-    from replayable.cli._core import _parse_tags
+    from replayable.cli._batch import parse_tags
 
     store = get_store(store_url)
     target = Path(output)
@@ -121,7 +121,7 @@ def _export_many(
         fail(f"{output} is a file: -o names a directory when exporting several runs")
     query = RunQuery(
         name=name,
-        tags=_parse_tags(tags) or None,
+        tags=parse_tags(tags) or None,
         status=status,
         since=parse_since(since),
         limit=_ALL,
@@ -299,7 +299,7 @@ def copy_cmd(src_url: str, dst_url: str, since: str | None, name: str | None) ->
 @handle_errors
 def prune_cmd(store_url: str | None, older_than: str, yes: bool) -> None:
     """Retention: delete runs (and their events) older than a period."""
-    before = parse_since(older_than)
+    before = parse_since(older_than, "--older-than")
     assert before is not None
     store = get_store(store_url)
     if not yes:

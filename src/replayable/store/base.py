@@ -7,7 +7,9 @@ serialized to text) so the background writer never re-serializes what it has sna
 from __future__ import annotations
 
 import os
+import re
 import socket
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
@@ -27,6 +29,7 @@ __all__ = [
     "RunQuery",
     "Store",
     "event_to_row",
+    "parse_since",
     "process_alive",
     "resolve_refs",
     "row_to_event",
@@ -262,6 +265,31 @@ class RunQuery:
     boundary: str | None = None
     has_error: bool | None = None
     limit: int = 50
+
+
+_PERIOD = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_since(text: str) -> float:
+    """A period back from now (``30m``, ``12h``, ``7d``, ``2w``) or an ISO date/time (UTC when
+    it has no offset) as epoch seconds, the unit of :attr:`RunQuery.since`; raises
+    ``ValueError`` saying what to write instead.
+
+    >>> RunQuery(since=parse_since("7d"))
+    """
+    m = _PERIOD.match(text.strip())
+    if m:
+        return time.time() - float(m.group(1)) * _UNITS[m.group(2)]
+    from datetime import UTC, datetime
+
+    try:
+        dt = datetime.fromisoformat(text)
+    except ValueError:
+        raise ValueError(f"{text!r}: use a duration like 1h, 30m, 2d or an ISO date") from None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return dt.timestamp()
 
 
 @runtime_checkable

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import hmac
-import re
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlencode
@@ -29,7 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from replayable._check import CheckReport, list_checks, load_check
 from replayable._rundiff import diff_runs
 from replayable.errors import ReplayableError, RunNotFound
-from replayable.store.base import RunQuery, Store
+from replayable.store.base import RunQuery, Store, parse_since
 from replayable.viewer._data import (
     MAX_INLINE_BYTES,
     RunCache,
@@ -213,25 +212,13 @@ def _json(data: Any, status_code: int = 200) -> Response:
     return Response(orjson.dumps(data), status_code=status_code, media_type="application/json")
 
 
-_SINCE = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")
-
-
 def _since(text: str | None) -> float | None:
     if not text:
         return None
-    import time
-
-    m = _SINCE.match(text.strip())
-    if m:
-        units = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-        return time.time() - float(m.group(1)) * units[m.group(2)]
     try:
-        dt = _dt.datetime.fromisoformat(text)
-    except ValueError:
-        raise HTTPException(400, f"since={text!r}: use 1h, 30m, 2d or an ISO date")
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=_dt.UTC)
-    return dt.timestamp()
+        return parse_since(text)
+    except ValueError as exc:
+        raise HTTPException(400, f"since={exc}")
 
 
 def _int(request: Request, name: str, default: int, top: int) -> int:

@@ -86,6 +86,9 @@ class TestOverride:
         faked_change = r.changes[1]
         assert "~ input.customer_id: 13 -> 12" in [str(c) for c in faked_change.changes]
         assert r.divergences == []
+        assert (
+            r.report().splitlines()[0].startswith(f"fork of run {good_run.id} at choose_record#1 (")
+        ), "a fork's report opens with its fork point, not a plain replay's match count"
 
     def test_a_path_that_no_longer_reaches_a_step_reports_it_not_reached(
         self, good_run: rp.Run, monkeypatch: pytest.MonkeyPatch

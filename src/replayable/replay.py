@@ -430,6 +430,8 @@ class Replay(AsyncToo["Replay"]):
             f"{len(s.divergences)} divergence(s)"
         )
         whatif = s.whatif_lines() if hasattr(s, "whatif_lines") else []
+        if whatif and whatif[0].startswith("fork of run"):
+            head = whatif.pop(0)  # names the source and the fork point; "matched" would mislead
         if not s.divergences:
             tail = "no divergence" + ("" if whatif else ": the code took the recorded path")
             return "\n".join([head, *whatif, tail])

@@ -79,14 +79,16 @@ def selection_options(fn: F) -> F:
     decorators = [
         click.argument("runs", nargs=-1),
         click.option(
-            "--since", help="Runs started within this period (1h, 30m, 7d) or after a date."
+            "--since", help="Only runs started within this period (1h, 30m, 7d) or after a date."
         ),
-        click.option("--name", help="Runs with this name."),
-        click.option("--tag", "tags", multiple=True, help="Runs with this tag (key=value)."),
+        click.option("--name", help="Only runs with this name."),
+        click.option(
+            "--tag", "tags", multiple=True, help="Only runs with this tag (key=value); repeatable."
+        ),
         click.option(
             "--status",
             type=click.Choice(["ok", "error", "diverged"]),
-            help="Runs that ended with this status.",
+            help="Only runs that ended with this status.",
         ),
         click.option(
             "--limit", type=click.IntRange(min=1), help="At most this many runs, newest first."

@@ -105,7 +105,7 @@ def _report(hits: list[_Hit]) -> None:
 @click.pass_context
 @handle_errors
 def scan_cmd(ctx: click.Context, files: tuple[str, ...], store_url: str | None, fix: bool) -> None:
-    """Report secrets already recorded: in every run of a store, or in TRACE_FILES.
+    """Report secrets already recorded: in every run of a store, or in trace FILES.
 
     One line per finding: run, step address ('(run)' for the run's header), field path and
     the rule that fired; never the secret itself. Exit 1 when secrets are found (without

@@ -100,6 +100,11 @@ def drift_cmd(
 
     --import the module that defines the model boundaries or instruments the SDK client
     pointing at today's model. Exits 1 if any step drifted, 2 on bad input.
+
+    \b
+    replayable drift --since 7d --name support-agent --import my_agent
+    replayable drift RUN_A RUN_B --import my_agent --judge exact --json
+    replayable drift --since 1d --sample 200 --seed 1 --import my_agent --junit drift.xml
     """
     from replayable._drift import drift
     from replayable.cli._core import import_modules
@@ -272,6 +277,12 @@ def fork_cmd(
     allowed. Prints which steps changed; the fork is recorded as a run linked to RUN at the
     step. Exits 0 when the fork ran to the end, 1 when a refused side effect or a divergence
     stopped it, 2 on bad input.
+
+    \b
+    replayable fork RUN --import my_agent --at plan#1 --set-output '{"tool": "search"}'
+    replayable fork RUN --import my_agent --at plan#1 --set-error 'TimeoutError:model timed out'
+    replayable fork RUN --import my_agent --at plan#1 --live-from \\
+        --fake delete_record=my_agent.fakes:delete_record
     """
     from replayable._rootcall import call_recorded, root_call
     from replayable.cli._core import import_modules

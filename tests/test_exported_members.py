@@ -28,6 +28,7 @@ EXPECTED = {
     "TraceCorrupt",
     "UnknownBoundary",
     "Unserializable",
+    "UnsupportedClient",
     "__version__",
     "annotate",
     "bind",

@@ -42,6 +42,7 @@ from replayable.errors import (
     TraceCorrupt,
     UnknownBoundary,
     Unserializable,
+    UnsupportedClient,
 )
 from replayable.integrations import instrument
 from replayable.record import record
@@ -71,6 +72,7 @@ __all__ = [
     "TraceCorrupt",
     "UnknownBoundary",
     "Unserializable",
+    "UnsupportedClient",
     "__version__",
     "annotate",
     "bind",

@@ -118,7 +118,12 @@ class StepDrift:
 
 @dataclass(slots=True)
 class DriftReport:
-    """Every re-run step, and a summary per boundary (:meth:`summary`)."""
+    """Every re-run step, and a summary per boundary (:meth:`summary`).
+
+    >>> report = rp.drift(name="support-agent", since=timedelta(days=7))
+    >>> [(s.step, [str(c) for c in s.changes]) for s in report.drifted]
+    >>> print(report.report())
+    """
 
     runs: list[Run]
     steps: list[StepDrift]

@@ -230,7 +230,13 @@ def registry() -> dict[str, Boundary]:
 
 
 def get_boundary(fn_or_name: Any) -> Boundary:
-    """The :class:`Boundary` behind a decorated function, or registered under a name."""
+    """The :class:`Boundary` behind a decorated function, or registered under a name.
+
+    >>> rp.get_boundary(delete_record).side_effects
+    True
+    >>> rp.get_boundary("delete_record").name      # bare name, when unambiguous
+    'app.tools:delete_record'
+    """
     b = getattr(fn_or_name, "__replayable__", None)
     if isinstance(b, Boundary):
         return b

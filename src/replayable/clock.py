@@ -45,11 +45,17 @@ def now() -> _dt.datetime:
 
 @boundary(name="replayable:random", kind="clock")
 def random() -> float:
-    """A float in [0, 1) from the system's randomness; recorded and replayed."""
+    """A float in [0, 1) from the system's randomness; recorded and replayed.
+
+    >>> temperature_jitter = 0.1 * rp.random()   # the same value again in a replay
+    """
     return _random.SystemRandom().random()
 
 
 @boundary(name="replayable:uuid4", kind="clock", codec=_UUIDCodec())
 def uuid4() -> _uuid.UUID:
-    """A random UUID; recorded and replayed."""
+    """A random UUID; recorded and replayed.
+
+    >>> order_id = str(rp.uuid4())   # a replay gets the recorded id, so lookups still match
+    """
     return _uuid.uuid4()

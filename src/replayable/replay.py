@@ -379,6 +379,10 @@ class Replay(AsyncToo["Replay"]):
     """A replay in progress or done: ``divergences``, ``report()``, the replay ``run``, ``source``.
 
     Use it as a context manager (``with`` or ``async with``); see :func:`replay`.
+
+    >>> with rp.replay(run_id, strict=False) as r:
+    ...     agent("delete Bob's record")
+    >>> [d.address for d in r.divergences], r.run.parent_run == run_id
     """
 
     def __init__(self, session: Replayer) -> None:

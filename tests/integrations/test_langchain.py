@@ -144,6 +144,31 @@ class TestCreateAgent:
         assert tokens[-1] == answer(final)
         assert r.ok
 
+    def test_a_streamed_recording_serves_an_unstreamed_replay(
+        self, agent: Any, server: FakeLLMServer
+    ) -> None:
+        """Recorded with stream, replayed with invoke: the chunks are merged into the answer."""
+        with rp.record() as run:
+            tokens = [m.content for m, _ in agent.stream(QUESTION, stream_mode="messages")]
+        server.stop()
+        with rp.replay(run.id) as r:
+            final = agent.invoke(QUESTION)
+        assert answer(final) == "".join(tokens[tokens.index(final["messages"][2].content) + 1 :])
+        assert r.ok
+
+    def test_batch_calls_are_served_from_worker_threads(
+        self, model: Any, server: FakeLLMServer
+    ) -> None:
+        """model.batch runs each call in a thread pool; each is recorded and served."""
+        prompts = ["one", "two", "three"]
+        with rp.record() as run:
+            first = [m.content for m in model.batch(prompts)]
+        server.stop()
+        with rp.replay(run.id) as r:
+            again = [m.content for m in model.batch(prompts)]
+        assert again == first
+        assert r.ok
+
     async def test_ainvoke_and_astream_replay_offline(
         self, agent: Any, server: FakeLLMServer, orders: Orders
     ) -> None:

@@ -284,6 +284,16 @@ class TestGraphLevel:
         assert orders.count() == 1
         assert r.ok
 
+    def test_instrumenting_the_graph_keeps_a_tool_marked_as_side_effect(
+        self, model: Any, tools: list[Any]
+    ) -> None:
+        """Tools marked when instrumented stay marked when their graph is instrumented too."""
+        graph = rp.instrument(build(model, tools))
+        with rp.record() as run:
+            graph.invoke(QUESTION)
+        with pytest.raises(SideEffectRefused, match="place_order"):
+            rp.replay(run.id, live=["place_order"])
+
     def test_side_effects_must_name_a_tool_of_the_graph(self, model: Any, tools: list[Any]) -> None:
         """A typo in side_effects is an error naming the graph's tools."""
         from replayable.integrations.langgraph import instrument

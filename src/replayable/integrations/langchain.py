@@ -601,6 +601,9 @@ def instrument_tool(tool: Any, *, side_effects: bool = False) -> Any:
             "replayable.integrations.langchain supports BaseTool (e.g. made with @tool)"
         )
     _patch_tool_class(type(tool))
+    mark = tool.__dict__.get(_MARK)
+    if mark is not None and (mark["sync"].side_effects or not side_effects):
+        return tool  # instrumented already; a tool marked as a side effect stays one
     sync_b, async_b = _tool_boundaries(tool, side_effects)
     object.__setattr__(tool, _MARK, {"kind": "tool", "sync": sync_b, "async": async_b})
     return tool

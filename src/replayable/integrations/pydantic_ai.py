@@ -307,14 +307,33 @@ def instrument_model(model: Any) -> Any:
 _TOOLS: dict[str, Boundary] = {}
 
 
+class _ToolResultCodec:
+    """A tool's result as JSON; replay hands the JSON back (Pydantic AI serializes a tool's
+    result for the model the same way)."""
+
+    def encode(self, value: Any) -> Any:
+        return jsonable(value)
+
+    def decode(self, data: Any) -> Any:
+        return data
+
+
+_TOOL_CODEC = _ToolResultCodec()
+
+
 def _tool_boundary(name: str, side_effects: bool) -> Boundary:
     b = _TOOLS.get(name)
     if b is None or b.side_effects is not side_effects:
 
-        @boundary(name=f"pydantic_ai:tool.{name}", kind="tool", side_effects=side_effects)
+        @boundary(
+            name=f"pydantic_ai:tool.{name}",
+            kind="tool",
+            side_effects=side_effects,
+            codec=_TOOL_CODEC,
+        )
         async def call(**arguments: Any) -> Any:
             real = _take_call()
-            return jsonable(await real.fn(*real.args))
+            return await real.fn(*real.args)
 
         b = _TOOLS[name] = call.__replayable__  # type: ignore[attr-defined]
     return b

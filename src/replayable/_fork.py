@@ -225,25 +225,10 @@ class WhatIf(Replayer):
         live: bool,
     ) -> _Plan:
         """What a plain replay does with this call."""
-        if div is not None:
-            with self._lock:
-                self.divergences.append(div)
-            if self.replay_strict or not live:
-                raise div
-        frame.rec_seq = ev.seq if ev is not None else UNMATCHED
-        if ev is not None and not live and "unserializable_output" in ev.meta:
-            raise ReplayableError(
-                f"cannot serve {b.name} at {ev.address}: its output was not recorded "
-                f"(unserializable at {ev.meta['unserializable_output']!r})"
-            )
-        if ev is not None and not live:
-            self._consume_subtree(ev.seq)
-            frame.meta.update(served=True, source_seq=ev.seq)
-        elif ev is not None:
-            frame.meta["source_seq"] = ev.seq
+        plan = self._settle(b, frame, ev, div, key, live=live)
         if live and self.fork_seq is not None:
             frame.meta["whatif"] = "live"  # compared with the recording when it finishes
-        return _Plan(live, ev, key)
+        return plan
 
     def _override(
         self, b: Boundary, frame: Frame, ev: Event, div: Divergence | None, key: str

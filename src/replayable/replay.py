@@ -214,6 +214,21 @@ class Replayer(Recorder):
             frame.rec_seq = UNMATCHED
             frame.meta["fallback"] = True
             return _Plan(True, ev, key)
+        return self._settle(b, frame, ev, div, frame.key or "", live=live)
+
+    def _settle(
+        self,
+        b: Boundary,
+        frame: Frame,
+        ev: Event | None,
+        div: Divergence | None,
+        key: str,
+        *,
+        live: bool,
+    ) -> _Plan:
+        """What a plain replay does with a call once matched: keep its divergence (raised
+        unless the call runs live and the replay is not strict), refuse to serve an output that
+        was not recorded, consume the recorded subtree it serves."""
         if div is not None:
             with self._lock:
                 self.divergences.append(div)
@@ -231,7 +246,7 @@ class Replayer(Recorder):
             frame.meta.update(served=True, source_seq=ev.seq)
         elif ev is not None:
             frame.meta["source_seq"] = ev.seq
-        return _Plan(live, ev, frame.key or "")
+        return _Plan(live, ev, key)
 
     def _same_as_recorded(self, b: Boundary, frame: Frame) -> Event | None:
         """The fast path: the next recorded call of ``b`` under this parent, when the call's

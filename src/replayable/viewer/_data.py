@@ -14,8 +14,10 @@ from typing import Any
 
 import orjson
 
+from replayable._rootcall import root_event
 from replayable._rundiff import run_usage, tokens_of
 from replayable._tree import Step, build_tree, walk
+from replayable.errors import ReplayableError
 from replayable.store.base import Store
 from replayable.trace import Event, Run
 
@@ -211,9 +213,11 @@ def fork_changes(loaded: LoadedRun) -> list[dict[str, Any]]:
 
 def root_module(loaded: LoadedRun) -> str:
     """The module of the run's root agent: what ``--import`` needs to replay or fork it."""
-    roots = [e for e in loaded.events if e.parent_seq is None and e.kind != "clock"]
-    agents = [e for e in roots if e.kind == "agent"] or roots
-    return agents[0].boundary.split(":", 1)[0] if agents else "your_module"
+    try:
+        root = root_event(loaded.run, loaded.events)
+    except ReplayableError:  # nothing but clock reads at the top
+        return "your_module"
+    return root.boundary.split(":", 1)[0]
 
 
 def _shell_word(text: str) -> str:

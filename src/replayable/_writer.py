@@ -12,6 +12,7 @@ import logging
 import os
 import queue
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -46,6 +47,8 @@ MAX_PENDING = 200_000
 _STOP = object()
 BATCH = 1000
 MAX_RUN_OPS = 10_000
+STALL_S = 1.0
+"""A store call taking longer than this holds no one: ``flush`` stops waiting for it."""
 
 
 @dataclass(slots=True)
@@ -173,6 +176,8 @@ class Writer:
         self._retry_ops: list[Callable[[], None]] = []
         self._failed = False
         self._key: bytes | None = None
+        self._busy_since: float | None = None
+        self._hang_warned = False
         self._dropped = 0
         self.error: BaseException | None = None
         self._thread = threading.Thread(target=self._loop, name="replayable-writer", daemon=True)
@@ -213,11 +218,34 @@ class Writer:
         self._checkpoints.pop(run.id, None)
         seal_run(run, head, count)
 
+    @property
+    def stalled(self) -> bool:
+        """True while one batch or run operation has been in the store for over
+        :data:`STALL_S` seconds (a frozen server, a database locked by another process)."""
+        since = self._busy_since
+        return since is not None and time.monotonic() - since > STALL_S
+
     def flush(self, timeout: float = 30.0) -> None:
-        """Block until everything queued so far is written (or has failed, fail-open)."""
+        """Block until everything queued so far is written (or has failed, fail-open).
+
+        Returns early, logging one warning, when the store stops answering (see
+        :attr:`stalled`): the agent is never held by a hung store, the rest is left to the
+        background writer."""
         done = threading.Event()
         self._queue.put(done)
-        done.wait(timeout)
+        deadline = time.monotonic() + timeout
+        while not done.wait(0.02):
+            if time.monotonic() >= deadline:
+                return
+            if self.stalled:
+                if not self._hang_warned:
+                    self._hang_warned = True
+                    log.warning(
+                        "replayable: store %s is not answering; the agent goes on and the "
+                        "writer keeps its events for when it does",
+                        self.store.url,
+                    )
+                return
 
     def head(self, run_id: str) -> tuple[int, str]:
         """(events written, head hash) of a run so far."""
@@ -248,6 +276,13 @@ class Writer:
                 return
 
     def _handle(self, items: list[Any]) -> None:
+        self._busy_since = time.monotonic()
+        try:
+            self._handle_batch(items)
+        finally:
+            self._busy_since = None
+
+    def _handle_batch(self, items: list[Any]) -> None:
         self._key = _signing_key()
         rows: list[EventRow] = []
         for item in items:

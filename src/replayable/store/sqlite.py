@@ -148,6 +148,11 @@ MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
 ]
 """Ordered schema migrations; the ``_migrations`` table records which have run."""
 
+BUSY_MS = 30_000
+"""How long the writer waits for a lock another process holds (batches wait their turn)."""
+OPEN_BUSY_MS = 500
+"""How long opening the store (on the agent's thread) may wait for such a lock."""
+
 _RUNS = ", ".join(RUN_COLUMNS)
 _EVENTS = ", ".join(EVENT_COLUMNS)
 _INSERT_RUN = f"INSERT INTO runs ({_RUNS}) VALUES ({','.join('?' * len(RUN_COLUMNS))})"
@@ -197,32 +202,45 @@ class SQLiteStore:
         self._conns: list[sqlite3.Connection] = []
         _STORES.add(self)
         self._ready = False
+        # Opening runs on the agent's thread (``record()``): a database locked by another
+        # process may hold it only briefly. If it is busy, the writer migrates it later.
         with contextlib.suppress(StoreUnavailable):
-            self._db()
+            self._db(busy_ms=OPEN_BUSY_MS)
 
     # -- connections and schema --------------------------------------------------------------
 
-    def _db(self) -> sqlite3.Connection:
-        """This thread's connection, the schema migrated on first use."""
+    def _db(self, busy_ms: int | None = None) -> sqlite3.Connection:
+        """This thread's connection, the schema migrated on first use (waiting at most
+        ``busy_ms`` for a lock held by another process, when given)."""
         try:
             if not self._ready:
-                with self._lock:
+                if not self._lock.acquire(timeout=-1 if busy_ms is None else busy_ms / 1000):
+                    raise sqlite3.OperationalError("database is being opened by another thread")
+                try:
                     if not self._ready:
                         self.path.parent.mkdir(parents=True, exist_ok=True)
-                        self._migrate(self._conn())
+                        conn = self._conn(busy_ms)
+                        try:
+                            self._migrate(conn)
+                        finally:
+                            if busy_ms is not None:
+                                conn.execute(f"PRAGMA busy_timeout={BUSY_MS}")
                         self._ready = True
+                finally:
+                    self._lock.release()
             return self._conn()
         except (OSError, sqlite3.Error) as exc:
             raise StoreUnavailable(f"cannot open SQLite store {self.path}: {exc}") from None
 
-    def _conn(self) -> sqlite3.Connection:
+    def _conn(self, busy_ms: int | None = None) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
+            wait = (BUSY_MS if busy_ms is None else busy_ms) / 1000
             conn = sqlite3.connect(
-                self.path, timeout=30.0, isolation_level=None, check_same_thread=False
+                self.path, timeout=wait, isolation_level=None, check_same_thread=False
             )
             try:
-                conn.execute("PRAGMA busy_timeout=30000")
+                conn.execute(f"PRAGMA busy_timeout={int(wait * 1000)}")
                 conn.execute("PRAGMA journal_mode=WAL")
                 conn.execute("PRAGMA synchronous=NORMAL")
                 conn.execute("PRAGMA cache_size=-16000")  # 16 MB: index pages of big batches

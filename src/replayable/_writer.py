@@ -218,26 +218,26 @@ class Writer:
         self._checkpoints.pop(run.id, None)
         seal_run(run, head, count)
 
-    @property
-    def stalled(self) -> bool:
-        """True while one batch or run operation has been in the store for over
-        :data:`STALL_S` seconds (a frozen server, a database locked by another process)."""
+    def stalled(self, limit: float = STALL_S) -> bool:
+        """True while one batch or run operation has been in the store for over ``limit``
+        seconds (a frozen server, a database locked by another process)."""
         since = self._busy_since
-        return since is not None and time.monotonic() - since > STALL_S
+        return since is not None and time.monotonic() - since > limit
 
-    def flush(self, timeout: float = 30.0) -> None:
+    def flush(self, timeout: float = 30.0, *, stall_limit: float | None = None) -> None:
         """Block until everything queued so far is written (or has failed, fail-open).
 
-        Returns early, logging one warning, when the store stops answering (see
-        :attr:`stalled`): the agent is never held by a hung store, the rest is left to the
-        background writer."""
+        With ``stall_limit`` (the end of a run, on the agent's thread: :data:`STALL_S`), stop
+        waiting, with one warning, once a single store call has taken longer than that: the
+        agent is never held by a hung store, the rest is left to the background writer. A
+        store that is slow but answering (batches waiting their turn) is waited for."""
         done = threading.Event()
         self._queue.put(done)
         deadline = time.monotonic() + timeout
         while not done.wait(0.02):
             if time.monotonic() >= deadline:
                 return
-            if self.stalled:
+            if stall_limit is not None and self.stalled(stall_limit):
                 if not self._hang_warned:
                     self._hang_warned = True
                     log.warning(
@@ -404,4 +404,5 @@ def stop_writer(store: Store) -> None:
 @atexit.register
 def _flush_all() -> None:
     for w in list(_WRITERS.values()):
-        w.flush(timeout=10.0)
+        # Exiting: wait while the store makes progress, not for one that stopped answering.
+        w.flush(timeout=120.0, stall_limit=10.0)

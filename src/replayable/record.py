@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from replayable._engine import Ending, Engine, Serve, activate, deactivate
 from replayable._errors_codec import encode_error
 from replayable._version import __version__
-from replayable._writer import Pending, Writer, writer_for
+from replayable._writer import STALL_S, Pending, Writer, writer_for
 from replayable.context import FRAME, SESSION, AsyncToo, Frame
 from replayable.errors import ReplayableError, ReplayableWarning
 from replayable.redact import redact, redact_argv, redact_run
@@ -228,7 +228,7 @@ class Recorder(Engine):
 
         self.writer.run_op(finish)
         # Fail-open: with the store already failing, do not hold the agent for long at exit.
-        self.writer.flush(timeout=1.0 if self.writer.failing else 30.0)
+        self.writer.flush(timeout=1.0 if self.writer.failing else 30.0, stall_limit=STALL_S)
         if self.strict and self.writer.error is not None and exc is None:
             raise self.writer.error
 

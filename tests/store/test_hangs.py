@@ -24,7 +24,7 @@ from replayable._writer import writer_for
 from replayable.store import open_store
 
 PGBIN = Path("/usr/lib/postgresql/15/bin")
-BOUND_S = 2.0  # the agent's delay at a hung store: open (0.5 s) plus end (1 s), with slack
+BOUND_S = 2.5  # the agent's delay at a hung store: open (0.5 s) plus end (1 s), with slack
 
 
 @rp.boundary(kind="tool")

@@ -47,7 +47,7 @@ class _Buffer(Writer):
     def run_op(self, op: Callable[[], None]) -> None:
         """Run-level store operations are skipped: a kept replay is written whole, later."""
 
-    def flush(self, timeout: float = 30.0) -> None:
+    def flush(self, timeout: float = 30.0, *, stall_limit: float | None = None) -> None:
         """Nothing is queued."""
 
     def begin_run(self, run: Run) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from pathlib import Path
 
@@ -112,6 +113,10 @@ class TestFuzzCommand:
         assert "smallest failing perturbation:" in result.output
         assert f"wrote {out}" in result.output
         assert out.exists()
+        # Each step is named as live= and fork --at name it: the N-th call of its boundary.
+        located = re.findall(r"^  (\w+)#(\d+)\.output", result.output, flags=re.M)
+        assert located
+        assert all(n == "1" for _, n in located), result.output
 
     def test_guarded_exits_0(
         self, correct_run: rp.Run, tmp_path: Path, monkeypatch: pytest.MonkeyPatch

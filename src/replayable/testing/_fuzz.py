@@ -67,13 +67,15 @@ class _OffRecord(ReplayableError):
 
 @dataclass(frozen=True, slots=True)
 class Mutation:
-    """One perturbation of one recorded output: at ``path``, apply ``op`` with ``arg``."""
+    """One perturbation of one recorded output: at ``path``, apply ``op`` with ``arg``.
+    ``call`` is the event's ``name#N`` ordinal (N-th recorded call of its boundary, 1-based)."""
 
     seq: int
     boundary: str
     path: Path_
     op: str
     arg: Any = None
+    call: int = 0
 
     def apply(self, output: Any) -> Any:
         """A copy of ``output`` with this mutation applied (unchanged if the path is gone)."""
@@ -92,10 +94,11 @@ class Mutation:
         return root
 
     def where(self) -> str:
-        """``choose_record.output.arguments.customer_id``-style location."""
+        """``choose_record#1.output.arguments.customer_id``-style location (``name#N`` as in
+        ``live=`` and ``fork --at``; the event's seq when the ordinal is unknown)."""
         bare = self.boundary.rsplit(":", 1)[-1].rsplit(".", 1)[-1]
         text = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in self.path)
-        return f"{bare}#{self.seq}.output{text}"
+        return f"{bare}#{self.call or self.seq}.output{text}"
 
     def __str__(self) -> str:
         arg = "" if self.arg is None else f" {self.arg!r}"
@@ -414,11 +417,19 @@ def fuzz(
     if not sites:
         raise ReplayableError(f"run {run.id}: no recorded output of {sorted(chosen)} to perturb")
 
+    ordinal: dict[int, int] = {}
+    seen: dict[str, int] = {}
+    for e in sorted(events, key=lambda e: e.seq):
+        seen[e.boundary] = ordinal[e.seq] = seen.get(e.boundary, 0) + 1
+
     def mutation_at(i: int) -> Any:
         site = sites[i]
+        ev = site.event
         return st.sampled_from(site.ops).flatmap(
             lambda op: st.sampled_from(op[1]).map(
-                lambda arg: Mutation(site.event.seq, site.event.boundary, site.path, op[0], arg)
+                lambda arg: Mutation(
+                    ev.seq, ev.boundary, site.path, op[0], arg, call=ordinal[ev.seq]
+                )
             )
         )
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from tests.integrations.conftest import API_KEY
 from tests.integrations.fakeserver import FakeLLMServer
@@ -325,6 +326,9 @@ class TestCodec:
             again = model.invoke("hello")
         assert again.response_metadata["token_usage"] == msg.response_metadata["token_usage"]
         assert again.content == msg.content
+        stored = orjson.dumps([e.output for e in rp.open_store().iter_events(run.id)])
+        assert b'"token_usage":{' in stored  # kept under its own name, as a count
+        assert b"REDACTED" not in stored
 
 
 class TestBadInput:

@@ -71,7 +71,9 @@ class TestCommandAndSend:
             updates = [u async for u in app.astream(state, stream_mode="updates")]
         async with rp.replay(run.id) as r:
             again = [u async for u in app.astream(state, stream_mode="updates")]
-        assert again == updates
+        # the two ship tasks run concurrently: their updates arrive in either order
+        assert again[0] == updates[0]
+        assert sorted(map(repr, again[1:])) == sorted(map(repr, updates[1:]))
         assert orders.count() == 2
         assert r.ok
 

@@ -40,9 +40,6 @@ __all__ = ["LangChainCodec", "instrument", "instrument_model", "instrument_tool"
 
 _MARK = "__replayable__"
 _ORIGINAL = "__replayable_original__"
-# Keys the redactor would take for secrets (a name part is "token"); stored under another name.
-_ESCAPED = {"token_usage": "tokenusage"}
-_UNESCAPED = {v: k for k, v in _ESCAPED.items()}
 
 
 def require() -> None:
@@ -53,14 +50,6 @@ def require() -> None:
         raise UnsupportedClient(
             "LangChain is not installed: pip install 'replayable[langchain]'"
         ) from exc
-
-
-def _escape(value: Any, table: dict[str, str]) -> Any:
-    if isinstance(value, dict):
-        return {table.get(k, k): _escape(v, table) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_escape(v, table) for v in value]
-    return value
 
 
 class LangChainCodec:
@@ -76,12 +65,12 @@ class LangChainCodec:
         from langchain_core.outputs import ChatGeneration, ChatResult
 
         if isinstance(value, BaseMessage):
-            return {"$message": _escape(message_to_dict(value), _ESCAPED)}
+            return {"$message": message_to_dict(value)}
         if isinstance(value, ChatResult):
             return {
                 "$result": {
                     "generations": [self.encode(g) for g in value.generations],
-                    "llm_output": _escape(self.encode(value.llm_output), _ESCAPED),
+                    "llm_output": self.encode(value.llm_output),
                 }
             }
         if isinstance(value, ChatGeneration):  # and ChatGenerationChunk
@@ -148,7 +137,7 @@ class LangChainCodec:
 def _d_message(codec: LangChainCodec, body: Any) -> Any:
     from langchain_core.messages import messages_from_dict
 
-    return messages_from_dict([_escape(body, _UNESCAPED)])[0]
+    return messages_from_dict([body])[0]
 
 
 def _d_result(codec: LangChainCodec, body: Any) -> Any:
@@ -156,7 +145,7 @@ def _d_result(codec: LangChainCodec, body: Any) -> Any:
 
     return ChatResult(
         generations=[codec.decode(g) for g in body["generations"]],
-        llm_output=_escape(codec.decode(body.get("llm_output")), _UNESCAPED),
+        llm_output=codec.decode(body.get("llm_output")),
     )
 
 

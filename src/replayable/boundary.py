@@ -232,10 +232,12 @@ def registry() -> dict[str, Boundary]:
 def get_boundary(fn_or_name: Any) -> Boundary:
     """The :class:`Boundary` behind a decorated function, or registered under a name.
 
-    >>> rp.get_boundary(delete_record).side_effects
+    >>> @boundary(kind="tool", side_effects=True, name="app.tools:erase")
+    ... def erase(record_id: int) -> None: ...
+    >>> get_boundary(erase).side_effects
     True
-    >>> rp.get_boundary("delete_record").name      # bare name, when unambiguous
-    'app.tools:delete_record'
+    >>> get_boundary("app.tools:erase").kind
+    'tool'
     """
     b = getattr(fn_or_name, "__replayable__", None)
     if isinstance(b, Boundary):

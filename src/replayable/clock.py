@@ -47,7 +47,8 @@ def now() -> _dt.datetime:
 def random() -> float:
     """A float in [0, 1) from the system's randomness; recorded and replayed.
 
-    >>> temperature_jitter = 0.1 * rp.random()   # the same value again in a replay
+    >>> 0.0 <= random() < 1.0       # in a replay: the value recorded at this point
+    True
     """
     return _random.SystemRandom().random()
 
@@ -56,6 +57,7 @@ def random() -> float:
 def uuid4() -> _uuid.UUID:
     """A random UUID; recorded and replayed.
 
-    >>> order_id = str(rp.uuid4())   # a replay gets the recorded id, so lookups still match
+    >>> uuid4().version             # in a replay: the id recorded at this point
+    4
     """
     return _uuid.uuid4()

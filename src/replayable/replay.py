@@ -395,9 +395,16 @@ class Replay(AsyncToo["Replay"]):
 
     Use it as a context manager (``with`` or ``async with``); see :func:`replay`.
 
-    >>> with rp.replay(run_id, strict=False) as r:
-    ...     agent("delete Bob's record")
-    >>> [d.address for d in r.divergences], r.run.parent_run == run_id
+    >>> import replayable as rp
+    >>> pick = rp.boundary(kind="llm", name="demo:pick")(lambda options: options[0])
+    >>> with rp.record() as run:
+    ...     pick(["a", "b"])
+    'a'
+    >>> with rp.replay(run.id, live=["demo:pick"], strict=False) as r:
+    ...     pick(["a", "b", "c"])         # changed input: runs live, the divergence is kept
+    'a'
+    >>> [d.reason for d in r.divergences], r.run.parent_run == run.id
+    (['changed'], True)
     """
 
     def __init__(self, session: Replayer) -> None:

@@ -100,14 +100,25 @@ def demo_cmd(store_url: str | None, db: str | None) -> None:
         sys.exit(1)
     at = f" --store {store.url}" if store_url else ""
     out.print(Rule("Next"))
-    out.print(f"  replayable show {incident.id}{at}                  # the incident, step by step")
-    out.print(f"  replayable replay {incident.id} --import replayable.demo.agent{at}")
-    out.print(f"  replayable diff {incident.id} {fixed.run.id}{at}   # incident vs fixed replay")
-    out.print(
-        f"  replayable promote {incident.id} --name incident --forbid delete_record{at}"
-        "   # a regression test"
-    )
-    out.print("  replayable serve                                   # the web viewer")
+    demo = "--import replayable.demo.agent"
+    steps = [
+        (f"replayable show {incident.id}{at}", "the incident, step by step"),
+        (f"replayable replay {incident.id} {demo}{at}", "your code against the recording"),
+        (f"replayable diff {incident.id} {fixed.run.id}{at}", "incident vs fixed replay"),
+        (
+            f"replayable fork {incident.id} {demo} --at choose_record#1 --live-from{at}",
+            "what if the model chose again",
+        ),
+        (
+            f"replayable promote {incident.id} --name incident --forbid delete_record{at}",
+            "a regression test",
+        ),
+        (f"replayable check {demo}{at}", "every recorded run against your code"),
+        (f"replayable serve{at}", "the web viewer"),
+    ]
+    width = max((len(cmd) for cmd, _ in steps if len(cmd) <= 72), default=0)
+    for cmd, why in steps:  # soft_wrap: a long command stays one line to copy
+        out.print(f"  {cmd:<{width}}  # {why}", markup=False, soft_wrap=True)
     out.print(
         f"  the incident left {len(after_incident)} of {len(agent.CUSTOMERS)} customers; "
         f"the demo database ({agent.db_path()}) is reset to all {len(after)}"

@@ -120,9 +120,11 @@ class StepDrift:
 class DriftReport:
     """Every re-run step, and a summary per boundary (:meth:`summary`).
 
-    >>> report = rp.drift(name="support-agent", since=timedelta(days=7))
-    >>> [(s.step, [str(c) for c in s.changes]) for s in report.drifted]
-    >>> print(report.report())
+    For example (a sketch, not run as a doctest)::
+
+        report = rp.drift(name="support-agent", since=timedelta(days=7))
+        [(s.step, [str(c) for c in s.changes]) for s in report.drifted]
+        print(report.report())
     """
 
     runs: list[Run]
@@ -656,8 +658,10 @@ def drift(
     today's model). ``judge``: the :class:`~replayable.testing.Judge` for text (``True``: the
     default judge; ``None``: texts must be equal). At most ``concurrency`` calls run at once.
 
-    >>> report = drift(since=timedelta(days=7), name="support")
-    >>> print(report.report())
+    For example (a sketch, not run as a doctest)::
+
+        report = drift(since=timedelta(days=7), name="support")
+        print(report.report())
     """
     if concurrency < 1:
         raise ValueError("concurrency must be >= 1")

@@ -6,8 +6,10 @@ order. What is left appears on one side only. Each pair carries the field-level 
 input, output and error, so "yesterday's failure against today's replay" reads as a list of
 paths.
 
->>> d = diff_runs(run_a, events_a, run_b, events_b)
->>> d.first_divergence.address if d.first_divergence else "identical"
+For example (a sketch, not run as a doctest)::
+
+    d = diff_runs(run_a, events_a, run_b, events_b)
+    d.first_divergence.address if d.first_divergence else "identical"
 """
 
 from __future__ import annotations

@@ -19,8 +19,11 @@ Add your own with :func:`add_pattern` and :func:`add_key`; per boundary, ``redac
 key names or a callable. ``replayable scan`` finds what older recordings still hold.
 
 >>> from replayable import redact
->>> redact.add_pattern(r"\\bacme_[0-9a-f]{32}\\b", name="acme-token")
+>>> redact.add_pattern(r"\\bacme_[0-9a-f]{32}\\b", name="acme-token", keywords=["acme_"])
+Rule(id='acme-token', ...)
 >>> redact.add_key("ssn")
+>>> redact.redact({"note": "use acme_" + "0" * 32, "user_ssn": "123-45-6789"})
+{'note': 'use [REDACTED]', 'user_ssn': '[REDACTED]'}
 """
 
 from __future__ import annotations
@@ -297,7 +300,10 @@ def add_pattern(
     ``keywords`` are literals every match contains: without them the pattern runs on every
     recorded event (correct, but slower). Affects calls recorded from now on.
 
-    >>> redact.add_pattern(r"\\bacme_[0-9a-f]{32}\\b", name="acme-token", keywords=["acme_"])
+    >>> add_pattern(r"\\bacme_[0-9a-f]{32}\\b", name="acme-token", keywords=["acme_"]).id
+    'acme-token'
+    >>> scrub("token acme_" + "0" * 32)
+    'token [REDACTED]'
     """
     global _RULES
     compiled = re.compile(pattern, re.ASCII) if isinstance(pattern, str) else pattern
@@ -317,7 +323,9 @@ def add_pattern(
 def add_key(name: str) -> None:
     """Treat dict keys (and flags) whose name parts contain ``name``'s parts as secret.
 
-    >>> redact.add_key("ssn")  # ssn, user_ssn, customerSSN
+    >>> add_key("ssn")
+    >>> is_secret_key("ssn"), is_secret_key("user_ssn"), is_secret_key("customerSSN")
+    (True, True, True)
     """
     global _RULES
     parts = tuple(_parts(name))
@@ -422,7 +430,7 @@ def redact_split(chunks: list[Any]) -> list[Any]:
     it, and the first one gets the marker. Non-text chunks are left to :func:`redact`.
 
     >>> redact_split(["key: sk-proj-", "Ab3dEf6hIj9kLm2n", " ok"])
-    ['key: sk-proj-', '[REDACTED]', ' ok']
+    ['key: sk-[REDACTED]', '', ' ok']
     """
     out: list[Any] = []
     run: list[str] = []

@@ -505,9 +505,11 @@ def verify_run(
     maps event seq to trace-file line so problems can name the line. ``events`` may come in any
     order; in write order (or nearly: start order) they are streamed, not held.
 
-    >>> result = verify_run(run, run.events())
-    >>> result.ok, result.problem
-    (True, None)
+    For example (a sketch, not run as a doctest)::
+
+        result = verify_run(run, run.events())
+        result.ok, result.problem
+        # -> (True, None)
     """
     pairs = ((ev, None if lines is None else lines.get(ev.seq)) for ev in events)
     return _verify(run, pairs, key=key, in_file=lines is not None)
@@ -673,7 +675,9 @@ def verify_events(events: Iterable[Event]) -> tuple[str, list[str]]:
 def check_trace(path: str | os.PathLike[str]) -> tuple[Run, list[Event]]:
     """Read a trace file and verify its chain; raises :class:`TraceCorrupt` naming the line.
 
-    >>> run, events = check_trace("incident.jsonl")
+    For example (a sketch, not run as a doctest)::
+
+        run, events = check_trace("incident.jsonl")
     """
     run, events = read_trace(path)
     lines = {ev.seq: i for i, ev in enumerate(events, start=2)}
@@ -703,7 +707,9 @@ def write_trace(run: Run, events: Iterable[Event], path: str | os.PathLike[str])
     A target that exists and is not a regular file (a pipe, ``/dev/stdout``, ``/dev/null``) is
     written in place instead, so it stays what it is.
 
-    >>> write_trace(run, run.events(), "traces/incident.jsonl")
+    For example (a sketch, not run as a doctest)::
+
+        write_trace(run, run.events(), "traces/incident.jsonl")
     """
     check_run_id(run.id)
     target = Path(path)

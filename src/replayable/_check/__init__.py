@@ -155,8 +155,10 @@ def check(
     ``save_to`` (default: ``store``, or the default SQLite store when ``store`` is a trace
     directory), with the replays of the runs that diverged or failed.
 
-    >>> report = check("traces.db", since=timedelta(days=7), jobs=2)
-    >>> report.ok, report.counts, [g.signature for g in report.groups]
+    For example (a sketch, not run as a doctest)::
+
+        report = check("traces.db", since=timedelta(days=7), jobs=2)
+        report.ok, report.counts, [g.signature for g in report.groups]
     """
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, not {jobs}")

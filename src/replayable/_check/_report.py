@@ -87,11 +87,13 @@ class Group:
 class CheckReport:
     """The result of :func:`check`: every run's outcome, and the diverged runs grouped.
 
-    >>> report = rp.check(store="traces.db", since=timedelta(days=7))
-    >>> report.counts
-    {'unchanged': 981, 'diverged': 17, 'failed': 2, 'not_replayable': 0}
-    >>> report.groups[0].signature
-    'changed my_agent:issue_refund [amount]'
+    For example (a sketch, not run as a doctest)::
+
+        report = rp.check(store="traces.db", since=timedelta(days=7))
+        report.counts
+        # -> {'unchanged': 981, 'diverged': 17, 'failed': 2, 'not_replayable': 0}
+        report.groups[0].signature
+        # -> 'changed my_agent:issue_refund [amount]'
     """
 
     id: str

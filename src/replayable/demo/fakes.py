@@ -1,7 +1,9 @@
 """Stand-ins for the demo's side effects, for what-if forks: ``--fake NAME=module:function``.
 
->>> replayable fork RUN --import replayable.demo.agent --at choose_record#1 --live-from \\
-...     --fake delete_record=replayable.demo.fakes:delete_record
+From the shell::
+
+    replayable fork RUN --import replayable.demo.agent --at choose_record#1 --live-from \\
+        --fake delete_record=replayable.demo.fakes:delete_record
 """
 
 from __future__ import annotations

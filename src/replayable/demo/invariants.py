@@ -1,7 +1,9 @@
 """Invariants for fuzzing the demo agent: ``replayable fuzz RUN --invariant ...``.
 
->>> replayable fuzz RUN --import replayable.demo.agent \\
-...     --invariant replayable.demo.invariants:never_deletes_another_customer
+From the shell::
+
+    replayable fuzz RUN --import replayable.demo.agent \\
+        --invariant replayable.demo.invariants:never_deletes_another_customer
 """
 
 from __future__ import annotations

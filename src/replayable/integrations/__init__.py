@@ -1,7 +1,9 @@
 """Integrations with model SDKs and frameworks; each is an optional extra, imported lazily.
 
->>> import replayable as rp
->>> client = rp.instrument(openai.OpenAI())      # or an Agent, a LangGraph graph, ...
+For example (a sketch, not run as a doctest)::
+
+    import replayable as rp
+    client = rp.instrument(openai.OpenAI())      # or an Agent, a LangGraph graph, ...
 
 :func:`instrument` looks the object up in :data:`INTEGRATIONS` (checked in order, by the modules
 its type comes from, so no SDK is imported to decide) and hands it to that stack's module, which
@@ -39,8 +41,10 @@ def origin(obj: Any) -> tuple[str, ...]:
 def from_modules(*prefixes: str) -> Callable[[Any], bool]:
     """A match test: does ``obj`` come from a module under one of ``prefixes``?
 
-    >>> from_modules("openai")(openai.OpenAI())
-    True
+    For example (a sketch, not run as a doctest)::
+
+        from_modules("openai")(openai.OpenAI())
+        # -> True
     """
 
     def matches(obj: Any) -> bool:
@@ -165,8 +169,10 @@ def instrument(obj: Any, *, side_effects: Iterable[str] = (), **options: Any) ->
     only here; an object of no supported stack raises :class:`~replayable.errors.UnsupportedClient`
     listing what is supported.
 
-    >>> client = rp.instrument(openai.OpenAI())
-    >>> agent = rp.instrument(Agent(name="shop", tools=[place_order]), side_effects=["place_order"])
+    For example (a sketch, not run as a doctest)::
+
+        client = rp.instrument(openai.OpenAI())
+        agent = rp.instrument(Agent(name="shop", tools=[place_order]), side_effects=["place_order"])
     """
     for integration in INTEGRATIONS:
         if integration.matches(obj):

@@ -1,9 +1,11 @@
 """Record and replay the Anthropic SDK at its provider seam.
 
->>> import anthropic, replayable as rp
->>> client = rp.instrument(anthropic.Anthropic())
->>> with rp.record(name="support"):
-...     client.messages.create(model="claude-sonnet-4-5", max_tokens=512, messages=[...])
+For example (a sketch, not run as a doctest)::
+
+    import anthropic, replayable as rp
+    client = rp.instrument(anthropic.Anthropic())
+    with rp.record(name="support"):
+        client.messages.create(model="claude-sonnet-4-5", max_tokens=512, messages=[...])
 
 Every path to ``/v1/messages`` becomes a boundary of kind ``llm`` named
 ``anthropic:messages.create`` (``_stream`` for streams): ``messages.create`` plain and
@@ -83,7 +85,9 @@ def instrument(client: Any, *, side_effects: Iterable[str] = ()) -> Any:
 
     Supports ``anthropic.Anthropic`` and ``anthropic.AsyncAnthropic``.
 
-    >>> client = instrument(anthropic.Anthropic())
+    For example (a sketch, not run as a doctest)::
+
+        client = instrument(anthropic.Anthropic())
     """
     no_tools(side_effects, "an Anthropic client")
     sdk = load_sdk("anthropic", "anthropic")

@@ -1,10 +1,12 @@
 """Record and replay LangChain chat models and tools.
 
->>> import replayable as rp
->>> from langchain.agents import create_agent
->>> agent = create_agent(rp.instrument(model), rp.instrument(tools, side_effects=["place_order"]))
->>> with rp.record(name="shop"):
-...     agent.invoke({"messages": [{"role": "user", "content": "two mugs please"}]})
+For example (a sketch, not run as a doctest)::
+
+    import replayable as rp
+    from langchain.agents import create_agent
+    agent = create_agent(rp.instrument(model), rp.instrument(tools, side_effects=["place_order"]))
+    with rp.record(name="shop"):
+        agent.invoke({"messages": [{"role": "user", "content": "two mugs please"}]})
 
 A chat model (any ``BaseChatModel``: ``ChatOpenAI``, ``ChatAnthropic``...) becomes a boundary of
 kind ``llm`` named ``langchain:<ModelClass>``, whichever way it is called (``invoke``,
@@ -490,7 +492,9 @@ def _patched(cls: type, attr: str) -> bool:
 def instrument_model(model: Any) -> Any:
     """Make a LangChain chat model an ``llm`` boundary; returns the same model.
 
-    >>> model = instrument_model(ChatOpenAI(model="gpt-4o-mini"))
+    For example (a sketch, not run as a doctest)::
+
+        model = instrument_model(ChatOpenAI(model="gpt-4o-mini"))
     """
     require()
     from langchain_core.language_models import BaseChatModel
@@ -579,7 +583,9 @@ def _patch_tool_class(cls: type) -> None:
 def instrument_tool(tool: Any, *, side_effects: bool = False) -> Any:
     """Make a LangChain tool a ``tool`` boundary named ``langchain:tool.<name>``.
 
-    >>> place_order = instrument_tool(place_order, side_effects=True)
+    For example (a sketch, not run as a doctest)::
+
+        place_order = instrument_tool(place_order, side_effects=True)
     """
     require()
     from langchain_core.tools import BaseTool
@@ -607,8 +613,10 @@ def instrument(obj: Any, *, side_effects: Iterable[str] = (), **options: Any) ->
 
     ``side_effects`` names the tools that change the world.
 
-    >>> model = instrument(ChatOpenAI(model="gpt-4o-mini"))
-    >>> tools = instrument([search, place_order], side_effects=["place_order"])
+    For example (a sketch, not run as a doctest)::
+
+        model = instrument(ChatOpenAI(model="gpt-4o-mini"))
+        tools = instrument([search, place_order], side_effects=["place_order"])
     """
     if options:
         raise TypeError(f"unexpected option(s) for LangChain: {', '.join(sorted(options))}")

@@ -1,9 +1,11 @@
 """Record and replay LangGraph graphs node by node.
 
->>> import replayable as rp
->>> app = rp.instrument(builder.compile(name="support"), side_effects=["delete_record"])
->>> with rp.record(name="support"):
-...     app.invoke({"messages": [("user", "delete Bob's record")]})
+For example (a sketch, not run as a doctest)::
+
+    import replayable as rp
+    app = rp.instrument(builder.compile(name="support"), side_effects=["delete_record"])
+    with rp.record(name="support"):
+        app.invoke({"messages": [("user", "delete Bob's record")]})
 
 Each node becomes a boundary of kind ``node`` named ``langgraph:<graph>.<node>``: its input is the
 state (or ``Send`` payload) the node saw, its output the update it returned, rebuilt in replay as
@@ -120,8 +122,10 @@ def instrument(
     compile time). ``side_effects`` names tools of the graph's ``ToolNode`` s that change the
     world.
 
-    >>> app = instrument(create_agent(model, tools=[search, place_order]),
-    ...                  side_effects=["place_order"])
+    For example (a sketch, not run as a doctest)::
+
+        app = instrument(create_agent(model, tools=[search, place_order]),
+                         side_effects=["place_order"])
     """
     if options:
         raise TypeError(f"unexpected option(s) for LangGraph: {', '.join(sorted(options))}")

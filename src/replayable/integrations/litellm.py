@@ -1,9 +1,11 @@
 """Record and replay LiteLLM's ``completion`` / ``acompletion``, streamed or not.
 
->>> import litellm, replayable as rp
->>> rp.instrument(litellm)                   # patches litellm.completion and litellm.acompletion
->>> with rp.record(name="support"):
-...     litellm.completion(model="openai/gpt-4o", messages=[...])
+For example (a sketch, not run as a doctest)::
+
+    import litellm, replayable as rp
+    rp.instrument(litellm)                   # patches litellm.completion and litellm.acompletion
+    with rp.record(name="support"):
+        litellm.completion(model="openai/gpt-4o", messages=[...])
 
 ``rp.instrument(litellm.completion)`` (or ``acompletion``) returns an instrumented function
 instead, for code that imported the function itself. Calls are boundaries of kind ``llm``:
@@ -205,8 +207,10 @@ def instrument(obj: Any, *, side_effects: Iterable[str] = ()) -> Any:
     """Record LiteLLM completions: pass the ``litellm`` module (patched in place, returned) or
     ``litellm.completion`` / ``litellm.acompletion`` (an instrumented function is returned).
 
-    >>> rp.instrument(litellm)
-    >>> completion = rp.instrument(litellm.completion)
+    For example (a sketch, not run as a doctest)::
+
+        rp.instrument(litellm)
+        completion = rp.instrument(litellm.completion)
     """
     no_tools(side_effects, "LiteLLM")
     litellm = _load()

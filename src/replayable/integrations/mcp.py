@@ -1,10 +1,12 @@
 """Record and replay MCP (Model Context Protocol) client calls, without the server in replay.
 
->>> import replayable as rp
->>> from mcp import Client, StdioServerParameters
->>> server = StdioServerParameters(command="python", args=["shop_server.py"])
->>> async with rp.instrument(Client(server), side_effects=["place_order"]) as client:
-...     await client.call_tool("place_order", {"item": "mug", "quantity": 2})
+For example (a sketch, not run as a doctest)::
+
+    import replayable as rp
+    from mcp import Client, StdioServerParameters
+    server = StdioServerParameters(command="python", args=["shop_server.py"])
+    async with rp.instrument(Client(server), side_effects=["place_order"]) as client:
+        await client.call_tool("place_order", {"item": "mug", "quantity": 2})
 
 Each request becomes a boundary: ``mcp:tools/call.<tool>`` (kind ``tool``, one boundary per tool
 so ``live=`` and ``side_effects`` work per tool, keyed by the tool's arguments),
@@ -253,7 +255,9 @@ def instrument(
     ``side_effects`` names tools that change the world (replay never runs them, ``live=``
     refuses them); ``safe`` names tools that may run live whatever their annotations.
 
-    >>> client = instrument(Client(server), side_effects=["place_order"], safe=["check_stock"])
+    For example (a sketch, not run as a doctest)::
+
+        client = instrument(Client(server), side_effects=["place_order"], safe=["check_stock"])
     """
     if options:
         raise TypeError(f"unexpected option(s) for MCP: {', '.join(sorted(options))}")

@@ -1,9 +1,11 @@
 """Record and replay the OpenAI SDK at its provider seam.
 
->>> import openai, replayable as rp
->>> client = rp.instrument(openai.OpenAI())
->>> with rp.record(name="support"):
-...     client.chat.completions.create(model="gpt-4o", messages=[...])
+For example (a sketch, not run as a doctest)::
+
+    import openai, replayable as rp
+    client = rp.instrument(openai.OpenAI())
+    with rp.record(name="support"):
+        client.chat.completions.create(model="gpt-4o", messages=[...])
 
 Every path an agent takes to ``/chat/completions`` and ``/responses`` becomes a boundary of kind
 ``llm`` (``openai:chat.completions.create``, ``openai:responses.create``; streams add
@@ -123,7 +125,9 @@ def instrument(client: Any, *, side_effects: Iterable[str] = ()) -> Any:
 
     Supports ``openai.OpenAI``, ``openai.AsyncOpenAI`` and their Azure subclasses.
 
-    >>> client = instrument(openai.OpenAI())
+    For example (a sketch, not run as a doctest)::
+
+        client = instrument(openai.OpenAI())
     """
     no_tools(side_effects, "an OpenAI client")
     sdk = load_sdk("openai", "openai")

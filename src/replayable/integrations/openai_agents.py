@@ -1,10 +1,12 @@
 """Record and replay agents of the OpenAI Agents SDK (``openai-agents``).
 
->>> import replayable as rp
->>> from agents import Agent, Runner, function_tool
->>> agent = rp.instrument(Agent(name="shop", tools=[place_order]), side_effects=["place_order"])
->>> with rp.record(name="shop"):
-...     Runner.run_sync(agent, "Order two mugs")
+For example (a sketch, not run as a doctest)::
+
+    import replayable as rp
+    from agents import Agent, Runner, function_tool
+    agent = rp.instrument(Agent(name="shop", tools=[place_order]), side_effects=["place_order"])
+    with rp.record(name="shop"):
+        Runner.run_sync(agent, "Order two mugs")
 
 ``rp.instrument(agent)`` covers the agent and every agent it hands off to:
 
@@ -314,7 +316,9 @@ def instrument(
     ``side_effects`` names function or MCP tools that change the world; ``safe`` names MCP
     tools that may run live whatever their annotations.
 
-    >>> agent = instrument(Agent(name="shop", tools=[place_order]), side_effects=["place_order"])
+    For example (a sketch, not run as a doctest)::
+
+        agent = instrument(Agent(name="shop", tools=[place_order]), side_effects=["place_order"])
     """
     if options:
         raise TypeError(f"unexpected option(s) for the Agents SDK: {', '.join(sorted(options))}")

@@ -6,10 +6,12 @@ Spans follow the GenAI semantic conventions (``gen_ai.operation.name``, ``gen_ai
 (``openinference.span.kind`` = ``LLM`` / ``TOOL`` / ``AGENT`` / ``CHAIN`` / ``RETRIEVER``), so a
 run shows up in Phoenix, Jaeger or any OTLP backend.
 
->>> from replayable.integrations import otel
->>> otel.export(run, tracer_provider)               # a recorded run, one span per step
->>> with otel.live(tracer_provider), rp.record():   # spans emitted as steps finish
-...     agent("delete Bob's record")
+For example (a sketch, not run as a doctest)::
+
+    from replayable.integrations import otel
+    otel.export(run, tracer_provider)               # a recorded run, one span per step
+    with otel.live(tracer_provider), rp.record():   # spans emitted as steps finish
+        agent("delete Bob's record")
 """
 
 from __future__ import annotations
@@ -161,7 +163,9 @@ def export(run: Run | str, tracer_provider: Any = None, *, store: Any = None) ->
 
     Returns how many spans were emitted. Times are the recorded ones.
 
-    >>> export(run, TracerProvider())
+    For example (a sketch, not run as a doctest)::
+
+        export(run, TracerProvider())
     """
     from opentelemetry import trace
     from opentelemetry.trace import Status, StatusCode
@@ -286,8 +290,10 @@ class _LiveExporter:
 def live(tracer_provider: Any = None) -> Iterator[None]:
     """Emit a span per boundary call while recording (or replaying) inside the block.
 
-    >>> with live(tracer_provider), rp.record(name="support"):
-    ...     agent("delete Bob's record")
+    For example (a sketch, not run as a doctest)::
+
+        with live(tracer_provider), rp.record(name="support"):
+            agent("delete Bob's record")
     """
     exporter = _LiveExporter(tracer_provider)
     OBSERVERS.append(exporter)

@@ -1,10 +1,12 @@
 """Record and replay Pydantic AI agents: model requests and tool calls.
 
->>> import replayable as rp
->>> agent = rp.instrument(Agent(model, tools=[check_stock, place_order]),
-...                       side_effects=["place_order"])
->>> with rp.record(name="shop"):
-...     agent.run_sync("Two mugs, please.")
+For example (a sketch, not run as a doctest)::
+
+    import replayable as rp
+    agent = rp.instrument(Agent(model, tools=[check_stock, place_order]),
+                          side_effects=["place_order"])
+    with rp.record(name="shop"):
+        agent.run_sync("Two mugs, please.")
 
 Each model request becomes a boundary of kind ``llm`` named ``pydantic_ai:model.request``, at
 the Pydantic AI ``Model`` level (``request`` and ``request_stream``), so it works whatever the
@@ -284,7 +286,9 @@ _MODEL_CLASS: type | None = None
 def instrument_model(model: Any) -> Any:
     """A Pydantic AI model whose requests are ``llm`` boundaries (a wrapper: use the result).
 
-    >>> model = instrument_model(OpenAIChatModel("gpt-4o-mini", provider=provider))
+    For example (a sketch, not run as a doctest)::
+
+        model = instrument_model(OpenAIChatModel("gpt-4o-mini", provider=provider))
     """
     global _MODEL_CLASS
     _require()
@@ -373,7 +377,9 @@ def _leaves(agent: Any) -> list[Any]:
 def instrument(obj: Any, *, side_effects: Iterable[str] = (), **options: Any) -> Any:
     """Instrument a Pydantic AI ``Agent`` (in place) or a ``Model`` (returns a wrapper).
 
-    >>> agent = instrument(Agent(model, tools=[place_order]), side_effects=["place_order"])
+    For example (a sketch, not run as a doctest)::
+
+        agent = instrument(Agent(model, tools=[place_order]), side_effects=["place_order"])
     """
     if options:
         raise TypeError(f"unexpected option(s) for Pydantic AI: {', '.join(sorted(options))}")

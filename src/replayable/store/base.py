@@ -276,7 +276,11 @@ def parse_since(text: str) -> float:
     it has no offset) as epoch seconds, the unit of :attr:`RunQuery.since`; raises
     ``ValueError`` saying what to write instead.
 
-    >>> RunQuery(since=parse_since("7d"))
+    >>> import time
+    >>> round((time.time() - parse_since("7d")) / 86400)
+    7
+    >>> parse_since("2026-01-01")
+    1767225600.0
     """
     m = _PERIOD.match(text.strip())
     if m:
@@ -301,8 +305,10 @@ class Store(Protocol):
     :class:`~replayable.store.postgres.PostgresStore` and the read-only
     :class:`~replayable.store.files.TraceDirStore`.
 
-    >>> store = open_store("sqlite:///traces.db")
-    >>> [run.id for run in store.list_runs(RunQuery(status="error", since=time.time() - 3600))]
+    For example (a sketch, not run as a doctest)::
+
+        store = open_store("sqlite:///traces.db")
+        [run.id for run in store.list_runs(RunQuery(status="error", since=time.time() - 3600))]
     """
 
     url: str

@@ -40,8 +40,10 @@ def _header(path: Path) -> Run | None:
 class TraceDirStore:
     """Runs read from the JSONL trace files in a directory (e.g. promoted regression traces).
 
-    >>> store = TraceDirStore("tests/traces")
-    >>> [run.name for run in store.list_runs()]
+    For example (a sketch, not run as a doctest)::
+
+        store = TraceDirStore("tests/traces")
+        [run.name for run in store.list_runs()]
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:

@@ -155,8 +155,10 @@ class PostgresStore:
     :class:`~replayable.errors.StoreUnavailable` after ``timeout`` seconds (which the recorder
     turns into one logged warning), never the constructor.
 
-    >>> store = PostgresStore("postgresql://replayable@db.internal/traces")
-    >>> store.list_runs(RunQuery(status="error", limit=10))
+    For example (a sketch, not run as a doctest)::
+
+        store = PostgresStore("postgresql://replayable@db.internal/traces")
+        store.list_runs(RunQuery(status="error", limit=10))
     """
 
     def __init__(self, url: str, *, max_size: int = 4, timeout: float = 10.0) -> None:

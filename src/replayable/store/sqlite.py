@@ -190,8 +190,10 @@ class SQLiteStore:
     :class:`~replayable.errors.StoreUnavailable`) by the first operation, so a recording into
     an unwritable place degrades to a logged warning instead of breaking the agent.
 
-    >>> store = SQLiteStore(".replayable/traces.db")
+    >>> import os
+    >>> store = SQLiteStore(os.path.join(tmp_dir, "traces.db"))
     >>> store.list_runs(RunQuery(name="support", limit=5))
+    []
     """
 
     def __init__(self, path: str | Path) -> None:

@@ -7,11 +7,13 @@ reference through a pluggable :class:`Judge` (an LLM over any OpenAI-compatible 
 like any boundary; or an offline sentence-embedding model). And :func:`fuzz` perturbs recorded
 outputs to test a fix on more than the one sample that broke.
 
->>> import replayable.testing as rt
->>> with rp.replay("tests/traces/incident.jsonl", strict=False) as r:
-...     support_agent(REQUEST)
->>> rt.assert_not_called(r, "delete_record")
->>> rt.assert_judged(answer, "Your account is closed.", criteria="same outcome")
+For example (a sketch, not run as a doctest)::
+
+    import replayable.testing as rt
+    with rp.replay("tests/traces/incident.jsonl", strict=False) as r:
+        support_agent(REQUEST)
+    rt.assert_not_called(r, "delete_record")
+    rt.assert_judged(answer, "Your account is closed.", criteria="same outcome")
 """
 
 from __future__ import annotations

@@ -71,8 +71,10 @@ def calls(source: Any, *, ignore_kinds: Sequence[str] = DEFAULT_IGNORED_KINDS) -
     made), a :class:`~replayable.Run`, a trace file path, a :class:`~replayable.Cassette`, a fuzz
     outcome, or an iterable of events or calls.
 
-    >>> [c.name for c in calls(replay)]
-    ['search_customers', 'choose_record', 'delete_record']
+    For example (a sketch, not run as a doctest)::
+
+        [c.name for c in calls(replay)]
+        # -> ['search_customers', 'choose_record', 'delete_record']
     """
     found: list[Call]
     if isinstance(source, Replay):
@@ -160,11 +162,13 @@ def assert_calls(
     ``exact=True``: the calls are exactly these, in this order. ``exact=False``: these appear in
     this order, other calls may come between. Clock and agent calls are left out by default.
 
-    >>> assert_calls(replay, [
-    ...     ("search_customers", {"query": "Dana Whitfield"}),
-    ...     ("choose_record", {"candidates": ANY}),
-    ...     ("delete_record", {"customer_id": lambda i: i == 13}),
-    ... ])
+    For example (a sketch, not run as a doctest)::
+
+        assert_calls(replay, [
+            ("search_customers", {"query": "Dana Whitfield"}),
+            ("choose_record", {"candidates": ANY}),
+            ("delete_record", {"customer_id": lambda i: i == 13}),
+        ])
     """
     actual = calls(source, ignore_kinds=ignore_kinds)
     if exact:
@@ -192,7 +196,9 @@ def assert_called(
 ) -> list[Call]:
     """Assert ``name`` was called (with arguments matching ``pattern``); returns those calls.
 
-    >>> assert_called(run, "choose_record", {"temperature": 0.8}, times=1)
+    For example (a sketch, not run as a doctest)::
+
+        assert_called(run, "choose_record", {"temperature": 0.8}, times=1)
     """
     every = calls(source, ignore_kinds=("clock",))
     hits = [c for c in every if _name_matches(name, c.boundary) and matches(pattern, c.input)]
@@ -210,9 +216,11 @@ def assert_not_called(source: Any, name: str, pattern: Any = ANY, *, output: Any
     """Assert no call to ``name`` (with arguments matching ``pattern``, and returning an output
     matching ``output``) was made. A call that raised has no output: ``output=`` never matches it.
 
-    >>> assert_not_called(replay, "delete_record")
-    >>> assert_not_called(replay, "issue_refund", {"amount_cents": 984726100},
-    ...                   output={"status": "refunded"})   # the incident: called and done
+    For example (a sketch, not run as a doctest)::
+
+        assert_not_called(replay, "delete_record")
+        assert_not_called(replay, "issue_refund", {"amount_cents": 984726100},
+                          output={"status": "refunded"})   # the incident: called and done
     """
     hits = [
         c
@@ -242,8 +250,10 @@ def assert_output(source: Any, name: str, pattern: Any, *, call: int | None = No
     Partial like argument patterns: a dict checks only its keys, at any depth; predicates and
     dirty-equals objects work. A call that raised does not match.
 
-    >>> rt.assert_output(replay, "issue_refund", {"status": "blocked"})
-    >>> rt.assert_output(replay, "quote", {"total": lambda t: t < 100}, call=2)
+    For example (a sketch, not run as a doctest)::
+
+        rt.assert_output(replay, "issue_refund", {"status": "blocked"})
+        rt.assert_output(replay, "quote", {"total": lambda t: t < 100}, call=2)
     """
     every = [c for c in calls(source, ignore_kinds=("clock",)) if _name_matches(name, c.boundary)]
     if not every:
@@ -275,9 +285,11 @@ def divergences(replay: Replay) -> list[Divergence]:
 def assert_no_divergence(replay: Replay) -> None:
     """Assert the replayed code took exactly the recorded path; the message is the full report.
 
-    >>> with rp.replay("tests/traces/incident.jsonl", strict=False) as r:
-    ...     support_agent(REQUEST)
-    >>> assert_no_divergence(r)
+    For example (a sketch, not run as a doctest)::
+
+        with rp.replay("tests/traces/incident.jsonl", strict=False) as r:
+            support_agent(REQUEST)
+        assert_no_divergence(r)
     """
     found = divergences(replay)
     if found:

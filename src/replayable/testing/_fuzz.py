@@ -390,8 +390,10 @@ def fuzz(
     smallest perturbation found is replayed and written as a trace file (``out``, default
     ``fuzz-RUN.jsonl``).
 
-    >>> report = fuzz(run, never_deletes_another_customer, n=200)
-    >>> report.passed, report.smallest
+    For example (a sketch, not run as a doctest)::
+
+        report = fuzz(run, never_deletes_another_customer, n=200)
+        report.passed, report.smallest
     """
     try:
         from hypothesis import HealthCheck, Verbosity, given, settings

@@ -73,8 +73,10 @@ def _indent(text: str) -> str:
 class Verdict:
     """A judge's answer. Truthy when it passed.
 
-    >>> v = judge("Closed your account.", "Your account is closed.")
-    >>> v.passed, round(v.score, 2), v.reason
+    For example (a sketch, not run as a doctest)::
+
+        v = judge("Closed your account.", "Your account is closed.")
+        v.passed, round(v.score, 2), v.reason
     """
 
     passed: bool
@@ -134,7 +136,9 @@ class LLMJudge:
     ``client`` is e.g. ``openai.OpenAI(base_url=..., api_key=...)``; it needs
     ``client.chat.completions.create(model=..., messages=..., temperature=0)``.
 
-    >>> judge(answer, reference, criteria="same refund amount", using=LLMJudge(OpenAI()))
+    For example (a sketch, not run as a doctest)::
+
+        judge(answer, reference, criteria="same refund amount", using=LLMJudge(OpenAI()))
     """
 
     def __init__(self, client: Any, *, model: str = "gpt-4o-mini", threshold: float = 0.7) -> None:
@@ -255,9 +259,11 @@ class EmbeddingJudge:
     judge contrastively (see the module doc), which tells a refusal from the incident.
     ``criteria`` cannot steer an embedding; it is kept in the verdict for the message only.
 
-    >>> j = EmbeddingJudge()
-    >>> j.judge("Refund blocked: policy check failed.", APPROVED, incident=INCIDENT).passed
-    True
+    For example (a sketch, not run as a doctest)::
+
+        j = EmbeddingJudge()
+        j.judge("Refund blocked: policy check failed.", APPROVED, incident=INCIDENT).passed
+        # -> True
     """
 
     def __init__(
@@ -382,8 +388,10 @@ def judge(
     the reference's outcome and not the incident's. ``using`` picks the judge; default:
     :func:`set_default_judge`'s, else :class:`EmbeddingJudge`.
 
-    >>> verdict = judge(answer, "Refund blocked.", incident="Done. Refunded $9,847,261.00.")
-    >>> assert verdict, verdict.message()
+    For example (a sketch, not run as a doctest)::
+
+        verdict = judge(answer, "Refund blocked.", incident="Done. Refunded $9,847,261.00.")
+        assert verdict, verdict.message()
     """
     chosen: Any = using or default_judge()
     if incident is None:

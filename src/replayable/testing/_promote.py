@@ -409,8 +409,10 @@ def promote(
     and id; incident tests (``forbid``, ``live``) fall back on ``tests/cassettes/NAME.jsonl``.
     An existing test file is kept unless ``overwrite=True``.
 
-    >>> promote(run, list(run.events()), forbid=["delete_record"])
-    Promoted(trace=PosixPath('tests/traces/support_agent_0190ab12.jsonl'), ...)
+    For example (a sketch, not run as a doctest)::
+
+        promote(run, list(run.events()), forbid=["delete_record"])
+        # -> Promoted(trace=PosixPath('tests/traces/support_agent_0190ab12.jsonl'), ...)
     """
     if world is not None:
         module, fn = _world_spec(world)

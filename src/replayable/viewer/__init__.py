@@ -3,8 +3,10 @@
 Pages for the run list, a run's step tree and timeline, one step in full, and two runs diffed;
 a JSON API under ``/api/`` (documented at ``/api/docs``). Binds to 127.0.0.1 by default.
 
->>> from replayable.viewer import create_app
->>> app = create_app(rp.open_store(".replayable/traces.db"))
+For example (a sketch, not run as a doctest)::
+
+    from replayable.viewer import create_app
+    app = create_app(rp.open_store(".replayable/traces.db"))
 """
 
 from __future__ import annotations

@@ -251,8 +251,10 @@ def create_app(
     ``token``: required on every request (``Authorization: Bearer``, a cookie set by visiting
     ``/?token=...``). ``local_only``: refuse requests whose Host is not 127.0.0.1/localhost.
 
-    >>> import uvicorn
-    >>> uvicorn.run(create_app(open_store("traces.db")), host="127.0.0.1", port=8765)
+    For example (a sketch, not run as a doctest)::
+
+        import uvicorn
+        uvicorn.run(create_app(open_store("traces.db")), host="127.0.0.1", port=8765)
     """
     templates = _templates()
     cache = RunCache(store)

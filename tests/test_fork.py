@@ -414,6 +414,24 @@ class TestForkCli:
         assert data["stopped"] is None
         assert rows() == 5
 
+    def test_an_agent_that_raises_in_the_fork_exits_1(self, good_run: rp.Run) -> None:
+        """A fork whose agent raises (here: the overridden step's error) is not a clean exit."""
+        result = CliRunner().invoke(
+            main,
+            [
+                "fork",
+                good_run.id,
+                "--import",
+                "replayable.demo.agent",
+                "--at",
+                "choose_record#1",
+                "--set-error",
+                "TimeoutError:model timed out",
+            ],
+        )
+        assert result.exit_code == 1, result.output
+        assert "the agent raised TimeoutError: model timed out" in result.output
+
     @pytest.mark.parametrize(
         ("args", "message"),
         [

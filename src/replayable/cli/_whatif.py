@@ -343,5 +343,5 @@ def fork_cmd(
             f"replayable diff {rp.source.id} {rp.run.id}",
             markup=False,
         )
-    if isinstance(stopped, Divergence | SideEffectRefused):
+    if stopped is not None:  # a divergence, a refused side effect, or the agent raised
         sys.exit(1)

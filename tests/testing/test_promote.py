@@ -291,6 +291,7 @@ class TestPromoteLive:
             (["--world", "bench.incidents.refund:scratch_world"], "--world is for the tools"),
             (["--live", "issue_refund", "--world", "os; import sys:x"], "use MODULE:FUNCTION"),
             (["--live", "issue_refund", "--world", "bench.incidents.refund:no"], "not a function"),
+            (["--live", "issue_refund", "--forbid", "issue_refund"], "choose one"),
         ],
     )
     def test_bad_world_is_one_line_exit_2(
@@ -300,7 +301,8 @@ class TestPromoteLive:
         args: list[str],
         message: str,
     ) -> None:
-        """A world without --live, or one that is not MODULE:FUNCTION, is refused plainly."""
+        """A world without --live, one that is not MODULE:FUNCTION, or a tool both forbidden and
+        run live, is refused plainly."""
         result = CliRunner().invoke(main, ["promote", refund_incident[0].id, *args])
         assert result.exit_code == 2
         assert message in result.output

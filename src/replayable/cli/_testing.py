@@ -77,6 +77,11 @@ def promote_cmd(
     run, events = load_run(run_id, store_url)
     if world is not None and not live:
         raise ReplayableError("--world is for the tools that run live: add --live TOOL")
+    both = sorted(set(forbid) & set(live))
+    if both:
+        raise ReplayableError(
+            f"{', '.join(both)}: --forbid asserts it is never called, --live runs it; choose one"
+        )
     done = promote(
         run,
         events,

@@ -6,10 +6,18 @@ order. What is left appears on one side only. Each pair carries the field-level 
 input, output and error, so "yesterday's failure against today's replay" reads as a list of
 paths.
 
-For example (a sketch, not run as a doctest)::
-
-    d = diff_runs(run_a, events_a, run_b, events_b)
-    d.first_divergence.address if d.first_divergence else "identical"
+>>> import replayable as rp
+>>> ids = iter([7, 8])
+>>> lookup = rp.boundary(kind="tool", name="demo:lookup")(lambda name: {"id": next(ids)})
+>>> with rp.record() as run_a:
+...     lookup("Bob")["id"]
+7
+>>> with rp.record() as run_b:
+...     lookup("Bob")["id"]
+8
+>>> d = diff_runs(run_a, run_a.events(), run_b, run_b.events())
+>>> d.first_divergence.address if d.first_divergence else "identical"
+'demo:lookup/0'
 """
 
 from __future__ import annotations

@@ -505,11 +505,14 @@ def verify_run(
     maps event seq to trace-file line so problems can name the line. ``events`` may come in any
     order; in write order (or nearly: start order) they are streamed, not held.
 
-    For example (a sketch, not run as a doctest)::
-
-        result = verify_run(run, run.events())
-        result.ok, result.problem
-        # -> (True, None)
+    >>> import replayable as rp
+    >>> lookup = rp.boundary(kind="tool")(lambda name: {"name": name, "id": 7})
+    >>> with rp.record() as run:
+    ...     lookup("Bob")["id"]
+    7
+    >>> result = verify_run(run, run.events())
+    >>> result.ok, result.problem
+    (True, None)
     """
     pairs = ((ev, None if lines is None else lines.get(ev.seq)) for ev in events)
     return _verify(run, pairs, key=key, in_file=lines is not None)
@@ -675,9 +678,17 @@ def verify_events(events: Iterable[Event]) -> tuple[str, list[str]]:
 def check_trace(path: str | os.PathLike[str]) -> tuple[Run, list[Event]]:
     """Read a trace file and verify its chain; raises :class:`TraceCorrupt` naming the line.
 
-    For example (a sketch, not run as a doctest)::
-
-        run, events = check_trace("incident.jsonl")
+    >>> import os
+    >>> import replayable as rp
+    >>> lookup = rp.boundary(kind="tool")(lambda name: {"name": name, "id": 7})
+    >>> with rp.record() as recorded:
+    ...     lookup("Bob")["id"]
+    7
+    >>> path = os.path.join(tmp_dir, "incident.jsonl")
+    >>> _ = write_trace(recorded, recorded.events(), path)
+    >>> run, events = check_trace(path)
+    >>> run.id == recorded.id, [e.output for e in events]
+    (True, [{'name': 'Bob', 'id': 7}])
     """
     run, events = read_trace(path)
     lines = {ev.seq: i for i, ev in enumerate(events, start=2)}
@@ -707,9 +718,14 @@ def write_trace(run: Run, events: Iterable[Event], path: str | os.PathLike[str])
     A target that exists and is not a regular file (a pipe, ``/dev/stdout``, ``/dev/null``) is
     written in place instead, so it stays what it is.
 
-    For example (a sketch, not run as a doctest)::
-
-        write_trace(run, run.events(), "traces/incident.jsonl")
+    >>> import os
+    >>> import replayable as rp
+    >>> lookup = rp.boundary(kind="tool")(lambda name: {"name": name, "id": 7})
+    >>> with rp.record() as run:
+    ...     lookup("Bob")["id"]
+    7
+    >>> write_trace(run, run.events(), os.path.join(tmp_dir, "traces", "incident.jsonl")).name
+    'incident.jsonl'
     """
     check_run_id(run.id)
     target = Path(path)

@@ -305,10 +305,11 @@ class Store(Protocol):
     :class:`~replayable.store.postgres.PostgresStore` and the read-only
     :class:`~replayable.store.files.TraceDirStore`.
 
-    For example (a sketch, not run as a doctest)::
-
-        store = open_store("sqlite:///traces.db")
-        [run.id for run in store.list_runs(RunQuery(status="error", since=time.time() - 3600))]
+    >>> import os, time
+    >>> from replayable.store import open_store
+    >>> store = open_store(os.path.join(tmp_dir, "traces.db"))
+    >>> [run.id for run in store.list_runs(RunQuery(status="error", since=time.time() - 3600))]
+    []
     """
 
     url: str

@@ -40,10 +40,17 @@ def _header(path: Path) -> Run | None:
 class TraceDirStore:
     """Runs read from the JSONL trace files in a directory (e.g. promoted regression traces).
 
-    For example (a sketch, not run as a doctest)::
-
-        store = TraceDirStore("tests/traces")
-        [run.name for run in store.list_runs()]
+    >>> import os
+    >>> import replayable as rp
+    >>> from replayable.trace import write_trace
+    >>> lookup = rp.boundary(kind="tool")(lambda name: {"name": name, "id": 7})
+    >>> with rp.record(name="support") as run:
+    ...     lookup("Bob")["id"]
+    7
+    >>> _ = write_trace(run, run.events(), os.path.join(tmp_dir, "incident.jsonl"))
+    >>> store = TraceDirStore(tmp_dir)
+    >>> [run.name for run in store.list_runs()]
+    ['support']
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:

@@ -71,10 +71,13 @@ def calls(source: Any, *, ignore_kinds: Sequence[str] = DEFAULT_IGNORED_KINDS) -
     made), a :class:`~replayable.Run`, a trace file path, a :class:`~replayable.Cassette`, a fuzz
     outcome, or an iterable of events or calls.
 
-    For example (a sketch, not run as a doctest)::
-
-        [c.name for c in calls(replay)]
-        # -> ['search_customers', 'choose_record', 'delete_record']
+    >>> import replayable as rp
+    >>> search = rp.boundary(kind="tool", name="demo:search")(lambda q: [13])
+    >>> delete = rp.boundary(kind="tool", name="demo:delete", side_effects=True)(lambda i: None)
+    >>> with rp.record() as run:
+    ...     delete(search("Dana")[0])
+    >>> [c.name for c in calls(run)]
+    ['search', 'delete']
     """
     found: list[Call]
     if isinstance(source, Replay):
@@ -196,9 +199,13 @@ def assert_called(
 ) -> list[Call]:
     """Assert ``name`` was called (with arguments matching ``pattern``); returns those calls.
 
-    For example (a sketch, not run as a doctest)::
-
-        assert_called(run, "choose_record", {"temperature": 0.8}, times=1)
+    >>> import replayable as rp
+    >>> choose = rp.boundary(kind="llm", name="demo:choose")(lambda options, temperature: 0)
+    >>> with rp.record() as run:
+    ...     choose(["a", "b"], temperature=0.8)
+    0
+    >>> len(assert_called(run, "demo:choose", {"temperature": 0.8}, times=1))
+    1
     """
     every = calls(source, ignore_kinds=("clock",))
     hits = [c for c in every if _name_matches(name, c.boundary) and matches(pattern, c.input)]

@@ -155,10 +155,16 @@ def check(
     ``save_to`` (default: ``store``, or the default SQLite store when ``store`` is a trace
     directory), with the replays of the runs that diverged or failed.
 
-    For example (a sketch, not run as a doctest)::
-
-        report = check("traces.db", since=timedelta(days=7), jobs=2)
-        report.ok, report.counts, [g.signature for g in report.groups]
+    >>> import os
+    >>> import replayable as rp
+    >>> store = rp.open_store(os.path.join(tmp_dir, "traces.db"))
+    >>> lookup = rp.boundary(kind="tool", name="demo:lookup")(lambda name: {"id": 7})
+    >>> with rp.record(store=store):
+    ...     lookup("Bob")["id"]
+    7
+    >>> report = check(store, since=timedelta(days=7))
+    >>> report.ok, report.counts, [g.signature for g in report.groups]
+    (True, {'unchanged': 1, 'diverged': 0, 'failed': 0, 'not_replayable': 0}, [])
     """
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1, not {jobs}")

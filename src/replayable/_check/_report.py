@@ -87,13 +87,20 @@ class Group:
 class CheckReport:
     """The result of :func:`check`: every run's outcome, and the diverged runs grouped.
 
-    For example (a sketch, not run as a doctest)::
+    >>> import os
+    >>> from datetime import timedelta
+    >>> import replayable as rp
+    >>> store = rp.open_store(os.path.join(tmp_dir, "traces.db"))
+    >>> lookup = rp.boundary(kind="tool", name="demo:lookup")(lambda name: {"id": 7})
+    >>> with rp.record(store=store):
+    ...     lookup("Bob")["id"]
+    7
+    >>> report = rp.check(store=store, since=timedelta(days=7))
+    >>> report.counts, report.groups
+    ({'unchanged': 1, 'diverged': 0, 'failed': 0, 'not_replayable': 0}, [])
 
-        report = rp.check(store="traces.db", since=timedelta(days=7))
-        report.counts
-        # -> {'unchanged': 981, 'diverged': 17, 'failed': 2, 'not_replayable': 0}
-        report.groups[0].signature
-        # -> 'changed my_agent:issue_refund [amount]'
+    A run whose replay diverges lands in a group named by its signature, e.g.
+    ``'changed my_agent:issue_refund [amount]'``.
     """
 
     id: str

@@ -10,7 +10,7 @@ import contextvars
 import logging
 import os
 import platform
-import secrets
+import random
 import socket
 import subprocess
 import sys
@@ -48,7 +48,9 @@ log = logging.getLogger("replayable")
 
 def new_run_id() -> str:
     """A sortable run id: 12 hex digits of milliseconds, then 8 random hex digits."""
-    return f"{int(time.time() * 1000):012x}{secrets.token_hex(4)}"
+    # ``random`` (reseeded in a forked child) rather than ``secrets``: an id needs no
+    # secrecy, and the system call cost a short run tens of microseconds under load.
+    return f"{int(time.time() * 1000):012x}{random.getrandbits(32):08x}"
 
 
 @lru_cache(maxsize=1)
@@ -73,8 +75,14 @@ def _git_commit() -> tuple[str | None, bool | None]:
 
 def environment() -> dict[str, Any]:
     """What a run records about where it ran: versions, code version, host."""
+    env = _environment(os.getpid(), os.environ.get("REPLAYABLE_BUILD_ID"), tuple(sys.argv))
+    return {**env, "argv": list(env["argv"])}
+
+
+@lru_cache(maxsize=4)
+def _environment(pid: int, build: str | None, argv: tuple[str, ...]) -> dict[str, Any]:
+    """:func:`environment` of one process (keyed by pid: a forked child has its own)."""
     commit, dirty = _git_commit()
-    build = os.environ.get("REPLAYABLE_BUILD_ID")
     return {
         "replayable": __version__,
         "code_version": build or commit,
@@ -85,8 +93,8 @@ def environment() -> dict[str, Any]:
         "implementation": platform.python_implementation(),
         "platform": platform.platform(),
         "host": socket.gethostname(),
-        "pid": os.getpid(),
-        "argv": redact_argv(sys.argv),  # --api-key X, URLs with a password
+        "pid": pid,
+        "argv": redact_argv(list(argv)),  # --api-key X, URLs with a password
     }
 
 

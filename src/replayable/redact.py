@@ -39,6 +39,7 @@ from importlib import resources
 from typing import TYPE_CHECKING, Any, Protocol
 
 import ahocorasick_rs
+import orjson
 
 if TYPE_CHECKING:
     from replayable.trace import Run
@@ -553,17 +554,37 @@ def redact_argv(argv: Sequence[str]) -> list[str]:
     return out
 
 
+_ENV_MEMO: tuple[Any, bytes, dict[str, Any]] | None = None
+
+
+def _redact_environment(environment: dict[str, Any]) -> dict[str, Any]:
+    """A run's environment redacted; the last one is remembered (under the same rules), as
+    every run of a process records the same environment (a short run's fixed cost)."""
+    global _ENV_MEMO
+    try:
+        data = orjson.dumps(environment, option=orjson.OPT_SORT_KEYS)
+    except TypeError:
+        data = b""
+    memo = _ENV_MEMO
+    if data and memo is not None and memo[0] is _RULES and memo[1] == data:
+        copy: dict[str, Any] = orjson.loads(orjson.dumps(memo[2]))
+        return copy
+    env: dict[str, Any] = dict(environment)
+    argv = env.pop("argv", None)
+    env = redact(env)
+    if isinstance(argv, list):
+        env["argv"] = redact_argv([str(a) for a in argv])
+    if data:
+        _ENV_MEMO = (_RULES, data, orjson.loads(orjson.dumps(env)))
+    return env
+
+
 def redact_run(run: Run) -> None:
     """Redact a run's header in place: name, tags, metadata, environment (and its argv), error."""
     if run.name is not None:
         run.name = scrub(run.name)
     run.tags = redact(run.tags)
     run.metadata = redact(run.metadata)
-    env = dict(run.environment)
-    argv = env.pop("argv", None)
-    env = redact(env)
-    if isinstance(argv, list):
-        env["argv"] = redact_argv([str(a) for a in argv])
-    run.environment = env
+    run.environment = _redact_environment(run.environment)
     if run.error is not None:
         run.error = redact(run.error)

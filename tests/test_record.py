@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -446,3 +447,27 @@ class TestLifecycleEdges:
 def _record_in_child(store: str) -> None:
     with rp.record(store, name="child"):
         add(2)
+
+
+class TestInvisibleToTheAgent:
+    def test_recording_leaves_the_agents_random_sequence_alone(self) -> None:
+        """Starting runs draws nothing from the global ``random``: a seeded agent sees the
+        same numbers recorded or not."""
+        random.seed(7)
+        plain = [random.random() for _ in range(3)]
+        random.seed(7)
+        seen = []
+        for _ in range(3):
+            with rp.record():
+                seen.append(random.random())
+        assert seen == plain
+
+    def test_an_agent_that_seeds_random_still_gets_distinct_run_ids(self) -> None:
+        """Run ids do not repeat when the agent reseeds the global generator before each run."""
+        ids = set()
+        for _ in range(20):
+            random.seed(0)
+            with rp.record() as run:
+                pass
+            ids.add(run.id)
+        assert len(ids) == 20

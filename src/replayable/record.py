@@ -46,11 +46,16 @@ __all__ = [
 log = logging.getLogger("replayable")
 
 
+# A generator of our own: drawing ids from the global ``random`` would shift the agent's own
+# random sequence (and an agent that seeds it would get repeating ids). Seeded from the OS once,
+# reseeded in a forked child; no system call per id.
+_IDS = random.Random()
+os.register_at_fork(after_in_child=_IDS.seed)
+
+
 def new_run_id() -> str:
     """A sortable run id: 12 hex digits of milliseconds, then 8 random hex digits."""
-    # ``random`` (reseeded in a forked child) rather than ``secrets``: an id needs no
-    # secrecy, and the system call cost a short run tens of microseconds under load.
-    return f"{int(time.time() * 1000):012x}{random.getrandbits(32):08x}"
+    return f"{int(time.time() * 1000):012x}{_IDS.getrandbits(32):08x}"
 
 
 @lru_cache(maxsize=1)

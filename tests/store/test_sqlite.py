@@ -69,3 +69,22 @@ class TestUnwritablePlace:
             store.create_run(Run(id="x"))
         with pytest.raises(StoreUnavailable):
             store.list_runs()
+
+
+class TestClose:
+    def test_close_stops_the_writer_before_its_connection_goes(self, tmp_path: Path) -> None:
+        """Closing a store first lets its background writer finish: the run is written and
+        the writer's thread is gone, so no connection is closed under a write."""
+        import replayable as rp
+        from replayable import _writer
+
+        store = SQLiteStore(tmp_path / "close.db")
+        with rp.record(store) as run:
+            rp.boundary(kind="tool", name="t:close")(lambda: 1)()
+        writer = _writer.writer_for(store)
+        store.close()
+        assert not writer._thread.is_alive()
+        assert store not in _writer._WRITERS
+        again = SQLiteStore(tmp_path / "close.db")
+        assert again.get_run(run.id).event_count == 1
+        again.close()

@@ -452,7 +452,14 @@ class SQLiteStore:
         return check, [tuple(r) for r in runs]
 
     def close(self) -> None:
-        """Close every connection this store opened."""
+        """Stop this store's background writer, then close every connection it opened.
+
+        The writer's thread holds a connection of its own: closing it under a write in progress
+        would crash the interpreter, so the writer finishes (or gives up) first.
+        """
+        from replayable._writer import stop_writer  # _writer imports the store modules
+
+        stop_writer(self)
         with self._lock:
             conns, self._conns = self._conns, []
             self._local = threading.local()

@@ -388,6 +388,19 @@ class TestDemoAndCli:
         assert alone.exit_code == 2
         assert "--seed goes with --sample" in alone.output
 
+    def test_cli_a_kind_with_no_recorded_calls_is_a_one_line_error(self) -> None:
+        """--kind that names no recorded call (a typo) re-runs nothing: exit 2, not a green 0."""
+        self.record_demo(1)
+        result = CliRunner().invoke(
+            main,
+            [
+                *("drift", "--name", "support-demo"),
+                *("--import", "replayable.demo.agent", "--kind", "lm"),
+            ],
+        )
+        assert result.exit_code == 2, result.output
+        assert "no recorded 'lm' calls in the 1 run(s) picked" in result.output
+
     def test_cli_without_runs_is_a_one_line_error(self) -> None:
         """No RUN and no query: exit 2 with one line."""
         result = CliRunner().invoke(main, ["drift", "--import", "replayable.demo.agent"])

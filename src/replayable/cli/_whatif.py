@@ -126,6 +126,11 @@ def drift_cmd(
         judge=_judge(judge_spec),
         concurrency=concurrency,
     )
+    if report.runs and not report.steps:
+        fail(
+            f"no recorded {kind!r} calls in the {len(report.runs)} run(s) picked: nothing was "
+            "re-run (is --kind right? model calls are 'llm')"
+        )
     if junit:
         write_junit(
             junit,

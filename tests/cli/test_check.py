@@ -30,6 +30,9 @@ def _check(corpus: Corpus, *args: str) -> tuple[int, str, str]:
     return result.exit_code, result.stdout, result.stderr
 
 
+SELECTION = {"since", "name", "tags", "status", "limit", "sample", "seed"}
+
+
 class TestCheck:
     def test_unchanged_code_passes_with_exit_0(self, corpus: Corpus) -> None:
         """Every run unchanged: the counts, 'check passed', exit code 0."""
@@ -97,6 +100,21 @@ class TestCheck:
         code, _, err = _check(corpus, *args)
         assert code == 2
         assert message in err
+
+    def test_selection_options_are_the_ones_drift_uses(self) -> None:
+        """check picks runs with the same options as drift: names, help, types and defaults."""
+        import click
+
+        def selection(command: str) -> dict[str, tuple[object, ...]]:
+            cmd = main.commands[command]
+            return {
+                p.name: (p.opts, p.help, repr(p.type), p.default, p.multiple)
+                for p in cmd.params
+                if isinstance(p, click.Option) and p.name in SELECTION
+            }
+
+        assert selection("check") == selection("drift")
+        assert set(selection("check")) == SELECTION
 
     def test_an_unknown_module_exits_2(self, corpus: Corpus) -> None:
         """--import of a module that does not exist: exit 2, 'cannot import'."""

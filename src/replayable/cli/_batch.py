@@ -9,7 +9,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 import click
 
@@ -55,51 +55,70 @@ def parse_tags(values: Iterable[str]) -> dict[str, str]:
     return out
 
 
-def selection_options(fn: F) -> F:
-    """``RUN...`` plus ``--since/--name/--tag/--status/--limit``, passed on as ``selection``."""
+@overload
+def selection_options(fn: F, /) -> F: ...
 
-    @functools.wraps(fn)
-    def wrapped(
-        *args: Any,
-        runs: tuple[str, ...],
-        since: str | None,
-        name: str | None,
-        tags: tuple[str, ...],
-        status: str | None,
-        limit: int | None,
-        sample: int | None,
-        seed: int | None,
-        **kwargs: Any,
-    ) -> Any:
-        if seed is not None and sample is None:
-            raise click.UsageError("--seed goes with --sample N")
-        selection = Selection(runs, since, name, parse_tags(tags), status, limit, sample, seed)
-        return fn(*args, selection=selection, **kwargs)
 
-    decorators = [
-        click.argument("runs", nargs=-1),
-        click.option(
-            "--since", help="Only runs started within this period (1h, 30m, 7d) or after a date."
-        ),
-        click.option("--name", help="Only runs with this name."),
-        click.option(
-            "--tag", "tags", multiple=True, help="Only runs with this tag (key=value); repeatable."
-        ),
-        click.option(
-            "--status",
-            type=click.Choice(["ok", "error", "diverged"]),
-            help="Only runs that ended with this status.",
-        ),
-        click.option(
-            "--limit", type=click.IntRange(min=1), help="At most this many runs, newest first."
-        ),
-        click.option("--sample", type=click.IntRange(min=1), help="A random sample of N runs."),
-        click.option("--seed", type=int, help="Seed of --sample, for the same sample again."),
-    ]
-    out: Any = wrapped
-    for deco in reversed(decorators):
-        out = deco(out)
-    return out  # type: ignore[no-any-return]
+@overload
+def selection_options(*, runs: bool = True) -> Callable[[F], F]: ...
+
+
+def selection_options(fn: F | None = None, /, *, runs: bool = True) -> F | Callable[[F], F]:
+    """``RUN...`` plus ``--since/--name/--tag/--status/--limit/--sample/--seed``, passed on as
+    ``selection``; ``runs=False`` leaves out ``RUN...`` (a command that only queries)."""
+
+    with_runs = runs
+
+    def decorate(fn: F) -> F:
+        @functools.wraps(fn)
+        def wrapped(
+            *args: Any,
+            since: str | None,
+            name: str | None,
+            tags: tuple[str, ...],
+            status: str | None,
+            limit: int | None,
+            sample: int | None,
+            seed: int | None,
+            runs: tuple[str, ...] = (),
+            **kwargs: Any,
+        ) -> Any:
+            if seed is not None and sample is None:
+                raise click.UsageError("--seed goes with --sample N")
+            selection = Selection(runs, since, name, parse_tags(tags), status, limit, sample, seed)
+            return fn(*args, selection=selection, **kwargs)
+
+        decorators = [
+            click.option(
+                "--since",
+                help="Only runs started within this period (1h, 30m, 7d) or after a date.",
+            ),
+            click.option("--name", help="Only runs with this name."),
+            click.option(
+                "--tag",
+                "tags",
+                multiple=True,
+                help="Only runs with this tag (key=value); repeatable.",
+            ),
+            click.option(
+                "--status",
+                type=click.Choice(["ok", "error", "diverged"]),
+                help="Only runs that ended with this status.",
+            ),
+            click.option(
+                "--limit", type=click.IntRange(min=1), help="At most this many runs, newest first."
+            ),
+            click.option("--sample", type=click.IntRange(min=1), help="A random sample of N runs."),
+            click.option("--seed", type=int, help="Seed of --sample, for the same sample again."),
+        ]
+        if with_runs:
+            decorators.insert(0, click.argument("runs", nargs=-1))
+        out: Any = wrapped
+        for deco in reversed(decorators):
+            out = deco(out)
+        return out  # type: ignore[no-any-return]
+
+    return decorate if fn is None else decorate(fn)
 
 
 def output_options(fn: F) -> F:

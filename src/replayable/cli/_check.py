@@ -15,7 +15,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from replayable._check import CheckReport, check, list_checks, load_check
-from replayable.cli._batch import JUnitCase, output_options, parse_tags, write_junit
+from replayable.cli._batch import (
+    JUnitCase,
+    Selection,
+    output_options,
+    selection_options,
+    write_junit,
+)
 from replayable.cli._common import (
     console,
     err_console,
@@ -141,19 +147,7 @@ def junit_cases(report: CheckReport) -> list[JUnitCase]:
 @main.command("check")
 @import_option
 @store_option
-@click.option("--since", help="Only runs started within this period (7d, 12h) or after a date.")
-@click.option("--name", help="Only runs with this name.")
-@click.option(
-    "--tag", "tags", multiple=True, help="Only runs with this tag (key=value); repeatable."
-)
-@click.option(
-    "--status",
-    type=click.Choice(["ok", "error", "diverged"]),
-    help="Only runs that ended with this status.",
-)
-@click.option("--limit", type=click.IntRange(min=1), help="At most this many runs, newest first.")
-@click.option("--sample", type=click.IntRange(min=1), help="Check a random sample of N runs.")
-@click.option("--seed", type=int, help="Seed of --sample, for the same sample again.")
+@selection_options(runs=False)
 @click.option(
     "--live",
     multiple=True,
@@ -186,13 +180,7 @@ def junit_cases(report: CheckReport) -> list[JUnitCase]:
 def check_cmd(
     modules: tuple[str, ...],
     store_url: str | None,
-    since: str | None,
-    name: str | None,
-    tags: tuple[str, ...],
-    status: str | None,
-    limit: int | None,
-    sample: int | None,
-    seed: int | None,
+    selection: Selection,
     live: tuple[str, ...],
     jobs: int,
     executor: str,
@@ -219,8 +207,6 @@ def check_cmd(
     replayable check --import my_agent --store postgresql://... \\
         --executor dask --address tcp://10.0.0.5:8786
     """
-    if seed is not None and sample is None:
-        raise click.UsageError("--seed goes with --sample N")
     if executor == "dask" and not address:
         raise click.UsageError("--executor dask needs --address tcp://HOST:PORT")
     if address and executor != "dask":
@@ -234,13 +220,13 @@ def check_cmd(
         report = check(
             store,
             imports=modules,
-            since=parse_since(since),
-            name=name,
-            tags=parse_tags(tags) or None,
-            status=status,
-            limit=limit,
-            sample=sample,
-            seed=seed,
+            since=parse_since(selection.since),
+            name=selection.name,
+            tags=selection.tags or None,
+            status=selection.status,
+            limit=selection.limit,
+            sample=selection.sample,
+            seed=selection.seed,
             live=live,
             jobs=jobs,
             executor=executor,

@@ -204,6 +204,35 @@ class TestBadArguments:
         assert f"Invalid value for {option}: 'lately': use a duration like 1h" in result.output
         assert "Traceback" not in result.output
 
+    @pytest.mark.parametrize(
+        ("args", "problem"),
+        [
+            (["runs", "--since", "lately"], "--since"),
+            (["runs", "--tag", "novalue"], "--tag"),
+            (["stats", "--since", "lately"], "--since"),
+            (["check", "--import", "os", "--since", "lately"], "--since"),
+            (["check", "--import", "os", "--tag", "novalue"], "--tag"),
+            (["drift", "--import", "os", "--since", "lately"], "--since"),
+            (["export", "--since", "lately", "-o", "corpus"], "--since"),
+            (["export", "--tag", "novalue", "-o", "corpus"], "--tag"),
+            (["export", "RUN", "--since", "1d"], "give either RUN_ID or --since"),
+            (["export", "--name", "x", "-o", "-"], "-o DIR"),
+            (["prune", "--older-than", "lately", "--yes"], "--older-than"),
+            (["promote", "RUN", "--world", "m:w"], "--world is for the tools that run live"),
+        ],
+    )
+    def test_bad_options_are_named_before_the_store_is_opened(
+        self, tmp_path: Path, args: list[str], problem: str
+    ) -> None:
+        """A bad option and a store that does not exist: the option is named (not the store),
+        exit 2, and no store is created."""
+        store = tmp_path / "missing.db"
+        result = invoke(*args, "--store", str(store))
+        assert result.exit_code == 2, result.output
+        assert problem in result.output
+        assert "no store" not in result.output
+        assert not store.exists()
+
     def test_serve_port_out_of_range(self) -> None:
         """`serve --port 99999`: a usage error, exit 2."""
         result = invoke("serve", "--port", "99999")

@@ -13,12 +13,15 @@ from typing import Any, TypeVar, overload
 
 import click
 
+from replayable.cli._common import valid_period
+
 __all__ = [
     "JUnitCase",
     "Selection",
     "output_options",
     "parse_tags",
     "selection_options",
+    "valid_tags",
     "write_junit",
 ]
 
@@ -53,6 +56,14 @@ def parse_tags(values: Iterable[str]) -> dict[str, str]:
         k, v = tag.split("=", 1)
         out[k] = v
     return out
+
+
+def valid_tags(
+    ctx: click.Context, param: click.Parameter, value: tuple[str, ...]
+) -> tuple[str, ...]:
+    """Click callback checking ``--tag key=value`` options while the command line is parsed."""
+    parse_tags(value)
+    return value
 
 
 @overload
@@ -91,6 +102,7 @@ def selection_options(fn: F | None = None, /, *, runs: bool = True) -> F | Calla
         decorators = [
             click.option(
                 "--since",
+                callback=valid_period,
                 help="Only runs started within this period (1h, 30m, 7d) or after a date.",
             ),
             click.option("--name", help="Only runs with this name."),
@@ -98,6 +110,7 @@ def selection_options(fn: F | None = None, /, *, runs: bool = True) -> F | Calla
                 "--tag",
                 "tags",
                 multiple=True,
+                callback=valid_tags,
                 help="Only runs with this tag (key=value); repeatable.",
             ),
             click.option(

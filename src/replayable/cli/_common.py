@@ -34,6 +34,7 @@ __all__ = [
     "parse_since",
     "safe",
     "store_option",
+    "valid_period",
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -177,6 +178,13 @@ def parse_since(text: str | None, option: str = "--since") -> float | None:
         return _parse_since(text)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint=option) from None
+
+
+def valid_period(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Click callback checking a period option (``--since``) while the command line is parsed,
+    so a bad one is a usage error before any store is opened; the text is kept as given."""
+    parse_since(value, param.opts[0])
+    return value
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

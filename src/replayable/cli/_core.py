@@ -11,7 +11,7 @@ import orjson
 
 from replayable._rootcall import call_recorded, root_call
 from replayable.boundary import Boundary
-from replayable.cli._batch import parse_tags
+from replayable.cli._batch import parse_tags, valid_tags
 from replayable.cli._common import (
     console,
     fail,
@@ -22,6 +22,7 @@ from replayable.cli._common import (
     main,
     parse_since,
     store_option,
+    valid_period,
 )
 from replayable.cli._render import find_event, run_table, step_detail, step_tree
 from replayable.errors import Divergence, ReplayableError
@@ -34,14 +35,22 @@ from replayable.trace import Event
 @store_option
 @click.option("--name", help="Only runs with this name.")
 @click.option(
-    "--tag", "tags", multiple=True, help="Only runs with this tag (key=value); repeatable."
+    "--tag",
+    "tags",
+    multiple=True,
+    callback=valid_tags,
+    help="Only runs with this tag (key=value); repeatable.",
 )
 @click.option(
     "--status",
     type=click.Choice(["ok", "error", "diverged", "running", "incomplete"]),
     help="Only runs with this status.",
 )
-@click.option("--since", help="Only runs started within this period (1h, 30m, 2d) or after a date.")
+@click.option(
+    "--since",
+    callback=valid_period,
+    help="Only runs started within this period (1h, 30m, 2d) or after a date.",
+)
 @click.option("--boundary", help="Only runs that called this boundary (full or bare name).")
 @click.option("--errors", "has_error", is_flag=True, default=None, help="Only runs with an error.")
 @click.option(
@@ -81,7 +90,7 @@ def runs_cmd(
         click.echo(orjson.dumps([r.to_dict() for r in found]).decode())
         return
     if not found:
-        filtered = any((name, tags, status, since, boundary, has_error))
+        filtered = any((name, tags, status, since is not None, boundary, has_error))
         click.echo(
             f"no runs match these filters in {store.url}" if filtered else f"no runs in {store.url}"
         )

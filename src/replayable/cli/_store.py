@@ -9,6 +9,7 @@ import click
 import orjson
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from replayable.cli._batch import parse_tags, valid_tags
 from replayable.cli._common import (
     err_console,
     fail,
@@ -18,6 +19,7 @@ from replayable.cli._common import (
     parse_since,
     safe,
     store_option,
+    valid_period,
 )
 from replayable.errors import TraceCorrupt
 from replayable.store import open_store
@@ -47,9 +49,19 @@ _ALL = 10**12
     help="Trace file to write (default RUN_ID.jsonl; '-' for stdout); with --since/--name/"
     "--tag/--status, a directory that gets one RUN_ID.jsonl per run.",
 )
-@click.option("--since", help="Export every run started within this period (7d) or after a date.")
+@click.option(
+    "--since",
+    callback=valid_period,
+    help="Export every run started within this period (7d) or after a date.",
+)
 @click.option("--name", help="Export every run with this name.")
-@click.option("--tag", "tags", multiple=True, help="Export every run with this tag (key=value).")
+@click.option(
+    "--tag",
+    "tags",
+    multiple=True,
+    callback=valid_tags,
+    help="Export every run with this tag (key=value).",
+)
 @click.option(
     "--status", type=click.Choice(["ok", "error", "diverged"]), help="Only runs with this status."
 )
@@ -75,8 +87,7 @@ def export_cmd(
     replayable export RUN -o tests/traces/incident.jsonl
     replayable export --since 7d -o corpus/
     """
-    store = get_store(store_url)
-    query = any((since, name, tags, status))
+    query = any((since is not None, name, tags, status))
     if run_id is None:
         if not query:
             fail("name a RUN_ID, or pick runs with --since/--name/--tag/--status and -o DIR")
@@ -87,6 +98,7 @@ def export_cmd(
         return
     if query or limit:
         fail("give either RUN_ID or --since/--name/--tag/--status/--limit, not both")
+    store = get_store(store_url)
     run = store.get_run(run_id)
     check_run_id(run.id)  # it names the default file: never a path
     events = list(store.iter_events(run.id))
@@ -113,12 +125,10 @@ def _export_many(
     limit: int | None,
 ) -> None:
     """Every recorded run the query picks (not replays, not unfinished) as RUN_ID.jsonl."""
-    from replayable.cli._batch import parse_tags
-
-    store = get_store(store_url)
     target = Path(output)
     if target.exists() and not target.is_dir():
         fail(f"{output} is a file: -o names a directory when exporting several runs")
+    store = get_store(store_url)
     query = RunQuery(
         name=name,
         tags=parse_tags(tags) or None,
@@ -249,7 +259,11 @@ def verify_cmd(target: str, store_url: str | None, as_json: bool) -> None:
 @main.command("copy")
 @click.argument("src_url")
 @click.argument("dst_url")
-@click.option("--since", help="Only runs started within this period (1h, 30m, 2d) or after a date.")
+@click.option(
+    "--since",
+    callback=valid_period,
+    help="Only runs started within this period (1h, 30m, 2d) or after a date.",
+)
 @click.option("--name", help="Only runs with this name.")
 @handle_errors
 def copy_cmd(src_url: str, dst_url: str, since: str | None, name: str | None) -> None:
@@ -293,6 +307,7 @@ def copy_cmd(src_url: str, dst_url: str, since: str | None, name: str | None) ->
 @click.option(
     "--older-than",
     required=True,
+    callback=valid_period,
     help="Delete runs started longer ago than this (30d, 12h) or before this date.",
 )
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")

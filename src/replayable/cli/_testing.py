@@ -74,7 +74,6 @@ def promote_cmd(
     """
     from replayable.testing._promote import promote
 
-    run, events = load_run(run_id, store_url)
     if world is not None and not live:
         raise ReplayableError("--world is for the tools that run live: add --live TOOL")
     both = sorted(set(forbid) & set(live))
@@ -82,6 +81,7 @@ def promote_cmd(
         raise ReplayableError(
             f"{', '.join(both)}: --forbid asserts it is never called, --live runs it; choose one"
         )
+    run, events = load_run(run_id, store_url)
     done = promote(
         run,
         events,

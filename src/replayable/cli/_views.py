@@ -22,6 +22,7 @@ from replayable.cli._common import (
     main,
     parse_since,
     store_option,
+    valid_period,
 )
 from replayable.cli._render import diff_view
 from replayable.store.base import RunQuery
@@ -103,7 +104,13 @@ def compute_stats(store: Any, runs: list[Run]) -> dict[str, Any]:
 
 @main.command("stats")
 @store_option
-@click.option("--since", default="7d", show_default=True, help="Period: 1h, 30m, 2d or a date.")
+@click.option(
+    "--since",
+    default="7d",
+    show_default=True,
+    callback=valid_period,
+    help="Period: 1h, 30m, 2d or a date.",
+)
 @click.option("--name", help="Only runs with this name.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @handle_errors

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, get_args
 
 import orjson
 
+from replayable.store.base import CheckRow, CheckRunRow, Outcome
+
 __all__ = ["EXAMPLES", "OUTCOMES", "CheckReport", "Group", "RunOutcome", "group_outcomes"]
 
-OUTCOMES = ("unchanged", "diverged", "failed", "not_replayable")
+OUTCOMES: tuple[Outcome, ...] = get_args(Outcome)
 EXAMPLES = 5
 """Example runs kept per group."""
 
@@ -28,7 +30,7 @@ class RunOutcome:
 
     run_id: str
     name: str | None
-    outcome: str
+    outcome: Outcome
     signature: str | None = None
     detail: str = ""
     replay_id: str | None = None
@@ -118,7 +120,7 @@ class CheckReport:
     @property
     def counts(self) -> dict[str, int]:
         """Runs per outcome (every outcome present, zeros included)."""
-        counts = dict.fromkeys(OUTCOMES, 0)
+        counts: dict[str, int] = dict.fromkeys(OUTCOMES, 0)
         if not self.outcomes and self.stored_counts:
             return {**counts, **self.stored_counts}
         for o in self.outcomes:
@@ -155,30 +157,30 @@ class CheckReport:
 
     # -- storage -------------------------------------------------------------------------------
 
-    def to_rows(self) -> tuple[tuple[Any, ...], list[tuple[Any, ...]]]:
+    def to_rows(self) -> tuple[CheckRow, list[CheckRunRow]]:
         """The ``checks`` row and the ``check_runs`` rows."""
         summary = {"counts": self.counts, "groups": [g.to_dict() for g in self.groups]}
-        head = (
-            self.id,
-            self.started_at,
-            self.ended_at,
-            self.store,
-            _text(self.selection),
-            _text(self.environment),
-            _text(summary),
-            int(self.ok),
+        head = CheckRow(
+            id=self.id,
+            started_at=self.started_at,
+            ended_at=self.ended_at,
+            store=self.store,
+            selection=_text(self.selection),
+            environment=_text(self.environment),
+            summary=_text(summary),
+            passed=int(self.ok),
         )
         runs = [
-            (
-                self.id,
-                i,
-                o.run_id,
-                o.name,
-                o.outcome,
-                o.signature,
-                o.detail,
-                o.replay_id,
-                o.duration_s,
+            CheckRunRow(
+                check_id=self.id,
+                seq=i,
+                run_id=o.run_id,
+                name=o.name,
+                outcome=o.outcome,
+                signature=o.signature,
+                detail=o.detail,
+                replay_id=o.replay_id,
+                duration_s=o.duration_s,
             )
             for i, o in enumerate(self.outcomes)
         ]
@@ -186,26 +188,26 @@ class CheckReport:
 
     @classmethod
     def from_rows(
-        cls, head: Sequence[Any], runs: Sequence[Sequence[Any]] = (), saved_to: str | None = None
+        cls, head: CheckRow, runs: Sequence[CheckRunRow] = (), saved_to: str | None = None
     ) -> CheckReport:
         """Inverse of :meth:`to_rows` (without run rows: a header with its groups only)."""
-        summary = _load(head[6]) or {}
+        summary = _load(head.summary) or {}
         return cls(
-            id=head[0],
-            started_at=float(head[1]),
-            ended_at=float(head[2] or head[1]),
-            store=head[3] or "",
-            selection=_load(head[4]) or {},
-            environment=_load(head[5]) or {},
+            id=head.id,
+            started_at=float(head.started_at),
+            ended_at=float(head.ended_at or head.started_at),
+            store=head.store or "",
+            selection=_load(head.selection) or {},
+            environment=_load(head.environment) or {},
             outcomes=[
                 RunOutcome(
-                    run_id=r[2],
-                    name=r[3],
-                    outcome=r[4],
-                    signature=r[5],
-                    detail=r[6] or "",
-                    replay_id=r[7],
-                    duration_s=float(r[8] or 0.0),
+                    run_id=r.run_id,
+                    name=r.name,
+                    outcome=r.outcome,
+                    signature=r.signature,
+                    detail=r.detail or "",
+                    replay_id=r.replay_id,
+                    duration_s=float(r.duration_s or 0.0),
                 )
                 for r in runs
             ],

@@ -17,7 +17,7 @@ from replayable.errors import Divergence, RecordedError, ReplayableError, TraceC
 from replayable.record import environment, new_run_id
 from replayable.replay import Replay, Replayer, _check_version
 from replayable.store import Store, open_store
-from replayable.store.base import EventRow
+from replayable.store.base import EventRow, Outcome
 from replayable.trace import (
     Event,
     Run,
@@ -139,7 +139,7 @@ def _check_item(item: Item, store: Store | None, task: Task) -> Done:
     run_id = str((item.run or {}).get("id") or item.label)
     name = (item.run or {}).get("name")
 
-    def out(outcome: str, detail: str, **kw: Any) -> Done:
+    def out(outcome: Outcome, detail: str, **kw: Any) -> Done:
         parts = kw.pop("parts", None)
         kept = kw.pop("kept", None)
         o = RunOutcome(

@@ -12,11 +12,12 @@ import socket
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, cast, runtime_checkable
 
 import orjson
 
 from replayable.errors import RunNotFound
+from replayable.store._rows import CheckRow, CheckRunRow, Outcome, RunRow
 from replayable.trace import Event, Run
 
 __all__ = [
@@ -24,9 +25,15 @@ __all__ = [
     "CHECK_RUN_COLUMNS",
     "EVENT_COLUMNS",
     "RUN_COLUMNS",
+    "CheckRow",
+    "CheckRunRow",
     "Checkpoint",
+    "Dialect",
     "EventRow",
+    "Outcome",
     "RunQuery",
+    "RunRow",
+    "SQLStore",
     "Store",
     "event_to_row",
     "parse_since",
@@ -37,22 +44,7 @@ __all__ = [
     "run_to_row",
 ]
 
-RUN_COLUMNS = (
-    "id",
-    "name",
-    "tags",
-    "metadata",
-    "environment",
-    "started_at",
-    "ended_at",
-    "status",
-    "error",
-    "parent_run",
-    "head_hash",
-    "event_count",
-    "signature",
-    "hash_version",
-)
+RUN_COLUMNS = RunRow._fields
 """Columns of the ``runs`` table, in the order :func:`run_to_row` gives them."""
 
 EVENT_COLUMNS = (
@@ -73,29 +65,10 @@ EVENT_COLUMNS = (
     "hash",
 )
 
-CHECK_COLUMNS = (
-    "id",
-    "started_at",
-    "ended_at",
-    "store",
-    "selection",
-    "environment",
-    "summary",
-    "passed",
-)
+CHECK_COLUMNS = CheckRow._fields
 """Columns of the ``checks`` table (one row per ``replayable check``; JSON fields as text)."""
 
-CHECK_RUN_COLUMNS = (
-    "check_id",
-    "seq",
-    "run_id",
-    "name",
-    "outcome",
-    "signature",
-    "detail",
-    "replay_id",
-    "duration_s",
-)
+CHECK_RUN_COLUMNS = CheckRunRow._fields
 """Columns of the ``check_runs`` table: one checked run's outcome."""
 
 EventRow = tuple[Any, ...]
@@ -131,23 +104,23 @@ def event_to_row(ev: Event) -> EventRow:
     )
 
 
-def run_to_row(run: Run) -> tuple[Any, ...]:
-    """A :class:`Run` as a row in :data:`RUN_COLUMNS` order (JSON fields as text)."""
-    return (
-        run.id,
-        run.name,
-        _text(run.tags),
-        _text(run.metadata),
-        _text(run.environment),
-        run.started_at,
-        run.ended_at,
-        run.status,
-        None if run.error is None else _text(run.error),
-        run.parent_run,
-        run.head_hash,
-        run.event_count,
-        run.signature,
-        run.hash_version,
+def run_to_row(run: Run) -> RunRow:
+    """A :class:`Run` as a ``runs`` row (JSON fields as text)."""
+    return RunRow(
+        id=run.id,
+        name=run.name,
+        tags=_text(run.tags),
+        metadata=_text(run.metadata),
+        environment=_text(run.environment),
+        started_at=run.started_at,
+        ended_at=run.ended_at,
+        status=run.status,
+        error=None if run.error is None else _text(run.error),
+        parent_run=run.parent_run,
+        head_hash=run.head_hash,
+        event_count=run.event_count,
+        signature=run.signature,
+        hash_version=run.hash_version,
     )
 
 
@@ -170,30 +143,30 @@ def process_alive(environment: Mapping[str, Any]) -> bool:
     return True
 
 
-def run_from_row(row: Sequence[Any], store: Store | None = None) -> Run:
-    """A row in :data:`RUN_COLUMNS` order as a :class:`Run`.
+def run_from_row(row: RunRow, store: Store | None = None) -> Run:
+    """A ``runs`` row as a :class:`Run`.
 
     A run still marked ``running`` whose recording process is gone reads back as ``incomplete``.
     """
-    environment = _json(row[4]) or {}
-    status = row[7]
+    environment = _json(row.environment) or {}
+    status = row.status
     if status == "running" and not process_alive(environment):
         status = "incomplete"
     return Run(
-        id=row[0],
-        name=row[1],
-        tags=_json(row[2]) or {},
-        metadata=_json(row[3]) or {},
+        id=row.id,
+        name=row.name,
+        tags=_json(row.tags) or {},
+        metadata=_json(row.metadata) or {},
         environment=environment,
-        started_at=row[5],
-        ended_at=row[6],
+        started_at=row.started_at,
+        ended_at=row.ended_at,
         status=status,
-        error=_json(row[8]),
-        parent_run=row[9],
-        head_hash=row[10],
-        event_count=row[11],
-        signature=row[12],
-        hash_version=row[13],
+        error=_json(row.error),
+        parent_run=row.parent_run,
+        head_hash=row.head_hash,
+        event_count=row.event_count,
+        signature=row.signature,
+        hash_version=row.hash_version,
         store=store,
     )
 
@@ -346,14 +319,13 @@ class Store(Protocol):
     def delete_runs(self, *, before: float) -> int:
         """Delete runs that started before this epoch time; returns how many."""
 
-    def save_check(self, check: Sequence[Any], runs: Sequence[Sequence[Any]]) -> None:
-        """Insert a check (:data:`CHECK_COLUMNS`) and its runs' outcomes
-        (:data:`CHECK_RUN_COLUMNS`) in one transaction."""
+    def save_check(self, check: CheckRow, runs: Sequence[CheckRunRow]) -> None:
+        """Insert a check and its runs' outcomes in one transaction."""
 
-    def list_checks(self, limit: int = 50) -> list[tuple[Any, ...]]:
+    def list_checks(self, limit: int = 50) -> list[CheckRow]:
         """Check rows, newest first."""
 
-    def get_check(self, check_id: str) -> tuple[tuple[Any, ...], list[tuple[Any, ...]]]:
+    def get_check(self, check_id: str) -> tuple[CheckRow, list[CheckRunRow]]:
         """A check row (by id or unique prefix) and its run rows in order; raises
         ``RunNotFound``."""
 
@@ -419,30 +391,151 @@ def like_escape(text: str) -> str:
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
 
 
-def pick_run(run_id: str, rows: Sequence[Sequence[Any]], store: Any, url: str) -> Run:
+def pick_run(run_id: str, rows: Sequence[RunRow], store: Any, url: str) -> Run:
     """The run a lookup by id or prefix means: an exact id, else the only prefix match.
 
     ``rows`` are the first few runs whose id equals ``run_id`` or starts with it.
     """
     if not run_id:
         raise RunNotFound("empty run id; list runs with `replayable runs`")
-    exact = [r for r in rows if r[0] == run_id]
+    exact = [r for r in rows if r.id == run_id]
     if exact or len(rows) == 1:
         return run_from_row((exact or rows)[0], store)
     if not rows:
         raise RunNotFound(f"no run {run_id!r} in {url}; list runs with `replayable runs`")
-    ids = ", ".join(str(r[0]) for r in rows[:3])
+    ids = ", ".join(r.id for r in rows[:3])
     raise RunNotFound(
         f"run id prefix {run_id!r} is ambiguous in {url} ({ids}, ...); give more of it"
     )
 
 
-def pick_check(check_id: str, rows: Sequence[Sequence[Any]], url: str) -> tuple[Any, ...]:
+def pick_check(check_id: str, rows: Sequence[CheckRow], url: str) -> CheckRow:
     """The check a lookup by id or prefix means (``rows``: the first few whose id equals
     ``check_id`` or starts with it)."""
-    exact = [r for r in rows if r[0] == check_id]
+    exact = [r for r in rows if r.id == check_id]
     if check_id and (exact or len(rows) == 1):
-        return tuple((exact or rows)[0])
+        return (exact or rows)[0]
     if not check_id or not rows:
         raise RunNotFound(f"no check {check_id!r} in {url}; list checks with `replayable checks`")
     raise RunNotFound(f"check id prefix {check_id!r} is ambiguous in {url}; give more of it")
+
+
+class Dialect:
+    """Every statement the SQL stores share, spelled for one driver: its placeholder
+    (``?`` or ``%s``) and how it compares a tag inside the ``tags`` JSON text (see
+    :func:`runs_query`)."""
+
+    def __init__(self, ph: str, *, tag_clause: str, tag_path: Callable[[str], str]) -> None:
+        self.ph, self.tag_clause, self.tag_path = ph, tag_clause, tag_path
+
+        def values(columns: Sequence[str]) -> str:
+            return f"({', '.join(columns)}) VALUES ({', '.join([ph] * len(columns))})"
+
+        def by_id(table: str, columns: Sequence[str]) -> str:
+            # Exact id or prefix; three rows are enough to tell unique from ambiguous.
+            return (
+                f"SELECT {', '.join(columns)} FROM {table} "
+                f"WHERE id = {ph} OR id LIKE {ph} ESCAPE '\\' LIMIT 3"
+            )
+
+        self.insert_run = f"INSERT INTO runs {values(RUN_COLUMNS)}"
+        self.finish_run = (
+            f"UPDATE runs SET ended_at={ph}, status={ph}, error={ph}, head_hash={ph}, "
+            f"event_count={ph}, metadata={ph}, signature={ph} WHERE id={ph}"
+        )
+        self.checkpoint = (
+            f"UPDATE runs SET event_count={ph}, head_hash={ph}, signature={ph} "
+            f"WHERE id={ph} AND status='running'"
+        )
+        self.run_exists = f"SELECT 1 FROM runs WHERE id = {ph}"
+        self.delete_run = (
+            f"DELETE FROM events WHERE run_id = {ph}",
+            f"DELETE FROM runs WHERE id = {ph}",
+        )
+        self.delete_before = (
+            f"DELETE FROM events WHERE run_id IN (SELECT id FROM runs WHERE started_at < {ph})",
+            f"DELETE FROM runs WHERE started_at < {ph}",
+        )
+        self.select_runs = f"SELECT {', '.join(RUN_COLUMNS)} FROM runs"
+        self.get_run = by_id("runs", RUN_COLUMNS)
+        self.insert_check = f"INSERT INTO checks {values(CHECK_COLUMNS)}"
+        self.insert_check_run = f"INSERT INTO check_runs {values(CHECK_RUN_COLUMNS)}"
+        self.list_checks = (
+            f"SELECT {', '.join(CHECK_COLUMNS)} FROM checks ORDER BY started_at DESC LIMIT {ph}"
+        )
+        self.get_check = by_id("checks", CHECK_COLUMNS)
+        self.check_runs = (
+            f"SELECT {', '.join(CHECK_RUN_COLUMNS)} FROM check_runs "
+            f"WHERE check_id = {ph} ORDER BY seq"
+        )
+
+    @staticmethod
+    def finish_params(run: Run) -> tuple[Any, ...]:
+        """The parameters of :attr:`finish_run` for this run."""
+        row = run_to_row(run)
+        return (
+            row.ended_at,
+            row.status,
+            row.error,
+            row.head_hash,
+            row.event_count,
+            row.metadata,
+            row.signature,
+            row.id,
+        )
+
+    @staticmethod
+    def checkpoint_params(checkpoints: Sequence[Checkpoint]) -> list[tuple[Any, ...]]:
+        """The parameter rows of :attr:`checkpoint` for these checkpoints."""
+        return [(n, head, sig, run_id) for run_id, n, head, sig in checkpoints]
+
+
+class SQLStore:
+    """What the SQL stores share: the statements of their :class:`Dialect`, and every read and
+    single-statement write built on them. A backend supplies the connection handling
+    (:meth:`_fetch`, :meth:`_execute`) and its transactions."""
+
+    url: str
+    sql: Dialect
+
+    def _fetch(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        """Every row ``sql`` selects, as plain tuples."""
+        raise NotImplementedError
+
+    def _execute(self, sql: str, params: Sequence[Any]) -> None:
+        """Run one statement on its own (autocommit)."""
+        raise NotImplementedError
+
+    def create_run(self, run: Run) -> None:
+        """Insert a new run."""
+        self._execute(self.sql.insert_run, run_to_row(run))
+
+    def finish_run(self, run: Run) -> None:
+        """Record a run's outcome, head hash and signature (sealed by the writer)."""
+        self._execute(self.sql.finish_run, self.sql.finish_params(run))
+
+    def get_run(self, run_id: str) -> Run:
+        """The run with this id or unique id prefix."""
+        rows = self._fetch(self.sql.get_run, (run_id, like_escape(run_id) + "%"))
+        return pick_run(run_id, [RunRow._make(r) for r in rows], cast(Store, self), self.url)
+
+    def list_runs(self, query: RunQuery | None = None) -> list[Run]:
+        """Runs matching ``query``, newest first."""
+        q = query or RunQuery()
+        where, params = runs_query(
+            q, ph=self.sql.ph, tag_clause=self.sql.tag_clause, tag_path=self.sql.tag_path
+        )
+        rows = self._fetch(self.sql.select_runs + where, params)
+        store = cast(Store, self)  # a backend: this class plus its writes
+        return only_status(q, [run_from_row(RunRow._make(r), store) for r in rows])
+
+    def list_checks(self, limit: int = 50) -> list[CheckRow]:
+        """Check rows, newest first."""
+        return [CheckRow._make(r) for r in self._fetch(self.sql.list_checks, (limit,))]
+
+    def get_check(self, check_id: str) -> tuple[CheckRow, list[CheckRunRow]]:
+        """A check (id or unique prefix) and its run rows in order."""
+        rows = self._fetch(self.sql.get_check, (check_id, like_escape(check_id) + "%"))
+        check = pick_check(check_id, [CheckRow._make(r) for r in rows], self.url)
+        runs = self._fetch(self.sql.check_runs, (check.id,))
+        return check, [CheckRunRow._make(r) for r in runs]

@@ -11,12 +11,11 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
 
 import orjson
 
 from replayable.errors import RunNotFound, StoreUnavailable, TraceCorrupt
-from replayable.store.base import Checkpoint, EventRow, RunQuery
+from replayable.store.base import Checkpoint, CheckRow, CheckRunRow, EventRow, RunQuery
 from replayable.trace import TRACE_FORMAT, Event, Run, iter_trace, read_trace
 
 __all__ = ["TraceDirStore"]
@@ -173,15 +172,15 @@ class TraceDirStore:
         """Refused: the store is read-only."""
         raise self._read_only()
 
-    def save_check(self, check: Sequence[Any], runs: Sequence[Sequence[Any]]) -> None:
+    def save_check(self, check: CheckRow, runs: Sequence[CheckRunRow]) -> None:
         """Refused: the store is read-only."""
         raise self._read_only()
 
-    def list_checks(self, limit: int = 50) -> list[tuple[Any, ...]]:
+    def list_checks(self, limit: int = 50) -> list[CheckRow]:
         """None: checks are kept in SQLite or PostgreSQL, never in a trace directory."""
         return []
 
-    def get_check(self, check_id: str) -> tuple[tuple[Any, ...], list[tuple[Any, ...]]]:
+    def get_check(self, check_id: str) -> tuple[CheckRow, list[CheckRunRow]]:
         """Refused: a trace directory holds no checks."""
         raise RunNotFound(
             f"no check {check_id!r} in {self.path}: a directory of trace files keeps no checks"

@@ -21,22 +21,17 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 
 from replayable.errors import StoreUnavailable
 from replayable.store.base import (
-    CHECK_COLUMNS,
     CHECK_RUN_COLUMNS,
     EVENT_COLUMNS,
-    RUN_COLUMNS,
     Checkpoint,
+    CheckRow,
+    CheckRunRow,
+    Dialect,
     EventRow,
-    RunQuery,
-    like_escape,
-    only_status,
-    pick_check,
-    pick_run,
+    SQLStore,
     resolve_refs,
     row_to_event,
-    run_from_row,
     run_to_row,
-    runs_query,
 )
 from replayable.trace import Event, Run
 
@@ -120,13 +115,11 @@ MIGRATIONS: list[tuple[str, str]] = [
 ]
 """Ordered, named schema migrations; the ``_migrations`` table records which have run."""
 
-_RUNS = ", ".join(RUN_COLUMNS)
 _EVENTS = ", ".join(EVENT_COLUMNS)
-_INSERT_RUN = f"INSERT INTO runs ({_RUNS}) VALUES ({', '.join(['%s'] * len(RUN_COLUMNS))})"
 _COPY_EVENTS = f"COPY events ({_EVENTS}) FROM STDIN"
-_CHECKS = ", ".join(CHECK_COLUMNS)
-_INSERT_CHECK = f"INSERT INTO checks ({_CHECKS}) VALUES ({', '.join(['%s'] * len(CHECK_COLUMNS))})"
 _COPY_CHECK_RUNS = f"COPY check_runs ({', '.join(CHECK_RUN_COLUMNS)}) FROM STDIN"
+_SQL = Dialect("%s", tag_clause="(tags::jsonb ->> %s) = %s", tag_path=lambda tag: tag)
+_PUT_RUN = f"{_SQL.insert_run} ON CONFLICT (id) DO NOTHING"
 
 
 def _safe_url(url: str) -> str:
@@ -148,7 +141,7 @@ class _QuietPool(logging.Filter):
 logging.getLogger("psycopg.pool").addFilter(_QuietPool())
 
 
-class PostgresStore:
+class PostgresStore(SQLStore):
     """Runs and events in a PostgreSQL database, through a small connection pool.
 
     Connecting is lazy: a server that is down makes operations raise
@@ -160,6 +153,8 @@ class PostgresStore:
         store = PostgresStore("postgresql://replayable@db.internal/traces")
         store.list_runs(RunQuery(status="error", limit=10))
     """
+
+    sql = _SQL
 
     def __init__(self, url: str, *, max_size: int = 4, timeout: float = 10.0) -> None:
         self.url = _safe_url(url)
@@ -216,7 +211,7 @@ class PostgresStore:
                 "CREATE TABLE IF NOT EXISTS _migrations "
                 "(name TEXT PRIMARY KEY, applied_at DOUBLE PRECISION)"
             )
-            done = {r[0] for r in conn.execute("SELECT name FROM _migrations")}
+            done = {name for (name,) in conn.execute("SELECT name FROM _migrations")}
             for name, sql in MIGRATIONS:
                 if name not in done:
                     for statement in sql.split(";"):
@@ -226,26 +221,15 @@ class PostgresStore:
 
     def migrations(self) -> list[str]:
         """Names of the migrations applied to this database, in order."""
-        return self._use(  # type: ignore[no-any-return]
-            lambda c: [r[0] for r in c.execute("SELECT name FROM _migrations ORDER BY name")]
-        )
+        return [name for (name,) in self._fetch("SELECT name FROM _migrations ORDER BY name", ())]
+
+    def _fetch(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        return self._use(lambda c: c.execute(sql, params).fetchall())  # type: ignore[no-any-return]
+
+    def _execute(self, sql: str, params: Sequence[Any]) -> None:
+        self._use(lambda c: c.execute(sql, params))
 
     # -- writing -----------------------------------------------------------------------------
-
-    def create_run(self, run: Run) -> None:
-        """Insert a new run."""
-        self._use(lambda c: c.execute(_INSERT_RUN, run_to_row(run)))
-
-    def finish_run(self, run: Run) -> None:
-        """Record a run's outcome, head hash and signature (sealed by the writer)."""
-        row = run_to_row(run)
-        self._use(
-            lambda c: c.execute(
-                "UPDATE runs SET ended_at=%s, status=%s, error=%s, head_hash=%s, "
-                "event_count=%s, metadata=%s, signature=%s WHERE id=%s",
-                (row[6], row[7], row[8], row[10], row[11], row[3], row[12], run.id),
-            )
-        )
 
     @staticmethod
     def _copy(conn: psycopg.Connection[Any], rows: Sequence[EventRow]) -> None:
@@ -264,11 +248,7 @@ class PostgresStore:
                 self._copy(conn, rows)
                 if checkpoints:
                     with conn.cursor() as cur:
-                        cur.executemany(
-                            "UPDATE runs SET event_count=%s, head_hash=%s, signature=%s "
-                            "WHERE id=%s AND status='running'",
-                            [(n, h, sig, rid) for rid, n, h, sig in checkpoints],
-                        )
+                        cur.executemany(_SQL.checkpoint, _SQL.checkpoint_params(checkpoints))
 
         self._use(write)
 
@@ -277,7 +257,7 @@ class PostgresStore:
 
         def put(conn: psycopg.Connection[Any]) -> bool:
             with conn.transaction():
-                cur = conn.execute(_INSERT_RUN + " ON CONFLICT (id) DO NOTHING", run_to_row(run))
+                cur = conn.execute(_PUT_RUN, run_to_row(run))
                 if cur.rowcount == 0:
                     return False
                 self._copy(conn, rows)
@@ -293,9 +273,9 @@ class PostgresStore:
 
         def replace(conn: psycopg.Connection[Any]) -> None:
             with conn.transaction():
-                conn.execute("DELETE FROM events WHERE run_id = %s", (run.id,))
-                conn.execute("DELETE FROM runs WHERE id = %s", (run.id,))
-                conn.execute(_INSERT_RUN, run_to_row(run))
+                for statement in _SQL.delete_run:
+                    conn.execute(statement, (run.id,))
+                conn.execute(_SQL.insert_run, run_to_row(run))
                 self._copy(conn, rows)
 
         self._use(replace)
@@ -305,21 +285,18 @@ class PostgresStore:
 
         def delete(conn: psycopg.Connection[Any]) -> int:
             with conn.transaction():
-                conn.execute(
-                    "DELETE FROM events WHERE run_id IN "
-                    "(SELECT id FROM runs WHERE started_at < %s)",
-                    (before,),
-                )
-                return conn.execute("DELETE FROM runs WHERE started_at < %s", (before,)).rowcount
+                events, runs = _SQL.delete_before
+                conn.execute(events, (before,))
+                return conn.execute(runs, (before,)).rowcount
 
         return int(self._use(delete))
 
-    def save_check(self, check: Sequence[Any], runs: Sequence[Sequence[Any]]) -> None:
+    def save_check(self, check: CheckRow, runs: Sequence[CheckRunRow]) -> None:
         """Insert a check and its runs' outcomes in one transaction (outcomes with ``COPY``)."""
 
         def save(conn: psycopg.Connection[Any]) -> None:
             with conn.transaction():
-                conn.execute(_INSERT_CHECK, tuple(check))
+                conn.execute(_SQL.insert_check, check)
                 with conn.cursor() as cur, cur.copy(_COPY_CHECK_RUNS) as copy:
                     for row in runs:
                         copy.write_row(row)
@@ -327,17 +304,6 @@ class PostgresStore:
         self._use(save)
 
     # -- reading -----------------------------------------------------------------------------
-
-    def get_run(self, run_id: str) -> Run:
-        """The run with this id or unique id prefix."""
-        pattern = like_escape(run_id) + "%"
-        rows = self._use(
-            lambda c: c.execute(
-                f"SELECT {_RUNS} FROM runs WHERE id = %s OR id LIKE %s LIMIT 3",
-                (run_id, pattern),
-            ).fetchall()
-        )
-        return pick_run(run_id, rows, self, self.url)
 
     def iter_events(self, run_id: str) -> Iterator[Event]:
         """The run's events in seq order, streamed through a server-side cursor (references
@@ -361,42 +327,6 @@ class PostgresStore:
         except (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout) as exc:
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise StoreUnavailable(f"PostgreSQL store {self.url}: {reason}") from None
-
-    def list_runs(self, query: RunQuery | None = None) -> list[Run]:
-        """Runs matching ``query``, newest first."""
-        q = query or RunQuery()
-        where, params = runs_query(
-            q, ph="%s", tag_clause="(tags::jsonb ->> %s) = %s", tag_path=lambda tag: tag
-        )
-        sql = f"SELECT {_RUNS} FROM runs{where}"
-        rows = self._use(lambda c: c.execute(sql, params).fetchall())
-        return only_status(q, [run_from_row(r, self) for r in rows])
-
-    def list_checks(self, limit: int = 50) -> list[tuple[Any, ...]]:
-        """Check rows, newest first."""
-        sql = f"SELECT {_CHECKS} FROM checks ORDER BY started_at DESC LIMIT %s"
-        return self._use(  # type: ignore[no-any-return]
-            lambda c: [tuple(r) for r in c.execute(sql, (limit,)).fetchall()]
-        )
-
-    def get_check(self, check_id: str) -> tuple[tuple[Any, ...], list[tuple[Any, ...]]]:
-        """A check (id or unique prefix) and its run rows in order."""
-        pattern = like_escape(check_id) + "%"
-        rows = self._use(
-            lambda c: c.execute(
-                f"SELECT {_CHECKS} FROM checks WHERE id = %s OR id LIKE %s LIMIT 3",
-                (check_id, pattern),
-            ).fetchall()
-        )
-        check = pick_check(check_id, rows, self.url)
-        runs = self._use(
-            lambda c: c.execute(
-                f"SELECT {', '.join(CHECK_RUN_COLUMNS)} FROM check_runs WHERE check_id = %s "
-                "ORDER BY seq",
-                (check[0],),
-            ).fetchall()
-        )
-        return check, [tuple(r) for r in runs]
 
     def close(self) -> None:
         """Close the pool's connections (the store reconnects if used again)."""

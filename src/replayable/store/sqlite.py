@@ -20,22 +20,16 @@ from typing import Any
 
 from replayable.errors import StoreUnavailable
 from replayable.store.base import (
-    CHECK_COLUMNS,
-    CHECK_RUN_COLUMNS,
     EVENT_COLUMNS,
-    RUN_COLUMNS,
     Checkpoint,
+    CheckRow,
+    CheckRunRow,
+    Dialect,
     EventRow,
-    RunQuery,
-    like_escape,
-    only_status,
-    pick_check,
-    pick_run,
+    SQLStore,
     resolve_refs,
     row_to_event,
-    run_from_row,
     run_to_row,
-    runs_query,
 )
 from replayable.trace import Event, Run
 
@@ -153,19 +147,9 @@ BUSY_MS = 30_000
 OPEN_BUSY_MS = 500
 """How long opening the store (on the agent's thread) may wait for such a lock."""
 
-_RUNS = ", ".join(RUN_COLUMNS)
 _EVENTS = ", ".join(EVENT_COLUMNS)
-_INSERT_RUN = f"INSERT INTO runs ({_RUNS}) VALUES ({','.join('?' * len(RUN_COLUMNS))})"
-_CHECKPOINT = (
-    "UPDATE runs SET event_count=?, head_hash=?, signature=? WHERE id=? AND status='running'"
-)
 _INSERT_EVENTS = f"INSERT INTO events ({_EVENTS}) VALUES ({','.join('?' * len(EVENT_COLUMNS))})"
-_CHECKS = ", ".join(CHECK_COLUMNS)
-_INSERT_CHECK = f"INSERT INTO checks ({_CHECKS}) VALUES ({','.join('?' * len(CHECK_COLUMNS))})"
-_INSERT_CHECK_RUNS = (
-    f"INSERT INTO check_runs ({', '.join(CHECK_RUN_COLUMNS)}) "
-    f"VALUES ({','.join('?' * len(CHECK_RUN_COLUMNS))})"
-)
+_SQL = Dialect("?", tag_clause="json_extract(tags, ?) = ?", tag_path=lambda tag: f'$."{tag}"')
 
 
 _STORES: weakref.WeakSet[SQLiteStore] = weakref.WeakSet()
@@ -183,7 +167,7 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_drop_connections_in_child)
 
 
-class SQLiteStore:
+class SQLiteStore(SQLStore):
     """Runs and events in one SQLite file (WAL; safe for several processes on one host).
 
     Opening never fails for a file that cannot be created yet: the error is raised (as
@@ -191,10 +175,13 @@ class SQLiteStore:
     an unwritable place degrades to a logged warning instead of breaking the agent.
 
     >>> import os
+    >>> from replayable.store.base import RunQuery
     >>> store = SQLiteStore(os.path.join(tmp_dir, "traces.db"))
     >>> store.list_runs(RunQuery(name="support", limit=5))
     []
     """
+
+    sql = _SQL
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
@@ -263,7 +250,7 @@ class SQLiteStore:
             db.execute(
                 "CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at REAL)"
             )
-            done = {r[0] for r in db.execute("SELECT name FROM _migrations")}
+            done = {name for (name,) in db.execute("SELECT name FROM _migrations")}
             for migration in MIGRATIONS:
                 if migration.__name__ not in done:
                     migration(db)
@@ -277,12 +264,7 @@ class SQLiteStore:
 
     def migrations(self) -> list[str]:
         """Names of the migrations applied to this database, in order."""
-        return [
-            r[0]
-            for r in self._run(
-                lambda db: db.execute("SELECT name FROM _migrations ORDER BY rowid").fetchall()
-            )
-        ]
+        return [name for (name,) in self._fetch("SELECT name FROM _migrations ORDER BY rowid", ())]
 
     def _run(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
         db = self._db()
@@ -307,22 +289,13 @@ class SQLiteStore:
 
         return self._run(tx)
 
+    def _fetch(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        return self._run(lambda db: db.execute(sql, params).fetchall())  # type: ignore[no-any-return]
+
+    def _execute(self, sql: str, params: Sequence[Any]) -> None:
+        self._run(lambda db: db.execute(sql, params))
+
     # -- writing -----------------------------------------------------------------------------
-
-    def create_run(self, run: Run) -> None:
-        """Insert a new run."""
-        self._run(lambda db: db.execute(_INSERT_RUN, run_to_row(run)))
-
-    def finish_run(self, run: Run) -> None:
-        """Record a run's outcome, head hash and signature (sealed by the writer)."""
-        row = run_to_row(run)
-        self._run(
-            lambda db: db.execute(
-                "UPDATE runs SET ended_at=?, status=?, error=?, head_hash=?, event_count=?, "
-                "metadata=?, signature=? WHERE id=?",
-                (row[6], row[7], row[8], row[10], row[11], row[3], row[12], run.id),
-            )
-        )
 
     def write_rows(self, rows: Sequence[EventRow], checkpoints: Sequence[Checkpoint] = ()) -> None:
         """Insert a batch of event rows (and the runs' signed checkpoints) in one transaction."""
@@ -330,7 +303,7 @@ class SQLiteStore:
         def write(db: sqlite3.Connection) -> None:
             db.executemany(_INSERT_EVENTS, rows)
             if checkpoints:
-                db.executemany(_CHECKPOINT, [(n, h, sig, rid) for rid, n, h, sig in checkpoints])
+                db.executemany(_SQL.checkpoint, _SQL.checkpoint_params(checkpoints))
 
         self._transaction(write)
 
@@ -338,9 +311,9 @@ class SQLiteStore:
         """Insert a run and its events atomically; False if the run is already there."""
 
         def put(db: sqlite3.Connection) -> bool:
-            if db.execute("SELECT 1 FROM runs WHERE id = ?", (run.id,)).fetchone():
+            if db.execute(_SQL.run_exists, (run.id,)).fetchone():
                 return False
-            db.execute(_INSERT_RUN, run_to_row(run))
+            db.execute(_SQL.insert_run, run_to_row(run))
             db.executemany(_INSERT_EVENTS, rows)
             return True
 
@@ -354,9 +327,9 @@ class SQLiteStore:
         """
 
         def replace(db: sqlite3.Connection) -> None:
-            db.execute("DELETE FROM events WHERE run_id = ?", (run.id,))
-            db.execute("DELETE FROM runs WHERE id = ?", (run.id,))
-            db.execute(_INSERT_RUN, run_to_row(run))
+            for statement in _SQL.delete_run:
+                db.execute(statement, (run.id,))
+            db.execute(_SQL.insert_run, run_to_row(run))
             db.executemany(_INSERT_EVENTS, rows)
 
         def secure(db: sqlite3.Connection) -> None:
@@ -373,35 +346,22 @@ class SQLiteStore:
         """Delete runs (and their events) that started before ``before``."""
 
         def delete(db: sqlite3.Connection) -> int:
-            db.execute(
-                "DELETE FROM events WHERE run_id IN (SELECT id FROM runs WHERE started_at < ?)",
-                (before,),
-            )
-            return int(db.execute("DELETE FROM runs WHERE started_at < ?", (before,)).rowcount)
+            events, runs = _SQL.delete_before
+            db.execute(events, (before,))
+            return int(db.execute(runs, (before,)).rowcount)
 
         return int(self._transaction(delete))
 
-    def save_check(self, check: Sequence[Any], runs: Sequence[Sequence[Any]]) -> None:
+    def save_check(self, check: CheckRow, runs: Sequence[CheckRunRow]) -> None:
         """Insert a check and its runs' outcomes in one transaction."""
 
         def save(db: sqlite3.Connection) -> None:
-            db.execute(_INSERT_CHECK, tuple(check))
-            db.executemany(_INSERT_CHECK_RUNS, runs)
+            db.execute(_SQL.insert_check, check)
+            db.executemany(_SQL.insert_check_run, runs)
 
         self._transaction(save)
 
     # -- reading -----------------------------------------------------------------------------
-
-    def get_run(self, run_id: str) -> Run:
-        """The run with this id or unique id prefix."""
-        pattern = like_escape(run_id) + "%"
-        rows = self._run(
-            lambda db: db.execute(
-                f"SELECT {_RUNS} FROM runs WHERE id = ? OR id LIKE ? ESCAPE '\\' LIMIT 3",
-                (run_id, pattern),
-            ).fetchall()
-        )
-        return pick_run(run_id, rows, self, self.url)
 
     def iter_events(self, run_id: str) -> Iterator[Event]:
         """The run's events in seq order, streamed from a cursor (references resolved)."""
@@ -416,40 +376,6 @@ class SQLiteStore:
         while batch := cursor.fetchmany(500):
             for row in batch:
                 yield row_to_event(row)
-
-    def list_runs(self, query: RunQuery | None = None) -> list[Run]:
-        """Runs matching ``query``, newest first."""
-        q = query or RunQuery()
-        where, params = runs_query(
-            q, ph="?", tag_clause="json_extract(tags, ?) = ?", tag_path=lambda tag: f'$."{tag}"'
-        )
-        sql = f"SELECT {_RUNS} FROM runs{where}"
-        rows = self._run(lambda db: db.execute(sql, params).fetchall())
-        return only_status(q, [run_from_row(r, self) for r in rows])
-
-    def list_checks(self, limit: int = 50) -> list[tuple[Any, ...]]:
-        """Check rows, newest first."""
-        sql = f"SELECT {_CHECKS} FROM checks ORDER BY started_at DESC LIMIT ?"
-        return [tuple(r) for r in self._run(lambda db: db.execute(sql, (limit,)).fetchall())]
-
-    def get_check(self, check_id: str) -> tuple[tuple[Any, ...], list[tuple[Any, ...]]]:
-        """A check (id or unique prefix) and its run rows in order."""
-        pattern = like_escape(check_id) + "%"
-        rows = self._run(
-            lambda db: db.execute(
-                f"SELECT {_CHECKS} FROM checks WHERE id = ? OR id LIKE ? ESCAPE '\\' LIMIT 3",
-                (check_id, pattern),
-            ).fetchall()
-        )
-        check = pick_check(check_id, rows, self.url)
-        runs = self._run(
-            lambda db: db.execute(
-                f"SELECT {', '.join(CHECK_RUN_COLUMNS)} FROM check_runs WHERE check_id = ? "
-                "ORDER BY seq",
-                (check[0],),
-            ).fetchall()
-        )
-        return check, [tuple(r) for r in runs]
 
     def close(self) -> None:
         """Stop this store's background writer, then close every connection it opened.

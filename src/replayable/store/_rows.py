@@ -1,0 +1,63 @@
+"""The stores' table rows as named tuples: one type per table shape, fields in column order.
+
+A SQL store builds them where it reads (``RunRow._make(row)``) and takes them where it writes,
+so no code past the store indexes a row by position. JSON fields are text, exactly as stored.
+Event rows keep their own layout (:data:`~replayable.store.base.EVENT_COLUMNS`).
+"""
+
+from __future__ import annotations
+
+from typing import Literal, NamedTuple
+
+__all__ = ["CheckRow", "CheckRunRow", "Outcome", "RunRow"]
+
+Outcome = Literal["unchanged", "diverged", "failed", "not_replayable"]
+"""What checking one run found: same path, a divergence, an exception, or could not replay."""
+
+
+class RunRow(NamedTuple):
+    """One row of ``runs``: a run's header (tags, metadata, environment, error as JSON text)."""
+
+    id: str
+    name: str | None
+    tags: str
+    metadata: str
+    environment: str
+    started_at: float
+    ended_at: float | None
+    status: str
+    error: str | None
+    parent_run: str | None
+    head_hash: str | None
+    event_count: int
+    signature: str | None
+    hash_version: int
+
+
+class CheckRow(NamedTuple):
+    """One row of ``checks``: one ``replayable check`` (selection, environment, summary as JSON
+    text; ``passed`` 1 or 0)."""
+
+    id: str
+    started_at: float
+    ended_at: float | None
+    store: str | None
+    selection: str
+    environment: str
+    summary: str
+    passed: int
+
+
+class CheckRunRow(NamedTuple):
+    """One row of ``check_runs``: the outcome of checking one run, ``seq`` its place in the
+    check."""
+
+    check_id: str
+    seq: int
+    run_id: str
+    name: str | None
+    outcome: Outcome
+    signature: str | None
+    detail: str | None
+    replay_id: str | None
+    duration_s: float | None

@@ -123,6 +123,23 @@ class TestOverride:
         with pytest.raises(rp.UnknownBoundary, match="no call to 'nope'"):
             rp.replay(good_run.id, live_from="nope")
 
+    @pytest.mark.parametrize(
+        ("kwargs", "written"),
+        [
+            ({"override": {"choose_record#2": PICK_12}}, "override={'choose_record#2': ...}: "),
+            ({"live_from": "nope"}, "live_from='nope': "),
+            ({"fakes": {"nope": print}}, "fakes={'nope': ...}: "),
+            ({"live_from": "choose_record", "fakes": {"delete_record": 3}}, "fakes={'delete_"),
+        ],
+    )
+    def test_errors_name_the_keyword_as_the_caller_wrote_it(
+        self, good_run: rp.Run, kwargs: dict[str, Any], written: str
+    ) -> None:
+        """A bad what-if argument is named as it was written in the rp.replay(...) call."""
+        with pytest.raises((rp.UnknownBoundary, TypeError)) as info:
+            rp.replay(good_run.id, **kwargs)
+        assert str(info.value).startswith(written)
+
     def test_the_fork_is_recorded_and_linked_to_its_source_step(self, good_run: rp.Run) -> None:
         """The fork's run names its source and the step it forked at."""
         with rp.replay(good_run.id, override={"choose_record#1": PICK_12}, strict=False) as r:
@@ -431,6 +448,31 @@ class TestForkCli:
         )
         assert result.exit_code == 1, result.output
         assert "the agent raised TimeoutError: model timed out" in result.output
+
+    @pytest.mark.parametrize(
+        ("args", "message"),
+        [
+            (["--at", "nope", "--set-output", "1"], "error: --at nope: run "),
+            (["--at", "nope", "--live-from"], "error: --at nope: run "),
+            (["--at", "choose_record#9", "--live-from"], "error: --at choose_record#9: "),
+            (
+                ["--at", "choose_record", "--live-from", "--fake", "nope=os:getcwd"],
+                "error: --fake nope=os:getcwd: no boundary named 'nope'",
+            ),
+        ],
+    )
+    def test_an_unknown_step_names_the_option_it_was_given_to(
+        self, good_run: rp.Run, args: list[str], message: str
+    ) -> None:
+        """An unknown --at step or --fake name: one line naming the option, exit 2."""
+        result = CliRunner().invoke(
+            main, ["fork", good_run.id, "--import", "replayable.demo.agent", *args]
+        )
+        assert result.exit_code == 2, result.output
+        assert result.output.startswith(message)
+        assert result.output.count("\n") == 1
+        assert "override" not in result.output
+        assert "live_from" not in result.output
 
     @pytest.mark.parametrize(
         ("args", "message"),

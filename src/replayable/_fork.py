@@ -92,6 +92,13 @@ def _bare(name: str) -> str:
     return name.rsplit(":", 1)[-1].rsplit(".", 1)[-1]
 
 
+def _bad_name(option: str, given: str, detail: str) -> UnknownBoundary:
+    """An unknown or ambiguous step or boundary name, named the way it was written in the
+    ``rp.replay(...)`` call (``override={'plan#2': ...}``, ``live_from='plan'``)."""
+    written = f"{option}={given!r}" if option == "live_from" else f"{option}={{{given!r}: ...}}"
+    return UnknownBoundary(f"{written}: {detail}", option=option, given=given, detail=detail)
+
+
 class WhatIf(Replayer):
     """The session behind a what-if replay (see the module docstring)."""
 
@@ -117,22 +124,28 @@ class WhatIf(Replayer):
         """Bare names two boundaries of the run share: their steps are named in full."""
         self.overrides: dict[int, Any] = {}
         for spec, value in override.items():
-            for seq in self._steps(spec, "override"):
+            for seq in self._steps(spec, spec, "override"):
                 self.overrides[seq] = value
         self.live_from: int | None = None
         if live_from is not None:
-            seqs = self._steps(live_from if "#" in live_from else live_from + "#1", "live_from")
-            self.live_from = seqs[0]
+            spec = live_from if "#" in live_from else live_from + "#1"
+            self.live_from = self._steps(spec, live_from, "live_from")[0]
         self.live_kinds = frozenset(live_kinds)
         self.fakes: dict[str, Callable[..., Any]] = {}
         recorded = {ev.boundary for ev in self.events.values()}
         registered = registry()
         for name, fn in fakes.items():
             if not callable(fn):
-                raise TypeError(f"fakes[{name!r}] is not callable")
-            full = resolve_name(name, recorded, missing_ok=True) or resolve_name(
-                name, set(registered) | recorded
-            )
+                raise TypeError(
+                    f"fakes={{{name!r}: ...}}: {type(fn).__name__} is not callable; give the "
+                    "function to run instead of the boundary"
+                )
+            try:
+                full = resolve_name(name, recorded, missing_ok=True) or resolve_name(
+                    name, set(registered) | recorded
+                )
+            except UnknownBoundary as exc:
+                raise _bad_name("fakes", name, str(exc)) from None
             self.fakes[full] = fn
         starts = [*self.overrides, *([self.live_from] if self.live_from is not None else [])]
         self.fork_seq: int | None = min(starts) if starts else None
@@ -160,23 +173,31 @@ class WhatIf(Replayer):
         name = ev.boundary if _bare(ev.boundary) in self._clash else _bare(ev.boundary)
         return f"{name}#{self.nth[ev.seq]}"
 
-    def _steps(self, spec: str, option: str) -> list[int]:
-        """The recorded calls ``name#N`` (or every call of ``name``) designates."""
+    def _steps(self, spec: str, given: str, option: str) -> list[int]:
+        """The recorded calls ``name#N`` (or every call of ``name``) designates; ``given`` is
+        the name as written to ``option``, for errors."""
         name, _, nth = spec.partition("#")
         recorded = {ev.boundary for ev in self.events.values()}
-        full = resolve_name(name, recorded, missing_ok=True)
+        try:
+            full = resolve_name(name, recorded, missing_ok=True)
+        except UnknownBoundary as exc:
+            raise _bad_name(option, given, str(exc)) from None
         if full is None:
-            raise UnknownBoundary(
-                f"{option}: run {self.source.id} has no call to {name!r} "
-                f"(it calls: {', '.join(sorted(_bare(n) for n in recorded))})"
+            raise _bad_name(
+                option,
+                given,
+                f"run {self.source.id} has no call to {name!r} "
+                f"(it calls: {', '.join(sorted(_bare(n) for n in recorded))})",
             )
         seqs = sorted(s for s, ev in self.events.items() if ev.boundary == full)
         if not nth:
             return seqs
         if not nth.isdigit() or not 1 <= int(nth) <= len(seqs):
-            raise UnknownBoundary(
-                f"{option}: {spec!r}: {full} has {len(seqs)} recorded call(s) in run "
-                f"{self.source.id}; use name#N with 1 <= N <= {len(seqs)}"
+            raise _bad_name(
+                option,
+                given,
+                f"{full} has {len(seqs)} recorded call(s) in run {self.source.id}; "
+                f"use name#N with 1 <= N <= {len(seqs)}",
             )
         return [seqs[int(nth) - 1]]
 
@@ -276,8 +297,8 @@ class WhatIf(Replayer):
         exc = SideEffectRefused(
             f"{b.name} at {frame.address} has side effects and no longer matches the recording "
             f"({'; '.join(str(c) for c in changes[:3]) or 'a call the recording does not have'}"
-            f"); give a fake (fakes={{{_bare(b.name)!r}: fn}}, CLI --fake "
-            f"{_bare(b.name)}=module:fn) or allow_side_effects=True"
+            f"); give a fake (fakes={{{_bare(b.name)!r}: fn}}; CLI: --fake "
+            f"{_bare(b.name)}=module:fn) or allow_side_effects=True (CLI: --allow-side-effects)"
         )
         frame.rec_seq = ev.seq if ev is not None else UNMATCHED
         raise exc

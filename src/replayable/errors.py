@@ -195,7 +195,26 @@ class RunNotFound(ReplayableError):
 
 
 class UnknownBoundary(ReplayableError):
-    """A name that matches no registered or recorded boundary, or matches several."""
+    """A name that matches no registered or recorded boundary, or matches several.
+
+    When the name came from an argument (a what-if's ``override``, ``live_from`` or ``fakes``),
+    ``option`` is that keyword, ``given`` the name as written and ``detail`` what is wrong
+    with it, so a caller that took the name under another label (the CLI's ``--at``) can say
+    it in its own words.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        option: str | None = None,
+        given: str | None = None,
+        detail: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.option = option
+        self.given = given
+        self.detail = message if detail is None else detail
 
 
 class UnsupportedClient(ReplayableError, TypeError):

@@ -291,7 +291,7 @@ def fork_cmd(
     """
     from replayable._rootcall import call_recorded, root_call
     from replayable.cli._core import import_modules
-    from replayable.errors import Divergence, ReplayableError, SideEffectRefused
+    from replayable.errors import Divergence, ReplayableError, SideEffectRefused, UnknownBoundary
     from replayable.replay import replay
 
     step = at if "#" in at else f"{at}#1"
@@ -303,17 +303,25 @@ def fork_cmd(
         )
     import_modules(modules)
     faked = _fakes(fakes)
-    rp = replay(
-        run_id,
-        store=get_store(store_url, create=run_id.endswith(".jsonl")),
-        live=live,
-        allow_side_effects=allow_side_effects,
-        strict=False,
-        override={step: value} if has_output else None,
-        live_from=step if live_from else None,
-        live_kinds=live_kinds,
-        fakes=faked,
-    )
+    try:
+        rp = replay(
+            run_id,
+            store=get_store(store_url, create=run_id.endswith(".jsonl")),
+            live=live,
+            allow_side_effects=allow_side_effects,
+            strict=False,
+            override={step: value} if has_output else None,
+            live_from=step if live_from else None,
+            live_kinds=live_kinds,
+            fakes=faked,
+        )
+    except UnknownBoundary as exc:  # say it with the option the name was given to
+        if exc.option in ("override", "live_from"):
+            fail(f"--at {at}: {exc.detail}")
+        if exc.option == "fakes":
+            spec = next(f for f in fakes if f.partition("=")[0] == exc.given)
+            fail(f"--fake {spec}: {exc.detail}")
+        raise
     b, ev = root_call(rp.source, rp.recorded_events)
     stopped: BaseException | None = None
     try:

@@ -460,8 +460,9 @@ class Dialect:
         self.get_run = by_id("runs", RUN_COLUMNS)
         self.insert_check = f"INSERT INTO checks {values(CHECK_COLUMNS)}"
         self.insert_check_run = f"INSERT INTO check_runs {values(CHECK_RUN_COLUMNS)}"
-        self.list_checks = (
-            f"SELECT {', '.join(CHECK_COLUMNS)} FROM checks ORDER BY started_at DESC LIMIT {ph}"
+        self.list_checks = (  # ties by id, so every store lists them in one order
+            f"SELECT {', '.join(CHECK_COLUMNS)} FROM checks "
+            f"ORDER BY started_at DESC, id DESC LIMIT {ph}"
         )
         self.get_check = by_id("checks", CHECK_COLUMNS)
         self.check_runs = (

@@ -57,7 +57,7 @@ def make_check(check_id: str, started_at: float, outcomes: list[Outcome]) -> Che
     return head, runs
 
 
-text = st.text(st.characters(exclude_characters="\x00"), max_size=12)  # PostgreSQL text: no NUL
+text = st.text(st.characters(codec="utf-8", exclude_characters="\x00"), max_size=12)  # no NUL in PG
 outcome = st.sampled_from(["unchanged", "diverged", "failed", "not_replayable"])
 run_rows = st.lists(
     st.tuples(

@@ -20,8 +20,9 @@ reached the server would show. Rules:
 - ``[429]`` or ``[500]`` in the last user message answers with that HTTP error.
 
 API (stable): ``FakeLLMServer(seed=0).start()`` -> the server; ``.openai_url`` (``.../v1``),
-``.anthropic_url``, ``.port``; ``.requests`` (every :class:`Seen` request: path, headers,
-JSON body); ``.stop()`` (afterwards nothing listens on the port).
+``.anthropic_url``, ``.port``; ``.headers`` (extra response headers, set before requests);
+``.requests`` (every :class:`Seen` request: path, headers, JSON body); ``.stop()`` (afterwards
+nothing listens on the port).
 """
 
 from __future__ import annotations
@@ -58,6 +59,8 @@ class FakeLLMServer:
     steer: Callable[[str, list[str]], tuple[str, dict[str, Any]] | None] | None = None
     """When set, decides the tool call from (last user text, offered tool names): a
     ``(name, arguments)`` pair, or None for the default (first tool, sampled arguments)."""
+    headers: dict[str, str] = field(default_factory=dict)
+    """Extra response headers sent with every answer (e.g. a session cookie)."""
     requests: list[Seen] = field(default_factory=list)
     _httpd: ThreadingHTTPServer | None = None
     _thread: threading.Thread | None = None
@@ -268,7 +271,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("content-length", str(len(raw)))
         self.send_header("x-request-id", f"req_{self.owner.next_id():06d}")
         self.send_header("request-id", f"req_{self.owner.next_id():06d}")
-        for k, v in (headers or {}).items():
+        for k, v in {**self.owner.headers, **(headers or {})}.items():
             self.send_header(k, v)
         self.end_headers()
         self.wfile.write(raw)
@@ -279,6 +282,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("x-request-id", f"req_{self.owner.next_id():06d}")
         self.send_header("request-id", f"req_{self.owner.next_id():06d}")
         self.send_header("connection", "close")
+        for k, v in self.owner.headers.items():
+            self.send_header(k, v)
         self.end_headers()
         for event, data in events:
             head = f"event: {event}\n" if event else ""

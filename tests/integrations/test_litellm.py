@@ -142,6 +142,33 @@ class TestCompletion:
         with pytest.raises(rp.Divergence, match="messages"), rp.replay(run.id):
             litellm.completion(**call(server, messages=changed))
 
+    def test_hidden_params_are_recorded_redacted_and_restored(
+        self, server: FakeLLMServer, store_path: Any
+    ) -> None:
+        """response._hidden_params (cost, provider, response headers) replay as recorded; a
+        secret among them (a session cookie) is redacted before it is written."""
+        cookie = "session=c2VjcmV0LWNvb2tpZS12YWx1ZQ"
+        server.headers["set-cookie"] = cookie
+        with rp.record() as run:
+            live = litellm.completion(**call(server))
+        hidden = live._hidden_params
+        assert hidden["additional_headers"]["llm_provider-set-cookie"] == cookie
+        server.stop()
+        with rp.replay(run.id) as r:
+            replayed = litellm.completion(**call(server))
+        assert r.ok
+        again = replayed._hidden_params
+        headers = again["additional_headers"]
+        assert headers["llm_provider-x-request-id"] == hidden["additional_headers"][
+            "llm_provider-x-request-id"
+        ]
+        assert headers["llm_provider-set-cookie"] == "[REDACTED]"
+        for name in ("response_cost", "custom_llm_provider", "api_base", "litellm_call_id"):
+            assert again[name] == hidden[name], name
+        rp.open_store(None).close()
+        blobs = b"".join(p.read_bytes() for p in store_path.parent.glob("traces.db*"))
+        assert b"c2VjcmV0LWNvb2tpZS12YWx1ZQ" not in blobs
+
     def test_the_api_key_is_not_stored(self, server: FakeLLMServer, store_path: Any) -> None:
         """api_key is an argument: redacted before anything is written."""
         with rp.record():

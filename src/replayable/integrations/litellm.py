@@ -14,6 +14,13 @@ argument is keyed except where the call is sent and how (:data:`IGNORED`: ``api_
 ``api_base``, timeouts, retries...); secrets are redacted before anything is stored. Replay
 returns LiteLLM's own ``ModelResponse`` (and ``ModelResponseStream`` chunks, iterated like the
 live stream) and never calls the provider.
+
+A response's ``_hidden_params`` (provider, ``response_cost``, ``api_base``, the provider's
+response headers as ``additional_headers``...) are recorded with it, under the output's
+``_hidden_params`` key, redacted like the rest of the output (a ``set-cookie`` header is
+stored as ``[REDACTED]``), and set again on the replayed ``ModelResponse``. Values that are
+not JSON are left out; pydantic values (a ``Usage``) come back as dicts. Stream chunks'
+hidden params are not recorded.
 """
 
 from __future__ import annotations
@@ -63,21 +70,54 @@ def _load() -> ModuleType:
         ) from exc
 
 
+HIDDEN = "_hidden_params"
+"""The output key a plain response's ``_hidden_params`` are recorded under."""
+
+_SKIP = object()
+
+
+def _json(value: Any) -> Any:
+    """``value`` as JSON types: pydantic models dumped, anything else not JSON left out."""
+    if value is None or isinstance(value, str | bool | int | float):
+        return value
+    if isinstance(value, dict):
+        out = {str(k): _json(v) for k, v in value.items()}
+        return {k: v for k, v in out.items() if v is not _SKIP}
+    if isinstance(value, list | tuple):
+        return [v for v in map(_json, value) if v is not _SKIP]
+    dump = getattr(value, "model_dump", None)
+    if callable(dump):
+        return _json(dump(mode="json"))
+    return _SKIP
+
+
 class _Codec:
     """LiteLLM responses (pydantic models) as JSON, rebuilt as ``ModelResponse`` or
-    ``ModelResponseStream``."""
+    ``ModelResponseStream``; a plain response keeps its ``_hidden_params``."""
 
     def __init__(self, type_name: str) -> None:
         self.type_name = type_name
+        self.hidden = type_name == "ModelResponse"
 
     def encode(self, value: Any) -> Any:
         dump = getattr(value, "model_dump", None)
-        return dump(mode="json") if dump is not None else value
+        if dump is None:
+            return value
+        data = dump(mode="json")
+        hidden = getattr(value, HIDDEN, None) if self.hidden else None
+        if isinstance(data, dict) and isinstance(hidden, dict) and hidden:
+            data[HIDDEN] = _json(hidden)
+        return data
 
     def decode(self, data: Any) -> Any:
         if not isinstance(data, dict):
             return data
-        return getattr(_load(), self.type_name)(**data)
+        fields = dict(data)
+        hidden = fields.pop(HIDDEN, None)
+        resp = getattr(_load(), self.type_name)(**fields)
+        if isinstance(hidden, dict):
+            setattr(resp, HIDDEN, hidden)
+        return resp
 
 
 def _describe(resp: Any) -> dict[str, Any]:

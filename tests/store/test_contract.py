@@ -121,6 +121,16 @@ class TestRunsAndEvents:
         assert [r.id for r in backend.list_runs(RunQuery(status="running"))] == ["live-run"]
 
 
+class TestOrder:
+    def test_runs_started_at_the_same_time_list_by_id(self, backend: Store) -> None:
+        """Newest first; runs with the same start time by id, descending, so every backend
+        lists (and a LIMIT cuts) them alike."""
+        for run_id in ["tie-b", "tie-c", "tie-a", "later"]:
+            backend.create_run(make_run(run_id, started_at=2000.0 if run_id == "later" else 1000.0))
+        assert [r.id for r in backend.list_runs()] == ["later", "tie-c", "tie-b", "tie-a"]
+        assert [r.id for r in backend.list_runs(RunQuery(limit=2))] == ["later", "tie-c"]
+
+
 class TestQueries:
     @pytest.fixture
     def populated(self, backend: Store) -> Store:

@@ -38,6 +38,15 @@ class TestTraceDirStore:
         assert [r.name for r in store.list_runs(RunQuery(name="first"))] == ["first"]
         assert [r.name for r in store.list_runs(RunQuery(boundary="shout", limit=1))] == ["second"]
 
+    def test_runs_started_at_the_same_time_list_by_id(self, tmp_path: Path) -> None:
+        """Newest first, ties by id descending: the order the SQL stores give."""
+        for run_id, file in [("tie-b", "1"), ("tie-c", "2"), ("tie-a", "3"), ("later", "0")]:
+            run = Run(id=run_id, started_at=2000.0 if run_id == "later" else 1000.0, status="ok")
+            write_trace(run, [], tmp_path / f"{file}.jsonl")
+        store = TraceDirStore(tmp_path)
+        assert [r.id for r in store.list_runs()] == ["later", "tie-c", "tie-b", "tie-a"]
+        assert [r.id for r in store.list_runs(RunQuery(limit=2))] == ["later", "tie-c"]
+
     def test_get_run_and_events(self, traces: Path) -> None:
         """A run is found by id prefix and its events read from its file."""
         store = TraceDirStore(traces)

@@ -305,7 +305,8 @@ class Store(Protocol):
         """The run's events in ``seq`` order, streamed."""
 
     def list_runs(self, query: RunQuery | None = None) -> list[Run]:
-        """Runs matching the query, newest first."""
+        """Runs matching the query, newest first (runs started at the same time: by id,
+        descending)."""
 
     def put_run(self, run: Run, rows: Sequence[EventRow]) -> bool:
         """Insert a whole run with its events in one transaction (import, copy).
@@ -323,7 +324,7 @@ class Store(Protocol):
         """Insert a check and its runs' outcomes in one transaction."""
 
     def list_checks(self, limit: int = 50) -> list[CheckRow]:
-        """Check rows, newest first."""
+        """Check rows, newest first (same start time: by id, descending)."""
 
     def get_check(self, check_id: str) -> tuple[CheckRow, list[CheckRunRow]]:
         """A check row (by id or unique prefix) and its run rows in order; raises
@@ -372,7 +373,7 @@ def runs_query(
         )
         where.append(clause if q.has_error else f"NOT {clause}")
     sql = (" WHERE " + " AND ".join(where)) if where else ""
-    sql += " ORDER BY started_at DESC"
+    sql += " ORDER BY started_at DESC, id DESC"  # ties by id: one order on every backend
     if q.status not in ("running", "incomplete"):
         sql += f" LIMIT {ph}"
         params.append(q.limit)

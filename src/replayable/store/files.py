@@ -107,7 +107,8 @@ class TraceDirStore:
         """Runs matching ``query``, newest first."""
         q = query or RunQuery()
         out: list[Run] = []
-        for run, file in sorted(self._runs().values(), key=lambda p: -p[0].started_at):
+        newest = sorted(self._runs().values(), key=lambda p: (p[0].started_at, p[0].id))
+        for run, file in reversed(newest):
             if not self._matches(run, file, q):
                 continue
             out.append(run)

@@ -6,14 +6,25 @@ import os
 from pathlib import Path
 
 from replayable.errors import StoreUnavailable
-from replayable.store.base import EVENT_COLUMNS, EventRow, RunQuery, Store
+from replayable.store.base import (
+    EVENT_COLUMNS,
+    CheckRow,
+    CheckRunRow,
+    EventRow,
+    RunQuery,
+    RunRow,
+    Store,
+)
 from replayable.trace import Event, Run
 
 __all__ = [
     "DEFAULT_STORE",
     "EVENT_COLUMNS",
+    "CheckRow",
+    "CheckRunRow",
     "EventRow",
     "RunQuery",
+    "RunRow",
     "Store",
     "close_all",
     "default_url",

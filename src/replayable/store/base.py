@@ -2,6 +2,9 @@
 
 Events travel to a store as rows (tuples in :data:`EVENT_COLUMNS` order, JSON fields already
 serialized to text) so the background writer never re-serializes what it has snapshotted.
+Runs and checks travel as named tuples (:class:`RunRow`, :class:`CheckRow`,
+:class:`CheckRunRow`), read by field name. The SQL backends share their statements and reads
+through :class:`SQLStore` and a :class:`Dialect` (placeholder style, JSON tag lookup).
 """
 
 from __future__ import annotations

@@ -50,7 +50,16 @@ try:
 except ImportError:  # pragma: no cover - Windows: O_APPEND alone
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["MODES", "Cassette", "CassetteCall", "cassette", "force_mode", "resolve_mode"]
+__all__ = [
+    "MODES",
+    "Cassette",
+    "CassetteCall",
+    "cassette",
+    "force_mode",
+    "read_cassette",
+    "resolve_mode",
+    "write_cassette",
+]
 
 Mode = Literal["record", "replay", "auto", "off"]
 MODES: tuple[Mode, ...] = ("record", "replay", "auto", "off")
@@ -161,43 +170,18 @@ class Cassette(Engine, AsyncToo["Cassette"]):
         self._cursor.clear()
         self._by_boundary.clear()
         try:
-            fd = os.open(self.path, os.O_RDONLY)
+            lines = read_cassette(self.path)
         except FileNotFoundError:
             return
-        try:
-            # Shared lock: another process may be appending a line right now (xdist workers).
-            if fcntl is not None:
-                fcntl.flock(fd, fcntl.LOCK_SH)
-            with os.fdopen(os.dup(fd), "rb") as fh:
-                data = fh.read()
-        finally:
-            os.close(fd)  # closing the descriptor releases the lock
-        lines = data.split(b"\n")
-        if lines[-1] == b"":
-            lines.pop()
-        elif lines:
-            raise TraceCorrupt(
-                f"cassette {self.path}: line {len(lines)} is truncated (no newline); "
-                "delete it and re-record",
-                line=len(lines),
+        for d in lines.values():
+            entry = _Entry(
+                d["boundary"],
+                d["key"],
+                d["input"],
+                d.get("output"),
+                d.get("error"),
+                d.get("meta") or {},
             )
-        for lineno, raw in enumerate(lines, start=1):
-            if not raw.strip():
-                continue
-            try:
-                d = orjson.loads(raw)
-                entry = _Entry(
-                    d["boundary"],
-                    d["key"],
-                    d["input"],
-                    d.get("output"),
-                    d.get("error"),
-                    d.get("meta") or {},
-                )
-            except (orjson.JSONDecodeError, KeyError, TypeError):
-                raise TraceCorrupt(
-                    f"cassette {self.path}: line {lineno} is not a recorded call", line=lineno
-                ) from None
             self._add(entry)
 
     def _add(self, entry: _Entry) -> None:
@@ -409,6 +393,69 @@ class Cassette(Engine, AsyncToo["Cassette"]):
             changes=best_changes,
             path=str(self.path),
         )
+
+
+def read_cassette(path: str | os.PathLike[str]) -> dict[int, dict[str, Any]]:
+    """Every recorded call of a cassette file, by line number (1-based; blank lines skipped),
+    each as its JSON object (``boundary``, ``key``, ``input``, ``output``, ``error``...).
+
+    Raises ``FileNotFoundError`` when there is no file, :class:`TraceCorrupt` naming the line
+    when one is not a recorded call or the last is cut short.
+    """
+    path = Path(path)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        # Shared lock: another process may be appending a line right now (xdist workers).
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+        with os.fdopen(os.dup(fd), "rb") as fh:
+            data = fh.read()
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+    lines = data.split(b"\n")
+    if lines[-1] == b"":
+        lines.pop()
+    elif lines:
+        raise TraceCorrupt(
+            f"cassette {path}: line {len(lines)} is truncated (no newline); "
+            "delete it and re-record",
+            line=len(lines),
+        )
+    out: dict[int, dict[str, Any]] = {}
+    for lineno, raw in enumerate(lines, start=1):
+        if not raw.strip():
+            continue
+        try:
+            d = orjson.loads(raw)
+            if not (isinstance(d, dict) and isinstance(d.get("boundary"), str)):
+                raise TypeError
+            if "key" not in d or "input" not in d:
+                raise KeyError
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            raise TraceCorrupt(
+                f"cassette {path}: line {lineno} is not a recorded call", line=lineno
+            ) from None
+        out[lineno] = d
+    return out
+
+
+def write_cassette(path: str | os.PathLike[str], calls: Iterable[dict[str, Any]]) -> None:
+    """Rewrite a cassette file with ``calls`` (what :func:`read_cassette` returns, edited),
+    atomically: a temporary file renamed over it, under the lock appenders take."""
+    path = Path(path)
+    data = b"".join(orjson.dumps(c) + b"\n" for c in calls)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+    finally:
+        os.close(fd)
 
 
 def cassette(

@@ -159,9 +159,10 @@ class TestCompletion:
         assert r.ok
         again = replayed._hidden_params
         headers = again["additional_headers"]
-        assert headers["llm_provider-x-request-id"] == hidden["additional_headers"][
-            "llm_provider-x-request-id"
-        ]
+        assert (
+            headers["llm_provider-x-request-id"]
+            == hidden["additional_headers"]["llm_provider-x-request-id"]
+        )
         assert headers["llm_provider-set-cookie"] == "[REDACTED]"
         for name in ("response_cost", "custom_llm_provider", "api_base", "litellm_call_id"):
             assert again[name] == hidden[name], name

@@ -1,4 +1,5 @@
-"""``scan``: find secrets already in a store or in trace files, and (``--fix``) redact them."""
+"""``scan``: find secrets already in a store, trace files or cassettes, and (``--fix``) redact
+them."""
 
 from __future__ import annotations
 
@@ -13,11 +14,13 @@ from click.core import ParameterSource
 
 from replayable import canonical
 from replayable.boundary import get_boundary
+from replayable.cassette import read_cassette, write_cassette
 from replayable.cli._common import console, fail, get_store, handle_errors, main, store_option
 from replayable.errors import ReplayableError
 from replayable.redact import Finding, find, redact, redact_run
 from replayable.store.base import RunQuery, event_to_row
 from replayable.trace import (
+    TRACE_FORMAT,
     Event,
     Run,
     read_trace,
@@ -55,19 +58,20 @@ def _run_hits(run: Run, events: Iterable[Event]) -> Iterator[_Hit]:
                 yield _Hit(run.id, ev.address, f.path, f.rule)
 
 
-def _rekeyed(ev: Event, new_input: Any) -> tuple[Any, str]:
-    """The redacted input and its key: a replay keys the live call's input redacted by today's
-    rules, so a step keyed over a secret is re-keyed, or it would no longer match. A step keyed
-    by its boundary's own rules (``key=``, ``ignore=``, ``transient=``) is re-keyed through the
-    boundary when this process has it registered; otherwise its key is kept."""
-    if new_input == ev.input:
-        return new_input, ev.key
-    if ev.key == canonical.key_of_json(ev.input):
+def _rekeyed(boundary: str, key: str, old: Any, new_input: Any) -> tuple[Any, str]:
+    """The redacted input and its key: a replay (or a cassette) keys the live call's input
+    redacted by today's rules, so a step keyed over a secret is re-keyed, or it would no longer
+    match. A step keyed by its boundary's own rules (``key=``, ``ignore=``, ``transient=``) is
+    re-keyed through the boundary when this process has it registered; otherwise its key is
+    kept."""
+    if new_input == old:
+        return new_input, key
+    if key == canonical.key_of_json(old):
         return new_input, canonical.key_of_json(new_input)
     try:
-        b = get_boundary(ev.boundary)
+        b = get_boundary(boundary)
     except ReplayableError:
-        return new_input, ev.key
+        return new_input, key
     return new_input, canonical.input_key(b, orjson.dumps(new_input))
 
 
@@ -80,11 +84,45 @@ def _fix(run: Run, events: list[Event]) -> None:
         )
     redact_run(run)
     for ev in events:
-        ev.input, ev.key = _rekeyed(ev, redact(ev.input))
+        ev.input, ev.key = _rekeyed(ev.boundary, ev.key, ev.input, redact(ev.input))
         ev.output = redact(ev.output)
         ev.error = None if ev.error is None else redact(ev.error)
         ev.meta = redact(ev.meta)
     rechain(run, events)
+
+
+def _is_cassette(path: str) -> bool:
+    """A cassette's first line is a recorded call; a trace file's is its header."""
+    with open(path, "rb") as fh:
+        first = fh.readline()
+    if not first.strip():
+        return True
+    try:
+        head = orjson.loads(first)
+    except orjson.JSONDecodeError:
+        return False  # read_trace names what is wrong with it
+    return isinstance(head, dict) and head.get("format") != TRACE_FORMAT and "boundary" in head
+
+
+def _scan_cassette(path: str, fix: bool) -> list[_Hit]:
+    """The secrets in a cassette's recorded calls; with ``fix``, the file rewritten without them
+    (an input that changes is re-keyed, so the call is still found)."""
+    calls = read_cassette(path)
+    hits: list[_Hit] = []
+    for lineno, call in calls.items():
+        where = f"line {lineno} ({call['boundary']})"
+        for name in _EVENT_FIELDS:
+            hits += [_Hit(path, where, f.path, f.rule) for f in find(call.get(name), name)]
+    if fix and hits:
+        for call in calls.values():
+            call["input"], call["key"] = _rekeyed(
+                call["boundary"], call["key"], call["input"], redact(call["input"])
+            )
+            for name in ("output", "error", "meta"):
+                if call.get(name) is not None:
+                    call[name] = redact(call[name])
+        write_cassette(path, calls.values())
+    return hits
 
 
 def _report(hits: list[_Hit]) -> None:
@@ -105,25 +143,34 @@ def _report(hits: list[_Hit]) -> None:
 @click.pass_context
 @handle_errors
 def scan_cmd(ctx: click.Context, files: tuple[str, ...], store_url: str | None, fix: bool) -> None:
-    """Report secrets already recorded: in every run of a store, or in trace FILES.
+    """Report secrets already recorded: in every run of a store, or in FILES (trace files
+    and cassettes, told apart by their first line).
 
-    One line per finding: run, step address ('(run)' for the run's header), field path and
-    the rule that fired; never the secret itself. Exit 1 when secrets are found (without
-    --fix), 0 when none are (or all were fixed), 2 on bad input.
+    One line per finding: run (or the file), step address ('(run)' for the run's header; for a
+    cassette, its line and boundary), field path and the rule that fired; never the secret
+    itself. Exit 1 when secrets are found (without --fix), 0 when none are (or all were fixed),
+    2 on bad input.
 
     \b
       replayable scan                              the default store
       replayable scan --store postgresql://...     a shared store
       replayable scan traces/*.jsonl --fix         redact promoted trace files in place
+      replayable scan tests/cassettes/*.jsonl      cassettes (--fix re-keys what it redacts)
     """
     if files and ctx.get_parameter_source("store_url") == ParameterSource.COMMANDLINE:
         fail("give either --store or trace files, not both")
+    missing = [p for p in files if not Path(p).is_file()]
+    if missing:
+        fail(f"no such trace file or cassette: {missing[0]}")
     hits: list[_Hit] = []
     fixed_runs = 0
     if files:
         for path in files:
-            if not Path(path).is_file():
-                fail(f"no such trace file: {path}")
+            if _is_cassette(path):
+                found = _scan_cassette(path, fix)
+                hits.extend(found)
+                fixed_runs += bool(found and fix)
+                continue
             run, events = read_trace(path)
             found = list(_run_hits(run, events))
             hits.extend(found)
@@ -143,10 +190,11 @@ def scan_cmd(ctx: click.Context, files: tuple[str, ...], store_url: str | None, 
                 fixed_runs += 1
     _report(hits)
     runs = len({h.run for h in hits})
+    where = "run(s) or cassette(s)" if files else "run(s)"
     if not hits:
         click.echo("no secrets found")
     elif fix:
-        click.echo(f"redacted {len(hits)} secret(s) in {fixed_runs} run(s), re-chained, re-signed")
+        click.echo(f"redacted {len(hits)} secret(s) in {fixed_runs} {where}, re-chained, re-signed")
     else:
-        click.echo(f"{len(hits)} secret(s) in {runs} run(s); `replayable scan --fix` redacts them")
+        click.echo(f"{len(hits)} secret(s) in {runs} {where}; `replayable scan --fix` redacts them")
         ctx.exit(1)

@@ -198,6 +198,44 @@ class TestScan:
         assert rows
         assert all(key not in r[0] for r in rows)
 
+    def test_cassettes_are_scanned_and_fixed_and_still_serve(self, tmp_path: Path) -> None:
+        """A cassette recorded before a rule knew a token shape: scan finds it by file, line,
+        boundary, field and rule; --fix redacts it, re-keys the call, and the cassette still
+        serves that call in replay mode."""
+        key = _key()
+        tape = tmp_path / "cassettes" / "lookup.jsonl"
+        full = redact_mod._RULES
+        redact_mod._RULES = redact_mod._RuleSet(
+            [r for r in full.rules if r.id != "github-token"], ()
+        )
+        try:
+            with rp.cassette(tape, mode="record"):
+                lookup(f"repo access with {key}")
+                lookup("weather in Paris")
+        finally:
+            redact_mod._RULES = full
+        assert key in tape.read_text()
+        found = CliRunner().invoke(main, ["scan", str(tape)], env=ENV)
+        assert found.exit_code == 1, found.output
+        assert f"{tape}  line 1 ({lookup.__module__}:lookup)  input.query  github-token" in (
+            found.output
+        )
+        assert f"{tape}  line 1 ({lookup.__module__}:lookup)  output.answer  github-token" in (
+            found.output
+        )
+        assert "line 2" not in found.output
+        assert key not in found.output
+        fixed = CliRunner().invoke(main, ["scan", "--fix", str(tape)], env=ENV)
+        assert fixed.exit_code == 0, fixed.output
+        assert key not in tape.read_text()
+        assert CliRunner().invoke(main, ["scan", str(tape)], env=ENV).exit_code == 0
+        with rp.cassette(tape, mode="replay") as served:
+            assert lookup(f"repo access with {key}") == {
+                "answer": f"found repo access with {REDACTED}"
+            }
+            assert lookup("weather in Paris") == {"answer": "found weather in Paris"}
+        assert (served.hits, served.misses) == (2, 0)
+
     @pytest.mark.parametrize(
         ("args", "message"),
         [

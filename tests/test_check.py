@@ -274,6 +274,13 @@ class TestSelection:
         with pytest.raises(ValueError, match="address"):
             rp.check(corpus.store, executor="dask")
 
+    def test_an_unknown_status_is_refused_not_an_empty_green_check(self, corpus: Corpus) -> None:
+        """status="finished" (no run has it) raises ValueError naming the statuses, where it
+        used to select nothing and pass."""
+        with pytest.raises(ValueError, match="status 'finished': use one of running, ok"):
+            rp.check(corpus.store, status="finished")  # type: ignore[arg-type]
+        assert list_checks(corpus.store) == []
+
 
 class TestParallel:
     def test_two_worker_processes_give_the_same_result_as_one(self, corpus: Corpus) -> None:

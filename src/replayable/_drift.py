@@ -39,6 +39,7 @@ from replayable.context import FRAME, SESSION, Frame
 from replayable.errors import ReplayableError
 from replayable.redact import redact
 from replayable.store import Store, open_store
+from replayable.store.base import RunStatus
 from replayable.trace import Event, Run
 
 if TYPE_CHECKING:
@@ -206,7 +207,7 @@ def select_runs(
     since: float | timedelta | None = None,
     name: str | None = None,
     tags: Mapping[str, str] | None = None,
-    status: str | None = None,
+    status: RunStatus | None = None,
     limit: int | None = None,
     sample: int | None = None,
     seed: int | None = None,
@@ -638,7 +639,7 @@ def drift(
     since: float | timedelta | None = None,
     name: str | None = None,
     tags: Mapping[str, str] | None = None,
-    status: str | None = None,
+    status: RunStatus | None = None,
     limit: int | None = None,
     sample: int | None = None,
     seed: int | None = None,

@@ -173,6 +173,13 @@ class TestQueries:
         """Each filter narrows the newest-first list; filters combine with AND."""
         assert [r.id for r in populated.list_runs(query)] == expected
 
+    def test_a_status_that_no_run_can_have_is_refused(self) -> None:
+        """RunQuery(status=...) takes only a run status; anything else is a ValueError
+        naming them, never a query that silently matches nothing."""
+        assert RunQuery(status="incomplete").status == "incomplete"
+        with pytest.raises(ValueError, match="use one of running, ok, error, diverged, incomplete"):
+            RunQuery(status="success")  # type: ignore[arg-type]
+
     def test_time_range(self, populated: Store) -> None:
         """since is inclusive, until exclusive, both on the start time."""
         now = time.time()

@@ -145,6 +145,12 @@ class TestPages:
         assert '<details class="chunks"><summary>2 chunks</summary>' in html
         assert "Hello" in html
 
+    def test_an_unknown_status_filter_is_a_400_naming_the_statuses(self, store: Store) -> None:
+        """status=bogus answers 400 saying which statuses exist, not an empty list."""
+        resp = _client(store).get("/api/runs", params={"status": "bogus"})
+        assert resp.status_code == 400
+        assert "status='bogus': use one of running, ok, error" in resp.json()["error"]
+
     def test_unknown_run_is_a_404_page(self, store: Store) -> None:
         """An unknown run id answers 404 with a message, on pages and API."""
         client = _client(store)

@@ -35,7 +35,7 @@ from replayable.boundary import registry
 from replayable.errors import ReplayableError, SideEffectRefused
 from replayable.record import environment, new_run_id
 from replayable.store import DEFAULT_STORE, Store, open_store
-from replayable.store.base import EventRow, RunQuery
+from replayable.store.base import EventRow, RunQuery, RunStatus
 from replayable.store.files import TraceDirStore
 from replayable.trace import Run
 
@@ -54,7 +54,7 @@ def _selection(
     until: float | None,
     name: str | None,
     tags: Mapping[str, str] | None,
-    status: str | None,
+    status: RunStatus | None,
     limit: int | None,
     sample: int | None,
     seed: int | None,
@@ -127,7 +127,7 @@ def check(
     until: float | None = None,
     name: str | None = None,
     tags: Mapping[str, str] | None = None,
-    status: str | None = None,
+    status: RunStatus | None = None,
     limit: int | None = None,
     sample: int | None = None,
     seed: int | None = None,

@@ -14,6 +14,7 @@ from typing import Any, TypeVar, overload
 import click
 
 from replayable.cli._common import valid_period
+from replayable.store.base import RunStatus
 
 __all__ = [
     "JUnitCase",
@@ -36,7 +37,7 @@ class Selection:
     since: str | None
     name: str | None
     tags: dict[str, str]
-    status: str | None
+    status: RunStatus | None
     limit: int | None
     sample: int | None
     seed: int | None
@@ -87,7 +88,7 @@ def selection_options(fn: F | None = None, /, *, runs: bool = True) -> F | Calla
             since: str | None,
             name: str | None,
             tags: tuple[str, ...],
-            status: str | None,
+            status: RunStatus | None,
             limit: int | None,
             sample: int | None,
             seed: int | None,

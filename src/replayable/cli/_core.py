@@ -27,7 +27,7 @@ from replayable.cli._common import (
 from replayable.cli._render import find_event, run_table, step_detail, step_tree
 from replayable.errors import Divergence, ReplayableError
 from replayable.replay import Replay, replay
-from replayable.store.base import RunQuery
+from replayable.store.base import RunQuery, RunStatus
 from replayable.trace import Event
 
 
@@ -67,7 +67,7 @@ def runs_cmd(
     store_url: str | None,
     name: str | None,
     tags: tuple[str, ...],
-    status: str | None,
+    status: RunStatus | None,
     since: str | None,
     boundary: str | None,
     has_error: bool | None,

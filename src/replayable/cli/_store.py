@@ -23,7 +23,7 @@ from replayable.cli._common import (
 )
 from replayable.errors import TraceCorrupt
 from replayable.store import open_store
-from replayable.store.base import RunQuery, event_to_row
+from replayable.store.base import RunQuery, RunStatus, event_to_row
 from replayable.trace import (
     Event,
     Run,
@@ -74,7 +74,7 @@ def export_cmd(
     since: str | None,
     name: str | None,
     tags: tuple[str, ...],
-    status: str | None,
+    status: RunStatus | None,
     limit: int | None,
 ) -> None:
     """Write one run as a JSONL trace file (header line, then one event a line, keys sorted),
@@ -121,7 +121,7 @@ def _export_many(
     since: str | None,
     name: str | None,
     tags: tuple[str, ...],
-    status: str | None,
+    status: RunStatus | None,
     limit: int | None,
 ) -> None:
     """Every recorded run the query picks (not replays, not unfinished) as RUN_ID.jsonl."""

@@ -7,9 +7,15 @@ Event rows keep their own layout (:data:`~replayable.store.base.EVENT_COLUMNS`).
 
 from __future__ import annotations
 
-from typing import Literal, NamedTuple
+from typing import Literal, NamedTuple, get_args
 
-__all__ = ["CheckRow", "CheckRunRow", "Outcome", "RunRow"]
+__all__ = ["RUN_STATUSES", "CheckRow", "CheckRunRow", "Outcome", "RunRow", "RunStatus"]
+
+RunStatus = Literal["running", "ok", "error", "diverged", "incomplete"]
+"""A run's status: ``running`` while recording, then ``ok`` or ``error`` (``diverged``: a replay
+that found divergences); ``incomplete`` when read back after its recording process died."""
+
+RUN_STATUSES: tuple[RunStatus, ...] = get_args(RunStatus)
 
 Outcome = Literal["unchanged", "diverged", "failed", "not_replayable"]
 """What checking one run found: same path, a divergence, an exception, or could not replay."""

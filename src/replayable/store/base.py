@@ -20,7 +20,14 @@ from typing import Any, Protocol, cast, runtime_checkable
 import orjson
 
 from replayable.errors import RunNotFound
-from replayable.store._rows import CheckRow, CheckRunRow, Outcome, RunRow
+from replayable.store._rows import (
+    RUN_STATUSES,
+    CheckRow,
+    CheckRunRow,
+    Outcome,
+    RunRow,
+    RunStatus,
+)
 from replayable.trace import Event, Run
 
 __all__ = [
@@ -28,6 +35,7 @@ __all__ = [
     "CHECK_RUN_COLUMNS",
     "EVENT_COLUMNS",
     "RUN_COLUMNS",
+    "RUN_STATUSES",
     "CheckRow",
     "CheckRunRow",
     "Checkpoint",
@@ -36,6 +44,7 @@ __all__ = [
     "Outcome",
     "RunQuery",
     "RunRow",
+    "RunStatus",
     "SQLStore",
     "Store",
     "event_to_row",
@@ -231,16 +240,23 @@ def row_to_event(row: Sequence[Any]) -> Event:
 
 @dataclass(frozen=True)
 class RunQuery:
-    """Filters for :meth:`Store.list_runs`; every field is optional and they combine with AND."""
+    """Filters for :meth:`Store.list_runs`; every field is optional and they combine with AND.
+
+    A ``status`` that is not a :data:`RunStatus` raises ``ValueError`` (it would match nothing).
+    """
 
     name: str | None = None
     tags: Mapping[str, str] | None = None
-    status: str | None = None
+    status: RunStatus | None = None
     since: float | None = None
     until: float | None = None
     boundary: str | None = None
     has_error: bool | None = None
     limit: int = 50
+
+    def __post_init__(self) -> None:
+        if self.status is not None and self.status not in RUN_STATUSES:
+            raise ValueError(f"status {self.status!r}: use one of {', '.join(RUN_STATUSES)}")
 
 
 _PERIOD = re.compile(r"^(\d+(?:\.\d+)?)\s*([smhdw])$")

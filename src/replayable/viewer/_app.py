@@ -28,7 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from replayable._check import CheckReport, list_checks, load_check
 from replayable._rundiff import diff_runs
 from replayable.errors import ReplayableError, RunNotFound
-from replayable.store.base import RunQuery, Store, parse_since
+from replayable.store.base import RUN_STATUSES, RunQuery, RunStatus, Store, parse_since
 from replayable.viewer._data import (
     MAX_INLINE_BYTES,
     RunCache,
@@ -221,6 +221,15 @@ def _since(text: str | None) -> float | None:
         raise HTTPException(400, f"since={exc}")
 
 
+def _status(text: str | None) -> RunStatus | None:
+    if not text:
+        return None
+    for status in RUN_STATUSES:
+        if text == status:
+            return status
+    raise HTTPException(400, f"status={text!r}: use one of {', '.join(RUN_STATUSES)}")
+
+
 def _int(request: Request, name: str, default: int, top: int) -> int:
     raw = request.query_params.get(name)
     if raw is None or raw == "":
@@ -275,7 +284,7 @@ def create_app(
         query = RunQuery(
             name=p.get("name") or None,
             tags=tags or None,
-            status=p.get("status") or None,
+            status=_status(p.get("status")),
             since=_since(p.get("since")),
             boundary=p.get("boundary") or None,
             has_error=True if p.get("errors") in ("1", "true", "on") else None,

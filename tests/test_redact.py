@@ -27,6 +27,7 @@ import replayable as rp
 from replayable import redact as redact_mod
 from replayable.redact import (
     REDACTED,
+    Finding,
     find,
     is_secret_key,
     might_hold_secrets,
@@ -214,6 +215,11 @@ def _annotated(x: int) -> int:
     return x
 
 
+@rp.boundary(kind="tool")
+def _owners(owners: dict[str, str]) -> dict[str, str]:
+    return {**owners, "checked": "yes"}
+
+
 CURRENT: dict[str, str] = {"text": ""}
 
 
@@ -242,6 +248,8 @@ def _record_position(
         elif position == "annotate":
             CURRENT["text"] = text
             _annotated(1)
+        elif position == "dict-key":
+            assert _owners({text: "alice", "ops": "bob"})["checked"] == "yes"
         else:
             _tool("nothing secret here")
     return run
@@ -253,6 +261,7 @@ POSITIONS = [
     "exception",
     "stream-chunk",
     "annotate",
+    "dict-key",
     "tags",
     "metadata",
     "argv",
@@ -713,6 +722,42 @@ class TestProperties:
         assert len(out) == len(chunks)
         assert_absent(shape.secret, "".join(out), shape.name)
         assert_absent(shape.secret, "\x00".join(out), shape.name)
+
+    @given(
+        st.lists(_SHAPE, min_size=1, max_size=4, unique_by=lambda s: s.text),
+        st.dictionaries(_KEYS | st.sampled_from(["[REDACTED:1]", "[REDACTED:2]"]), _VALUES),
+        st.randoms(use_true_random=False),
+    )
+    @settings(max_examples=200)
+    def test_a_secret_used_as_a_dict_key_is_replaced_and_nothing_merges(
+        self, shapes: list[Shape], plain: dict[str, Any], rnd: random.Random
+    ) -> None:
+        """Property: a dict key holding a credential becomes a [REDACTED:N] marker; no part of
+        it survives, no two entries merge, every value is kept (redacted as values are), other
+        keys stay, the order the dict was built in does not matter, and it is idempotent."""
+        value: dict[str, Any] = {s.text: i for i, s in enumerate(shapes)}
+        value.update(plain)
+        once = redact({"by_key": value})["by_key"]
+        blob = orjson.dumps(once).decode()
+        for s in shapes:
+            assert_absent(s.secret, blob, s.name)
+        assert len(once) == len(value)
+        assert all(re.fullmatch(r"\[REDACTED:\d+\]", k) for k in once if k not in plain)
+        kept = [REDACTED if is_secret_key(s.text) else i for i, s in enumerate(shapes)]
+        assert sorted(map(str, kept)) == sorted(str(v) for k, v in once.items() if k not in plain)
+        for k, v in plain.items():
+            assert once[k] == redact({k: v})[k]
+        items = list(value.items())
+        rnd.shuffle(items)
+        assert redact(dict(items)) == once
+        assert redact(once) == once
+        assert find(once) == []
+
+    def test_find_names_a_secret_key_by_its_marker(self) -> None:
+        """scan's findings for a secret used as a key name the marker and the rule, never it."""
+        shape = next(s for s in SHAPES if s.name == "github-classic")
+        found = find({"users": {shape.text: "alice"}}, "input")
+        assert found == [Finding("input.users.[REDACTED:1]", "github-token")]
 
     @given(st.text(max_size=30), st.text(max_size=30))
     def test_harmless_values_untouched(self, a: str, b: str) -> None:

@@ -15,6 +15,12 @@ annotations, run tags, metadata, environment and command line):
   from gitleaks (MIT). A string is only run against the rules whose literal keyword it holds,
   found in one Aho-Corasick pass, so most text costs one scan.
 
+A dict **key** that holds a credential shape (a map from API keys to users, a cache keyed by
+token) is replaced by a numbered marker, ``[REDACTED:1]``, ``[REDACTED:2]``...: numbered in the
+sorted order of that dict's secret keys (so the same dict redacts the same way whatever order
+it was built in) and skipping numbers already used as keys, so no two entries merge and no
+value is lost; the values under them are redacted as usual.
+
 Add your own with :func:`add_pattern` and :func:`add_key`; per boundary, ``redact=`` takes extra
 key names or a callable. ``replayable scan`` finds what older recordings still hold.
 
@@ -405,13 +411,63 @@ def redact(
     return out
 
 
+def _key_rule(key: str, rs: _RuleSet) -> str | None:
+    """The id of the first rule that finds a credential in a dict key, or None."""
+    for i in rs.candidates(key):
+        rule = rs.rules[i]
+        if rule.sub(key) != key:
+            return rule.id
+    return None
+
+
+_CLEAN_KEYS: tuple[_RuleSet | None, set[str]] = (None, set())
+"""Dict keys known to hold no credential under a rule set: most keys repeat in every event
+(secret ones are never kept)."""
+
+
+def _key_markers(keys: Iterable[str]) -> dict[str, str]:
+    """The keys of one dict that hold a credential, each with the marker that replaces it:
+    ``[REDACTED:N]``, numbered in sorted key order, skipping markers the dict already uses."""
+    global _CLEAN_KEYS
+    rs = _RULES
+    owner, clean = _CLEAN_KEYS
+    if owner is not rs:
+        clean = set()
+        _CLEAN_KEYS = (rs, clean)
+    secret: list[str] = []
+    for k in keys:
+        if k in clean:
+            continue
+        if _key_rule(k, rs) is None:
+            if len(clean) < 65536:
+                clean.add(k)
+        else:
+            secret.append(k)
+    if not secret:
+        return _NO_MARKERS
+    taken = set(keys).difference(secret)
+    out: dict[str, str] = {}
+    n = 0
+    for k in sorted(secret):
+        n += 1
+        while f"[REDACTED:{n}]" in taken:
+            n += 1
+        out[k] = f"[REDACTED:{n}]"
+    return out
+
+
+_NO_MARKERS: dict[str, str] = {}
+
+
 def _walk(value: Any, extra: frozenset[str]) -> Any:
     if isinstance(value, str):
         return scrub(value)
     if isinstance(value, dict):
         out: dict[str, Any] = {}
-        for k, v in value.items():
-            if (is_secret_key(k) or (extra and k.lower() in extra)) and holds_secret(v):
+        markers = _key_markers(value)
+        for key, v in value.items():
+            k = markers[key] if markers and key in markers else key
+            if (is_secret_key(key) or (extra and key.lower() in extra)) and holds_secret(v):
                 out[k] = REDACTED
             elif isinstance(v, str):
                 out[k] = scrub(v)
@@ -517,8 +573,13 @@ def _find(value: Any, path: str, out: list[Finding]) -> None:
                 out.append(Finding(path, rule.id))
                 value = new
     elif isinstance(value, dict):
+        markers = _key_markers(value)
         for k, v in value.items():
-            sub = f"{path}.{k}" if path else str(k)
+            if k in markers:  # the path names the marker, never the key itself
+                sub = f"{path}.{markers[k]}" if path else markers[k]
+                out.append(Finding(sub, _key_rule(k, _RULES) or "secret-key"))
+            else:
+                sub = f"{path}.{k}" if path else str(k)
             if is_secret_key(k) and holds_secret(v) and v != REDACTED:
                 out.append(Finding(sub, "secret-key"))
             else:

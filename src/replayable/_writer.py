@@ -1,8 +1,10 @@
-"""The background writer: redaction, keys, hash chain and batched inserts, off the agent's thread.
+"""The writer: redaction, keys, hash chain and batched inserts, off the agent's calls.
 
-The agent's thread only snapshots (one orjson pass) and enqueues. Everything else happens here.
-Writing is fail-open: a store error is logged once, rows are kept for retry up to a bound, and
-the agent never sees the error unless the recording is ``strict``.
+During a run the agent's thread only snapshots (one orjson pass) and enqueues; a background
+thread writes in batches. At a run's end the agent's thread writes what is left itself (one
+transaction, no hand-off between threads) when the store allows, so the run is on disk and
+sealed when its block exits. Writing is fail-open: a store error is logged once, rows are kept
+for retry up to a bound, and the agent never sees the error unless the recording is ``strict``.
 """
 
 from __future__ import annotations
@@ -10,13 +12,13 @@ from __future__ import annotations
 import atexit
 import logging
 import os
-import queue
 import threading
 import time
 import weakref
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import orjson
 
@@ -38,13 +40,12 @@ from replayable.trace import signing_key as _signing_key
 if TYPE_CHECKING:
     from replayable.boundary import Boundary
 
-__all__ = ["Pending", "Writer", "pending_row", "stop_writer", "writer_for"]
+__all__ = ["BatchStore", "Pending", "Writer", "pending_row", "stop_writer", "writer_for"]
 
 log = logging.getLogger("replayable")
 
 _SORTED = orjson.OPT_SORT_KEYS
 MAX_PENDING = 200_000
-_STOP = object()
 BATCH = 1000
 MAX_RUN_OPS = 10_000
 STALL_S = 1.0
@@ -164,15 +165,94 @@ def pending_row(p: Pending, chains: dict[str, tuple[int, str]]) -> EventRow:
     )
 
 
+LINGER_S = 0.05
+"""How long the writer, woken by new work, lets it gather before writing: a short run ends
+(and writes itself on the agent's thread) well within it, and a long run's events go in
+few, large transactions. While work keeps coming the writer looks again at this pace; it
+sleeps until woken after :data:`QUIET_PASSES` looks that found nothing."""
+QUIET_PASSES = 10
+INLINE_WAIT_S = 0.25
+"""How long a run's end, writing on the agent's thread, waits for a lock another process
+holds before it leaves the write to the background writer (which waits its turn)."""
+
+
+@runtime_checkable
+class BatchStore(Protocol):
+    """A store that writes a whole batch in one transaction and can bound its wait for a lock.
+
+    The writer then writes a run's end on the agent's own thread (no hand-off between threads)
+    whenever it is not busy: one transaction creates the run if it is new, inserts its events
+    and finishes it, so the run is on disk, complete, when its ``with`` block exits.
+    """
+
+    def write_batch(
+        self,
+        creates: Sequence[Run],
+        rows: Sequence[EventRow],
+        checkpoints: Sequence[Checkpoint],
+        finishes: Sequence[Run],
+        *,
+        wait_s: float | None = None,
+    ) -> None:
+        """Insert ``creates`` (as they are now: a run also in ``finishes`` goes in finished),
+        then ``rows``, set ``checkpoints`` on runs still running, then update ``finishes``;
+        all or nothing. ``wait_s`` bounds the wait for another process's lock."""
+
+
+@dataclass(slots=True)
+class _Begin:
+    run: Run
+
+
+@dataclass(slots=True)
+class _End:
+    run: Run
+
+
+@dataclass(slots=True)
+class _Batch:
+    """Work ready to write, in the order it must go in: new runs, event rows, ended runs."""
+
+    creates: list[Run] = field(default_factory=list)
+    rows: list[EventRow] = field(default_factory=list)
+    finishes: list[Run] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(self.creates or self.rows or self.finishes)
+
+    def then(self, later: _Batch) -> _Batch:
+        """This batch followed by ``later``, as one (runs are created before any event, and
+        ended after every event, of either)."""
+        return _Batch(
+            self.creates + later.creates, self.rows + later.rows, self.finishes + later.finishes
+        )
+
+
 class Writer:
-    """One background thread per store, shared by every run recorded into it."""
+    """One background thread per store, shared by every run recorded into it.
+
+    The agent's threads queue work; it is written in batches, one transaction each when the
+    store is a :class:`BatchStore`. :meth:`flush` (a run's end) writes what is queued on the
+    calling thread when the store allows and the writer is not mid-write: no hand-off between
+    threads, so the run is on disk, sealed, when the block exits. Otherwise it waits for the
+    thread (bounded: a hung store never holds the agent).
+    """
 
     def __init__(self, store: Store) -> None:
         self.store = store
-        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._items: deque[Any] = deque()
+        self._io = threading.Lock()
+        """Held while queued work is taken and written (by the thread or a flushing caller):
+        each item is written once, and in order."""
+        self._owner: int | None = None
+        self._wake = threading.Event()
+        self._hurry = threading.Event()
+        self._idle = True
+        self._stopping = False
         self._chains: dict[str, tuple[int, str]] = {}
         self._checkpoints: dict[str, tuple[int, str, bytes]] = {}
-        self._retry: list[EventRow] = []
+        self._held = _Batch()
+        """Prepared work the store refused (down, locked): written before anything newer."""
         self._retry_ops: list[Callable[[], None]] = []
         self._failed = False
         self._key: bytes | None = None
@@ -180,6 +260,10 @@ class Writer:
         self._hang_warned = False
         self._dropped = 0
         self.error: BaseException | None = None
+        self._batches: BatchStore | None = store if isinstance(store, BatchStore) else None
+        # Lingering pays only where a run's end writes on the agent's thread; elsewhere the
+        # thread writes as soon as work arrives, as the run's end waits for it.
+        self._linger = LINGER_S if self._batches is not None else 0.0
         self._thread = threading.Thread(target=self._loop, name="replayable-writer", daemon=True)
         self._thread.start()
 
@@ -188,35 +272,53 @@ class Writer:
         """True while the store rejects writes (events are being buffered)."""
         return self._failed
 
+    # -- queueing (the agent's threads) ------------------------------------------------------
+
+    def _put(self, item: Any) -> None:
+        items = self._items
+        items.append(item)
+        if self._idle:  # set before the thread looks at the queue: no wake-up is lost
+            self._idle = False
+            self._wake.set()
+        elif len(items) >= BATCH:
+            self._hurry.set()
+
     def submit(self, item: Pending) -> None:
         """Queue a completed call; drops it (logged once) past the buffer bound."""
-        if self._queue.qsize() > MAX_PENDING:
+        if len(self._items) > MAX_PENDING:
             if not self._dropped:
                 log.warning("replayable: write buffer full; dropping events until it drains")
             self._dropped += 1
             return
-        self._queue.put(item)
+        self._put(item)
 
     def run_op(self, op: Callable[[], None]) -> None:
         """Queue a run-level store operation, ordered with the events around it."""
-        self._queue.put(op)
+        self._put(op)
 
     def begin_run(self, run: Run) -> None:
         """Queue the creation of ``run``; its hash chain starts from its header (genesis)."""
+        self._put(_Begin(run))
 
-        def create() -> None:
-            self._chains.setdefault(run.id, (0, genesis_hash(run)))
-            self.store.create_run(run)
-
-        self._queue.put(create)
+    def end_run(self, run: Run) -> None:
+        """Queue the end of ``run`` (its status and end time set): it is sealed from its chain
+        after its events, then stored finished."""
+        self._put(_End(run))
 
     def seal(self, run: Run) -> None:
         """Set a finishing run's event count, sealed head and signature from its chain.
 
-        Call it from a run operation (on this thread, after the run's events)."""
-        count, head = self._chains.pop(run.id, (0, genesis_hash(run)))
+        Call it where the run's events are taken (after them, holding the writer's lock)."""
+        chain = self._chains.pop(run.id, None)
+        count, head = (0, genesis_hash(run)) if chain is None else chain
         self._checkpoints.pop(run.id, None)
-        seal_run(run, head, count)
+        seal_run(run, head, count, self._key or b"")  # b"": the key was looked up, none is set
+
+    def head(self, run_id: str) -> tuple[int, str]:
+        """(events written, head hash) of a run so far."""
+        return self._chains.get(run_id, (0, ""))
+
+    # -- waiting for the store ---------------------------------------------------------------
 
     def stalled(self, limit: float = STALL_S) -> bool:
         """True while one batch or run operation has been in the store for over ``limit``
@@ -227,79 +329,165 @@ class Writer:
     def flush(self, timeout: float = 30.0, *, stall_limit: float | None = None) -> None:
         """Block until everything queued so far is written (or has failed, fail-open).
 
-        With ``stall_limit`` (the end of a run, on the agent's thread: :data:`STALL_S`), stop
-        waiting, with one warning, once a single store call has taken longer than that: the
-        agent is never held by a hung store, the rest is left to the background writer. A
-        store that is slow but answering (batches waiting their turn) is waited for."""
-        done = threading.Event()
-        self._queue.put(done)
+        On a :class:`BatchStore` that is answering, the calling thread writes the queue itself
+        (waiting for a batch the thread is writing first). With ``stall_limit`` (the end of a
+        run, on the agent's thread: :data:`STALL_S`), stop waiting, with one warning, once a
+        single store call has taken longer than that: the agent is never held by a hung store,
+        the rest is left to the background writer. A store that is slow but answering
+        (batches waiting their turn) is waited for."""
+        me = threading.get_ident()
+        if me in (self._owner, self._thread.ident):
+            return  # called from inside a write: what is queued goes in after it
         deadline = time.monotonic() + timeout
+        if (
+            self._batches is not None
+            and not self._failed
+            and self._write_here(deadline, stall_limit)
+        ):
+            return
+        done = threading.Event()
+        self._items.append(done)
+        self._idle = False
+        self._wake.set()
+        self._hurry.set()
         while not done.wait(0.02):
             if time.monotonic() >= deadline:
                 return
             if stall_limit is not None and self.stalled(stall_limit):
-                if not self._hang_warned:
-                    self._hang_warned = True
-                    log.warning(
-                        "replayable: store %s is not answering; the agent goes on and the "
-                        "writer keeps its events for when it does",
-                        self.store.url,
-                    )
+                self._warn_hung()
                 return
 
-    def head(self, run_id: str) -> tuple[int, str]:
-        """(events written, head hash) of a run so far."""
-        return self._chains.get(run_id, (0, ""))
+    def _warn_hung(self) -> None:
+        if not self._hang_warned:
+            self._hang_warned = True
+            log.warning(
+                "replayable: store %s is not answering; the agent goes on and the "
+                "writer keeps its events for when it does",
+                self.store.url,
+            )
+
+    def _write_here(self, deadline: float, stall_limit: float | None) -> bool:
+        """Write the queue on this thread; False when the store refused it (it is left to the
+        background writer), True when written or given up waiting for a hung store."""
+        io = self._io
+        if not io.acquire(blocking=False):
+            while not io.acquire(timeout=0.02):
+                if time.monotonic() >= deadline:
+                    return True
+                if stall_limit is not None and self.stalled(stall_limit):
+                    self._warn_hung()
+                    return True
+        self._owner = threading.get_ident()
+        try:
+            items = self._items
+            while items or self._held:
+                batch, markers, op = self._take()
+                if op is not None:
+                    items.appendleft(op)  # a run operation of another kind: the thread's
+                self._busy_since = time.monotonic()
+                try:
+                    written = self._commit(batch, inline=True)
+                finally:
+                    self._busy_since = None
+                if not written:
+                    items.extendleft(reversed(markers))
+                    break
+                for m in markers:
+                    m.set()
+                if op is not None:
+                    written = False
+                    break
+            else:
+                return True
+        finally:
+            self._owner = None
+            io.release()
+        self._idle = False
+        self._wake.set()
+        self._hurry.set()
+        return written
 
     def stop(self, timeout: float = 10.0) -> None:
         """Write what is queued, then end the thread."""
-        self._queue.put(_STOP)
+        self._stopping = True
+        self._wake.set()
+        self._hurry.set()
         self._thread.join(timeout)
+
+    # -- the thread --------------------------------------------------------------------------
 
     def _loop(self) -> None:
         while True:
-            items = [self._queue.get()]
-            if items[0] is _STOP:
-                return
-            stop = False
+            self._idle = True
+            if not self._items and not self._stopping:
+                self._wake.wait()
+            self._idle = False
+            self._wake.clear()
+            quiet, linger = 0, self._linger
+            while quiet < (QUIET_PASSES if linger else 1):
+                if linger and not self._stopping:
+                    self._hurry.wait(linger)
+                self._hurry.clear()
+                with self._io:
+                    self._owner = threading.get_ident()
+                    try:
+                        busy = self._write_queued()
+                    finally:
+                        self._owner = None
+                if self._stopping and not self._items:
+                    return
+                quiet = 0 if busy else quiet + 1
+
+    def _write_queued(self) -> bool:
+        """Write everything queued (holding the lock); False if there was nothing."""
+        items = self._items
+        if not items:
+            return False
+        while items:
+            batch, markers, op = self._take()
+            self._busy_since = time.monotonic()
             try:
-                while len(items) < BATCH:
-                    item = self._queue.get_nowait()
-                    if item is _STOP:
-                        stop = True
-                        break
-                    items.append(item)
-            except queue.Empty:
-                pass
-            self._handle(items)
-            if stop:
-                return
+                self._commit(batch)
+                if op is not None:
+                    self._guard(op)
+            finally:
+                self._busy_since = None
+            for m in markers:
+                m.set()
+        return True
 
-    def _handle(self, items: list[Any]) -> None:
-        self._busy_since = time.monotonic()
-        try:
-            self._handle_batch(items)
-        finally:
-            self._busy_since = None
-
-    def _handle_batch(self, items: list[Any]) -> None:
+    def _take(self) -> tuple[_Batch, list[threading.Event], Callable[[], None] | None]:
+        """Up to :data:`BATCH` queued items as a batch ready to write (events redacted, keyed
+        and chained, ended runs sealed), the flush markers among them, and the run operation
+        of another kind that cut the batch short, if one did."""
+        items = self._items
+        batch = _Batch()
+        markers: list[threading.Event] = []
         self._key = _signing_key()
-        rows: list[EventRow] = []
-        for item in items:
-            if isinstance(item, Pending):
+        for _ in range(BATCH):
+            try:
+                item = items.popleft()
+            except IndexError:
+                break
+            kind = type(item)
+            if kind is Pending:
                 try:
-                    rows.append(self._row(item))
+                    batch.rows.append(self._row(item))
                 except Exception as exc:
                     log.warning("replayable: could not encode event %s: %s", item.address, exc)
-            elif isinstance(item, threading.Event):
-                self._write(rows)
-                rows = []
-                item.set()
+            elif kind is _Begin:
+                run = item.run
+                if run.id not in self._chains:
+                    self._chains[run.id] = (0, genesis_hash(run))
+                batch.creates.append(run)
+            elif kind is _End:
+                self.seal(item.run)
+                batch.finishes.append(item.run)
+            elif kind is threading.Event:
+                markers.append(item)
             else:
-                self._write(rows)
-                rows = []
-                self._guard(item)
-        self._write(rows)
+                return batch, markers, item
+        return batch, markers, None
 
     def _row(self, p: Pending) -> EventRow:
         row = pending_row(p, self._chains)
@@ -308,38 +496,98 @@ class Writer:
             self._checkpoints[p.run_id] = (count, head, self._key)
         return row
 
-    def _write(self, rows: list[EventRow]) -> None:
-        if self._retry_ops:
+    # -- writing -----------------------------------------------------------------------------
+
+    def _commit(self, batch: _Batch, *, inline: bool = False) -> bool:
+        """Write ``batch`` after any held work; False (the work held) if the store refused.
+
+        ``inline`` (a run's end on the agent's thread): wait briefly for another process's
+        lock, and leave a refusal to the background writer, which logs and retries it."""
+        if self._retry_ops and not inline:
             self._replay_ops()
-        if self._retry:
-            rows = self._retry + rows
-            self._retry = []
-        if not rows:
-            return
+        if self._held:
+            batch = self._held.then(batch)
+            self._held = _Batch()
+        if not batch:
+            return True
         pending = dict(self._checkpoints)
         checkpoints: list[Checkpoint] = [
             (run_id, count, head, checkpoint(run_id, head, count, key))
             for run_id, (count, head, key) in pending.items()
         ]
+        written = False
+        if self._batches is not None:
+            try:
+                self._batches.write_batch(
+                    batch.creates,
+                    batch.rows,
+                    checkpoints,
+                    batch.finishes,
+                    wait_s=INLINE_WAIT_S if inline else None,
+                )
+                written = True
+            except Exception:
+                if inline:
+                    self._hold(batch)
+                    return False
+                # Refused whole: write it one call at a time, so what the store still takes
+                # goes in (a run's header when its events table is broken) and only what it
+                # rejects outright (a run id already there) is lost or held.
+        if not written and not self._write_each(batch, checkpoints):
+            return False
+        for run_id, state in pending.items():
+            if self._checkpoints.get(run_id) is state:
+                del self._checkpoints[run_id]
+        if self._failed:
+            log.warning("replayable: store %s is writable again", self.store.url)
+        self._failed = False
+        return True
+
+    def _write_each(self, batch: _Batch, checkpoints: list[Checkpoint]) -> bool:
+        """Write ``batch`` with the plain :class:`Store` calls, in order; what the store
+        refuses while down is held for retry, what it rejects outright is logged and lost."""
+        store = self.store
+        while batch.creates:
+            if not self._run_call(store.create_run, batch.creates[0], batch):
+                return False
+            batch.creates.pop(0)
+        if batch.rows:
+            try:
+                if checkpoints:
+                    store.write_rows(batch.rows, checkpoints)
+                else:
+                    store.write_rows(batch.rows)
+            except Exception as exc:
+                self._fail(exc)
+                self._hold(batch)
+                return False
+            batch.rows = []
+        while batch.finishes:
+            if not self._run_call(store.finish_run, batch.finishes[0], batch):
+                return False
+            batch.finishes.pop(0)
+        return True
+
+    def _run_call(self, call: Callable[[Run], None], run: Run, batch: _Batch) -> bool:
         try:
-            if checkpoints:
-                self.store.write_rows(rows, checkpoints)
-            else:
-                self.store.write_rows(rows)
-        except Exception as exc:
+            call(run)
+        except StoreUnavailable as exc:
             self._fail(exc)
-            self._retry = rows[-MAX_PENDING:]
-        else:
-            for run_id, state in pending.items():
-                if self._checkpoints.get(run_id) is state:
-                    del self._checkpoints[run_id]
-            if self._failed:
-                log.warning("replayable: store %s is writable again", self.store.url)
-            self._failed = False
+            self._hold(batch)
+            return False
+        except Exception as exc:
+            log.warning("replayable: run operation failed on %s: %s", self.store.url, exc)
+        return True
+
+    def _hold(self, batch: _Batch) -> None:
+        """Keep refused work for the next write, within bounds."""
+        del batch.rows[:-MAX_PENDING]
+        del batch.creates[:-MAX_RUN_OPS]
+        del batch.finishes[:-MAX_RUN_OPS]
+        self._held = batch.then(self._held) if self._held else batch
 
     def _guard(self, op: Callable[[], None]) -> None:
-        # A run operation that failed (store down) is retried later, in order, so a run
-        # created while the store was down still gets its row once it is back.
+        # A run operation that failed (store down) is retried later, in order.
         self._retry_ops.append(op)
         del self._retry_ops[:-MAX_RUN_OPS]
         self._replay_ops()

@@ -235,11 +235,8 @@ class Recorder(Engine):
             run.error = redact(encode_error(exc))
         run.metadata = redact(run.metadata)  # a replay adds its divergences here at exit
 
-        def finish() -> None:
-            self.writer.seal(run)
-            self.store.finish_run(run)
-
-        self.writer.run_op(finish)
+        self.writer.end_run(run)
+        # Written here, on the agent's thread, when the store allows (see ``Writer.flush``).
         # Fail-open: with the store already failing, do not hold the agent for long at exit.
         self.writer.flush(timeout=1.0 if self.writer.failing else 30.0, stall_limit=STALL_S)
         if self.strict and self.writer.error is not None and exc is None:

@@ -150,8 +150,8 @@ class TestStoreUnavailable:
             for i in range(500):
                 double(i)
         writer = writer_for(store)
-        assert 0 < len(writer._retry) <= 50
-        assert all(isinstance(row[1], int) for row in writer._retry)
+        assert 0 < len(writer._held.rows) <= 50
+        assert all(isinstance(row[1], int) for row in writer._held.rows)
 
     def test_sqlite_on_a_full_filesystem(self, tmp_path: Path) -> None:
         """Writes failing with a full disk: the agent finishes, one warning, file intact."""

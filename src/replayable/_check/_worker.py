@@ -53,6 +53,9 @@ class _Buffer(Writer):
     def begin_run(self, run: Run) -> None:
         """The run is not created: a kept replay is written whole, later."""
 
+    def end_run(self, run: Run) -> None:
+        """The run is not finished in a store: a kept replay is written whole, later."""
+
     def seal(self, run: Run) -> None:
         """Sealed when kept (see ``_CheckReplayer.kept``)."""
 

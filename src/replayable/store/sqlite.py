@@ -161,6 +161,8 @@ def _drop_connections_in_child() -> None:
         store._local = threading.local()
         store._conns = []
         store._lock = threading.Lock()
+        store._write_lock = threading.Lock()
+        store._write_conn = None
 
 
 if hasattr(os, "register_at_fork"):
@@ -189,6 +191,10 @@ class SQLiteStore(SQLStore):
         self._local = threading.local()
         self._lock = threading.Lock()
         self._conns: list[sqlite3.Connection] = []
+        self._write_lock = threading.Lock()
+        self._write_conn: sqlite3.Connection | None = None
+        """The connection batches are written on, whichever thread writes them."""
+        self._write_busy_ms = BUSY_MS
         _STORES.add(self)
         self._ready = False
         # Opening runs on the agent's thread (``record()``): a database locked by another
@@ -224,24 +230,27 @@ class SQLiteStore(SQLStore):
     def _conn(self, busy_ms: int | None = None) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
         if conn is None:
-            wait = (BUSY_MS if busy_ms is None else busy_ms) / 1000
-            conn = sqlite3.connect(
-                self.path, timeout=wait, isolation_level=None, check_same_thread=False
-            )
-            try:
-                conn.execute(f"PRAGMA busy_timeout={int(wait * 1000)}")
-                conn.execute("PRAGMA journal_mode=WAL")
-                conn.execute("PRAGMA synchronous=NORMAL")
-                conn.execute("PRAGMA cache_size=-16000")  # 16 MB: index pages of big batches
-                # Checkpoint (and fsync) every ~40 MB of WAL rather than every 4 MB: at 1 KB
-                # events the default checkpoint cadence tripled the cost of a write.
-                conn.execute("PRAGMA wal_autocheckpoint=10000")
-                conn.execute("PRAGMA journal_size_limit=67108864")
-            except sqlite3.Error:
-                conn.close()
-                raise
+            conn = self._connect(BUSY_MS if busy_ms is None else busy_ms)
             self._local.conn = conn
-            self._conns.append(conn)
+        return conn
+
+    def _connect(self, busy_ms: int) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            self.path, timeout=busy_ms / 1000, isolation_level=None, check_same_thread=False
+        )
+        try:
+            conn.execute(f"PRAGMA busy_timeout={busy_ms}")
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute("PRAGMA cache_size=-16000")  # 16 MB: index pages of big batches
+            # Checkpoint (and fsync) every ~40 MB of WAL rather than every 4 MB: at 1 KB
+            # events the default checkpoint cadence tripled the cost of a write.
+            conn.execute("PRAGMA wal_autocheckpoint=10000")
+            conn.execute("PRAGMA journal_size_limit=67108864")
+        except sqlite3.Error:
+            conn.close()
+            raise
+        self._conns.append(conn)
         return conn
 
     def _migrate(self, db: sqlite3.Connection) -> None:
@@ -296,6 +305,62 @@ class SQLiteStore(SQLStore):
         self._run(lambda db: db.execute(sql, params))
 
     # -- writing -----------------------------------------------------------------------------
+
+    def write_batch(
+        self,
+        creates: Sequence[Run],
+        rows: Sequence[EventRow],
+        checkpoints: Sequence[Checkpoint],
+        finishes: Sequence[Run],
+        *,
+        wait_s: float | None = None,
+    ) -> None:
+        """Create runs, insert event rows, set checkpoints and finish runs in one transaction.
+
+        A run in both ``creates`` and ``finishes`` is inserted finished (one row write).
+        ``wait_s`` bounds the wait for a lock another process holds (default 30 s); batches
+        from any thread go through one connection, one at a time.
+        """
+        busy_ms = BUSY_MS if wait_s is None else max(1, int(wait_s * 1000))
+        with self._write_lock:
+            db = self._writing(busy_ms)
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    created = {run.id for run in creates}
+                    for run in creates:
+                        db.execute(_SQL.insert_run, run_to_row(run))
+                    if rows:
+                        db.executemany(_INSERT_EVENTS, rows)
+                    if checkpoints:
+                        db.executemany(_SQL.checkpoint, _SQL.checkpoint_params(checkpoints))
+                    for run in finishes:
+                        if run.id not in created:
+                            db.execute(_SQL.finish_run, _SQL.finish_params(run))
+                    db.execute("COMMIT")
+                except BaseException:
+                    if db.in_transaction:
+                        db.execute("ROLLBACK")
+                    raise
+            except sqlite3.IntegrityError:
+                raise
+            except sqlite3.Error as exc:
+                raise StoreUnavailable(f"SQLite store {self.path}: {exc}") from None
+
+    def _writing(self, busy_ms: int) -> sqlite3.Connection:
+        """The batch connection, waiting at most ``busy_ms`` for a lock (held: ``_write_lock``)."""
+        if not self._ready:
+            self._db(busy_ms=busy_ms)  # migrates, waiting no longer than the batch may
+        conn = self._write_conn
+        try:
+            if conn is None:
+                conn = self._write_conn = self._connect(busy_ms)
+            elif self._write_busy_ms != busy_ms:
+                conn.execute(f"PRAGMA busy_timeout={busy_ms}")
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"cannot open SQLite store {self.path}: {exc}") from None
+        self._write_busy_ms = busy_ms
+        return conn
 
     def write_rows(self, rows: Sequence[EventRow], checkpoints: Sequence[Checkpoint] = ()) -> None:
         """Insert a batch of event rows (and the runs' signed checkpoints) in one transaction."""
@@ -386,11 +451,12 @@ class SQLiteStore(SQLStore):
         from replayable._writer import stop_writer  # _writer imports the store modules
 
         stop_writer(self)
-        with self._lock:
+        with self._write_lock, self._lock:
             conns, self._conns = self._conns, []
             self._local = threading.local()
-        for conn in conns:
-            conn.close()
+            self._write_conn = None
+            for conn in conns:
+                conn.close()
 
     def __repr__(self) -> str:
         return f"SQLiteStore({str(self.path)!r})"

@@ -198,6 +198,10 @@ class BatchStore(Protocol):
         then ``rows``, set ``checkpoints`` on runs still running, then update ``finishes``;
         all or nothing. ``wait_s`` bounds the wait for another process's lock."""
 
+    def housekeep(self) -> None:
+        """Upkeep the background writer does between batches, so that a batch written on the
+        agent's thread never pays for it (SQLite: checkpoint the WAL)."""
+
 
 @dataclass(slots=True)
 class _Begin:
@@ -437,6 +441,11 @@ class Writer:
                 if self._stopping and not self._items:
                     return
                 quiet = 0 if busy else quiet + 1
+                if self._batches is not None:
+                    try:
+                        self._batches.housekeep()
+                    except Exception as exc:  # upkeep only: the next pass tries again
+                        log.debug("replayable: upkeep of %s failed: %s", self.store.url, exc)
 
     def _write_queued(self) -> bool:
         """Write everything queued (holding the lock); False if there was nothing."""

@@ -1,8 +1,17 @@
-"""Read your writes: a run's end only queues it for the background writer, yet any read of the
-store in the same process sees the finished run; ``strict`` still waits and raises."""
+"""A run is in the store, complete and sealed, when its ``with`` block exits: this process, another
+connection, another process and a forked child all read it finished, with every event, and it
+verifies; ``strict`` raises a store error at exit; a failing store never holds a read."""
 
 from __future__ import annotations
 
+import os
+import sqlite3
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import psycopg
 import pytest
 
 import replayable as rp
@@ -10,7 +19,7 @@ from replayable._writer import stop_writer
 from replayable.store.base import RunQuery, Store
 from replayable.store.postgres import PostgresStore
 from replayable.store.sqlite import SQLiteStore
-from replayable.trace import verify_run
+from replayable.trace import SIGNING_KEY_ENV, verify_run, verify_trace, write_trace
 
 
 @rp.boundary(kind="tool")
@@ -28,6 +37,30 @@ def _drop_events(store: Store) -> None:
         assert isinstance(store, PostgresStore)
         store.list_runs()
         store._use(lambda c: c.execute("DROP TABLE events"))
+
+
+def _read_elsewhere(store: Store, run_id: str) -> tuple[str, int, str | None, int]:
+    """(status, event_count, head_hash, events stored) through a connection of the test's own,
+    not the store's."""
+    run_sql = "SELECT status, event_count, head_hash FROM runs WHERE id = {p}"
+    events_sql = "SELECT count(*) FROM events WHERE run_id = {p}"
+    if isinstance(store, SQLiteStore):
+        conn = sqlite3.connect(store.path)
+        try:
+            status, count, head = conn.execute(run_sql.format(p="?"), (run_id,)).fetchone()
+            (stored,) = conn.execute(events_sql.format(p="?"), (run_id,)).fetchone()
+        finally:
+            conn.close()
+    else:
+        assert isinstance(store, PostgresStore)
+        with psycopg.connect(store.url) as pg:
+            row = pg.execute(run_sql.format(p="%s"), (run_id,)).fetchone()
+            assert row is not None
+            status, count, head = row
+            counted = pg.execute(events_sql.format(p="%s"), (run_id,)).fetchone()
+            assert counted is not None
+            (stored,) = counted
+    return status, count, head, stored
 
 
 def test_a_finished_run_is_read_back_right_after_its_block(backend: Store) -> None:
@@ -51,6 +84,127 @@ def test_runs_in_a_loop_are_each_readable_at_once(backend: Store) -> None:
         events = list(backend.iter_events(run.id))
         assert [e.output for e in events] == [{"x": i, "y": 2 * i}]
         assert backend.get_run(run.id).status == "ok"
+
+
+def test_another_connection_reads_the_whole_run_right_after_the_block(backend: Store) -> None:
+    """Short runs back to back, each read the moment its block exits through a connection
+    that is not the store's (sqlite3, psycopg): finished, sealed, every event there."""
+    for i in range(1, 8):
+        with rp.record(store=backend, name="elsewhere") as run:
+            for k in range(i):
+                double(k)
+        assert _read_elsewhere(backend, run.id) == ("ok", i, run.head_hash, i)
+        assert run.head_hash is not None
+
+
+def test_the_returned_run_is_sealed_and_exports_a_verifying_trace(
+    backend: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Run the block gave back carries its event count, sealed head hash and signature
+    at once; its events and a trace file written right away verify under the key."""
+    monkeypatch.setenv(SIGNING_KEY_ENV, "run-end-key")
+    with rp.record(store=backend, name="sealed") as run:
+        for i in range(3):
+            double(i)
+    assert run.event_count == 3
+    assert run.head_hash is not None
+    assert run.signature is not None
+    events = list(run.events())
+    assert verify_run(run, events, key=b"run-end-key").ok
+    path = write_trace(run, events, tmp_path / "sealed.jsonl")
+    assert verify_trace(path, key=b"run-end-key").ok
+
+
+def test_a_process_started_right_after_the_block_exports_the_run(tmp_path: Path) -> None:
+    """The CLI in a new process, started the moment the block exits, exports the run whole
+    and the file verifies."""
+    db = tmp_path / "cli.db"
+    store = SQLiteStore(db)
+    try:
+        with rp.record(store=store, name="for-the-cli") as run:
+            for i in range(4):
+                double(i)
+        out = tmp_path / "exported.jsonl"
+        cli = [sys.executable, "-m", "replayable.cli"]
+        proc = subprocess.run(
+            [*cli, "export", run.id, "--store", str(db), "-o", str(out)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert proc.returncode == 0, proc.stderr
+        result = verify_trace(out)
+        assert result.ok
+        assert len(out.read_text().splitlines()) == 1 + 4
+    finally:
+        store.close()
+
+
+def test_a_child_forked_right_after_the_block_reads_the_run(tmp_path: Path) -> None:
+    """A child forked the moment the block exits opens the file and finds the run finished
+    with its events."""
+    store = SQLiteStore(tmp_path / "fork.db")
+    try:
+        with rp.record(store=store) as run:
+            double(1)
+            double(2)
+        pid = os.fork()
+        if pid == 0:  # the child: exit status says what it read
+            code = 1
+            try:
+                code = 0 if _read_elsewhere(store, run.id)[::3] == ("ok", 2) else 3
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        store.close()
+
+
+def test_short_runs_on_many_threads_beside_a_long_run_all_read_back_whole(
+    backend: Store,
+) -> None:
+    """Six threads record short runs while another records a long one into the same store:
+    each short run is whole the moment its block exits, and every run verifies."""
+    short: list[rp.Run] = []
+    errors: list[BaseException] = []
+    go = threading.Event()
+
+    def shorts(n: int) -> None:
+        try:
+            go.wait()
+            for i in range(n):
+                with rp.record(store=backend, name="short") as run:
+                    double(i)
+                    double(i + 1)
+                assert _read_elsewhere(backend, run.id) == ("ok", 2, run.head_hash, 2)
+                short.append(run)
+        except BaseException as exc:
+            errors.append(exc)
+
+    def long() -> None:
+        try:
+            go.wait()
+            with rp.record(store=backend, name="long"):
+                for i in range(1500):
+                    double(i)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=shorts, args=(15,)) for _ in range(6)]
+    threads.append(threading.Thread(target=long))
+    for t in threads:
+        t.start()
+    go.set()
+    for t in threads:
+        t.join(120)
+    assert errors == []
+    assert len(short) == 6 * 15
+    (long_run,) = backend.list_runs(RunQuery(name="long"))
+    assert (long_run.status, long_run.event_count) == ("ok", 1500)
+    for run in [*short[:10], long_run]:
+        assert verify_run(backend.get_run(run.id), backend.iter_events(run.id)).ok
 
 
 def test_strict_recording_raises_the_store_error_at_exit(backend: Store) -> None:

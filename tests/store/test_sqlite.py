@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from replayable.errors import StoreUnavailable
+from replayable.store.base import RunQuery
 from replayable.store.sqlite import MIGRATIONS, SQLiteStore, _m001_initial
 from replayable.trace import Run
 
@@ -88,3 +89,60 @@ class TestClose:
         again = SQLiteStore(tmp_path / "close.db")
         assert again.get_run(run.id).event_count == 1
         again.close()
+
+
+class TestBatches:
+    def test_a_run_created_and_finished_in_one_batch_is_one_finished_row(
+        self, tmp_path: Path
+    ) -> None:
+        """write_batch inserts a run that is also being finished with its final state, and
+        finishes a run created earlier, all in one transaction."""
+        store = SQLiteStore(tmp_path / "batch.db")
+        earlier = Run(id="earlier", started_at=1.0)
+        store.write_batch([earlier], [], [], [])
+        both = Run(
+            id="both", started_at=2.0, status="ok", ended_at=3.0, head_hash="h", event_count=0
+        )
+        earlier.status, earlier.ended_at = "error", 4.0
+        store.write_batch([both], [], [], [both, earlier])
+        assert [(r.id, r.status, r.ended_at) for r in store.list_runs()] == [
+            ("both", "ok", 3.0),
+            ("earlier", "error", 4.0),
+        ]
+        store.close()
+
+    def test_a_refused_batch_leaves_nothing_behind(self, tmp_path: Path) -> None:
+        """All or nothing: a batch whose run id is already there writes none of its runs."""
+        store = SQLiteStore(tmp_path / "atomic.db")
+        store.write_batch([Run(id="taken", started_at=1.0)], [], [], [])
+        with pytest.raises(sqlite3.IntegrityError):
+            store.write_batch(
+                [Run(id="new", started_at=2.0), Run(id="taken", started_at=3.0)], [], [], []
+            )
+        assert [r.id for r in store.list_runs()] == ["taken"]
+        store.close()
+
+    def test_batch_commits_leave_the_wal_checkpoint_to_the_writers_upkeep(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Runs ended on the agent's thread never checkpoint (so never pay its fsync): their
+        pages reach the database file when the background writer's upkeep runs."""
+        import replayable as rp
+        from replayable.store import sqlite as sqlite_store
+
+        monkeypatch.setattr(sqlite_store, "CHECKPOINT_S", 3600.0)
+        path = tmp_path / "upkeep.db"
+        store = SQLiteStore(path)
+        step = rp.boundary(kind="tool", name="t:upkeep")(lambda i: {"i": i, "pad": "x" * 500})
+        with rp.record(store):
+            step(0)
+        before = path.stat().st_size
+        for i in range(200):
+            with rp.record(store, name="short"):
+                step(i)
+        assert path.stat().st_size == before
+        monkeypatch.setattr(sqlite_store, "CHECKPOINT_S", 0.0)
+        store.housekeep()
+        assert path.stat().st_size > before
+        assert len(store.list_runs(RunQuery(name="short", limit=500))) == 200
+        store.close()

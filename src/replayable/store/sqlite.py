@@ -144,6 +144,10 @@ MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
 
 BUSY_MS = 30_000
 """How long the writer waits for a lock another process holds (batches wait their turn)."""
+CHECKPOINT_S = 1.0
+"""How often, at most, the background writer checkpoints the WAL while runs are written."""
+BACKSTOP_PAGES = 40_000
+"""WAL pages after which a batch commit checkpoints by itself (the writer normally has by then)."""
 OPEN_BUSY_MS = 500
 """How long opening the store (on the agent's thread) may wait for such a lock."""
 
@@ -195,6 +199,9 @@ class SQLiteStore(SQLStore):
         self._write_conn: sqlite3.Connection | None = None
         """The connection batches are written on, whichever thread writes them."""
         self._write_busy_ms = BUSY_MS
+        self._unchecked = 0
+        """Batches committed since the WAL was last checkpointed."""
+        self._checked_at = time.monotonic()
         _STORES.add(self)
         self._ready = False
         # Opening runs on the agent's thread (``record()``): a database locked by another
@@ -346,6 +353,17 @@ class SQLiteStore(SQLStore):
                 raise
             except sqlite3.Error as exc:
                 raise StoreUnavailable(f"SQLite store {self.path}: {exc}") from None
+            self._unchecked += 1
+
+    def housekeep(self) -> None:
+        """Checkpoint the WAL (passive: writers go on) when batches went in since the last
+        time and a second has passed: batch commits leave it to the background writer, so a
+        run's end on the agent's thread never pays for a checkpoint and its fsync."""
+        if not self._unchecked or time.monotonic() - self._checked_at < CHECKPOINT_S:
+            return
+        self._unchecked = 0
+        self._checked_at = time.monotonic()
+        self._run(lambda db: db.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall())
 
     def _writing(self, busy_ms: int) -> sqlite3.Connection:
         """The batch connection, waiting at most ``busy_ms`` for a lock (held: ``_write_lock``)."""
@@ -354,7 +372,9 @@ class SQLiteStore(SQLStore):
         conn = self._write_conn
         try:
             if conn is None:
-                conn = self._write_conn = self._connect(busy_ms)
+                conn = self._connect(busy_ms)
+                conn.execute(f"PRAGMA wal_autocheckpoint={BACKSTOP_PAGES}")  # see housekeep
+                self._write_conn = conn
             elif self._write_busy_ms != busy_ms:
                 conn.execute(f"PRAGMA busy_timeout={busy_ms}")
         except sqlite3.Error as exc:

@@ -335,7 +335,7 @@ class TestBadInput:
         with rp.record() as run:
             recorded = openai_client.chat.completions.create(model="m", messages=MESSAGES)
         offline(server)
-        sdk = rp_openai._sdk(openai)
+        sdk = rp_openai._FAMILY.sdk(openai)
         monkeypatch.setattr(sdk, "version", "99.0.0")
         with rp.replay(run.id), pytest.warns(rp.ReplayableWarning, match="major versions differ"):
             replayed = openai_client.chat.completions.create(model="m", messages=MESSAGES)

@@ -29,7 +29,7 @@ from replayable.boundary import Boundary, _register, boundary, register_error_co
 from replayable.context import Session, annotate, current_session
 from replayable.errors import ReplayableWarning, UnsupportedClient
 
-__all__ = ["SDK", "Route", "instrument_client", "load_sdk", "no_tools"]
+__all__ = ["SDK", "ClientFamily", "Route", "instrument_client", "load_sdk", "no_tools"]
 
 _RAW_HEADER = "x-stainless-raw-response"
 _CAST_HEADER = "____stainless_override_cast_to"
@@ -624,6 +624,46 @@ def _patch_request(client: Any, sdk: SDK, is_async: bool) -> None:
             return finish(cast_to, call, response)
 
         client.request = request
+
+
+@dataclass
+class ClientFamily:
+    """What one Stainless SDK's ``instrument`` accepts (its sync and async client classes,
+    subclasses included) and how its calls are recorded (routes, describe, accumulate)."""
+
+    name: str
+    """The SDK's import name, its provider name and the extra that installs it."""
+    label: str
+    """The client in an error message: ``an OpenAI client``."""
+    sync_class: str
+    async_class: str
+    supported: str
+    """The classes the error for any other object lists."""
+    routes: tuple[Route, ...]
+    describe: Callable[[Any], dict[str, Any]]
+    accumulate: Callable[[dict[str, Any], Any], bool]
+    _sdk: SDK | None = None
+
+    def sdk(self, module: ModuleType) -> SDK:
+        """The :class:`SDK` of this family (made once)."""
+        if self._sdk is None:
+            self._sdk = SDK(module, self.name, self.routes, self.describe, self.accumulate)
+        return self._sdk
+
+    def instrument(self, client: Any, side_effects: Iterable[str]) -> Any:
+        """Record ``client``'s calls (see :func:`instrument_client`); returns the same client."""
+        no_tools(side_effects, self.label)
+        module = load_sdk(self.name, self.name)
+        if isinstance(client, getattr(module, self.async_class)):
+            is_async = True
+        elif isinstance(client, getattr(module, self.sync_class)):
+            is_async = False
+        else:
+            raise UnsupportedClient(
+                f"cannot instrument {type(client).__module__}.{type(client).__qualname__}: "
+                f"replayable.integrations.{self.name} supports {self.supported}"
+            )
+        return instrument_client(client, self.sdk(module), is_async)
 
 
 def instrument_client(client: Any, sdk: SDK, is_async: bool) -> Any:

@@ -21,8 +21,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from replayable.errors import UnsupportedClient
-from replayable.integrations._stainless import SDK, Route, instrument_client, load_sdk, no_tools
+from replayable.integrations._stainless import ClientFamily, Route
 
 __all__ = ["IGNORED", "ROUTES", "instrument"]
 
@@ -89,26 +88,16 @@ def instrument(client: Any, *, side_effects: Iterable[str] = ()) -> Any:
 
         client = instrument(anthropic.Anthropic())
     """
-    no_tools(side_effects, "an Anthropic client")
-    sdk = load_sdk("anthropic", "anthropic")
-    if isinstance(client, sdk.AsyncAnthropic):
-        is_async = True
-    elif isinstance(client, sdk.Anthropic):
-        is_async = False
-    else:
-        raise UnsupportedClient(
-            f"cannot instrument {type(client).__module__}.{type(client).__qualname__}: "
-            "replayable.integrations.anthropic supports anthropic.Anthropic and "
-            "anthropic.AsyncAnthropic"
-        )
-    return instrument_client(client, _sdk(sdk), is_async)
+    return _FAMILY.instrument(client, side_effects)
 
 
-_SDK: SDK | None = None
-
-
-def _sdk(module: Any) -> SDK:
-    global _SDK
-    if _SDK is None:
-        _SDK = SDK(module, "anthropic", ROUTES, describe, accumulate)
-    return _SDK
+_FAMILY = ClientFamily(
+    "anthropic",
+    "an Anthropic client",
+    "Anthropic",
+    "AsyncAnthropic",
+    "anthropic.Anthropic and anthropic.AsyncAnthropic",
+    ROUTES,
+    describe,
+    accumulate,
+)

@@ -25,8 +25,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from replayable.errors import UnsupportedClient
-from replayable.integrations._stainless import SDK, Route, instrument_client, load_sdk, no_tools
+from replayable.integrations._stainless import ClientFamily, Route
 
 __all__ = ["IGNORED", "ROUTES", "instrument"]
 
@@ -129,26 +128,16 @@ def instrument(client: Any, *, side_effects: Iterable[str] = ()) -> Any:
 
         client = instrument(openai.OpenAI())
     """
-    no_tools(side_effects, "an OpenAI client")
-    sdk = load_sdk("openai", "openai")
-    if isinstance(client, sdk.AsyncOpenAI):
-        is_async = True
-    elif isinstance(client, sdk.OpenAI):
-        is_async = False
-    else:
-        raise UnsupportedClient(
-            f"cannot instrument {type(client).__module__}.{type(client).__qualname__}: "
-            "replayable.integrations.openai supports openai.OpenAI, openai.AsyncOpenAI, "
-            "openai.AzureOpenAI and openai.AsyncAzureOpenAI"
-        )
-    return instrument_client(client, _sdk(sdk), is_async)
+    return _FAMILY.instrument(client, side_effects)
 
 
-_SDK: SDK | None = None
-
-
-def _sdk(module: Any) -> SDK:
-    global _SDK
-    if _SDK is None:
-        _SDK = SDK(module, "openai", ROUTES, describe, accumulate)
-    return _SDK
+_FAMILY = ClientFamily(
+    "openai",
+    "an OpenAI client",
+    "OpenAI",
+    "AsyncOpenAI",
+    "openai.OpenAI, openai.AsyncOpenAI, openai.AzureOpenAI and openai.AsyncAzureOpenAI",
+    ROUTES,
+    describe,
+    accumulate,
+)

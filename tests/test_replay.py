@@ -630,6 +630,12 @@ def forecast(city: str) -> str:
     return f"rain tomorrow in {city}"
 
 
+@rp.boundary(kind="tool")
+def tags(name: str) -> dict[str, Any]:
+    """A tool returning a mutable value the agent may change in place."""
+    return {"name": name, "tags": ["a"]}
+
+
 def tool_message(fn: Any, city: str) -> str:
     """What a framework does with a tool's exception: it becomes the tool's message."""
     try:
@@ -788,6 +794,23 @@ class TestServedStepsAreReferences:
         from replayable.trace import verify_run
 
         assert verify_run(rp.open_store().get_run(r.run.id), replayed).ok
+
+    def test_an_agent_that_mutates_a_served_value_leaves_the_replay_verifiable(self) -> None:
+        """The agent gets a served output of its own: changing it in place changes neither the
+        recording nor the replay's own record, which still verifies."""
+        from replayable.trace import verify_run
+
+        with rp.record() as run:
+            tags("Bob")
+        with rp.replay(run.id) as r:
+            served = tags("Bob")
+            served["tags"].append("added by the agent")
+            served["extra"] = 1
+        store = rp.open_store()
+        assert [e.output for e in run.events()] == [{"name": "Bob", "tags": ["a"]}]
+        replayed = store.get_run(r.run.id)
+        assert verify_run(replayed, replayed.events()).ok
+        assert [e.output for e in replayed.events()] == [{"name": "Bob", "tags": ["a"]}]
 
     def test_a_replay_of_a_replay_serves_and_verifies(self) -> None:
         """References to references resolve: the second replay serves, its events read whole."""

@@ -103,8 +103,8 @@ class Serve:
     handled: tuple[int, ...] = ()
     partial: bool = False
     source: Any = None
-    """The recorded event served, when the policy serves one as it is (a recording policy may
-    then keep a reference to it instead of a copy)."""
+    """The recorded event served, when the policy serves its recorded output as it is (a
+    recording policy then keeps a reference to it instead of a copy)."""
 
     @classmethod
     def recorded(cls, output: Any, error: dict[str, Any] | None, meta: dict[str, Any]) -> Serve:

@@ -178,11 +178,8 @@ class Recorder(Engine):
         source = None
         if served is not None:
             source = served.source if self.refer_to is not None else None
-            if source is not None and source.output is served.output:
-                out = b"null"  # the writer stores a reference to the source event
-            else:
-                source = None
-                out = self.snapshot(frame, served.output, "output")
+            # With a source, the writer stores a reference to it instead of the output.
+            out = b"null" if source is not None else self.snapshot(frame, served.output, "output")
         elif outcome.output is not None:
             out = outcome.output  # a stream that failed keeps the chunks it yielded
         else:

@@ -9,6 +9,7 @@ start order); failing that, the recorded call at the same address tells *what ch
 from __future__ import annotations
 
 import contextvars
+import operator
 import os
 import sys
 import threading
@@ -45,7 +46,7 @@ from replayable.record import (
     reset_context,
 )
 from replayable.store import Store, load_run, open_store
-from replayable.trace import Event, Run, check_recording
+from replayable.trace import Event, Run, StoredEvent, check_recording, stored_json
 
 if TYPE_CHECKING:
     from replayable.boundary import Boundary
@@ -53,6 +54,7 @@ if TYPE_CHECKING:
 __all__ = ["Replay", "replay"]
 
 UNMATCHED = -1
+_SEQ = operator.attrgetter("seq")
 
 Match = Literal["address", "key"]
 """How a replay matches calls: by place in the call tree and key, or by key alone."""
@@ -65,6 +67,21 @@ class _Plan:
     live: bool
     event: Event | None
     key: str
+
+
+def _decoded_output(ev: Event) -> Any:
+    """What a served call returns: a decode of the recorded output that the agent alone holds
+    (mutating it changes neither the recording nor what the replay's own record refers to)."""
+    if isinstance(ev, StoredEvent):
+        return ev.decoded("output")
+    return ev.output
+
+
+def _has_meta(ev: Event, name: str) -> bool:
+    """``name in ev.meta``, without decoding a stored event's meta when it cannot hold it."""
+    if isinstance(ev, StoredEvent):
+        return ev.has_meta(name)
+    return name in ev.meta
 
 
 def _check_version(run: Run) -> None:
@@ -107,12 +124,17 @@ class Replayer(Recorder):
         self.by_key: dict[tuple[str, str], list[Event]] = defaultdict(list)
         self.nth: dict[int, int] = {}
         counts: dict[str, int] = defaultdict(int)
-        for ev in sorted(events, key=lambda e: e.seq):
-            self.children[ev.parent_seq].append(ev.seq)
-            self.groups[(ev.parent_seq, ev.boundary)].append(ev)
-            self.by_key[(ev.boundary, ev.key)].append(ev)
-            counts[ev.boundary] += 1
-            self.nth[ev.seq] = counts[ev.boundary]
+        children, groups, by_key, nth = self.children, self.groups, self.by_key, self.nth
+        by_address = match == "address"
+        for ev in sorted(events, key=_SEQ):
+            seq, parent, name = ev.seq, ev.parent_seq, ev.boundary
+            children[parent].append(seq)
+            groups[(parent, name)].append(ev)
+            if not by_address:
+                by_key[(name, ev.key)].append(ev)
+            counts[name] += 1
+            nth[seq] = counts[name]
+        self._counts = counts
         self.consumed: set[int] = set()
         self._first: dict[tuple[int | None, str], int] = {}
         self.divergences: list[Divergence] = []
@@ -127,11 +149,8 @@ class Replayer(Recorder):
 
     def _resolve_live(self, live: Iterable[str], allow_side_effects: bool) -> None:
         registered = registry()
-        recorded = {ev.boundary for ev in self.events.values()}
-        self.live_names, self.live_calls = resolve_live(live, recorded)
-        counts: dict[str, int] = defaultdict(int)
-        for ev in self.events.values():
-            counts[ev.boundary] += 1
+        counts = self._counts  # recorded calls per boundary
+        self.live_names, self.live_calls = resolve_live(live, set(counts))
         for full in self.live_names | {name for name, _ in self.live_calls}:
             b = registered.get(full)
             if b is None:
@@ -146,9 +165,9 @@ class Replayer(Recorder):
                     "allow_side_effects=True (CLI: --allow-side-effects) if you mean it"
                 )
         for full, n in sorted(self.live_calls):
-            if n > counts[full]:
+            if n > counts.get(full, 0):
                 raise UnknownBoundary(
-                    f"'{full}#{n}': {full} has {counts[full]} recorded call(s) in run "
+                    f"'{full}#{n}': {full} has {counts.get(full, 0)} recorded call(s) in run "
                     f"{self.source.id}"
                 )
 
@@ -169,7 +188,13 @@ class Replayer(Recorder):
         ev = plan.event
         if plan.live or ev is None:
             return None
-        serve = Serve.recorded(ev.output, ev.error, ev.meta)
+        if self.events.get(ev.seq) is not ev:  # a what-if's stand-in for the recorded call
+            return Serve.recorded(ev.output, ev.error, ev.meta)
+        # The recorded call as it is: the agent gets a decode of its output of its own.
+        if not _has_meta(ev, "stream"):
+            serve = Serve(_decoded_output(ev), ev.error)
+        else:
+            serve = Serve.recorded(_decoded_output(ev), ev.error, ev.meta)
         serve.source = ev
         return serve
 
@@ -235,7 +260,7 @@ class Replayer(Recorder):
             if self.replay_strict or not live:
                 raise div
         frame.rec_seq = ev.seq if ev is not None else UNMATCHED
-        if ev is not None and not live and "unserializable_output" in ev.meta:
+        if ev is not None and not live and _has_meta(ev, "unserializable_output"):
             raise ReplayableError(
                 f"cannot serve {b.name} at {ev.address}: its output was not recorded "
                 f"(unserializable at {ev.meta['unserializable_output']!r}); give the boundary "
@@ -269,7 +294,7 @@ class Replayer(Recorder):
             if start == len(group):
                 return None
             ev = group[start]
-            if orjson.dumps(ev.input) != frame.data:
+            if stored_json(ev, "input") != frame.data:
                 return None
             self.consumed.add(ev.seq)
             return ev

@@ -18,6 +18,7 @@ import re
 import tempfile
 from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass, field
+from hashlib import sha256 as _sha256
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
@@ -35,6 +36,7 @@ __all__ = [
     "TRACE_VERSION",
     "Event",
     "Run",
+    "StoredEvent",
     "Verification",
     "chain_events",
     "chain_hash",
@@ -55,6 +57,7 @@ __all__ = [
     "seal_run",
     "sign_run",
     "signing_key",
+    "stored_json",
     "trace_lines",
     "verify_events",
     "verify_run",
@@ -137,6 +140,189 @@ class Event:
             chain_seq=_field(d, "chain_seq", int, 0),
             hash=_field(d, "hash", str, ""),
         )
+
+
+class StoredEvent(Event):
+    """An :class:`Event` read from a store, its JSON fields (``input``, ``output``, ``error``,
+    ``meta``) kept as the stored bytes until first read.
+
+    Most of a replay's work never needs them decoded: the fast match compares the input bytes,
+    the hash chain covers the bytes as stored, and a served output is decoded once, for the agent.
+    Reading a field decodes it (and from then on the decoded value is the field: changing it in
+    place changes the event, as for any :class:`Event`); :meth:`stored` gives the stored bytes
+    while they are still the field's value.
+    """
+
+    __slots__ = ("_raw_error", "_raw_input", "_raw_meta", "_raw_output")
+
+    _raw_input: bytes | None
+    _raw_output: bytes | None
+    _raw_error: bytes | None
+    _raw_meta: bytes | None
+
+    @classmethod
+    def from_stored(
+        cls,
+        run_id: str,
+        seq: int,
+        chain_seq: int,
+        address: str,
+        parent_seq: int | None,
+        boundary: str,
+        kind: str,
+        key: str,
+        input: bytes | None,
+        output: bytes | None,
+        error: bytes | None,
+        meta: bytes | None,
+        started_at: float,
+        duration_ns: int,
+        hash: str,
+    ) -> StoredEvent:
+        """An event from its stored columns; JSON fields as bytes (``None``: SQL NULL)."""
+        ev = cls.__new__(cls)
+        _SET_RUN_ID(ev, run_id)
+        _SET_SEQ(ev, seq)
+        _SET_CHAIN_SEQ(ev, chain_seq)
+        _SET_ADDRESS(ev, address)
+        _SET_PARENT_SEQ(ev, parent_seq)
+        _SET_BOUNDARY(ev, boundary)
+        _SET_KIND(ev, kind)
+        _SET_KEY(ev, key)
+        _SET_STARTED_AT(ev, started_at)
+        _SET_DURATION_NS(ev, duration_ns)
+        _SET_HASH(ev, hash)
+        # SQL NULL reads as the field's empty value, as :func:`~replayable.store.base.row_to_event`
+        # always did: null for input/output/error, {} for meta.
+        ev._raw_input = b"null" if input is None else input
+        ev._raw_output = b"null" if output is None else output
+        if error is None or error == b"null":
+            _SET_ERROR(ev, None)
+            ev._raw_error = None
+        else:
+            ev._raw_error = error
+        ev._raw_meta = b"{}" if meta is None or meta == b"null" else meta
+        return ev
+
+    def stored(self, name: str) -> bytes:
+        """The JSON bytes of field ``name`` (``input``, ``output``, ``error``, ``meta``): as
+        stored while the field was never read, else its value serialized again."""
+        raw: bytes | None = getattr(self, "_raw_" + name)
+        return raw if raw is not None else orjson.dumps(getattr(self, name))
+
+    def has_meta(self, name: str) -> bool:
+        """``name in self.meta``, answered from the stored bytes when they cannot hold it."""
+        raw = self._raw_meta
+        if raw is not None and b"\\u" not in raw and f'"{name}"'.encode() not in raw:
+            return False
+        return name in self.meta
+
+    def content(self) -> bytes:
+        """The bytes this event's (version 2) hash covers, built from the stored bytes."""
+        raw_err = self._raw_error
+        if raw_err is None:
+            error = None if self.error is None else orjson.dumps(self.error)
+        else:
+            error = raw_err
+        return content_bytes(
+            run_id=self.run_id,
+            seq=self.seq,
+            chain_seq=self.chain_seq,
+            address=self.address,
+            parent_seq=self.parent_seq,
+            boundary=self.boundary,
+            kind=self.kind,
+            key=self.key,
+            started_at=self.started_at,
+            duration_ns=self.duration_ns,
+            input=self.stored("input"),
+            output=self.stored("output"),
+            error=error,
+            meta=self.stored("meta"),
+        )
+
+    def set_stored(self, name: str, raw: bytes) -> None:
+        """Set field ``name`` to the value whose stored JSON bytes are ``raw``."""
+        setattr(self, name, None)
+        setattr(self, "_raw_" + name, raw)
+
+    def decoded(self, name: str) -> Any:
+        """A fresh decode of field ``name`` from the stored bytes (a value no one else holds),
+        leaving the stored bytes in place; the field itself when it was read already."""
+        raw: bytes | None = getattr(self, "_raw_" + name)
+        return orjson.loads(raw) if raw is not None else getattr(self, name)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Event):
+            return self.to_dict() == other.to_dict()
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, like Event
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Event.from_dict, (self.to_dict(),))
+
+
+def _lazy_field(name: str, empty: Any) -> property:
+    slot = Event.__dict__[name]
+    raw_slot = StoredEvent.__dict__["_raw_" + name]
+
+    def get(self: StoredEvent) -> Any:
+        raw = raw_slot.__get__(self)
+        if raw is None:
+            return slot.__get__(self)
+        value = orjson.loads(raw)
+        if value is None and empty is not None:
+            value = empty()
+        slot.__set__(self, value)
+        raw_slot.__set__(self, None)
+        return value
+
+    def set_(self: StoredEvent, value: Any) -> None:
+        slot.__set__(self, value)
+        raw_slot.__set__(self, None)
+
+    return property(get, set_, doc=f"The event's {name}, decoded on first read.")
+
+
+def _setter(name: str) -> Any:
+    return Event.__dict__[name].__set__
+
+
+(
+    _SET_RUN_ID,
+    _SET_SEQ,
+    _SET_CHAIN_SEQ,
+    _SET_ADDRESS,
+    _SET_PARENT_SEQ,
+    _SET_BOUNDARY,
+    _SET_KIND,
+    _SET_KEY,
+    _SET_STARTED_AT,
+    _SET_DURATION_NS,
+    _SET_HASH,
+    _SET_ERROR,
+) = (
+    _setter(n)
+    for n in (
+        "run_id",
+        "seq",
+        "chain_seq",
+        "address",
+        "parent_seq",
+        "boundary",
+        "kind",
+        "key",
+        "started_at",
+        "duration_ns",
+        "hash",
+        "error",
+    )
+)
+StoredEvent.input = _lazy_field("input", None)
+StoredEvent.output = _lazy_field("output", None)
+StoredEvent.error = _lazy_field("error", None)  # type: ignore[assignment]
+StoredEvent.meta = _lazy_field("meta", dict)  # type: ignore[assignment]
 
 
 _REQUIRED = object()
@@ -341,6 +527,8 @@ def content_bytes(
 
 def event_content(ev: Event, hash_version: int = HASH_VERSION) -> bytes:
     """The canonical bytes an event's hash covers (see :func:`content_bytes`)."""
+    if type(ev) is StoredEvent and hash_version >= 2:
+        return ev.content()
     if hash_version < 2:
         d = ev.to_dict()
         del d["hash"]
@@ -356,11 +544,19 @@ def event_content(ev: Event, hash_version: int = HASH_VERSION) -> bytes:
         key=ev.key,
         started_at=ev.started_at,
         duration_ns=ev.duration_ns,
-        input=_json_bytes(ev.input),
-        output=_json_bytes(ev.output),
-        error=None if ev.error is None else _json_bytes(ev.error),
-        meta=_json_bytes(ev.meta),
+        input=stored_json(ev, "input"),
+        output=stored_json(ev, "output"),
+        error=None if ev.error is None else stored_json(ev, "error"),
+        meta=stored_json(ev, "meta"),
     )
+
+
+def stored_json(ev: Event, name: str) -> bytes:
+    """Field ``name`` of ``ev`` as its stored JSON bytes (a :class:`StoredEvent` keeps them;
+    another event's value is serialized)."""
+    if type(ev) is StoredEvent:
+        return ev.stored(name)
+    return _json_bytes(getattr(ev, name))
 
 
 def chain_hash(prev: str, content: bytes) -> str:
@@ -548,12 +744,15 @@ def _verify(
         run.event_count - 1 if (v2 and run.head_hash and not _finished(run.status)) else None
     )
 
+    run_id, hash_version = run.id, run.hash_version
+
     def take(ev: Event, line: int | None) -> Verification | None:
         nonlocal prev, position
-        where = f"run {run.id}: event seq={ev.seq} ({ev.address})"
-        if ev.run_id != run.id:
-            return bad(ev, line, f"{where} belongs to run {ev.run_id}, not {run.id}")
-        if chain_hash(prev, event_content(ev, run.hash_version)) != ev.hash:
+        if ev.run_id != run_id:
+            where = f"run {run_id}: event seq={ev.seq} ({ev.address})"
+            return bad(ev, line, f"{where} belongs to run {ev.run_id}, not {run_id}")
+        if _sha256(prev.encode("ascii") + event_content(ev, hash_version)).hexdigest() != ev.hash:
+            where = f"run {run_id}: event seq={ev.seq} ({ev.address})"
             return bad(
                 ev, line, f"{where}: hash does not match its content (edited) or its predecessor"
             )

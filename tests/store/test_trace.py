@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import orjson
@@ -11,7 +12,14 @@ from hypothesis import strategies as st
 
 import replayable as rp
 from replayable.errors import TraceCorrupt
-from replayable.trace import check_trace, read_trace, verify_run, write_trace
+from replayable.trace import (
+    StoredEvent,
+    check_trace,
+    event_content,
+    read_trace,
+    verify_run,
+    write_trace,
+)
 
 
 @rp.boundary(kind="tool")
@@ -127,3 +135,117 @@ class TestRoundTrip:
         assert back.to_dict() == stored.to_dict()
         assert [e.to_dict() for e in back_events] == [e.to_dict() for e in events]
         assert verify_run(back, back_events).ok
+
+
+def _stored(ev: rp.Event) -> StoredEvent:
+    """``ev`` as a store reads it back: JSON fields as their bytes, decoded on first read."""
+    return StoredEvent.from_stored(
+        ev.run_id,
+        ev.seq,
+        ev.chain_seq,
+        ev.address,
+        ev.parent_seq,
+        ev.boundary,
+        ev.kind,
+        ev.key,
+        orjson.dumps(ev.input),
+        orjson.dumps(ev.output),
+        None if ev.error is None else orjson.dumps(ev.error),
+        orjson.dumps(ev.meta),
+        ev.started_at,
+        ev.duration_ns,
+        ev.hash,
+    )
+
+
+def _event(**fields: object) -> rp.Event:
+    base: dict[str, object] = {
+        "run_id": "r1",
+        "seq": 0,
+        "address": "t:echo/0",
+        "parent_seq": None,
+        "boundary": "t:echo",
+        "kind": "tool",
+        "key": "k",
+        "input": {"b": 1, "a": [1, 2]},
+        "output": {"text": "hi"},
+        "meta": {"model": "m"},
+    }
+    base.update(fields)
+    return rp.Event(**base)  # type: ignore[arg-type]
+
+
+class TestStoredEvent:
+    """Events read from a store keep their JSON fields as bytes until a field is read."""
+
+    @given(_values, _values, _values, st.none() | st.dictionaries(st.text(max_size=5), _values))
+    @settings(max_examples=80, deadline=None)
+    def test_hashes_and_reads_like_the_event_it_stores(
+        self, inp: object, out: object, meta_value: object, error: dict | None
+    ) -> None:
+        """Property: a stored event hashes to the same content, reads back the same fields and
+        compares equal to the event it stores, before and after its fields are decoded."""
+        ev = _event(input=inp, output=out, meta={"v": meta_value}, error=error)
+        stored = _stored(ev)
+        assert event_content(stored) == event_content(ev)
+        assert stored == ev
+        assert ev == stored
+        assert (stored.input, stored.output, stored.error, stored.meta) == (
+            ev.input,
+            ev.output,
+            ev.error,
+            ev.meta,
+        )
+        assert event_content(stored) == event_content(ev)
+
+    def test_an_edit_in_place_after_reading_changes_the_hashed_content(self) -> None:
+        """Once read, the decoded value is the field: editing it in place is an edit the hash
+        sees (scan --fix, rechain), not hidden behind the bytes first read."""
+        stored = _stored(_event())
+        before = event_content(stored)
+        stored.output["text"] = "edited"
+        assert event_content(stored) != before
+        assert stored.stored("output") == b'{"text":"edited"}'
+
+    def test_a_decoded_copy_is_the_callers_own(self) -> None:
+        """``decoded`` hands out a fresh value: changing it leaves the event and its bytes."""
+        stored = _stored(_event())
+        copy = stored.decoded("output")
+        copy["text"] = "changed by the agent"
+        assert stored.output == {"text": "hi"}
+        assert stored.stored("output") == b'{"text":"hi"}'
+
+    def test_has_meta_answers_from_the_bytes_and_from_escaped_keys(self) -> None:
+        """A key is found whether written plainly or with JSON escapes; absent keys are absent."""
+        stored = _stored(_event(meta={"stream": True}))
+        assert stored.has_meta("stream")
+        assert not stored.has_meta("closed_early")
+        escaped = StoredEvent.from_stored(
+            "r1", 0, 0, "a", None, "b", "tool", "k", b"1", b"2", None,
+            b'{"\\u0073tream":true}', 0.0, 0, "",
+        )  # fmt: skip
+        assert escaped.has_meta("stream")
+        assert escaped.meta == {"stream": True}
+
+    def test_sql_null_reads_as_the_empty_value(self) -> None:
+        """NULL columns read as null input/output/error and an empty meta, as before."""
+        ev = StoredEvent.from_stored(
+            "r1", 0, 0, "a", None, "b", "tool", "k", None, None, None, None, 0.0, 0, ""
+        )
+        assert (ev.input, ev.output, ev.error, ev.meta) == (None, None, None, {})
+
+    def test_pickles_as_a_plain_event(self) -> None:
+        """A stored event crosses process boundaries (check --jobs, Dask) as an equal Event."""
+        stored = _stored(_event())
+        back = pickle.loads(pickle.dumps(stored))
+        assert type(back) is rp.Event
+        assert back == stored
+
+    def test_a_store_reads_stored_events_that_verify(self) -> None:
+        """The SQLite store hands out stored events; the run verifies from their bytes."""
+        with rp.record() as run:
+            agent(["alice", "bob"])
+        events = list(rp.open_store().get_run(run.id).events())
+        assert all(type(e) is StoredEvent for e in events)
+        assert verify_run(rp.open_store().get_run(run.id), events).ok
+        assert [e.output for e in events][1] == {"name": "alice", "id": 5}

@@ -28,7 +28,7 @@ from replayable.store._rows import (
     RunRow,
     RunStatus,
 )
-from replayable.trace import Event, Run
+from replayable.trace import Event, Run, StoredEvent
 
 __all__ = [
     "CHECK_COLUMNS",
@@ -201,6 +201,9 @@ def resolve_refs(store: Store, events: Iterable[Event]) -> Iterator[Event]:
     """
     sources: dict[str, dict[int, Event]] = {}
     for ev in events:
+        if isinstance(ev, StoredEvent) and b'"$ref"' not in ev.stored("meta"):
+            yield ev  # the common case, told from the stored bytes without decoding them
+            continue
         ref = ev.meta.pop("$ref", None) if "$ref" in ev.meta else None
         if ref is not None:
             run_id, seq, same_input = ref
@@ -211,31 +214,52 @@ def resolve_refs(store: Store, events: Iterable[Event]) -> Iterator[Event]:
             if src is None:
                 ev.meta["unresolved_ref"] = ref
             else:
-                ev.output = src.output
+                _copy_field(ev, src, "output")
                 if same_input:
-                    ev.input = src.input
+                    _copy_field(ev, src, "input")
         yield ev
 
 
+def _copy_field(ev: Event, src: Event, name: str) -> None:
+    """``ev.<name> = src.<name>``, keeping the stored bytes when both events are stored ones
+    (a replay of a replay then serves and hashes them without decoding)."""
+    if isinstance(ev, StoredEvent) and isinstance(src, StoredEvent):
+        ev.set_stored(name, src.stored(name))
+    else:
+        setattr(ev, name, getattr(src, name))
+
+
 def row_to_event(row: Sequence[Any]) -> Event:
-    """A row (any sequence in :data:`EVENT_COLUMNS` order) as an :class:`Event`."""
-    return Event(
-        run_id=row[0],
-        seq=row[1],
-        chain_seq=row[2],
-        address=row[3],
-        parent_seq=row[4],
-        boundary=row[5],
-        kind=row[6],
-        key=row[7],
-        input=_json(row[8]),
-        output=_json(row[9]),
-        error=_json(row[10]),
-        meta=_json(row[11]) or {},
-        started_at=row[12],
-        duration_ns=row[13],
-        hash=row[14],
+    """A row (any sequence in :data:`EVENT_COLUMNS` order) as an :class:`Event`: a
+    :class:`~replayable.trace.StoredEvent`, its JSON fields decoded only when read."""
+    return StoredEvent.from_stored(
+        row[0],
+        row[1],
+        row[2],
+        row[3],
+        row[4],
+        row[5],
+        row[6],
+        row[7],
+        _raw(row[8]),
+        _raw(row[9]),
+        _raw(row[10]),
+        _raw(row[11]),
+        row[12],
+        row[13],
+        row[14],
     )
+
+
+def _raw(value: Any) -> bytes | None:
+    """A stored JSON column as bytes (SQLite gives bytes, PostgreSQL text)."""
+    if value is None or type(value) is bytes:
+        return value
+    if isinstance(value, str):
+        return value.encode()
+    if isinstance(value, bytearray | memoryview):
+        return bytes(value)
+    return orjson.dumps(value)  # already decoded (a jsonb column)
 
 
 @dataclass(frozen=True)

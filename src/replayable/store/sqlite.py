@@ -28,10 +28,9 @@ from replayable.store.base import (
     EventRow,
     SQLStore,
     resolve_refs,
-    row_to_event,
     run_to_row,
 )
-from replayable.trace import Event, Run
+from replayable.trace import Event, Run, StoredEvent
 
 __all__ = ["MIGRATIONS", "SQLiteStore"]
 
@@ -152,6 +151,11 @@ OPEN_BUSY_MS = 500
 """How long opening the store (on the agent's thread) may wait for such a lock."""
 
 _EVENTS = ", ".join(EVENT_COLUMNS)
+# Reading, the JSON columns come back as their bytes (no text decoding: they are hashed and
+# compared as bytes, and decoded only when a field is read).
+_READ_EVENTS = ", ".join(
+    f"CAST({c} AS BLOB)" if c in ("input", "output", "error", "meta") else c for c in EVENT_COLUMNS
+)
 _INSERT_EVENTS = f"INSERT INTO events ({_EVENTS}) VALUES ({','.join('?' * len(EVENT_COLUMNS))})"
 _SQL = Dialect("?", tag_clause="json_extract(tags, ?) = ?", tag_path=lambda tag: f'$."{tag}"')
 
@@ -455,12 +459,13 @@ class SQLiteStore(SQLStore):
     def _stored_events(self, run_id: str) -> Iterator[Event]:
         cursor = self._run(
             lambda db: db.execute(
-                f"SELECT {_EVENTS} FROM events WHERE run_id = ? ORDER BY seq", (run_id,)
+                f"SELECT {_READ_EVENTS} FROM events WHERE run_id = ? ORDER BY seq", (run_id,)
             )
         )
+        stored = StoredEvent.from_stored  # the JSON columns are read as bytes (_READ_EVENTS)
         while batch := cursor.fetchmany(500):
             for row in batch:
-                yield row_to_event(row)
+                yield stored(*row)
 
     def close(self) -> None:
         """Stop this store's background writer, then close every connection it opened.

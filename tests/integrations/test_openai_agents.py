@@ -173,6 +173,34 @@ class TestResponsesModel:
         assert orders.count() == 1
         assert r.ok, r.report()
 
+    async def test_a_clone_stays_instrumented(
+        self, default_client: Any, server: FakeLLMServer, orders: Orders
+    ) -> None:
+        """agent.clone(...) records and replays like the agent it came from, a tool it adds
+        (named in side_effects) included: model calls served, the order not placed again."""
+
+        @function_tool
+        def place_order(item: str, quantity: int) -> str:
+            """Order `quantity` of `item` (the clone's own tool)."""
+            return orders.place(item, quantity)
+
+        clone = shop_agent(orders).clone(instructions="Order mugs.", tools=[place_order])
+        async with rp.record() as run:
+            final = (await Runner.run(clone, QUESTION)).final_output
+        assert orders.count() == 1
+        assert kinds(run) == [
+            ("llm", "openai:responses.create"),
+            ("tool", "agents:function_tool.place_order"),
+            ("llm", "openai:responses.create"),
+        ]
+        server.stop()
+        seen = len(server.requests)
+        async with rp.replay(run.id) as r:
+            assert (await Runner.run(clone, QUESTION)).final_output == final
+        assert orders.count() == 1
+        assert len(server.requests) == seen
+        assert r.ok, r.report()
+
 
 class TestChatCompletionsModel:
     @pytest.mark.parametrize("streamed", [False, True])

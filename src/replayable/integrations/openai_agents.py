@@ -26,6 +26,9 @@ For example (a sketch, not run as a doctest)::
   inside a replay never starts: no process is spawned, no connection opened, unless a call to
   it is named in ``live=``. Instrument the server (or the agent holding it) before entering it.
 
+``agent.clone(...)`` returns an agent instrumented like the one cloned (tools it adds
+included).
+
 Hosted tools (web search, file search, code interpreter) run on the provider's side and are
 inside the recorded model call. Agents reached only through ``agent.as_tool()`` run inside
 that tool's boundary (served as a whole in replay).
@@ -290,7 +293,7 @@ def _instrument_agent(
     if id(agent) in seen:
         return
     seen.add(id(agent))
-    agent.__dict__[_MARK] = True
+    agent.__dict__[_MARK] = (side_effects, safe)
     for tool in agent.tools:
         if isinstance(tool, sdk.FunctionTool):
             _instrument_tool(tool, tool.name in side_effects and tool.name not in safe)
@@ -305,6 +308,27 @@ def _instrument_agent(
             target = ref() if ref is not None else None
         if isinstance(target, sdk.Agent):
             _instrument_agent(sdk, target, side_effects, safe, seen)
+
+
+def _hook_clone(sdk: Any) -> None:
+    """``Agent.clone`` (``dataclasses.replace``) makes a new agent without the mark: the clone
+    of an instrumented agent is instrumented with the options of the agent cloned. Patched on
+    the class once per process; agents never instrumented are untouched."""
+    original = sdk.Agent.clone
+    if getattr(original, "__replayable__", False):
+        return
+
+    def clone(self: Any, **kwargs: Any) -> Any:
+        copy = original(self, **kwargs)
+        marked = self.__dict__.get(_MARK)
+        if isinstance(marked, tuple):
+            side_effects, safe = marked
+            _instrument_agent(sdk, copy, side_effects, safe, set())
+        return copy
+
+    functools.update_wrapper(clone, original)
+    clone.__replayable__ = True  # type: ignore[attr-defined]
+    sdk.Agent.clone = clone
 
 
 def instrument(
@@ -333,6 +357,7 @@ def instrument(
 
     if isinstance(obj, sdk.Agent):
         _hook_models()
+        _hook_clone(sdk)
         _instrument_agent(sdk, obj, marked, allowed, set())
     elif isinstance(obj, MCPServer):
         _instrument_server(obj, marked, allowed)

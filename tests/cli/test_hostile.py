@@ -233,6 +233,26 @@ class TestBadArguments:
         assert "no store" not in result.output
         assert not store.exists()
 
+    @pytest.mark.parametrize(
+        ("args", "message"),
+        [
+            (["runs", "--since", "lately"], "Invalid value for --since: 'lately'"),
+            (["check", "--since", "1d"], "Missing option '--import'"),
+            (["fork"], "Missing argument 'RUN_ID'"),
+            (["runs", "--bogus"], "No such option '--bogus'"),
+            (["no-such-command"], "No such command 'no-such-command'"),
+            (["check", "--import", "os", "--seed", "2"], "--seed goes with --sample N"),
+        ],
+    )
+    def test_usage_errors_are_one_line_naming_the_help(self, args: list[str], message: str) -> None:
+        """A usage error is one 'error:' line naming the problem and the command's --help,
+        exit 2 (not click's usage block)."""
+        result = invoke(*args)
+        assert result.exit_code == 2, result.output
+        assert result.output.startswith(f"error: {message}")
+        assert result.output.rstrip().endswith("--help`)")
+        assert result.output.count("\n") == 1
+
     def test_serve_port_out_of_range(self) -> None:
         """`serve --port 99999`: a usage error, exit 2."""
         result = invoke("serve", "--port", "99999")

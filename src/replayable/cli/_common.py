@@ -187,7 +187,22 @@ def valid_period(ctx: click.Context, param: click.Parameter, value: str | None) 
     return value
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _OneLineErrors(click.Group):
+    """The root group: a usage error in a command's arguments (a bad ``--since``, a missing
+    ``--import``) is one ``error:`` line naming the command's ``--help``, exit 2, like every
+    other bad input, instead of click's usage block."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except click.exceptions.NoArgsIsHelpError:
+            raise
+        except click.UsageError as exc:
+            where = exc.ctx.command_path if exc.ctx is not None else ctx.command_path
+            fail(f"{exc.format_message().rstrip('.')} (see `{where} --help`)")
+
+
+@click.group(cls=_OneLineErrors, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="replayable")
 def main() -> None:
     """Record LLM-agent runs at their boundaries, look at them, and replay them offline.

@@ -2,10 +2,12 @@
 included, minus the cost of the one call recorded inside it.
 
 A web handler or a queue worker records one short run per request, so what a run costs apart
-from its calls matters as much as the per-call cost. The end of a run does not wait for the
-background writer unless the recording is ``strict``; the writer's own work (create the run,
-write its events, finish it) is measured separately, as the wall time until everything is on
-disk. Peer: Chronicle's ``chronicle.record`` around the same call.
+from its calls matters as much as the per-call cost. The end of a run writes what is left of it
+on the agent's own thread when the background writer is idle (one transaction: the run created
+finished, its events, its seal), so the run is on disk, complete, when the block exits: the
+cost includes that commit. The second figure is the wall time until everything is on disk
+(the same thing now, kept to show it stays so). Peer: Chronicle's ``chronicle.record`` around
+the same call.
 """
 
 from __future__ import annotations
@@ -117,6 +119,6 @@ def run(quick: bool = False) -> list[Row]:
             "short run until written to SQLite",
             written / 1000,
             unit="µs/run",
-            note="the background writer's work included: create, one event, finish, commit",
+            note="create, one event, finish: one commit, on disk when the block exits",
         ),
     ]

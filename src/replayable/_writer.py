@@ -41,7 +41,7 @@ from replayable.trace import signing_key as _signing_key
 if TYPE_CHECKING:
     from replayable.boundary import Boundary
 
-__all__ = ["BatchStore", "Pending", "Writer", "pending_row", "stop_writer", "writer_for"]
+__all__ = ["BatchStore", "Pending", "Writer", "pending_row", "settle", "stop_writer", "writer_for"]
 
 log = logging.getLogger("replayable")
 
@@ -643,6 +643,9 @@ if hasattr(os, "register_at_fork"):
 
 def writer_for(store: Store) -> Writer:
     """The background writer of ``store`` (started on first use)."""
+    w = _WRITERS.get(store)
+    if w is not None:
+        return w
     with _WRITERS_LOCK:
         w = _WRITERS.get(store)
         if w is None:
@@ -657,6 +660,15 @@ def stop_writer(store: Store) -> None:
         w = _WRITERS.pop(store, None)
     if w is not None:
         w.stop()
+
+
+def settle(store: Store) -> None:
+    """Read your writes: write what this process has queued for ``store`` (the events of a run
+    still open) before a read of it. Free when nothing is queued; never waits on a store that
+    is failing or hung (fail-open), nor on the writer's own thread."""
+    w = _WRITERS.get(store)
+    if w is not None and w._items and not w._failed:
+        w.flush(timeout=STALL_S, stall_limit=STALL_S)
 
 
 @atexit.register

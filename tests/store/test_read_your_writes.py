@@ -86,6 +86,20 @@ def test_runs_in_a_loop_are_each_readable_at_once(backend: Store) -> None:
         assert backend.get_run(run.id).status == "ok"
 
 
+def test_a_run_still_open_is_read_with_every_call_it_finished(tmp_path: Path) -> None:
+    """Inside the block, a read through the store sees every call finished so far (the
+    background writer has not had its turn yet: the read writes what is queued first)."""
+    store = SQLiteStore(tmp_path / "open.db")
+    try:
+        with rp.record(store=store, name="open") as run:
+            for i in range(5):
+                double(i)
+                assert [e.output["x"] for e in run.events()] == list(range(i + 1))
+            assert store.get_run(run.id).status == "running"
+    finally:
+        store.close()
+
+
 def test_another_connection_reads_the_whole_run_right_after_the_block(backend: Store) -> None:
     """Short runs back to back, each read the moment its block exits through a connection
     that is not the store's (sqlite3, psycopg): finished, sealed, every event there."""

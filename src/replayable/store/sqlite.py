@@ -287,6 +287,9 @@ class SQLiteStore(SQLStore):
         return [name for (name,) in self._fetch("SELECT name FROM _migrations ORDER BY rowid", ())]
 
     def _run(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        from replayable._writer import settle  # _writer imports the store modules
+
+        settle(self)  # this process's queued events first: a read sees every finished call
         db = self._db()
         try:
             return fn(db)
@@ -341,7 +344,9 @@ class SQLiteStore(SQLStore):
                     created = {run.id for run in creates}
                     for run in creates:
                         db.execute(_SQL.insert_run, run_to_row(run))
-                    if rows:
+                    if len(rows) == 1:  # a short run's one event: execute is the cheaper call
+                        db.execute(_INSERT_EVENTS, rows[0])
+                    elif rows:
                         db.executemany(_INSERT_EVENTS, rows)
                     if checkpoints:
                         db.executemany(_SQL.checkpoint, _SQL.checkpoint_params(checkpoints))

@@ -176,12 +176,18 @@ class Engine(Session):
     def begin(self, b: Boundary, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Frame:
         """Open a step: its seq, its address under the current step, its input snapshot."""
         parent = FRAME.get() or self.root
-        ordinal = parent.next_ordinal(b.name)
+        name = b.name
         frame = Frame(
-            seq=next(self._seq), address=parent.child_address(b.name, ordinal), parent=parent
+            seq=next(self._seq),
+            address=parent.child_address(name, parent.next_ordinal(name)),
+            parent=parent,
+            b=b,
         )
-        frame.b = b
-        frame.data = self.snapshot(frame, b.bind(args, kwargs), "input")
+        value = b.bind(args, kwargs)
+        try:
+            frame.data = canonical.snapshot(value)
+        except Unserializable:
+            frame.data = self.snapshot(frame, value, "input")
         frame.started_at = time.time()
         frame.t0 = time.perf_counter_ns()
         return frame
@@ -226,8 +232,9 @@ class Engine(Session):
     def _served(self, frame: Frame, serve: Serve) -> Any:
         b = frame.b
         assert b is not None
-        exc = serve.exception()
-        if exc is not None:
+        if serve.error is not None or serve.exc is not None:
+            exc = serve.exception()
+            assert exc is not None
             self.at_end(frame, Ending(error=exc, served=serve))
             raise exc
         self.at_end(frame, Ending(served=serve))

@@ -187,7 +187,9 @@ class Boundary:
         """Rebuild a return value from its recorded JSON: codec, then return annotation."""
         if self.codec is not None:
             return self.codec.decode(data)
-        target = self._resolve_return_type()
+        target = self._return_type
+        if target is _MISSING:
+            target = self._resolve_return_type()
         if target is None or data is None:
             return data
         try:

@@ -170,7 +170,10 @@ def snapshot(value: Any) -> bytes:
     >>> snapshot({"b": 1, "a": 2})
     b'{"b":1,"a":2}'
     """
-    return dumps(value, sort_keys=False)
+    try:  # the common case, string keys: one orjson pass (what _encode tries first)
+        return orjson.dumps(value, default=_default, option=_STR_KEYS)
+    except Exception:
+        return dumps(value, sort_keys=False)  # other keys, or why it has no JSON form
 
 
 def sorted_json(data: bytes) -> bytes:

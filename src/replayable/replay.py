@@ -40,6 +40,7 @@ from replayable.errors import (
     UnknownBoundary,
 )
 from replayable.record import (
+    OBSERVERS,
     Recorder,
     environment,
     new_run_id,
@@ -67,14 +68,6 @@ class _Plan:
     live: bool
     event: Event | None
     key: str
-
-
-def _decoded_output(ev: Event) -> Any:
-    """What a served call returns: a decode of the recorded output that the agent alone holds
-    (mutating it changes neither the recording nor what the replay's own record refers to)."""
-    if isinstance(ev, StoredEvent):
-        return ev.decoded("output")
-    return ev.output
 
 
 def _has_meta(ev: Event, name: str) -> bool:
@@ -178,11 +171,12 @@ class Replayer(Recorder):
     def at_start(self, frame: Frame) -> Serve | None:
         """Match the call to the recording: serve it, run it live (agents, ``live=``), or raise
         the divergence that says what changed."""
-        self.observe_begin(frame)
+        if OBSERVERS:
+            self.observe_begin(frame)
         b = frame.b
         assert b is not None
         plan = self._plan(b, frame)
-        if frame.meta.get("fallback"):
+        if self.fallback is not None and frame.meta.get("fallback"):
             assert self.fallback is not None
             return self.fallback.at_start(frame)
         ev = plan.event
@@ -190,11 +184,14 @@ class Replayer(Recorder):
             return None
         if self.events.get(ev.seq) is not ev:  # a what-if's stand-in for the recorded call
             return Serve.recorded(ev.output, ev.error, ev.meta)
-        # The recorded call as it is: the agent gets a decode of its output of its own.
-        if not _has_meta(ev, "stream"):
-            serve = Serve(_decoded_output(ev), ev.error)
+        if not isinstance(ev, StoredEvent):
+            return Serve.recorded(ev.output, ev.error, ev.meta)
+        # The recorded call as it is, from a store: the agent gets a decode of its output of its
+        # own, and the replay's record refers to the stored event (whose bytes nothing changes).
+        if ev.has_meta("stream"):
+            serve = Serve.recorded(ev.decoded("output"), ev.error, ev.meta)
         else:
-            serve = Serve.recorded(_decoded_output(ev), ev.error, ev.meta)
+            serve = Serve(ev.decoded("output"), ev.error)
         serve.source = ev
         return serve
 

@@ -142,6 +142,10 @@ class Event:
         )
 
 
+_NEEDLES: dict[str, bytes] = {}
+"""A meta key as it appears in stored JSON (``"key"``), per key asked about."""
+
+
 class StoredEvent(Event):
     """An :class:`Event` read from a store, its JSON fields (``input``, ``output``, ``error``,
     ``meta``) kept as the stored bytes until first read.
@@ -213,8 +217,10 @@ class StoredEvent(Event):
     def has_meta(self, name: str) -> bool:
         """``name in self.meta``, answered from the stored bytes when they cannot hold it."""
         raw = self._raw_meta
-        if raw is not None and b"\\u" not in raw and f'"{name}"'.encode() not in raw:
-            return False
+        if raw is not None:
+            needle = _NEEDLES.get(name) or _NEEDLES.setdefault(name, f'"{name}"'.encode())
+            if needle not in raw and b"\\u" not in raw:
+                return False
         return name in self.meta
 
     def content(self) -> bytes:

@@ -225,11 +225,14 @@ class StoredEvent(Event):
 
     def content(self) -> bytes:
         """The bytes this event's (version 2) hash covers, built from the stored bytes."""
-        raw_err = self._raw_error
+        raw_err, raw_in, raw_out, raw_meta = (
+            self._raw_error,
+            self._raw_input,
+            self._raw_output,
+            self._raw_meta,
+        )
         if raw_err is None:
-            error = None if self.error is None else orjson.dumps(self.error)
-        else:
-            error = raw_err
+            raw_err = None if self.error is None else orjson.dumps(self.error)
         return content_bytes(
             run_id=self.run_id,
             seq=self.seq,
@@ -241,10 +244,10 @@ class StoredEvent(Event):
             key=self.key,
             started_at=self.started_at,
             duration_ns=self.duration_ns,
-            input=self.stored("input"),
-            output=self.stored("output"),
-            error=error,
-            meta=self.stored("meta"),
+            input=orjson.dumps(self.input) if raw_in is None else raw_in,
+            output=orjson.dumps(self.output) if raw_out is None else raw_out,
+            error=raw_err,
+            meta=orjson.dumps(self.meta) if raw_meta is None else raw_meta,
         )
 
     def set_stored(self, name: str, raw: bytes) -> None:

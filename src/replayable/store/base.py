@@ -201,7 +201,7 @@ def resolve_refs(store: Store, events: Iterable[Event]) -> Iterator[Event]:
     """
     sources: dict[str, dict[int, Event]] = {}
     for ev in events:
-        if isinstance(ev, StoredEvent) and b'"$ref"' not in ev.stored("meta"):
+        if type(ev) is StoredEvent and not ev.has_meta("$ref"):
             yield ev  # the common case, told from the stored bytes without decoding them
             continue
         ref = ev.meta.pop("$ref", None) if "$ref" in ev.meta else None

@@ -225,7 +225,7 @@ class Replayer(Recorder):
             key = frame.key = canonical.input_key(b, data, value, sorted_data=frame.sorted_data)
             ev, div = self._match(b, frame, key, data, value)
         live = b.kind == "agent" or b.name in self.live_names
-        if ev is not None and (b.name, self.nth[ev.seq]) in self.live_calls:
+        if self.live_calls and ev is not None and (b.name, self.nth[ev.seq]) in self.live_calls:
             live = True
         if div is not None and not live and self._falls_back(b):
             # The recording cannot serve this call (a fix changed its input): the cassette can.
@@ -390,7 +390,9 @@ class Replayer(Recorder):
 
     def skipped(self) -> list[Divergence]:
         """Recorded calls never reached: the top of each unreached subtree, in start order."""
-        out = []
+        out: list[Divergence] = []
+        if len(self.consumed) == len(self.events):
+            return out  # every recorded call was reached
         for seq in sorted(self.events):
             if seq in self.consumed:
                 continue

@@ -211,12 +211,14 @@ class StoredEvent(Event):
     def stored(self, name: str) -> bytes:
         """The JSON bytes of field ``name`` (``input``, ``output``, ``error``, ``meta``): as
         stored while the field was never read, else its value serialized again."""
-        raw: bytes | None = getattr(self, "_raw_" + name)
+        raw: bytes | None = _RAW[name].__get__(self)
         return raw if raw is not None else orjson.dumps(getattr(self, name))
 
     def has_meta(self, name: str) -> bool:
         """``name in self.meta``, answered from the stored bytes when they cannot hold it."""
         raw = self._raw_meta
+        if raw == b"{}":
+            return False
         if raw is not None:
             needle = _NEEDLES.get(name) or _NEEDLES.setdefault(name, f'"{name}"'.encode())
             if needle not in raw and b"\\u" not in raw:
@@ -258,7 +260,7 @@ class StoredEvent(Event):
     def decoded(self, name: str) -> Any:
         """A fresh decode of field ``name`` from the stored bytes (a value no one else holds),
         leaving the stored bytes in place; the field itself when it was read already."""
-        raw: bytes | None = getattr(self, "_raw_" + name)
+        raw: bytes | None = _RAW[name].__get__(self)
         return orjson.loads(raw) if raw is not None else getattr(self, name)
 
     def __eq__(self, other: object) -> bool:
@@ -328,6 +330,10 @@ def _setter(name: str) -> Any:
         "error",
     )
 )
+_RAW: dict[str, Any] = {
+    n: StoredEvent.__dict__["_raw_" + n] for n in ("input", "output", "error", "meta")
+}
+"""Field name -> the slot holding its stored bytes."""
 StoredEvent.input = _lazy_field("input", None)
 StoredEvent.output = _lazy_field("output", None)
 StoredEvent.error = _lazy_field("error", None)  # type: ignore[assignment]

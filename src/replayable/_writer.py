@@ -285,7 +285,7 @@ class Writer:
         if self._idle:  # set before the thread looks at the queue: no wake-up is lost
             self._idle = False
             self._wake.set()
-        elif len(items) >= BATCH:
+        elif len(items) >= BATCH and not self._hurry.is_set():  # set once, not on every put
             self._hurry.set()
 
     def submit(self, item: Pending) -> None:

@@ -147,7 +147,7 @@ def pending_row(p: Pending, chains: dict[str, tuple[int, str]]) -> EventRow:
     )
     digest = chain_hash(prev, content)
     chains[p.run_id] = (chain_seq + 1, digest)
-    return (
+    return EventRow(
         p.run_id,
         p.seq,
         chain_seq,

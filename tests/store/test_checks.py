@@ -1,4 +1,5 @@
-"""Kept checks in the SQL stores: the same rows back from SQLite and PostgreSQL, read by name."""
+"""Kept checks in the SQL stores, and the row types: the same rows back from SQLite and
+PostgreSQL, read by name."""
 
 from __future__ import annotations
 
@@ -11,17 +12,21 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import replayable as rp
 from replayable.errors import RunNotFound
 from replayable.store.base import (
     CHECK_COLUMNS,
     CHECK_RUN_COLUMNS,
+    EVENT_COLUMNS,
     RUN_COLUMNS,
     CheckRow,
     CheckRunRow,
+    EventRow,
     Outcome,
     RunRow,
     SQLStore,
     Store,
+    row_to_event,
 )
 from replayable.store.postgres import PostgresStore
 from replayable.store.sqlite import SQLiteStore
@@ -149,7 +154,12 @@ class TestNamedRows:
 
     @pytest.mark.parametrize(
         ("table", "columns"),
-        [("runs", RUN_COLUMNS), ("checks", CHECK_COLUMNS), ("check_runs", CHECK_RUN_COLUMNS)],
+        [
+            ("runs", RUN_COLUMNS),
+            ("events", EVENT_COLUMNS),
+            ("checks", CHECK_COLUMNS),
+            ("check_runs", CHECK_RUN_COLUMNS),
+        ],
     )
     def test_each_row_type_is_its_tables_columns_in_order(
         self, backend: Store, table: str, columns: tuple[str, ...]
@@ -172,3 +182,36 @@ class TestNamedRows:
             ]
         assert tuple(got) == columns
         assert RunRow._fields == RUN_COLUMNS
+        assert EventRow._fields == EVENT_COLUMNS
+
+    def test_the_writer_hands_the_store_event_rows_by_name(self, backend: Store) -> None:
+        """What the writer stores for a call is an EventRow whose named fields read back as the
+        event (no positional indexing past the store)."""
+        from replayable._writer import Pending, pending_row
+
+        b = rp.boundary(kind="tool", name="rows:echo")(lambda text: text)
+        row = pending_row(
+            Pending(
+                run_id="r1",
+                seq=0,
+                address="rows:echo/0",
+                parent_seq=None,
+                boundary=b.__replayable__,
+                input=b'{"text":"hi"}',
+                output=b'"hi"',
+                error=None,
+                meta={},
+                started_at=1.0,
+                duration_ns=5,
+            ),
+            {},
+        )
+        assert isinstance(row, EventRow)
+        assert (row.boundary, row.input, row.output, row.chain_seq) == (
+            "rows:echo",
+            '{"text":"hi"}',
+            '"hi"',
+            0,
+        )
+        ev = row_to_event(row)
+        assert (ev.input, ev.output, ev.hash) == ({"text": "hi"}, "hi", row.hash)

@@ -2,14 +2,23 @@
 
 A SQL store builds them where it reads (``RunRow._make(row)``) and takes them where it writes,
 so no code past the store indexes a row by position. JSON fields are text, exactly as stored.
-Event rows keep their own layout (:data:`~replayable.store.base.EVENT_COLUMNS`).
+Reading events for replay, the SQLite store hands its rows straight to
+:meth:`~replayable.trace.StoredEvent.from_stored`, which takes them in :class:`EventRow` order.
 """
 
 from __future__ import annotations
 
 from typing import Literal, NamedTuple, get_args
 
-__all__ = ["RUN_STATUSES", "CheckRow", "CheckRunRow", "Outcome", "RunRow", "RunStatus"]
+__all__ = [
+    "RUN_STATUSES",
+    "CheckRow",
+    "CheckRunRow",
+    "EventRow",
+    "Outcome",
+    "RunRow",
+    "RunStatus",
+]
 
 RunStatus = Literal["running", "ok", "error", "diverged", "incomplete"]
 """A run's status: ``running`` while recording, then ``ok`` or ``error`` (``diverged``: a replay
@@ -67,3 +76,24 @@ class CheckRunRow(NamedTuple):
     detail: str | None
     replay_id: str | None
     duration_s: float | None
+
+
+class EventRow(NamedTuple):
+    """One row of ``events``: a completed call (input, output, error, meta as JSON text, exactly
+    the bytes its hash covers; a served step of a replay holds a reference in ``meta``)."""
+
+    run_id: str
+    seq: int
+    chain_seq: int
+    address: str
+    parent_seq: int | None
+    boundary: str
+    kind: str
+    key: str
+    input: str | None
+    output: str | None
+    error: str | None
+    meta: str | None
+    started_at: float
+    duration_ns: int
+    hash: str

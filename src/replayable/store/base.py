@@ -24,6 +24,7 @@ from replayable.store._rows import (
     RUN_STATUSES,
     CheckRow,
     CheckRunRow,
+    EventRow,
     Outcome,
     RunRow,
     RunStatus,
@@ -59,32 +60,14 @@ __all__ = [
 RUN_COLUMNS = RunRow._fields
 """Columns of the ``runs`` table, in the order :func:`run_to_row` gives them."""
 
-EVENT_COLUMNS = (
-    "run_id",
-    "seq",
-    "chain_seq",
-    "address",
-    "parent_seq",
-    "boundary",
-    "kind",
-    "key",
-    "input",
-    "output",
-    "error",
-    "meta",
-    "started_at",
-    "duration_ns",
-    "hash",
-)
+EVENT_COLUMNS = EventRow._fields
+"""Columns of the ``events`` table, in :class:`EventRow` order."""
 
 CHECK_COLUMNS = CheckRow._fields
 """Columns of the ``checks`` table (one row per ``replayable check``; JSON fields as text)."""
 
 CHECK_RUN_COLUMNS = CheckRunRow._fields
 """Columns of the ``check_runs`` table: one checked run's outcome."""
-
-EventRow = tuple[Any, ...]
-"""One event in :data:`EVENT_COLUMNS` order; input/output/error/meta as JSON text."""
 
 Checkpoint = tuple[str, int, str, str]
 """A running run's signed checkpoint: (run id, event count, chain head, signature)."""
@@ -96,23 +79,23 @@ def _text(value: Any) -> str:
 
 
 def event_to_row(ev: Event) -> EventRow:
-    """An :class:`Event` as a row."""
-    return (
-        ev.run_id,
-        ev.seq,
-        ev.chain_seq,
-        ev.address,
-        ev.parent_seq,
-        ev.boundary,
-        ev.kind,
-        ev.key,
-        _text(ev.input),
-        _text(ev.output),
-        None if ev.error is None else _text(ev.error),
-        _text(ev.meta),
-        ev.started_at,
-        ev.duration_ns,
-        ev.hash,
+    """An :class:`Event` as an ``events`` row (JSON fields as text)."""
+    return EventRow(
+        run_id=ev.run_id,
+        seq=ev.seq,
+        chain_seq=ev.chain_seq,
+        address=ev.address,
+        parent_seq=ev.parent_seq,
+        boundary=ev.boundary,
+        kind=ev.kind,
+        key=ev.key,
+        input=_text(ev.input),
+        output=_text(ev.output),
+        error=None if ev.error is None else _text(ev.error),
+        meta=_text(ev.meta),
+        started_at=ev.started_at,
+        duration_ns=ev.duration_ns,
+        hash=ev.hash,
     )
 
 
@@ -232,22 +215,23 @@ def _copy_field(ev: Event, src: Event, name: str) -> None:
 def row_to_event(row: Sequence[Any]) -> Event:
     """A row (any sequence in :data:`EVENT_COLUMNS` order) as an :class:`Event`: a
     :class:`~replayable.trace.StoredEvent`, its JSON fields decoded only when read."""
+    r = EventRow._make(row)
     return StoredEvent.from_stored(
-        row[0],
-        row[1],
-        row[2],
-        row[3],
-        row[4],
-        row[5],
-        row[6],
-        row[7],
-        _raw(row[8]),
-        _raw(row[9]),
-        _raw(row[10]),
-        _raw(row[11]),
-        row[12],
-        row[13],
-        row[14],
+        r.run_id,
+        r.seq,
+        r.chain_seq,
+        r.address,
+        r.parent_seq,
+        r.boundary,
+        r.kind,
+        r.key,
+        _raw(r.input),
+        _raw(r.output),
+        _raw(r.error),
+        _raw(r.meta),
+        r.started_at,
+        r.duration_ns,
+        r.hash,
     )
 
 

@@ -197,6 +197,7 @@ class Proxy:
         self.port = free_port()
         self._conns: list[socket.socket] = []
         self._server: socket.socket | None = None
+        self._lock = threading.Lock()
 
     def start(self) -> None:
         self._server = socket.create_server(("127.0.0.1", self.port))
@@ -209,7 +210,14 @@ class Proxy:
             except OSError:
                 return
             upstream = socket.create_connection(self.target)
-            self._conns += [client, upstream]
+            with self._lock:  # a connection accepted as the proxy stops is cut with the rest
+                cut = server is not self._server
+                if not cut:
+                    self._conns += [client, upstream]
+            if cut:
+                for conn in (client, upstream):
+                    conn.close()
+                return
             for a, b in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
 
@@ -226,12 +234,16 @@ class Proxy:
 
     def stop(self) -> None:
         assert self._server is not None
-        self._server.close()
-        for conn in self._conns:
+        with self._lock:
+            server, self._server = self._server, None
+            conns, self._conns = self._conns, []
+        with contextlib.suppress(OSError):
+            server.shutdown(socket.SHUT_RDWR)  # wakes an accept() blocked on it (close does not)
+        server.close()
+        for conn in conns:
             with contextlib.suppress(OSError):
                 conn.shutdown(socket.SHUT_RDWR)
             conn.close()
-        self._conns = []
 
 
 @pytest.fixture

@@ -372,16 +372,20 @@ class Writer:
             )
 
     def _write_here(self, deadline: float, stall_limit: float | None) -> bool:
-        """Write the queue on this thread; False when the store refused it (it is left to the
-        background writer), True when written or given up waiting for a hung store."""
+        """Write the queue on this thread; False when the store refused it or the thread is
+        mid-write (either way the rest is the background writer's: wait for its marker), True
+        when written or given up waiting for a hung store."""
         io = self._io
-        if not io.acquire(blocking=False):
-            while not io.acquire(timeout=0.02):
-                if time.monotonic() >= deadline:
-                    return True
-                if stall_limit is not None and self.stalled(stall_limit):
-                    self._warn_hung()
-                    return True
+        while not io.acquire(timeout=0.005):
+            if self._owner == self._thread.ident:
+                # The thread is writing batches (a long run's, maybe without end): wait for it
+                # to pass a marker instead, which bounds the wait by what is queued now.
+                return False
+            if time.monotonic() >= deadline:
+                return True
+            if stall_limit is not None and self.stalled(stall_limit):
+                self._warn_hung()
+                return True
         self._owner = threading.get_ident()
         try:
             items = self._items

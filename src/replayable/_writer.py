@@ -34,7 +34,6 @@ from replayable.trace import (
     content_bytes,
     genesis_hash,
     seal_run,
-    stored_json,
 )
 from replayable.trace import signing_key as _signing_key
 
@@ -121,8 +120,8 @@ def pending_row(p: Pending, chains: dict[str, tuple[int, str]]) -> EventRow:
     if src is not None:
         # Stored as a reference to the source event; hashed as the values it stands for, so
         # the resolved event (what every reader gets) verifies.
-        out = stored_json(src, "output")
-        same_input = p.same_input or stored_json(src, "input") == inp
+        out = src.stored("output")
+        same_input = p.same_input or src.stored("input") == inp
         ref = orjson.dumps({"$ref": [p.source_run, src.seq, int(same_input)]})
         stored_meta = ref[:-1] + (b"}" if meta == b"{}" else b"," + meta[1:])
         stored_out = b"null"

@@ -47,7 +47,7 @@ from replayable.record import (
     reset_context,
 )
 from replayable.store import Store, load_run, open_store
-from replayable.trace import Event, Run, StoredEvent, check_recording, stored_json
+from replayable.trace import Event, Run, StoredEvent, check_recording
 
 if TYPE_CHECKING:
     from replayable.boundary import Boundary
@@ -68,13 +68,6 @@ class _Plan:
     live: bool
     event: Event | None
     key: str
-
-
-def _has_meta(ev: Event, name: str) -> bool:
-    """``name in ev.meta``, without decoding a stored event's meta when it cannot hold it."""
-    if isinstance(ev, StoredEvent):
-        return ev.has_meta(name)
-    return name in ev.meta
 
 
 def _check_version(run: Run) -> None:
@@ -177,14 +170,12 @@ class Replayer(Recorder):
         assert b is not None
         plan = self._plan(b, frame)
         if self.fallback is not None and frame.meta.get("fallback"):
-            assert self.fallback is not None
             return self.fallback.at_start(frame)
         ev = plan.event
         if plan.live or ev is None:
             return None
-        if self.events.get(ev.seq) is not ev:  # a what-if's stand-in for the recorded call
-            return Serve.recorded(ev.output, ev.error, ev.meta)
-        if not isinstance(ev, StoredEvent):
+        if self.events.get(ev.seq) is not ev or not isinstance(ev, StoredEvent):
+            # A what-if's stand-in for the recorded call, or an event from a trace file.
             return Serve.recorded(ev.output, ev.error, ev.meta)
         # The recorded call as it is, from a store: the agent gets a decode of its output of its
         # own, and the replay's record refers to the stored event (whose bytes nothing changes).
@@ -257,7 +248,7 @@ class Replayer(Recorder):
             if self.replay_strict or not live:
                 raise div
         frame.rec_seq = ev.seq if ev is not None else UNMATCHED
-        if ev is not None and not live and _has_meta(ev, "unserializable_output"):
+        if ev is not None and not live and ev.has_meta("unserializable_output"):
             raise ReplayableError(
                 f"cannot serve {b.name} at {ev.address}: its output was not recorded "
                 f"(unserializable at {ev.meta['unserializable_output']!r}); give the boundary "
@@ -291,7 +282,7 @@ class Replayer(Recorder):
             if start == len(group):
                 return None
             ev = group[start]
-            if stored_json(ev, "input") != frame.data:
+            if ev.stored("input") != frame.data:
                 return None
             self.consumed.add(ev.seq)
             return ev

@@ -57,7 +57,6 @@ __all__ = [
     "seal_run",
     "sign_run",
     "signing_key",
-    "stored_json",
     "trace_lines",
     "verify_events",
     "verify_run",
@@ -97,6 +96,15 @@ class Event:
     def name(self) -> str:
         """Alias of ``boundary``."""
         return self.boundary
+
+    def stored(self, name: str) -> bytes:
+        """The JSON bytes of field ``name`` (``input``, ``output``, ``error``, ``meta``) as a
+        store holds them: what the event's hash covers."""
+        return _json_bytes(getattr(self, name))
+
+    def has_meta(self, name: str) -> bool:
+        """Whether ``name`` is a key of :attr:`meta`."""
+        return name in self.meta
 
     def to_dict(self) -> dict[str, Any]:
         """All fields, JSON types."""
@@ -209,8 +217,8 @@ class StoredEvent(Event):
         return ev
 
     def stored(self, name: str) -> bytes:
-        """The JSON bytes of field ``name`` (``input``, ``output``, ``error``, ``meta``): as
-        stored while the field was never read, else its value serialized again."""
+        """The JSON bytes of field ``name``: as stored while the field was never read, else its
+        value serialized again."""
         raw: bytes | None = _RAW[name].__get__(self)
         return raw if raw is not None else orjson.dumps(getattr(self, name))
 
@@ -224,33 +232,6 @@ class StoredEvent(Event):
             if needle not in raw and b"\\u" not in raw:
                 return False
         return name in self.meta
-
-    def content(self) -> bytes:
-        """The bytes this event's (version 2) hash covers, built from the stored bytes."""
-        raw_err, raw_in, raw_out, raw_meta = (
-            self._raw_error,
-            self._raw_input,
-            self._raw_output,
-            self._raw_meta,
-        )
-        if raw_err is None:
-            raw_err = None if self.error is None else orjson.dumps(self.error)
-        return content_bytes(
-            run_id=self.run_id,
-            seq=self.seq,
-            chain_seq=self.chain_seq,
-            address=self.address,
-            parent_seq=self.parent_seq,
-            boundary=self.boundary,
-            kind=self.kind,
-            key=self.key,
-            started_at=self.started_at,
-            duration_ns=self.duration_ns,
-            input=orjson.dumps(self.input) if raw_in is None else raw_in,
-            output=orjson.dumps(self.output) if raw_out is None else raw_out,
-            error=raw_err,
-            meta=orjson.dumps(self.meta) if raw_meta is None else raw_meta,
-        )
 
     def set_stored(self, name: str, raw: bytes) -> None:
         """Set field ``name`` to the value whose stored JSON bytes are ``raw``."""
@@ -542,8 +523,6 @@ def content_bytes(
 
 def event_content(ev: Event, hash_version: int = HASH_VERSION) -> bytes:
     """The canonical bytes an event's hash covers (see :func:`content_bytes`)."""
-    if type(ev) is StoredEvent and hash_version >= 2:
-        return ev.content()
     if hash_version < 2:
         d = ev.to_dict()
         del d["hash"]
@@ -559,19 +538,11 @@ def event_content(ev: Event, hash_version: int = HASH_VERSION) -> bytes:
         key=ev.key,
         started_at=ev.started_at,
         duration_ns=ev.duration_ns,
-        input=stored_json(ev, "input"),
-        output=stored_json(ev, "output"),
-        error=None if ev.error is None else stored_json(ev, "error"),
-        meta=stored_json(ev, "meta"),
+        input=ev.stored("input"),
+        output=ev.stored("output"),
+        error=None if ev.error is None else ev.stored("error"),
+        meta=ev.stored("meta"),
     )
-
-
-def stored_json(ev: Event, name: str) -> bytes:
-    """Field ``name`` of ``ev`` as its stored JSON bytes (a :class:`StoredEvent` keeps them;
-    another event's value is serialized)."""
-    if type(ev) is StoredEvent:
-        return ev.stored(name)
-    return _json_bytes(getattr(ev, name))
 
 
 def chain_hash(prev: str, content: bytes) -> str:

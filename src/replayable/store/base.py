@@ -184,10 +184,10 @@ def resolve_refs(store: Store, events: Iterable[Event]) -> Iterator[Event]:
     """
     sources: dict[str, dict[int, Event]] = {}
     for ev in events:
-        if type(ev) is StoredEvent and not ev.has_meta("$ref"):
-            yield ev  # the common case, told from the stored bytes without decoding them
+        if not ev.has_meta("$ref"):
+            yield ev  # the common case (a stored event tells from its bytes, undecoded)
             continue
-        ref = ev.meta.pop("$ref", None) if "$ref" in ev.meta else None
+        ref = ev.meta.pop("$ref")
         if ref is not None:
             run_id, seq, same_input = ref
             found = sources.get(run_id)
@@ -204,9 +204,9 @@ def resolve_refs(store: Store, events: Iterable[Event]) -> Iterator[Event]:
 
 
 def _copy_field(ev: Event, src: Event, name: str) -> None:
-    """``ev.<name> = src.<name>``, keeping the stored bytes when both events are stored ones
-    (a replay of a replay then serves and hashes them without decoding)."""
-    if isinstance(ev, StoredEvent) and isinstance(src, StoredEvent):
+    """``ev.<name> = src.<name>``, as the stored bytes when ``ev`` is a stored event (a replay
+    of a replay then serves and hashes them without decoding)."""
+    if isinstance(ev, StoredEvent):
         ev.set_stored(name, src.stored(name))
     else:
         setattr(ev, name, getattr(src, name))

@@ -1,0 +1,129 @@
+"""Re-running one recorded step alone: the engine policy that serves its nested calls from the
+recording (and stops the step on any other), and the call of its boundary with the recorded input,
+sync or async."""
+
+from __future__ import annotations
+
+import inspect
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from replayable import canonical
+from replayable._engine import Ending, Engine, Serve, activate, deactivate
+from replayable._errors_codec import encode_error
+from replayable.boundary import Boundary
+from replayable.context import FRAME, SESSION, Frame
+from replayable.errors import ReplayableError
+from replayable.redact import redact
+from replayable.trace import Event
+
+
+class _NotRerunnable(ReplayableError):
+    """The step cannot be re-run alone (its boundary is missing, or it needs a live call)."""
+
+
+class _StepSession(Engine):
+    """The drift policy for one step: the step itself runs live, calls nested in it are served
+    from its recorded subtree, clock and randomness run live (the model samples again), and any
+    other call stops the step (it is reported as not re-run)."""
+
+    serves_recordings = True  # a side effect called outside the context is refused, not fired
+
+    def __init__(self, top: Event, nested: list[Event]) -> None:
+        super().__init__()
+        self.top = top
+        self.pending = list(nested)
+        self.lock = threading.Lock()
+        self.blocked: _NotRerunnable | None = None
+        """Set when a nested call could not be served, even if the model code caught it."""
+        self.live: _Live | None = None
+
+    def at_start(self, frame: Frame) -> Serve | None:
+        b = frame.b
+        assert b is not None
+        if frame.parent is self.root or b.kind == "clock":
+            return None
+        data, value = canonical.clean_input(b, frame.data)
+        key = canonical.input_key(b, data, value)
+        with self.lock:
+            for ev in self.pending:
+                if ev.boundary == b.name and ev.key == key:
+                    self.pending.remove(ev)
+                    return Serve.recorded(ev.output, ev.error, ev.meta)
+        self.blocked = _NotRerunnable(
+            f"it calls {b.name} with an input the recording does not have; drift re-runs only "
+            f"the {self.top.kind} call itself"
+        )
+        raise self.blocked
+
+    def at_end(self, frame: Frame, outcome: Ending) -> None:
+        if frame.parent is not self.root:
+            return
+        output = None if outcome.output is None else redact(orjson.loads(outcome.output))
+        error = None if outcome.error is None else encode_error(outcome.error)
+        self.live = _Live(output=output, error=error, meta=dict(frame.meta))
+
+
+def _arguments(b: Boundary, ev: Event) -> tuple[list[Any], dict[str, Any]]:
+    """The recorded input as call arguments (``*args`` and positional-only ones restored)."""
+    kwargs = dict(ev.input) if isinstance(ev.input, dict) else {}
+    args: list[Any] = []
+    if b.signature is not None:
+        params = list(b.signature.parameters.values())
+        if params and params[0].name in ("self", "cls"):
+            raise _NotRerunnable(
+                f"{b.name} is a method; drift calls functions (instrument the client, or make "
+                "the model call a function boundary)"
+            )
+        for p in params:
+            if p.kind is inspect.Parameter.VAR_POSITIONAL:
+                args = list(kwargs.pop(p.name, []))
+            elif p.kind is inspect.Parameter.POSITIONAL_ONLY and p.name in kwargs:
+                args.append(kwargs.pop(p.name))
+    return args, kwargs
+
+
+@dataclass(slots=True)
+class _Live:
+    output: Any = None
+    error: dict[str, Any] | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def _run_sync(session: _StepSession, b: Boundary, args: list[Any], kwargs: dict[str, Any]) -> None:
+    tokens = (SESSION.set(session), FRAME.set(session.root))
+    activate(session)
+    try:
+        result = b.wrapper(*args, **kwargs)
+        if inspect.isgenerator(result):
+            for _ in result:
+                pass
+    except Exception:
+        pass  # the engine handed it to at_end: the live answer is an error
+    finally:
+        deactivate(session)
+        FRAME.reset(tokens[1])
+        SESSION.reset(tokens[0])
+
+
+async def _run_async(
+    session: _StepSession, b: Boundary, args: list[Any], kwargs: dict[str, Any]
+) -> None:
+    tokens = (SESSION.set(session), FRAME.set(session.root))
+    activate(session)
+    try:
+        result = b.wrapper(*args, **kwargs)
+        if inspect.isasyncgen(result):
+            async for _ in result:
+                pass
+        else:
+            await result
+    except Exception:
+        pass  # the engine handed it to at_end: the live answer is an error
+    finally:
+        deactivate(session)
+        FRAME.reset(tokens[1])
+        SESSION.reset(tokens[0])

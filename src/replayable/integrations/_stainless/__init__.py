@@ -11,32 +11,35 @@ replay alike that answer is handed back to the SDK's own ``_process_response`` a
 response, so each path returns exactly what the SDK returns: its models, ``LegacyAPIResponse``
 and ``APIResponse`` objects whose ``.parse()`` works, ``Stream`` objects yielding its events,
 and the headers it reads the request id from. Replay never opens a connection.
+
+Where things live: the SDK, its routes and the patched request path here; the boundary a route
+becomes and the call in flight in ``_call``; the HTTP answer as a recorded output, and the
+response rebuilt from it, in ``_answers``.
 """
 
 from __future__ import annotations
 
-import contextvars
 import importlib
-import json
 import warnings
 import weakref
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
-from replayable.boundary import Boundary, _register, boundary, register_error_codec
-from replayable.context import Session, annotate, current_session
+from replayable.boundary import Boundary, _register, register_error_codec
+from replayable.context import Session, current_session
 from replayable.errors import ReplayableWarning, UnsupportedClient
+from replayable.integrations._stainless._answers import (
+    _async_stream,
+    _given,
+    _Rebuilt,
+    _sync_stream,
+)
+from replayable.integrations._stainless._call import _CALL, _Call, _make_boundary
 
 __all__ = ["SDK", "ClientFamily", "Route", "instrument_client", "load_sdk", "no_tools"]
 
-_RAW_HEADER = "x-stainless-raw-response"
-_CAST_HEADER = "____stainless_override_cast_to"
-# Headers that describe the bytes on the wire, not the answer: a replayed body is re-encoded.
-_WIRE_HEADERS = frozenset(
-    {"content-length", "content-encoding", "transfer-encoding", "connection", "keep-alive"}
-)
 _KEPT_ERROR_HEADERS = ("x-request-id", "request-id", "retry-after", "content-type")
 
 
@@ -168,342 +171,6 @@ def _jsonable(value: Any) -> Any:
     return str(value)
 
 
-# -- the HTTP answer as a boundary output ---------------------------------------------------
-
-
-@dataclass
-class _Answer:
-    """A plain HTTP answer: status, headers, URL and body (JSON, or text under ``$text``)."""
-
-    status: int
-    headers: dict[str, str]
-    url: str
-    body: Any
-
-
-@dataclass
-class _Opened:
-    """The first chunk of a recorded stream: the HTTP status line and headers."""
-
-    header: dict[str, Any]
-
-
-class _AnswerCodec:
-    """A plain answer is its JSON body with an ``$http`` entry (status, headers, URL)."""
-
-    def encode(self, value: Any) -> Any:
-        if not isinstance(value, _Answer):
-            return value
-        http = {"status": value.status, "headers": value.headers, "url": value.url}
-        if isinstance(value.body, dict) and "$http" not in value.body:
-            return {**value.body, "$http": http}
-        return {"$http": http, "$body": value.body}
-
-    def decode(self, data: Any) -> Any:
-        if not isinstance(data, dict) or "$http" not in data:
-            return _Answer(200, {"content-type": "application/json"}, "", data)
-        http = data["$http"]
-        body = data["$body"] if "$body" in data else {k: v for k, v in data.items() if k != "$http"}
-        return _Answer(int(http.get("status") or 200), http.get("headers") or {}, "", body)
-
-
-class _EventCodec:
-    """Stream chunks are JSON already; the opening chunk is ``{"$open": header}``."""
-
-    def encode(self, value: Any) -> Any:
-        return {"$open": value.header} if isinstance(value, _Opened) else value
-
-    def decode(self, data: Any) -> Any:
-        if isinstance(data, dict) and "$open" in data:
-            return _Opened(data["$open"])
-        return data
-
-
-def _headers(response: Any) -> dict[str, str]:
-    return {k: v for k, v in response.headers.items() if k.lower() not in _WIRE_HEADERS}
-
-
-def _body(response: Any) -> Any:
-    text = response.text
-    try:
-        data = json.loads(text)
-    except ValueError:
-        return {"$text": text}
-    return data if isinstance(data, (dict, list)) else {"$text": text}
-
-
-def _content(body: Any) -> bytes:
-    if isinstance(body, dict) and set(body) == {"$text"}:
-        return str(body["$text"]).encode()
-    return json.dumps(body, ensure_ascii=False).encode()
-
-
-def _event(sse: Any) -> dict[str, Any]:
-    """One server-sent event as a chunk: its JSON data object itself, with ``$event`` only when
-    the event name is not the data's ``type``; other data as text under ``$data``."""
-    try:
-        data = json.loads(sse.data)
-    except ValueError:
-        data = None
-    if isinstance(data, dict) and not any(str(k).startswith("$") for k in data):
-        chunk = data
-        if sse.event != data.get("type"):
-            chunk["$event"] = sse.event
-    else:
-        chunk = {"$data": sse.data}
-        if sse.event:
-            chunk["$event"] = sse.event
-    if sse.id:
-        chunk["$id"] = sse.id
-    if sse.retry is not None:
-        chunk["$retry"] = sse.retry
-    return chunk
-
-
-def _wire(chunk: Any) -> bytes:
-    """A chunk back to the bytes of its server-sent event."""
-    if not isinstance(chunk, dict):
-        return b""
-    event = chunk["$event"] if "$event" in chunk else chunk.get("type")
-    lines = [f"event: {event}"] if event else []
-    if chunk.get("$id"):
-        lines.append(f"id: {chunk['$id']}")
-    if chunk.get("$retry") is not None:
-        lines.append(f"retry: {chunk['$retry']}")
-    if "$data" in chunk:
-        text = str(chunk["$data"])
-    else:
-        data = {k: v for k, v in chunk.items() if not str(k).startswith("$")}
-        text = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
-    lines += [f"data: {line}" for line in text.split("\n")]
-    return ("\n".join(lines) + "\n\n").encode()
-
-
-# -- the call in flight ---------------------------------------------------------------------
-
-
-@dataclass
-class _Call:
-    """The SDK call a boundary's live function performs: the client's own request method."""
-
-    sdk: SDK
-    route: Route
-    original: Callable[..., Any]
-    options: Any
-    stream: bool
-    stream_cls: Any
-
-
-_CALL: contextvars.ContextVar[_Call | None] = contextvars.ContextVar(
-    "replayable_stainless_call", default=None
-)
-
-
-def _live_options(call: _Call) -> Any:
-    """The request's options without the headers that ask for a wrapped response."""
-    options = call.options.model_copy()
-    options.headers = {
-        k: v
-        for k, v in dict(options.headers or {}).items()
-        if k.lower() not in (_RAW_HEADER, _CAST_HEADER)
-    }
-    return options
-
-
-def _static(call: _Call, body: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "provider": call.sdk.provider,
-        "sdk_version": call.sdk.version,
-        "operation": call.route.operation,
-        "request_model": body.get("model"),
-    }
-
-
-def _opened(call: _Call, response: Any) -> _Opened:
-    header = {
-        "provider": call.sdk.provider,
-        "sdk_version": call.sdk.version,
-        "status": response.status_code,
-        "headers": _headers(response),
-        "url": str(response.request.url),
-    }
-    return _Opened(header)
-
-
-def _request_id(headers: dict[str, str]) -> str | None:
-    lower = {k.lower(): v for k, v in headers.items()}
-    return lower.get("x-request-id") or lower.get("request-id")
-
-
-def _make_boundary(sdk: SDK, route: Route, is_async: bool, stream: bool) -> Boundary:
-    name = route.name + ("_stream" if stream else "")
-    codec: Any = _EventCodec() if stream else _AnswerCodec()
-    deco = boundary(name=name, kind=route.kind, ignore=route.ignore, codec=codec)
-    fn: Any
-    if stream and is_async:
-
-        async def astream(**body: Any) -> AsyncIterator[Any]:
-            call = _the_call(sdk, route, True, True, body)
-            annotate(**_static(call, body))
-            response = await call.original(
-                call.sdk.http.Response, _live_options(call), stream=True, stream_cls=None
-            )
-            acc: dict[str, Any] = {}
-            try:
-                first = _opened(call, response)
-                annotate(request_id=_request_id(first.header["headers"]))
-                yield first
-                async for sse in call.sdk.sse().aiter_bytes(response.aiter_bytes()):
-                    chunk = _event(sse)
-                    if call.sdk.accumulate(acc, chunk):
-                        annotate(**acc)
-                    yield chunk
-            finally:
-                await response.aclose()
-
-        fn = deco(astream)
-    elif stream:
-
-        def sstream(**body: Any) -> Iterator[Any]:
-            call = _the_call(sdk, route, False, True, body)
-            annotate(**_static(call, body))
-            response = call.original(
-                call.sdk.http.Response, _live_options(call), stream=True, stream_cls=None
-            )
-            acc: dict[str, Any] = {}
-            try:
-                first = _opened(call, response)
-                annotate(request_id=_request_id(first.header["headers"]))
-                yield first
-                for sse in call.sdk.sse().iter_bytes(response.iter_bytes()):
-                    chunk = _event(sse)
-                    if call.sdk.accumulate(acc, chunk):
-                        annotate(**acc)
-                    yield chunk
-            finally:
-                response.close()
-
-        fn = deco(sstream)
-    elif is_async:
-
-        async def aplain(**body: Any) -> Any:
-            call = _the_call(sdk, route, True, False, body)
-            annotate(**_static(call, body))
-            response = await call.original(
-                call.sdk.http.Response, _live_options(call), stream=False, stream_cls=None
-            )
-            await response.aread()
-            return _answer(call, response)
-
-        fn = deco(aplain)
-    else:
-
-        def plain(**body: Any) -> Any:
-            call = _the_call(sdk, route, False, False, body)
-            annotate(**_static(call, body))
-            response = call.original(
-                call.sdk.http.Response, _live_options(call), stream=False, stream_cls=None
-            )
-            response.read()
-            return _answer(call, response)
-
-        fn = deco(plain)
-    made: Boundary = getattr(fn, "__replayable__")  # noqa: B009
-    return made
-
-
-def _the_call(sdk: SDK, route: Route, is_async: bool, stream: bool, body: dict[str, Any]) -> _Call:
-    """The request in flight, or (a boundary called on its own, as drift does) a new request
-    with ``body`` through the client of this SDK instrumented last."""
-    call = _CALL.get()
-    if call is not None:
-        return call
-    client = sdk.latest.get(is_async)
-    if client is None:
-        kind = "async " if is_async else ""
-        raise UnsupportedClient(
-            f"{route.name}: no {kind}{sdk.provider} client is instrumented in this process; "
-            "instrument one (rp.instrument(client)) to re-run recorded calls"
-        )
-    models = importlib.import_module(f"{sdk.module.__name__}._models")
-    options = models.FinalRequestOptions.construct(method="post", url=route.suffix, json_data=body)
-    return _Call(sdk, route, client.__replayable_request__, options, stream, None)
-
-
-def _answer(call: _Call, response: Any) -> _Answer:
-    answer = _Answer(response.status_code, _headers(response), str(response.request.url), None)
-    answer.body = _body(response)
-    meta = call.sdk.describe(answer.body)
-    meta["request_id"] = _request_id(answer.headers)
-    annotate(**{k: v for k, v in meta.items() if v is not None})
-    return answer
-
-
-# -- handing the answer back to the SDK -----------------------------------------------------
-
-
-class _Rebuilt:
-    """Builds the HTTP response the SDK processes, from a live or recorded answer."""
-
-    def __init__(self, client: Any, sdk: SDK) -> None:
-        self.client = client
-        self.sdk = sdk
-
-    def request(self, options: Any) -> Any:
-        """The request the SDK would have sent (its headers say which response shape to build)."""
-        options = options.model_copy()
-        options.json_data = _given(options.json_data, self.sdk.unset)
-        options.headers = _given(dict(options.headers or {}), self.sdk.unset)
-        try:
-            return self.client._build_request(options)
-        except Exception:
-            return self.sdk.http.Request(
-                "POST", "http://replayable.invalid/", headers=options.headers
-            )
-
-    def plain(self, options: Any, answer: _Answer) -> Any:
-        return self.sdk.http.Response(
-            answer.status,
-            headers=answer.headers,
-            content=_content(answer.body),
-            request=self.request(options),
-        )
-
-    def stream(self, options: Any, opened: Any, body: Any) -> Any:
-        if not isinstance(opened, _Opened):
-            raise UnsupportedClient("recorded stream has no opening header chunk")
-        return self.sdk.http.Response(
-            int(opened.header.get("status") or 200),
-            headers=opened.header.get("headers") or {},
-            stream=body,
-            request=self.request(options),
-        )
-
-
-def _sync_stream(http: ModuleType, gen: Iterator[Any]) -> Any:
-    class Chunks(http.SyncByteStream):  # type: ignore[misc,name-defined]
-        def __iter__(self) -> Iterator[bytes]:
-            for chunk in gen:
-                yield _wire(chunk)
-
-        def close(self) -> None:
-            gen.close()  # type: ignore[attr-defined]
-
-    return Chunks()
-
-
-def _async_stream(http: ModuleType, gen: AsyncIterator[Any]) -> Any:
-    class Chunks(http.AsyncByteStream):  # type: ignore[misc,name-defined]
-        async def __aiter__(self) -> AsyncIterator[bytes]:
-            async for chunk in gen:
-                yield _wire(chunk)
-
-        async def aclose(self) -> None:
-            await gen.aclose()  # type: ignore[attr-defined]
-
-    return Chunks()
-
-
 _CHECKED: weakref.WeakKeyDictionary[Session, set[str]] = weakref.WeakKeyDictionary()
 
 
@@ -541,15 +208,6 @@ def _request_body(sdk: SDK, options: Any) -> dict[str, Any] | None:
     if isinstance(extra, dict):
         body = {**body, **extra}
     return _given(body, sdk.unset)  # type: ignore[no-any-return]
-
-
-def _given(value: Any, unset: tuple[type, ...]) -> Any:
-    """The value without the SDK's "not given" markers, which it drops when sending."""
-    if isinstance(value, dict):
-        return {k: _given(v, unset) for k, v in value.items() if not isinstance(v, unset)}
-    if isinstance(value, list):
-        return [_given(v, unset) for v in value if not isinstance(v, unset)]
-    return value
 
 
 def _patch_request(client: Any, sdk: SDK, is_async: bool) -> None:

@@ -30,6 +30,7 @@ from typing import Any
 from replayable.boundary import boundary
 from replayable.errors import UnsupportedClient
 from replayable.integrations import langchain as lc
+from replayable.integrations._langchain_codec import CODEC, LangChainCodec, jsonable
 
 __all__ = ["MessageCodec", "instrument"]
 
@@ -39,21 +40,21 @@ _CALL: contextvars.ContextVar[tuple[Any, Any] | None] = contextvars.ContextVar(
 )
 _SKIP = frozenset({"__start__", "__end__"})
 
-MessageCodec = lc.LangChainCodec
+MessageCodec = LangChainCodec
 """JSON for node updates (messages, ``Command``, ``Send``...) and back; see
 :class:`replayable.integrations.langchain.LangChainCodec`."""
 
 
 def _state_view(state: Any) -> Any:
     """The state as keyed: messages without their random ids, anything opaque as a marker."""
-    return lc.jsonable(state)
+    return jsonable(state)
 
 
 def _wrap(graph_name: str, node: str, inner: Any) -> Any:
     from langchain_core.runnables import RunnableLambda
 
     name = f"langgraph:{graph_name}.{node}"
-    codec = lc.CODEC
+    codec = CODEC
 
     @boundary(name=name, kind="node", codec=codec)
     def run_node(state: Any) -> Any:

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from replayable.errors import StoreUnavailable
-from replayable.store.base import RunQuery
-from replayable.store.sqlite import MIGRATIONS, SQLiteStore, _m001_initial
+from replayable.store.base import EventRow, RunQuery
+from replayable.store.sqlite import MIGRATIONS, ROWS_PER_INSERT, SQLiteStore, _m001_initial
 from replayable.trace import Run
 
 ALL = [m.__name__ for m in MIGRATIONS]
@@ -120,6 +120,68 @@ class TestBatches:
                 [Run(id="new", started_at=2.0), Run(id="taken", started_at=3.0)], [], [], []
             )
         assert [r.id for r in store.list_runs()] == ["taken"]
+        store.close()
+
+    @pytest.mark.parametrize(
+        "count",
+        [
+            0,
+            1,
+            2,
+            ROWS_PER_INSERT - 1,
+            ROWS_PER_INSERT,
+            ROWS_PER_INSERT + 1,
+            2 * ROWS_PER_INSERT + 3,
+        ],
+    )
+    def test_rows_many_to_a_statement_read_back_exactly(self, tmp_path: Path, count: int) -> None:
+        """Event rows go in several to an INSERT: every row, every column, comes back as written
+        whatever the batch's size against the rows a statement carries."""
+        store = SQLiteStore(tmp_path / "many.db")
+        store.write_batch([Run(id="many", started_at=1.0)], [], [], [])
+        rows = [
+            EventRow(
+                "many",
+                seq,
+                seq,
+                f"t:x/{seq}",
+                None if seq % 3 else seq - 1,
+                "t:x",
+                "tool",
+                f"k{seq}",
+                f'{{"i":{seq}}}',
+                f'"out {seq}"',
+                None if seq % 5 else '{"type":"E"}',
+                f'{{"n":{seq}}}',
+                1.5 + seq / 7,
+                10 * seq,
+                f"h{seq}",
+            )
+            for seq in range(count)
+        ]
+        store.write_batch([], rows, [], [])
+        with sqlite3.connect(tmp_path / "many.db") as db:
+            got = db.execute("SELECT * FROM events ORDER BY seq").fetchall()
+        assert [EventRow._make(r) for r in got] == rows
+        store.close()
+
+    def test_a_duplicate_row_in_a_full_statement_writes_none_of_the_batch(
+        self, tmp_path: Path
+    ) -> None:
+        """All or nothing holds for rows inserted many to a statement: a (run, seq) already
+        there fails the batch and leaves no row of it behind."""
+        store = SQLiteStore(tmp_path / "dup.db")
+        store.write_batch([Run(id="dup", started_at=1.0)], [], [], [])
+        row = EventRow(
+            "dup", 5, 0, "a/0", None, "a", "tool", "k", "1", "2", None, "{}", 1.0, 1, "h"
+        )
+        store.write_batch([], [row], [], [])
+        batch = [row._replace(seq=100 + i, chain_seq=1 + i) for i in range(ROWS_PER_INSERT * 2)]
+        batch[ROWS_PER_INSERT + 7] = row
+        with pytest.raises(sqlite3.IntegrityError):
+            store.write_batch([], batch, [], [])
+        with sqlite3.connect(tmp_path / "dup.db") as db:
+            assert db.execute("SELECT seq FROM events").fetchall() == [(5,)]
         store.close()
 
     def test_batch_commits_leave_the_wal_checkpoint_to_the_writers_upkeep(

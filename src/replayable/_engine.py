@@ -177,11 +177,19 @@ class Engine(Session):
         """Open a step: its seq, its address under the current step, its input snapshot."""
         parent = FRAME.get() or self.root
         name = b.name
+        # Positional (seq, address, rec_seq, meta, counters, parent, data, started_at, t0, b):
+        # a class called with keywords builds a dict first, and this runs on every call.
         frame = Frame(
-            seq=next(self._seq),
-            address=parent.child_address(name, parent.next_ordinal(name)),
-            parent=parent,
-            b=b,
+            next(self._seq),
+            parent.child_address(name, parent.next_ordinal(name)),
+            None,
+            {},
+            {},
+            parent,
+            b"null",
+            0.0,
+            0,
+            b,
         )
         value = b.bind(args, kwargs)
         try:
@@ -226,7 +234,7 @@ class Engine(Session):
     def _returned(self, frame: Frame, result: Any) -> Any:
         b = frame.b
         assert b is not None
-        self.at_end(frame, Ending(output=self.snapshot(frame, b.encode_output(result), "output")))
+        self.at_end(frame, Ending(self.snapshot(frame, b.encode_output(result), "output")))
         return result
 
     def _served(self, frame: Frame, serve: Serve) -> Any:
@@ -237,7 +245,7 @@ class Engine(Session):
             assert exc is not None
             self.at_end(frame, Ending(error=exc, served=serve))
             raise exc
-        self.at_end(frame, Ending(served=serve))
+        self.at_end(frame, Ending(None, None, serve))  # served: positional, on every call
         return b.decode_output(serve.output)
 
     def end_unstarted(self) -> None:

@@ -113,6 +113,11 @@ class Boundary:
         self._fast = sig is not None and len(simple) == len(params)
         self._names = [p.name for p in simple]
         self._kw_names = frozenset(p.name for p in simple if p.kind is p.POSITIONAL_OR_KEYWORD)
+        # Every parameter passed by keyword, in order (the usual call of a tool or LLM
+        # function): the bound input is the keywords as they are.
+        self._kw_order = (
+            tuple(self._names) if params and len(self._kw_names) == len(params) else None
+        )
         self._defaults = {p.name: p.default for p in simple if p.default is not p.empty}
 
     def bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -126,6 +131,8 @@ class Boundary:
                 for name in self._names[len(args) :]:
                     if name in self._defaults:
                         bound[name] = self._defaults[name]
+        elif not args and tuple(kwargs) == self._kw_order:
+            bound = dict(kwargs)
         elif (
             self._fast
             and len(args) <= len(self._names)

@@ -184,24 +184,27 @@ class Recorder(Engine):
             out = outcome.output  # a stream that failed keeps the chunks it yielded
         else:
             out = b"null"
+        # Positional, in field order (a class called with keywords builds a dict first, and
+        # this runs on every call): run_id, seq, address, parent_seq, boundary, input, output,
+        # error, meta, started_at, duration_ns, key, served, source, source_run, same_input.
         self.writer.submit(
             Pending(
-                run_id=self.run.id,
-                seq=frame.seq,
-                address=frame.address,
-                parent_seq=parent.seq if parent is not None and parent.seq >= 0 else None,
-                boundary=b,
-                input=frame.data,
-                output=out,
-                error=None if error is None else encode_error(error),
-                meta=frame.meta,
-                started_at=frame.started_at,
-                duration_ns=duration,
-                key=frame.key,
-                served=served is not None,
-                source=source,
-                source_run=self.refer_to or "",
-                same_input=source is not None and frame.sorted_data is None,
+                self.run.id,
+                frame.seq,
+                frame.address,
+                parent.seq if parent is not None and parent.seq >= 0 else None,
+                b,
+                frame.data,
+                out,
+                None if error is None else encode_error(error),
+                frame.meta,
+                frame.started_at,
+                duration,
+                frame.key,
+                served is not None,
+                source,
+                self.refer_to or "",
+                source is not None and frame.sorted_data is None,
             )
         )
         if self.strict and self.writer.error is not None:

@@ -154,8 +154,10 @@ OPEN_BUSY_MS = 500
 _EVENTS = ", ".join(EVENT_COLUMNS)
 # Reading, the JSON columns come back as their bytes (no text decoding: they are hashed and
 # compared as bytes, and decoded only when a field is read).
+# The run id is left out: it is the one asked for (a column fewer to convert a row).
 _READ_EVENTS = ", ".join(
-    f"CAST({c} AS BLOB)" if c in ("input", "output", "error", "meta") else c for c in EVENT_COLUMNS
+    f"CAST({c} AS BLOB)" if c in ("input", "output", "error", "meta") else c
+    for c in EVENT_COLUMNS[1:]
 )
 _ROW_VALUES = f"({','.join('?' * len(EVENT_COLUMNS))})"
 _INSERT_EVENTS = f"INSERT INTO events ({_EVENTS}) VALUES {_ROW_VALUES}"
@@ -495,7 +497,7 @@ class SQLiteStore(SQLStore):
         stored = StoredEvent.from_stored  # the JSON columns are read as bytes (_READ_EVENTS)
         while batch := cursor.fetchmany(500):
             for row in batch:
-                yield stored(*row)
+                yield stored(run_id, *row)
 
     def close(self) -> None:
         """Stop this store's background writer, then close every connection it opened.

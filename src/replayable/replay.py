@@ -190,7 +190,7 @@ class Replayer(Recorder):
         """Keep the call in the replay's run; a call the fallback took ran live on a miss, and
         the cassette keeps it too."""
         super().at_end(frame, outcome)
-        if frame.meta.get("fallback") and self.fallback is not None:
+        if self.fallback is not None and frame.meta.get("fallback"):
             self.fallback.at_end(frame, outcome)
 
     def _falls_back(self, b: Boundary) -> bool:
@@ -256,7 +256,8 @@ class Replayer(Recorder):
             )
         if ev is not None and not live:
             self._consume_subtree(ev.seq)
-            frame.meta.update(served=True, source_seq=ev.seq)
+            meta = frame.meta
+            meta["served"], meta["source_seq"] = True, ev.seq
         elif ev is not None:
             frame.meta["source_seq"] = ev.seq
         return _Plan(live, ev, key)

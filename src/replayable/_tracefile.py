@@ -2,10 +2,11 @@
 
 A trace file is a header line (format, version, run with its environment), then one event a
 line in ``seq`` (start) order, field names sorted so files diff well in git. The hashes in it are
-the run's chain (see :mod:`replayable.trace`), so a file verifies on its own.
+the run's chain (see :mod:`replayable._chain`), so a file verifies on its own.
 
 Everything here is re-exported by :mod:`replayable.trace`, the public home of these names
-(import them from there; this module depends on it for the data model and verification).
+(import them from there; this module takes the data model from it and verification from
+:mod:`replayable._chain`).
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ from typing import IO, Any
 
 import orjson
 
+from replayable._chain import Verification, _verify, verify_run
 from replayable.errors import ReplayableError, TraceCorrupt
-from replayable.trace import Event, Run, Verification, _verify, verify_run
+from replayable.trace import Event, Run
 
 __all__ = [
     "TRACE_FORMAT",

@@ -147,6 +147,7 @@ def event_content(ev: Event, hash_version: int = HASH_VERSION) -> bytes:
         d = ev.to_dict()
         del d["hash"]
         return orjson.dumps(d, option=_SORTED)
+    inp, out, error, meta = ev.stored_fields()
     return content_bytes(
         run_id=ev.run_id,
         seq=ev.seq,
@@ -158,10 +159,10 @@ def event_content(ev: Event, hash_version: int = HASH_VERSION) -> bytes:
         key=ev.key,
         started_at=ev.started_at,
         duration_ns=ev.duration_ns,
-        input=ev.stored("input"),
-        output=ev.stored("output"),
-        error=None if ev.error is None else ev.stored("error"),
-        meta=ev.stored("meta"),
+        input=inp,
+        output=out,
+        error=error,
+        meta=meta,
     )
 
 

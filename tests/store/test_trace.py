@@ -187,6 +187,7 @@ class TestStoredEvent:
         compares equal to the event it stores, before and after its fields are decoded."""
         ev = _event(input=inp, output=out, meta={"v": meta_value}, error=error)
         stored = _stored(ev)
+        assert stored.stored_fields() == ev.stored_fields()
         assert event_content(stored) == event_content(ev)
         assert stored == ev
         assert ev == stored
@@ -206,6 +207,15 @@ class TestStoredEvent:
         stored.output["text"] = "edited"
         assert event_content(stored) != before
         assert stored.stored("output") == b'{"text":"edited"}'
+
+    def test_an_error_edited_after_reading_is_hashed_as_edited(self) -> None:
+        """The error, once read, is hashed from its value, not from the bytes first read."""
+        stored = _stored(_event(error={"type": "builtins:ValueError", "message": "bad"}))
+        before = event_content(stored)
+        assert stored.error is not None
+        stored.error["message"] = "edited"
+        assert stored.stored_fields()[2] == b'{"type":"builtins:ValueError","message":"edited"}'
+        assert event_content(stored) != before
 
     def test_a_decoded_copy_is_the_callers_own(self) -> None:
         """``decoded`` hands out a fresh value: changing it leaves the event and its bytes."""

@@ -91,6 +91,14 @@ class TestRunsAndEvents:
         with pytest.raises(RunNotFound):
             backend.get_run("abc%")
 
+    def test_an_exact_id_wins_over_the_ids_it_prefixes(self, backend: Store) -> None:
+        """A run whose id is also the prefix of other runs' ids is found by that id."""
+        for run_id in ("abc", "abc1", "abc2", "abc3"):
+            backend.create_run(make_run(run_id))
+        assert backend.get_run("abc").id == "abc"
+        with pytest.raises(RunNotFound, match="ambiguous"):
+            backend.get_run("ab")
+
     def test_events_stream_in_seq_order(self, backend: Store) -> None:
         """Events come back in seq order even when written out of order, across batches."""
         run = make_run("run-order")

@@ -9,7 +9,13 @@ import pytest
 
 from replayable.errors import StoreUnavailable
 from replayable.store.base import EventRow, RunQuery
-from replayable.store.sqlite import MIGRATIONS, ROWS_PER_INSERT, SQLiteStore, _m001_initial
+from replayable.store.sqlite import (
+    _SQL,
+    MIGRATIONS,
+    ROWS_PER_INSERT,
+    SQLiteStore,
+    _m001_initial,
+)
 from replayable.trace import Run
 
 ALL = [m.__name__ for m in MIGRATIONS]
@@ -53,6 +59,18 @@ class TestMigrations:
             "events_boundary",
             "events_errors",
         } <= names
+
+    def test_a_lookup_by_id_searches_the_primary_key(self, tmp_path: Path) -> None:
+        """Finding a run or a check by its id (every replay does) is an index search, not a
+        scan of the table: a store with many runs replays as fast as one with few."""
+        store = SQLiteStore(tmp_path / "plan.db")
+        store.create_run(Run(id="r1", started_at=1.0))
+        with sqlite3.connect(tmp_path / "plan.db") as db:
+            for sql in (_SQL.get_run[0], _SQL.get_check[0]):
+                plan = " ".join(r[-1] for r in db.execute("EXPLAIN QUERY PLAN " + sql, ("r1",)))
+                assert "USING INDEX" in plan, plan
+                assert "SCAN" not in plan, plan
+        store.close()
 
     def test_wal_mode(self, tmp_path: Path) -> None:
         """The store runs in WAL mode, so readers never block the writer."""

@@ -196,18 +196,18 @@ class StoredEvent(Event):
         hash: str,
     ) -> StoredEvent:
         """An event from its stored columns; JSON fields as bytes (``None``: SQL NULL)."""
-        ev = cls.__new__(cls)
-        _SET_RUN_ID(ev, run_id)
-        _SET_SEQ(ev, seq)
-        _SET_CHAIN_SEQ(ev, chain_seq)
-        _SET_ADDRESS(ev, address)
-        _SET_PARENT_SEQ(ev, parent_seq)
-        _SET_BOUNDARY(ev, boundary)
-        _SET_KIND(ev, kind)
-        _SET_KEY(ev, key)
-        _SET_STARTED_AT(ev, started_at)
-        _SET_DURATION_NS(ev, duration_ns)
-        _SET_HASH(ev, hash)
+        ev = cls.__new__(cls)  # no __init__: the JSON fields are set as bytes below
+        ev.run_id = run_id
+        ev.seq = seq
+        ev.chain_seq = chain_seq
+        ev.address = address
+        ev.parent_seq = parent_seq
+        ev.boundary = boundary
+        ev.kind = kind
+        ev.key = key
+        ev.started_at = started_at
+        ev.duration_ns = duration_ns
+        ev.hash = hash
         # SQL NULL reads as the field's empty value, as :func:`~replayable.store.base.row_to_event`
         # always did: null for input/output/error, {} for meta.
         ev._raw_input = b"null" if input is None else input
@@ -294,43 +294,9 @@ def _lazy_field(name: str, empty: Any) -> property:
     return property(get, set_, doc=f"The event's {name}, decoded on first read.")
 
 
-def _setter(name: str) -> Any:
-    return Event.__dict__[name].__set__
-
-
+# The error's own slot, under the lazy property: set or read without decoding anything.
+_SET_ERROR = Event.__dict__["error"].__set__
 _GET_ERROR = Event.__dict__["error"].__get__
-
-
-(
-    _SET_RUN_ID,
-    _SET_SEQ,
-    _SET_CHAIN_SEQ,
-    _SET_ADDRESS,
-    _SET_PARENT_SEQ,
-    _SET_BOUNDARY,
-    _SET_KIND,
-    _SET_KEY,
-    _SET_STARTED_AT,
-    _SET_DURATION_NS,
-    _SET_HASH,
-    _SET_ERROR,
-) = (
-    _setter(n)
-    for n in (
-        "run_id",
-        "seq",
-        "chain_seq",
-        "address",
-        "parent_seq",
-        "boundary",
-        "kind",
-        "key",
-        "started_at",
-        "duration_ns",
-        "hash",
-        "error",
-    )
-)
 _RAW: dict[str, Any] = {
     n: StoredEvent.__dict__["_raw_" + n] for n in ("input", "output", "error", "meta")
 }

@@ -176,12 +176,11 @@ class Engine(Session):
     def begin(self, b: Boundary, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Frame:
         """Open a step: its seq, its address under the current step, its input snapshot."""
         parent = FRAME.get() or self.root
-        name = b.name
         # Positional (seq, address, rec_seq, meta, counters, parent, data, started_at, t0, b):
         # a class called with keywords builds a dict first, and this runs on every call.
         frame = Frame(
             next(self._seq),
-            parent.child_address(name, parent.next_ordinal(name)),
+            parent.next_child(b.name),
             None,
             {},
             {},

@@ -58,16 +58,15 @@ class Frame:
     serve: Serve | None = None
     sorted_data: bytes | None = None
 
-    def next_ordinal(self, name: str) -> int:
-        """The ordinal of the next child call named ``name`` (0-based, in start order)."""
+    def next_child(self, name: str) -> str:
+        """The address of the next child call named ``name``: this address, then
+        ``name/ordinal``, the ordinal counting this step's calls of ``name`` from 0 in start
+        order."""
         try:
             counter = self.counters[name]
         except KeyError:
             counter = self.counters.setdefault(name, itertools.count())
-        return next(counter)
-
-    def child_address(self, name: str, ordinal: int) -> str:
-        """The address of a child call: this address, then ``name/ordinal``."""
+        ordinal = next(counter)
         return f"{self.address} > {name}/{ordinal}" if self.address else f"{name}/{ordinal}"
 
 

@@ -179,7 +179,7 @@ class Replayer(Recorder):
             return Serve.recorded(ev.output, ev.error, ev.meta)
         # The recorded call as it is, from a store: the agent gets a decode of its output of its
         # own, and the replay's record refers to the stored event (whose bytes nothing changes).
-        if ev.has_meta("stream"):
+        if (b.is_gen or b.is_agen) and ev.has_meta("stream"):  # a plain call has no use for it
             serve = Serve.recorded(ev.decoded("output"), ev.error, ev.meta)
         else:
             serve = Serve(ev.decoded("output"), ev.error)

@@ -79,7 +79,9 @@ def _text(value: Any) -> str:
 
 
 def event_to_row(ev: Event) -> EventRow:
-    """An :class:`Event` as an ``events`` row (JSON fields as text)."""
+    """An :class:`Event` as an ``events`` row (JSON fields as text: the bytes its hash covers,
+    as stored while a field of a stored event was never read)."""
+    inp, out, error, meta = ev.stored_fields()
     return EventRow(
         run_id=ev.run_id,
         seq=ev.seq,
@@ -89,10 +91,10 @@ def event_to_row(ev: Event) -> EventRow:
         boundary=ev.boundary,
         kind=ev.kind,
         key=ev.key,
-        input=_text(ev.input),
-        output=_text(ev.output),
-        error=None if ev.error is None else _text(ev.error),
-        meta=_text(ev.meta),
+        input=inp.decode(),
+        output=out.decode(),
+        error=None if error is None else error.decode(),
+        meta=meta.decode(),
         started_at=ev.started_at,
         duration_ns=ev.duration_ns,
         hash=ev.hash,

@@ -24,6 +24,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import replayable as rp
+from replayable import _writer
 from replayable import redact as redact_mod
 from replayable.redact import (
     REDACTED,
@@ -574,6 +575,65 @@ class TestUserRules:
         assert redact({"customer_ssn": "123-45-6789"}) == {"customer_ssn": REDACTED}
         assert scrub("ssn=123456789") == f"ssn={REDACTED}"
         assert redact_argv(["x", "--ssn", "1"]) == ["x", "--ssn", REDACTED]
+
+
+class TestEngineMeta:
+    """A step's metadata the engine wrote itself (``served``, ``source_seq``, stream flags) is
+    stored without the secret scan; anything a user could have put there still is scanned."""
+
+    @pytest.fixture(autouse=True)
+    def _restore(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setattr(redact_mod, "_RULES", redact_mod._RULES)
+        monkeypatch.setattr(redact_mod, "_user_parts", set())
+        redact_mod.is_secret_key.cache_clear()
+
+    @settings(max_examples=200, deadline=None)
+    @given(
+        st.dictionaries(
+            st.sampled_from(sorted(_writer._ENGINE_META)),
+            st.one_of(
+                st.booleans(),
+                st.integers(-(2**63), 2**64 - 1),
+                st.lists(st.integers(-(2**63), 2**63 - 1), max_size=3),
+                st.text(max_size=30),
+                st.just("sk-proj-" + "a" * 40),
+            ),
+        )
+    )
+    def test_stored_as_the_full_path_stores_it(self, meta: dict[str, Any]) -> None:
+        """Property: the fast path's bytes are what redaction and the sorted encoding give."""
+        from replayable import canonical
+
+        assert _writer._meta_bytes(meta) == canonical.dumps(redact(meta))
+
+    def test_a_secret_annotated_under_an_engine_key_is_redacted(self, tmp_path: Path) -> None:
+        """``rp.annotate(served="<a key>")`` puts a string where the engine puts a flag: it is
+        scanned and redacted like any annotation."""
+        secret = "sk-proj-" + _r(40, string.ascii_letters)
+
+        @rp.boundary(kind="tool")
+        def step() -> int:
+            rp.annotate(served=secret, stream=[secret])
+            return 1
+
+        path = tmp_path / "meta.db"
+        store = SQLiteStore(path)
+        with rp.record(store=store) as run:
+            step()
+        ev = next(store.iter_events(run.id))
+        assert ev.meta == redact({"served": secret, "stream": [secret]})
+        assert REDACTED in ev.meta["served"]
+        store.close()
+        assert secret.encode() not in path.read_bytes()
+
+    def test_a_user_key_rule_on_an_engine_key_applies(self) -> None:
+        """A user rule naming an engine key (absurd, but the rules are the user's) turns the
+        fast path off: the value under it is redacted."""
+        assert redact_mod.names_clean(_writer._ENGINE_META)
+        assert _writer._meta_bytes({"source_seq": 3}) == b'{"source_seq":3}'
+        redact_mod.add_key("source_seq")
+        assert not redact_mod.names_clean(_writer._ENGINE_META)
+        assert _writer._meta_bytes({"source_seq": 3}) == b'{"source_seq":"[REDACTED]"}'
 
 
 # -- properties ------------------------------------------------------------------------------

@@ -24,7 +24,7 @@ import orjson
 
 from replayable import canonical
 from replayable.errors import StoreUnavailable, Unserializable
-from replayable.redact import might_hold_secrets, redact, redact_split
+from replayable.redact import might_hold_secrets, names_clean, redact, redact_split
 from replayable.store.base import Checkpoint, EventRow, Store
 from replayable.trace import (
     Event,
@@ -80,9 +80,33 @@ class Pending:
     """``input`` is byte for byte the source event's (the replay matched it so)."""
 
 
+_ENGINE_META = frozenset(
+    (
+        "served",
+        "source_seq",
+        "stream",
+        "closed_early",
+        "never_started",
+        "handled_throws",
+        "fallback",
+    )
+)
+"""Step metadata keys the engine and replay set themselves, to booleans, numbers and lists of
+numbers (a served step's ``served`` and ``source_seq``, a stream's flags)."""
+
+
 def _meta_bytes(meta: dict[str, Any]) -> bytes:
     """Step metadata as JSON, redacted (``annotate`` values are recorded data too); values
     with no JSON form become markers rather than costing the whole event."""
+    if meta.keys() <= _ENGINE_META:
+        # Only the engine's keys and, when no string is there but the keys (an ``annotate``
+        # under the same name would add one), nothing redaction could change: no scan.
+        try:
+            data = orjson.dumps(meta, option=_SORTED)
+        except TypeError:
+            data = b""
+        if data and data.count(b'"') == 2 * len(meta) and names_clean(_ENGINE_META):
+            return data
     try:
         data = canonical.dumps(meta)
     except Unserializable:
@@ -289,12 +313,19 @@ class Writer:
 
     def submit(self, item: Pending) -> None:
         """Queue a completed call; drops it (logged once) past the buffer bound."""
-        if len(self._items) > MAX_PENDING:
+        items = self._items
+        if len(items) > MAX_PENDING:
             if not self._dropped:
                 log.warning("replayable: write buffer full; dropping events until it drains")
             self._dropped += 1
             return
-        self._put(item)
+        # _put, written out: this runs on every call.
+        items.append(item)
+        if self._idle:
+            self._idle = False
+            self._wake.set()
+        elif len(items) >= BATCH and not self._hurry.is_set():
+            self._hurry.set()
 
     def run_op(self, op: Callable[[], None]) -> None:
         """Queue a run-level store operation, ordered with the events around it."""

@@ -61,6 +61,7 @@ __all__ = [
     "holds_secret",
     "is_secret_key",
     "might_hold_secrets",
+    "names_clean",
     "redact",
     "redact_argv",
     "redact_run",
@@ -354,6 +355,26 @@ def scrub(text: str) -> str:
     for i in rs.candidates(text):
         text = rs.rules[i].sub(text)
     return text
+
+
+_NAMES_MEMO: dict[frozenset[str], tuple[Any, bool]] = {}
+
+
+def names_clean(names: frozenset[str]) -> bool:
+    """True when an object whose keys are among ``names`` and whose values are all booleans,
+    numbers or null (lists of them too) is left as it is by :func:`redact` under the active
+    rules: no key is a secret's name. Remembered per rule set (the engine asks on every call).
+
+    >>> names_clean(frozenset({"served", "source_seq"})), names_clean(frozenset({"password"}))
+    (True, False)
+    """
+    memo = _NAMES_MEMO.get(names)
+    rs = _RULES
+    if memo is not None and memo[0] is rs:
+        return bool(memo[1])
+    clean = not might_hold_secrets(orjson.dumps(dict.fromkeys(sorted(names), 0)))
+    _NAMES_MEMO[names] = (rs, clean)
+    return clean
 
 
 def might_hold_secrets(data: bytes) -> bool:

@@ -132,6 +132,11 @@ class Replayer(Recorder):
         self.fallback_calls: list[Divergence] = []
         self.sandbox = sandbox
         self._resolve_live(live, allow_side_effects or sandbox is not None)
+        self._direct = (
+            match == "address" and not self.live_calls and type(self)._plan is Replayer._plan
+        )
+        """Calls may take the fast path of :meth:`at_start`: matched by address, no single
+        call named live, the plain replay's plan (a what-if plans its own way)."""
 
     def _resolve_live(self, live: Iterable[str], allow_side_effects: bool) -> None:
         registered = registry()
@@ -168,12 +173,23 @@ class Replayer(Recorder):
             self.observe_begin(frame)
         b = frame.b
         assert b is not None
+        if self._direct and b.kind != "agent" and b.name not in self.live_names:
+            # The usual served call: the next recorded call here, with the same input bytes.
+            ev = self._same_as_recorded(b, frame)
+            if ev is not None:
+                frame.key = ev.key
+                self._claim(b, frame, ev)
+                return self._serve(b, ev)
         plan = self._plan(b, frame)
         if self.fallback is not None and frame.meta.get("fallback"):
             return self.fallback.at_start(frame)
         ev = plan.event
         if plan.live or ev is None:
             return None
+        return self._serve(b, ev)
+
+    def _serve(self, b: Boundary, ev: Event) -> Serve:
+        """Serve the recorded call ``ev``."""
         if self.events.get(ev.seq) is not ev or not isinstance(ev, StoredEvent):
             # A what-if's stand-in for the recorded call, or an event from a trace file.
             return Serve.recorded(ev.output, ev.error, ev.meta)
@@ -181,10 +197,10 @@ class Replayer(Recorder):
         # own, and the replay's record refers to the stored event (whose bytes nothing changes).
         if (b.is_gen or b.is_agen) and ev.has_meta("stream"):  # a plain call has no use for it
             serve = Serve.recorded(ev.decoded("output"), ev.error, ev.meta)
-        else:
-            serve = Serve(ev.decoded("output"), ev.error)
-        serve.source = ev
-        return serve
+            serve.source = ev
+            return serve
+        # Positional (output, error, exc, handled, partial, source): this runs on every call.
+        return Serve(ev.decoded("output"), ev.error, None, (), False, ev)
 
     def at_end(self, frame: Frame, outcome: Ending) -> None:
         """Keep the call in the replay's run; a call the fallback took ran live on a miss, and
@@ -248,19 +264,26 @@ class Replayer(Recorder):
             if self.replay_strict or not live:
                 raise div
         frame.rec_seq = ev.seq if ev is not None else UNMATCHED
-        if ev is not None and not live and ev.has_meta("unserializable_output"):
+        if ev is not None and not live:
+            self._claim(b, frame, ev)
+        elif ev is not None:
+            frame.meta["source_seq"] = ev.seq
+        return _Plan(live, ev, key)
+
+    def _claim(self, b: Boundary, frame: Frame, ev: Event) -> None:
+        """Take the recorded call ``ev`` to serve it: refuse one whose output was not
+        recorded, consume the recorded subtree it stands for, mark the step served."""
+        seq = frame.rec_seq = ev.seq
+        if ev.has_meta("unserializable_output"):
             raise ReplayableError(
                 f"cannot serve {b.name} at {ev.address}: its output was not recorded "
                 f"(unserializable at {ev.meta['unserializable_output']!r}); give the boundary "
                 "a codec, or name it in live=[...]"
             )
-        if ev is not None and not live:
-            self._consume_subtree(ev.seq)
-            meta = frame.meta
-            meta["served"], meta["source_seq"] = True, ev.seq
-        elif ev is not None:
-            frame.meta["source_seq"] = ev.seq
-        return _Plan(live, ev, key)
+        if seq in self.children:
+            self._consume_subtree(seq)
+        meta = frame.meta
+        meta["served"], meta["source_seq"] = True, seq
 
     def _same_as_recorded(self, b: Boundary, frame: Frame) -> Event | None:
         """The fast path: the next recorded call of ``b`` under this parent, when the call's

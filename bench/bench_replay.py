@@ -4,8 +4,9 @@ Ours replays a run from SQLite (load, match every call, serve it, and record the
 flushed at exit). Chronicle replays its exported trace directory, VCR.py plays a cassette of the
 same number of HTTP requests (httpx, loopback). The floor does ours's essential work in straight
 -line code with no library around it (read the rows, verify the chain, compare each input's
-bytes, decode each output, chain and insert the replay's rows): how far the library is from what
-Python, SQLite and SHA-256 allow on this machine, timed alternately with ours.
+bytes, decode each output, chain the replay's rows on the digests verifying computed, insert
+them): how far the library is from what Python, SQLite and SHA-256 allow on this machine, timed
+alternately with ours.
 """
 
 from __future__ import annotations
@@ -100,22 +101,23 @@ class _Floor:
         self.insert, self.insert_one = head + ",".join([one] * self.PER), head + one
 
     def once(self) -> int:
-        from replayable.trace import Run, chain_hash, content_bytes, genesis_hash
+        from replayable.trace import Run, genesis_hash, link_hash, payload_digest
 
         fresh_gc()
         t0 = now_ns()
         db, src = self.db, self.source
         events = db.execute(self.SELECT, (src.id,)).fetchall()
         prev = genesis_hash(src)
+        payloads: dict[int, str] = {}
         for seq, chain, addr, parent, name, kind, key, i, o, err, meta, at, ns, digest in sorted(
             events, key=lambda e: e[1]
         ):
-            content = content_bytes(
-                run_id=src.id, seq=seq, chain_seq=chain, address=addr, parent_seq=parent,
-                boundary=name, kind=kind, key=key, started_at=at, duration_ns=ns, input=i,
-                output=o, error=err, meta=meta,
+            payload = payloads[seq] = payload_digest(i, o)
+            prev = link_hash(
+                prev, run_id=src.id, seq=seq, chain_seq=chain, address=addr, parent_seq=parent,
+                boundary=name, kind=kind, key=key, started_at=at, duration_ns=ns,
+                payload=payload, error=err, meta=meta,
             )  # fmt: skip
-            prev = chain_hash(prev, content)
             assert prev == digest, "the recording does not verify"
         served = []
         for e, p in zip(events, self.payloads, strict=True):
@@ -129,12 +131,11 @@ class _Floor:
         for n, (e, at, ns) in enumerate(served):
             seq, _, addr, parent, name, kind, key, i, o, err = e[:10]
             meta = b'{"served":true,"source_seq":%d}' % seq
-            content = content_bytes(
-                run_id=run.id, seq=seq, chain_seq=n, address=addr, parent_seq=parent,
-                boundary=name, kind=kind, key=key, started_at=at, duration_ns=ns, input=i,
-                output=o, error=err, meta=meta,
+            prev = link_hash(
+                prev, run_id=run.id, seq=seq, chain_seq=n, address=addr, parent_seq=parent,
+                boundary=name, kind=kind, key=key, started_at=at, duration_ns=ns,
+                payload=payloads[seq], error=err, meta=meta,
             )  # fmt: skip
-            prev = chain_hash(prev, content)
             ref = b'{"$ref":["%s",%d,1],' % (src.id.encode(), seq) + meta[1:]
             rows.append(
                 (run.id, seq, n, addr, parent, name, kind, key, "null", "null", None,

@@ -26,7 +26,7 @@ BATCH = 1000
 def make_rows(run_id: str, n: int) -> list[tuple[Any, ...]]:
     """``n`` chained event rows of about 1 KB each (input ~900 B, output ~100 B)."""
     from replayable.store.base import event_to_row
-    from replayable.trace import Event, chain_hash, event_content
+    from replayable.trace import Event, event_hash
 
     rows = []
     prev = ""
@@ -46,7 +46,7 @@ def make_rows(run_id: str, n: int) -> list[tuple[Any, ...]]:
             started_at=1.7e9 + i,
             duration_ns=1000 + i,
         )
-        ev.hash = chain_hash(prev, event_content(ev))
+        ev.hash = event_hash(prev, ev)
         prev = ev.hash
         rows.append(event_to_row(ev))
     return rows

@@ -812,6 +812,33 @@ class TestServedStepsAreReferences:
         assert verify_run(replayed, replayed.events()).ok
         assert [e.output for e in replayed.events()] == [{"name": "Bob", "tags": ["a"]}]
 
+    def test_an_edit_of_the_source_after_the_replay_breaks_the_replays_verification(
+        self,
+    ) -> None:
+        """A served step is hashed over its source's values (through the digest the source's
+        verification computed): editing the source's stored output afterwards is an edit of the
+        replay too, and verify says so."""
+        from replayable.trace import verify_run
+
+        with rp.record() as run:
+            tool_message(weather, "Paris")
+            forecast("Paris")
+        r = self.replayed(run.id)
+        store = rp.open_store()
+        replayed = store.get_run(r.run.id)
+        assert verify_run(replayed, replayed.events()).ok
+        db = sqlite3.connect(store.url.removeprefix("sqlite:///"))
+        with db:
+            db.execute(
+                "UPDATE events SET output = ? WHERE run_id = ? AND seq = 1",
+                ('"sunny tomorrow in Paris"', run.id),
+            )
+        db.close()
+        replayed = store.get_run(r.run.id)
+        result = verify_run(replayed, replayed.events())
+        assert not result.ok
+        assert result.bad_seq == 1
+
     def test_a_replay_of_a_replay_serves_and_verifies(self) -> None:
         """References to references resolve: the second replay serves, its events read whole."""
         with rp.record() as run:

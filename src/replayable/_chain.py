@@ -25,7 +25,7 @@ from typing import Any
 import orjson
 
 from replayable.errors import TraceCorrupt
-from replayable.trace import Event, Run
+from replayable.trace import Event, Run, StoredEvent
 
 __all__ = [
     "HASH_VERSION",
@@ -37,8 +37,12 @@ __all__ = [
     "checkpoint",
     "content_bytes",
     "event_content",
+    "event_hash",
+    "event_payload",
     "genesis_hash",
     "head_signature",
+    "link_hash",
+    "payload_digest",
     "rechain",
     "seal_hash",
     "seal_run",
@@ -60,11 +64,19 @@ _SORTED = orjson.OPT_SORT_KEYS
 # hash and the outcome (status, error, end time, metadata, event count). So an edit anywhere in
 # a run, header included, breaks ``head_hash``; with a signing key the signature over it makes
 # the edit undetectable only to someone holding the key.
+# Version 3 (every run recorded since): as version 2, except how an event is hashed. Its input
+# and output bytes are digested on their own first (:func:`payload_digest`), and the event's hash
+# covers that digest with its other fields and the previous hash (:func:`link_hash`). A replay's
+# served step has its source event's input and output: it takes the digest that verifying the
+# source computed (:meth:`StoredEvent.verified_payload`) instead of hashing 2 KB again.
 # Version 1 (older runs): a chain from "" over events with every key sorted; the header is not
 # covered. They stay readable and verifiable, and verify says that the header is unchecked.
+# Versions 1 and 2 stay verifiable, and a run is rechained in its own version.
 
-HASH_VERSION = 2
+HASH_VERSION = 3
 """The hash format new runs are recorded with (see the comment above)."""
+
+_LINK_TAG = b"replayable-event-v3\n"
 
 
 def _norm(value: Any) -> bytes:
@@ -141,8 +153,103 @@ def content_bytes(
     )
 
 
-def event_content(ev: Event, hash_version: int = HASH_VERSION) -> bytes:
-    """The canonical bytes an event's hash covers (see :func:`content_bytes`)."""
+def payload_digest(input: bytes, output: bytes) -> str:
+    """Version 3: SHA-256 over an event's input and output bytes as stored (the input's length
+    first, so the two cannot trade bytes)."""
+    return _sha256(b"%d\n" % len(input) + input + output).hexdigest()
+
+
+def link_hash(
+    prev: str,
+    *,
+    run_id: str,
+    seq: int,
+    chain_seq: int,
+    address: str,
+    parent_seq: int | None,
+    boundary: str,
+    kind: str,
+    key: str,
+    started_at: float,
+    duration_ns: int,
+    payload: str,
+    error: bytes | None,
+    meta: bytes,
+) -> str:
+    """A version-3 event's hash: its fields (error and meta as stored), the digest of its input
+    and output (:func:`payload_digest`), and the previous hash.
+
+    The one definition of a version-3 event hash: the writer calls it with the bytes it stores,
+    :func:`event_hash` with an :class:`Event` read back.
+    """
+    return _sha256(
+        _LINK_TAG
+        + orjson.dumps(
+            {
+                "address": address,
+                "boundary": boundary,
+                "chain_seq": chain_seq,
+                "duration_ns": duration_ns,
+                "error": None if error is None else orjson.Fragment(error),
+                "key": key,
+                "kind": kind,
+                "meta": orjson.Fragment(meta),
+                "parent_seq": parent_seq,
+                "payload": payload,
+                "prev": prev,
+                "run_id": run_id,
+                "seq": seq,
+                "started_at": started_at,
+            }
+        )
+    ).hexdigest()
+
+
+def event_payload(ev: Event) -> str:
+    """:func:`payload_digest` of ``ev``'s input and output as they are now; a stored event
+    remembers it while its fields hold the same bytes (a replay's served step reuses the digest
+    its source's verification computed)."""
+    inp, out, _, _ = ev.stored_fields()
+    return _payload(ev, inp, out)
+
+
+def _payload(ev: Event, inp: bytes, out: bytes) -> str:
+    if type(ev) is StoredEvent:
+        known = ev.remembered_payload()
+        if known is None:
+            known = payload_digest(inp, out)
+            ev.note_payload(inp, out, known)
+        return known
+    return payload_digest(inp, out)
+
+
+def event_hash(prev: str, ev: Event, hash_version: int = HASH_VERSION) -> str:
+    """The hash of ``ev`` after ``prev`` in the given version, computed from its fields as they
+    are now (what verification and rechaining compare and store)."""
+    if hash_version < 3:
+        return chain_hash(prev, event_content(ev, hash_version))
+    inp, out, error, meta = ev.stored_fields()
+    return link_hash(
+        prev,
+        run_id=ev.run_id,
+        seq=ev.seq,
+        chain_seq=ev.chain_seq,
+        address=ev.address,
+        parent_seq=ev.parent_seq,
+        boundary=ev.boundary,
+        kind=ev.kind,
+        key=ev.key,
+        started_at=ev.started_at,
+        duration_ns=ev.duration_ns,
+        payload=_payload(ev, inp, out),
+        error=error,
+        meta=meta,
+    )
+
+
+def event_content(ev: Event, hash_version: int = 2) -> bytes:
+    """The canonical bytes a version-1 or version-2 event hash covers (see
+    :func:`content_bytes`; version 3 hashes in two steps, see :func:`event_hash`)."""
     if hash_version < 2:
         d = ev.to_dict()
         del d["hash"]
@@ -249,7 +356,7 @@ def chain_events(run: Run, events: Iterable[Event], key: bytes | None = None) ->
     out: list[Event] = []
     for i, ev in enumerate(events):
         ev.run_id, ev.chain_seq = run.id, i
-        ev.hash = chain_hash(prev, event_content(ev))
+        ev.hash = event_hash(prev, ev)
         prev = ev.hash
         out.append(ev)
     seal_run(run, prev, len(out), key)
@@ -266,7 +373,7 @@ def rechain(run: Run, events: Iterable[Event], key: bytes | None = None) -> None
     prev = genesis_hash(run) if run.hash_version >= 2 else ""
     ordered = sorted(events, key=lambda e: e.chain_seq)
     for ev in ordered:
-        ev.hash = chain_hash(prev, event_content(ev, run.hash_version))
+        ev.hash = event_hash(prev, ev, run.hash_version)
         prev = ev.hash
     if run.head_hash is not None or (run.hash_version >= 2 and _finished(run.status)):
         seal_run(run, prev, len(ordered), key)
@@ -358,7 +465,7 @@ def _verify(
         if ev.run_id != run_id:
             where = f"run {run_id}: event seq={ev.seq} ({ev.address})"
             return bad(ev, line, f"{where} belongs to run {ev.run_id}, not {run_id}")
-        if _sha256(prev.encode("ascii") + event_content(ev, hash_version)).hexdigest() != ev.hash:
+        if event_hash(prev, ev, hash_version) != ev.hash:
             where = f"run {run_id}: event seq={ev.seq} ({ev.address})"
             return bad(
                 ev, line, f"{where}: hash does not match its content (edited) or its predecessor"

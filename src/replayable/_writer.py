@@ -29,10 +29,11 @@ from replayable.store.base import Checkpoint, EventRow, Store
 from replayable.trace import (
     Event,
     Run,
-    chain_hash,
     checkpoint,
-    content_bytes,
+    event_payload,
     genesis_hash,
+    link_hash,
+    payload_digest,
     seal_run,
 )
 from replayable.trace import signing_key as _signing_key
@@ -151,8 +152,15 @@ def pending_row(p: Pending, chains: dict[str, tuple[int, str]]) -> EventRow:
         stored_out = b"null"
         if same_input:
             stored_in = b"null"
+            # The source's input and output: the digest its verification computed serves.
+            payload = event_payload(src)
+        else:
+            payload = payload_digest(inp, out)
+    else:
+        payload = payload_digest(inp, out)
     chain_seq, prev = chains.get(p.run_id, (0, ""))
-    content = content_bytes(
+    digest = link_hash(
+        prev,
         run_id=p.run_id,
         seq=p.seq,
         chain_seq=chain_seq,
@@ -163,12 +171,10 @@ def pending_row(p: Pending, chains: dict[str, tuple[int, str]]) -> EventRow:
         key=key,
         started_at=p.started_at,
         duration_ns=p.duration_ns,
-        input=inp,
-        output=out,
+        payload=payload,
         error=err,
         meta=meta,
     )
-    digest = chain_hash(prev, content)
     chains[p.run_id] = (chain_seq + 1, digest)
     return EventRow(
         p.run_id,

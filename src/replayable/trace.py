@@ -41,10 +41,14 @@ __all__ = [
     "checkpoint",
     "content_bytes",
     "event_content",
+    "event_hash",
+    "event_payload",
     "genesis_hash",
     "head_signature",
     "iter_trace",
+    "link_hash",
     "parse_trace",
+    "payload_digest",
     "read_trace",
     "read_trace_header",
     "rechain",
@@ -169,12 +173,13 @@ class StoredEvent(Event):
     while they are still the field's value.
     """
 
-    __slots__ = ("_raw_error", "_raw_input", "_raw_meta", "_raw_output")
+    __slots__ = ("_payload", "_raw_error", "_raw_input", "_raw_meta", "_raw_output")
 
     _raw_input: bytes | None
     _raw_output: bytes | None
     _raw_error: bytes | None
     _raw_meta: bytes | None
+    _payload: tuple[bytes, bytes, str] | None
 
     @classmethod
     def from_stored(
@@ -218,7 +223,22 @@ class StoredEvent(Event):
         else:
             ev._raw_error = error
         ev._raw_meta = b"{}" if meta is None or meta == b"null" else meta
+        ev._payload = None
         return ev
+
+    def remembered_payload(self) -> str | None:
+        """The digest of the input and output bytes (hash version 3) noted by
+        :meth:`note_payload`, while the fields still hold those very bytes (so a field set or
+        read since forgets it)."""
+        memo = self._payload
+        if memo is not None and memo[0] is self._raw_input and memo[1] is self._raw_output:
+            return memo[2]
+        return None
+
+    def note_payload(self, input: bytes, output: bytes, digest: str) -> None:
+        """Remember ``digest``, computed from ``input`` and ``output`` (the stored bytes, as
+        :meth:`stored_fields` gave them), for :meth:`remembered_payload`."""
+        self._payload = (input, output, digest)
 
     def stored(self, name: str) -> bytes:
         """The JSON bytes of field ``name``: as stored while the field was never read, else its
@@ -349,8 +369,9 @@ class Run:
     head_hash: str | None = None
     event_count: int = 0
     signature: str | None = None
-    hash_version: int = 2
-    """How the run is hashed: 2 covers the header (see :func:`genesis_hash`); 1 is older."""
+    hash_version: int = 3
+    """How the run is hashed: 3 digests input and output apart from the other fields, 2 covers
+    the header (see :func:`genesis_hash`); 1 is older."""
     store: Store | None = field(default=None, repr=False, compare=False)
 
     @property
@@ -424,8 +445,12 @@ from replayable._chain import (  # noqa: E402
     checkpoint,
     content_bytes,
     event_content,
+    event_hash,
+    event_payload,
     genesis_hash,
     head_signature,
+    link_hash,
+    payload_digest,
     rechain,
     seal_hash,
     seal_run,

@@ -30,6 +30,7 @@ from replayable.trace import (
     event_content,
     genesis_hash,
     read_trace,
+    rechain,
     seal_hash,
     verify_run,
     write_trace,
@@ -148,6 +149,7 @@ HEADER_EDITS: list[tuple[str, dict[str, Any]]] = [
     ("ended_at", {"ended_at": 2.0}),
     ("parent_run", {"parent_run": "someone-else"}),
     ("hash version downgraded", {"hash_version": 1}),
+    ("hash version downgraded to 2", {"hash_version": 2}),
 ]
 
 
@@ -305,6 +307,34 @@ class TestOldFormat:
         out = CliRunner().invoke(main, ["verify", str(path)])
         assert out.exit_code == 0
         assert "old format" in out.output
+        store.close()
+
+    def test_version_2_runs_verify_and_rechain_in_version_2(self, tmp_path: Path) -> None:
+        """A run hashed in version 2 (every event over its whole content) still verifies, an
+        edit of one is still caught, and rechaining it (scan --fix) keeps version 2."""
+        store = SQLiteStore(tmp_path / "t.db")
+        t = Target("sqlite", store, tmp_path)
+        t.record(3)
+        run, events = t.load()
+        assert run.hash_version == 3
+        run.hash_version = 2
+        prev = genesis_hash(run)
+        ordered = sorted(events, key=lambda e: e.chain_seq)
+        for ev in ordered:
+            ev.hash = prev = chain_hash(prev, event_content(ev, 2))
+        run.head_hash, run.signature = seal_hash(run, prev, len(ordered)), None
+        assert verify_run(run, events).ok
+        path = write_trace(run, events, tmp_path / "v2.jsonl")
+        back, back_events = read_trace(path)
+        assert back.hash_version == 2
+        assert verify_run(back, back_events).ok
+        back_events[1].output = "edited"
+        assert not verify_run(back, back_events).ok
+        rechain(back, back_events)
+        assert back.hash_version == 2
+        assert verify_run(back, back_events).ok
+        first = min(back_events, key=lambda e: e.chain_seq)
+        assert first.hash == chain_hash(genesis_hash(back), event_content(first, 2))
         store.close()
 
     def test_sqlite_migration_marks_existing_runs_version_1(self, tmp_path: Path) -> None:

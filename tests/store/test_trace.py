@@ -16,6 +16,9 @@ from replayable.trace import (
     StoredEvent,
     check_trace,
     event_content,
+    event_hash,
+    event_payload,
+    payload_digest,
     read_trace,
     verify_run,
     write_trace,
@@ -216,6 +219,48 @@ class TestStoredEvent:
         stored.error["message"] = "edited"
         assert stored.stored_fields()[2] == b'{"type":"builtins:ValueError","message":"edited"}'
         assert event_content(stored) != before
+
+    @given(_values, _values)
+    @settings(max_examples=60, deadline=None)
+    def test_the_remembered_payload_is_the_payload_of_the_bytes_now(
+        self, inp: object, out: object
+    ) -> None:
+        """Property: a stored event's remembered input/output digest (version 3) is always the
+        digest of its fields as they are now: computed once, forgotten by any edit."""
+        stored = _stored(_event(input=inp, output=out))
+        ev = _event(input=inp, output=out)
+        assert stored.remembered_payload() is None
+        assert (
+            event_payload(stored)
+            == event_payload(ev)
+            == payload_digest(orjson.dumps(inp), orjson.dumps(out))
+        )
+        assert stored.remembered_payload() == event_payload(ev)
+        assert event_hash("p" * 64, stored) == event_hash("p" * 64, ev)
+        stored.output = ["edited", out]
+        assert stored.remembered_payload() is None
+        assert event_payload(stored) == payload_digest(
+            orjson.dumps(inp), orjson.dumps(["edited", out])
+        )
+        stored.set_stored("input", b'"set"')
+        assert stored.remembered_payload() is None
+        assert event_hash("p" * 64, stored) != event_hash("p" * 64, ev)
+
+    def test_a_field_decoded_and_edited_in_place_is_not_served_from_the_memo(self) -> None:
+        """Reading a field and editing the value in place is an edit the version-3 hash sees,
+        although the bytes it was remembered for are still the same objects elsewhere."""
+        stored = _stored(_event())
+        before = event_hash("", stored)
+        stored.output["text"] = "edited"
+        assert event_hash("", stored) != before
+
+    @given(st.binary(max_size=40), st.binary(max_size=40), st.binary(max_size=40))
+    @settings(max_examples=200, deadline=None)
+    def test_input_and_output_cannot_trade_bytes(self, a: bytes, b: bytes, c: bytes) -> None:
+        """Property: the payload digest tells ``(a, b + c)`` from ``(a + b, c)``: moving bytes
+        from the output into the input (or back) changes it."""
+        if b:
+            assert payload_digest(a, b + c) != payload_digest(a + b, c)
 
     def test_a_decoded_copy_is_the_callers_own(self) -> None:
         """``decoded`` hands out a fresh value: changing it leaves the event and its bytes."""

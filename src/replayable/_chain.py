@@ -24,6 +24,7 @@ from typing import Any
 
 import orjson
 
+from replayable._version import __version__
 from replayable.errors import TraceCorrupt
 from replayable.trace import Event, Run, StoredEvent
 
@@ -448,6 +449,14 @@ def _verify(
             result.line = 1
         return result
 
+    if not 1 <= run.hash_version <= HASH_VERSION:
+        return bad(
+            None,
+            None,
+            f"run {run.id} says hash version {run.hash_version}; this replayable "
+            f"({__version__}) knows versions 1 to {HASH_VERSION}: verify it with the version "
+            "that recorded it (or its header was edited)",
+        )
     prev = genesis_hash(run) if v2 else ""
     position = 0
     # Events arrive in start order and are chained in write order (a parent after its

@@ -25,6 +25,7 @@ from replayable.store.base import Store
 from replayable.store.postgres import PostgresStore
 from replayable.store.sqlite import SQLiteStore
 from replayable.trace import (
+    HASH_VERSION,
     Run,
     chain_hash,
     event_content,
@@ -150,6 +151,7 @@ HEADER_EDITS: list[tuple[str, dict[str, Any]]] = [
     ("parent_run", {"parent_run": "someone-else"}),
     ("hash version downgraded", {"hash_version": 1}),
     ("hash version downgraded to 2", {"hash_version": 2}),
+    ("hash version from the future", {"hash_version": 4}),
 ]
 
 
@@ -335,6 +337,24 @@ class TestOldFormat:
         assert verify_run(back, back_events).ok
         first = min(back_events, key=lambda e: e.chain_seq)
         assert first.hash == chain_hash(genesis_hash(back), event_content(first, 2))
+        store.close()
+
+    @pytest.mark.parametrize("version", [0, -1, HASH_VERSION + 1, 99])
+    def test_an_unknown_hash_version_is_named_not_reported_as_an_edit(
+        self, tmp_path: Path, version: int
+    ) -> None:
+        """A run whose header says a hash version this replayable does not know (a newer one,
+        or nonsense) fails verify saying so, before any event is hashed the wrong way."""
+        store = SQLiteStore(tmp_path / "t.db")
+        t = Target("sqlite", store, tmp_path)
+        t.record(2)
+        run, events = t.load()
+        run.hash_version = version
+        result = verify_run(run, events)
+        assert not result.ok
+        assert f"hash version {version}" in str(result.problem)
+        assert f"knows versions 1 to {HASH_VERSION}" in str(result.problem)
+        assert result.bad_seq is None
         store.close()
 
     def test_sqlite_migration_marks_existing_runs_version_1(self, tmp_path: Path) -> None:

@@ -29,8 +29,8 @@ from replayable.store.base import Checkpoint, EventRow, Store
 from replayable.trace import (
     Event,
     Run,
+    StoredEvent,
     checkpoint,
-    event_payload,
     genesis_hash,
     link_hash,
     payload_digest,
@@ -150,12 +150,11 @@ def pending_row(p: Pending, chains: dict[str, tuple[int, str]]) -> EventRow:
         ref = orjson.dumps({"$ref": [p.source_run, src.seq, int(same_input)]})
         stored_meta = ref[:-1] + (b"}" if meta == b"{}" else b"," + meta[1:])
         stored_out = b"null"
+        # The source's input and output: the digest its verification computed serves.
+        known = src.remembered_payload() if same_input and type(src) is StoredEvent else None
+        payload = known if known is not None else payload_digest(inp, out)
         if same_input:
             stored_in = b"null"
-            # The source's input and output: the digest its verification computed serves.
-            payload = event_payload(src)
-        else:
-            payload = payload_digest(inp, out)
     else:
         payload = payload_digest(inp, out)
     chain_seq, prev = chains.get(p.run_id, (0, ""))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import random
 import sqlite3
 from collections.abc import AsyncIterator, Iterator
@@ -838,6 +839,33 @@ class TestServedStepsAreReferences:
         result = verify_run(replayed, replayed.events())
         assert not result.ok
         assert result.bad_seq == 1
+
+    def test_a_step_matched_by_key_with_other_input_bytes_keeps_its_input_and_verifies(
+        self,
+    ) -> None:
+        """A served step whose input differs from the recorded one outside the key (a
+        transient field) refers to the source's output but keeps its own input, and is hashed
+        over that input, not over the source's: the replay verifies, and reads back with the
+        input it was called with."""
+        from replayable.trace import verify_run
+
+        @rp.boundary(kind="llm")
+        def ask(prompt: str, request_id: str) -> str:
+            return f"answer to {prompt}"
+
+        with rp.record() as run:
+            ask("q", request_id="first")
+        with rp.replay(run.id) as r:
+            assert ask("q", request_id="second") == "answer to q"
+        assert r.ok
+        inp, out, meta = self.stored_rows(r.run.id)[0]
+        assert out == "null"
+        assert '"$ref"' in meta
+        assert json.loads(inp)["request_id"] == "second"
+        replayed = rp.open_store().get_run(r.run.id)
+        events = list(replayed.events())
+        assert [e.input["request_id"] for e in events] == ["second"]
+        assert verify_run(replayed, events).ok
 
     def test_a_replay_of_a_replay_serves_and_verifies(self) -> None:
         """References to references resolve: the second replay serves, its events read whole."""

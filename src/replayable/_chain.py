@@ -177,33 +177,35 @@ def link_hash(
     error: bytes | None,
     meta: bytes,
 ) -> str:
-    """A version-3 event's hash: its fields (error and meta as stored), the digest of its input
-    and output (:func:`payload_digest`), and the previous hash.
+    """A version-3 event's hash: its fields, the digest of its input and output
+    (:func:`payload_digest`), the previous hash, then its error and meta bytes as stored.
+
+    The fixed fields go in as one JSON object (orjson escapes every newline, so the first one
+    ends it); error and meta, which are stored JSON text nobody re-encodes, follow with their
+    lengths in front. No bytes can move from one field to another without changing the hash
+    (the version-2 content pasted them inside the object, where they could).
 
     The one definition of a version-3 event hash: the writer calls it with the bytes it stores,
     :func:`event_hash` with an :class:`Event` read back.
     """
-    return _sha256(
-        _LINK_TAG
-        + orjson.dumps(
-            {
-                "address": address,
-                "boundary": boundary,
-                "chain_seq": chain_seq,
-                "duration_ns": duration_ns,
-                "error": None if error is None else orjson.Fragment(error),
-                "key": key,
-                "kind": kind,
-                "meta": orjson.Fragment(meta),
-                "parent_seq": parent_seq,
-                "payload": payload,
-                "prev": prev,
-                "run_id": run_id,
-                "seq": seq,
-                "started_at": started_at,
-            }
-        )
-    ).hexdigest()
+    head = orjson.dumps(
+        {
+            "address": address,
+            "boundary": boundary,
+            "chain_seq": chain_seq,
+            "duration_ns": duration_ns,
+            "key": key,
+            "kind": kind,
+            "parent_seq": parent_seq,
+            "payload": payload,
+            "prev": prev,
+            "run_id": run_id,
+            "seq": seq,
+            "started_at": started_at,
+        }
+    )
+    err = b"-" if error is None else b"%d:%s" % (len(error), error)
+    return _sha256(b"%s%s\n%s\n%d:%s" % (_LINK_TAG, head, err, len(meta), meta)).hexdigest()
 
 
 def event_payload(ev: Event) -> str:
@@ -557,7 +559,7 @@ def _verify(
             return bad(
                 None, None, f"run {run.id}: signature does not match (wrong key or tampered)"
             )
-    elif key is not None and (v2 or run.head_hash is not None):
+    elif key is not None:  # any version: a run set back to version 1 and unsigned is no pass
         result.signature = "missing"
         return bad(None, None, f"run {run.id} is not signed but ${SIGNING_KEY_ENV} is set")
     return result

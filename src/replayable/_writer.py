@@ -24,7 +24,7 @@ import orjson
 
 from replayable import canonical
 from replayable.errors import StoreUnavailable, Unserializable
-from replayable.redact import might_hold_secrets, names_clean, redact, redact_split
+from replayable.redact import REDACTED, might_hold_secrets, names_clean, redact, redact_split
 from replayable.store.base import Checkpoint, EventRow, Store
 from replayable.trace import (
     Event,
@@ -96,24 +96,42 @@ _ENGINE_META = frozenset(
 numbers (a served step's ``served`` and ``source_seq``, a stream's flags)."""
 
 
+_PLAIN = frozenset((bool, int, float, type(None)))
+
+
+def _plain(meta: dict[str, Any]) -> bool:
+    """Every value a boolean, a number or null, or a list of them (exact types: no subclass,
+    no ``orjson.Fragment``, whose bytes would go out as they are)."""
+    for value in meta.values():
+        kind = type(value)
+        if kind is list:
+            if not all(type(v) in _PLAIN for v in value):
+                return False
+        elif kind not in _PLAIN:
+            return False
+    return True
+
+
 def _meta_bytes(meta: dict[str, Any]) -> bytes:
     """Step metadata as JSON, redacted (``annotate`` values are recorded data too); values
     with no JSON form become markers rather than costing the whole event."""
-    if meta.keys() <= _ENGINE_META:
-        # Only the engine's keys and, when no string is there but the keys (an ``annotate``
-        # under the same name would add one), nothing redaction could change: no scan.
+    if meta.keys() <= _ENGINE_META and _plain(meta) and names_clean(_ENGINE_META):
+        # Only the engine's keys, holding only booleans and numbers (an ``annotate`` under the
+        # same name could put anything there): nothing redaction could change, no scan.
         try:
-            data = orjson.dumps(meta, option=_SORTED)
-        except TypeError:
-            data = b""
-        if data and data.count(b'"') == 2 * len(meta) and names_clean(_ENGINE_META):
-            return data
+            return orjson.dumps(meta, option=_SORTED)
+        except TypeError:  # an int past 64 bits: the full path marks it
+            pass
     try:
         data = canonical.dumps(meta)
     except Unserializable:
         data = canonical.dumps(canonical.sanitize(meta)[0])
     if might_hold_secrets(data):
-        data = canonical.dumps(redact(orjson.loads(data)))
+        try:
+            value = orjson.loads(data)
+        except orjson.JSONDecodeError:  # an orjson.Fragment passed through raw, and not JSON
+            value = {k: REDACTED if isinstance(v, orjson.Fragment) else v for k, v in meta.items()}
+        data = canonical.dumps(redact(value))
     return data
 
 

@@ -230,7 +230,10 @@ class StoredEvent(Event):
         """The digest of the input and output bytes (hash version 3) noted by
         :meth:`note_payload`, while the fields still hold those very bytes (so a field set or
         read since forgets it)."""
-        memo = self._payload
+        try:
+            memo = self._payload
+        except AttributeError:  # built by __init__ (dataclasses.replace): nothing noted
+            return None
         if memo is not None and memo[0] is self._raw_input and memo[1] is self._raw_output:
             return memo[2]
         return None
@@ -271,9 +274,10 @@ class StoredEvent(Event):
         return name in self.meta
 
     def set_stored(self, name: str, raw: bytes) -> None:
-        """Set field ``name`` to the value whose stored JSON bytes are ``raw``."""
+        """Set field ``name`` to the value whose stored JSON bytes are ``raw`` (copied when it
+        is not ``bytes``: a later change to a ``bytearray`` must not change the field)."""
         setattr(self, name, None)
-        setattr(self, "_raw_" + name, raw)
+        setattr(self, "_raw_" + name, bytes(raw))
 
     def decoded(self, name: str) -> Any:
         """A fresh decode of field ``name`` from the stored bytes (a value no one else holds),

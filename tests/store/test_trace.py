@@ -246,6 +246,17 @@ class TestStoredEvent:
         assert stored.remembered_payload() is None
         assert event_hash("p" * 64, stored) != event_hash("p" * 64, ev)
 
+    def test_set_stored_keeps_bytes_of_its_own(self) -> None:
+        """``set_stored`` with a ``bytearray`` copies it: changing the bytearray afterwards
+        changes neither the field nor the digest remembered for it."""
+        stored = _stored(_event())
+        raw = bytearray(b'"set"')
+        stored.set_stored("output", raw)
+        before = event_hash("", stored)
+        raw[1:4] = b"xyz"
+        assert stored.output == "set"
+        assert event_hash("", stored) == before
+
     def test_a_field_decoded_and_edited_in_place_is_not_served_from_the_memo(self) -> None:
         """Reading a field and editing the value in place is an edit the version-3 hash sees,
         although the bytes it was remembered for are still the same objects elsewhere."""

@@ -114,10 +114,8 @@ class _Floor:
         ):
             payload = payloads[seq] = payload_digest(i, o)
             prev = link_hash(
-                prev, run_id=src.id, seq=seq, chain_seq=chain, address=addr, parent_seq=parent,
-                boundary=name, kind=kind, key=key, started_at=at, duration_ns=ns,
-                payload=payload, error=err, meta=meta,
-            )  # fmt: skip
+                prev, src.id, seq, chain, addr, parent, name, kind, key, at, ns, payload, err, meta
+            )
             assert prev == digest, "the recording does not verify"
         served = []
         for e, p in zip(events, self.payloads, strict=True):
@@ -131,11 +129,10 @@ class _Floor:
         for n, (e, at, ns) in enumerate(served):
             seq, _, addr, parent, name, kind, key, i, o, err = e[:10]
             meta = b'{"served":true,"source_seq":%d}' % seq
+            payload = payloads[seq]
             prev = link_hash(
-                prev, run_id=run.id, seq=seq, chain_seq=n, address=addr, parent_seq=parent,
-                boundary=name, kind=kind, key=key, started_at=at, duration_ns=ns,
-                payload=payloads[seq], error=err, meta=meta,
-            )  # fmt: skip
+                prev, run.id, seq, n, addr, parent, name, kind, key, at, ns, payload, err, meta
+            )
             ref = b'{"$ref":["%s",%d,1],' % (src.id.encode(), seq) + meta[1:]
             rows.append(
                 (run.id, seq, n, addr, parent, name, kind, key, "null", "null", None,

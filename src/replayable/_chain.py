@@ -162,7 +162,6 @@ def payload_digest(input: bytes, output: bytes) -> str:
 
 def link_hash(
     prev: str,
-    *,
     run_id: str,
     seq: int,
     chain_seq: int,
@@ -180,29 +179,30 @@ def link_hash(
     """A version-3 event's hash: its fields, the digest of its input and output
     (:func:`payload_digest`), the previous hash, then its error and meta bytes as stored.
 
-    The fixed fields go in as one JSON object (orjson escapes every newline, so the first one
+    The fixed fields go in as one JSON array (orjson escapes every newline, so the first one
     ends it); error and meta, which are stored JSON text nobody re-encodes, follow with their
     lengths in front. No bytes can move from one field to another without changing the hash
-    (the version-2 content pasted them inside the object, where they could).
+    (the version-2 content pasted them inside its JSON object, where they could). Positional
+    on purpose: it runs twice for every replayed step, and keywords cost a dict.
 
     The one definition of a version-3 event hash: the writer calls it with the bytes it stores,
     :func:`event_hash` with an :class:`Event` read back.
     """
     head = orjson.dumps(
-        {
-            "address": address,
-            "boundary": boundary,
-            "chain_seq": chain_seq,
-            "duration_ns": duration_ns,
-            "key": key,
-            "kind": kind,
-            "parent_seq": parent_seq,
-            "payload": payload,
-            "prev": prev,
-            "run_id": run_id,
-            "seq": seq,
-            "started_at": started_at,
-        }
+        [
+            address,
+            boundary,
+            chain_seq,
+            duration_ns,
+            key,
+            kind,
+            parent_seq,
+            payload,
+            prev,
+            run_id,
+            seq,
+            started_at,
+        ]
     )
     err = b"-" if error is None else b"%d:%s" % (len(error), error)
     return _sha256(b"%s%s\n%s\n%d:%s" % (_LINK_TAG, head, err, len(meta), meta)).hexdigest()
@@ -234,19 +234,19 @@ def event_hash(prev: str, ev: Event, hash_version: int = HASH_VERSION) -> str:
     inp, out, error, meta = ev.stored_fields()
     return link_hash(
         prev,
-        run_id=ev.run_id,
-        seq=ev.seq,
-        chain_seq=ev.chain_seq,
-        address=ev.address,
-        parent_seq=ev.parent_seq,
-        boundary=ev.boundary,
-        kind=ev.kind,
-        key=ev.key,
-        started_at=ev.started_at,
-        duration_ns=ev.duration_ns,
-        payload=_payload(ev, inp, out),
-        error=error,
-        meta=meta,
+        ev.run_id,
+        ev.seq,
+        ev.chain_seq,
+        ev.address,
+        ev.parent_seq,
+        ev.boundary,
+        ev.kind,
+        ev.key,
+        ev.started_at,
+        ev.duration_ns,
+        _payload(ev, inp, out),
+        error,
+        meta,
     )
 
 

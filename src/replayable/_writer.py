@@ -178,19 +178,19 @@ def pending_row(p: Pending, chains: dict[str, tuple[int, str]]) -> EventRow:
     chain_seq, prev = chains.get(p.run_id, (0, ""))
     digest = link_hash(
         prev,
-        run_id=p.run_id,
-        seq=p.seq,
-        chain_seq=chain_seq,
-        address=p.address,
-        parent_seq=p.parent_seq,
-        boundary=b.name,
-        kind=b.kind,
-        key=key,
-        started_at=p.started_at,
-        duration_ns=p.duration_ns,
-        payload=payload,
-        error=err,
-        meta=meta,
+        p.run_id,
+        p.seq,
+        chain_seq,
+        p.address,
+        p.parent_seq,
+        b.name,
+        b.kind,
+        key,
+        p.started_at,
+        p.duration_ns,
+        payload,
+        err,
+        meta,
     )
     chains[p.run_id] = (chain_seq + 1, digest)
     return EventRow(

@@ -306,10 +306,14 @@ class Replayer(Recorder):
             if start == len(group):
                 return None
             ev = group[start]
-            if ev.stored("input") != frame.data:
+            recorded = ev.stored("input")
+            if recorded != frame.data:
                 return None
             self.consumed.add(ev.seq)
-            return ev
+        # The recorded bytes stand for the snapshot from here on: the snapshot is freed now,
+        # not held until the writer takes the step (a long replay's memory stays flat).
+        frame.data = recorded
+        return ev
 
     def _match(
         self, b: Boundary, frame: Frame, key: str, data: bytes, value: Any

@@ -208,22 +208,20 @@ def link_hash(
     return _sha256(b"%s%s\n%s\n%d:%s" % (_LINK_TAG, head, err, len(meta), meta)).hexdigest()
 
 
-def event_payload(ev: Event) -> str:
-    """:func:`payload_digest` of ``ev``'s input and output as they are now; a stored event
-    remembers it while its fields hold the same bytes (a replay's served step reuses the digest
-    its source's verification computed)."""
-    inp, out, _, _ = ev.stored_fields()
-    return _payload(ev, inp, out)
-
-
-def _payload(ev: Event, inp: bytes, out: bytes) -> str:
-    if type(ev) is StoredEvent:
-        known = ev.remembered_payload()
-        if known is None:
-            known = payload_digest(inp, out)
-            ev.note_payload(inp, out, known)
-        return known
-    return payload_digest(inp, out)
+def event_payload(ev: Event, input: bytes | None = None, output: bytes | None = None) -> str:
+    """:func:`payload_digest` of ``ev``'s input and output as stored now (``input`` and
+    ``output``: those bytes, when the caller holds them already); a stored event remembers it
+    while its fields hold the same bytes (a replay's served step reuses the digest its source's
+    verification computed)."""
+    if input is None or output is None:
+        input, output, _, _ = ev.stored_fields()
+    if type(ev) is not StoredEvent:
+        return payload_digest(input, output)
+    known = ev.remembered_payload()
+    if known is None:
+        known = payload_digest(input, output)
+        ev.note_payload(input, output, known)
+    return known
 
 
 def event_hash(prev: str, ev: Event, hash_version: int = HASH_VERSION) -> str:
@@ -244,7 +242,7 @@ def event_hash(prev: str, ev: Event, hash_version: int = HASH_VERSION) -> str:
         ev.key,
         ev.started_at,
         ev.duration_ns,
-        _payload(ev, inp, out),
+        event_payload(ev, inp, out),
         error,
         meta,
     )

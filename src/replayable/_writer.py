@@ -29,8 +29,8 @@ from replayable.store.base import Checkpoint, EventRow, Store
 from replayable.trace import (
     Event,
     Run,
-    StoredEvent,
     checkpoint,
+    event_payload,
     genesis_hash,
     link_hash,
     payload_digest,
@@ -168,11 +168,11 @@ def pending_row(p: Pending, chains: dict[str, tuple[int, str]]) -> EventRow:
         ref = orjson.dumps({"$ref": [p.source_run, src.seq, int(same_input)]})
         stored_meta = ref[:-1] + (b"}" if meta == b"{}" else b"," + meta[1:])
         stored_out = b"null"
-        # The source's input and output: the digest its verification computed serves.
-        known = src.remembered_payload() if same_input and type(src) is StoredEvent else None
-        payload = known if known is not None else payload_digest(inp, out)
-        if same_input:
+        if same_input:  # the source's input and output: its verification's digest serves
             stored_in = b"null"
+            payload = event_payload(src, inp, out)
+        else:
+            payload = payload_digest(inp, out)
     else:
         payload = payload_digest(inp, out)
     chain_seq, prev = chains.get(p.run_id, (0, ""))
@@ -336,19 +336,12 @@ class Writer:
 
     def submit(self, item: Pending) -> None:
         """Queue a completed call; drops it (logged once) past the buffer bound."""
-        items = self._items
-        if len(items) > MAX_PENDING:
+        if len(self._items) > MAX_PENDING:
             if not self._dropped:
                 log.warning("replayable: write buffer full; dropping events until it drains")
             self._dropped += 1
             return
-        # _put, written out: this runs on every call.
-        items.append(item)
-        if self._idle:
-            self._idle = False
-            self._wake.set()
-        elif len(items) >= BATCH and not self._hurry.is_set():
-            self._hurry.set()
+        self._put(item)
 
     def run_op(self, op: Callable[[], None]) -> None:
         """Queue a run-level store operation, ordered with the events around it."""

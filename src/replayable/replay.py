@@ -280,8 +280,7 @@ class Replayer(Recorder):
                 f"(unserializable at {ev.meta['unserializable_output']!r}); give the boundary "
                 "a codec, or name it in live=[...]"
             )
-        if seq in self.children:
-            self._consume_subtree(seq)
+        self._consume_subtree(seq)
         meta = frame.meta
         meta["served"], meta["source_seq"] = True, seq
 

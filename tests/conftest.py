@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from replayable import redact as redact_mod
 from replayable import store as store_mod
 
 pytest_plugins = ["pytester"]
@@ -28,3 +29,13 @@ def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]
 def store_path(tmp_path: Path) -> Path:
     """The SQLite file this test records into."""
     return tmp_path / "traces.db"
+
+
+@pytest.fixture
+def redaction_rules(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Rules a test adds (``add_key``, ``add_pattern``) do not outlive it."""
+    monkeypatch.setattr(redact_mod, "_RULES", redact_mod._RULES)
+    monkeypatch.setattr(redact_mod, "_user_parts", set())
+    redact_mod.is_secret_key.cache_clear()
+    yield
+    redact_mod.is_secret_key.cache_clear()

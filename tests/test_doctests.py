@@ -6,13 +6,11 @@ import doctest
 import importlib
 import importlib.util
 import pkgutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 import replayable
-from replayable import redact as redact_mod
 
 
 def _modules_with_examples() -> list[str]:
@@ -34,14 +32,8 @@ MODULES = _modules_with_examples()
 store (the autouse fixture in conftest.py), and gets ``tmp_dir``, a fresh empty directory."""
 
 
-@pytest.fixture(autouse=True)
-def _restore_redaction_rules(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Rules the ``redact`` examples add do not outlive the test."""
-    monkeypatch.setattr(redact_mod, "_RULES", redact_mod._RULES)
-    monkeypatch.setattr(redact_mod, "_user_parts", set())
-    redact_mod.is_secret_key.cache_clear()
-    yield
-    redact_mod.is_secret_key.cache_clear()
+# Rules the `redact` examples add do not outlive them.
+pytestmark = pytest.mark.usefixtures("redaction_rules")
 
 
 def test_the_examples_are_found() -> None:

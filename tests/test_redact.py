@@ -542,13 +542,8 @@ class TestArgv:
         assert environment()["argv"] == ["agent.py", "--openai-api-key", REDACTED]
 
 
+@pytest.mark.usefixtures("redaction_rules")
 class TestUserRules:
-    @pytest.fixture(autouse=True)
-    def _restore(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        monkeypatch.setattr(redact_mod, "_RULES", redact_mod._RULES)
-        monkeypatch.setattr(redact_mod, "_user_parts", set())
-        redact_mod.is_secret_key.cache_clear()
-
     def test_add_pattern_with_keywords(self) -> None:
         """A user pattern redacts its matches, and the byte pre-check learns its keyword."""
         token = "acme_" + _r(32, "0123456789abcdef")
@@ -577,15 +572,10 @@ class TestUserRules:
         assert redact_argv(["x", "--ssn", "1"]) == ["x", "--ssn", REDACTED]
 
 
+@pytest.mark.usefixtures("redaction_rules")
 class TestEngineMeta:
     """A step's metadata the engine wrote itself (``served``, ``source_seq``, stream flags) is
     stored without the secret scan; anything a user could have put there still is scanned."""
-
-    @pytest.fixture(autouse=True)
-    def _restore(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        monkeypatch.setattr(redact_mod, "_RULES", redact_mod._RULES)
-        monkeypatch.setattr(redact_mod, "_user_parts", set())
-        redact_mod.is_secret_key.cache_clear()
 
     @settings(max_examples=200, deadline=None)
     @given(

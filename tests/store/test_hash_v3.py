@@ -335,13 +335,8 @@ class TestPayloadMemo:
 # -- metadata without the scan -------------------------------------------------------------
 
 
+@pytest.mark.usefixtures("redaction_rules")
 class TestEngineMetaRules:
-    @pytest.fixture(autouse=True)
-    def _restore(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        monkeypatch.setattr(redact_mod, "_RULES", redact_mod._RULES)
-        monkeypatch.setattr(redact_mod, "_user_parts", set())
-        redact_mod.is_secret_key.cache_clear()
-
     @pytest.mark.parametrize(
         ("rule", "meta"),
         [

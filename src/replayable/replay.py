@@ -28,6 +28,7 @@ from replayable import canonical
 from replayable._diff import diff_values
 from replayable._engine import Ending, Serve, activate, deactivate, resolve_live
 from replayable._version import __version__
+from replayable._writer import Pending
 from replayable.boundary import registry
 from replayable.cassette import Cassette
 from replayable.context import FRAME, SESSION, AsyncToo, Frame
@@ -38,6 +39,7 @@ from replayable.errors import (
     SideEffectRefused,
     TraceCorrupt,
     UnknownBoundary,
+    Unserializable,
 )
 from replayable.record import (
     OBSERVERS,
@@ -161,6 +163,88 @@ class Replayer(Recorder):
                     f"'{full}#{n}': {full} has {counts.get(full, 0)} recorded call(s) in run "
                     f"{self.source.id}"
                 )
+
+    # -- the fast lane -----------------------------------------------------------------------
+
+    def call(self, b: Boundary, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """The sync driver, with a fast lane for the usual replayed call.
+
+        A plain call whose input is byte for byte the next recorded call's under the same
+        parent, recorded returning a value, is served here in one pass: what ``begin``,
+        ``at_start`` and ``at_end`` do for it (seq, address, claim, the step kept as a
+        reference to its source), without the frame, serve and ending objects a call through
+        the engine's driver builds. Anything else (an agent, a live or what-if call, a recorded
+        error, a miss, an observer, a source in another store) goes through the driver as
+        usual; ``tests/test_replay_fast_lane.py`` checks the two keep the same steps.
+        """
+        refer_to = self.refer_to
+        if (
+            not self._direct
+            or refer_to is None
+            or b.kind == "agent"
+            or b.name in self.live_names
+            or OBSERVERS
+            or self.closed
+        ):
+            return Recorder.call(self, b, args, kwargs)
+        parent = FRAME.get() or self.root
+        try:
+            data = canonical.snapshot(b.bind(args, kwargs))
+        except Unserializable:
+            return Recorder.call(self, b, args, kwargs)  # it marks what has no JSON form
+        started_at, t0 = time.time(), time.perf_counter_ns()
+        gkey = (parent.rec_seq, b.name)
+        consumed = self.consumed
+        with self._lock:
+            ev = None
+            group = self.groups.get(gkey)
+            if group:
+                start, end = self._first.get(gkey, 0), len(group)
+                while start < end and group[start].seq in consumed:
+                    start += 1
+                self._first[gkey] = start
+                if start < end:
+                    ev = group[start]
+            if (
+                ev is None
+                or type(ev) is not StoredEvent
+                or (recorded := ev.stored("input")) != data
+                or ev.error is not None
+                or ev.has_meta("unserializable_output")
+            ):
+                ev = None  # the driver matches it again, and says why it cannot serve it
+            else:
+                seq = ev.seq
+                consumed.add(seq)
+                step = next(self._seq)
+                address = parent.next_child(b.name)
+        if ev is None:
+            return Recorder.call(self, b, args, kwargs)
+        self._consume_subtree(seq)
+        output = ev.decoded("output")
+        self.writer.submit(
+            Pending(
+                self.run.id,
+                step,
+                address,
+                parent.seq if parent.seq >= 0 else None,
+                b,
+                recorded,  # the same bytes as the snapshot: keep these, free the copy
+                b"null",
+                None,
+                {"served": True, "source_seq": seq},
+                started_at,
+                time.perf_counter_ns() - t0,
+                ev.key,
+                True,
+                ev,
+                refer_to,
+                True,
+            )
+        )
+        if self.strict and self.writer.error is not None:
+            raise self.writer.error
+        return b.decode_output(output)
 
     # -- the policy --------------------------------------------------------------------------
 

@@ -74,24 +74,13 @@ def store(tmp_path: Path) -> Iterator[SQLiteStore]:
     s.close()
 
 
-def _steps(store: SQLiteStore, run_id: str) -> list[tuple[Any, ...]]:
-    """A run's stored steps, everything but their times."""
+_TIMES = ("run_id", "started_at", "duration_ns", "hash")  # what differs from one run to the next
+
+
+def _steps(store: SQLiteStore, run_id: str) -> list[dict[str, Any]]:
+    """A run's stored steps in start order, all but their run, times and hashes."""
     events = sorted(store.get_run(run_id).events(), key=lambda e: e.seq)
-    return [
-        (
-            e.seq,
-            e.address,
-            e.parent_seq,
-            e.boundary,
-            e.kind,
-            e.key,
-            e.input,
-            e.output,
-            e.error,
-            e.meta,
-        )
-        for e in events
-    ]
+    return [{k: v for k, v in e.to_dict().items() if k not in _TIMES} for e in events]
 
 
 def _verifies(store: SQLiteStore, run_id: str) -> bool:
@@ -108,42 +97,40 @@ def _without_fast_lane(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(replay_mod.Replayer, "__init__", slow_init)
 
 
+@pytest.fixture
+def begun(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The boundaries whose calls opened a frame through the engine's driver, in order."""
+    names: list[str] = []
+    begin = replay_mod.Replayer.begin
+
+    def counting(self: Any, b: Any, args: Any, kwargs: Any) -> Any:
+        names.append(b.name)
+        return begin(self, b, args, kwargs)
+
+    monkeypatch.setattr(replay_mod.Replayer, "begin", counting)
+    return names
+
+
 class TestTaken:
     def test_a_plain_served_call_skips_the_driver(
-        self, store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
+        self, store: SQLiteStore, begun: list[str]
     ) -> None:
         """Only the agent (which runs live) opens a frame through the driver: every served
         call went through the fast lane."""
         with rp.record(store=store) as run:
             recorded = trader(4)
-        begun: list[str] = []
-        begin = replay_mod.Replayer.begin
-
-        def counting(self: Any, b: Any, args: Any, kwargs: Any) -> Any:
-            begun.append(b.name)
-            return begin(self, b, args, kwargs)
-
-        monkeypatch.setattr(replay_mod.Replayer, "begin", counting)
         with rp.replay(run.id, store=store) as r:
             assert trader(4) == recorded
         assert r.ok, r.report()
         assert begun == [trader.__replayable__.name]  # type: ignore[attr-defined]
 
     def test_the_driver_takes_every_call_without_it(
-        self, store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
+        self, store: SQLiteStore, begun: list[str], monkeypatch: pytest.MonkeyPatch
     ) -> None:
         """The counter-check of the test above: with the lane off, each call opens a frame."""
         with rp.record(store=store) as run:
             trader(2)
         _without_fast_lane(monkeypatch)
-        begun: list[str] = []
-        begin = replay_mod.Replayer.begin
-
-        def counting(self: Any, b: Any, args: Any, kwargs: Any) -> Any:
-            begun.append(b.name)
-            return begin(self, b, args, kwargs)
-
-        monkeypatch.setattr(replay_mod.Replayer, "begin", counting)
         with rp.replay(run.id, store=store):
             trader(2)
         assert len(begun) == 1 + 3 + 2 + 1 + 1
@@ -180,7 +167,7 @@ class TestSameSteps:
         if not shift:
             assert isinstance(fast[0][1][3], Quote)  # the return annotation rebuilt the value
             assert fast[1] == []
-            assert fast[2][0][2] is None  # a top-level step has no parent
+            assert fast[2][0]["parent_seq"] is None  # a top-level step has no parent
 
     def test_a_served_parent_stands_for_its_children(self, store: SQLiteStore) -> None:
         """A served tool's recorded children are consumed with it: nothing is reported skipped,
@@ -190,7 +177,7 @@ class TestSameSteps:
         with rp.replay(run.id, store=store) as r:
             assert research("acme") == recorded
         assert r.ok, r.report()
-        assert [s[3] for s in _steps(store, r.run.id)] == [research.__replayable__.name]  # type: ignore[attr-defined]
+        assert [s["boundary"] for s in _steps(store, r.run.id)] == [research.__replayable__.name]  # type: ignore[attr-defined]
 
 
 class TestDriverCases:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import random
+import sqlite3
 import threading
 import warnings
 from collections.abc import Iterator
@@ -258,6 +259,40 @@ class TestDriverCases:
         with pytest.raises(ReplayableError, match="its output was not recorded"):
             with rp.replay(run.id, store=store):
                 opaque(1)
+
+    @pytest.mark.parametrize("column", ["output", "error"])
+    def test_a_stored_field_that_is_not_json_is_refused_as_before(
+        self, store: SQLiteStore, monkeypatch: pytest.MonkeyPatch, column: str
+    ) -> None:
+        """An edited row whose output (or error) no longer parses: the replay (warned that the
+        run does not verify) refuses that call the way the driver always has, lane or not."""
+        with rp.record(store=store) as run:
+            trader(2)
+        db = sqlite3.connect(store.path)
+        with db:
+            db.execute(
+                f"UPDATE events SET {column} = '{{not json' WHERE run_id = ? AND address LIKE ?",
+                (run.id, "%quote/1"),
+            )
+        db.close()
+
+        def once() -> tuple[Any, ...]:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                try:
+                    with rp.replay(run.id, store=store, strict=False) as r:
+                        trader(2)
+                    failure = ""
+                except Exception as exc:
+                    failure = f"{type(exc).__name__}: {exc}".replace(run.id, "RUN")
+            return failure, _steps(store, r.run.id)
+
+        fast = once()
+        _without_fast_lane(monkeypatch)
+        slow = once()
+        assert fast == slow
+        assert fast[0]  # the call was refused
+        assert any(s["address"].endswith("quote/1") and s["error"] for s in fast[1])
 
     def test_a_recorded_error_is_raised_again(self, store: SQLiteStore) -> None:
         @rp.boundary(kind="tool", name="lane:fails")

@@ -205,23 +205,27 @@ class Replayer(Recorder):
                 self._first[gkey] = start
                 if start < end:
                     ev = group[start]
-            if (
-                ev is None
-                or type(ev) is not StoredEvent
-                or (recorded := ev.stored("input")) != data
-                or ev.error is not None
-                or ev.has_meta("unserializable_output")
-            ):
-                ev = None  # the driver matches it again, and says why it cannot serve it
-            else:
-                seq = ev.seq
+            hit: StoredEvent | None = None
+            if ev is not None and type(ev) is StoredEvent:
+                recorded = ev.stored("input")
+                try:
+                    if (
+                        recorded == data
+                        and ev.error is None
+                        and not ev.has_meta("unserializable_output")
+                    ):
+                        output = ev.decoded("output")
+                        hit = ev
+                except ValueError:  # a stored field that is not JSON: the driver refuses it
+                    hit = None
+            if hit is not None:
+                seq = hit.seq
                 consumed.add(seq)
                 step = next(self._seq)
                 address = parent.next_child(b.name)
-        if ev is None:
+        if hit is None:  # the driver matches it again, and says why it cannot serve it
             return Recorder.call(self, b, args, kwargs)
         self._consume_subtree(seq)
-        output = ev.decoded("output")
         self.writer.submit(
             Pending(
                 self.run.id,
@@ -235,9 +239,9 @@ class Replayer(Recorder):
                 {"served": True, "source_seq": seq},
                 started_at,
                 time.perf_counter_ns() - t0,
-                ev.key,
+                hit.key,
                 True,
-                ev,
+                hit,
                 refer_to,
                 True,
             )

@@ -9,6 +9,7 @@ outputs that were never recorded, threads.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import importlib
 import random
@@ -65,6 +66,28 @@ def trader(n: int) -> list[Any]:
         out.append(quote(f"S{i}"))
     out.append(research("acme"))
     out.append(think("done"))
+    return out
+
+
+@rp.boundary(kind="tool")
+async def aquote(symbol: str) -> Quote:
+    await asyncio.sleep(0)
+    return Quote(symbol, round(random.uniform(1, 500), 2))
+
+
+@rp.boundary(kind="llm")
+async def athink(prompt: str) -> str:
+    await asyncio.sleep(0)
+    return f"{prompt}:{random.random()}"
+
+
+@rp.boundary(kind="agent")
+async def atrader(n: int) -> list[Any]:
+    """The async shape: sequential calls, a gather of concurrent ones, a sync tool inside."""
+    out: list[Any] = [await athink("plan")]
+    out.extend(await asyncio.gather(*(aquote(f"S{i}") for i in range(n))))
+    out.append(quote("SYNC"))
+    out.append(await athink("done"))
     return out
 
 
@@ -136,6 +159,17 @@ class TestTaken:
             trader(2)
         assert len(begun) == 1 + 3 + 2 + 1 + 1
 
+    def test_an_async_served_call_skips_the_driver(
+        self, store: SQLiteStore, begun: list[str]
+    ) -> None:
+        """The async driver has the same lane: only the async agent opens a frame."""
+        with rp.record(store=store) as run:
+            recorded = asyncio.run(atrader(5))
+        with rp.replay(run.id, store=store) as r:
+            assert asyncio.run(atrader(5)) == recorded
+        assert r.ok, r.report()
+        assert begun == [atrader.__replayable__.name]  # type: ignore[attr-defined]
+
 
 class TestSameSteps:
     @pytest.mark.parametrize("shift", [False, True], ids=["unchanged", "changed"])
@@ -169,6 +203,34 @@ class TestSameSteps:
             assert isinstance(fast[0][1][3], Quote)  # the return annotation rebuilt the value
             assert fast[1] == []
             assert fast[2][0]["parent_seq"] is None  # a top-level step has no parent
+
+    @pytest.mark.parametrize("n", [5, 6], ids=["unchanged", "changed"])
+    def test_the_async_lane_and_the_driver_keep_the_same_steps(
+        self, store: SQLiteStore, monkeypatch: pytest.MonkeyPatch, n: int
+    ) -> None:
+        """Concurrent async calls under one parent, served by the lane or by the driver: the
+        same outputs, divergences and stored steps."""
+        with rp.record(store=store) as run:
+            asyncio.run(atrader(5))
+
+        def once() -> tuple[Any, ...]:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                try:
+                    with rp.replay(run.id, store=store, strict=False) as r:
+                        out = asyncio.run(atrader(n))
+                except Exception as exc:
+                    out = type(exc).__name__
+            assert _verifies(store, r.run.id)
+            return out, [(d.reason, d.address) for d in r.divergences], _steps(store, r.run.id)
+
+        fast = once()
+        _without_fast_lane(monkeypatch)
+        slow = once()
+        assert fast == slow
+        if n == 5:
+            assert fast[1] == []
+            assert isinstance(fast[0][1], Quote)
 
     def test_a_served_parent_stands_for_its_children(self, store: SQLiteStore) -> None:
         """A served tool's recorded children are consumed with it: nothing is reported skipped,

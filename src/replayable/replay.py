@@ -57,6 +57,8 @@ if TYPE_CHECKING:
 __all__ = ["Replay", "replay"]
 
 UNMATCHED = -1
+_MISS: Any = object()
+"""What the fast lane returns for a call it leaves to the driver."""
 _SEQ = operator.attrgetter("seq")
 
 Match = Literal["address", "key"]
@@ -167,15 +169,30 @@ class Replayer(Recorder):
     # -- the fast lane -----------------------------------------------------------------------
 
     def call(self, b: Boundary, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        """The sync driver, with a fast lane for the usual replayed call.
+        """The sync driver, with the fast lane (:meth:`_lane`) in front of it."""
+        served = self._lane(b, args, kwargs)
+        if served is _MISS:
+            return Recorder.call(self, b, args, kwargs)
+        return served
 
-        A plain call whose input is byte for byte the next recorded call's under the same
-        parent, recorded returning a value, is served here in one pass: what ``begin``,
-        ``at_start`` and ``at_end`` do for it (seq, address, claim, the step kept as a
-        reference to its source), without the frame, serve and ending objects a call through
-        the engine's driver builds. Anything else (an agent, a live or what-if call, a recorded
-        error, a miss, an observer, a source in another store) goes through the driver as
-        usual; ``tests/test_replay_fast_lane.py`` checks the two keep the same steps.
+    async def call_async(self, b: Boundary, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """The async driver, with the fast lane in front of it (a served value awaits
+        nothing)."""
+        served = self._lane(b, args, kwargs)
+        if served is _MISS:
+            return await Recorder.call_async(self, b, args, kwargs)
+        return served
+
+    def _lane(self, b: Boundary, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        """The usual replayed call, served in one pass; :data:`_MISS` for the driver.
+
+        A plain or async call whose input is byte for byte the next recorded call's under the
+        same parent, recorded returning a value, is served here: what ``begin``, ``at_start``
+        and ``at_end`` do for it (seq, address, claim, the step kept as a reference to its
+        source), without the frame, serve and ending objects a call through the engine's
+        driver builds. Anything else (an agent, a live or what-if call, a recorded error, a
+        miss, an observer, a source in another store) is left to the driver, which decides it
+        as usual; ``tests/test_replay_fast_lane.py`` checks the two keep the same steps.
         """
         refer_to = self.refer_to
         if (
@@ -186,12 +203,12 @@ class Replayer(Recorder):
             or OBSERVERS
             or self.closed
         ):
-            return Recorder.call(self, b, args, kwargs)
+            return _MISS
         parent = FRAME.get() or self.root
         try:
             data = canonical.snapshot(b.bind(args, kwargs))
         except Unserializable:
-            return Recorder.call(self, b, args, kwargs)  # it marks what has no JSON form
+            return _MISS  # the driver marks what has no JSON form
         started_at, t0 = time.time(), time.perf_counter_ns()
         gkey = (parent.rec_seq, b.name)
         consumed = self.consumed
@@ -224,7 +241,7 @@ class Replayer(Recorder):
                 step = next(self._seq)
                 address = parent.next_child(b.name)
         if hit is None:  # the driver matches it again, and says why it cannot serve it
-            return Recorder.call(self, b, args, kwargs)
+            return _MISS
         self._consume_subtree(seq)
         self.writer.submit(
             Pending(

@@ -211,16 +211,12 @@ class Replayer(Recorder):
             return _MISS  # the driver marks what has no JSON form
         started_at, t0 = time.time(), time.perf_counter_ns()
         gkey = (parent.rec_seq, b.name)
-        consumed = self.consumed
         with self._lock:
             ev = None
             group = self.groups.get(gkey)
             if group:
-                start, end = self._first.get(gkey, 0), len(group)
-                while start < end and group[start].seq in consumed:
-                    start += 1
-                self._first[gkey] = start
-                if start < end:
+                start = self._first_unconsumed(gkey, group)
+                if start < len(group):
                     ev = group[start]
             hit: StoredEvent | None = None
             if ev is not None and type(ev) is StoredEvent:
@@ -237,7 +233,7 @@ class Replayer(Recorder):
                     hit = None
             if hit is not None:
                 seq = hit.seq
-                consumed.add(seq)
+                self.consumed.add(seq)
                 step = next(self._seq)
                 address = parent.next_child(b.name)
         if hit is None:  # the driver matches it again, and says why it cannot serve it
@@ -403,10 +399,7 @@ class Replayer(Recorder):
             group = self.groups.get(gkey)
             if not group:
                 return None
-            start = self._first.get(gkey, 0)
-            while start < len(group) and group[start].seq in self.consumed:
-                start += 1
-            self._first[gkey] = start
+            start = self._first_unconsumed(gkey, group)
             if start == len(group):
                 return None
             ev = group[start]
@@ -418,6 +411,16 @@ class Replayer(Recorder):
         # not held until the writer takes the step (a long replay's memory stays flat).
         frame.data = recorded
         return ev
+
+    def _first_unconsumed(self, gkey: tuple[int | None, str], group: list[Event]) -> int:
+        """The index of the first recorded call in ``group`` (``groups[gkey]``) not consumed
+        yet; calls are mostly consumed in order, so the ones before it are skipped for good.
+        The caller holds the lock."""
+        start, end, consumed = self._first.get(gkey, 0), len(group), self.consumed
+        while start < end and group[start].seq in consumed:
+            start += 1
+        self._first[gkey] = start
+        return start
 
     def _match(
         self, b: Boundary, frame: Frame, key: str, data: bytes, value: Any
@@ -441,10 +444,7 @@ class Replayer(Recorder):
                 return None, self._divergence(b, frame, None, data, value)
             gkey = (prec, b.name)
             group = self.groups.get(gkey, [])
-            start = self._first.get(gkey, 0)  # calls are mostly consumed in order: skip those
-            while start < len(group) and group[start].seq in self.consumed:
-                start += 1
-            self._first[gkey] = start
+            start = self._first_unconsumed(gkey, group)
             for i in range(start, len(group)):
                 e = group[i]
                 if e.key == key and e.seq not in self.consumed:

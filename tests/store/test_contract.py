@@ -8,6 +8,7 @@ import sys
 import time
 from typing import Any
 
+import psycopg
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -15,6 +16,7 @@ from hypothesis import strategies as st
 import replayable as rp
 from replayable.errors import RunNotFound
 from replayable.store.base import RunQuery, Store, event_to_row
+from replayable.store.postgres import PostgresStore
 from replayable.trace import Event, Run, sign_run, verify_run
 
 
@@ -219,6 +221,58 @@ class TestPutRun:
         with pytest.raises(RunNotFound):
             backend.get_run("put-2")
         assert list(backend.iter_events("put-2")) == []
+
+
+class TestPostgresSchema:
+    def test_events_carry_only_the_indexes_a_query_reads(self, pg_url: str) -> None:
+        """The primary key (every run's events) and the error filter; ``events_boundary``,
+        read by no query, is gone (m005)."""
+        store = PostgresStore(pg_url)
+        store.list_runs()  # opening migrates
+        with psycopg.connect(pg_url) as conn:
+            names = {
+                name
+                for (name,) in conn.execute(
+                    "SELECT indexname FROM pg_indexes "
+                    "WHERE tablename = 'events' AND schemaname = current_schema()"
+                )
+            }
+        assert names == {"events_pkey", "events_errors"}
+        store.close()
+
+    def test_an_older_schema_loses_the_index_and_keeps_its_runs(self, pg_url: str) -> None:
+        """A schema migrated up to m004 has ``events_boundary``; opening it drops the index,
+        and ``--boundary`` still finds a run recorded before and one recorded after."""
+        from replayable.store.postgres import MIGRATIONS
+
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            conn.execute("CREATE TABLE _migrations (name TEXT PRIMARY KEY, applied_at FLOAT8)")
+            for name, sql in MIGRATIONS[:3]:
+                for statement in sql.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+                conn.execute("INSERT INTO _migrations VALUES (%s, 0)", (name,))
+            assert conn.execute(
+                "SELECT 1 FROM pg_indexes WHERE indexname = 'events_boundary' "
+                "AND schemaname = current_schema()"
+            ).fetchone()
+        old = make_run("before-m005", status="ok", head_hash="h", event_count=2)
+        store = PostgresStore(pg_url)
+        assert store.put_run(old, make_events(old.id, 2, boundary="mod:lookup"))
+        assert store.migrations()[-1] == "m005_drop_events_boundary"
+        with psycopg.connect(pg_url) as conn:
+            assert (
+                conn.execute(
+                    "SELECT 1 FROM pg_indexes WHERE indexname = 'events_boundary' "
+                    "AND schemaname = current_schema()"
+                ).fetchone()
+                is None
+            )
+        with rp.record(store, name="after") as run:
+            rp.boundary(kind="tool", name="mod:lookup")(lambda q: q)("x")
+        found = [r.id for r in store.list_runs(RunQuery(boundary="lookup"))]
+        assert sorted(found) == sorted([old.id, run.id])
+        store.close()
 
 
 json_values = st.recursive(

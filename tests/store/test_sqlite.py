@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from replayable.errors import StoreUnavailable
-from replayable.store.base import EventRow, RunQuery
+from replayable.store.base import EventRow, RunQuery, runs_query
 from replayable.store.sqlite import (
     _SQL,
     MIGRATIONS,
@@ -47,18 +47,66 @@ class TestMigrations:
         assert (run.name, run.status, run.signature) == ("legacy", "ok", None)
 
     def test_query_indexes_exist(self, tmp_path: Path) -> None:
-        """The filters of list_runs have indexes to use."""
+        """The filters of list_runs have indexes to use, and events carry no index that no
+        query reads (each one is paid for by every event written)."""
         store = SQLiteStore(tmp_path / "i.db")
         names = {
             r[0] for r in store._db().execute("SELECT name FROM sqlite_master WHERE type = 'index'")
         }
-        assert {
-            "runs_started",
-            "runs_name",
-            "runs_status",
-            "events_boundary",
-            "events_errors",
-        } <= names
+        assert {"runs_started", "runs_name", "runs_status", "events_errors"} <= names
+        events = {
+            r[0]
+            for r in store._db().execute(
+                "SELECT name FROM sqlite_master WHERE type = 'index' AND tbl_name = 'events'"
+            )
+        }
+        assert events == {"sqlite_autoindex_events_1", "events_errors"}
+        store.close()
+
+    def test_the_boundary_filter_searches_each_runs_events_by_its_key(self, tmp_path: Path) -> None:
+        """``--boundary`` (an exact name, or a bare name as the suffix after ``:``) looks up
+        a run's events by the primary key: the plan for which ``events_boundary`` was made
+        never used it, and it is gone."""
+        store = SQLiteStore(tmp_path / "b.db")
+        store.create_run(Run(id="r1", started_at=1.0))
+        sql, params = runs_query(RunQuery(boundary="lookup"), ph="?", tag_clause="", tag_path=str)
+        plan = " | ".join(
+            r[-1]
+            for r in store._db().execute("EXPLAIN QUERY PLAN SELECT id FROM runs" + sql, params)
+        )
+        assert "SEARCH e USING INDEX sqlite_autoindex_events_1 (run_id=?)" in plan, plan
+        assert "SCAN e" not in plan, plan
+        store.close()
+
+    def test_an_older_store_loses_the_unread_boundary_index(self, tmp_path: Path) -> None:
+        """A database made before m005 has ``events_boundary``; opening it drops the index,
+        keeps the runs, and ``--boundary`` still finds them."""
+        path = tmp_path / "m004.db"
+        db = sqlite3.connect(path, isolation_level=None)
+        db.execute("CREATE TABLE _migrations (name TEXT PRIMARY KEY, applied_at REAL)")
+        for migration in MIGRATIONS[:4]:
+            migration(db)
+            db.execute("INSERT INTO _migrations VALUES (?, 0)", (migration.__name__,))
+        db.close()
+        before = sqlite3.connect(path)
+        assert before.execute(
+            "SELECT 1 FROM sqlite_master WHERE name = 'events_boundary'"
+        ).fetchone()
+        before.close()
+        store = SQLiteStore(path)
+        assert store.migrations() == ALL
+        assert (
+            store._db()
+            .execute("SELECT 1 FROM sqlite_master WHERE name = 'events_boundary'")
+            .fetchone()
+            is None
+        )
+        import replayable as rp
+
+        with rp.record(store, name="after") as run:
+            rp.boundary(kind="tool", name="mod:lookup")(lambda q: q)("x")
+        assert [r.id for r in store.list_runs(RunQuery(boundary="lookup"))] == [run.id]
+        store.close()
 
     def test_a_lookup_by_id_searches_the_primary_key(self, tmp_path: Path) -> None:
         """Finding a run or a check by its id (every replay does) is an index search, not a

@@ -374,5 +374,5 @@ class TestOldFormat:
         conn.close()
         store = SQLiteStore(db)
         assert store.get_run("old").hash_version == 1
-        assert store.migrations()[-1] == "_m004_hash_version"
+        assert "_m004_hash_version" in store.migrations()
         store.close()

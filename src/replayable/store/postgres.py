@@ -112,6 +112,9 @@ MIGRATIONS: list[tuple[str, str]] = [
     ("m003_checks", _M003_CHECKS),
     # Runs recorded before this migration keep the version-1 hash (header not covered).
     ("m004_hash_version", "ALTER TABLE runs ADD COLUMN hash_version INTEGER NOT NULL DEFAULT 1"),
+    # No query reads it (the --boundary filter searches a run's events by the primary key, see
+    # the SQLite store's m005); every event written paid for it.
+    ("m005_drop_events_boundary", "DROP INDEX IF EXISTS events_boundary"),
 ]
 """Ordered, named schema migrations; the ``_migrations`` table records which have run."""
 

@@ -218,6 +218,12 @@ LINGER_S = 0.05
 few, large transactions. While work keeps coming the writer looks again at this pace; it
 sleeps until woken after :data:`QUIET_PASSES` looks that found nothing."""
 QUIET_PASSES = 10
+RETRY_MIN_S = 0.5
+RETRY_MAX_S = 30.0
+"""While a refusing store holds work back and nothing new comes to carry it, the idle writer
+tries it again after :data:`RETRY_MIN_S`, doubling the wait up to :data:`RETRY_MAX_S` while the
+store stays down: what was recorded in an outage goes in once the store is back, without
+waiting for the next event."""
 INLINE_WAIT_S = 0.25
 """How long a run's end, writing on the agent's thread, waits for a lock another process
 holds before it leaves the write to the background writer (which waits its turn)."""
@@ -306,6 +312,7 @@ class Writer:
         """Prepared work the store refused (down, locked): written before anything newer."""
         self._retry_ops: list[Callable[[], None]] = []
         self._failed = False
+        self._retry_s = RETRY_MIN_S
         self._key: bytes | None = None
         self._busy_since: float | None = None
         self._hang_warned = False
@@ -475,7 +482,12 @@ class Writer:
         while True:
             self._idle = True
             if not self._items and not self._stopping:
-                self._wake.wait()
+                if self._held or self._retry_ops:
+                    if not self._wake.wait(self._retry_s):  # nothing new: try the held again
+                        self._retry_held()
+                        continue
+                else:
+                    self._wake.wait()
             self._idle = False
             self._wake.clear()
             quiet, linger = 0, self._linger
@@ -490,6 +502,8 @@ class Writer:
                     finally:
                         self._owner = None
                 if self._stopping and not self._items:
+                    if self._held or self._retry_ops:
+                        self._retry_held()  # the last chance for what a refusal held
                     return
                 quiet = 0 if busy else quiet + 1
                 if self._batches is not None:
@@ -497,6 +511,22 @@ class Writer:
                         self._batches.housekeep()
                     except Exception as exc:  # upkeep only: the next pass tries again
                         log.debug("replayable: upkeep of %s failed: %s", self.store.url, exc)
+
+    def _retry_held(self) -> None:
+        """Write the work a refusing store left held, with nothing new queued to carry it; the
+        next try waits twice as long while the store still refuses."""
+        with self._io:
+            self._owner = threading.get_ident()
+            self._busy_since = time.monotonic()
+            try:
+                self._commit(_Batch())
+            finally:
+                self._busy_since = None
+                self._owner = None
+        if self._held or self._retry_ops:
+            self._retry_s = min(self._retry_s * 2, RETRY_MAX_S)
+        else:
+            self._recovered()
 
     def _write_queued(self) -> bool:
         """Write everything queued (holding the lock); False if there was nothing."""
@@ -598,10 +628,14 @@ class Writer:
         for run_id, state in pending.items():
             if self._checkpoints.get(run_id) is state:
                 del self._checkpoints[run_id]
+        self._recovered()
+        return True
+
+    def _recovered(self) -> None:
         if self._failed:
             log.warning("replayable: store %s is writable again", self.store.url)
         self._failed = False
-        return True
+        self._retry_s = RETRY_MIN_S
 
     def _write_each(self, batch: _Batch, checkpoints: list[Checkpoint]) -> bool:
         """Write ``batch`` with the plain :class:`Store` calls, in order; what the store

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,11 +21,12 @@ import replayable as rp
 from replayable import _writer
 from replayable._tree import build_tree
 from replayable._writer import writer_for
+from replayable.errors import RunNotFound, StoreUnavailable
 from replayable.store import open_store
 from replayable.store.base import RunQuery
 from replayable.store.postgres import PostgresStore
 from replayable.store.sqlite import SQLiteStore
-from replayable.trace import verify_run
+from replayable.trace import Run, verify_run
 
 
 def python(code: str, *args: str, **kw: object) -> subprocess.Popen[str]:
@@ -257,6 +259,29 @@ def proxy(pg_url: str) -> Iterator[tuple[Proxy, str]]:
     p.stop()
 
 
+def arrived(store: PostgresStore, run_id: str, events: int, within: float = 20.0) -> Run:
+    """The run once it is stored finished with ``events`` events: after an outage the writer
+    puts in what it held when the store answers again, so it arrives a little later."""
+    deadline = time.monotonic() + within
+    while True:
+        # not there yet, or the pool not connected again yet for this read
+        with contextlib.suppress(RunNotFound, StoreUnavailable):
+            run = store.get_run(run_id)
+            if run.status != "running" and len(list(store.iter_events(run_id))) == events:
+                return run
+        assert time.monotonic() < deadline, f"run {run_id} did not arrive within {within} s"
+        time.sleep(0.05)
+
+
+def recovered(store: PostgresStore) -> None:
+    """Wait for the writer to say the store is writable again (it does just after the commit
+    a reader may already see)."""
+    deadline = time.monotonic() + 5
+    while writer_for(store).failing:
+        assert time.monotonic() < deadline, "the writer still says the store is down"
+        time.sleep(0.01)
+
+
 class TestPostgresOutage:
     def test_events_recorded_during_an_outage_arrive_after_it(
         self, proxy: tuple[Proxy, str], caplog: pytest.LogCaptureFixture
@@ -272,7 +297,8 @@ class TestPostgresOutage:
                 assert [double(i) for i in range(10, 20)] == [2 * i for i in range(10, 20)]
                 writer_for(store).flush()
                 p.start()
-            stored = store.get_run(run.id)
+            stored = arrived(store, run.id, 20)
+            recovered(store)
             events = list(store.iter_events(run.id))
             assert [e.seq for e in events] == list(range(20))
             assert stored.status == "ok"
@@ -280,6 +306,64 @@ class TestPostgresOutage:
             warnings = warnings_from_replayable(caplog)
             assert sum("cannot write" in w for w in warnings) == 1
             assert any("writable again" in w for w in warnings)
+        finally:
+            _writer.stop_writer(store)
+            store.close()
+
+    def test_a_run_recorded_in_an_outage_goes_in_with_nothing_after_it(
+        self, proxy: tuple[Proxy, str], caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """A whole run recorded while the server is away (its start, events and end held),
+        then nothing more: the idle writer tries again by itself, and once the server is back
+        the run is there, finished and verifying, with no later event to carry it."""
+        p, url = proxy
+        store = PostgresStore(url, timeout=0.5)
+        try:
+            assert store.list_runs() == []  # opened (migrated) while the server answers
+            p.stop()
+            with caplog.at_level(logging.WARNING), rp.record(store=store, name="offline") as run:
+                assert [double(i) for i in range(5)] == [0, 2, 4, 6, 8]
+            assert writer_for(store).failing
+            time.sleep(1.0)  # at least one retry refused while the server is still away
+            p.start()
+            stored = arrived(store, run.id, 5)
+            events = list(store.iter_events(run.id))
+            assert (stored.name, stored.status) == ("offline", "ok")
+            assert [e.output for e in events] == [0, 2, 4, 6, 8]
+            assert verify_run(stored, events).ok
+            recovered(store)
+            warnings = warnings_from_replayable(caplog)
+            assert sum("cannot write" in w for w in warnings) == 1
+            assert any("writable again" in w for w in warnings)
+        finally:
+            _writer.stop_writer(store)
+            store.close()
+
+    def test_what_is_held_at_exit_goes_in_when_the_writer_stops(
+        self, proxy: tuple[Proxy, str]
+    ) -> None:
+        """Stopping the writer (the process exiting, a store closed) makes one last attempt
+        at what a refusal held, before its next timed retry."""
+        p, url = proxy
+        store = PostgresStore(url, timeout=0.5)
+        try:
+            store.list_runs()
+            writer = writer_for(store)
+            writer._retry_s = 3600.0  # no timed retry in this test
+            p.stop()
+            with rp.record(store=store, name="at-exit") as run:
+                double(1)
+            assert writer.failing
+            p.start()
+            answered = False
+            while not answered:  # the pool connected again: the server answers reads
+                with contextlib.suppress(StoreUnavailable):
+                    answered = store.list_runs() == []  # and the run is still held
+                time.sleep(0.05)
+            _writer.stop_writer(store)
+            assert not writer._thread.is_alive()
+            stored = arrived(store, run.id, 1, within=0.0)
+            assert stored.status == "ok"
         finally:
             _writer.stop_writer(store)
             store.close()

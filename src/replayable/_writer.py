@@ -502,7 +502,7 @@ class Writer:
                     finally:
                         self._owner = None
                 if self._stopping and not self._items:
-                    if self._held or self._retry_ops:
+                    if not busy and (self._held or self._retry_ops):
                         self._retry_held()  # the last chance for what a refusal held
                     return
                 quiet = 0 if busy else quiet + 1

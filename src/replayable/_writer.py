@@ -223,7 +223,8 @@ RETRY_MAX_S = 30.0
 """While a refusing store holds work back and nothing new comes to carry it, the idle writer
 tries it again after :data:`RETRY_MIN_S`, doubling the wait up to :data:`RETRY_MAX_S` while the
 store stays down: what was recorded in an outage goes in once the store is back, without
-waiting for the next event."""
+waiting for the next event. (Stopping the writer does not try it once more: closing a store
+that is down must not wait on it; at exit, the last flush does.)"""
 INLINE_WAIT_S = 0.25
 """How long a run's end, writing on the agent's thread, waits for a lock another process
 holds before it leaves the write to the background writer (which waits its turn)."""
@@ -502,8 +503,6 @@ class Writer:
                     finally:
                         self._owner = None
                 if self._stopping and not self._items:
-                    if not busy and (self._held or self._retry_ops):
-                        self._retry_held()  # the last chance for what a refusal held
                     return
                 quiet = 0 if busy else quiet + 1
                 if self._batches is not None:
@@ -514,12 +513,20 @@ class Writer:
 
     def _retry_held(self) -> None:
         """Write the work a refusing store left held, with nothing new queued to carry it; the
-        next try waits twice as long while the store still refuses."""
+        next try waits twice as long while the store still refuses.
+
+        A batch store (SQLite) is tried the way a run's end tries it: a short wait for another
+        process's lock, no one-call-at-a-time fallback, so a retry never keeps the store's
+        write lock (which closing the store waits for) for long. New work still goes the
+        usual way."""
         with self._io:
             self._owner = threading.get_ident()
             self._busy_since = time.monotonic()
             try:
-                self._commit(_Batch())
+                inline = self._batches is not None
+                if inline and self._retry_ops:
+                    self._replay_ops()  # an inline commit leaves them; the other does them
+                self._commit(_Batch(), inline=inline)
             finally:
                 self._busy_since = None
                 self._owner = None

@@ -210,34 +210,23 @@ class Replayer(Recorder):
         except Unserializable:
             return _MISS  # the driver marks what has no JSON form
         started_at, t0 = time.time(), time.perf_counter_ns()
-        gkey = (parent.rec_seq, b.name)
         with self._lock:
-            ev = None
-            group = self.groups.get(gkey)
-            if group:
-                start = self._first_unconsumed(gkey, group)
-                if start < len(group):
-                    ev = group[start]
-            hit: StoredEvent | None = None
-            if ev is not None and type(ev) is StoredEvent:
-                recorded = ev.stored("input")
-                try:
-                    if (
-                        recorded == data
-                        and ev.error is None
-                        and not ev.has_meta("unserializable_output")
-                    ):
-                        output = ev.decoded("output")
-                        hit = ev
-                except ValueError:  # a stored field that is not JSON: the driver refuses it
-                    hit = None
-            if hit is not None:
-                seq = hit.seq
-                self.consumed.add(seq)
-                step = next(self._seq)
-                address = parent.next_child(b.name)
-        if hit is None:  # the driver matches it again, and says why it cannot serve it
-            return _MISS
+            same = self._next_if_same((parent.rec_seq, b.name), data)
+            if same is None:  # the driver matches it again, and says why it cannot serve it
+                return _MISS
+            hit, recorded = same
+            if type(hit) is not StoredEvent:
+                return _MISS
+            try:  # reading the error and meta decodes them too
+                if hit.error is not None or hit.has_meta("unserializable_output"):
+                    return _MISS
+                output = hit.decoded("output")
+            except ValueError:  # a stored field that is not JSON: the driver refuses it
+                return _MISS
+            seq = hit.seq
+            self.consumed.add(seq)
+            step = next(self._seq)
+            address = parent.next_child(b.name)
         self._consume_subtree(seq)
         self.writer.submit(
             Pending(
@@ -394,23 +383,32 @@ class Replayer(Recorder):
         prec = parent.rec_seq if parent is not None else None
         if prec == UNMATCHED:
             return None
-        gkey = (prec, b.name)
         with self._lock:
-            group = self.groups.get(gkey)
-            if not group:
+            same = self._next_if_same((prec, b.name), frame.data)
+            if same is None:
                 return None
-            start = self._first_unconsumed(gkey, group)
-            if start == len(group):
-                return None
-            ev = group[start]
-            recorded = ev.stored("input")
-            if recorded != frame.data:
-                return None
+            ev, recorded = same
             self.consumed.add(ev.seq)
         # The recorded bytes stand for the snapshot from here on: the snapshot is freed now,
         # not held until the writer takes the step (a long replay's memory stays flat).
         frame.data = recorded
         return ev
+
+    def _next_if_same(
+        self, gkey: tuple[int | None, str], data: bytes
+    ) -> tuple[Event, bytes] | None:
+        """The next unconsumed recorded call in ``groups[gkey]`` and its stored input, when
+        that is ``data`` byte for byte (not claimed: the caller claims it). The caller holds
+        the lock."""
+        group = self.groups.get(gkey)
+        if not group:
+            return None
+        start = self._first_unconsumed(gkey, group)
+        if start == len(group):
+            return None
+        ev = group[start]
+        recorded = ev.stored("input")
+        return (ev, recorded) if recorded == data else None
 
     def _first_unconsumed(self, gkey: tuple[int | None, str], group: list[Event]) -> int:
         """The index of the first recorded call in ``group`` (``groups[gkey]``) not consumed

@@ -223,6 +223,17 @@ class TestPutRun:
         assert list(backend.iter_events("put-2")) == []
 
 
+def has_boundary_index(conn: psycopg.Connection[Any]) -> bool:
+    """Whether the schema in use still has ``events_boundary`` (dropped by m005)."""
+    return (
+        conn.execute(
+            "SELECT 1 FROM pg_indexes WHERE indexname = 'events_boundary' "
+            "AND schemaname = current_schema()"
+        ).fetchone()
+        is not None
+    )
+
+
 class TestPostgresSchema:
     def test_events_carry_only_the_indexes_a_query_reads(self, pg_url: str) -> None:
         """The primary key (every run's events) and the error filter; ``events_boundary``,
@@ -252,22 +263,13 @@ class TestPostgresSchema:
                     if statement.strip():
                         conn.execute(statement)
                 conn.execute("INSERT INTO _migrations VALUES (%s, 0)", (name,))
-            assert conn.execute(
-                "SELECT 1 FROM pg_indexes WHERE indexname = 'events_boundary' "
-                "AND schemaname = current_schema()"
-            ).fetchone()
+            assert has_boundary_index(conn)
         old = make_run("before-m005", status="ok", head_hash="h", event_count=2)
         store = PostgresStore(pg_url)
         assert store.put_run(old, make_events(old.id, 2, boundary="mod:lookup"))
         assert store.migrations()[-1] == "m005_drop_events_boundary"
         with psycopg.connect(pg_url) as conn:
-            assert (
-                conn.execute(
-                    "SELECT 1 FROM pg_indexes WHERE indexname = 'events_boundary' "
-                    "AND schemaname = current_schema()"
-                ).fetchone()
-                is None
-            )
+            assert not has_boundary_index(conn)
         with rp.record(store, name="after") as run:
             rp.boundary(kind="tool", name="mod:lookup")(lambda q: q)("x")
         found = [r.id for r in store.list_runs(RunQuery(boundary="lookup"))]

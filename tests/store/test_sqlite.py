@@ -6,6 +6,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
+from tests.fixtures.old_stores import sqlite_before
 
 from replayable.errors import StoreUnavailable
 from replayable.store.base import EventRow, RunQuery, runs_query
@@ -14,7 +15,6 @@ from replayable.store.sqlite import (
     MIGRATIONS,
     ROWS_PER_INSERT,
     SQLiteStore,
-    _m001_initial,
 )
 from replayable.trace import Run
 
@@ -32,10 +32,7 @@ class TestMigrations:
     def test_old_schema_is_upgraded_keeping_its_runs(self, tmp_path: Path) -> None:
         """A database at the first schema gains the later migrations; its data survives."""
         path = tmp_path / "old.db"
-        db = sqlite3.connect(path, isolation_level=None)
-        db.execute("CREATE TABLE _migrations (name TEXT PRIMARY KEY, applied_at REAL)")
-        _m001_initial(db)
-        db.execute("INSERT INTO _migrations VALUES ('_m001_initial', 0)")
+        db = sqlite_before(path, 1)
         db.execute(
             "INSERT INTO runs (id, name, started_at, status, head_hash, event_count) "
             "VALUES ('old-run', 'legacy', 1.0, 'ok', 'h', 0)"
@@ -82,12 +79,7 @@ class TestMigrations:
         """A database made before m005 has ``events_boundary``; opening it drops the index,
         keeps the runs, and ``--boundary`` still finds them."""
         path = tmp_path / "m004.db"
-        db = sqlite3.connect(path, isolation_level=None)
-        db.execute("CREATE TABLE _migrations (name TEXT PRIMARY KEY, applied_at REAL)")
-        for migration in MIGRATIONS[:4]:
-            migration(db)
-            db.execute("INSERT INTO _migrations VALUES (?, 0)", (migration.__name__,))
-        db.close()
+        sqlite_before(path, 4).close()
         before = sqlite3.connect(path)
         assert before.execute(
             "SELECT 1 FROM sqlite_master WHERE name = 'events_boundary'"

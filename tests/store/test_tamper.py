@@ -16,6 +16,7 @@ import orjson
 import psycopg
 import pytest
 from click.testing import CliRunner
+from tests.fixtures.old_stores import sqlite_before
 
 import replayable as rp
 from replayable._writer import writer_for
@@ -360,17 +361,10 @@ class TestOldFormat:
     def test_sqlite_migration_marks_existing_runs_version_1(self, tmp_path: Path) -> None:
         """Opening a database made before m003 keeps its runs at hash version 1."""
         db = tmp_path / "old.db"
-        conn = sqlite3.connect(db)
-        conn.execute("CREATE TABLE _migrations (name TEXT PRIMARY KEY, applied_at REAL)")
-        from replayable.store import sqlite as sqlite_mod
-
-        for m in sqlite_mod.MIGRATIONS[:2]:
-            m(conn)
-            conn.execute("INSERT INTO _migrations VALUES (?, 0)", (m.__name__,))
+        conn = sqlite_before(db, 2)
         conn.execute(
             "INSERT INTO runs (id, started_at, status, event_count) VALUES ('old', 1.0, 'ok', 0)"
         )
-        conn.commit()
         conn.close()
         store = SQLiteStore(db)
         assert store.get_run("old").hash_version == 1

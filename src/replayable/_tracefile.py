@@ -26,6 +26,7 @@ from replayable.errors import ReplayableError, TraceCorrupt
 from replayable.trace import Event, Run
 
 __all__ = [
+    "MAX_LINE_BYTES",
     "TRACE_FORMAT",
     "TRACE_VERSION",
     "check_run_id",
@@ -43,6 +44,11 @@ TRACE_FORMAT = "replayable-trace"
 TRACE_VERSION = 2
 """Version 2 adds ``hash_version`` to the header (hash format 2); version 1 files still read."""
 _READABLE_VERSIONS = (1, 2)
+
+MAX_LINE_BYTES = 64 * 1024 * 1024
+"""The longest line (newline included) a trace file may have. One line holds one event, and a
+stored value is cut at 1 MB, so a longer line is damage or not a trace at all: it is refused
+after reading this much, so a file whose line never ends cannot take the machine's memory."""
 
 _SORTED = orjson.OPT_SORT_KEYS
 
@@ -120,12 +126,27 @@ def check_run_id(run_id: Any) -> str:
     return run_id
 
 
+def read_line(fh: IO[bytes], where: str, lineno: int) -> bytes:
+    """The next line of ``fh`` (``b""`` at the end), read with bounded memory: a line longer
+    than :data:`MAX_LINE_BYTES` raises :class:`TraceCorrupt` naming ``where`` and ``lineno``."""
+    raw = fh.readline(MAX_LINE_BYTES + 1)
+    if len(raw) > MAX_LINE_BYTES:
+        raise TraceCorrupt(
+            f"{where}: line {lineno} is longer than {MAX_LINE_BYTES // (1024 * 1024)} MiB "
+            "(a trace line holds one event): not a trace file, or a damaged one",
+            line=lineno,
+        )
+    return raw
+
+
 def _lines(fh: IO[bytes], p: Path) -> Iterator[tuple[int, bytes]]:
     """Numbered lines of a trace file, streamed; the last must end in a newline."""
-    for lineno, raw in enumerate(fh, start=1):
+    lineno = 1
+    while raw := read_line(fh, str(p), lineno):
         if not raw.endswith(b"\n"):
             raise TraceCorrupt(f"{p}: line {lineno} is truncated (no newline)", line=lineno)
         yield lineno, raw
+        lineno += 1
 
 
 def _header_run(p: Path, raw: bytes) -> Run:
@@ -204,10 +225,13 @@ def _open_trace(path: str | os.PathLike[str]) -> tuple[Run, Generator[tuple[Even
 
 
 def read_trace_header(path: str | os.PathLike[str]) -> Run:
-    """The run in a trace file's header line (reads one line)."""
-    run, events = _open_trace(path)
-    events.close()
-    return run
+    """The run in a trace file's header line (reads one line, and closes the file)."""
+    p = Path(path)
+    with _open(p) as fh:
+        first = next(_lines(fh, p), None)
+    if first is None:
+        raise TraceCorrupt(f"{p}: empty trace file", line=1)
+    return _header_run(p, first[1])
 
 
 def iter_trace(path: str | os.PathLike[str]) -> tuple[Run, Iterator[Event]]:

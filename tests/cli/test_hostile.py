@@ -4,7 +4,10 @@ trace files give one line and exit 2 (verify: a BAD line and exit 1), never a tr
 from __future__ import annotations
 
 import os
+import resource
 import stat
+import subprocess
+import sys
 import threading
 import tracemalloc
 from pathlib import Path
@@ -173,6 +176,70 @@ class TestHostileTraceFiles:
             tracemalloc.stop()
         assert size > 20_000_000
         assert peak < size / 10
+
+
+def _peak_rss_mb(*args: str) -> tuple[subprocess.CompletedProcess[str], float]:
+    """Run the CLI in a child process; its output and its peak resident memory in MB (the
+    child's own: each call starts a fresh process, and RUSAGE_CHILDREN keeps the maximum)."""
+    code = (
+        "import resource, sys\n"
+        "from replayable.cli import main\n"
+        "try:\n"
+        "    main(sys.argv[1:], standalone_mode=True)\n"
+        "finally:\n"
+        "    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120
+    )
+    *lines, peak = proc.stderr.strip().splitlines()
+    proc.stderr = "\n".join(lines)
+    return proc, int(peak) / 1024
+
+
+class TestOverlongLines:
+    """A file whose first line never ends (a 1 GB sparse file) is refused after a bounded read."""
+
+    @pytest.fixture
+    def endless(self, tmp_path: Path) -> Path:
+        path = tmp_path / "traces" / "endless.jsonl"
+        path.parent.mkdir()
+        with path.open("wb") as fh:
+            fh.truncate(1024**3)  # sparse: no disk, one line of NUL bytes with no newline
+        return path
+
+    def test_verify_refuses_an_endless_line_in_bounded_memory(self, endless: Path) -> None:
+        """`verify FILE` on it: one BAD line naming line 1 and the limit, exit 1, and the
+        process never holds more than a few hundred MB (it held 2.1 GB reading the line)."""
+        proc, peak_mb = _peak_rss_mb("verify", str(endless))
+        assert proc.returncode == 1, proc.stdout + proc.stderr
+        out = (proc.stdout + proc.stderr).strip()
+        assert len(out.splitlines()) == 1
+        assert "line 1 is longer than 64 MiB" in out
+        assert "Traceback" not in out
+        assert peak_mb < 400
+
+    def test_runs_in_a_directory_skips_it_in_bounded_memory(self, endless: Path) -> None:
+        """`runs --store DIR` with that file among the traces: one line saying it was skipped
+        and why, the other runs still listed, bounded memory."""
+        good = _trace(endless.parent)
+        proc, peak_mb = _peak_rss_mb("runs", "--store", str(endless.parent))
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert proc.stderr.strip().splitlines() == [
+            f"skipped {endless}: line 1 is longer than 64 MiB (a trace line holds one event): "
+            "not a trace file, or a damaged one"
+        ]
+        assert rp.trace.read_trace_header(good).id[:8] in proc.stdout
+        assert peak_mb < 400
+
+    def test_a_line_just_under_the_limit_still_reads(self, tmp_path: Path) -> None:
+        """The bound refuses only what is over it: an event line of 60 MiB is read as usual."""
+        path = _trace(tmp_path)
+        run = rp.trace.read_trace_header(path)
+        ev = Event(run.id, 0, "m:f/0", None, "m:f", "tool", "k", {}, {"blob": "x" * (60 << 20)})
+        chain_events(run, [ev])
+        big = write_trace(run, [ev], tmp_path / "big.jsonl")
+        assert verify_trace(big, key=b"").ok
 
 
 class TestBadArguments:

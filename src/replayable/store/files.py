@@ -8,24 +8,32 @@ be written): record into SQLite or PostgreSQL, then ``replayable export`` into t
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import orjson
 
+from replayable._tracefile import read_line
 from replayable.errors import RunNotFound, StoreUnavailable, TraceCorrupt
 from replayable.store.base import Checkpoint, CheckRow, CheckRunRow, EventRow, RunQuery
 from replayable.trace import TRACE_FORMAT, Event, Run, iter_trace, read_trace
 
 __all__ = ["TraceDirStore"]
 
+log = logging.getLogger("replayable")
+
 
 def _header(path: Path) -> Run | None:
-    """The run in a trace file's header line, or None if it is not a trace file."""
+    """The run in a trace file's header line, or None if it is not a trace file (one whose
+    first line never ends is passed over with one warning, having read a bounded amount)."""
     try:
         with path.open("rb") as fh:
-            header = orjson.loads(fh.readline())
+            header = orjson.loads(read_line(fh, str(path), 1))
+    except TraceCorrupt as exc:
+        log.warning("skipped %s", exc)
+        return None
     except (OSError, orjson.JSONDecodeError):
         return None
     if not isinstance(header, dict) or header.get("format") != TRACE_FORMAT:

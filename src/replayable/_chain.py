@@ -393,7 +393,10 @@ class Verification:
     its line in a trace file (1 for the header). ``signature`` is ``valid``, ``invalid``,
     ``missing`` (a key is set but the run is unsigned), ``unchecked`` (signed, no key set) or
     ``unsigned``. ``legacy`` marks a run in the version-1 hash format, whose header (status,
-    name, tags, metadata, ...) is not covered: only its events are checked.
+    name, tags, metadata, ...) is not covered: only its events are checked. ``sealed`` is
+    False for a run that never finished (``running``, ``incomplete``): its chain holds as far as
+    it goes, but nothing seals its end, so events may be missing after the last one (a signed
+    checkpoint, when there is one, covers what it names).
     """
 
     run_id: str
@@ -406,6 +409,7 @@ class Verification:
     line: int | None = None
     signature: str = "unsigned"
     legacy: bool = False
+    sealed: bool = True
 
 
 def verify_run(
@@ -443,7 +447,9 @@ def _verify(
 ) -> Verification:
     key = (key if key is not None else signing_key()) or None
     v2 = run.hash_version >= 2
-    result = Verification(run_id=run.id, event_count=0, head_hash="", legacy=not v2)
+    result = Verification(
+        run_id=run.id, event_count=0, head_hash="", legacy=not v2, sealed=_finished(run.status)
+    )
 
     def bad(ev: Event | None, line: int | None, problem: str) -> Verification:
         result.ok = False

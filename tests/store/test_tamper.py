@@ -259,6 +259,38 @@ class TestTruncation:
             assert target.verify().signature == "missing"
 
 
+    def test_a_run_emptied_and_set_back_to_running_is_reported_unfinished(
+        self, target: Target
+    ) -> None:
+        """Without a key, a run whose events are all deleted and whose header says `running`
+        again has an intact (empty) chain: verify passes it but says it is unfinished and not
+        a complete record, in the result and in the CLI's line (it said "chain intact")."""
+        target.record()
+        target.cut_tail(0)
+        target.edit_run(
+            status="running", head_hash=None, signature=None, ended_at=None, event_count=0
+        )
+        result = target.verify()
+        assert (result.ok, result.sealed, result.event_count) == (True, False, 0)
+        if target.kind == "file":
+            args = ["verify", str(target.file)]
+        else:
+            url = target.url if target.kind == "postgres" else target.store.url
+            assert url is not None
+            args = ["verify", target.run_id, "--store", url]
+        out = CliRunner().invoke(main, args)
+        assert out.exit_code == 0, out.output
+        assert out.output.startswith(f"ok so far: run {target.run_id} is UNFINISHED")
+        assert "not a complete record" in out.output
+        as_json = orjson.loads(CliRunner().invoke(main, [*args, "--json"]).output)
+        assert (as_json["ok"], as_json["sealed"]) == (True, False)
+
+    def test_a_finished_run_is_sealed(self, target: Target) -> None:
+        """A run that ended verifies as sealed, and the CLI says plainly "chain intact"."""
+        target.record()
+        assert target.verify().sealed
+
+
 class TestReplayRefusesUnverified:
     def test_signed_replay_refuses_an_edited_recording_unless_trusted(
         self, monkeypatch: pytest.MonkeyPatch, tmp_path: Path

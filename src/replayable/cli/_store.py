@@ -188,6 +188,7 @@ def _report(v: Verification, source: str, as_json: bool) -> None:
                     "head_hash": v.head_hash,
                     "signature": v.signature,
                     "legacy": v.legacy,
+                    "sealed": v.sealed,
                     "problem": v.problem,
                     "bad_seq": v.bad_seq,
                     "bad_address": v.bad_address,
@@ -207,6 +208,14 @@ def _report(v: Verification, source: str, as_json: bool) -> None:
             if v.legacy
             else ", header covered"
         )
+        if not v.sealed:
+            click.echo(
+                f"ok so far: run {safe(v.run_id)} is UNFINISHED (never sealed): "
+                f"{v.event_count} events, chain intact as far as it goes, "
+                f"head {v.head_hash[:16] or '-'}{sig}{legacy}; not a complete record: events "
+                "after the last one may be missing"
+            )
+            return
         click.echo(
             f"ok: run {safe(v.run_id)}, {v.event_count} events, chain intact, "
             f"head {v.head_hash[:16] or '-'}{sig}{legacy}"

@@ -226,6 +226,62 @@ class TestFromPython:
         assert [s.status for s in report.steps] == ["same"]
 
 
+ANSWER: dict[str, Any] = {}
+
+
+@rp.boundary(kind="llm", name="drift_test:answer")
+def answer(question: str) -> Any:
+    """A model call whose answer is whatever the test set last."""
+    return ANSWER["now"]
+
+
+class TestEveryAnswerShape:
+    @pytest.mark.parametrize(
+        ("before", "after", "expected"),
+        [
+            (12, 13, "value: 12 -> 13"),
+            (True, False, "value: true -> false"),
+            (None, 0, "value: null -> 0"),
+            (1.5, 2.5, "value: 1.5 -> 2.5"),
+            ([1, 2], [1, 3], "value: [1]: 2 -> 3"),
+            ({"total": 12}, {"total": 13}, "value: total: 12 -> 13"),
+            ({"text": "hi", "n": 1}, {"text": "hi", "n": 2}, "value: n: 1 -> 2"),
+        ],
+        ids=["int", "bool", "none", "float", "list", "dict", "dict-beside-text"],
+    )
+    def test_a_changed_answer_is_reported_whatever_its_shape(
+        self, before: Any, after: Any, expected: str
+    ) -> None:
+        """A model whose answer changed from 12 to 13 (or any other non-SDK shape): the drift
+        report names the changed answer, not only that something about the model moved."""
+        ANSWER["now"] = before
+        with rp.record(name="shapes"):
+            answer("how many?")
+        ANSWER["now"] = after
+        report = rp.drift(name="shapes", judge=None, limit=1)
+        [step] = report.steps
+        assert step.status == "drifted"
+        assert expected in [str(c) for c in step.changes]
+
+    def test_the_same_answer_is_no_drift(self) -> None:
+        """An unchanged bare answer reports no change (the value field is not noise)."""
+        ANSWER["now"] = 12
+        with rp.record(name="same-shape"):
+            answer("how many?")
+        report = rp.drift(name="same-shape", judge=None, limit=1)
+        assert [s.status for s in report.steps] == ["same"]
+
+    def test_a_changed_text_field_is_not_reported_twice(self) -> None:
+        """A dict answer whose text field changed shows as text only, not again as value."""
+        ANSWER["now"] = {"text": "yes"}
+        with rp.record(name="text-shape"):
+            answer("ok?")
+        ANSWER["now"] = {"text": "no"}
+        report = rp.drift(name="text-shape", judge=None, limit=1)
+        [step] = report.steps
+        assert [c.field for c in step.changes] == ["text"]
+
+
 class TestNotRerunnable:
     def test_an_unregistered_boundary_is_reported_per_step(
         self, last_week: list[rp.Run], monkeypatch: pytest.MonkeyPatch

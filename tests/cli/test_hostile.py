@@ -4,7 +4,6 @@ trace files give one line and exit 2 (verify: a BAD line and exit 1), never a tr
 from __future__ import annotations
 
 import os
-import resource
 import stat
 import subprocess
 import sys
@@ -190,7 +189,11 @@ def _peak_rss_mb(*args: str) -> tuple[subprocess.CompletedProcess[str], float]:
         "    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n"
     )
     proc = subprocess.run(
-        [sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", code, *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     *lines, peak = proc.stderr.strip().splitlines()
     proc.stderr = "\n".join(lines)

@@ -26,6 +26,9 @@ class _Answer:
     text: str = ""
     shape: Any = None
     error: str | None = None
+    value: Any = None
+    """The answer itself, for outputs that are not a model SDK's response (a number, a list, a
+    function's own dict): compared whole, so a change no field above names still shows."""
 
 
 def _json_or(text: Any) -> Any:
@@ -86,6 +89,16 @@ def _stream_text(chunks: list[Any]) -> tuple[str, list[tuple[str, Any]]]:
 _TEXT_KEYS = ("text", "content", "answer", "reason", "message")
 
 
+_WHOLE = "(value)"
+"""The path :func:`diff_values` gives the value itself."""
+_NAMED = frozenset({*_TEXT_KEYS, "tool", "arguments"})
+
+
+def _top(path: str) -> str:
+    """The top-level field a diff path starts with (``""`` for the value itself)."""
+    return path.split(".", 1)[0].split("[", 1)[0]
+
+
 def _answer(output: Any, meta: Mapping[str, Any], error: Mapping[str, Any] | None) -> _Answer:
     """What is compared: model, fingerprint, tools chosen, text and structured shape."""
     out = output if isinstance(output, dict) else {}
@@ -98,9 +111,11 @@ def _answer(output: Any, meta: Mapping[str, Any], error: Mapping[str, Any] | Non
         return ans
     texts: list[str] = []
     structured = True
-    if isinstance(output, list):  # a stream
+    if isinstance(output, list):  # a stream, or a plain list answer
         text, ans.tools = _stream_text(output)
         texts.append(text)
+        if not text and not ans.tools:
+            ans.value = output
     elif "choices" in out:  # OpenAI chat completion
         for choice in out.get("choices") or ():
             msg = choice.get("message") or {}
@@ -130,6 +145,10 @@ def _answer(output: Any, meta: Mapping[str, Any], error: Mapping[str, Any] | Non
             ans.tools.append((out["tool"], out.get("arguments")))
         texts.extend(str(out[k]) for k in _TEXT_KEYS if isinstance(out.get(k), str))
         ans.shape = _shape(out)
+        ans.value = out
+    elif not isinstance(output, dict):  # a number, a boolean, None
+        structured = False
+        ans.value = output
     ans.text = "\n".join(t for t in texts if t)
     if structured:
         parsed = _json_or(ans.text.strip())
@@ -160,6 +179,13 @@ def _compare(
                 changes.append(DriftChange("arguments", a, b, detail))
     if recorded.shape != live.shape:
         changes.append(DriftChange("shape", recorded.shape, live.shape))
+    if recorded.value != live.value:
+        # What the fields above did not already name (text fields, the tool and its arguments).
+        rest = [c for c in diff_values(recorded.value, live.value) if _top(c.path) not in _NAMED]
+        if rest:
+            whole = rest[0].path == _WHOLE  # a bare value: "value: 12 -> 13" says it all
+            detail = "" if whole else "; ".join(str(c).lstrip("~+- ") for c in rest[:5])
+            changes.append(DriftChange("value", recorded.value, live.value, detail))
     similarity = None
     if recorded.text != live.text:
         if recorded.text and live.text and judge is not None:

@@ -13,7 +13,7 @@ from replayable.trace import Run
 
 __all__ = ["FIELDS", "DriftChange", "DriftReport", "StepDrift"]
 
-FIELDS = ("model", "system_fingerprint", "tool", "arguments", "shape", "text", "error")
+FIELDS = ("model", "system_fingerprint", "tool", "arguments", "shape", "text", "value", "error")
 """What a drift report compares, in the order it reports them."""
 
 

@@ -258,7 +258,6 @@ class TestTruncation:
             target.edit_run(head_hash=None, signature=None, event_count=0)
             assert target.verify().signature == "missing"
 
-
     def test_a_run_emptied_and_set_back_to_running_is_reported_unfinished(
         self, target: Target
     ) -> None:

@@ -23,6 +23,7 @@ from __future__ import annotations
 from replayable import redact
 from replayable._check import CheckReport, check
 from replayable._drift import DriftReport, drift
+from replayable._otlp import import_otlp
 from replayable._version import __version__
 from replayable.boundary import Boundary, Codec, boundary, get_boundary, registry
 from replayable.canonical import canonicalize, key
@@ -33,6 +34,7 @@ from replayable.errors import (
     Divergence,
     FieldChange,
     FixtureMiss,
+    InvalidOtlp,
     RecordedError,
     ReplayableError,
     ReplayableWarning,
@@ -60,6 +62,7 @@ __all__ = [
     "Event",
     "FieldChange",
     "FixtureMiss",
+    "InvalidOtlp",
     "RecordedError",
     "Replay",
     "ReplayableError",
@@ -82,6 +85,7 @@ __all__ = [
     "check",
     "drift",
     "get_boundary",
+    "import_otlp",
     "instrument",
     "key",
     "now",

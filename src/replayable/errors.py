@@ -12,6 +12,7 @@ The hierarchy::
     ├── RunNotFound                 no run with that id (or id prefix) in the store
     ├── UnknownBoundary             a boundary name that no registered boundary carries
     ├── UnsupportedClient           an integration was handed an object it cannot instrument
+    ├── InvalidOtlp                 an OTLP export request or file that cannot be imported
     └── RecordedError               a recorded exception whose type cannot be rebuilt
 
     ReplayableWarning (UserWarning) something was recorded or replayed less faithfully than asked
@@ -29,6 +30,7 @@ __all__ = [
     "Divergence",
     "FieldChange",
     "FixtureMiss",
+    "InvalidOtlp",
     "RecordedError",
     "ReplayableError",
     "ReplayableWarning",
@@ -219,6 +221,17 @@ class UnknownBoundary(ReplayableError):
 
 class UnsupportedClient(ReplayableError, TypeError):
     """An integration was given an object it cannot instrument (the message names what it can)."""
+
+
+class InvalidOtlp(ReplayableError, ValueError):
+    """OTLP trace data that cannot be imported: not protobuf or OTLP/JSON, wrong types, a span
+    cycle, or over a bound. ``line`` is the file line (1-based) when it came from a file;
+    ``status`` the HTTP status the collector answers with (400, or 413 for a bound)."""
+
+    def __init__(self, message: str, *, line: int | None = None, status: int = 400) -> None:
+        self.line = line
+        self.status = status
+        super().__init__(message if line is None else f"line {line}: {message}")
 
 
 class RecordedError(ReplayableError):

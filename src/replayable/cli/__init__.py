@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from replayable.cli import (  # noqa: F401  (registration)
     _check,
+    _collect,
     _core,
     _demo,
     _scan,
@@ -28,7 +29,8 @@ _SHORT_HELP = {
     "stats": "Runs, steps, errors and tokens by model over a period.",
     "serve": "Start the local web viewer (127.0.0.1).",
     "export": "Write one run as a JSONL trace file.",
-    "import": "Import JSONL trace files into a store, all or nothing.",
+    "import": "Import trace files (JSONL, or --format otlp) into a store, all or nothing.",
+    "collect": "Receive OpenTelemetry traces (OTLP/HTTP) and keep each as a run.",
     "verify": "Check a run's or trace file's hash chain (and signature).",
     "copy": "Copy runs between stores (e.g. PostgreSQL to a laptop SQLite).",
     "prune": "Delete runs older than a period (retention).",

@@ -39,6 +39,21 @@ __all__ = [
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+"""Interfaces a server (``serve``, ``collect``) may bind without a token."""
+
+
+def require_token(host: str, token: str | None, what: str) -> bool:
+    """Fail unless a bind beyond this machine has a token; True when the bind is local."""
+    if host in LOCAL_HOSTS:
+        return True
+    if not token:
+        fail(
+            f"binding to {host} exposes {what} to the network: pass --auth-token "
+            "(or set $REPLAYABLE_VIEWER_TOKEN), or keep the default --host 127.0.0.1"
+        )
+    return False
+
 
 def _no_color() -> bool:
     return bool(os.environ.get("NO_COLOR"))

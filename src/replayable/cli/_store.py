@@ -21,7 +21,7 @@ from replayable.cli._common import (
     store_option,
     valid_period,
 )
-from replayable.errors import TraceCorrupt
+from replayable.errors import InvalidOtlp, TraceCorrupt
 from replayable.store import open_store
 from replayable.store.base import RunQuery, RunStatus, event_to_row
 from replayable.trace import (
@@ -152,21 +152,48 @@ def _export_many(
 @main.command("import")
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @store_option
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["trace", "otlp"]),
+    default="trace",
+    show_default=True,
+    help="trace: replayable's JSONL trace files. otlp: OpenTelemetry traces (the Collector "
+    "file exporter's JSON lines, or one OTLP/JSON or protobuf export request; gzip or not), "
+    "one run per trace.",
+)
 @handle_errors
-def import_cmd(files: tuple[str, ...], store_url: str | None) -> None:
-    """Import JSONL trace files into the store, all or nothing.
+def import_cmd(files: tuple[str, ...], store_url: str | None, fmt: str) -> None:
+    """Import trace files into the store, all or nothing.
 
-    Every file is read and its hash chain checked before anything is written; a damaged file
-    (TraceCorrupt, with its line number) means nothing is imported. Runs already in the store
-    are skipped.
+    Every file is read and checked before anything is written; a damaged file (with its line
+    number) means nothing is imported. Runs already in the store are skipped.
+
+    With --format otlp, each trace becomes a run (id otlp-TRACE_ID) whose steps are the spans,
+    read by the GenAI, OpenInference, Langfuse or Logfire conventions; secrets are redacted
+    before anything is written.
+
+    \b
+    replayable import tests/traces/incident.jsonl
+    replayable import --format otlp otel-traces.jsonl
     """
     loaded: list[tuple[str, Run, list[Event]]] = []
     for file in files:
+        if fmt == "otlp":
+            from replayable._otlp import read_otlp_file, runs_of
+
+            try:
+                loaded.extend((file, run, events) for run, events in runs_of(read_otlp_file(file)))
+            except InvalidOtlp as exc:
+                fail(f"InvalidOtlp: {safe(str(exc))}; nothing imported")
+            continue
         try:
             run, events = check_trace(file)
         except TraceCorrupt as exc:
             fail(f"TraceCorrupt: {safe(str(exc))}; nothing imported")
         loaded.append((file, run, events))
+    if not loaded:
+        fail("no spans in the given files; nothing imported")
     store = get_store(store_url, create=True)
     for file, run, events in loaded:
         run.store = None

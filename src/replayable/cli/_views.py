@@ -21,14 +21,13 @@ from replayable.cli._common import (
     load_run,
     main,
     parse_since,
+    require_token,
     store_option,
     valid_period,
 )
 from replayable.cli._render import diff_view
 from replayable.store.base import RunQuery
 from replayable.trace import Event, Run
-
-LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 @main.command("diff")
@@ -162,11 +161,7 @@ def serve_cmd(store_url: str | None, host: str, port: int, auth_token: str | Non
     http://HOST:PORT/?token=TOKEN once (a cookie keeps you signed in) or send
     `Authorization: Bearer TOKEN`.
     """
-    if host not in LOCAL_HOSTS and not auth_token:
-        fail(
-            f"binding to {host} exposes your traces to the network: pass --auth-token "
-            "(or set $REPLAYABLE_VIEWER_TOKEN), or keep the default --host 127.0.0.1"
-        )
+    local = require_token(host, auth_token, "your traces")
     try:
         import uvicorn
 
@@ -175,7 +170,7 @@ def serve_cmd(store_url: str | None, host: str, port: int, auth_token: str | Non
         fail(f'the viewer needs {exc.name}: pip install "replayable[viewer]"')
         return
     store = get_store(store_url)
-    app = create_app(store, token=auth_token, local_only=host in LOCAL_HOSTS)
+    app = create_app(store, token=auth_token, local_only=local)
     shown = f"[{host}]" if ":" in host else host
     url = f"http://{shown}:{port}/"
     out = console()

@@ -9,22 +9,20 @@ web page cannot reach the viewer by DNS rebinding).
 from __future__ import annotations
 
 import datetime as _dt
-import hmac
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, urlencode
 
 import jinja2
 import orjson
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
-from starlette.responses import RedirectResponse, Response
+from starlette.responses import Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from replayable._asgi_guard import Guard
 from replayable._check import CheckReport, list_checks, load_check
 from replayable._rundiff import diff_runs
 from replayable.errors import ReplayableError, RunNotFound
@@ -45,8 +43,6 @@ __all__ = ["create_app"]
 
 HERE = Path(__file__).parent
 PAGE_SIZE = 500
-TOKEN_COOKIE = "replayable_viewer_token"
-LOCAL_NAMES = {"127.0.0.1", "localhost", "[::1]", "::1"}
 CSP = (
     "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; "
     "img-src 'self' data:; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; "
@@ -133,79 +129,6 @@ def _templates() -> Jinja2Templates:
     env.filters["time"] = _time
     env.filters["short_name"] = lambda name: str(name).rsplit(":", 1)[-1]
     return Jinja2Templates(env=env)
-
-
-def _host_of(header: str) -> str:
-    if header.startswith("["):
-        return header[: header.find("]") + 1]
-    return header.split(":", 1)[0]
-
-
-class _Guard:
-    """ASGI middleware: local Host header check, token check, security headers."""
-
-    def __init__(self, app: ASGIApp, token: str | None, local_only: bool) -> None:
-        self.app = app
-        self.token = token
-        self.local_only = local_only
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-        if self.local_only and _host_of(headers.get("host", "")) not in LOCAL_NAMES:
-            await Response("unknown host", status_code=400)(scope, receive, send)
-            return
-        if self.token is not None:
-            query = dict(parse_qsl(scope.get("query_string", b"").decode("latin-1")))
-            if self._ok(query.get("token")):
-                # Trade the token in the URL for a cookie, and drop it from the address bar.
-                rest = urlencode([(k, v) for k, v in query.items() if k != "token"])
-                target = scope["path"] + (f"?{rest}" if rest else "")
-                redirect = RedirectResponse(target, status_code=303)
-                redirect.set_cookie(
-                    TOKEN_COOKIE, self.token, httponly=True, samesite="strict", path="/"
-                )
-                await redirect(scope, receive, send)
-                return
-            auth = headers.get("authorization", "")
-            bearer = auth[7:] if auth.lower().startswith("bearer ") else None
-            cookie = _cookie(headers.get("cookie", ""), TOKEN_COOKIE)
-            if not (self._ok(bearer) or self._ok(cookie)):
-                await Response(
-                    "token required: open this page with ?token=... or send "
-                    "'Authorization: Bearer ...'",
-                    status_code=401,
-                    headers={"WWW-Authenticate": "Bearer"},
-                )(scope, receive, send)
-                return
-
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                extra = [
-                    (b"content-security-policy", CSP.encode()),
-                    (b"x-content-type-options", b"nosniff"),
-                    (b"referrer-policy", b"no-referrer"),
-                    (b"x-frame-options", b"DENY"),
-                ]
-                message["headers"] = list(message.get("headers", [])) + extra
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)
-
-    def _ok(self, given: str | None) -> bool:
-        if given is None or self.token is None:
-            return False
-        return hmac.compare_digest(given.encode(), self.token.encode())
-
-
-def _cookie(header: str, name: str) -> str | None:
-    for part in header.split(";"):
-        k, _, v = part.strip().partition("=")
-        if k == name:
-            return v
-    return None
 
 
 def _json(data: Any, status_code: int = 200) -> Response:
@@ -512,5 +435,11 @@ def create_app(
             HTTPException: http_error,
         },
     )
-    app.add_middleware(_Guard, token=token, local_only=local_only)
+    security = [
+        (b"content-security-policy", CSP.encode()),
+        (b"x-content-type-options", b"nosniff"),
+        (b"referrer-policy", b"no-referrer"),
+        (b"x-frame-options", b"DENY"),
+    ]
+    app.add_middleware(Guard, token=token, local_only=local_only, headers=security)
     return app

@@ -1,0 +1,115 @@
+"""Runs other tools traced, over OTLP: read export requests and files, map their spans to
+steps, keep each trace as a run (``replayable import --format otlp``, ``replayable collect``).
+
+- :mod:`._decode`: OTLP protobuf and OTLP/JSON (gzip) to plain spans, with the bounds.
+- :mod:`._conventions`: what a span means under GenAI, OpenInference, Langfuse or Logfire.
+- :mod:`._run`: one trace's spans as a run and its chained events.
+- :mod:`._collect`: the OTLP/HTTP receiver that assembles traces as they arrive.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from replayable._otlp._decode import (
+    MAX_BODY,
+    MAX_SPANS,
+    Span,
+    decode_json,
+    decode_protobuf,
+    decode_request,
+    gunzip,
+)
+from replayable._otlp._run import build_run, by_trace, run_id_of
+from replayable.errors import InvalidOtlp
+from replayable.store.base import event_to_row
+
+if TYPE_CHECKING:
+    from replayable.store.base import Store
+    from replayable.trace import Event, Run
+
+__all__ = [
+    "MAX_BODY",
+    "MAX_SPANS",
+    "Span",
+    "build_run",
+    "by_trace",
+    "decode_request",
+    "import_otlp",
+    "read_otlp_file",
+    "run_id_of",
+    "runs_of",
+]
+
+_GZIP_MAGIC = b"\x1f\x8b"
+
+
+def read_otlp_file(path: str | os.PathLike[str]) -> list[Span]:
+    """The spans of an OTLP file: the Collector file exporter's JSON lines (one export
+    request a line), one OTLP/JSON export request, or one protobuf export request; gzip or not.
+
+    Raises :class:`InvalidOtlp` naming the line that cannot be read.
+    """
+    p = Path(path)
+    try:
+        size = p.stat().st_size
+        if size > MAX_BODY * 4:
+            raise InvalidOtlp(f"{p} is {size} bytes, over the import bound of {MAX_BODY * 4}")
+        data = p.read_bytes()
+    except OSError as exc:
+        raise InvalidOtlp(f"cannot read {p}: {exc.strerror or exc}") from exc
+    if data.startswith(_GZIP_MAGIC):
+        data = gunzip(data, MAX_BODY * 4)
+    text = data.lstrip()
+    if not text:
+        raise InvalidOtlp(f"{p} is empty: no spans to import")
+    if not text.startswith(b"{"):
+        return decode_protobuf(data)
+    lines = data.splitlines()
+    if len([ln for ln in lines if ln.strip()]) > 1 and lines[0].strip().endswith(b"}"):
+        spans: list[Span] = []
+        for n, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                spans.extend(decode_json(line))
+            except InvalidOtlp as exc:
+                raise InvalidOtlp(f"{p}: {exc}", line=n, status=exc.status) from None
+            if len(spans) > MAX_SPANS:
+                raise InvalidOtlp(f"{p} has over {MAX_SPANS} spans", line=n, status=413)
+        return spans
+    try:
+        return decode_json(data)
+    except InvalidOtlp as exc:
+        raise InvalidOtlp(f"{p}: {exc}", status=exc.status) from None
+
+
+def runs_of(spans: list[Span]) -> list[tuple[Run, list[Event]]]:
+    """Every trace in ``spans`` as a run with its events (one trace, one run), checked
+    whole before any is returned."""
+    return [build_run(trace) for trace in by_trace(spans).values()]
+
+
+def import_otlp(
+    path: str | os.PathLike[str], store: Store | str | None = None
+) -> list[tuple[Run, bool]]:
+    """Import the traces in an OTLP file as runs, all or nothing: every trace is read and
+    mapped before any run is written. Returns each run with whether it was written (False:
+    a run of that trace was already in the store).
+
+    ``store`` is a store or its URL (default: the default store).
+    """
+    from replayable.store import open_store
+
+    runs = runs_of(read_otlp_file(path))
+    if not runs:
+        raise InvalidOtlp(f"{path} has no spans to import")
+    target = open_store(store)
+    out: list[tuple[Run, bool]] = []
+    for run, events in runs:
+        written = target.put_run(run, [event_to_row(e) for e in events])
+        run.store = target
+        out.append((run, written))
+    return out

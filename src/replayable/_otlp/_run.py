@@ -1,0 +1,209 @@
+"""The spans of one trace as one run: steps in parent-first start order, addressed, redacted and
+hash-chained like a recorded run."""
+
+from __future__ import annotations
+
+import builtins
+from collections import defaultdict
+from collections.abc import Iterable
+from typing import Any
+
+from replayable._otlp._conventions import CAPTURE_HINTS, StepView, read_span
+from replayable._otlp._decode import MAX_SPANS, Span
+from replayable.canonical import key_of_json
+from replayable.errors import InvalidOtlp
+from replayable.redact import redact, redact_run
+from replayable.trace import Event, Run, chain_events
+
+__all__ = ["build_run", "by_trace", "check_spans", "run_id_of"]
+
+_STATUS_ERROR = 2
+
+
+def run_id_of(trace_id: str) -> str:
+    """The run id of a trace: the same trace always becomes the same run (an import or a
+    second collector writing it again is skipped, not duplicated)."""
+    return f"otlp-{trace_id}"
+
+
+def by_trace(spans: Iterable[Span]) -> dict[str, list[Span]]:
+    """Spans grouped by trace id, in arrival order."""
+    out: dict[str, list[Span]] = defaultdict(list)
+    for s in spans:
+        out[s.trace_id].append(s)
+    return dict(out)
+
+
+def check_spans(spans: list[Span]) -> list[Span]:
+    """One trace's spans with re-sent duplicates dropped; :class:`InvalidOtlp` on a cycle or
+    past the span bound."""
+    seen: dict[str, Span] = {}
+    for s in spans:
+        seen.setdefault(s.span_id, s)  # an exporter's retry sends the same span again
+    if len(seen) > MAX_SPANS:
+        raise InvalidOtlp(
+            f"trace {spans[0].trace_id} has {len(seen)} spans, over the bound of {MAX_SPANS}",
+            status=413,
+        )
+    done: set[str] = set()
+    for start in seen:
+        path: list[str] = []
+        on_path: set[str] = set()
+        node: str | None = start
+        while node is not None and node in seen and node not in done:
+            if node in on_path:
+                raise InvalidOtlp(
+                    f"trace {spans[0].trace_id} has a span cycle through span {node} "
+                    "(a span is its own ancestor)"
+                )
+            on_path.add(node)
+            path.append(node)
+            node = seen[node].parent_id
+        done.update(path)
+    return list(seen.values())
+
+
+def _order(spans: list[Span]) -> list[tuple[Span, Span | None]]:
+    """Spans parent first, siblings in start order (span id breaks ties), each with its parent
+    (None at the top, also for a span whose parent never arrived)."""
+    ids = {s.span_id: s for s in spans}
+    children: dict[str | None, list[Span]] = defaultdict(list)
+    for s in spans:
+        children[s.parent_id if s.parent_id in ids else None].append(s)
+    for kids in children.values():
+        kids.sort(key=lambda s: (s.start_ns, s.span_id), reverse=True)
+    out: list[tuple[Span, Span | None]] = []
+    stack: list[tuple[Span, Span | None]] = [(s, None) for s in children[None]]
+    while stack:
+        span, parent = stack.pop()
+        out.append((span, parent))
+        stack.extend((k, span) for k in children.get(span.span_id, ()))
+    return out
+
+
+def _error(span: Span) -> dict[str, Any] | None:
+    """A span's error status as a recorded error. The type is never one to import: the trace
+    came from outside, so it is rebuilt as a builtin exception or a ``RecordedError``."""
+    if span.status_code != _STATUS_ERROR:
+        return None
+    exc_type, message = "", span.status_message
+    for ev in span.events:
+        if ev.name == "exception":
+            exc_type = str(ev.attributes.get("exception.type") or "")
+            message = str(ev.attributes.get("exception.message") or message)
+    short = exc_type.rsplit(".", 1)[-1]
+    builtin = getattr(builtins, short, None) if short == exc_type else None
+    if isinstance(builtin, type) and issubclass(builtin, Exception):
+        return {"type": f"builtins:{short}", "message": message, "args": [message]}
+    type_name = exc_type or "SpanError"
+    return {
+        "type": "replayable.errors:RecordedError",
+        "message": f"{type_name}: {message}",
+        "args": [type_name, message],
+    }
+
+
+def _boundary(view: StepView) -> str:
+    return f"{view.kind}:{view.name}"
+
+
+def build_run(spans: list[Span]) -> tuple[Run, list[Event]]:
+    """One trace (``spans``, all of one trace id) as a run and its events, redacted and
+    chained, ready for ``Store.put_run``."""
+    spans = check_spans(spans)
+    trace_id = spans[0].trace_id
+    run_id = run_id_of(trace_id)
+    ordered = _order(spans)
+    seqs: dict[str, int] = {}
+    addresses: dict[str, str] = {}
+    counters: dict[tuple[str | None, str], int] = defaultdict(int)
+    events: list[Event] = []
+    conventions: dict[tuple[str, str, str, str], None] = {}
+    missing: dict[str, set[str]] = defaultdict(set)
+    uncaptured: dict[str, set[str]] = defaultdict(set)
+    for seq, (span, parent) in enumerate(ordered):
+        view = read_span(span)
+        name = _boundary(view)
+        parent_key = parent.span_id if parent is not None else None
+        ordinal = counters[(parent_key, name)]
+        counters[(parent_key, name)] += 1
+        base = addresses.get(parent_key or "", "")
+        address = f"{base} > {name}/{ordinal}" if base else f"{name}/{ordinal}"
+        seqs[span.span_id], addresses[span.span_id] = seq, address
+        if view.convention != "none":
+            conventions[(view.convention, span.scope, span.scope_version, span.schema_url)] = None
+        missing[view.kind].update(view.missing)
+        if not view.content and view.kind in ("llm", "tool"):
+            uncaptured[view.kind].add(view.convention)
+        otel: dict[str, Any] = {
+            "trace_id": trace_id,
+            "span_id": span.span_id,
+            "parent_span_id": span.parent_id,
+            "name": span.name,
+            "span_kind": span.kind,
+            "convention": view.convention,
+            "scope": span.scope,
+            "content_captured": view.content,
+            "not_carried": view.missing,
+        }
+        if not view.content and view.convention in CAPTURE_HINTS:
+            otel["capture_hint"] = CAPTURE_HINTS[view.convention]
+        if view.convention == "none" or view.kind == "span":
+            otel["events"] = [
+                {"name": e.name, "time_ns": e.time_ns, "attributes": e.attributes}
+                for e in span.events
+            ]
+        inp = redact(view.input)
+        events.append(
+            Event(
+                run_id=run_id,
+                seq=seq,
+                address=address,
+                parent_seq=seqs.get(parent_key) if parent_key is not None else None,
+                boundary=name,
+                kind=view.kind,
+                key=key_of_json(inp),
+                input=inp,
+                output=redact(view.output),
+                error=redact(_error(span)),
+                meta=redact({**view.meta, "otel": otel}),
+                started_at=span.start_ns / 1e9,
+                duration_ns=max(0, span.end_ns - span.start_ns),
+            )
+        )
+    roots = [s for s, p in ordered if p is None]
+    root = roots[0]
+    resource = root.resource
+    starts = [s.start_ns for s in spans if s.start_ns]
+    ends = [s.end_ns for s in spans if s.end_ns]
+    run = Run(
+        id=run_id,
+        name=str(
+            root.attributes.get("langfuse.trace.name")
+            or root.attributes.get("gen_ai.agent.name")
+            or root.name
+            or trace_id
+        ),
+        tags={"source": "otlp"},
+        metadata={
+            "source": {
+                "format": "otlp",
+                "trace_id": trace_id,
+                "service": resource.get("service.name"),
+                "conventions": [
+                    {"convention": c, "scope": sc, "scope_version": v, "schema_url": u}
+                    for c, sc, v, u in conventions
+                ],
+                "not_carried": {k: sorted(v) for k, v in sorted(missing.items()) if v},
+                "content_not_captured": {k: sorted(v) for k, v in sorted(uncaptured.items())},
+            }
+        },
+        environment={"resource": resource},
+        started_at=min(starts) / 1e9 if starts else 0.0,
+        ended_at=max(ends) / 1e9 if ends else None,
+        status="error" if any(s.status_code == _STATUS_ERROR for s in roots) else "ok",
+        error=_error(root),
+    )
+    redact_run(run)
+    chain_events(run, events)
+    return run, events

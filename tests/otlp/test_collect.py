@@ -1,0 +1,251 @@
+"""The OTLP/HTTP collector: real exporters post to it, each trace is kept once as a run, and
+hostile requests are refused whole."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+import httpx
+import orjson
+from opentelemetry.exporter.otlp.proto.http import Compression
+from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+
+from replayable.store import Store, open_store
+
+from .conftest import LiveCollector, agent_trace, genai_messages, to_json
+from .test_import import jspan, otlp_json
+
+PB = {"content-type": "application/x-protobuf"}
+
+
+def traced_with_sdk(endpoint: str, compression: Compression = Compression.NoCompression) -> str:
+    """Trace a two-span agent with the real SDK, exporting over OTLP/HTTP; its trace id."""
+    provider = TracerProvider(resource=Resource.create({"service.name": "svc"}))
+    provider.add_span_processor(
+        BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint, compression=compression))
+    )
+    tracer = provider.get_tracer("app")
+    with tracer.start_as_current_span("agent") as root:
+        with tracer.start_as_current_span(
+            "chat m",
+            attributes={
+                "gen_ai.operation.name": "chat",
+                "gen_ai.request.model": "m",
+                "gen_ai.input.messages": genai_messages("hi"),
+            },
+        ):
+            pass
+        trace_id = f"{root.get_span_context().trace_id:032x}"
+    provider.shutdown()
+    return trace_id
+
+
+class TestReceiving:
+    def test_real_exporter_trace_becomes_one_run(
+        self, store: Store, live_collector: Callable[..., LiveCollector]
+    ) -> None:
+        """The SDK's OTLP/HTTP exporter (protobuf, gzip) posts a trace; it is kept as one run."""
+        c = live_collector()
+        trace_id = traced_with_sdk(f"{c.url}/v1/traces", Compression.Gzip)
+        (kept,) = c.wait_kept(1)
+        assert kept.written
+        assert kept.ended == "root span ended"
+        run = store.get_run(f"otlp-{trace_id}")
+        assert [e.kind for e in store.iter_events(run.id)] == ["span", "llm"]
+
+    def test_json_gzip_and_the_langfuse_path(
+        self, store: Store, live_collector: Callable[..., LiveCollector]
+    ) -> None:
+        """OTLP/JSON, gzipped, on Langfuse's path is accepted and kept."""
+        c = live_collector()
+        body = gzip.compress(orjson.dumps(to_json(agent_trace())))
+        r = httpx.post(
+            f"{c.url}/api/public/otel/v1/traces",
+            content=body,
+            headers={"content-type": "application/json", "content-encoding": "gzip"},
+        )
+        assert (r.status_code, r.json()) == (200, {})
+        (kept,) = c.wait_kept(1)
+        assert kept.run is not None
+        assert kept.steps == 4
+
+    def test_spans_of_one_trace_across_requests(
+        self, store: Store, live_collector: Callable[..., LiveCollector]
+    ) -> None:
+        """Children sent before their root wait for it; one run holds them all."""
+        c = live_collector()
+        child = jspan("00000000000000b2", "00000000000000a1")
+        root = jspan("00000000000000a1")
+        for s in (child, root):
+            r = httpx.post(f"{c.url}/v1/traces", json=otlp_json([s]))
+            assert r.status_code == 200
+        (kept,) = c.wait_kept(1)
+        assert kept.steps == 2
+
+    def test_a_trace_without_root_is_kept_after_idle(
+        self, store: Store, live_collector: Callable[..., LiveCollector]
+    ) -> None:
+        """A trace whose root never arrives is kept once it has been idle."""
+        c = live_collector(idle=0.3)
+        httpx.post(
+            f"{c.url}/v1/traces", json=otlp_json([jspan("00000000000000b2", "00000000000000a1")])
+        )
+        (kept,) = c.wait_kept(1)
+        assert kept.ended == "idle, no root span"
+        assert kept.written
+
+    def test_two_collectors_one_postgres_store(
+        self, pg_url: str, live_collector: Callable[..., LiveCollector]
+    ) -> None:
+        """The same trace sent to two collectors on one PostgreSQL store is one run."""
+        a = live_collector(open_store(pg_url))
+        b = live_collector(open_store(pg_url))
+        body = agent_trace().SerializeToString()
+        for c in (a, b):
+            assert httpx.post(f"{c.url}/v1/traces", content=body, headers=PB).status_code == 200
+        (ka,), (kb,) = a.wait_kept(1), b.wait_kept(1)
+        assert sorted([ka.written, kb.written]) == [False, True]
+        assert len(open_store(pg_url).list_runs()) == 1
+
+
+class TestHostile:
+    def test_malformed_requests_get_4xx_and_nothing_is_written(
+        self, store: Store, live_collector: Callable[..., LiveCollector]
+    ) -> None:
+        """Bad protobuf, wrong JSON types, an unknown encoding: 4xx with a message, no run."""
+        c = live_collector(idle=0.1)
+        bad = [
+            (b"\xff\x01garbage", PB),
+            (b'{"resourceSpans": [{"scopeSpans": 5}]}', {"content-type": "application/json"}),
+            (b"x", {"content-type": "application/x-protobuf", "content-encoding": "br"}),
+            (b"not gzip", {"content-type": "application/x-protobuf", "content-encoding": "gzip"}),
+        ]
+        for body, headers in bad:
+            r = httpx.post(f"{c.url}/v1/traces", content=body, headers=headers)
+            assert 400 <= r.status_code < 500, r.text
+            assert r.json()["message"]
+        time.sleep(0.3)
+        assert c.kept == []
+        assert store.list_runs() == []
+
+    def test_a_cycle_across_requests_is_refused(
+        self, store: Store, live_collector: Callable[..., LiveCollector]
+    ) -> None:
+        """A request that would close a span cycle in a held trace is refused; the rest is kept."""
+        c = live_collector(idle=0.3)
+        a, b = "00000000000000a1", "00000000000000b2"
+        assert httpx.post(f"{c.url}/v1/traces", json=otlp_json([jspan(a, b)])).status_code == 200
+        r = httpx.post(f"{c.url}/v1/traces", json=otlp_json([jspan(b, a)]))
+        assert r.status_code == 400
+        assert "cycle" in r.json()["message"]
+        (kept,) = c.wait_kept(1)
+        assert kept.steps == 1
+
+    def test_huge_traces_and_bodies_are_413(
+        self, store: Store, live_collector: Callable[..., LiveCollector]
+    ) -> None:
+        """100,000 spans in one request, or a body past the bound, get 413 and hold nothing."""
+        c = live_collector(idle=0.1)
+        spans = [jspan(f"{i + 1:016x}") for i in range(100_000)]
+        r = httpx.post(
+            f"{c.url}/v1/traces",
+            content=orjson.dumps(otlp_json(spans)),
+            headers={"content-type": "application/json"},
+            timeout=60,
+        )
+        assert r.status_code == 413
+        with socket.create_connection(("127.0.0.1", c.port), timeout=10) as sock:
+            sock.sendall(
+                b"POST /v1/traces HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                b"Content-Type: application/x-protobuf\r\nContent-Length: 1000000000000\r\n\r\n"
+            )
+            assert sock.recv(100).startswith(b"HTTP/1.1 413")
+        time.sleep(0.3)
+        assert store.list_runs() == []
+
+    def test_token_and_host_checks(
+        self, store: Store, live_collector: Callable[..., LiveCollector]
+    ) -> None:
+        """With a token, a request without it gets 401; bound locally, a foreign Host gets 400."""
+        c = live_collector(token="s3cret-token")
+        body = agent_trace().SerializeToString()
+        assert httpx.post(f"{c.url}/v1/traces", content=body, headers=PB).status_code == 401
+        ok = httpx.post(
+            f"{c.url}/v1/traces",
+            content=body,
+            headers={**PB, "authorization": "Bearer s3cret-token"},
+        )
+        assert ok.status_code == 200
+        d = live_collector()
+        r = httpx.post(f"{d.url}/v1/traces", content=body, headers={**PB, "host": "evil.example"})
+        assert r.status_code == 400
+
+
+class TestCommand:
+    def test_public_bind_needs_a_token(self) -> None:
+        """collect --host 0.0.0.0 without a token refuses to start and says why."""
+        r = subprocess.run(
+            [sys.executable, "-m", "replayable.cli", "collect", "--host", "0.0.0.0"],
+            check=False,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={k: v for k, v in os.environ.items() if k != "REPLAYABLE_VIEWER_TOKEN"},
+        )
+        assert r.returncode == 2
+        assert "--auth-token" in r.stderr
+
+    def test_collect_prints_one_line_per_run_kept(self, store: Store) -> None:
+        """replayable collect, started as a command, keeps a posted trace and prints a line."""
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "replayable.cli",
+                "collect",
+                "--port",
+                str(port),
+                "--settle",
+                "0",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    r = httpx.post(
+                        f"http://127.0.0.1:{port}/v1/traces",
+                        content=agent_trace().SerializeToString(),
+                        headers=PB,
+                    )
+                    break
+                except httpx.ConnectError:
+                    assert time.monotonic() < deadline, "collect did not start"
+                    time.sleep(0.1)
+            assert r.status_code == 200
+            deadline = time.monotonic() + 10
+            while not store.list_runs():
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+        finally:
+            proc.terminate()
+            out, _ = proc.communicate(timeout=20)
+        lines = [ln for ln in out.splitlines() if ln.startswith("kept run otlp-")]
+        assert len(lines) == 1, out
+        assert json.dumps("support")[1:-1] in lines[0]

@@ -1,0 +1,477 @@
+"""OTLP export requests and files read into runs: encodings, conventions, the run's shape, and
+hostile input refused whole."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from click.testing import CliRunner
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import replayable as rp
+from replayable._otlp import build_run, decode_request, import_otlp, read_otlp_file, runs_of
+from replayable._otlp._conventions import read_span
+from replayable._otlp._decode import MAX_BODY, MAX_SPANS, Span, SpanEvent, decode_json
+from replayable.cli import main
+from replayable.store import Store
+from replayable.trace import verify_run
+
+from .conftest import SECRET, agent_trace, to_json
+
+TRACE = "0af7651916cd43dd8448eb211c80319c"
+
+
+def otlp_json(spans: list[dict[str, Any]], scope: str = "test") -> dict[str, Any]:
+    """One OTLP/JSON export request of hand-written spans (ids in hex, as the spec writes)."""
+    return {
+        "resourceSpans": [
+            {
+                "resource": {
+                    "attributes": [{"key": "service.name", "value": {"stringValue": "svc"}}]
+                },
+                "scopeSpans": [{"scope": {"name": scope, "version": "1.0"}, "spans": spans}],
+            }
+        ]
+    }
+
+
+def jspan(span_id: str, parent: str | None = None, **attrs: Any) -> dict[str, Any]:
+    """A hand-written OTLP/JSON span with string attributes."""
+    out: dict[str, Any] = {
+        "traceId": TRACE,
+        "spanId": span_id,
+        "name": f"span {span_id[-2:]}",
+        "kind": 1,
+        "startTimeUnixNano": str(1_700_000_000_000_000_000 + int(span_id[-2:], 16)),
+        "endTimeUnixNano": str(1_700_000_000_500_000_000),
+        "attributes": [{"key": k, "value": {"stringValue": v}} for k, v in attrs.items()],
+    }
+    if parent:
+        out["parentSpanId"] = parent
+    return out
+
+
+def span(attrs: dict[str, Any], events: list[SpanEvent] | None = None) -> Span:
+    """A decoded span with these attributes."""
+    return Span(TRACE, "00f067aa0ba902b7", None, "s", attributes=attrs, events=events or [])
+
+
+class TestEncodings:
+    def test_protobuf_and_json_read_the_same(self) -> None:
+        """A request read as protobuf and as OTLP/JSON gives the same spans."""
+        request = agent_trace()
+        a = decode_request(request.SerializeToString(), "application/x-protobuf")
+        b = decode_request(orjson.dumps(to_json(request)), "application/json; charset=utf-8")
+        assert [(s.span_id, s.parent_id, s.attributes) for s in a] == [
+            (s.span_id, s.parent_id, s.attributes) for s in b
+        ]
+        assert len(a) == 4
+
+    def test_gzip_bodies(self) -> None:
+        """A gzip Content-Encoding is undone before reading."""
+        body = gzip.compress(agent_trace().SerializeToString())
+        assert len(decode_request(body, "application/x-protobuf", "gzip")) == 4
+
+    def test_any_value_variants(self) -> None:
+        """AnyValue ints (as strings), doubles, bools, arrays, key lists and bytes become JSON."""
+        s = jspan("00f067aa0ba902b7")
+        s["attributes"] = [
+            {"key": "i", "value": {"intValue": "9007199254740993"}},
+            {"key": "d", "value": {"doubleValue": 0.5}},
+            {"key": "b", "value": {"boolValue": True}},
+            {"key": "a", "value": {"arrayValue": {"values": [{"stringValue": "x"}]}}},
+            {
+                "key": "kv",
+                "value": {"kvlistValue": {"values": [{"key": "k", "value": {"intValue": 1}}]}},
+            },
+            {"key": "y", "value": {"bytesValue": "AAE="}},
+        ]
+        (got,) = decode_json(otlp_json([s]))
+        assert got.attributes == {
+            "i": 9007199254740993,
+            "d": 0.5,
+            "b": True,
+            "a": ["x"],
+            "kv": {"k": 1},
+            "y": "AAE=",
+        }
+
+
+class TestMalformed:
+    @pytest.mark.parametrize(
+        ("body", "ctype"),
+        [
+            (b"\xff\xff\xff\xff", "application/x-protobuf"),
+            (b"not json", "application/json"),
+            (b"[1, 2]", "application/json"),
+            (b'{"resourceSpans": "x"}', "application/json"),
+            (
+                orjson.dumps(
+                    otlp_json([{**jspan("00f067aa0ba902b7"), "startTimeUnixNano": "soon"}])
+                ),
+                "application/json",
+            ),
+            (
+                orjson.dumps(otlp_json([{**jspan("00f067aa0ba902b7"), "kind": [1]}])),
+                "application/json",
+            ),
+            (
+                orjson.dumps(otlp_json([{**jspan("00f067aa0ba902b7"), "spanId": "zz"}])),
+                "application/json",
+            ),
+            (
+                orjson.dumps(otlp_json([{**jspan("00f067aa0ba902b7"), "traceId": ""}])),
+                "application/json",
+            ),
+        ],
+        ids=["protobuf", "json", "array", "spans-type", "time-type", "kind", "hex", "no-trace"],
+    )
+    def test_malformed_bodies_are_refused(self, body: bytes, ctype: str) -> None:
+        """Bodies that are not OTLP raise InvalidOtlp with status 400 and say what is wrong."""
+        with pytest.raises(rp.InvalidOtlp) as err:
+            decode_request(body, ctype)
+        assert err.value.status == 400
+        assert str(err.value)
+
+    def test_gzip_bomb_is_refused(self) -> None:
+        """A body that unzips past the bound is refused with 413 without unzipping all of it."""
+        bomb = gzip.compress(b"\0" * (MAX_BODY + 1024))
+        with pytest.raises(rp.InvalidOtlp) as err:
+            decode_request(bomb, "application/x-protobuf", "gzip")
+        assert err.value.status == 413
+
+    def test_unknown_media_type_is_415(self) -> None:
+        """A Content-Type that is neither protobuf nor JSON gets 415."""
+        with pytest.raises(rp.InvalidOtlp) as err:
+            decode_request(b"x", "text/plain")
+        assert err.value.status == 415
+
+    def test_too_many_spans_is_413(self) -> None:
+        """A request of 100,000 spans is refused with 413, naming the bound."""
+        spans = [jspan(f"{i + 1:016x}") for i in range(100_000)]
+        with pytest.raises(rp.InvalidOtlp) as err:
+            decode_json(otlp_json(spans))
+        assert err.value.status == 413
+        assert str(MAX_SPANS) in str(err.value)
+
+    def test_span_cycle_is_refused(self) -> None:
+        """Spans that are their own ancestors are refused; so is a span that is its own parent."""
+        a, b = "00000000000000a1", "00000000000000b2"
+        with pytest.raises(rp.InvalidOtlp, match="cycle"):
+            runs_of(decode_json(otlp_json([jspan(a, b), jspan(b, a)])))
+        with pytest.raises(rp.InvalidOtlp, match="cycle"):
+            runs_of(decode_json(otlp_json([jspan(a, a)])))
+
+    @settings(max_examples=60, deadline=None)
+    @given(st.binary(max_size=300))
+    def test_arbitrary_bytes_never_escape_as_another_error(self, body: bytes) -> None:
+        """Whatever the bytes, reading them gives spans or InvalidOtlp, never another error."""
+        for ctype in ("application/x-protobuf", "application/json"):
+            try:
+                for run, _ in runs_of(decode_request(body, ctype)):
+                    assert run.id.startswith("otlp-")
+            except rp.InvalidOtlp:
+                pass
+
+
+class TestConventions:
+    def test_genai_messages_as_attributes(self) -> None:
+        """GenAI chat spans give an llm step: model, messages, tool calls, finish, usage."""
+        _run, events = build_run(decode_request(agent_trace().SerializeToString(), ""))
+        kinds = [(e.kind, e.boundary) for e in events]
+        assert kinds == [
+            ("agent", "agent:support"),
+            ("llm", "llm:gpt-4o-mini"),
+            ("tool", "tool:refund"),
+            ("llm", "llm:gpt-4o-mini"),
+        ]
+        first = events[1]
+        assert first.input["model"] == "gpt-4o-mini"
+        assert first.input["parameters"] == {"temperature": 0.0}
+        assert first.output["choices"][0] == {
+            "message": {
+                "role": "assistant",
+                "tool_calls": [{"id": "call_1", "name": "refund", "arguments": {"order": 7}}],
+            },
+            "finish_reason": "tool_call",
+        }
+        assert first.meta["usage"] == {"input_tokens": 12, "output_tokens": 5}
+        assert first.meta["response_model"] == "gpt-4o-mini-2024-07-18"
+        assert events[2].input == {"order": 7}
+        assert events[2].output == {"refunded": True}
+        assert events[3].output["choices"][0]["message"]["content"] == "Refunded order 7."
+
+    def test_genai_messages_as_span_events(self) -> None:
+        """Older GenAI spans carry messages as gen_ai.*.message and gen_ai.choice events."""
+        view = read_span(
+            span(
+                {"gen_ai.operation.name": "chat", "gen_ai.request.model": "m"},
+                [
+                    SpanEvent("gen_ai.system.message", 1, {"content": "be brief"}),
+                    SpanEvent("gen_ai.user.message", 2, {"content": "hi"}),
+                    SpanEvent(
+                        "gen_ai.choice",
+                        3,
+                        {
+                            "finish_reason": "tool_calls",
+                            "message": json.dumps(
+                                {
+                                    "tool_calls": [
+                                        {
+                                            "id": "c",
+                                            "type": "function",
+                                            "function": {"name": "f", "arguments": '{"x":1}'},
+                                        }
+                                    ]
+                                }
+                            ),
+                        },
+                    ),
+                ],
+            )
+        )
+        assert view.kind == "llm"
+        assert view.content
+        assert view.input["messages"] == [
+            {"role": "system", "content": "be brief"},
+            {"role": "user", "content": "hi"},
+        ]
+        assert view.output["choices"] == [
+            {
+                "message": {
+                    "role": "assistant",
+                    "tool_calls": [{"id": "c", "name": "f", "arguments": {"x": 1}}],
+                },
+                "finish_reason": "tool_calls",
+            }
+        ]
+
+    def test_openinference_llm_and_tool(self) -> None:
+        """OpenInference flattened messages, tool calls, parameters and token counts map."""
+        llm = read_span(
+            span(
+                {
+                    "openinference.span.kind": "LLM",
+                    "llm.model_name": "gpt-4o",
+                    "llm.invocation_parameters": '{"temperature": 0.2, "model": "gpt-4o"}',
+                    "llm.input_messages.0.message.role": "user",
+                    "llm.input_messages.0.message.content": "hi",
+                    "llm.output_messages.0.message.role": "assistant",
+                    "llm.output_messages.0.message.tool_calls.0.tool_call.id": "c1",
+                    "llm.output_messages.0.message.tool_calls.0.tool_call.function.name": "f",
+                    "llm.output_messages.0.message.tool_calls.0.tool_call.function.arguments": "{}",
+                    "llm.token_count.prompt": 3,
+                    "llm.token_count.completion": 4,
+                }
+            )
+        )
+        assert llm.input == {
+            "model": "gpt-4o",
+            "messages": [{"role": "user", "content": "hi"}],
+            "parameters": {"temperature": 0.2},
+        }
+        assert llm.output["choices"][0]["message"]["tool_calls"] == [
+            {"id": "c1", "name": "f", "arguments": {}}
+        ]
+        assert llm.meta["usage"] == {"input_tokens": 3, "output_tokens": 4}
+        tool = read_span(
+            span(
+                {
+                    "openinference.span.kind": "TOOL",
+                    "tool.name": "refund",
+                    "input.value": '{"order": 7}',
+                    "output.value": "done",
+                }
+            )
+        )
+        assert (tool.kind, tool.name, tool.input, tool.output) == (
+            "tool",
+            "refund",
+            {"order": 7},
+            "done",
+        )
+
+    @pytest.mark.parametrize(
+        ("kind", "expected"),
+        [
+            ("AGENT", "agent"),
+            ("CHAIN", "chain"),
+            ("RETRIEVER", "retrieval"),
+            ("EMBEDDING", "embedding"),
+        ],
+    )
+    def test_openinference_kinds(self, kind: str, expected: str) -> None:
+        """Each OpenInference span kind becomes its step kind."""
+        assert read_span(span({"openinference.span.kind": kind})).kind == expected
+
+    def test_langfuse_generation(self) -> None:
+        """A Langfuse generation's input messages and output message map to an llm step."""
+        view = read_span(
+            span(
+                {
+                    "langfuse.observation.type": "generation",
+                    "langfuse.observation.model.name": "gpt-4o",
+                    "langfuse.observation.input": '[{"role": "user", "content": "hi"}]',
+                    "langfuse.observation.output": '{"role": "assistant", "content": "hello"}',
+                    "langfuse.observation.usage_details": '{"input": 2, "output": 1}',
+                }
+            )
+        )
+        assert view.convention == "langfuse"
+        assert view.input["messages"] == [{"role": "user", "content": "hi"}]
+        assert view.output["choices"][0]["message"] == {"role": "assistant", "content": "hello"}
+        assert view.meta["usage"] == {"input_tokens": 2, "output_tokens": 1}
+
+    def test_logfire_request_and_response_data(self) -> None:
+        """Logfire's request_data/response_data give the llm step beside its gen_ai.* attributes."""
+        view = read_span(
+            span(
+                {
+                    "request_data": '{"model": "gpt-4o", "messages": [{"role": "user", '
+                    '"content": "hi"}], "temperature": 1}',
+                    "response_data": '{"message": {"role": "assistant", "content": "yo"}, '
+                    '"usage": {"prompt_tokens": 2, "completion_tokens": 1}}',
+                    "gen_ai.system": "openai",
+                    "gen_ai.response.finish_reasons": ["stop"],
+                }
+            )
+        )
+        assert (view.convention, view.kind) == ("logfire", "llm")
+        assert view.input["parameters"] == {"temperature": 1}
+        assert view.output["choices"] == [
+            {"message": {"role": "assistant", "content": "yo"}, "finish_reason": "stop"}
+        ]
+
+    def test_unknown_spans_are_kept_as_span_steps(self) -> None:
+        """A span of no known convention is a step of kind span with its attributes."""
+        view = read_span(span({"http.method": "GET"}))
+        assert (view.kind, view.input) == ("span", {"http.method": "GET"})
+
+    def test_missing_content_is_marked_with_the_setting(self) -> None:
+        """A chat span without message content is marked not captured, naming the setting."""
+        _, events = build_run(
+            decode_request(agent_trace(with_content=False).SerializeToString(), "")
+        )
+        llm = events[1]
+        assert llm.meta["otel"]["content_captured"] is False
+        assert (
+            "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT" in llm.meta["otel"]["capture_hint"]
+        )
+        assert "messages" in llm.meta["otel"]["not_carried"]
+
+
+class TestRun:
+    def test_tree_timing_and_source(self) -> None:
+        """Parent/child, start order, timing and the source convention are kept; chain verifies."""
+        run, events = build_run(decode_request(agent_trace().SerializeToString(), ""))
+        assert run.id.startswith("otlp-")
+        assert run.name == "support"
+        assert [e.parent_seq for e in events] == [None, 0, 0, 0]
+        assert [e.address for e in events] == [
+            "agent:support/0",
+            "agent:support/0 > llm:gpt-4o-mini/0",
+            "agent:support/0 > tool:refund/0",
+            "agent:support/0 > llm:gpt-4o-mini/1",
+        ]
+        assert all(e.duration_ns > 0 and e.started_at >= run.started_at for e in events)
+        assert [e.started_at for e in events] == sorted(e.started_at for e in events)
+        (conv,) = run.metadata["source"]["conventions"]
+        assert conv["convention"] == "gen_ai"
+        assert conv["scope"] == "opentelemetry.instrumentation.openai_v2"
+        assert conv["scope_version"] == "2.4b0"
+        assert run.metadata["source"]["not_carried"] == {"llm": ["tools"]}
+        assert run.environment["resource"]["service.name"] == "support"
+        assert verify_run(run, events).ok
+
+    def test_secrets_are_redacted_before_writing(self, store: Store) -> None:
+        """A key in a traced prompt is not in the store, only its redaction marker."""
+        path = Path("t.pb")
+        path.write_bytes(agent_trace().SerializeToString())
+        ((run, written),) = import_otlp(path, store)
+        assert written
+        dump = b"".join(
+            b"".join(x for x in e.stored_fields() if x) for e in store.iter_events(run.id)
+        )
+        assert SECRET.encode() not in dump
+        assert b"[REDACTED]" in dump
+
+    def test_error_status_is_kept_without_importing_its_type(self) -> None:
+        """A failed root span makes an error run; its exception type is never imported."""
+        run, _ = build_run(decode_request(agent_trace(fail=True).SerializeToString(), ""))
+        assert run.status == "error"
+        assert run.error is not None
+        assert run.error["type"] == "replayable.errors:RecordedError"
+        assert "refund service down" in run.error["message"]
+
+    def test_orphans_and_resent_spans(self) -> None:
+        """A span whose parent never arrived is top level; a span sent twice is kept once."""
+        spans = decode_json(
+            otlp_json([jspan("00000000000000a1", "00000000000000ff"), jspan("00000000000000a1")])
+        )
+        _, events = build_run(spans)
+        assert len(events) == 1
+        assert events[0].parent_seq is None
+
+
+class TestFiles:
+    def test_collector_file_exporter_round_trip(self, store: Store, tmp_path: Path) -> None:
+        """The file exporter's JSON lines import as one run per trace, every span a step."""
+        a, b = agent_trace(), agent_trace(prompt="Cancel order 9")
+        path = tmp_path / "traces.jsonl"
+        path.write_bytes(b"\n".join(orjson.dumps(to_json(r)) for r in (a, b)) + b"\n")
+        spans = read_otlp_file(path)
+        got = import_otlp(path, store)
+        assert [w for _, w in got] == [True, True]
+        for run, _ in got:
+            events = list(store.iter_events(run.id))
+            assert {e.meta["otel"]["span_id"] for e in events} == {
+                s.span_id for s in spans if run.id == f"otlp-{s.trace_id}"
+            }
+        assert [w for _, w in import_otlp(path, store)] == [False, False]
+
+    def test_a_bad_line_names_its_number_and_nothing_is_written(
+        self, store: Store, tmp_path: Path
+    ) -> None:
+        """A damaged line fails the whole import with its line number."""
+        path = tmp_path / "traces.jsonl"
+        path.write_bytes(orjson.dumps(to_json(agent_trace())) + b'\n{"resourceSpans": 1}\n')
+        with pytest.raises(rp.InvalidOtlp) as err:
+            import_otlp(path, store)
+        assert err.value.line == 2
+        assert store.list_runs() == []
+
+    def test_protobuf_and_gzip_files(self, store: Store, tmp_path: Path) -> None:
+        """One protobuf export request, gzipped, imports too."""
+        path = tmp_path / "t.pb.gz"
+        path.write_bytes(gzip.compress(agent_trace().SerializeToString()))
+        ((run, _),) = import_otlp(path, store)
+        assert run.event_count == 4
+
+
+class TestImportCommand:
+    def test_import_format_otlp(self, store: Store, tmp_path: Path) -> None:
+        """replayable import --format otlp imports each trace and says so, once."""
+        path = tmp_path / "traces.jsonl"
+        path.write_bytes(orjson.dumps(to_json(agent_trace())) + b"\n")
+        result = CliRunner().invoke(main, ["import", "--format", "otlp", str(path)])
+        assert result.exit_code == 0, result.output
+        assert "imported run otlp-" in result.output
+        again = CliRunner().invoke(main, ["import", "--format", "otlp", str(path)])
+        assert "skipped" in again.output
+
+    def test_import_is_all_or_nothing(self, store: Store, tmp_path: Path) -> None:
+        """One bad file among good ones: exit 2, its line named, no run written."""
+        good, bad = tmp_path / "good.jsonl", tmp_path / "bad.jsonl"
+        good.write_bytes(orjson.dumps(to_json(agent_trace())) + b"\n")
+        bad.write_bytes(orjson.dumps(to_json(agent_trace())) + b"\n{nope\n")
+        result = CliRunner().invoke(main, ["import", "--format", "otlp", str(good), str(bad)])
+        assert result.exit_code == 2
+        assert "line 2" in result.output
+        assert "nothing imported" in result.output
+        assert store.list_runs() == []

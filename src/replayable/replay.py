@@ -27,6 +27,7 @@ import orjson
 from replayable import canonical
 from replayable._diff import diff_values
 from replayable._engine import Ending, Serve, activate, deactivate, resolve_live
+from replayable._remote import KIND, register_recorded
 from replayable._version import __version__
 from replayable._writer import Pending
 from replayable.boundary import registry
@@ -99,8 +100,11 @@ class Replayer(Recorder):
         match: Match | str,
         fallback: Cassette | None = None,
         sandbox: AbstractContextManager[Any] | None = None,
+        follow: bool = False,
     ) -> None:
         super().__init__(store, run)
+        self.follow = follow
+        """Remote calls named in ``live`` ask their callee to replay its own linked run."""
         if source.store is store:  # served steps refer to the source instead of copying it
             self.refer_to = source.id
         if match not in ("address", "key"):
@@ -142,6 +146,11 @@ class Replayer(Recorder):
         """Calls may take the fast path of :meth:`at_start`: matched by address, no single
         call named live, the plain replay's plan (a what-if plans its own way)."""
 
+    def add_divergence(self, div: Divergence) -> None:
+        """Keep a divergence found elsewhere (in a followed callee's replay)."""
+        with self._lock:
+            self.divergences.append(div)
+
     def _resolve_live(self, live: Iterable[str], allow_side_effects: bool) -> None:
         registered = registry()
         counts = self._counts  # recorded calls per boundary
@@ -153,7 +162,8 @@ class Replayer(Recorder):
                     f"live boundary {full!r} is in the recording but not registered: "
                     "import the module that defines it before replaying"
                 )
-            if b.side_effects and not allow_side_effects:
+            # A followed remote call is replayed by its callee, which refuses side effects.
+            if b.side_effects and not allow_side_effects and not (self.follow and b.kind == KIND):
                 raise SideEffectRefused(
                     f"{full} has side effects; running it live would fire them again. Give it "
                     "a world of its own (sandbox=a scratch database or fake client) or pass "
@@ -692,6 +702,7 @@ def replay(
     fallback: Cassette | None = None,
     sandbox: AbstractContextManager[Any] | None = None,
     trust: bool = False,
+    follow: bool = False,
 ) -> Replay:
     """Replay a recorded run: a run id (or unique prefix), a :class:`Run`, or a trace file path.
 
@@ -721,6 +732,12 @@ def replay(
     ``divergences``. ``sandbox=`` is the world the side-effecting boundaries named in ``live``
     act on (a context manager entered for the replay: a scratch database, a fake client); with
     it they run live without ``allow_side_effects``.
+
+    Cross-service (see :mod:`replayable.integrations.http`): a remote call (kind ``remote``) is
+    served like any other step, so the other service is not contacted. ``follow=True`` with the
+    remote call in ``live`` sends it to a running instance of the callee with replay context:
+    the callee's middleware replays its own linked run (nothing re-fired there) and what
+    diverged inside it is reported here, with the service's name and its step address.
 
     >>> import replayable as rp
     >>> lookup = rp.boundary(kind="tool")(lambda name: {"name": name, "id": 7})
@@ -763,7 +780,9 @@ def replay(
         )
     if sandbox is not None and not hasattr(sandbox, "__enter__"):
         raise TypeError(f"sandbox must be a context manager (the test's world), not {sandbox!r}")
+    register_recorded(events)
     options: dict[str, Any] = {
+        "follow": follow,
         "live": live,
         "allow_side_effects": allow_side_effects,
         "strict": strict,

@@ -13,12 +13,14 @@ The other two are re-exported here, so every name in ``__all__`` imports from th
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from replayable._propagation import Link
 from replayable.errors import TraceCorrupt
 
 if TYPE_CHECKING:
@@ -352,6 +354,9 @@ def _field(d: dict[str, Any], name: str, kind: type, default: Any = _REQUIRED) -
     return value
 
 
+_TRACE_ID = re.compile(r"[0-9a-f]{32}")
+
+
 @dataclass(slots=True)
 class Run:
     """A recorded run: its identity, environment and outcome.
@@ -377,6 +382,19 @@ class Run:
     """How the run is hashed: 3 digests input and output apart from the other fields, 2 covers
     the header (see :func:`genesis_hash`); 1 is older."""
     store: Store | None = field(default=None, repr=False, compare=False)
+
+    @property
+    def trace_id(self) -> str | None:
+        """The run's W3C trace id (32 hex digits), kept in ``metadata["trace_id"]``: set when the
+        run first propagates its context, or inherited from the request that started it."""
+        value = self.metadata.get("trace_id")
+        return value if isinstance(value, str) and _TRACE_ID.fullmatch(value) else None
+
+    @property
+    def parent(self) -> Link | None:
+        """The step of another run (usually in another service) that started this run, kept in
+        ``metadata["parent"]`` (so the run's seal covers it); ``None`` for a run of its own."""
+        return Link.from_metadata(self.metadata.get("parent"))
 
     @property
     def duration_s(self) -> float | None:

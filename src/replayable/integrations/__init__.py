@@ -138,6 +138,14 @@ INTEGRATIONS: list[Integration] = [
         "mcp.Client, mcp.ClientSession",
         from_modules("mcp"),
     ),
+    Integration(
+        "http",
+        "replayable.integrations.http",
+        "http",
+        "httpx.Client, httpx.AsyncClient, requests.Session, and the httpx and requests modules "
+        "(every client created afterwards)",
+        from_modules("httpx", "requests"),
+    ),
     # Further stacks: append an Integration here (first match wins, so put the more
     # specific prefix first).
 ]

@@ -1,0 +1,154 @@
+"""Runs linked across services: start a callee's run from a request's context, find the runs a
+caller's steps started, and replay a linked run when its caller asks to follow.
+
+Used by the ASGI and WSGI middleware (:mod:`replayable.integrations.web`), by ``show``/the viewer
+(one tree) and by ``diff``/``check --follow``. A linked run keeps its caller in
+``metadata["parent"]`` (run, step, service; covered by the run's seal like all metadata) and the
+caller's run id in the tag ``rp.parent`` (so a store finds a caller's callees with one query).
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import orjson
+
+from replayable import _propagation as prop
+from replayable._remote import FOLLOW_HEADER, MAX_FOLLOW_HEADER
+from replayable.errors import Divergence
+from replayable.store import Store
+from replayable.store.base import RunQuery
+from replayable.trace import Run
+
+__all__ = [
+    "PARENT_TAG",
+    "Decision",
+    "Requests",
+    "callees",
+    "decide",
+    "find_linked",
+    "follow_header",
+    "run_metadata",
+]
+
+log = logging.getLogger("replayable")
+
+PARENT_TAG = "rp.parent"
+Requests = Literal["all", "with-context", "none"]
+_REQUESTS = ("all", "with-context", "none")
+_MAX_CALLEES = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """What the middleware does with one request: ``record`` a run (linked to ``incoming``'s
+    caller when there is one), ``follow`` (replay ``linked``), or nothing (``None``)."""
+
+    action: Literal["record", "follow"]
+    incoming: prop.Incoming | None
+    linked: Run | None = None
+
+
+def check_requests(requests: str) -> Requests:
+    """``requests`` if it is one of ``all``, ``with-context``, ``none``, else ``ValueError``."""
+    if requests not in _REQUESTS:
+        raise ValueError(f"requests must be one of {', '.join(_REQUESTS)}, not {requests!r}")
+    return requests  # type: ignore[return-value]
+
+
+def find_linked(store: Store, link: prop.Link) -> Run | None:
+    """The recorded run (not a replay) that ``link``'s step started in ``store``, if any."""
+    for run in callees(store, link.run):
+        parent = run.parent
+        if parent is not None and parent.step == link.step and run.parent_run is None:
+            return run
+    return None
+
+
+def callees(store: Store, run_id: str) -> list[Run]:
+    """The runs in ``store`` that steps of run ``run_id`` started, oldest first."""
+    runs = store.list_runs(RunQuery(tags={PARENT_TAG: run_id}, limit=_MAX_CALLEES))
+    found = [r for r in runs if r.parent is not None and r.parent.run == run_id]
+    return sorted(found, key=lambda r: r.started_at)
+
+
+def decide(
+    headers: Mapping[str, str],
+    *,
+    requests: Requests,
+    follow: bool,
+    store: Store,
+    service: str | None,
+) -> Decision | None:
+    """What to do with a request whose (lower-case) headers are ``headers``.
+
+    A follow request is honoured only by a middleware built with ``follow=True`` (a local
+    replay instance) and only for a run of this store linked to exactly that caller step;
+    anything else is ignored with a warning and the request handled as one without context.
+    """
+    incoming = prop.parse(headers, service)
+    caller = incoming.caller if incoming is not None else None
+    if incoming is not None and incoming.mode == "follow":
+        source = incoming.source
+        if not follow:
+            log.warning(
+                "replayable: ignored a request asking to follow (replay) a linked run: this "
+                "service's middleware was not started with follow=True"
+            )
+        elif source is not None:
+            linked = find_linked(store, source)
+            if linked is not None:
+                return Decision("follow", incoming, linked)
+            log.warning(
+                "replayable: ignored a request asking to follow step %r of run %s: no run of "
+                "this store is linked to it",
+                source.step[:200],
+                source.run,
+            )
+        incoming = prop.Incoming(incoming.trace_id, incoming.parent_span, None, None)
+        caller = None
+    if requests == "all" or (requests == "with-context" and caller is not None):
+        return Decision("record", incoming)
+    return None
+
+
+def run_metadata(
+    incoming: prop.Incoming | None, service: str | None, method: str, path: str
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """The metadata and tags of a run a request starts."""
+    metadata: dict[str, Any] = {"request": {"method": method, "path": path[: prop.MAX_STEP]}}
+    tags: dict[str, str] = {}
+    if service:
+        metadata["service"] = service
+    if incoming is not None and incoming.trace_id is not None:
+        metadata["trace_id"] = incoming.trace_id
+    if incoming is not None and incoming.caller is not None:
+        metadata["parent"] = incoming.caller.to_dict()
+        tags[PARENT_TAG] = incoming.caller.run
+    return metadata, tags
+
+
+def follow_header(
+    service: str | None, replay_run: Run, divergences: Iterable[Divergence]
+) -> tuple[str, str]:
+    """The ``replayable-follow`` response header: what diverged in the callee's replay."""
+    found = [
+        {
+            "reason": d.reason,
+            "address": d.address,
+            "boundary": d.boundary,
+            "detail": (d.detail or d.describe().splitlines()[0])[:1000],
+        }
+        for d in divergences
+    ]
+    body: dict[str, Any] = {"service": service, "run": replay_run.id, "divergences": found}
+    value = base64.urlsafe_b64encode(orjson.dumps(body)).decode("ascii")
+    while len(value) > MAX_FOLLOW_HEADER and found:
+        found.pop()
+        body["truncated"] = True
+        value = base64.urlsafe_b64encode(orjson.dumps(body)).decode("ascii")
+    return FOLLOW_HEADER, value

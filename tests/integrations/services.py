@@ -1,0 +1,168 @@
+"""Services for the cross-service tests: a billing service (FastAPI or Flask, a SQLite side
+effect), and loopback servers (uvicorn for ASGI, werkzeug for WSGI) started on 127.0.0.1."""
+
+from __future__ import annotations
+
+import socket
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+
+import replayable as rp
+from replayable.integrations.web import ASGIMiddleware, WSGIMiddleware
+
+BILLING = {"version": 1}
+"""The billing code's version: 2 charges a fee on top (a code change the replay must show)."""
+
+
+@rp.boundary(kind="tool", side_effects=True, name="billing:insert_charge")
+def insert_charge(db: str, user: str, cents: int) -> int:
+    """Write the charge; returns its row id."""
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS charges (user TEXT, cents INTEGER)")
+        cur = conn.execute("INSERT INTO charges VALUES (?, ?)", (user, cents))
+        return int(cur.lastrowid or 0)
+
+
+@rp.boundary(kind="tool", name="billing:risk_score")
+def risk_score(user: str) -> int:
+    """A read-only lookup."""
+    return len(user) * 7
+
+
+def charge(db: str, user: str, cents: int) -> dict[str, Any]:
+    """The billing handler's logic, shared by the FastAPI and the Flask service."""
+    score = risk_score(user)
+    total = cents + (30 if BILLING["version"] == 2 else 0)
+    row = insert_charge(db, user, total)
+    return {"charge_id": row, "user": user, "cents": total, "risk": score}
+
+
+def rows(db: str | Path) -> list[tuple[Any, ...]]:
+    """Every charge in billing's database."""
+    with sqlite3.connect(db) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS charges (user TEXT, cents INTEGER)")
+        return list(conn.execute("SELECT rowid, user, cents FROM charges ORDER BY rowid"))
+
+
+def fastapi_billing(db: str, store: Any, *, follow: bool = False, requests: str = "with-context"):  # type: ignore[no-untyped-def]
+    """The billing service as a FastAPI app with replayable's ASGI middleware."""
+    from fastapi import FastAPI
+
+    app = FastAPI()
+
+    @app.post("/charge")
+    def post_charge(body: dict[str, Any]) -> dict[str, Any]:
+        return charge(db, str(body["user"]), int(body["cents"]))
+
+    @app.get("/health")
+    def health() -> dict[str, str]:
+        return {"ok": "yes"}
+
+    app.add_middleware(
+        ASGIMiddleware, store=store, service="billing", follow=follow, requests=requests
+    )
+    return app
+
+
+def flask_billing(db: str, store: Any, *, follow: bool = False, requests: str = "with-context"):  # type: ignore[no-untyped-def]
+    """The billing service as a Flask app with replayable's WSGI middleware."""
+    from flask import Flask, jsonify, request
+
+    app = Flask("billing")
+
+    @app.post("/charge")
+    def post_charge() -> Any:
+        body = request.get_json()
+        return jsonify(charge(db, str(body["user"]), int(body["cents"])))
+
+    app.wsgi_app = WSGIMiddleware(  # type: ignore[method-assign]
+        app.wsgi_app, store=store, service="billing", follow=follow, requests=requests
+    )
+    return app
+
+
+def free_port() -> int:
+    """A port free on 127.0.0.1 right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Uvicorn:
+    """An ASGI app served by uvicorn on 127.0.0.1:port in a thread (``with`` starts/stops it)."""
+
+    def __init__(self, app: Any, port: int | None = None) -> None:
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(
+            app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="off"
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> Uvicorn:
+        self.thread.start()
+        deadline = time.monotonic() + 10
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError(f"uvicorn did not start on port {self.port}")
+            time.sleep(0.02)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
+class Werkzeug:
+    """A WSGI app served by werkzeug's threaded server on 127.0.0.1:port in a thread."""
+
+    def __init__(self, app: Any, port: int | None = None) -> None:
+        from werkzeug.serving import make_server
+
+        self.server = make_server("127.0.0.1", port or 0, app, threaded=True)
+        self.port = self.server.server_port
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> Werkzeug:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(10)
+
+
+class Sentinel:
+    """A bare listening socket on a port: counts the connections that reach it."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", port))
+        self.sock.listen(16)
+        self.sock.setblocking(False)
+
+    def connections(self) -> int:
+        """How many connections are waiting to be accepted (all of them, drained)."""
+        n = 0
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except BlockingIOError:
+                return n
+            conn.close()
+            n += 1
+
+    def __enter__(self) -> Sentinel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.sock.close()

@@ -26,12 +26,14 @@ from replayable.trace import Run
 
 __all__ = [
     "PARENT_TAG",
+    "Callee",
     "Decision",
     "Requests",
     "callees",
     "decide",
     "find_linked",
     "follow_header",
+    "linked_tree",
     "run_metadata",
 ]
 
@@ -74,6 +76,36 @@ def callees(store: Store, run_id: str) -> list[Run]:
     runs = store.list_runs(RunQuery(tags={PARENT_TAG: run_id}, limit=_MAX_CALLEES))
     found = [r for r in runs if r.parent is not None and r.parent.run == run_id]
     return sorted(found, key=lambda r: r.started_at)
+
+
+@dataclass(slots=True)
+class Callee:
+    """A run that one step of another run started, with its events and its own callees."""
+
+    run: Run
+    events: list[Any]
+    callees: dict[str, list[Callee]]
+
+
+def linked_tree(
+    run: Run, stores: Iterable[Store], *, depth: int = 8, seen: set[str] | None = None
+) -> dict[str, list[Callee]]:
+    """The runs ``run``'s steps started, found in ``stores``, by the calling step's address
+    (nested: each callee with its own callees, ``depth`` levels at most; a run is never shown
+    twice, so a forged loop of links ends)."""
+    seen = {run.id} if seen is None else seen
+    out: dict[str, list[Callee]] = {}
+    if depth <= 0:
+        return out
+    for store in stores:
+        for callee in callees(store, run.id):
+            if callee.id in seen or callee.parent is None:
+                continue
+            seen.add(callee.id)
+            nested = linked_tree(callee, stores, depth=depth - 1, seen=seen)
+            entry = Callee(callee, list(store.iter_events(callee.id)), nested)
+            out.setdefault(callee.parent.step, []).append(entry)
+    return out
 
 
 def decide(

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import importlib
 import sys
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import click
 import orjson
 
+from replayable._linked import Callee, linked_tree
 from replayable._rootcall import call_recorded, root_call
 from replayable.boundary import Boundary
 from replayable.cli._batch import parse_tags, valid_tags
@@ -25,10 +28,11 @@ from replayable.cli._common import (
     valid_period,
 )
 from replayable.cli._render import find_event, run_table, step_detail, step_tree
-from replayable.errors import Divergence, ReplayableError
+from replayable.errors import Divergence, ReplayableError, RunNotFound
 from replayable.replay import Replay, replay
+from replayable.store import Store
 from replayable.store.base import RunQuery, RunStatus
-from replayable.trace import Event
+from replayable.trace import Event, Run
 
 
 @main.command("runs")
@@ -100,7 +104,17 @@ def runs_cmd(
 
 @main.command("show")
 @click.argument("run_id")
-@store_option
+@click.option(
+    "--store",
+    "store_urls",
+    multiple=True,
+    envvar="REPLAYABLE_STORE",
+    show_envvar=True,
+    help="Store URL or path (sqlite:///x.db, postgresql://..., a .db file or a directory of "
+    "trace files); repeatable: the run is looked up in each in turn, and the runs other "
+    "services recorded for its steps are nested from all of them. Default: "
+    ".replayable/traces.db",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the run and its events as JSON.")
 @click.option(
     "--step",
@@ -111,14 +125,17 @@ def runs_cmd(
 @click.option("--width", default=70, show_default=True, help="Characters of input/output shown.")
 @handle_errors
 def show_cmd(
-    run_id: str, store_url: str | None, as_json: bool, step_ref: str | None, width: int
+    run_id: str, store_urls: tuple[str, ...], as_json: bool, step_ref: str | None, width: int
 ) -> None:
     """Show a run as a tree of steps: kind, name, duration, model, sampling and tokens, short
     input/output, errors in red. With --step, one step's full input and output.
 
+    A step that called another service (a remote step) shows the run that service recorded for
+    it nested under it, when that run is in one of the stores named with --store.
+
     RUN_ID may be a unique prefix of the id, or a trace file (.jsonl).
     """
-    run, events = load_run(run_id, store_url)
+    run, events, stores = _find_run(run_id, store_urls)
     out = console()
     if step_ref is not None:
         ev = find_event(run, events, step_ref)
@@ -127,11 +144,49 @@ def show_cmd(
         else:
             out.print(step_detail(run, ev))
         return
+    linked = linked_tree(run, stores)
     if as_json:
-        payload = {"run": run.to_dict(), "events": [e.to_dict() for e in events]}
+        payload = {
+            "run": run.to_dict(),
+            "events": [e.to_dict() for e in events],
+            "linked": _linked_json(linked),
+        }
         click.echo(orjson.dumps(payload).decode())
         return
-    out.print(step_tree(run, events, width=width, max_width=out.width))
+    out.print(step_tree(run, events, width=width, max_width=out.width, linked=linked))
+
+
+def _find_run(ref: str, urls: tuple[str, ...]) -> tuple[Run, list[Event], list[Store]]:
+    """The run ``ref`` names (a trace file, or an id in the first of the stores holding it),
+    and the stores to look for linked runs in."""
+    if ref.endswith(".jsonl") or Path(ref).is_file():
+        run, events = load_run(ref, None)
+        return run, events, [get_store(u) for u in urls]
+    stores = [get_store(u) for u in urls] if urls else [get_store(None)]
+    missing: RunNotFound | None = None
+    for store in stores:
+        try:
+            run, events = load_run(ref, store.url)
+        except RunNotFound as exc:
+            missing = missing or exc
+            continue
+        return run, events, stores
+    assert missing is not None
+    raise missing
+
+
+def _linked_json(linked: Mapping[str, list[Callee]]) -> dict[str, Any]:
+    return {
+        step: [
+            {
+                "run": c.run.to_dict(),
+                "events": [e.to_dict() for e in c.events],
+                "linked": _linked_json(c.callees),
+            }
+            for c in callees
+        ]
+        for step, callees in linked.items()
+    }
 
 
 def import_modules(modules: tuple[str, ...]) -> None:

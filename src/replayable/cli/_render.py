@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import orjson
@@ -14,6 +14,7 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
+from replayable._linked import Callee
 from replayable._rundiff import RunDiff, tokens_of
 from replayable._tree import Step, build_tree
 from replayable.errors import ReplayableError
@@ -147,7 +148,8 @@ def _label(step: Step, width: int, max_width: int | None = None) -> Text:
         # Rich draws 4 columns of guides per level; keep each line inside the terminal.
         width = max(20, min(width, max_width - 4 * (step.depth + 1) - 8))
     text.append(f"[{ev.kind}] ", style=KIND_STYLES.get(ev.kind, ""))
-    text.append(ev.boundary.rsplit(":", 1)[-1], style="bold red" if ev.error else "bold")
+    name = ev.boundary if ev.kind == "remote" else ev.boundary.rsplit(":", 1)[-1]
+    text.append(name, style="bold red" if ev.error else "bold")
     text.append(f"  {fmt_duration(ev.duration_ns / 1e9)}", style="dim")
     if ev.meta.get("served"):
         text.append("  served", style="dim italic")
@@ -172,27 +174,44 @@ def _label(step: Step, width: int, max_width: int | None = None) -> Text:
     return text
 
 
-def step_tree(
-    run: Run, events: Iterable[Event], width: int = 70, max_width: int | None = None
-) -> Tree:
-    """The run as a tree of steps with kind, name, duration, short input/output and errors.
-
-    ``width`` caps the input/output previews; with ``max_width`` (the terminal's width) every
-    line is also cut to fit, so nothing wraps however deep the tree.
-    """
+def _run_head(run: Run) -> Text:
     head = Text()
+    service = run.metadata.get("service")
+    if run.parent is not None:
+        head.append(f"{service or 'service'}: ", style="bold magenta")
     head.append(f"run {run.id}", style="bold")
     if run.name:
         head.append(f"  {run.name}")
     head.append(f"  {run.status}", style=STATUS_STYLES.get(run.status, ""))
     head.append(f"  {fmt_duration(run.duration_s)}", style="dim")
-    tree = Tree(head)
+    return head
 
-    def add(parent: Tree, steps: list[Step]) -> None:
+
+def step_tree(
+    run: Run,
+    events: Iterable[Event],
+    width: int = 70,
+    max_width: int | None = None,
+    linked: Mapping[str, list[Callee]] | None = None,
+) -> Tree:
+    """The run as a tree of steps with kind, name, duration, short input/output and errors.
+
+    ``width`` caps the input/output previews; with ``max_width`` (the terminal's width) every
+    line is also cut to fit, so nothing wraps however deep the tree. ``linked`` (from
+    :func:`~replayable._linked.linked_tree`) nests the runs other services recorded for a
+    step under that step.
+    """
+    tree = Tree(_run_head(run))
+
+    def add(parent: Tree, steps: list[Step], callees: Mapping[str, list[Callee]]) -> None:
         for step in steps:
-            add(parent.add(_label(step, width, max_width)), step.children)
+            node = parent.add(_label(step, width, max_width))
+            add(node, step.children, callees)
+            for callee in callees.get(step.address, ()):
+                sub = node.add(_run_head(callee.run))
+                add(sub, build_tree(callee.events), callee.callees)
 
-    add(tree, build_tree(events))
+    add(tree, build_tree(events), linked or {})
     return tree
 
 

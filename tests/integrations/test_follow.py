@@ -91,7 +91,8 @@ class TestFollow:
         assert r.ok, r.report()
         replays = [x for x in billing_store.list_runs() if x.parent_run is not None]
         assert len(replays) == 1
-        assert replays[0].parent is not None and replays[0].parent.run == r.run.id
+        assert replays[0].parent is not None
+        assert replays[0].parent.run == r.run.id
 
     def test_a_change_in_the_callee_is_reported_in_the_caller(
         self, server: str, billing_db: str, billing_store: Store, client: httpx.Client

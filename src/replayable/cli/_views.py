@@ -153,8 +153,21 @@ def stats_cmd(store_url: str | None, since: str, name: str | None, as_json: bool
     show_envvar=True,
     help="Token every request must carry (required when --host is not local).",
 )
+@click.option(
+    "--linked-store",
+    "linked_urls",
+    multiple=True,
+    help="Another service's store: the runs it recorded for a remote step are nested under "
+    "that step (the viewer's own store is searched too); repeatable.",
+)
 @handle_errors
-def serve_cmd(store_url: str | None, host: str, port: int, auth_token: str | None) -> None:
+def serve_cmd(
+    store_url: str | None,
+    host: str,
+    port: int,
+    auth_token: str | None,
+    linked_urls: tuple[str, ...],
+) -> None:
     """Open the web viewer: runs, step trees with a timeline, step details and run diffs.
 
     Binds to 127.0.0.1. Binding elsewhere (--host 0.0.0.0) needs a token: open
@@ -170,7 +183,8 @@ def serve_cmd(store_url: str | None, host: str, port: int, auth_token: str | Non
         fail(f'the viewer needs {exc.name}: pip install "replayable[viewer]"')
         return
     store = get_store(store_url)
-    app = create_app(store, token=auth_token, local_only=local)
+    linked = [get_store(u) for u in linked_urls]
+    app = create_app(store, token=auth_token, local_only=local, linked=linked)
     shown = f"[{host}]" if ":" in host else host
     url = f"http://{shown}:{port}/"
     out = console()

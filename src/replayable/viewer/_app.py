@@ -9,6 +9,7 @@ web page cannot reach the viewer by DNS rebinding).
 from __future__ import annotations
 
 import datetime as _dt
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -177,9 +178,12 @@ def create_app(
     token: str | None = None,
     local_only: bool = True,
     max_inline_bytes: int = MAX_INLINE_BYTES,
+    linked: Sequence[Store] = (),
 ) -> Starlette:
     """The viewer as an ASGI app over ``store``.
 
+    ``linked``: further stores (other services') searched for the runs recorded for a
+    run's remote steps, nested under them; ``store`` is always searched.
     ``token``: required on every request (``Authorization: Bearer``, a cookie set by visiting
     ``/?token=...``). ``local_only``: refuse requests whose Host is not 127.0.0.1/localhost.
 
@@ -189,7 +193,7 @@ def create_app(
         uvicorn.run(create_app(open_store("traces.db")), host="127.0.0.1", port=8765)
     """
     templates = _templates()
-    cache = RunCache(store)
+    cache = RunCache(store, linked=linked)
 
     def page(request: Request, name: str, status_code: int = 200, **context: Any) -> Response:
         context.setdefault("title", "replayable")

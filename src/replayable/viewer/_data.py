@@ -9,15 +9,17 @@ import re
 import shlex
 import threading
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
 
+from replayable._linked import Callee, linked_tree
 from replayable._rootcall import root_event
 from replayable._rundiff import run_usage, tokens_of
-from replayable._tree import Step, build_tree, walk
-from replayable.errors import ReplayableError
+from replayable._tree import Step, build_tree
+from replayable.errors import ReplayableError, RunNotFound
 from replayable.store.base import Store
 from replayable.trace import Event, Run
 
@@ -67,20 +69,53 @@ def pretty(value: Any, limit: int = MAX_INLINE_BYTES) -> tuple[str, bool, int]:
 
 
 @dataclass(slots=True)
+class Placed:
+    """A line of the tree: a step of ``owner`` (the run shown, or a run another service
+    recorded for one of its steps), ``shift`` levels deeper than its own address says; a step
+    of ``None`` is the head line of a linked run."""
+
+    owner: Run
+    step: Step | None
+    shift: int = 0
+    children: int = 0
+
+
+@dataclass(slots=True)
 class LoadedRun:
-    """A run with its events, the step tree in display order, and the timeline's frame."""
+    """A run with its events, the step tree in display order (runs other services recorded
+    for its steps nested in it), and the timeline's frame."""
 
     run: Run
     events: list[Event]
     by_seq: dict[int, Event]
-    rows: list[Step]
+    rows: list[Placed]
     t0: float
     span: float
 
 
-def _load(store: Store, run: Run) -> LoadedRun:
+def _placed(
+    run: Run, events: list[Event], linked: dict[str, list[Callee]], shift: int
+) -> list[Placed]:
+    rows: list[Placed] = []
+
+    def add(steps: list[Step]) -> None:
+        for step in steps:
+            callees = linked.get(step.address, ())
+            rows.append(Placed(run, step, shift, len(step.children) + len(callees)))
+            add(step.children)
+            for callee in callees:
+                depth = shift + step.depth + 1
+                roots = build_tree(callee.events)
+                rows.append(Placed(callee.run, None, depth, len(roots)))
+                rows.extend(_placed(callee.run, callee.events, callee.callees, depth + 1))
+
+    add(build_tree(events))
+    return rows
+
+
+def _load(store: Store, run: Run, stores: Sequence[Store] = ()) -> LoadedRun:
     events = list(store.iter_events(run.id))
-    rows = list(walk(build_tree(events)))
+    rows = _placed(run, events, linked_tree(run, stores or [store]), 0)
     starts = [e.started_at for e in events if e.started_at]
     ends = [e.started_at + e.duration_ns / 1e9 for e in events if e.started_at]
     t0 = min([run.started_at, *starts]) if run.started_at else min(starts, default=0.0)
@@ -91,21 +126,36 @@ def _load(store: Store, run: Run) -> LoadedRun:
 class RunCache:
     """Finished runs never change, so their parsed events and trees are kept (a few, LRU)."""
 
-    def __init__(self, store: Store, size: int = 8) -> None:
+    def __init__(self, store: Store, size: int = 8, linked: Sequence[Store] = ()) -> None:
         self.store = store
+        self.linked = list(linked)
+        """Further stores to find the runs other services recorded for a run's steps in."""
         self.size = size
         self._items: OrderedDict[str, LoadedRun] = OrderedDict()
         self._lock = threading.Lock()
 
     def get(self, run_id: str) -> LoadedRun:
-        """The run (id or unique prefix) loaded with its events; raises ``RunNotFound``."""
-        run = self.store.get_run(run_id)
+        """The run (id or unique prefix) loaded with its events; raises ``RunNotFound``. A run
+        of another service's store (a linked run shown nested) is found there too."""
+        store = self.store
+        try:
+            run = store.get_run(run_id)
+        except RunNotFound:
+            for other in self.linked:
+                try:
+                    run = other.get_run(run_id)
+                except RunNotFound:
+                    continue
+                store = other
+                break
+            else:
+                raise
         with self._lock:
             hit = self._items.get(run.id)
             if hit is not None and hit.run.status == run.status:
                 self._items.move_to_end(run.id)
                 return hit
-        loaded = _load(self.store, run)
+        loaded = _load(store, run, [self.store, *self.linked])
         if run.status in ("ok", "error"):
             with self._lock:
                 self._items[run.id] = loaded
@@ -134,8 +184,39 @@ def _error_line(error: dict[str, Any]) -> str:
     return f"{kind}: {error.get('message', '')}"
 
 
-def tree_row(loaded: LoadedRun, step: Step, index: int) -> dict[str, Any]:
+def _head_row(loaded: LoadedRun, placed: Placed, index: int) -> dict[str, Any]:
+    run = placed.owner
+    left = (run.started_at - loaded.t0) / loaded.span * 100
+    width = ((run.ended_at or run.started_at) - run.started_at) / loaded.span * 100
+    service = run.metadata.get("service") or "service"
+    return {
+        "index": index,
+        "seq": -1,
+        "run_id": run.id,
+        "depth": placed.shift,
+        "address": "",
+        "boundary": "",
+        "name": f"{service}: run {run.id}",
+        "children": placed.children,
+        "incomplete": False,
+        "bar": {"left": round(max(left, 0.0), 3), "width": round(max(width, 0.15), 3)},
+        "kind": "run",
+        "linked_run": True,
+        "duration_ns": None if run.ended_at is None else int((run.ended_at - run.started_at) * 1e9),
+        "started_at": run.started_at,
+        "served": False,
+        "model": None,
+        "tokens": None,
+        "error": None if run.error is None else _error_line(run.error),
+        "preview": f"{run.name or ''}  {run.status}",
+    }
+
+
+def tree_row(loaded: LoadedRun, placed: Placed, index: int) -> dict[str, Any]:
     """One line of the step tree: what it is, a short preview and its timeline bar (percent)."""
+    step = placed.step
+    if step is None:
+        return _head_row(loaded, placed, index)
     ev = step.event
     bounds = _bounds(step)
     left = width = 0.0
@@ -145,11 +226,15 @@ def tree_row(loaded: LoadedRun, step: Step, index: int) -> dict[str, Any]:
     row: dict[str, Any] = {
         "index": index,
         "seq": step.seq,
-        "depth": step.depth,
+        "run_id": placed.owner.id,
+        "linked_run": False,
+        "depth": step.depth + placed.shift,
         "address": step.address,
         "boundary": step.boundary,
-        "name": step.boundary.rsplit(":", 1)[-1],
-        "children": len(step.children),
+        "name": step.boundary
+        if ev is not None and ev.kind == "remote"
+        else step.boundary.rsplit(":", 1)[-1],
+        "children": placed.children,
         "incomplete": ev is None,
         "bar": {"left": round(max(left, 0.0), 3), "width": round(max(width, 0.15), 3)},
     }
@@ -260,7 +345,7 @@ def run_overview(loaded: LoadedRun) -> dict[str, Any]:
     for ev in loaded.events:
         kinds[ev.kind] = kinds.get(ev.kind, 0) + 1
     return {
-        "steps": len(loaded.rows),
+        "steps": sum(1 for p in loaded.rows if p.owner is loaded.run and p.step is not None),
         "kinds": kinds,
         "errors": sum(1 for e in loaded.events if e.error is not None),
         "models": run_usage(loaded.events),

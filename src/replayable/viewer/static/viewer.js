@@ -23,6 +23,7 @@ function buildRow(runId, r) {
   const tr = el("tr", "step" + (r.error ? " has-error" : ""));
   tr.dataset.kind = r.kind;
   tr.dataset.seq = r.seq; tr.dataset.depth = r.depth; tr.dataset.children = r.children; tr.dataset.name = r.name;
+  tr.dataset.run = r.run_id || runId;
   const cell = el("td", "tree-cell");
   cell.style.paddingLeft = (0.4 + r.depth * 1.2) + "em";
   if (r.children) {
@@ -32,7 +33,9 @@ function buildRow(runId, r) {
   cell.appendChild(el("span", "kind kind-" + r.kind, r.kind));
   cell.append(" ");
   const a = el("a", "step-name", r.name);
-  a.href = "/runs/" + encodeURIComponent(runId) + "/steps/" + r.seq;
+  // A linked run's head line opens that run; its steps open in their own run.
+  a.href = r.linked_run ? "/runs/" + encodeURIComponent(r.run_id)
+    : "/runs/" + encodeURIComponent(r.run_id || runId) + "/steps/" + r.seq;
   cell.appendChild(a);
   if (r.served) { cell.append(" "); cell.appendChild(el("span", "muted small", "served")); }
   if (r.model) cell.appendChild(el("span", "model", r.model));
@@ -79,7 +82,9 @@ async function toggleDetail(row, runId) {
   if (next && next.classList.contains("detail-row")) {
     next.remove(); row.classList.remove("selected"); return;
   }
-  const resp = await fetch("/runs/" + encodeURIComponent(runId) + "/steps/" + row.dataset.seq + "?partial=1", { credentials: "same-origin" });
+  if (row.dataset.seq === "-1") return;  // a linked run's head line: its link opens it
+  const owner = row.dataset.run || runId;
+  const resp = await fetch("/runs/" + encodeURIComponent(owner) + "/steps/" + row.dataset.seq + "?partial=1", { credentials: "same-origin" });
   const tr = el("tr", "detail-row");
   const td = el("td"); td.colSpan = 3;
   // The fragment is rendered server-side by Jinja2 with autoescaping: trace values are text.

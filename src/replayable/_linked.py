@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import os
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -19,8 +20,10 @@ import orjson
 
 from replayable import _propagation as prop
 from replayable._remote import FOLLOW_HEADER, MAX_FOLLOW_HEADER
+from replayable.context import SESSION
 from replayable.errors import Divergence
-from replayable.store import Store
+from replayable.record import record
+from replayable.store import Store, open_store
 from replayable.store.base import RunQuery
 from replayable.trace import Run
 
@@ -28,6 +31,7 @@ __all__ = [
     "PARENT_TAG",
     "Callee",
     "Decision",
+    "Policy",
     "Requests",
     "callees",
     "decide",
@@ -184,3 +188,51 @@ def follow_header(
         body["truncated"] = True
         value = base64.urlsafe_b64encode(orjson.dumps(body)).decode("ascii")
     return FOLLOW_HEADER, value
+
+
+class Policy:
+    """What every entry point of a service shares (ASGI and WSGI middleware, an MCP server):
+    its store, its name, which requests record, whether it follows replays."""
+
+    def __init__(
+        self,
+        store: Store | str | os.PathLike[str] | None,
+        service: str | None,
+        requests: str,
+        follow: bool,
+    ) -> None:
+        self.store = open_store(store)
+        self.service = service
+        self.requests: Requests = check_requests(requests)
+        self.follow = follow
+
+    def decide(self, headers: dict[str, str]) -> Decision | None:
+        if SESSION.get() is not None:  # called in-process from inside a run: that run records
+            return None
+        return decide(
+            headers,
+            requests=self.requests,
+            follow=self.follow,
+            store=self.store,
+            service=self.service,
+        )
+
+    def recording(self, decision: Decision, method: str, path: str) -> Any:
+        metadata, tags = run_metadata(decision.incoming, self.service, method, path)
+        name = f"{self.service + ': ' if self.service else ''}{method} {path}"[:200]
+        return record(self.store, name=name, tags=tags, metadata=metadata)
+
+    def replaying(self, decision: Decision) -> Any:
+        from replayable.replay import replay
+
+        assert decision.linked is not None
+        r = replay(decision.linked, store=self.store, strict=False)
+        # Before it starts: the tags are in the run's genesis hash, the metadata in its seal.
+        replay_run = r.run
+        incoming = decision.incoming
+        if incoming is not None and incoming.caller is not None:
+            replay_run.metadata["parent"] = incoming.caller.to_dict()
+            replay_run.tags[PARENT_TAG] = incoming.caller.run
+        if self.service:
+            replay_run.metadata["service"] = self.service
+        return r

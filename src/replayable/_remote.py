@@ -45,9 +45,11 @@ __all__ = [
     "decode_body",
     "encode_body",
     "follow_divergences",
+    "followable",
     "outgoing",
     "remote_boundary",
     "remote_name",
+    "take_follow_report",
 ]
 
 log = logging.getLogger("replayable")
@@ -140,6 +142,13 @@ def _query(query: str) -> list[list[str]]:
     from urllib.parse import parse_qsl
 
     return [list(p) for p in parse_qsl(query, keep_blank_values=True)]
+
+
+def followable(b: Boundary) -> bool:
+    """Whether a live call of ``b`` can ask its callee to replay instead of acting (a request
+    to another service, a tool call to an MCP server): such a call is not refused as a side
+    effect in a replay with ``follow=True``, since the other side refuses its own."""
+    return b.kind == KIND or b.name.startswith("mcp:tools/call.")
 
 
 def remote_name(method: str, host: str, path: str) -> str:
@@ -264,14 +273,7 @@ def _finish(response: Response, follow: bool, service: str) -> dict[str, Any]:
         elif lk not in _DROPPED_RESPONSE:
             kept.append([k, v])
     if report is not None:
-        if follow:
-            _report_follow(report, service)
-        else:
-            log.warning(
-                "replayable: ignored a %s header on a response to a request that did not ask "
-                "the callee to follow",
-                FOLLOW_HEADER,
-            )
+        take_follow_report(report, follow, service)
     return {
         "status": response.status,
         "reason": response.reason,
@@ -303,7 +305,18 @@ def follow_divergences(value: str, service: str) -> list[dict[str, Any]]:
     return out
 
 
-def _report_follow(value: str, service: str) -> None:
+def take_follow_report(value: str, asked: bool, service: str) -> None:
+    """Add the divergences a callee reported (``value``, its ``replayable-follow`` report) to
+    the current replay, if this request ``asked`` the callee to follow; else ignore it with a
+    warning (a report nobody asked for is forged or stale)."""
+    if not asked:
+        log.warning(
+            "replayable: ignored a %s report from %s on a response to a request that did not "
+            "ask the callee to follow",
+            FOLLOW_HEADER,
+            service,
+        )
+        return
     session = SESSION.get()
     frame = FRAME.get()
     if session is None or frame is None:

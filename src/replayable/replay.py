@@ -27,7 +27,7 @@ import orjson
 from replayable import canonical
 from replayable._diff import diff_values
 from replayable._engine import Ending, Serve, activate, deactivate, resolve_live
-from replayable._remote import KIND, register_recorded
+from replayable._remote import followable, register_recorded
 from replayable._version import __version__
 from replayable._writer import Pending
 from replayable.boundary import registry
@@ -163,7 +163,7 @@ class Replayer(Recorder):
                     "import the module that defines it before replaying"
                 )
             # A followed remote call is replayed by its callee, which refuses side effects.
-            if b.side_effects and not allow_side_effects and not (self.follow and b.kind == KIND):
+            if b.side_effects and not allow_side_effects and not (self.follow and followable(b)):
                 raise SideEffectRefused(
                     f"{full} has side effects; running it live would fire them again. Give it "
                     "a world of its own (sandbox=a scratch database or fake client) or pass "

@@ -96,11 +96,11 @@ def free_port() -> int:
 class Uvicorn:
     """An ASGI app served by uvicorn on 127.0.0.1:port in a thread (``with`` starts/stops it)."""
 
-    def __init__(self, app: Any, port: int | None = None) -> None:
+    def __init__(self, app: Any, port: int | None = None, *, lifespan: str = "off") -> None:
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         config = uvicorn.Config(
-            app, host="127.0.0.1", port=self.port, log_level="warning", lifespan="off"
+            app, host="127.0.0.1", port=self.port, log_level="warning", lifespan=lifespan
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, daemon=True)
@@ -166,3 +166,27 @@ class Sentinel:
 
     def __exit__(self, *exc: object) -> None:
         self.sock.close()
+
+
+@rp.boundary(kind="retrieval", name="tools:stock_level")
+def stock_level(item: str) -> int:
+    """The tool server's own lookup (a boundary recorded into the linked run)."""
+    return len(item) * 3
+
+
+def mcp_tools(store: Any, *, follow: bool = False) -> Any:
+    """An MCP tool server (streamable HTTP) whose tool calls link to their callers."""
+    from mcp.server.mcpserver import MCPServer
+    from mcp.types import ToolAnnotations
+
+    from replayable.integrations.mcp import serve
+
+    server = MCPServer("tools")
+
+    @server.tool(annotations=ToolAnnotations(readOnlyHint=True))
+    def check_stock(item: str) -> str:
+        """How many of `item` are in stock."""
+        return f"{item}: {stock_level(item)} in stock"
+
+    serve(server, store=store, service="tools", follow=follow)
+    return server.streamable_http_app()

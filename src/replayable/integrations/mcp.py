@@ -31,11 +31,14 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from replayable._linked import Policy
+from replayable._propagation import BAGGAGE, merge_baggage
+from replayable._remote import FOLLOW_HEADER, outgoing, take_follow_report
 from replayable.boundary import Boundary, boundary
 from replayable.context import SESSION
 from replayable.errors import UnsupportedClient
 
-__all__ = ["ResultCodec", "instrument"]
+__all__ = ["ResultCodec", "instrument", "serve"]
 
 _MARK = "__replayable_mcp__"
 
@@ -77,7 +80,21 @@ async def _live() -> Any:
     if real is None:
         raise UnsupportedClient("an MCP boundary was called outside its instrumented client")
     await real.state.connect()
-    return await real.state.originals[real.method](*real.args, **real.kwargs)
+    if real.method != "call_tool":
+        return await real.state.originals[real.method](*real.args, **real.kwargs)
+    # The run's context travels in the request's _meta, as traceparent/baggage do over HTTP.
+    context, follow = outgoing("mcp")
+    kwargs = real.kwargs
+    if context:
+        meta = dict(kwargs.get("meta") or {})
+        meta[BAGGAGE] = merge_baggage(meta.get(BAGGAGE), context.pop(BAGGAGE))
+        meta.update(context)
+        kwargs = {**kwargs, "meta": meta}
+    result = await real.state.originals["call_tool"](*real.args, **kwargs)
+    report = (getattr(result, "meta", None) or {}).pop(FOLLOW_HEADER, None)
+    if isinstance(report, str):
+        take_follow_report(report, follow, "mcp")
+    return result
 
 
 def _make(name: str, kind: str, result: str, side_effects: bool = False) -> Boundary:
@@ -294,3 +311,49 @@ def instrument(
     if isinstance(obj, mcp.Client):
         obj.__class__ = _offline_class(type(obj))
     return obj
+
+
+def serve(
+    server: Any,
+    *,
+    store: Any = None,
+    service: str | None = None,
+    requests: str = "with-context",
+    follow: bool = False,
+) -> Any:
+    """Make an MCP server (``mcp.server.mcpserver.MCPServer``) link its tool calls to their
+    callers: a ``tools/call`` whose ``_meta`` carries a caller's context (``traceparent`` and
+    replayable's ``baggage`` member, added by an instrumented client inside a run) runs as a
+    run linked to the calling step, as :mod:`replayable.integrations.web` does for HTTP; with
+    ``follow=True`` (a local replay instance) a follow request replays the linked run and
+    returns its divergences in the result's ``_meta``. Returns the server.
+
+    For example (a sketch, not run as a doctest)::
+
+        shop = serve(MCPServer("shop"), service="shop")
+        app = shop.streamable_http_app()
+    """
+    policy = Policy(store, service, requests, follow)
+    original = server.call_tool
+
+    async def call_tool(name: str, arguments: dict[str, Any], context: Any = None) -> Any:
+        request = getattr(context, "request_context", None)
+        meta = getattr(request, "meta", None) or {}
+        headers = {k: v for k in ("traceparent", BAGGAGE) if isinstance(v := meta.get(k), str)}
+        decision = policy.decide(headers) if headers or policy.requests == "all" else None
+        if decision is None:
+            return await original(name, arguments, context)
+        if decision.action == "record":
+            async with policy.recording(decision, "tools/call", name):
+                return await original(name, arguments, context)
+        from replayable._linked import follow_header
+
+        r = policy.replaying(decision)
+        async with r:
+            result = await original(name, arguments, context)
+        _, value = follow_header(policy.service, r.run, r.divergences)
+        result.meta = {**(result.meta or {}), FOLLOW_HEADER: value}
+        return result
+
+    server.call_tool = call_tool
+    return server

@@ -32,10 +32,8 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapp
 from typing import Any
 
 from replayable import _linked
-from replayable._linked import Decision, Requests
-from replayable.context import SESSION
-from replayable.record import record
-from replayable.store import Store, open_store
+from replayable._linked import Decision, Policy
+from replayable.store import Store
 
 __all__ = ["ASGIMiddleware", "WSGIMiddleware"]
 
@@ -45,53 +43,6 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 _WANTED = ("traceparent", "baggage")
-
-
-class _Policy:
-    """What both middlewares share: the store, the service's name, which requests record."""
-
-    def __init__(
-        self,
-        store: Store | str | os.PathLike[str] | None,
-        service: str | None,
-        requests: str,
-        follow: bool,
-    ) -> None:
-        self.store = open_store(store)
-        self.service = service
-        self.requests: Requests = _linked.check_requests(requests)
-        self.follow = follow
-
-    def decide(self, headers: dict[str, str]) -> Decision | None:
-        if SESSION.get() is not None:  # called in-process from inside a run: that run records
-            return None
-        return _linked.decide(
-            headers,
-            requests=self.requests,
-            follow=self.follow,
-            store=self.store,
-            service=self.service,
-        )
-
-    def recording(self, decision: Decision, method: str, path: str) -> Any:
-        metadata, tags = _linked.run_metadata(decision.incoming, self.service, method, path)
-        name = f"{self.service + ': ' if self.service else ''}{method} {path}"[:200]
-        return record(self.store, name=name, tags=tags, metadata=metadata)
-
-    def replaying(self, decision: Decision) -> Any:
-        from replayable.replay import replay
-
-        assert decision.linked is not None
-        r = replay(decision.linked, store=self.store, strict=False)
-        # Before it starts: the tags are in the run's genesis hash, the metadata in its seal.
-        replay_run = r.run
-        incoming = decision.incoming
-        if incoming is not None and incoming.caller is not None:
-            replay_run.metadata["parent"] = incoming.caller.to_dict()
-            replay_run.tags[_linked.PARENT_TAG] = incoming.caller.run
-        if self.service:
-            replay_run.metadata["service"] = self.service
-        return r
 
 
 def _asgi_headers(scope: Scope) -> dict[str, str]:
@@ -120,7 +71,7 @@ class ASGIMiddleware:
         follow: bool = False,
     ) -> None:
         self.app = app
-        self.policy = _Policy(store, service, requests, follow)
+        self.policy = Policy(store, service, requests, follow)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope.get("type") != "http":
@@ -179,7 +130,7 @@ class WSGIMiddleware:
         follow: bool = False,
     ) -> None:
         self.app = app
-        self.policy = _Policy(store, service, requests, follow)
+        self.policy = Policy(store, service, requests, follow)
 
     def __call__(
         self, environ: dict[str, Any], start_response: Callable[..., Any]

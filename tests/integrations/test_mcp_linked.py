@@ -1,0 +1,58 @@
+"""MCP over streamable HTTP carries the run's context in _meta; the tool server links its run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mcp
+import pytest
+from tests.integrations import services
+from tests.integrations.services import Uvicorn
+
+import replayable as rp
+from replayable import _propagation as prop
+from replayable.store import Store
+
+
+@pytest.fixture
+def tools_store(tmp_path: Path) -> Store:
+    """The tool server's own store."""
+    return rp.open_store(tmp_path / "tools-traces.db")
+
+
+async def _ask(url: str) -> str:
+    async with rp.instrument(mcp.Client(url + "/mcp")) as client:
+        result = await client.call_tool("check_stock", {"item": "mug"})
+    return str(result.content[0].text)
+
+
+class TestMcpLinked:
+    """A tool call made inside a run starts a linked run in the MCP server."""
+
+    async def test_tool_server_run_links_to_the_tool_step(self, tools_store: Store) -> None:
+        """The server's run names the caller's run and tool step; its lookup records into it."""
+        with Uvicorn(services.mcp_tools(tools_store), lifespan="on") as tools:
+            async with rp.record(name="agent") as run:
+                answer = await _ask(tools.url)
+        assert answer == "mug: 9 in stock"
+        step = next(e for e in run.events() if e.boundary == "mcp:tools/call.check_stock")
+        (callee,) = [r for r in tools_store.list_runs() if r.parent is not None]
+        assert callee.parent == prop.Link(run.id, step.address)
+        assert callee.trace_id == run.trace_id
+        assert [e.boundary for e in callee.events()] == ["tools:stock_level"]
+
+    async def test_follow_replays_the_tool_servers_run(self, tools_store: Store) -> None:
+        """A followed tool call replays the server's linked run: its lookup is served."""
+        with Uvicorn(services.mcp_tools(tools_store), lifespan="on") as tools:
+            async with rp.record(name="agent") as run:
+                await _ask(tools.url)
+            port = tools.port
+        with Uvicorn(services.mcp_tools(tools_store, follow=True), port, lifespan="on") as tools:
+            async with rp.replay(run.id, live=["mcp:tools/call.check_stock"], follow=True) as r:
+                assert await _ask(tools.url) == "mug: 9 in stock"
+        assert r.ok, r.report()
+        (replayed,) = [x for x in tools_store.list_runs() if x.parent_run is not None]
+        assert replayed.parent is not None
+        assert replayed.parent.run == r.run.id
+        (ev,) = replayed.events()
+        assert ev.meta.get("served")

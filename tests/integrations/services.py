@@ -190,3 +190,51 @@ def mcp_tools(store: Any, *, follow: bool = False) -> Any:
 
     serve(server, store=store, service="tools", follow=follow)
     return server.streamable_http_app()
+
+
+AGENT: dict[str, str] = {}
+"""Where the agent service finds the model, billing and the tool server (set by the test)."""
+API_KEY = "sk-test-abcdefghijklmnopqrstuvwxyz0123456789"
+
+
+async def handle_ticket(ticket: dict[str, Any]) -> dict[str, Any]:
+    """The support agent: ask the model, charge through billing, check stock over MCP."""
+    import httpx
+    import mcp
+    import openai
+
+    model = rp.instrument(
+        openai.AsyncOpenAI(base_url=AGENT["model"], api_key=API_KEY, max_retries=0)
+    )
+    try:
+        reply = await model.chat.completions.create(
+            model="gpt-4o-mini", messages=[{"role": "user", "content": ticket["text"]}]
+        )
+    finally:
+        await model.close()
+    async with rp.instrument(httpx.AsyncClient(), service="billing") as billing:
+        charged = await billing.post(
+            AGENT["billing"] + "/charge", json={"user": ticket["user"], "cents": ticket["cents"]}
+        )
+        charged.raise_for_status()
+    async with rp.instrument(mcp.Client(AGENT["tools"] + "/mcp")) as tools:
+        stock = await tools.call_tool("check_stock", {"item": ticket["item"]})
+    return {
+        "answer": reply.choices[0].message.content,
+        "charge": charged.json(),
+        "stock": stock.content[0].text,
+    }
+
+
+def agent_service(store: Any) -> Any:
+    """The agent as a FastAPI service: every request is a run (requests='all')."""
+    from fastapi import FastAPI
+
+    app = FastAPI()
+
+    @app.post("/ticket")
+    async def ticket(body: dict[str, Any]) -> dict[str, Any]:
+        return await handle_ticket(body)
+
+    app.add_middleware(ASGIMiddleware, store=store, service="agent", requests="all")
+    return app

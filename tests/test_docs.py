@@ -130,6 +130,7 @@ class TestSite:
         html = (site / "reference" / "cli" / "index.html").read_text(encoding="utf-8")
         for name in cli_main.commands:
             assert f"replayable {name}" in html, name
+        assert "Sentinel" not in html  # click's no-default marker is shown as "—"
 
     def test_api_reference_has_the_public_names(self, site: Path) -> None:
         """The API page documents every name the three public modules export."""

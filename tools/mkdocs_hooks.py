@@ -52,3 +52,9 @@ def _directives(match: re.Match[str]) -> str:
 def on_page_markdown(markdown: str, **kwargs: Any) -> str:
     """Expand the API markers of a page."""
     return _MARKER.sub(_directives, markdown)
+
+
+def on_page_content(html: str, **kwargs: Any) -> str:
+    """Show an option without a default as such: click 8.3 hands mkdocs-click its ``UNSET``
+    marker, which it would print as ``Sentinel.UNSET``."""
+    return html.replace("<td><code>Sentinel.UNSET</code></td>", "<td>—</td>")

@@ -38,6 +38,7 @@ EXPECTED = {
     "cassette",
     "check",
     "drift",
+    "flush",
     "get_boundary",
     "import_otlp",
     "instrument",

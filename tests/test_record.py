@@ -265,6 +265,7 @@ class TestErrors:
             results = [add(i) for i in range(50)]
         assert results == [i + 10 for i in range(50)]
         assert run.status == "ok"
+        assert rp.flush() is False  # the store refused: the writer keeps the events
         warnings = [r for r in caplog.records if "cannot write to store" in r.getMessage()]
         assert len(warnings) == 1
 

@@ -295,6 +295,7 @@ class TestBytesOnDisk:
         store = PostgresStore(pg_url)
         for shape in SHAPES:
             _record_position(position, shape.text, store, monkeypatch)
+        rp.flush()  # read behind replayable's back: its writes first
         with psycopg.connect(pg_url) as conn:
             rows = conn.execute(
                 "SELECT row_to_json(r)::text FROM runs r UNION ALL "

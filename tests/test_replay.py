@@ -609,6 +609,7 @@ class TestTamperedRecordings:
     def test_replaying_an_edited_run_warns(self, db: str, store_path: Path) -> None:
         """A recording edited after the fact still replays, with a warning that says so."""
         run, _ = recorded(db)
+        rp.flush()  # edited behind replayable's back: its writes first
         with sqlite3.connect(store_path) as conn:
             conn.execute(
                 'UPDATE events SET output = \'{"action":"delete","id":1}\' '
@@ -771,6 +772,7 @@ class TestServedStepsAreReferences:
         return r
 
     def stored_rows(self, run_id: str) -> list[tuple[str, str, str]]:
+        rp.flush()  # read behind replayable's back: its writes first
         db = sqlite3.connect(rp.open_store().url.removeprefix("sqlite:///"))
         try:
             rows = db.execute(

@@ -330,6 +330,7 @@ class TestDriverCases:
         run does not verify) refuses that call the way the driver always has, lane or not."""
         with rp.record(store=store) as run:
             trader(2)
+        rp.flush()  # edited behind replayable's back: its writes first
         db = sqlite3.connect(store.path)
         with db:
             db.execute(

@@ -47,7 +47,7 @@ from replayable.errors import (
     UnsupportedClient,
 )
 from replayable.integrations import instrument
-from replayable.record import record
+from replayable.record import flush, record
 from replayable.replay import Replay, replay
 from replayable.store import Store, open_store
 from replayable.trace import Event, Run
@@ -84,6 +84,7 @@ __all__ = [
     "cassette",
     "check",
     "drift",
+    "flush",
     "get_boundary",
     "import_otlp",
     "instrument",

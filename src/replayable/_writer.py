@@ -1,15 +1,17 @@
 """The writer: redaction, keys, hash chain and batched inserts, off the agent's calls.
 
 During a run the agent's thread only snapshots (one orjson pass) and enqueues; a background
-thread writes in batches. At a run's end the agent's thread writes what is left itself (one
-transaction, no hand-off between threads) when the store allows, so the run is on disk and
-sealed when its block exits. Writing is fail-open: a store error is logged once, rows are kept
-for retry up to a bound, and the agent never sees the error unless the recording is ``strict``.
+thread writes in batches. A run's end only enqueues too (``strict`` waits). Every read in the
+process waits first for what is queued for its store (:func:`settle`: read your writes), and
+:func:`flush_all` (``rp.flush``) waits for every store. Writing is fail-open: a store error is
+logged once, rows are kept for retry up to a bound, and the agent never sees the error unless
+the recording is ``strict``.
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import os
 import threading
@@ -18,6 +20,7 @@ import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import orjson
@@ -41,7 +44,16 @@ from replayable.trace import signing_key as _signing_key
 if TYPE_CHECKING:
     from replayable.boundary import Boundary
 
-__all__ = ["BatchStore", "Pending", "Writer", "pending_row", "settle", "stop_writer", "writer_for"]
+__all__ = [
+    "BatchStore",
+    "Pending",
+    "Writer",
+    "flush_all",
+    "pending_row",
+    "settle",
+    "stop_writer",
+    "writer_for",
+]
 
 log = logging.getLogger("replayable")
 
@@ -51,6 +63,9 @@ BATCH = 1000
 MAX_RUN_OPS = 10_000
 STALL_S = 1.0
 """A store call taking longer than this holds no one: ``flush`` stops waiting for it."""
+SETTLE_S = 30.0
+"""How long a read waits, at most, for this process's pending writes to its store (a store
+that stops answering is waited for :data:`STALL_S` only)."""
 
 
 @dataclass(slots=True)
@@ -213,10 +228,11 @@ def pending_row(p: Pending, chains: dict[str, tuple[int, str]]) -> EventRow:
 
 
 LINGER_S = 0.05
-"""How long the writer, woken by new work, lets it gather before writing: a short run ends
-(and writes itself on the agent's thread) well within it, and a long run's events go in
-few, large transactions. While work keeps coming the writer looks again at this pace; it
-sleeps until woken after :data:`QUIET_PASSES` looks that found nothing."""
+"""How long the writer, woken by new work, lets it gather before writing: short runs ending
+close together go in one transaction, and a long run's events go in few, large ones (a read
+does not wait for it: it writes what is queued itself). While work keeps coming the writer
+looks again at this pace; it sleeps until woken after :data:`QUIET_PASSES` looks that found
+nothing."""
 QUIET_PASSES = 10
 RETRY_MIN_S = 0.5
 RETRY_MAX_S = 30.0
@@ -290,10 +306,10 @@ class Writer:
     """One background thread per store, shared by every run recorded into it.
 
     The agent's threads queue work; it is written in batches, one transaction each when the
-    store is a :class:`BatchStore`. :meth:`flush` (a run's end) writes what is queued on the
-    calling thread when the store allows and the writer is not mid-write: no hand-off between
-    threads, so the run is on disk, sealed, when the block exits. Otherwise it waits for the
-    thread (bounded: a hung store never holds the agent).
+    store is a :class:`BatchStore`. :meth:`flush` (a read, ``rp.flush``, a ``strict`` run's
+    end) writes what is queued on the calling thread when the store allows and the writer is
+    not mid-write; otherwise it waits for the thread (bounded: a hung store never holds a
+    read for long).
     """
 
     def __init__(self, store: Store) -> None:
@@ -320,8 +336,8 @@ class Writer:
         self._dropped = 0
         self.error: BaseException | None = None
         self._batches: BatchStore | None = store if isinstance(store, BatchStore) else None
-        # Lingering pays only where a run's end writes on the agent's thread; elsewhere the
-        # thread writes as soon as work arrives, as the run's end waits for it.
+        # Lingering pays where a batch is one transaction (many short runs to a commit);
+        # elsewhere each run is its own store calls anyway: write as soon as work arrives.
         self._linger = LINGER_S if self._batches is not None else 0.0
         self._thread = threading.Thread(target=self._loop, name="replayable-writer", daemon=True)
         self._thread.start()
@@ -361,13 +377,21 @@ class Writer:
 
     def end_run(self, run: Run) -> None:
         """Queue the end of ``run`` (its status and end time set): it is sealed from its chain
-        after its events, then stored finished."""
+        after its events, then stored finished. Until sealed, reading its sealed fields waits
+        for this writer (:meth:`settle`)."""
+        run.seal_pending(self.settle)
         self._put(_End(run))
+
+    def settle(self) -> None:
+        """Read your writes: write what is queued before a read (see :func:`settle`)."""
+        if self.busy and not self._failed:
+            self.flush(timeout=SETTLE_S, stall_limit=STALL_S)
 
     def seal(self, run: Run) -> None:
         """Set a finishing run's event count, sealed head and signature from its chain.
 
         Call it where the run's events are taken (after them, holding the writer's lock)."""
+        run.seal_pending(None)
         chain = self._chains.pop(run.id, None)
         count, head = (0, genesis_hash(run)) if chain is None else chain
         self._checkpoints.pop(run.id, None)
@@ -385,7 +409,12 @@ class Writer:
         since = self._busy_since
         return since is not None and time.monotonic() - since > limit
 
-    def flush(self, timeout: float = 30.0, *, stall_limit: float | None = None) -> None:
+    @property
+    def busy(self) -> bool:
+        """True while work is queued or being written (cheap: read on every store read)."""
+        return bool(self._items) or self._owner is not None
+
+    def flush(self, timeout: float | None = 30.0, *, stall_limit: float | None = None) -> bool:
         """Block until everything queued so far is written (or has failed, fail-open).
 
         On a :class:`BatchStore` that is answering, the calling thread writes the queue itself
@@ -393,17 +422,20 @@ class Writer:
         run, on the agent's thread: :data:`STALL_S`), stop waiting, with one warning, once a
         single store call has taken longer than that: the agent is never held by a hung store,
         the rest is left to the background writer. A store that is slow but answering
-        (batches waiting their turn) is waited for."""
+        (batches waiting their turn) is waited for. ``timeout=None`` waits as long as it takes.
+
+        Returns True when everything queued before the call is in the store; False when it
+        gave up waiting or the store refused work (kept for retry)."""
         me = threading.get_ident()
         if me in (self._owner, self._thread.ident):
-            return  # called from inside a write: what is queued goes in after it
-        deadline = time.monotonic() + timeout
-        if (
-            self._batches is not None
-            and not self._failed
-            and self._write_here(deadline, stall_limit)
-        ):
-            return
+            return False  # called from inside a write: what is queued goes in after it
+        deadline = time.monotonic() + (timeout if timeout is not None else 1e9)
+        if self._batches is not None and not self._failed:
+            here = self._write_here(deadline, stall_limit)
+            if here is None:
+                return False
+            if here:
+                return self._written()
         done = threading.Event()
         self._items.append(done)
         self._idle = False
@@ -411,10 +443,15 @@ class Writer:
         self._hurry.set()
         while not done.wait(0.02):
             if time.monotonic() >= deadline:
-                return
+                return False
             if stall_limit is not None and self.stalled(stall_limit):
                 self._warn_hung()
-                return
+                return False
+        return self._written()
+
+    def _written(self) -> bool:
+        """Nothing is held back for retry (the store took every batch so far)."""
+        return not (self._held or self._retry_ops or self._failed)
 
     def _warn_hung(self) -> None:
         if not self._hang_warned:
@@ -425,10 +462,10 @@ class Writer:
                 self.store.url,
             )
 
-    def _write_here(self, deadline: float, stall_limit: float | None) -> bool:
+    def _write_here(self, deadline: float, stall_limit: float | None) -> bool | None:
         """Write the queue on this thread; False when the store refused it or the thread is
         mid-write (either way the rest is the background writer's: wait for its marker), True
-        when written or given up waiting for a hung store."""
+        when written, None when given up waiting (the deadline, a hung store)."""
         io = self._io
         while not io.acquire(timeout=0.005):
             if self._owner == self._thread.ident:
@@ -436,10 +473,10 @@ class Writer:
                 # to pass a marker instead, which bounds the wait by what is queued now.
                 return False
             if time.monotonic() >= deadline:
-                return True
+                return None
             if stall_limit is not None and self.stalled(stall_limit):
                 self._warn_hung()
-                return True
+                return None
         self._owner = threading.get_ident()
         try:
             items = self._items
@@ -726,6 +763,26 @@ def _forget_writers_in_child() -> None:
     global _WRITERS_LOCK
     _WRITERS_LOCK = threading.Lock()
     _WRITERS.clear()
+    _AT.clear()
+
+
+_AT: dict[str, list[Writer]] = {}
+"""Writers by the place their store writes to: two store objects for one SQLite file (a path
+and its ``sqlite:///`` URL, say) share the wait of a read."""
+_PLACES: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+
+
+def _place(store: Store) -> str:
+    """Where ``store`` writes: its file, resolved, or its URL."""
+    try:
+        return _PLACES[store]
+    except (KeyError, TypeError):
+        pass
+    path = getattr(store, "path", None)
+    place = str(Path(path).resolve()) if isinstance(path, str | Path) else str(store.url)
+    with contextlib.suppress(TypeError):  # an unhashable store: looked up each time
+        _PLACES[store] = place
+    return place
 
 
 if hasattr(os, "register_at_fork"):
@@ -742,24 +799,63 @@ def writer_for(store: Store) -> Writer:
         if w is None:
             w = Writer(store)
             _WRITERS[store] = w
+            _AT.setdefault(_place(store), []).append(w)
+            _flush_at_child_exit()
         return w
+
+
+_CHILD_HOOKED: list[int] = []
+
+
+def _flush_at_child_exit() -> None:
+    """In a ``multiprocessing`` child (a pool worker, a ``Process``), flush at its exit too: it
+    leaves by ``os._exit``, which skips ``atexit``, after running its own finalizers."""
+    import multiprocessing
+
+    pid = os.getpid()
+    if pid in _CHILD_HOOKED or multiprocessing.parent_process() is None:
+        return
+    _CHILD_HOOKED.append(pid)
+    from multiprocessing import util
+
+    util.Finalize(None, _flush_all, exitpriority=100)
 
 
 def stop_writer(store: Store) -> None:
     """Flush and stop the writer of ``store``, if it has one."""
     with _WRITERS_LOCK:
         w = _WRITERS.pop(store, None)
+        if w is not None:
+            at = _AT.get(_place(store), [])
+            if w in at:
+                at.remove(w)
     if w is not None:
         w.stop()
 
 
 def settle(store: Store) -> None:
-    """Read your writes: write what this process has queued for ``store`` (the events of a run
-    still open) before a read of it. Free when nothing is queued; never waits on a store that
-    is failing or hung (fail-open), nor on the writer's own thread."""
-    w = _WRITERS.get(store)
-    if w is not None and w._items and not w._failed:
-        w.flush(timeout=STALL_S, stall_limit=STALL_S)
+    """Read your writes: write what this process has queued for ``store`` (runs just ended, the
+    events of a run still open) before a read of it.
+
+    The one wait behind every read: each backend calls it where a read or a write of its own
+    takes a connection, and a recorded :class:`Run` calls it before its sealed fields are read.
+    Free when nothing is queued; never waits on a store that is failing or hung (fail-open),
+    nor on the writer's own thread."""
+    for w in _AT.get(_place(store), ()):
+        w.settle()
+
+
+def flush_all(timeout: float | None = None) -> bool:
+    """Wait until every store written from this process has every event recorded so far.
+
+    Returns True when all of it is stored; False when ``timeout`` seconds passed first or a
+    store is refusing writes (its writer keeps the work and retries)."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+    ok = True
+    for w in list(_WRITERS.values()):
+        left = None if deadline is None else max(0.0, deadline - time.monotonic())
+        ok = w.flush(timeout=left) and ok
+    return ok
 
 
 @atexit.register

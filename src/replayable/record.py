@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from replayable._engine import Ending, Engine, Serve, activate, deactivate
 from replayable._errors_codec import encode_error
 from replayable._version import __version__
-from replayable._writer import STALL_S, Pending, Writer, writer_for
+from replayable._writer import STALL_S, Pending, Writer, flush_all, writer_for
 from replayable.context import FRAME, SESSION, AsyncToo, Frame
 from replayable.errors import ReplayableError, ReplayableWarning
 from replayable.redact import redact, redact_argv, redact_run
@@ -38,6 +38,7 @@ __all__ = [
     "Recording",
     "ReplayableWarning",
     "environment",
+    "flush",
     "new_run_id",
     "record",
     "reset_context",
@@ -221,7 +222,11 @@ class Recorder(Engine):
         self.writer.begin_run(run)
 
     def close(self, exc: BaseException | None, *, status: str | None = None) -> None:
-        """Finish the run: status, end time, head hash; then flush everything to the store.
+        """Finish the run: status and end time, then hand it to the writer, which seals it
+        (head hash, event count, signature) and stores it. Only ``strict`` waits for that.
+
+        Reads in this process wait for the hand-off first (read your writes): the store's
+        reads, and the run's sealed fields (:meth:`Writer.sealing`).
 
         ``status`` overrides the default (``error`` when ``exc`` is set, else ``ok``); a replay
         that found divergences finishes as ``diverged``.
@@ -236,11 +241,31 @@ class Recorder(Engine):
         run.metadata = redact(run.metadata)  # a replay adds its divergences here at exit
 
         self.writer.end_run(run)
-        # Written here, on the agent's thread, when the store allows (see ``Writer.flush``).
-        # Fail-open: with the store already failing, do not hold the agent for long at exit.
-        self.writer.flush(timeout=1.0 if self.writer.failing else 30.0, stall_limit=STALL_S)
-        if self.strict and self.writer.error is not None and exc is None:
-            raise self.writer.error
+        if self.strict:
+            # Written here, on the agent's thread, when the store allows (``Writer.flush``).
+            self.writer.flush(timeout=1.0 if self.writer.failing else 30.0, stall_limit=STALL_S)
+            if self.writer.error is not None and exc is None:
+                raise self.writer.error
+
+
+def flush(timeout: float | None = None) -> bool:
+    """Wait until every run recorded in this process so far is in its store.
+
+    A ``record`` block hands its run to a background writer and returns at once. Reads through
+    replayable in this process wait for that by themselves (read your writes); call ``flush``
+    before anything else reads the store (another process, ``sqlite3``, a second store object)
+    or before exiting in a way that skips ``atexit`` (``os._exit``). Returns True when all of
+    it is stored; False when ``timeout`` seconds passed first or a store is refusing writes
+    (the writer keeps them and retries).
+
+    >>> from replayable import boundary
+    >>> add = boundary(kind="tool")(lambda a, b: a + b)
+    >>> with record(name="flushed"):
+    ...     add(2, 3)
+    5
+    >>> stored = flush()  # True once every run so far is in its store
+    """
+    return flush_all(timeout)
 
 
 def reset_context(tokens: list[contextvars.Token[Any]]) -> None:

@@ -14,9 +14,9 @@ The other two are re-exported here, so every name in ``__all__`` imports from th
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 import orjson
 
@@ -357,7 +357,39 @@ def _field(d: dict[str, Any], name: str, kind: type, default: Any = _REQUIRED) -
 _TRACE_ID = re.compile(r"[0-9a-f]{32}")
 
 
-@dataclass(slots=True)
+_T = TypeVar("_T")
+
+
+class _Sealed(Generic[_T]):
+    """A run field the writer sets when it seals the run (head hash, event count, signature):
+    read while a hand-off to the writer is pending (:meth:`Run.seal_pending`), it waits for
+    the writer first, so the value read is the sealed one (read your writes)."""
+
+    def __init__(self, default: _T) -> None:
+        self.default = default
+        self.slot = ""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.slot = "_" + name
+
+    @overload
+    def __get__(self, obj: None, owner: type | None = None) -> _T: ...
+    @overload
+    def __get__(self, obj: Run, owner: type | None = None) -> _T: ...
+    def __get__(self, obj: Run | None, owner: type | None = None) -> _T:
+        if obj is None:
+            return self.default  # the dataclass's default
+        d = obj.__dict__
+        wait = d.get("_sealing")
+        if wait is not None:
+            wait()
+        return d[self.slot]  # type: ignore[no-any-return]
+
+    def __set__(self, obj: Run, value: _T) -> None:
+        obj.__dict__[self.slot] = value
+
+
+@dataclass
 class Run:
     """A recorded run: its identity, environment and outcome.
 
@@ -375,13 +407,19 @@ class Run:
     status: str = "running"
     error: dict[str, Any] | None = None
     parent_run: str | None = None
-    head_hash: str | None = None
-    event_count: int = 0
-    signature: str | None = None
+    head_hash: _Sealed[str | None] = _Sealed(None)
+    event_count: _Sealed[int] = _Sealed(0)
+    signature: _Sealed[str | None] = _Sealed(None)
     hash_version: int = 3
     """How the run is hashed: 3 digests input and output apart from the other fields, 2 covers
     the header (see :func:`genesis_hash`); 1 is older."""
     store: Store | None = field(default=None, repr=False, compare=False)
+
+    def seal_pending(self, wait: Callable[[], object] | None) -> None:
+        """Have reads of the sealed fields (``head_hash``, ``event_count``, ``signature``) call
+        ``wait`` first: the recorder sets it when it hands the ended run to the writer, the
+        writer clears it (None) when it seals the run."""
+        self.__dict__["_sealing"] = wait
 
     @property
     def trace_id(self) -> str | None:

@@ -118,6 +118,7 @@ class TestVerify:
         """An event edited in the database fails verify RUN."""
         import sqlite3
 
+        rp.flush()  # edited behind replayable's back: its writes first
         db = sqlite3.connect(store_path)
         db.execute('UPDATE events SET output = \'{"city":"Oslo","temp":30}\' WHERE seq = 1')
         db.commit()

@@ -1,6 +1,6 @@
 """A store that hangs never holds the agent: a frozen PostgreSQL (its processes SIGSTOPped) and
-an SQLite file locked by another process cost the agent a bounded delay and one warning; the
-run is written once the store answers again."""
+an SQLite file locked by another process cost the agent a bounded delay (opening the store) and at
+most one warning; the run's end only hands off; the run is written once the store answers again."""
 
 from __future__ import annotations
 
@@ -24,7 +24,8 @@ from replayable._writer import writer_for
 from replayable.store import open_store
 
 PGBIN = Path("/usr/lib/postgresql/15/bin")
-BOUND_S = 2.5  # the agent's delay at a hung store: open (0.5 s) plus end (1 s), with slack
+BOUND_S = 2.5  # the agent's delay at a hung store: opening it (0.5 s), with slack
+END_S = 1.0  # a run's end at a hung store: a hand-off, with slack
 
 
 @rp.boundary(kind="tool")
@@ -91,8 +92,8 @@ class TestHungStores:
     def test_frozen_postgres_holds_the_agent_a_bounded_time(
         self, own_postgres: tuple[str, int], caplog: pytest.LogCaptureFixture
     ) -> None:
-        """Every server process SIGSTOPped mid-recording: the agent's run takes under the
-        bound, one warning is logged, and the run arrives once the server resumes."""
+        """Every server process SIGSTOPped mid-recording: the agent's runs end at once, at most
+        one warning is logged, and the runs arrive once the server resumes."""
         url, postmaster = own_postgres
         store = open_store(url)
         with rp.record(store=store, name="before"):
@@ -103,15 +104,14 @@ class TestHungStores:
             os.kill(p, signal.SIGSTOP)
         try:
             elapsed, run = _timed_run(store)
-            assert elapsed < BOUND_S
+            assert elapsed < END_S
             elapsed_again, _ = _timed_run(store)
-            assert elapsed_again < BOUND_S
+            assert elapsed_again < END_S
         finally:
             for p in frozen:
                 os.kill(p, signal.SIGCONT)
         warnings = [r for r in caplog.records if r.name == "replayable"]
-        assert len(warnings) == 1
-        assert "not answering" in warnings[0].getMessage()
+        assert len(warnings) <= 1
         writer_for(store).flush(timeout=60)
         assert store.get_run(run.id).status == "ok"
 
@@ -142,12 +142,12 @@ class TestHungStores:
             store = open_store(db)
             elapsed, run = _timed_run(store)
             assert time.monotonic() - t0 < BOUND_S
-            assert elapsed < BOUND_S
+            assert elapsed < END_S
         finally:
             locker.kill()
             locker.wait()
             if locker.stdout is not None:
                 locker.stdout.close()
-        assert any("not answering" in r.getMessage() for r in caplog.records)
+        assert len([r for r in caplog.records if r.name == "replayable"]) <= 1
         writer_for(store).flush(timeout=60)
         assert store.get_run(run.id).status == "ok"

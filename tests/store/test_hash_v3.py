@@ -82,6 +82,7 @@ class _Raw:
         return PostgresStore(self.url)
 
     def execute(self, sql: str, *params: Any) -> list[Any]:
+        rp.flush()  # read and edited behind replayable's back: its writes first
         if self.kind == "sqlite":
             with sqlite3.connect(self.tmp / "v3.db") as db:
                 return db.execute(sql, params).fetchall()

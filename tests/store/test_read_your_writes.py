@@ -1,6 +1,7 @@
-"""A run is in the store, complete and sealed, when its ``with`` block exits: this process, another
-connection, another process and a forked child all read it finished, with every event, and it
-verifies; ``strict`` raises a store error at exit; a failing store never holds a read."""
+"""A run's ``with`` block hands the run to the writer and returns; every read through replayable in
+this process then sees it finished, with every event, and it verifies (read your writes); after
+``rp.flush()`` so do another connection, another process and a forked child; ``strict`` waits and
+raises a store error at exit; a failing store never holds a read."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import psycopg
@@ -41,7 +43,9 @@ def _drop_events(store: Store) -> None:
 
 def _read_elsewhere(store: Store, run_id: str) -> tuple[str, int, str | None, int]:
     """(status, event_count, head_hash, events stored) through a connection of the test's own,
-    not the store's."""
+    not the store's (after ``rp.flush()``: the documented contract for reads behind
+    replayable's back)."""
+    rp.flush()
     run_sql = "SELECT status, event_count, head_hash FROM runs WHERE id = {p}"
     events_sql = "SELECT count(*) FROM events WHERE run_id = {p}"
     if isinstance(store, SQLiteStore):
@@ -101,8 +105,8 @@ def test_a_run_still_open_is_read_with_every_call_it_finished(tmp_path: Path) ->
 
 
 def test_another_connection_reads_the_whole_run_right_after_the_block(backend: Store) -> None:
-    """Short runs back to back, each read the moment its block exits through a connection
-    that is not the store's (sqlite3, psycopg): finished, sealed, every event there."""
+    """Short runs back to back, each read after ``rp.flush()`` through a connection that is
+    not the store's (sqlite3, psycopg): finished, sealed, every event there."""
     for i in range(1, 8):
         with rp.record(store=backend, name="elsewhere") as run:
             for k in range(i):
@@ -130,7 +134,7 @@ def test_the_returned_run_is_sealed_and_exports_a_verifying_trace(
 
 
 def test_a_process_started_right_after_the_block_exports_the_run(tmp_path: Path) -> None:
-    """The CLI in a new process, started the moment the block exits, exports the run whole
+    """The CLI in a new process, started once ``rp.flush()`` returns, exports the run whole
     and the file verifies."""
     db = tmp_path / "cli.db"
     store = SQLiteStore(db)
@@ -139,6 +143,7 @@ def test_a_process_started_right_after_the_block_exports_the_run(tmp_path: Path)
             for i in range(4):
                 double(i)
         out = tmp_path / "exported.jsonl"
+        rp.flush()
         cli = [sys.executable, "-m", "replayable.cli"]
         proc = subprocess.run(
             [*cli, "export", run.id, "--store", str(db), "-o", str(out)],
@@ -156,13 +161,14 @@ def test_a_process_started_right_after_the_block_exports_the_run(tmp_path: Path)
 
 
 def test_a_child_forked_right_after_the_block_reads_the_run(tmp_path: Path) -> None:
-    """A child forked the moment the block exits opens the file and finds the run finished
-    with its events."""
+    """A child forked once ``rp.flush()`` returns opens the file and finds the run finished
+    with its events (the child has no writer of its own to wait for)."""
     store = SQLiteStore(tmp_path / "fork.db")
     try:
         with rp.record(store=store) as run:
             double(1)
             double(2)
+        rp.flush()
         pid = os.fork()
         if pid == 0:  # the child: exit status says what it read
             code = 1
@@ -240,3 +246,135 @@ def test_a_failing_store_does_not_hold_a_read(backend: Store) -> None:
         assert backend.get_run(run.id).id == run.id
     finally:
         stop_writer(backend)
+
+
+HOLD_LOCK = """
+import sqlite3, sys, time
+db = sqlite3.connect(sys.argv[1], isolation_level=None)
+db.execute("BEGIN IMMEDIATE")
+print("locked", flush=True)
+time.sleep(float(sys.argv[2]))
+db.execute("ROLLBACK")
+"""
+
+
+def _hold_lock(db: Path, seconds: float) -> subprocess.Popen[str]:
+    """Another process holding the database's write lock for ``seconds`` (started, locked)."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(db), str(seconds)], stdout=subprocess.PIPE, text=True
+    )
+    assert holder.stdout is not None
+    assert holder.stdout.readline().strip() == "locked"
+    return holder
+
+
+class TestTheRunEndHandsOff:
+    """The end of a run queues it for the writer and returns; the writer stores it later."""
+
+    def test_a_sqlite_lock_held_by_another_process_does_not_hold_the_block(
+        self, tmp_path: Path
+    ) -> None:
+        """Another process holds the write lock for 8 s: the block returns in under 1 s, and
+        every event arrives, sealed and verifying, once the lock is released."""
+        db = tmp_path / "locked.db"
+        store = SQLiteStore(db)
+        try:
+            holder = _hold_lock(db, 8)
+            t0 = time.monotonic()
+            with rp.record(store=store, name="under-lock") as run:
+                for i in range(20):
+                    double(i)
+            assert time.monotonic() - t0 < 1.0
+            assert run.status == "ok"
+            assert holder.wait(60) == 0
+            assert holder.stdout is not None
+            holder.stdout.close()
+            rp.flush(timeout=60)
+            assert _read_elsewhere(store, run.id) == ("ok", 20, run.head_hash, 20)
+            assert verify_run(store.get_run(run.id), store.iter_events(run.id)).ok
+        finally:
+            store.close()
+
+    def test_a_store_whose_writes_block_does_not_hold_short_runs(self, pg_url: str) -> None:
+        """Another PostgreSQL connection locks the tables: fifty short runs still end at
+        once (none waits for the writer), and all of them arrive after the lock goes."""
+        store = PostgresStore(pg_url)
+        try:
+            store.list_runs()  # the schema, before the lock
+            with psycopg.connect(pg_url) as other:
+                other.execute("BEGIN")
+                other.execute("LOCK TABLE runs, events IN ACCESS EXCLUSIVE MODE")
+                t0 = time.monotonic()
+                runs = []
+                for i in range(50):
+                    with rp.record(store=store, name="blocked") as run:
+                        double(i)
+                    runs.append(run)
+                assert time.monotonic() - t0 < 1.0
+                other.execute("ROLLBACK")
+            rp.flush(timeout=60)
+            for i, run in enumerate(runs):
+                assert _read_elsewhere(store, run.id) == ("ok", 1, run.head_hash, 1)
+                assert [e.output["x"] for e in run.events()] == [i]
+        finally:
+            stop_writer(store)
+            store.close()
+
+    def test_a_read_during_a_foreign_lock_is_not_held_for_long(self, tmp_path: Path) -> None:
+        """While another process holds the lock, the run is sealed at once (the writer hashed
+        it), a read gives up waiting for the stuck write after about a second (fail-open), and
+        a flush with a timeout says it did not finish."""
+        db = tmp_path / "hung.db"
+        store = SQLiteStore(db)
+        try:
+            holder = _hold_lock(db, 5)
+            with rp.record(store=store) as run:
+                double(1)
+            t0 = time.monotonic()
+            assert run.head_hash is not None
+            assert run.event_count == 1
+            time.sleep(0.2)  # the writer is in the store, waiting for the lock
+            assert [r.id for r in store.list_runs()] == []
+            assert rp.flush(timeout=0.5) is False
+            assert time.monotonic() - t0 < 4.0
+            assert holder.wait(60) == 0
+            assert holder.stdout is not None
+            holder.stdout.close()
+            assert store.get_run(run.id).event_count == 1
+        finally:
+            store.close()
+
+
+class TestFlush:
+    """``rp.flush`` waits for every store's pending writes."""
+
+    def test_flush_puts_every_store_on_disk(self, tmp_path: Path) -> None:
+        """Runs into two stores, then flush: both files hold their run for any reader."""
+        stores = [SQLiteStore(tmp_path / f"s{i}.db") for i in range(2)]
+        try:
+            ids = []
+            for store in stores:
+                with rp.record(store=store) as run:
+                    double(3)
+                ids.append(run.id)
+            rp.flush()
+            for store, run_id in zip(stores, ids, strict=True):
+                assert _read_elsewhere(store, run_id)[::3] == ("ok", 1)
+        finally:
+            for store in stores:
+                store.close()
+
+    def test_strict_waits_for_the_store(self, tmp_path: Path) -> None:
+        """strict=True: the run is on disk when the block exits, with no flush."""
+        store = SQLiteStore(tmp_path / "strict.db")
+        try:
+            with rp.record(store=store, strict=True) as run:
+                double(2)
+            conn = sqlite3.connect(store.path)
+            try:
+                row = conn.execute("SELECT status FROM runs WHERE id = ?", (run.id,)).fetchone()
+            finally:
+                conn.close()
+            assert row == ("ok",)
+        finally:
+            store.close()

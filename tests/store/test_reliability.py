@@ -122,8 +122,10 @@ class TestStoreUnavailable:
         """No server listening: calls return real results, one warning, nothing raised."""
         store = PostgresStore(f"postgresql://postgres@127.0.0.1:{free_port()}/x", timeout=0.3)
         try:
-            with caplog.at_level(logging.WARNING), rp.record(store=store):
-                assert [double(i) for i in range(20)] == [2 * i for i in range(20)]
+            with caplog.at_level(logging.WARNING):
+                with rp.record(store=store):
+                    assert [double(i) for i in range(20)] == [2 * i for i in range(20)]
+                assert rp.flush() is False  # the writer tried, and keeps the events
             assert len(warnings_from_replayable(caplog)) == 1
             assert "cannot write to store" in warnings_from_replayable(caplog)[0]
         finally:
@@ -136,8 +138,10 @@ class TestStoreUnavailable:
         """A store path that cannot be created costs the agent one warning."""
         blocker = tmp_path / "file"
         blocker.write_text("x")
-        with caplog.at_level(logging.WARNING), rp.record(store=blocker / "t.db"):
-            assert double(4) == 8
+        with caplog.at_level(logging.WARNING):
+            with rp.record(store=blocker / "t.db"):
+                assert double(4) == 8
+            assert rp.flush() is False
         assert len(warnings_from_replayable(caplog)) == 1
 
     def test_buffer_is_bounded(
@@ -152,6 +156,7 @@ class TestStoreUnavailable:
             for i in range(500):
                 double(i)
         writer = writer_for(store)
+        assert writer.flush() is False
         assert 0 < len(writer._held.rows) <= 50
         assert all(isinstance(row[1], int) for row in writer._held.rows)
 

@@ -75,6 +75,7 @@ class Target:
             write_trace(stored, list(stored.events()), self.file)
 
     def sql(self, statement: str, *params: Any) -> None:
+        rp.flush()  # edited behind replayable's back: its writes first
         if self.kind == "sqlite":
             assert isinstance(self.store, SQLiteStore)
             with sqlite3.connect(self.store.path) as db:

@@ -47,8 +47,14 @@ class _Buffer(Writer):
     def run_op(self, op: Callable[[], None]) -> None:
         """Run-level store operations are skipped: a kept replay is written whole, later."""
 
-    def flush(self, timeout: float = 30.0, *, stall_limit: float | None = None) -> None:
+    @property
+    def busy(self) -> bool:
+        """Nothing is ever queued."""
+        return False
+
+    def flush(self, timeout: float | None = 30.0, *, stall_limit: float | None = None) -> bool:
         """Nothing is queued."""
+        return True
 
     def begin_run(self, run: Run) -> None:
         """The run is not created: a kept replay is written whole, later."""

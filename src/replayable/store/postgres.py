@@ -9,6 +9,7 @@ add ``?options=-csearch_path%3Dmyschema`` to keep the tables in a schema of your
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -180,12 +181,21 @@ class PostgresStore(SQLStore):
     # -- connections and schema --------------------------------------------------------------
 
     def _use(self, fn: Callable[[psycopg.Connection[Any]], Any]) -> Any:
-        """Run ``fn`` on a pooled connection; connection and server errors become
-        :class:`StoreUnavailable`."""
+        """Run ``fn`` on a pooled connection (see :meth:`_connection`)."""
+        with self._connection() as conn:
+            return fn(conn)
+
+    @contextlib.contextmanager
+    def _connection(self) -> Iterator[psycopg.Connection[Any]]:
+        """A pooled connection, after this process's queued writes to the store (read your
+        writes); connection and server errors become :class:`StoreUnavailable`."""
+        from replayable._writer import settle  # _writer imports the store modules
+
+        settle(self)
         try:
             self._open()
             with self._pool.connection() as conn:
-                return fn(conn)
+                yield conn
         except (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout) as exc:
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise StoreUnavailable(f"PostgreSQL store {self.url}: {reason}") from None
@@ -314,25 +324,22 @@ class PostgresStore(SQLStore):
         return resolve_refs(self, self._stored_events(run_id))
 
     def _stored_events(self, run_id: str) -> Iterator[Event]:
-        try:
-            self._open()
-            with (
-                self._pool.connection() as conn,
-                conn.transaction(),
-                conn.cursor(name="replayable_events") as cur,
-            ):
-                cur.itersize = 2000
-                cur.execute(
-                    f"SELECT {_EVENTS} FROM events WHERE run_id = %s ORDER BY seq", (run_id,)
-                )
-                for row in cur:
-                    yield row_to_event(row)
-        except (psycopg.OperationalError, psycopg.InterfaceError, PoolTimeout) as exc:
-            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise StoreUnavailable(f"PostgreSQL store {self.url}: {reason}") from None
+        with (
+            self._connection() as conn,
+            conn.transaction(),
+            conn.cursor(name="replayable_events") as cur,
+        ):
+            cur.itersize = 2000
+            cur.execute(f"SELECT {_EVENTS} FROM events WHERE run_id = %s ORDER BY seq", (run_id,))
+            for row in cur:
+                yield row_to_event(row)
 
     def close(self) -> None:
-        """Close the pool's connections (the store reconnects if used again)."""
+        """Write what this process queued for the store (its writer stops), then close the
+        pool's connections (the store reconnects if used again)."""
+        from replayable._writer import stop_writer  # _writer imports the store modules
+
+        stop_writer(self)
         with self._lock:
             pool, self._pool = self._pool, self._new_pool()
             self._ready = False

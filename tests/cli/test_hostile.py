@@ -179,14 +179,17 @@ class TestHostileTraceFiles:
 
 def _peak_rss_mb(*args: str) -> tuple[subprocess.CompletedProcess[str], float]:
     """Run the CLI in a child process; its output and its peak resident memory in MB (the
-    child's own: each call starts a fresh process, and RUSAGE_CHILDREN keeps the maximum)."""
+    child's own: VmHWM of its memory map; ``ru_maxrss`` would carry over the forking pytest
+    worker's peak across exec, which a worker that loaded torch puts near 900 MB)."""
     code = (
-        "import resource, sys\n"
+        "import re, sys\n"
+        "from pathlib import Path\n"
         "from replayable.cli import main\n"
         "try:\n"
         "    main(sys.argv[1:], standalone_mode=True)\n"
         "finally:\n"
-        "    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n"
+        "    status = Path('/proc/self/status').read_text()\n"
+        "    print(re.search(r'VmHWM:\\s*(\\d+) kB', status).group(1), file=sys.stderr)\n"
     )
     proc = subprocess.run(
         [sys.executable, "-c", code, *args],

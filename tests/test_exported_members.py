@@ -17,6 +17,7 @@ EXPECTED = {
     "FieldChange",
     "FixtureMiss",
     "InvalidOtlp",
+    "NetworkRefused",
     "RecordedError",
     "Replay",
     "ReplayableError",

@@ -13,6 +13,7 @@ The hierarchy::
     ├── UnknownBoundary             a boundary name that no registered boundary carries
     ├── UnsupportedClient           an integration was handed an object it cannot instrument
     ├── InvalidOtlp                 an OTLP export request or file that cannot be imported
+    ├── NetworkRefused              a replay tried to reach the network and no boundary served it
     └── RecordedError               a recorded exception whose type cannot be rebuilt
 
     ReplayableWarning (UserWarning) something was recorded or replayed less faithfully than asked
@@ -31,6 +32,7 @@ __all__ = [
     "FieldChange",
     "FixtureMiss",
     "InvalidOtlp",
+    "NetworkRefused",
     "RecordedError",
     "ReplayableError",
     "ReplayableWarning",
@@ -232,6 +234,21 @@ class InvalidOtlp(ReplayableError, ValueError):
         self.line = line
         self.status = status
         super().__init__(message if line is None else f"line {line}: {message}")
+
+
+class NetworkRefused(ReplayableError):
+    """A replay tried to reach the network and no boundary served the call.
+
+    ``target`` is what it tried to reach (``POST http://host/v1/chat/completions``, or a socket
+    address), ``step`` the address of the step it happened under (``""`` at the top level).
+    Raised where the call was made and again at the replay's exit when the code swallowed it
+    (SDKs turn connection errors into their own).
+    """
+
+    def __init__(self, message: str, *, target: str, step: str = "") -> None:
+        self.target = target
+        self.step = step
+        super().__init__(message)
 
 
 class RecordedError(ReplayableError):

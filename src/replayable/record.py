@@ -20,6 +20,7 @@ from functools import lru_cache
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
+from replayable import _network
 from replayable._engine import Ending, Engine, Serve, activate, deactivate
 from replayable._errors_codec import encode_error
 from replayable._version import __version__
@@ -294,6 +295,7 @@ class Recording(AsyncToo[Run]):
         session.start()
         self._tokens = [SESSION.set(session), FRAME.set(session.root)]
         activate(session)
+        _network.enter(session, replay=False)
         return session.run
 
     def __exit__(
@@ -304,6 +306,7 @@ class Recording(AsyncToo[Run]):
     ) -> None:
         assert self._session is not None
         deactivate(self._session)
+        _network.leave(self._session)
         try:
             reset_context(self._tokens)
         finally:

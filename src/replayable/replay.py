@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
 
-from replayable import canonical
+from replayable import _network, canonical
 from replayable._diff import diff_values
 from replayable._engine import Ending, Serve, activate, deactivate, resolve_live
 from replayable._remote import followable, register_recorded
@@ -562,8 +562,11 @@ class Replay(AsyncToo["Replay"]):
     (['changed'], True)
     """
 
-    def __init__(self, session: Replayer) -> None:
+    def __init__(self, session: Replayer, *, allow_network: bool | Iterable[str] = False) -> None:
         self.session = session
+        self.allow_network = (
+            allow_network if isinstance(allow_network, bool) else (tuple(allow_network))
+        )
         self._tokens: list[contextvars.Token[Any]] = []
 
     @property
@@ -640,6 +643,13 @@ class Replay(AsyncToo["Replay"]):
             raise
         self._tokens = [SESSION.set(session), FRAME.set(session.root)]
         activate(session)
+        recorded = session.source.metadata.get(_network.ENDPOINTS_KEY)
+        _network.enter(
+            session,
+            replay=True,
+            allow=self.allow_network,
+            endpoints=[str(e) for e in recorded] if isinstance(recorded, list) else (),
+        )
         return self
 
     def _leave(
@@ -664,6 +674,7 @@ class Replay(AsyncToo["Replay"]):
     ) -> None:
         s = self.session
         deactivate(s)
+        refused = _network.leave(s)
         try:
             reset_context(self._tokens)
         finally:
@@ -677,6 +688,10 @@ class Replay(AsyncToo["Replay"]):
                 s.close(exc, status="diverged" if s.divergences and exc is None else None)
             finally:
                 self._leave(exc_type, exc, tb)
+        if refused is not None and exc is not refused:
+            # The code swallowed the refusal (an SDK turned it into its own connection error):
+            # it is still the cause.
+            raise refused
         if not (s.replay_strict and s.divergences):
             return
         first = s.divergences[0]
@@ -703,6 +718,7 @@ def replay(
     sandbox: AbstractContextManager[Any] | None = None,
     trust: bool = False,
     follow: bool = False,
+    allow_network: bool | Iterable[str] = False,
 ) -> Replay:
     """Replay a recorded run: a run id (or unique prefix), a :class:`Run`, or a trace file path.
 
@@ -738,6 +754,13 @@ def replay(
     remote call in ``live`` sends it to a running instance of the callee with replay context:
     the callee's middleware replays its own linked run (nothing re-fired there) and what
     diverged inside it is reported here, with the service's name and its step address.
+
+    A replay is offline unless allowed: a connection no boundary served (a socket to anything
+    but loopback, an HTTP request to a model API or to a model endpoint the recording talked
+    to) raises :class:`~replayable.errors.NetworkRefused` naming the call and what is most
+    likely not instrumented. ``allow_network=True`` lets everything out, a list of hosts
+    (``"api.example.com"`` or ``"host:port"``) only those; boundaries that run live may always
+    go out.
 
     >>> import replayable as rp
     >>> lookup = rp.boundary(kind="tool")(lambda name: {"name": name, "id": 7})
@@ -794,7 +817,8 @@ def replay(
         from replayable._fork import WhatIf
 
         return Replay(
-            WhatIf(
+            allow_network=allow_network,
+            session=WhatIf(
                 target,
                 run,
                 source_run,
@@ -804,6 +828,6 @@ def replay(
                 live_kinds=tuple(live_kinds),
                 fakes=dict(fakes or {}),
                 **options,
-            )
+            ),
         )
-    return Replay(Replayer(target, run, source_run, events, **options))
+    return Replay(Replayer(target, run, source_run, events, **options), allow_network=allow_network)

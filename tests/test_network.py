@@ -3,6 +3,7 @@ calls no boundary recorded. Real SDK clients against the loopback model server."
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 from collections.abc import Iterator
@@ -39,13 +40,27 @@ def chat(client: Any) -> str:
     return str(out.choices[0].message.content)
 
 
+def mixed(server: FakeLLMServer) -> None:
+    """One call through an instrumented client, one through a client that is not."""
+    chat(instrument(bare(server)))
+    chat(bare(server))
+
+
 def record_mixed(server: FakeLLMServer) -> rp.Run:
-    """A run where one client is instrumented and another is not (the recording warns)."""
-    good = instrument(bare(server))
-    with pytest.warns(rp.ReplayableWarning, match="no boundary recorded it"), rp.record() as run:
-        chat(good)
-        chat(bare(server))
+    """A run of :func:`mixed` (the recording warns about the second call)."""
+    with pytest.warns(rp.ReplayableWarning, match="no boundary recorded it"):
+        return record_run(server)
+
+
+def record_run(server: FakeLLMServer) -> rp.Run:
+    with rp.record() as run:
+        mixed(server)
     return run
+
+
+def replay_mixed(run: rp.Run, server: FakeLLMServer, **options: Any) -> None:
+    with rp.replay(run.id, **options):
+        mixed(server)
 
 
 class TestReplayRefusesUnservedCalls:
@@ -56,13 +71,11 @@ class TestReplayRefusesUnservedCalls:
         model server sees no request from the replay."""
         run = record_mixed(server)
         seen = len(server.requests)
-        good = instrument(bare(server))
-        with pytest.raises(rp.NetworkRefused) as info, rp.replay(run.id):
-            chat(good)
-            chat(bare(server))
+        with pytest.raises(rp.NetworkRefused) as info:
+            replay_mixed(run, server)
         msg = str(info.value)
-        assert "POST http://127.0.0.1" in msg and "/chat/completions" in msg
-        assert "OpenAI client" in msg and "allow_network" in msg
+        for part in ("POST http://127.0.0.1", "/chat/completions", "OpenAI client", "allow_net"):
+            assert part in msg
         assert info.value.target.startswith("POST ")
         assert len(server.requests) == seen
 
@@ -70,32 +83,29 @@ class TestReplayRefusesUnservedCalls:
         """The SDK turns the refusal into its own connection error; the replay's exit raises
         the refusal anyway."""
         run = record_mixed(server)
-        good = instrument(bare(server))
-        with pytest.raises(rp.NetworkRefused), rp.replay(run.id):
-            chat(good)
-            try:
-                chat(bare(server))
-            except openai.APIConnectionError:
-                pass
+
+        def swallowing() -> None:
+            with rp.replay(run.id):
+                chat(instrument(bare(server)))
+                with contextlib.suppress(openai.APIConnectionError):
+                    chat(bare(server))
+
+        with pytest.raises(rp.NetworkRefused):
+            swallowing()
 
     def test_allow_network_lets_the_call_out(self, server: FakeLLMServer) -> None:
         """allow_network=True, or a list naming the host, opts out of the guard."""
         run = record_mixed(server)
-        good = instrument(bare(server))
         for allow in (True, ["127.0.0.1"], [f"127.0.0.1:{server.port}"]):
             seen = len(server.requests)
-            with rp.replay(run.id, allow_network=allow):
-                chat(good)
-                chat(bare(server))
+            replay_mixed(run, server, allow_network=allow)
             assert len(server.requests) == seen + 1
 
     def test_a_host_list_not_naming_the_host_still_refuses(self, server: FakeLLMServer) -> None:
         """A host list only lets the hosts it names out."""
         run = record_mixed(server)
-        good = instrument(bare(server))
-        with pytest.raises(rp.NetworkRefused), rp.replay(run.id, allow_network=["api.other"]):
-            chat(good)
-            chat(bare(server))
+        with pytest.raises(rp.NetworkRefused):
+            replay_mixed(run, server, allow_network=["api.other"])
 
     def test_a_live_boundary_may_go_out(self, server: FakeLLMServer) -> None:
         """A boundary named in live= runs and reaches the model through any client."""
@@ -128,12 +138,15 @@ class TestReplayRefusesUnservedCalls:
         noop = rp.boundary(kind="tool", name="net:noop")(lambda: 1)
         with rp.record() as run:
             noop()
-        with (
-            pytest.raises(rp.NetworkRefused, match=r"connect to 0\.0\.0\.0:9"),
-            rp.replay(run.id),
-        ):
-            noop()
-            socket.create_connection(("0.0.0.0", 9), timeout=1)
+
+        def attempt() -> None:
+            with rp.replay(run.id):
+                noop()
+                with pytest.raises(rp.NetworkRefused, match=r"connect to 0\.0\.0\.0:9"):
+                    socket.create_connection(("0.0.0.0", 9), timeout=1)
+
+        with pytest.raises(rp.NetworkRefused):  # caught by the code: raised again at exit
+            attempt()
 
     def test_other_loopback_services_stay_reachable(self, server: FakeLLMServer) -> None:
         """A loopback server the recording did not see as a model (a database, a test
@@ -169,11 +182,15 @@ class TestReplayRefusesUnservedCalls:
             except BaseException as exc:
                 errors.append(exc)
 
-        with pytest.raises(rp.NetworkRefused), rp.replay(run.id):
-            chat(good)
-            t = threading.Thread(target=worker)
-            t.start()
-            t.join()
+        def replay_with_thread() -> None:
+            with rp.replay(run.id):
+                chat(good)
+                t = threading.Thread(target=worker)
+                t.start()
+                t.join()
+
+        with pytest.raises(rp.NetworkRefused):
+            replay_with_thread()
         assert [type(e) for e in errors] == [rp.NetworkRefused]
         assert len(server.requests) == seen
 
@@ -200,9 +217,14 @@ class TestHooksAreScoped:
 class TestRecordingFlagsUnrecordedModelCalls:
     def test_warns_once_per_run(self, server: FakeLLMServer) -> None:
         """Two unrecorded model calls in one run warn once; an instrumented one not at all."""
-        with pytest.warns(rp.ReplayableWarning) as caught, rp.record():
-            chat(bare(server))
-            chat(bare(server))
+
+        def twice() -> None:
+            with rp.record():
+                chat(bare(server))
+                chat(bare(server))
+
+        with pytest.warns(rp.ReplayableWarning) as caught:
+            twice()
         assert len([w for w in caught if "no boundary recorded" in str(w.message)]) == 1
 
     def test_recorded_calls_do_not_warn(self, server: FakeLLMServer) -> None:

@@ -716,26 +716,52 @@ SENT: list[str] = []
 
 
 class TestThreads:
-    def test_run_in_executor_without_bind_refuses_a_side_effect_in_a_replay(self) -> None:
-        """loop.run_in_executor does not carry the context: a side effect called there during a
+    def test_a_raw_thread_pool_without_bind_refuses_a_side_effect_in_a_replay(self) -> None:
+        """A raw thread pool does not carry the context: a side effect called there during a
         replay is refused, naming rp.bind, instead of firing."""
+        from concurrent.futures import ThreadPoolExecutor
 
-        async def main(bound: bool) -> str:
-            loop = asyncio.get_running_loop()
+        def main(bound: bool) -> str:
             fn = rp.bind(send_email) if bound else send_email
-            return await loop.run_in_executor(None, fn, "bob@example.com")
+            with ThreadPoolExecutor(1) as pool:
+                return pool.submit(fn, "bob@example.com").result()
 
         with rp.record() as run:
-            asyncio.run(main(bound=True))
+            main(bound=True)
         assert SENT == ["bob@example.com"]
         SENT.clear()
         with pytest.raises(rp.SideEffectRefused, match=r"rp\.bind"), rp.replay(run.id):
-            asyncio.run(main(bound=False))
+            main(bound=False)
         assert SENT == []
         with rp.replay(run.id) as r:
-            assert asyncio.run(main(bound=True)) == "sent to bob@example.com"
+            assert main(bound=True) == "sent to bob@example.com"
         assert r.ok
         assert SENT == []
+
+    def test_run_in_executor_carries_the_context_without_bind(self) -> None:
+        """While a run is active, loop.run_in_executor runs the callable in the caller's
+        context (frameworks run sync tools there): recorded, then served in replay."""
+
+        async def main() -> str:
+            loop = asyncio.get_running_loop()
+            return await loop.run_in_executor(None, send_email, "bob@example.com")
+
+        with rp.record() as run:
+            asyncio.run(main())
+        assert [e.boundary.rsplit(":", 1)[-1] for e in run.events()] == ["send_email"]
+        assert SENT == ["bob@example.com"]
+        SENT.clear()
+        with rp.replay(run.id) as r:
+            assert asyncio.run(main()) == "sent to bob@example.com"
+        assert r.ok
+        assert SENT == []
+
+    def test_run_in_executor_is_left_as_it_was_after_the_run(self) -> None:
+        """The executor patch exists only while a run is active."""
+        before = asyncio.BaseEventLoop.__dict__["run_in_executor"]
+        with rp.record():
+            assert asyncio.BaseEventLoop.__dict__["run_in_executor"] is not before
+        assert asyncio.BaseEventLoop.__dict__["run_in_executor"] is before
 
     def test_a_boundary_outside_the_context_warns_once_naming_bind(self) -> None:
         """While recording, a call from a thread without the context warns (once) and says

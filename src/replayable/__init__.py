@@ -20,6 +20,8 @@ True
 
 from __future__ import annotations
 
+import os as _os
+
 from replayable import redact
 from replayable._check import CheckReport, check
 from replayable._drift import DriftReport, drift
@@ -100,3 +102,6 @@ __all__ = [
     "replay",
     "uuid4",
 ]
+
+if _os.environ.get("REPLAYABLE_AUTO_INSTRUMENT", "").strip().lower() in ("1", "true", "yes"):
+    instrument()  # every supported library, imported now or later

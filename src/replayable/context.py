@@ -1,8 +1,9 @@
 """The context that follows a call: which session is active and which step is the parent.
 
-Two context variables carry everything. ``asyncio`` tasks and ``asyncio.to_thread`` copy them;
-``loop.run_in_executor`` and a raw thread pool do not, so wrap the callable with :func:`bind`
-(a boundary called there while a run is active warns, naming ``rp.bind``).
+Two context variables carry everything. ``asyncio`` tasks and ``asyncio.to_thread`` copy them,
+and so does ``loop.run_in_executor`` while a run is active (see :mod:`replayable._threads`); a
+raw thread pool does not, so wrap the callable with :func:`bind` (a boundary called there while
+a run is active warns, naming ``rp.bind``).
 """
 
 from __future__ import annotations

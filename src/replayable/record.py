@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from replayable import _network
 from replayable._engine import Ending, Engine, Serve, activate, deactivate
 from replayable._errors_codec import encode_error
+from replayable._threads import EXECUTOR
 from replayable._version import __version__
 from replayable._writer import STALL_S, Pending, Writer, flush_all, writer_for
 from replayable.context import FRAME, SESSION, AsyncToo, Frame
@@ -295,6 +296,7 @@ class Recording(AsyncToo[Run]):
         session.start()
         self._tokens = [SESSION.set(session), FRAME.set(session.root)]
         activate(session)
+        EXECUTOR.acquire()
         _network.enter(session, replay=False)
         return session.run
 
@@ -307,6 +309,7 @@ class Recording(AsyncToo[Run]):
         assert self._session is not None
         deactivate(self._session)
         _network.leave(self._session)
+        EXECUTOR.release()
         try:
             reset_context(self._tokens)
         finally:

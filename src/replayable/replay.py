@@ -28,6 +28,7 @@ from replayable import _network, canonical
 from replayable._diff import diff_values
 from replayable._engine import Ending, Serve, activate, deactivate, resolve_live
 from replayable._remote import followable, register_recorded
+from replayable._threads import EXECUTOR
 from replayable._version import __version__
 from replayable._writer import Pending
 from replayable.boundary import registry
@@ -644,6 +645,7 @@ class Replay(AsyncToo["Replay"]):
         self._tokens = [SESSION.set(session), FRAME.set(session.root)]
         activate(session)
         recorded = session.source.metadata.get(_network.ENDPOINTS_KEY)
+        EXECUTOR.acquire()
         _network.enter(
             session,
             replay=True,
@@ -675,6 +677,7 @@ class Replay(AsyncToo["Replay"]):
         s = self.session
         deactivate(s)
         refused = _network.leave(s)
+        EXECUTOR.release()
         try:
             reset_context(self._tokens)
         finally:

@@ -24,7 +24,7 @@ from typing import Any
 
 from replayable.errors import UnsupportedClient
 
-__all__ = ["INTEGRATIONS", "Integration", "instrument", "origin"]
+__all__ = ["INTEGRATIONS", "Integration", "instrument", "instrument_all", "origin"]
 
 
 def origin(obj: Any) -> tuple[str, ...]:
@@ -78,6 +78,9 @@ class Integration:
     extra: str
     supported: str
     matches: Callable[[Any], bool]
+    library: str = ""
+    """The top-level module :func:`instrument` with no argument watches for; the stack's
+    module then has ``instrument_library(module)`` (every object made from then on records)."""
 
 
 INTEGRATIONS: list[Integration] = [
@@ -87,6 +90,7 @@ INTEGRATIONS: list[Integration] = [
         "openai",
         "openai.OpenAI, openai.AsyncOpenAI, openai.AzureOpenAI, openai.AsyncAzureOpenAI",
         from_modules("openai"),
+        library="openai",
     ),
     Integration(
         "anthropic",
@@ -94,6 +98,7 @@ INTEGRATIONS: list[Integration] = [
         "anthropic",
         "anthropic.Anthropic, anthropic.AsyncAnthropic",
         from_modules("anthropic"),
+        library="anthropic",
     ),
     Integration(
         "openai-agents",
@@ -109,6 +114,7 @@ INTEGRATIONS: list[Integration] = [
         "litellm",
         "the litellm module, litellm.completion, litellm.acompletion",
         from_modules("litellm"),
+        library="litellm",
     ),
     Integration(
         "langgraph",
@@ -167,8 +173,35 @@ def supported(integrations: Iterable[Integration] = ()) -> str:
     return "; ".join(f"{i.name}: {i.supported}" for i in (integrations or INTEGRATIONS))
 
 
-def instrument(obj: Any, *, side_effects: Iterable[str] = (), **options: Any) -> Any:
+_EVERYTHING: Any = object()
+
+
+def _library_hook(integration: Integration) -> Callable[[ModuleType], None]:
+    def hook(module: ModuleType) -> None:
+        _load(integration).instrument_library(module)
+
+    return hook
+
+
+def instrument_all() -> list[str]:
+    """Instrument every supported library imported now, and each one imported later (an
+    import hook); idempotent. Returns the libraries instrumented so far.
+
+    For example (a sketch, not run as a doctest)::
+
+        rp.instrument()          # or REPLAYABLE_AUTO_INSTRUMENT=1 before import replayable
+        import openai            # every client made from here on records and replays
+    """
+    from replayable.integrations import _auto
+
+    return _auto.install({i.library: _library_hook(i) for i in INTEGRATIONS if i.library})
+
+
+def instrument(obj: Any = _EVERYTHING, *, side_effects: Iterable[str] = (), **options: Any) -> Any:
     """Make a client, model, agent, graph or session of a supported stack record and replay.
+
+    With no argument, instruments every supported library instead (see :func:`instrument_all`)
+    and returns the names of those instrumented so far.
 
     Returns ``obj`` instrumented in place, or an instrumented equivalent where the stack needs
     one (use the return value). ``side_effects`` names the framework's tools that change the
@@ -182,6 +215,10 @@ def instrument(obj: Any, *, side_effects: Iterable[str] = (), **options: Any) ->
         client = rp.instrument(openai.OpenAI())
         agent = rp.instrument(Agent(name="shop", tools=[place_order]), side_effects=["place_order"])
     """
+    if obj is _EVERYTHING:
+        if side_effects or options:
+            raise TypeError("rp.instrument() with no object takes no options")
+        return instrument_all()
     for integration in INTEGRATIONS:
         if integration.matches(obj):
             module = _load(integration)

@@ -19,11 +19,13 @@ objects rebuilt from the recording, and never calls out.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from types import ModuleType
 from typing import Any
 
+from replayable.integrations._auto import after_init
 from replayable.integrations._stainless import ClientFamily, Route
 
-__all__ = ["IGNORED", "ROUTES", "instrument"]
+__all__ = ["IGNORED", "ROUTES", "instrument", "instrument_library"]
 
 IGNORED = ("stream", "metadata", "service_tier")
 """Request fields stored with the step but left out of its key."""
@@ -101,3 +103,11 @@ _FAMILY = ClientFamily(
     describe,
     accumulate,
 )
+
+
+def instrument_library(module: ModuleType) -> None:
+    """Instrument every client of the SDK constructed from now on (``rp.instrument()``)."""
+    for name in ("Anthropic", "AsyncAnthropic"):
+        cls = getattr(module, name, None)
+        if isinstance(cls, type):
+            after_init(cls, instrument)

@@ -36,7 +36,7 @@ from replayable.context import SESSION, annotate
 from replayable.errors import UnsupportedClient
 from replayable.integrations._stainless import no_tools
 
-__all__ = ["IGNORED", "instrument"]
+__all__ = ["IGNORED", "instrument", "instrument_library"]
 
 IGNORED = (
     "api_key",
@@ -266,3 +266,8 @@ def instrument(obj: Any, *, side_effects: Iterable[str] = ()) -> Any:
         "replayable.integrations.litellm supports the litellm module, litellm.completion and "
         "litellm.acompletion"
     )
+
+
+def instrument_library(module: ModuleType) -> None:
+    """Patch ``litellm.completion`` and ``acompletion`` (``rp.instrument()``)."""
+    instrument(module)

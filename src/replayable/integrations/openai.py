@@ -23,11 +23,13 @@ recorded headers, and never calls out. ``client.copy()`` / ``with_options()`` st
 from __future__ import annotations
 
 from collections.abc import Iterable
+from types import ModuleType
 from typing import Any
 
+from replayable.integrations._auto import after_init
 from replayable.integrations._stainless import ClientFamily, Route
 
-__all__ = ["IGNORED", "ROUTES", "instrument"]
+__all__ = ["IGNORED", "ROUTES", "instrument", "instrument_library"]
 
 IGNORED = (
     "stream",
@@ -141,3 +143,11 @@ _FAMILY = ClientFamily(
     describe,
     accumulate,
 )
+
+
+def instrument_library(module: ModuleType) -> None:
+    """Instrument every client of the SDK constructed from now on (``rp.instrument()``)."""
+    for name in ("OpenAI", "AsyncOpenAI", "AzureOpenAI", "AsyncAzureOpenAI"):
+        cls = getattr(module, name, None)
+        if isinstance(cls, type):
+            after_init(cls, instrument)

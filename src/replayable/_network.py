@@ -11,8 +11,10 @@ While a replay is active, an outbound connection that no boundary served is refu
 
 Calls made inside a boundary that runs live (``live=``, a what-if's live calls, a fallback
 cassette's misses; anything but an ``agent``) may go out; so may everything with
-``allow_network=True``, or the hosts it lists. The refusal is kept on the replay and raised
-again at its exit when the code swallowed it (SDKs turn connection errors into their own).
+``allow_network=True``, or the hosts it lists. A refused model call is kept on the replay and
+raised again at its exit when the code swallowed it (SDKs turn connection errors into their
+own); a refused socket to elsewhere that the code handled (a library's optional download
+falling back to a bundled copy) is not.
 
 While a recording is active, the addresses that boundaries of kind ``llm`` connect to, and the
 hosts HTTP requests to model API paths go to, are kept in the run's metadata
@@ -178,7 +180,7 @@ def _hint() -> str:
     return "the client making it (rp.instrument(client), or rp.instrument() for every library)"
 
 
-def _refuse(guard: Guard, frame: Frame | None, target: str, why: str) -> None:
+def _refuse(guard: Guard, frame: Frame | None, target: str, why: str, *, keep: bool) -> None:
     run = getattr(getattr(guard.session, "source", None), "id", "?")
     step = frame.address if frame is not None else ""
     where = f" under step {step}" if step else ""
@@ -191,8 +193,9 @@ def _refuse(guard: Guard, frame: Frame | None, target: str, why: str) -> None:
         target=target,
         step=step,
     )
-    with guard.lock:
-        guard.refused.append(err)
+    if keep:
+        with guard.lock:
+            guard.refused.append(err)
     raise err
 
 
@@ -220,9 +223,11 @@ def _on_connect(address: Any) -> None:
     if _inside_boundary(frame) is not None or guard.allows(host, port):
         return
     if not _loopback(host):
-        _refuse(guard, frame, f"connect to {endpoint}", "the network")
+        _refuse(guard, frame, f"connect to {endpoint}", "the network", keep=False)
     elif endpoint in guard.endpoints:
-        _refuse(guard, frame, f"connect to {endpoint}", "the model endpoint the run recorded")
+        _refuse(
+            guard, frame, f"connect to {endpoint}", "the model endpoint the run recorded", keep=True
+        )
 
 
 def _on_http(method: str, url: str) -> None:
@@ -246,7 +251,7 @@ def _on_http(method: str, url: str) -> None:
     if _inside_boundary(frame) is not None or guard.allows(host, port):
         return
     if model or endpoint in guard.endpoints:
-        _refuse(guard, frame, f"{method} {url}", "a model endpoint")
+        _refuse(guard, frame, f"{method} {url}", "a model endpoint", keep=True)
 
 
 def _warn_unrecorded(guard: Guard, method: str, url: str) -> None:

@@ -152,6 +152,14 @@ INTEGRATIONS: list[Integration] = [
         "(every client created afterwards)",
         from_modules("httpx", "requests"),
     ),
+    Integration(
+        "dspy",
+        "replayable.integrations.dspy",
+        "dspy",
+        "dspy.LM (every engine), dspy.Tool, and modules holding tools (dspy.ReAct)",
+        from_modules("dspy"),
+        library="dspy",
+    ),
     # Further stacks: append an Integration here (first match wins, so put the more
     # specific prefix first).
 ]

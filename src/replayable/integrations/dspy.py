@@ -101,8 +101,9 @@ def _describe(lm: Any, result: Any) -> dict[str, Any]:
 def _plain(value: Any) -> Any:
     """A request value as JSON, the way DSPy's cache keys it: a pydantic class as its JSON
     schema, a pydantic value dumped, a callable by name."""
-    if isinstance(value, type) and callable(getattr(value, "model_json_schema", None)):
-        return value.model_json_schema()
+    schema = getattr(value, "model_json_schema", None)
+    if isinstance(value, type) and callable(schema):
+        return schema()
     dump = getattr(value, "model_dump", None)
     if callable(dump) and not isinstance(value, type):
         return dump(mode="json")

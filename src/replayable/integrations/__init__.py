@@ -160,6 +160,14 @@ INTEGRATIONS: list[Integration] = [
         from_modules("dspy"),
         library="dspy",
     ),
+    Integration(
+        "autogen",
+        "replayable.integrations.autogen",
+        "autogen",
+        "autogen_core model clients (OpenAIChatCompletionClient...), tools (FunctionTool...) "
+        "and autogen_agentchat.agents.AssistantAgent",
+        from_modules("autogen_core", "autogen_ext", "autogen_agentchat"),
+    ),
     # Further stacks: append an Integration here (first match wins, so put the more
     # specific prefix first).
 ]

@@ -168,6 +168,14 @@ INTEGRATIONS: list[Integration] = [
         "and autogen_agentchat.agents.AssistantAgent",
         from_modules("autogen_core", "autogen_ext", "autogen_agentchat"),
     ),
+    Integration(
+        "google-adk",
+        "replayable.integrations.google_adk",
+        "google-adk",
+        "google.adk agents (LlmAgent and its sub-agents), LiteLlm models, FunctionTool",
+        from_modules("google.adk"),
+        library="google.adk.models.lite_llm",
+    ),
     # Further stacks: append an Integration here (first match wins, so put the more
     # specific prefix first).
 ]

@@ -176,6 +176,13 @@ INTEGRATIONS: list[Integration] = [
         from_modules("google.adk"),
         library="google.adk.models.lite_llm",
     ),
+    Integration(
+        "instructor",
+        "replayable.integrations.instructor",
+        "instructor",
+        "instructor.Instructor and instructor.AsyncInstructor over an OpenAI or Anthropic client",
+        from_modules("instructor"),
+    ),
     # Further stacks: append an Integration here (first match wins, so put the more
     # specific prefix first).
 ]

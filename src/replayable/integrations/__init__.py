@@ -183,6 +183,14 @@ INTEGRATIONS: list[Integration] = [
         "instructor.Instructor and instructor.AsyncInstructor over an OpenAI or Anthropic client",
         from_modules("instructor"),
     ),
+    Integration(
+        "smolagents",
+        "replayable.integrations.smolagents",
+        "smolagents",
+        "smolagents models (OpenAIServerModel, AzureOpenAIModel, LiteLLMModel), tools and "
+        "agents (ToolCallingAgent, CodeAgent)",
+        from_modules("smolagents"),
+    ),
     # Further stacks: append an Integration here (first match wins, so put the more
     # specific prefix first).
 ]

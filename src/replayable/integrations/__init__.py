@@ -191,6 +191,14 @@ INTEGRATIONS: list[Integration] = [
         "agents (ToolCallingAgent, CodeAgent)",
         from_modules("smolagents"),
     ),
+    Integration(
+        "llama-index",
+        "replayable.integrations.llama_index",
+        "llama-index",
+        "llama_index.llms.openai.OpenAI (and LLMs built on it), FunctionTool, and agents "
+        "(FunctionAgent, ReActAgent) holding them",
+        from_modules("llama_index"),
+    ),
     # Further stacks: append an Integration here (first match wins, so put the more
     # specific prefix first).
 ]

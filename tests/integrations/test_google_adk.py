@@ -28,6 +28,9 @@ from google.genai import types
 
 TASK = "Two mugs, please."
 
+# Importing ADK's auth stack for the first time in a process warns about a TypedDict (pydantic).
+pytestmark = pytest.mark.filterwarnings("ignore:Items .* on TypedDict class:UserWarning")
+
 
 @pytest.fixture
 def orders(tmp_path: Path) -> Orders:

@@ -61,6 +61,24 @@ def boundaries(run: rp.Run) -> list[str]:
 
 
 class TestCompletion:
+    def test_a_pydantic_response_format_is_recorded_as_json(self, server: FakeLLMServer) -> None:
+        """response_format=<pydantic class> (as DSPy passes it) is recorded as the JSON form
+        LiteLLM sends, with no warning, and replays."""
+        from pydantic import BaseModel
+
+        class Weather(BaseModel):
+            city: str
+
+        with rp.record() as run:
+            first = litellm.completion(**call(server, response_format=Weather))
+        (event,) = rp.open_store(None).iter_events(run.id)
+        assert event.input["response_format"]["type"] == "json_schema"
+        server.stop()
+        with rp.replay(run.id) as r:
+            again = litellm.completion(**call(server, response_format=Weather))
+        assert again.choices[0].message.content == first.choices[0].message.content
+        assert r.ok
+
     def test_completion_and_its_stream_replay_offline(self, server: FakeLLMServer) -> None:
         """completion() and completion(stream=True) return the recorded answers, no request."""
 

@@ -211,6 +211,16 @@ def _as_kwargs(args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any] 
     return {**named, **kwargs}
 
 
+def _plain_format(params: dict[str, Any]) -> dict[str, Any]:
+    """A pydantic class as ``response_format`` becomes the JSON form LiteLLM itself sends for
+    it (``type_to_response_format_param``), so the step's input is JSON (DSPy passes classes)."""
+    fmt = params.get("response_format")
+    if isinstance(fmt, type) and callable(getattr(fmt, "model_json_schema", None)):
+        convert = importlib.import_module("litellm.utils").type_to_response_format_param
+        return {**params, "response_format": convert(fmt)}
+    return params
+
+
 def _wrap(name: str, original: Callable[..., Any], is_async: bool) -> Callable[..., Any]:
     if getattr(original, _MARK, False):
         return original
@@ -222,6 +232,7 @@ def _wrap(name: str, original: Callable[..., Any], is_async: bool) -> Callable[.
             params = _as_kwargs(args, kwargs) if SESSION.get() is not None else None
             if params is None:
                 return await original(*args, **kwargs)
+            params = _plain_format(params)
             if params.get("stream") is True:
                 return stream(**params)
             return await plain(**params)
@@ -233,6 +244,7 @@ def _wrap(name: str, original: Callable[..., Any], is_async: bool) -> Callable[.
             params = _as_kwargs(args, kwargs) if SESSION.get() is not None else None
             if params is None:
                 return original(*args, **kwargs)
+            params = _plain_format(params)
             if params.get("stream") is True:
                 return stream(**params)
             return plain(**params)

@@ -2,12 +2,11 @@
 included, minus the cost of the one call recorded inside it.
 
 A web handler or a queue worker records one short run per request, so what a run costs apart
-from its calls matters as much as the per-call cost. The end of a run writes what is left of it
-on the agent's own thread when the background writer is idle (one transaction: the run created
-finished, its events, its seal), so the run is on disk, complete, when the block exits: the
-cost includes that commit. The second figure is the wall time until everything is on disk
-(the same thing now, kept to show it stays so). Peer: Chronicle's ``chronicle.record`` around
-the same call.
+from its calls matters as much as the per-call cost. The end of a run only hands it to the
+background writer (which seals and writes it, many short runs to a transaction), so the block
+exits without waiting for the store: the first figure is what the agent waits for. The second
+is the wall time until everything is on disk (``rp.flush()`` after the runs). Peer: Chronicle's
+``chronicle.record`` around the same call.
 """
 
 from __future__ import annotations
@@ -119,6 +118,6 @@ def run(quick: bool = False) -> list[Row]:
             "short run until written to SQLite",
             written / 1000,
             unit="µs/run",
-            note="create, one event, finish: one commit, on disk when the block exits",
+            note="create, one event, finish, until rp.flush() returns (runs batched by the writer)",
         ),
     ]

@@ -61,6 +61,7 @@ def _ours(payloads: list[dict[str, Any]], repeats: int, tmp: Path) -> tuple[floa
             with rp.replay(source.id, store=store) as r:
                 for p in payloads:
                     wrapped(**p)
+            rp.flush()  # the replay's run is written, as the floor's is
             elapsed = now_ns() - t0
             assert r.ok, r.report()
             assert r.run.event_count == len(payloads), r.run.event_count
@@ -174,6 +175,7 @@ def _peak_mb(payloads: list[dict[str, Any]], tmp: Path) -> float:
             with rp.replay(source.id, store=store):
                 for p in payloads:
                     wrapped(**p)
+            rp.flush()
             _, peak = tracemalloc.get_traced_memory()
         finally:
             tracemalloc.stop()

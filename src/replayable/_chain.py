@@ -411,6 +411,22 @@ class Verification:
     legacy: bool = False
     sealed: bool = True
 
+    def to_dict(self) -> dict[str, Any]:
+        """JSON types, as ``replayable verify --json`` prints them (without ``source``)."""
+        return {
+            "run_id": self.run_id,
+            "ok": self.ok,
+            "events": self.event_count,
+            "head_hash": self.head_hash,
+            "signature": self.signature,
+            "legacy": self.legacy,
+            "sealed": self.sealed,
+            "problem": self.problem,
+            "bad_seq": self.bad_seq,
+            "bad_address": self.bad_address,
+            "line": self.line,
+        }
+
 
 def verify_run(
     run: Run,

@@ -14,7 +14,8 @@ The hierarchy::
     ├── UnsupportedClient           an integration was handed an object it cannot instrument
     ├── InvalidOtlp                 an OTLP export request or file that cannot be imported
     ├── NetworkRefused              a replay tried to reach the network and no boundary served it
-    └── RecordedError               a recorded exception whose type cannot be rebuilt
+    ├── RecordedError               a recorded exception whose type cannot be rebuilt
+    └── InvalidInput                an argument from outside (an MCP tool call) is malformed
 
     ReplayableWarning (UserWarning) something was recorded or replayed less faithfully than asked
 
@@ -31,6 +32,7 @@ __all__ = [
     "Divergence",
     "FieldChange",
     "FixtureMiss",
+    "InvalidInput",
     "InvalidOtlp",
     "NetworkRefused",
     "RecordedError",
@@ -258,6 +260,11 @@ class RecordedError(ReplayableError):
         self.type_name = type_name
         self.message = message
         super().__init__(f"{type_name}: {message}")
+
+
+class InvalidInput(ReplayableError, ValueError):
+    """An argument that came from outside (a tool call of ``replayable mcp``) is malformed: the
+    message names the argument, what was given (escaped) and what it must be."""
 
 
 class ReplayableWarning(UserWarning):

@@ -15,12 +15,13 @@ from typing import Any
 import orjson
 import pytest
 from click.testing import CliRunner
+from tests.fixtures.hostile import RAW_TERMINAL, TERMINAL
 
 import replayable as rp
 from replayable.cli import main
 from replayable.trace import Event, Run, chain_events, verify_trace, write_trace
 
-HOSTILE = "[/bold] [red]x \x1b]0;owned\x07 \x1b[2J \x1b]52;c;ZXZpbA==\x07 \u202eevil"
+HOSTILE = TERMINAL
 
 
 def invoke(*args: str) -> Any:
@@ -78,7 +79,7 @@ class TestRecordedTextIsText:
         result = invoke(*(a.format(id=hostile_run.id) for a in args))
         assert result.exit_code in (0, 1), result.output
         assert result.exception is None or isinstance(result.exception, SystemExit)
-        for raw in ("\x1b]", "\x1b[2J", "\x07", "\u202e"):
+        for raw in RAW_TERMINAL:
             assert raw not in result.output
         if args[0] in ("show", "replay"):
             assert "[/bold]" in result.output or "\\x1b" in result.output

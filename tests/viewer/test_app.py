@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 from starlette.testclient import TestClient
+from tests.fixtures.hostile import SCRIPT
 
 import replayable as rp
 from replayable.store import Store
@@ -56,7 +57,7 @@ def _recorded(store: Store, fn: Any, *args: Any) -> Run:
 class TestEscaping:
     def test_a_recorded_script_tag_renders_as_text(self, store: Store) -> None:
         """A prompt containing <script> is escaped on the run page and the step page."""
-        payload = "<script>alert('pwned')</script>"
+        payload = SCRIPT
         run = _recorded(store, complete, payload)
         client = _client(store)
         for url in (

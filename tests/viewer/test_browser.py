@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
+from tests.fixtures.hostile import SCRIPT_AND_IMG
 
 import replayable as rp
 from replayable.store import Store
@@ -106,7 +107,7 @@ class TestIncidentWalkthrough:
 class TestEscapingInTheBrowser:
     def test_a_recorded_script_never_runs(self, page: Page, store: Store) -> None:
         """A prompt carrying <script> shows as text in the tree and the expanded step."""
-        payload = "<script>window.pwned = 1</script><img src=x onerror='window.pwned = 2'>"
+        payload = SCRIPT_AND_IMG
         with rp.record(store, name="xss") as run:
             shout(payload)
         with LiveServer(create_app(store)) as server:

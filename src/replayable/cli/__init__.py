@@ -10,6 +10,7 @@ from replayable.cli import (  # noqa: F401  (registration)
     _collect,
     _core,
     _demo,
+    _mcp,
     _scan,
     _store,
     _testing,
@@ -41,6 +42,7 @@ _SHORT_HELP = {
     "fork": "Replay a run up to a step, then change it or run live from there.",
     "check": "Replay many recorded runs against your code; group what changed.",
     "checks": "List the checks kept in the store, or show one.",
+    "mcp": "Serve runs to a coding agent over MCP (--allow-replay: replay, fork, check).",
 }
 for _name, _text in _SHORT_HELP.items():
     if _name in main.commands:

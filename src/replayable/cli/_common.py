@@ -15,6 +15,7 @@ from rich.console import Console, ConsoleOptions, RenderableType
 from rich.markup import escape as rich_escape
 from rich.segment import Segment
 
+from replayable._inert import inert_segments, visible
 from replayable._version import __version__
 from replayable.errors import ReplayableError
 from replayable.store import Store, open_store
@@ -43,14 +44,17 @@ LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 """Interfaces a server (``serve``, ``collect``) may bind without a token."""
 
 
-def require_token(host: str, token: str | None, what: str) -> bool:
-    """Fail unless a bind beyond this machine has a token; True when the bind is local."""
+def require_token(
+    host: str, token: str | None, what: str, envvar: str = "REPLAYABLE_VIEWER_TOKEN"
+) -> bool:
+    """Fail unless a bind beyond this machine has a token; True when the bind is local.
+    ``envvar`` is the variable the command also reads its ``--auth-token`` from."""
     if host in LOCAL_HOSTS:
         return True
     if not token:
         fail(
             f"binding to {host} exposes {what} to the network: pass --auth-token "
-            "(or set $REPLAYABLE_VIEWER_TOKEN), or keep the default --host 127.0.0.1"
+            f"(or set ${envvar}), or keep the default --host 127.0.0.1"
         )
     return False
 
@@ -68,11 +72,7 @@ class SafeConsole(Console):
     def render(
         self, renderable: RenderableType, options: ConsoleOptions | None = None
     ) -> Iterable[Segment]:
-        for seg in super().render(renderable, options):
-            if seg.control or not _CONTROL.search(seg.text):
-                yield seg
-            else:
-                yield Segment(safe(seg.text, newlines=True), seg.style, seg.control)
+        yield from inert_segments(super().render(renderable, options))
 
 
 def console() -> Console:
@@ -90,11 +90,6 @@ def err_console() -> Console:
     return SafeConsole(stderr=True, no_color=_no_color(), highlight=False)
 
 
-# C0 and C1 controls (ESC starts terminal sequences: titles, clear screen, OSC 52 clipboard
-# writes), DEL, line and paragraph separators, and bidirectional overrides.
-_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u200e\u200f\u202a-\u202e\u2066-\u2069]")
-
-
 _SURROGATE = re.compile("[\udc80-\udcff]")  # bytes that were not UTF-8 on the command line
 
 
@@ -103,13 +98,7 @@ def safe(text: str, *, newlines: bool = False) -> str:
     (``\\x1b``, ``\\n``), so a recorded value can never drive the terminal. ``newlines=True``
     keeps line breaks (multi-line messages)."""
 
-    def visible(m: re.Match[str]) -> str:
-        ch = m.group()
-        if newlines and ch == "\n":
-            return ch
-        return ch.encode("unicode_escape").decode("ascii")
-
-    return _CONTROL.sub(visible, text)
+    return visible(text, newlines=newlines)
 
 
 def markup(text: str, *, newlines: bool = False) -> str:

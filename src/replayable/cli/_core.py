@@ -225,6 +225,7 @@ def import_modules(modules: tuple[str, ...]) -> None:
     help="Replay a recording that does not verify against $REPLAYABLE_SIGNING_KEY "
     "(edited, cut short or unsigned) instead of refusing it.",
 )
+@click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON.")
 @handle_errors
 def replay_cmd(
     run_id: str,
@@ -234,11 +235,13 @@ def replay_cmd(
     allow_side_effects: bool,
     match: str,
     trust: bool,
+    as_json: bool,
 ) -> None:
     """Replay a run against your code: call its root agent with the recorded arguments.
 
     Model and tool outputs come from the recording; boundaries named with --live run. Prints the
-    divergence report; exits 1 if the code took a different path, 2 on bad input.
+    divergence report (with --json: the source, the replay's run id, every divergence, and what
+    the agent raised); exits 1 if the code took a different path, 2 on bad input.
     """
     import_modules(modules)
     # The replay is recorded: a trace-file source may replay into a store not created yet.
@@ -253,28 +256,40 @@ def replay_cmd(
         trust=trust,
     )
     b, ev = root_call(rp.source, rp.recorded_events)
-    out = console()
-    run_divergence = _run_replay(rp, b, ev)
-    out.print(rp.report(), markup=False)  # recorded text: `[/bold]` is data, not markup
-    if run_divergence is not None and run_divergence not in rp.divergences:
-        out.print(run_divergence.describe(), markup=False)
-    out.print(f"replay recorded as run {rp.run.id}")
-    if rp.divergences or run_divergence is not None:
+    run_divergence, raised = _run_replay(rp, b, ev)
+    extra = [] if run_divergence is None or run_divergence in rp.divergences else [run_divergence]
+    if as_json:
+        payload = {
+            "source": rp.source.id,
+            "replay": rp.run.id,
+            "ok": not (rp.divergences or extra),
+            "divergences": [d.to_dict() for d in [*rp.divergences, *extra]],
+            "raised": raised,
+        }
+        click.echo(orjson.dumps(payload).decode())
+    else:
+        out = console()
+        if raised is not None:
+            out.print(f"the agent raised {raised}", style="red", markup=False)
+        out.print(rp.report(), markup=False)  # recorded text: `[/bold]` is data, not markup
+        for div in extra:
+            out.print(div.describe(), markup=False)
+        out.print(f"replay recorded as run {rp.run.id}")
+    if rp.divergences or extra:
         sys.exit(1)
 
 
-def _run_replay(rp: Replay, b: Boundary, ev: Event) -> Divergence | None:
-    """Run the root call under the replay; a raised divergence is returned, not propagated."""
+def _run_replay(rp: Replay, b: Boundary, ev: Event) -> tuple[Divergence | None, str | None]:
+    """Run the root call under the replay: a raised divergence is returned, not propagated,
+    and so is an exception the recording did not raise (as ``Type: message``)."""
     try:
         with rp:
             call_recorded(b, ev)
     except Divergence as div:
-        return div
+        return div, None
     except ReplayableError:
         raise
     except Exception as exc:
         if ev.error is None:
-            console().print(
-                f"the agent raised {type(exc).__name__}: {exc}", style="red", markup=False
-            )
-    return None
+            return None, f"{type(exc).__name__}: {exc}"
+    return None, None

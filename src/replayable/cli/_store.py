@@ -205,24 +205,7 @@ def import_cmd(files: tuple[str, ...], store_url: str | None, fmt: str) -> None:
 
 def _report(v: Verification, source: str, as_json: bool) -> None:
     if as_json:
-        click.echo(
-            orjson.dumps(
-                {
-                    "source": source,
-                    "run_id": v.run_id,
-                    "ok": v.ok,
-                    "events": v.event_count,
-                    "head_hash": v.head_hash,
-                    "signature": v.signature,
-                    "legacy": v.legacy,
-                    "sealed": v.sealed,
-                    "problem": v.problem,
-                    "bad_seq": v.bad_seq,
-                    "bad_address": v.bad_address,
-                    "line": v.line,
-                }
-            ).decode()
-        )
+        click.echo(orjson.dumps({"source": source, **v.to_dict()}).decode())
         return
     if v.ok:
         sig = {

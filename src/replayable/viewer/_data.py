@@ -29,6 +29,7 @@ __all__ = [
     "RunCache",
     "fork_changes",
     "fork_command",
+    "loaded_run",
     "pretty",
     "preview",
     "retrieval_cards",
@@ -115,7 +116,15 @@ def _placed(
 
 def _load(store: Store, run: Run, stores: Sequence[Store] = ()) -> LoadedRun:
     events = list(store.iter_events(run.id))
-    rows = _placed(run, events, linked_tree(run, stores or [store]), 0)
+    return loaded_run(run, events, linked_tree(run, stores or [store]))
+
+
+def loaded_run(
+    run: Run, events: list[Event], linked: dict[str, list[Callee]] | None = None
+) -> LoadedRun:
+    """A run and its events (in start order) ready for the views: the tree (with the runs
+    other services recorded for its steps, ``linked``) and the timeline's frame."""
+    rows = _placed(run, events, linked or {}, 0)
     starts = [e.started_at for e in events if e.started_at]
     ends = [e.started_at + e.duration_ns / 1e9 for e in events if e.started_at]
     t0 = min([run.started_at, *starts]) if run.started_at else min(starts, default=0.0)
@@ -212,8 +221,9 @@ def _head_row(loaded: LoadedRun, placed: Placed, index: int) -> dict[str, Any]:
     }
 
 
-def tree_row(loaded: LoadedRun, placed: Placed, index: int) -> dict[str, Any]:
-    """One line of the step tree: what it is, a short preview and its timeline bar (percent)."""
+def tree_row(loaded: LoadedRun, placed: Placed, index: int, chars: int = 90) -> dict[str, Any]:
+    """One line of the step tree: what it is, a short preview (input and output each cut to
+    ``chars`` characters) and its timeline bar (percent)."""
     step = placed.step
     if step is None:
         return _head_row(loaded, placed, index)
@@ -258,17 +268,19 @@ def tree_row(loaded: LoadedRun, placed: Placed, index: int) -> dict[str, Any]:
         model=ev.meta.get("model") or ev.meta.get("response_model"),
         tokens=_tokens(ev),
         error=None if ev.error is None else _error_line(ev.error),
-        preview=preview(ev.input, 90) + "  →  " + preview(ev.output, 90)
+        preview=preview(ev.input, chars) + "  →  " + preview(ev.output, chars)
         if ev.error is None
-        else preview(ev.input, 90),
+        else preview(ev.input, chars),
     )
     return row
 
 
-def tree_rows(loaded: LoadedRun, offset: int = 0, limit: int = 500) -> list[dict[str, Any]]:
+def tree_rows(
+    loaded: LoadedRun, offset: int = 0, limit: int = 500, chars: int = 90
+) -> list[dict[str, Any]]:
     """A page of the step tree, depth first in start order."""
     page = loaded.rows[offset : offset + limit]
-    return [tree_row(loaded, step, offset + i) for i, step in enumerate(page)]
+    return [tree_row(loaded, step, offset + i, chars) for i, step in enumerate(page)]
 
 
 def run_summary(run: Run) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from replayable import redact
 from replayable._check import CheckReport, check
 from replayable._drift import DriftReport, drift
 from replayable._otlp import import_otlp
+from replayable._rundiff import RunDiff, diff
 from replayable._version import __version__
 from replayable.boundary import Boundary, Codec, boundary, get_boundary, registry
 from replayable.canonical import canonicalize, key
@@ -72,6 +73,7 @@ __all__ = [
     "ReplayableError",
     "ReplayableWarning",
     "Run",
+    "RunDiff",
     "RunNotFound",
     "SideEffectRefused",
     "Store",
@@ -87,6 +89,7 @@ __all__ = [
     "canonicalize",
     "cassette",
     "check",
+    "diff",
     "drift",
     "flush",
     "get_boundary",

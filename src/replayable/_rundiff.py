@@ -22,16 +22,20 @@ paths.
 
 from __future__ import annotations
 
+import os
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from replayable._diff import diff_values
 from replayable.errors import FieldChange
 from replayable.trace import Event, Run
 
-__all__ = ["RunDiff", "StepPair", "diff_runs", "run_usage", "tokens_of"]
+if TYPE_CHECKING:
+    from replayable.store.base import Store
+
+__all__ = ["RunDiff", "StepPair", "diff", "diff_runs", "run_usage", "tokens_of"]
 
 SAME = "same"
 CHANGED = "changed"
@@ -157,6 +161,23 @@ class RunDiff:
             "pairs": [p.to_dict() for p in self.pairs],
         }
 
+    def _repr_html_(self) -> str | None:
+        """HTML for notebooks (the viewer's fragments, every recorded value escaped); None
+        without jinja2, so the notebook shows the plain repr."""
+        try:
+            from replayable.viewer._notebook import diff_html
+        except ImportError:
+            return None
+        return diff_html(self)
+
+    def __rich__(self) -> Any:
+        """For a rich console (terminals, ``rich.print``): recorded markup and terminal
+        escapes print as text."""
+        from replayable._inert import Inert
+        from replayable.cli._render import diff_view
+
+        return Inert(diff_view(self))
+
 
 def _compare(a: Event, b: Event, matched_by: str, limit: int) -> StepPair:
     inp = diff_values(a.input, b.input, limit=limit)
@@ -164,6 +185,36 @@ def _compare(a: Event, b: Event, matched_by: str, limit: int) -> StepPair:
     err = diff_values(a.error, b.error, limit=limit)
     status = CHANGED if inp or out or err else SAME
     return StepPair(a, b, status, matched_by, inp, out, err)
+
+
+def diff(
+    a: str | os.PathLike[str] | Run,
+    b: str | os.PathLike[str] | Run,
+    *,
+    store: Store | str | os.PathLike[str] | None = None,
+) -> RunDiff:
+    """Align two runs step by step, as ``replayable diff A B`` does: each a run id (or unique
+    prefix) in ``store``, a :class:`Run`, or a trace file. In a notebook the result shows as
+    the viewer's diff.
+
+    >>> import replayable as rp
+    >>> n = iter([1, 2])
+    >>> count = rp.boundary(kind="tool", name="demo:count")(lambda: next(n))
+    >>> with rp.record() as first:
+    ...     count()
+    1
+    >>> with rp.record() as second:
+    ...     count()
+    2
+    >>> d = rp.diff(first, second)
+    >>> d.identical, d.first_divergence.boundary if d.first_divergence else None
+    (False, 'demo:count')
+    """
+    from replayable.store import load_run
+
+    run_a, events_a = load_run(a, store)
+    run_b, events_b = load_run(b, store)
+    return diff_runs(run_a, events_a, run_b, events_b)
 
 
 def diff_runs(

@@ -629,6 +629,23 @@ class Replay(AsyncToo["Replay"]):
             )
         return "\n".join(lines)
 
+    def _repr_html_(self) -> str | None:
+        """HTML for notebooks (the viewer's fragments, every recorded value escaped); None
+        without jinja2, so the notebook shows the plain repr."""
+        try:
+            from replayable.viewer._notebook import replay_html
+        except ImportError:
+            return None
+        return replay_html(self)
+
+    def __rich__(self) -> Any:
+        """For a rich console (terminals, ``rich.print``): recorded markup and terminal
+        escapes print as text."""
+        from replayable._inert import Inert
+        from replayable.cli._render import replay_view
+
+        return Inert(replay_view(self))
+
     def __enter__(self) -> Replay:
         if SESSION.get() is not None:
             raise ReplayableError("a record or replay is already active in this context")

@@ -464,6 +464,23 @@ class Run:
             "hash_version": self.hash_version,
         }
 
+    def _repr_html_(self) -> str | None:
+        """HTML for notebooks (the viewer's fragments, every recorded value escaped); None
+        without jinja2, so the notebook shows the plain repr."""
+        try:
+            from replayable.viewer._notebook import run_html
+        except ImportError:
+            return None
+        return run_html(self)
+
+    def __rich__(self) -> Any:
+        """For a rich console (terminals, ``rich.print``): recorded markup and terminal
+        escapes print as text."""
+        from replayable._inert import Inert
+        from replayable.cli._render import run_view
+
+        return Inert(run_view(self))
+
     @classmethod
     def from_dict(cls, d: Any) -> Run:
         """Inverse of :meth:`to_dict`; a missing or mistyped field raises KeyError/TypeError.

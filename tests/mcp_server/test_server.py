@@ -11,7 +11,6 @@ from pathlib import Path
 from tests.fixtures.hostile import HTML, RAW_TERMINAL, TERMINAL
 
 import replayable as rp
-from replayable._writer import stop_writer
 from replayable.store import open_store
 
 from .conftest import Demo, call, connect, refused
@@ -283,7 +282,7 @@ class TestInertValues:
         payload = " ".join([*HTML, TERMINAL, "\x9b31m"])
         with rp.record(store, name=TERMINAL, tags={"t": TERMINAL}) as run:
             shout(payload)
-        stop_writer(store)
+        rp.flush()  # the server is another process: it reads what is on disk
         async with connect(tmp_path, store_path) as s:
             answers = [
                 (await s.call_tool("list_runs", {})).content[0].text,  # type: ignore[union-attr]

@@ -155,6 +155,23 @@ class CheckReport:
             "runs": [o.to_dict() for o in self.outcomes],
         }
 
+    def _repr_html_(self) -> str | None:
+        """HTML for notebooks (the viewer's fragments, every recorded value escaped); None
+        without jinja2, so the notebook shows the plain repr."""
+        try:
+            from replayable.viewer._notebook import check_html
+        except ImportError:
+            return None
+        return check_html(self)
+
+    def __rich__(self) -> Any:
+        """For a rich console (terminals, ``rich.print``): recorded markup and terminal
+        escapes print as text."""
+        from replayable._inert import Inert
+        from replayable.cli._render import check_view
+
+        return Inert(check_view(self))
+
     # -- storage -------------------------------------------------------------------------------
 
     def to_rows(self) -> tuple[CheckRow, list[CheckRunRow]]:

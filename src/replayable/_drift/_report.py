@@ -126,6 +126,23 @@ class DriftReport:
             "summary": self.summary(),
         }
 
+    def _repr_html_(self) -> str | None:
+        """HTML for notebooks (the viewer's fragments, every recorded value escaped); None
+        without jinja2, so the notebook shows the plain repr."""
+        try:
+            from replayable.viewer._notebook import drift_html
+        except ImportError:
+            return None
+        return drift_html(self)
+
+    def __rich__(self) -> Any:
+        """For a rich console (terminals, ``rich.print``): recorded markup and terminal
+        escapes print as text."""
+        from replayable._inert import Inert
+        from replayable.cli._render import drift_view
+
+        return Inert(drift_view(self))
+
     def report(self) -> str:
         """A human-readable report: one line per drifted or not re-run step, then the summary."""
         lines = [

@@ -34,16 +34,9 @@ from replayable.cli._common import (
     store_option,
 )
 from replayable.cli._core import import_modules
-from replayable.cli._render import fmt_duration, fmt_time
+from replayable.cli._render import check_view, fmt_time
 
 __all__ = ["junit_cases", "render_report"]
-
-LABELS = {
-    "unchanged": ("unchanged", "green"),
-    "diverged": ("diverged", "bold yellow"),
-    "failed": ("failed", "bold red"),
-    "not_replayable": ("not replayable", "magenta"),
-}
 
 
 def _progress() -> tuple[Callable[[int, int], None], Callable[[], None]]:
@@ -78,45 +71,8 @@ def _progress() -> tuple[Callable[[int, int], None], Callable[[], None]]:
 
 
 def render_report(report: CheckReport, out: Console) -> None:
-    """The check as a human reads it: counts, then groups largest first with examples, then the
-    failed and not replayable runs."""
-    c = report.counts
-    total = len(report.outcomes)
-    secs = max(report.ended_at - report.started_at, 1e-9)
-    jobs = report.selection.get("jobs", 1)
-    where = report.selection.get("executor", "local")
-    out.print(
-        f"checked {total} run(s) of {escape(report.store)} in {fmt_duration(secs)} "
-        f"({total / secs:,.0f} runs/s, {where}, {jobs} job(s))"
-    )
-    table = Table(show_header=False, box=None, padding=(0, 2))
-    for key, (label, style) in LABELS.items():
-        extra = f"in {len(report.groups)} group(s)" if key == "diverged" and c[key] else ""
-        table.add_row(f"[{style}]{label}[/{style}]", str(c[key]), extra)
-    out.print(table)
-    if report.groups:
-        out.print("\n[bold]diverged[/bold], by first divergence (largest group first):")
-        for g in report.groups:
-            out.print(f"  [bold yellow]{g.count:>5}[/bold yellow]  {escape(g.signature)}")
-            for run_id, replay_id in g.examples:
-                diff = f"replayable diff {run_id} {replay_id}" if replay_id else ""
-                out.print(f"         e.g. {run_id}  {diff}")
-    for key in ("failed", "not_replayable"):
-        runs = report.runs(key)
-        if runs:
-            label, style = LABELS[key]
-            out.print(f"\n[{style}]{label}[/{style}]:")
-            for o in runs[:20]:
-                out.print(f"  {o.run_id}  {escape(o.detail)}")
-            if len(runs) > 20:
-                out.print(f"  ... and {len(runs) - 20} more (--json lists every run)")
-    if report.saved_to:
-        out.print(
-            f"\ncheck {report.id} kept in {escape(report.saved_to)}: "
-            f"`replayable checks {report.id}`, or open it in `replayable serve`"
-        )
-    verdict = "[green]passed[/green]" if report.ok else "[bold red]FAILED[/bold red]"
-    out.print(f"check {verdict}")
+    """The check as a human reads it (see :func:`replayable.cli._render.check_view`)."""
+    out.print(check_view(report))
 
 
 def junit_cases(report: CheckReport) -> list[JUnitCase]:

@@ -5,10 +5,11 @@ from __future__ import annotations
 import datetime as _dt
 import re
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from rich.console import Group
+from rich.markup import escape
 from rich.syntax import Syntax
 from rich.table import Table
 from rich.text import Text
@@ -20,13 +21,23 @@ from replayable._tree import Step, build_tree
 from replayable.errors import ReplayableError
 from replayable.trace import Event, Run
 
+if TYPE_CHECKING:
+    from replayable._check import CheckReport
+    from replayable._drift._report import DriftReport
+    from replayable.replay import Replay
+
 __all__ = [
+    "CHECK_LABELS",
     "KIND_STYLES",
+    "check_view",
     "diff_view",
+    "drift_view",
     "find_event",
     "fmt_duration",
     "fmt_time",
+    "replay_view",
     "run_table",
+    "run_view",
     "sampling",
     "short",
     "step_detail",
@@ -343,3 +354,73 @@ def diff_view(d: RunDiff, max_width: int | None = None) -> Group:
         for c in changes:
             parts.append(Text("    " + short(str(c), limit), style=DIFF_MARKS["changed"][1]))
     return Group(*parts)
+
+
+CHECK_LABELS = {
+    "unchanged": ("unchanged", "green"),
+    "diverged": ("diverged", "bold yellow"),
+    "failed": ("failed", "bold red"),
+    "not_replayable": ("not replayable", "magenta"),
+}
+
+
+def check_view(report: CheckReport) -> Group:
+    """The check as a human reads it: counts, then groups largest first with examples, then the
+    failed and not replayable runs (recorded text escaped)."""
+    parts: list[Any] = []
+    c = report.counts
+    total = len(report.outcomes)
+    secs = max(report.ended_at - report.started_at, 1e-9)
+    jobs = report.selection.get("jobs", 1)
+    where = report.selection.get("executor", "local")
+    parts.append(
+        f"checked {total} run(s) of {escape(report.store)} in {fmt_duration(secs)} "
+        f"({total / secs:,.0f} runs/s, {where}, {jobs} job(s))"
+    )
+    table = Table(show_header=False, box=None, padding=(0, 2))
+    for key, (label, style) in CHECK_LABELS.items():
+        extra = f"in {len(report.groups)} group(s)" if key == "diverged" and c[key] else ""
+        table.add_row(f"[{style}]{label}[/{style}]", str(c[key]), extra)
+    parts.append(table)
+    if report.groups:
+        parts.append("\n[bold]diverged[/bold], by first divergence (largest group first):")
+        for g in report.groups:
+            parts.append(f"  [bold yellow]{g.count:>5}[/bold yellow]  {escape(g.signature)}")
+            for run_id, replay_id in g.examples:
+                diff = f"replayable diff {run_id} {replay_id}" if replay_id else ""
+                parts.append(f"         e.g. {run_id}  {diff}")
+    for key in ("failed", "not_replayable"):
+        runs = report.runs(key)
+        if runs:
+            label, style = CHECK_LABELS[key]
+            parts.append(f"\n[{style}]{label}[/{style}]:")
+            for o in runs[:20]:
+                parts.append(f"  {o.run_id}  {escape(o.detail)}")
+            if len(runs) > 20:
+                parts.append(f"  ... and {len(runs) - 20} more (--json lists every run)")
+    if report.saved_to:
+        parts.append(
+            f"\ncheck {report.id} kept in {escape(report.saved_to)}: "
+            f"`replayable checks {report.id}`, or open it in `replayable serve`"
+        )
+    verdict = "[green]passed[/green]" if report.ok else "[bold red]FAILED[/bold red]"
+    parts.append(f"check {verdict}")
+    # Text, not str: a console's highlighter never restyles the recorded text inside.
+    return Group(*(Text.from_markup(p) if isinstance(p, str) else p for p in parts))
+
+
+def run_view(run: Run) -> Any:
+    """A run for a terminal (``Run.__rich__``): its step tree, read from its store, or its
+    header line when it is not attached to one."""
+    events = list(run.store.iter_events(run.id)) if run.store is not None else []
+    return step_tree(run, events)
+
+
+def replay_view(replay: Replay) -> Text:
+    """A replay for a terminal (``Replay.__rich__``): its report, and the run it recorded."""
+    return Text(f"{replay.report()}\nreplay recorded as run {replay.run.id}")
+
+
+def drift_view(report: DriftReport) -> Text:
+    """A drift report for a terminal (``DriftReport.__rich__``)."""
+    return Text(report.report())

@@ -8,12 +8,10 @@ web page cannot reach the viewer by DNS rebinding).
 
 from __future__ import annotations
 
-import datetime as _dt
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import jinja2
 import orjson
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -39,6 +37,7 @@ from replayable.viewer._data import (
     step_data,
     tree_rows,
 )
+from replayable.viewer._html import template_env
 
 __all__ = ["create_app"]
 
@@ -101,35 +100,8 @@ API_DOCS = [
 ]
 
 
-def _duration(ns_or_s: float | None, unit: str = "ns") -> str:
-    if ns_or_s is None:
-        return "-"
-    seconds = ns_or_s / 1e9 if unit == "ns" else ns_or_s
-    if seconds < 0.001:
-        return f"{seconds * 1e6:.0f}µs"
-    if seconds < 1:
-        return f"{seconds * 1000:.0f}ms"
-    if seconds < 60:
-        return f"{seconds:.2f}s"
-    return f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
-
-
-def _time(epoch: float | None) -> str:
-    if not epoch:
-        return "-"
-    return _dt.datetime.fromtimestamp(epoch).strftime("%Y-%m-%d %H:%M:%S")
-
-
 def _templates() -> Jinja2Templates:
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(HERE / "templates"),
-        autoescape=True,  # every value from a trace is escaped; nothing is marked safe
-        undefined=jinja2.StrictUndefined,
-    )
-    env.filters["duration"] = _duration
-    env.filters["time"] = _time
-    env.filters["short_name"] = lambda name: str(name).rsplit(":", 1)[-1]
-    return Jinja2Templates(env=env)
+    return Jinja2Templates(env=template_env())
 
 
 def _json(data: Any, status_code: int = 200) -> Response:

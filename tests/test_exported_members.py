@@ -18,6 +18,8 @@ EXPECTED = {
     "FixtureMiss",
     "InvalidOtlp",
     "NetworkRefused",
+    "PII",
+    "PIIKeyError",
     "RecordedError",
     "Replay",
     "ReplayableError",

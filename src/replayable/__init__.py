@@ -26,6 +26,7 @@ from replayable import redact
 from replayable._check import CheckReport, check
 from replayable._drift import DriftReport, drift
 from replayable._otlp import import_otlp
+from replayable._pii import PII
 from replayable._rundiff import RunDiff, diff
 from replayable._version import __version__
 from replayable.boundary import Boundary, Codec, boundary, get_boundary, registry
@@ -39,6 +40,7 @@ from replayable.errors import (
     FixtureMiss,
     InvalidOtlp,
     NetworkRefused,
+    PIIKeyError,
     RecordedError,
     ReplayableError,
     ReplayableWarning,
@@ -56,7 +58,7 @@ from replayable.replay import Replay, replay
 from replayable.store import Store, open_store
 from replayable.trace import Event, Run
 
-__all__ = [
+__all__ = [  # noqa: RUF022 - plain sorted order (tests/test_exported_members.py)
     "Boundary",
     "Cassette",
     "CheckReport",
@@ -68,6 +70,8 @@ __all__ = [
     "FixtureMiss",
     "InvalidOtlp",
     "NetworkRefused",
+    "PII",
+    "PIIKeyError",
     "RecordedError",
     "Replay",
     "ReplayableError",

@@ -204,7 +204,7 @@ class WhatIf(Replayer):
     # -- deciding each call ------------------------------------------------------------------
 
     def _plan(self, b: Boundary, frame: Frame) -> _Plan:
-        data, value = clean_input(b, frame.data)
+        data, value = clean_input(b, frame.data, self.pii)
         frame.data = data
         key = frame.key = input_key(b, data, value)
         ev, div = self._match(b, frame, key, data, value)

@@ -94,6 +94,9 @@ class Pending:
     source_run: str = ""
     same_input: bool = False
     """``input`` is byte for byte the source event's (the replay matched it so)."""
+    pii: Any = None
+    """The run's pseudonymizer (:mod:`replayable._pii`) when personal data is pseudonymized;
+    a replay has applied it to ``input`` already, with the redaction."""
 
 
 _ENGINE_META = frozenset(
@@ -150,14 +153,32 @@ def _meta_bytes(meta: dict[str, Any]) -> bytes:
     return data
 
 
+def _pseudonymized(
+    pii: Any, p: Pending, out: bytes, error: dict[str, Any] | None, meta: bytes
+) -> tuple[bytes, dict[str, Any] | None, bytes]:
+    """A step's output, error and metadata with personal data pseudonymized (an output served
+    from a recording was pseudonymized when it was recorded)."""
+    if not p.served:
+        if p.meta.get("stream") and out.startswith(b"[") and pii.might_hold(out):
+            out = canonical.snapshot(pii.chunks(orjson.loads(out)))  # a value may span chunks
+        else:
+            out = pii.json(out)
+    if error is not None:
+        error = pii.value(error)
+    if meta != b"{}":
+        meta = pii.json(meta)
+    return out, error, meta
+
+
 def pending_row(p: Pending, chains: dict[str, tuple[int, str]]) -> EventRow:
     """A completed call as a store row: redacted, keyed and linked into its run's hash chain
     (``chains`` maps a run id to its (events so far, head hash) and is updated)."""
     b = p.boundary
+    pii = p.pii
     if p.key is not None:  # a replay keyed the call: its input is redacted already
         inp, key = p.input, p.key
     else:
-        inp, value = canonical.clean_input(b, p.input)
+        inp, value = canonical.clean_input(b, p.input, pii)
         key = canonical.input_key(b, inp, value)
     out = p.output
     if p.served:
@@ -171,8 +192,10 @@ def pending_row(p: Pending, chains: dict[str, tuple[int, str]]) -> EventRow:
             redact(orjson.loads(out), extra_keys=b.redact_keys, redactors=b.redactors)
         )
     error = None if p.error is None else redact(p.error)
-    err = None if error is None else orjson.dumps(error, option=_SORTED)
     meta = _meta_bytes(p.meta)
+    if pii is not None:
+        out, error, meta = _pseudonymized(pii, p, out, error, meta)
+    err = None if error is None else orjson.dumps(error, option=_SORTED)
     stored_in, stored_out, stored_meta = inp, out, meta
     src = p.source
     if src is not None:

@@ -353,15 +353,20 @@ def key_of_json(value: JSON, drop: frozenset[str] = DEFAULT_TRANSIENT_KEYS) -> s
     return hashlib.sha256(data).hexdigest()
 
 
-def clean_input(b: Boundary, data: bytes) -> tuple[bytes, Any]:
-    """Redact an input snapshot, keeping its order.
+def clean_input(b: Boundary, data: bytes, pii: Any = None) -> tuple[bytes, Any]:
+    """Redact an input snapshot, keeping its order; with ``pii`` (a run's pseudonymizer),
+    pseudonymize its personal data too. Recording and replay both call this, so a live
+    input is stored, keyed and compared in the same form.
 
     Returns (bytes, the parsed value, or None when nothing needed parsing).
     """
+    value = None
     if b.redact_keys or b.redactors or might_hold_secrets(data):
         value = redact(orjson.loads(data), extra_keys=b.redact_keys, redactors=b.redactors)
-        return orjson.dumps(value, option=_OPTS), value
-    return data, None
+        data = orjson.dumps(value, option=_OPTS)
+    if pii is not None:
+        return pii.clean(data, value)  # type: ignore[no-any-return]
+    return data, value
 
 
 def input_key(

@@ -14,6 +14,7 @@ The hierarchy::
     ├── UnsupportedClient           an integration was handed an object it cannot instrument
     ├── InvalidOtlp                 an OTLP export request or file that cannot be imported
     ├── NetworkRefused              a replay tried to reach the network and no boundary served it
+    ├── PIIKeyError                 personal data needs a key that is missing or not the run's
     ├── RecordedError               a recorded exception whose type cannot be rebuilt
     └── InvalidInput                an argument from outside (an MCP tool call) is malformed
 
@@ -35,6 +36,7 @@ __all__ = [
     "InvalidInput",
     "InvalidOtlp",
     "NetworkRefused",
+    "PIIKeyError",
     "RecordedError",
     "ReplayableError",
     "ReplayableWarning",
@@ -250,6 +252,14 @@ class NetworkRefused(ReplayableError):
     def __init__(self, message: str, *, target: str, step: str = "") -> None:
         self.target = target
         self.step = step
+
+
+class PIIKeyError(ReplayableError):
+    """Pseudonymizing or revealing personal data needs a key: none is set, it is too short,
+    or it is not the key the run was recorded under (``run_id`` names the run, if one)."""
+
+    def __init__(self, message: str, *, run_id: str | None = None) -> None:
+        self.run_id = run_id
         super().__init__(message)
 
 

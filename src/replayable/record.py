@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from replayable import _network
 from replayable._engine import Ending, Engine, Serve, activate, deactivate
 from replayable._errors_codec import encode_error
+from replayable._pii import PII, Pseudonymizer, for_record
 from replayable._threads import EXECUTOR
 from replayable._version import __version__
 from replayable._writer import STALL_S, Pending, Writer, flush_all, writer_for
@@ -142,9 +143,13 @@ OBSERVERS: list[Any] = []
 class Recorder(Engine):
     """The record policy: every call runs live and is kept as an event of ``run``."""
 
-    def __init__(self, store: Store, run: Run, *, strict: bool = False) -> None:
+    def __init__(
+        self, store: Store, run: Run, *, strict: bool = False, pii: Pseudonymizer | None = None
+    ) -> None:
         super().__init__()
         self.store = store
+        self.pii = pii
+        """Personal data pseudonymized in every recorded value (:mod:`replayable._pii`)."""
         self.run = run
         self.strict = strict
         self.unserializable = "raise" if strict else "mark"
@@ -208,6 +213,7 @@ class Recorder(Engine):
                 source,
                 self.refer_to or "",
                 source is not None and frame.sorted_data is None,
+                self.pii,
             )
         )
         if self.strict and self.writer.error is not None:
@@ -219,6 +225,8 @@ class Recorder(Engine):
         """Create the run in the store (through the writer, so a down store never blocks)."""
         run = self.run
         redact_run(run)  # once per run: tags, metadata, environment and argv hold secrets too
+        if self.pii is not None:
+            self.pii.run(run)
         if self.strict:
             self.writer.error = None
         self.writer.begin_run(run)
@@ -241,6 +249,8 @@ class Recorder(Engine):
         if exc is not None:
             run.error = redact(encode_error(exc))
         run.metadata = redact(run.metadata)  # a replay adds its divergences here at exit
+        if self.pii is not None:
+            self.pii.run(run)
 
         self.writer.end_run(run)
         if self.strict:
@@ -323,12 +333,17 @@ def record(
     tags: Mapping[str, Any] | Iterable[str] | None = None,
     metadata: Mapping[str, Any] | None = None,
     strict: bool = False,
+    pii: PII | bool | None = None,
 ) -> Recording:
     """Record every boundary call made inside the block into ``store`` (default: SQLite).
 
     The run captures its environment (package and code version, Python, platform, host) and its
     outcome. Recording is fail-open: a store that is down costs the agent nothing but a logged
     warning; ``strict=True`` makes store errors and unserializable values fatal instead.
+
+    ``pii=True`` (or ``pii=rp.PII(...)``) replaces personal data in every recorded value with
+    keyed, shape-keeping pseudonyms before anything is written; the default is the store's
+    (``rp.open_store(url, pii=...)``), else ``$REPLAYABLE_PII``. See ``docs/personal-data.md``.
 
     >>> from replayable import boundary
     >>> lookup = boundary(kind="tool")(lambda name: {"name": name, "id": 7})
@@ -339,6 +354,7 @@ def record(
     ('ok', [{'name': 'Bob', 'id': 7}])
     """
     opened = open_store(store)
+    pseudonymizer = for_record(pii, opened)  # a missing key fails here, before the run
 
     def make() -> Recorder:
         run = Run(
@@ -350,6 +366,6 @@ def record(
             started_at=time.time(),
             store=opened,
         )
-        return Recorder(opened, run, strict=strict)
+        return Recorder(opened, run, strict=strict, pii=pseudonymizer)
 
     return Recording(make)

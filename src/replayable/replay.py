@@ -27,6 +27,7 @@ import orjson
 from replayable import _network, canonical
 from replayable._diff import diff_values
 from replayable._engine import Ending, Serve, activate, deactivate, resolve_live
+from replayable._pii import PII, Pseudonymizer, for_replay
 from replayable._remote import followable, register_recorded
 from replayable._threads import EXECUTOR
 from replayable._version import __version__
@@ -102,8 +103,9 @@ class Replayer(Recorder):
         fallback: Cassette | None = None,
         sandbox: AbstractContextManager[Any] | None = None,
         follow: bool = False,
+        pii: Pseudonymizer | None = None,
     ) -> None:
-        super().__init__(store, run)
+        super().__init__(store, run, pii=pii)
         self.follow = follow
         """Remote calls named in ``live`` ask their callee to replay its own linked run."""
         if source.store is store:  # served steps refer to the source instead of copying it
@@ -323,7 +325,8 @@ class Replayer(Recorder):
         if ev is not None:  # byte for byte the recorded (redacted) input: nothing to redact
             frame.key = ev.key
         else:
-            data, value = canonical.clean_input(b, frame.data)
+            # pseudonymized as the recording was, so unchanged code keys the same
+            data, value = canonical.clean_input(b, frame.data, self.pii)
             frame.sorted_data = (
                 orjson.dumps(value, option=orjson.OPT_SORT_KEYS)
                 if value is not None
@@ -739,6 +742,7 @@ def replay(
     trust: bool = False,
     follow: bool = False,
     allow_network: bool | Iterable[str] = False,
+    pii: PII | bool | None = None,
 ) -> Replay:
     """Replay a recorded run: a run id (or unique prefix), a :class:`Run`, or a trace file path.
 
@@ -760,6 +764,12 @@ def replay(
     only when it matches the recording exactly, else it runs its fake (``fakes={"name": fn}``),
     or live with ``allow_side_effects=True``, or raises :class:`SideEffectRefused`.
     ``Replay.changes`` and ``report()`` say what the what-if changed.
+
+    A run recorded with personal data pseudonymized (``record(pii=...)``) is replayed the
+    same way: each live input is pseudonymized with the run's settings before it is keyed and
+    compared, so unchanged code matches, and served values carry the pseudonyms. The key
+    comes from ``pii=rp.PII(key=...)`` or the environment and must be the run's
+    (:class:`PIIKeyError` otherwise). A run recorded without it replays without it.
 
     Testing a fix: ``fallback=rp.cassette(path)`` serves the calls the recording no longer
     matches (a fix changed the model's input) from a cassette, recorded by one live call the
@@ -832,6 +842,7 @@ def replay(
         "match": match,
         "fallback": fallback,
         "sandbox": sandbox,
+        "pii": for_replay(source_run.id, source_run.metadata, pii),
     }
     if override or live_from is not None or live_kinds or fakes:
         from replayable._fork import WhatIf

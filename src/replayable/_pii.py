@@ -109,12 +109,11 @@ class PII:
 
     def pseudonymizer(self) -> Pseudonymizer:
         """The compiled policy (its key loaded now: a missing key is an error here)."""
-        return _compiled(self)
+        return _compiled(self, load_key(self.key, self.key_file))
 
 
 @functools.lru_cache(maxsize=32)
-def _compiled(pii: PII) -> Pseudonymizer:
-    key = load_key(pii.key, pii.key_file)
+def _compiled(pii: PII, key: bytes) -> Pseudonymizer:
     vault = None
     if pii.vault is not None:
         from replayable._pii_vault import Vault
@@ -318,6 +317,9 @@ class Pseudonymizer:
         self._kindset = frozenset(self.kinds)
         self._literals = tuple(orjson.dumps(k) + b":" for k in sorted(self._lasts - {"*"}))
         self._clean_keys: set[str] = set()
+        self._texts: dict[str, str] = {}
+        """Texts seen, with their pseudonymized form (a clean one only when every kind was
+        looked for)."""
 
     def __repr__(self) -> str:
         return f"Pseudonymizer(kinds={self.kinds!r}, fields={self.fields!r}, key_id={self.key_id})"
@@ -349,8 +351,16 @@ class Pseudonymizer:
         >>> p.text("call +1 415 867 5309")
         'call +1 ...-555-01...'
         """
+        memo = self._texts
+        got = memo.get(text)
+        if got is not None:  # an agent sends its whole history again with every call
+            return got
         hits = self.detector.find(text, only)
         if not hits:
+            if only is None and len(text) < 65536:
+                if len(memo) > 4096:
+                    memo.clear()
+                memo[text] = text
             return text
         out: list[str] = []
         pos = 0
@@ -359,7 +369,12 @@ class Pseudonymizer:
             out.append(self.pseudonym(h, text[h.start : h.end]))
             pos = h.end
         out.append(text[pos:])
-        return "".join(out)
+        new = "".join(out)
+        if len(text) < 65536:
+            if len(memo) > 4096:
+                memo.clear()
+            memo[text] = new
+        return new
 
     def _dict_key(self, key: str, only: frozenset[str] | None) -> str:
         """A dict key pseudonymized (keys recur in every event: the clean ones are remembered)."""
@@ -435,7 +450,9 @@ class Pseudonymizer:
         when nothing in its bytes could be personal data."""
         kinds = could_hold(data, self._kindset) if self._kindset else set()
         ac = self.detector.names_bytes
-        if ac is not None and ac.find_matches_as_indexes(data.lower()):
+        if self.detector.names_always or (
+            ac is not None and ac.find_matches_as_indexes(data.lower())
+        ):
             kinds.add("name")
         if kinds:
             return frozenset(kinds)

@@ -59,12 +59,13 @@ _RESERVED_TLDS = ("example", "invalid", "test", "localhost")
 
 # A run of digits with the separators numbers are written with; a hyphen, dot or slash
 # before it means it is part of a word or an id (``chatcmpl-00001234``), not a number.
-_NUMERIC = re.compile(r"(?<![\w+\-/.])\+?\(?\d[\d ().\-]{5,24}\d(?![\w])")
+_NUMERIC = re.compile(r"(?<![\w+\-/.#])\+?\(?\d[\d ().\-]{5,24}\d(?![\w])")
 _IPV4 = re.compile(r"(?<![\w.])(?:\d{1,3}\.){3}\d{1,3}(?![\w])(?!\.\d)")
 _IPV6 = re.compile(
     r"(?<![\w:.])(?:[0-9A-Fa-f]{1,4}:|:)(?:[0-9A-Fa-f]{0,4}:){1,7}[0-9A-Fa-f]{0,4}(?![\w:])"
 )
 _IBAN = re.compile(r"(?<![\w])([A-Z]{2})(\d{2})((?: ?[A-Z0-9]){11,30})(?![\w])")
+_CODE_BEFORE = re.compile(r"(?<![\w])[A-Z]{2}\d{2} (?:[A-Z0-9]{4} )*\Z")
 _DATE = re.compile(r"\d{4}[-/.]\d{1,2}[-/.]\d{1,2}|\d{1,2}[-/.]\d{1,2}[-/.]\d{4}")
 _SSN = re.compile(r"(\d{3})([- ])(\d{2})\2(\d{4})")
 
@@ -131,7 +132,14 @@ def could_hold(data: bytes, kinds: frozenset[str]) -> set[str]:
     ``bytes.translate`` to character classes and one Aho-Corasick pass over it for the
     shapes personal values take (no regular expression over the whole text)."""
     t = data.translate(_CLASSES)
-    found = {_SHAPES[i][1]: start for i, start, _ in _SHAPE_AC.find_matches_as_indexes(t)}
+    found: dict[str, int] = {}
+    for i, start, _ in _SHAPE_AC.find_matches_as_indexes(t):
+        shape = _SHAPES[i][1]
+        if shape in found:
+            continue
+        if shape == "numeric" and not _number_starts_clear(data, t, start):
+            continue
+        found[shape] = start  # the first place each shape shows
     if not found:
         return set()
     out: set[str] = set()
@@ -150,6 +158,21 @@ def could_hold(data: bytes, kinds: frozenset[str]) -> set[str]:
 
 
 _NUMERIC_KINDS = frozenset({"phone", "card", "ssn"})
+_GLUED = frozenset(b"-/.#_" + bytes(range(48, 58)) + bytes(range(65, 91)) + bytes(range(97, 123)))
+
+
+def _number_starts_clear(data: bytes, t: bytes, at: int) -> bool:
+    """Whether the run of digits around ``at`` starts where a number can (after a space, a
+    quote, a bracket, a plus), not glued to a word or an id (``chatcmpl-00000003``,
+    ``gpt-4o-2024-08-06``), which :data:`_NUMERIC` would not take either."""
+    i = at
+    while i > 0 and (t[i - 1] == 48 or (i > 1 and t[i - 1] in b"s." and t[i - 2] == 48)):
+        i -= 1
+    while i > 0 and data[i - 1] in b"(+":
+        i -= 1
+    if i >= 2 and data[i - 2] == 92:  # after a JSON escape ("\n415..."): a new line
+        return True
+    return i == 0 or data[i - 1] not in _GLUED
 
 
 def norm_text(value: str) -> str:
@@ -202,6 +225,9 @@ def phone_reserved(national: str, country: int) -> bool:
     return False
 
 
+_UNSEEN: Any = object()
+
+
 @functools.lru_cache(maxsize=1)
 def _phonenumbers() -> Any:
     try:
@@ -229,6 +255,7 @@ class Detector:
         reserved: bool = False,
     ) -> None:
         self.kinds = frozenset(kinds)
+        self._phones: dict[str, Hit | bool | None] = {}
         self.reserved = reserved
         """Find only values in the reserved ranges (pseudonyms) instead of only those outside."""
         self.region = region
@@ -236,11 +263,15 @@ class Detector:
             _phonenumbers()
         listed = sorted({norm_text(n) for n in names if norm_text(n)}, key=len, reverse=True)
         self.names = tuple(listed)
-        words = sorted({n.split(" ")[0].encode() for n in self.names})
+        words = {_ascii_part(n) for n in self.names}
+        self.names_always = b"" in words
         self.names_bytes = (
-            ahocorasick_rs.BytesAhoCorasick(words) if words and not reserved else None
+            ahocorasick_rs.BytesAhoCorasick(sorted(words - {b""}))
+            if words - {b""} and not reserved
+            else None
         )
-        """The first word of each listed name, to look for in an event's lowercased bytes."""
+        """The longest ASCII run of each listed name, to look for in an event's bytes lowered
+        (``bytes.lower`` lowers ASCII only); ``names_always``: a name has none."""
         self._names_ac = (
             ahocorasick_rs.AhoCorasick(
                 list(self.names), matchkind=ahocorasick_rs.MatchKind.LeftmostLongest
@@ -396,8 +427,12 @@ class Detector:
             if digits.startswith("400000") == self.reserved:
                 hits.append(Hit(start, end, "card", digits))
             return
-        if "phone" not in kinds:
-            return
+        if "phone" not in kinds or card:
+            return  # a card-shaped number that fails Luhn is no phone number either
+        if cand == digits and not 10 <= len(digits) <= 11:
+            return  # a bare run of digits of another length is an order, a ticket, a barcode
+        if _CODE_BEFORE.search(text, 0, start) is not None:
+            return  # the rest of a code that starts with letters (an IBAN failing its checksum)
         if 7 <= len(digits) <= 15:
             hit = self._phone(cand, start)
             if hit is not None:
@@ -421,10 +456,25 @@ class Detector:
 
     def _phone(self, cand: str, offset: int) -> Hit | bool | None:
         """A hit; True for a valid number this detector leaves (reserved, or not reserved
-        when looking for pseudonyms); None when it is no phone number."""
+        when looking for pseudonyms); None when it is no phone number. Parsing is the
+        costly part, and the same number recurs in every step: the verdict is remembered."""
+        got = self._phones.get(cand, _UNSEEN)
+        if got is _UNSEEN:
+            got = self._parse_phone(cand)
+            if len(self._phones) > 8192:
+                self._phones.clear()
+            self._phones[cand] = got
+        if isinstance(got, Hit):
+            lead = 1 if cand.startswith("(") and ")" not in cand else 0
+            return Hit(offset + lead, offset + lead + got.end, "phone", got.norm, got.extra)
+        return bool(got) if got is not None else None
+
+    def _parse_phone(self, cand: str) -> Hit | bool | None:
+        """:meth:`_phone` uncached; a hit's span is relative to ``cand`` less an unclosed
+        bracket in front."""
         pn = _phonenumbers()
         if cand.startswith("(") and ")" not in cand:  # the bracket opens the sentence's aside
-            cand, offset = cand[1:], offset + 1
+            cand = cand[1:]
         try:
             num = pn.parse(cand, self.region)
         except pn.NumberParseException:
@@ -435,7 +485,13 @@ class Detector:
             return True
         e164 = pn.format_number(num, pn.PhoneNumberFormat.E164)
         style = "intl" if cand.startswith("+") else "national"
-        return Hit(offset, offset + len(cand), "phone", e164, style)
+        return Hit(0, len(cand), "phone", e164, style)
+
+
+def _ascii_part(name: str) -> bytes:
+    """The longest run of ASCII letters in a (lowercased) name, if 3 or more long."""
+    runs = re.findall(r"[a-z]{3,}", name)
+    return max(runs, key=len).encode() if runs else b""
 
 
 def _card_shaped(cand: str, digits: str) -> bool:

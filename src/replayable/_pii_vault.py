@@ -15,11 +15,14 @@ import os
 import sqlite3
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from replayable.errors import PIIKeyError, StoreUnavailable
 
-__all__ = ["Vault", "reveal"]
+if TYPE_CHECKING:
+    from replayable.trace import Event, Run
+
+__all__ = ["Vault", "reveal", "reveal_run"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS vault_meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -131,3 +134,54 @@ def reveal(value: Any, entries: dict[str, str]) -> Any:
         return v
 
     return walk(value)
+
+
+def reveal_run(
+    run: Run, events: list[Event], vault: str | os.PathLike[str] | None = None
+) -> tuple[Run, list[Event]]:
+    """Copies of a pseudonymized run and its events with the real values back, from the vault
+    the run was recorded with (or ``vault``), under the key from the environment.
+
+    Raises :class:`~replayable.errors.PIIKeyError` when the run was not recorded with
+    personal data pseudonymized, when no key is set, or when the key is not the run's."""
+    from replayable._pii import META_KEY, key_id, load_key
+    from replayable.trace import Event, Run
+
+    settings = run.metadata.get(META_KEY)
+    if not isinstance(settings, dict):
+        raise PIIKeyError(
+            f"run {run.id} was not recorded with pii on: there are no pseudonyms to reveal",
+            run_id=run.id,
+        )
+    try:
+        key = load_key()
+    except PIIKeyError as exc:
+        raise PIIKeyError(
+            f"revealing run {run.id} needs the key it was recorded under (key id "
+            f"{settings.get('key_id')}): {exc}",
+            run_id=run.id,
+        ) from exc
+    if key_id(key) != settings.get("key_id"):
+        raise PIIKeyError(
+            f"run {run.id} was pseudonymized under key id {settings.get('key_id')}; the key "
+            f"set has id {key_id(key)}: set $REPLAYABLE_PII_KEY to the key it was recorded with",
+            run_id=run.id,
+        )
+    where = vault if vault is not None else settings.get("vault")
+    if where is None:
+        raise PIIKeyError(
+            f"run {run.id} was recorded without a vault (PII(vault=...)): its pseudonyms cannot "
+            "be turned back into values",
+            run_id=run.id,
+        )
+    path = Path(where)
+    if not path.exists():
+        raise PIIKeyError(f"no vault at {path} (run {run.id} names it; pass --vault PATH)")
+    box = Vault(path, key)
+    try:
+        entries = box.entries()
+    finally:
+        box.close()
+    shown = Run.from_dict(reveal(run.to_dict(), entries))
+    shown.store = run.store
+    return shown, [Event.from_dict(reveal(e.to_dict(), entries)) for e in events]

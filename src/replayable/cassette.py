@@ -138,11 +138,19 @@ class Cassette(Engine, AsyncToo["Cassette"]):
     """
 
     def __init__(
-        self, path: str | os.PathLike[str], mode: Mode | str = "auto", *, live: Iterable[str] = ()
+        self,
+        path: str | os.PathLike[str],
+        mode: Mode | str = "auto",
+        *,
+        live: Iterable[str] = (),
+        pii: Any = None,
     ) -> None:
         super().__init__()
         resolve_mode(mode)  # fail early on a bad mode
         self.path = Path(path)
+        self.pii = pii
+        """Personal data pseudonymized in what the file keeps and in each lookup's input
+        (a replay's own pseudonymizer, when the cassette is its fallback)."""
         self.requested_mode = mode
         self.mode = mode
         self.live = tuple(live)
@@ -286,7 +294,7 @@ class Cassette(Engine, AsyncToo["Cassette"]):
         return wrapper  # type: ignore[return-value]
 
     def _copy(self) -> Cassette:
-        return Cassette(self.path, self.requested_mode, live=self.live)
+        return Cassette(self.path, self.requested_mode, live=self.live, pii=self.pii)
 
     # -- lookup -------------------------------------------------------------------------------
 
@@ -301,7 +309,7 @@ class Cassette(Engine, AsyncToo["Cassette"]):
             nth = self._counts[b.name] = self._counts.get(b.name, 0) + 1
         if b.kind == "agent" or b.name in self._live_names or (b.name, nth) in self._live_calls:
             return None
-        data, value = canonical.clean_input(b, frame.data)
+        data, value = canonical.clean_input(b, frame.data, self.pii)
         frame.data = data
         key = frame.key = canonical.input_key(b, data, value)
         k = (b.name, key)
@@ -345,6 +353,11 @@ class Cassette(Engine, AsyncToo["Cassette"]):
                 out = redact(orjson.loads(raw), extra_keys=b.redact_keys, redactors=b.redactors)
             else:
                 out = orjson.loads(raw)
+        pii = self.pii
+        if pii is not None:
+            streamed = frame.meta.get("stream") and isinstance(out, list)
+            out = pii.chunks(out) if streamed else pii.value(out)
+            error = None if error is None else pii.value(error)
         self.calls.append(CassetteCall(b.name, frame.data, False, out, error, b.kind))
         meta = {k: frame.meta[k] for k in _STREAM_META if k in frame.meta}
         self._append(b, frame.key or "", frame.data, out, error, meta)
@@ -459,13 +472,19 @@ def write_cassette(path: str | os.PathLike[str], calls: Iterable[dict[str, Any]]
 
 
 def cassette(
-    path: str | os.PathLike[str], mode: Mode | str = "auto", *, live: Iterable[str] = ()
+    path: str | os.PathLike[str],
+    mode: Mode | str = "auto",
+    *,
+    live: Iterable[str] = (),
+    pii: Any = None,
 ) -> Cassette:
     """Serve and record boundary calls from an exact-match fixture file (JSONL).
 
     ``mode`` is ``auto`` (replay hits, record misses), ``replay``, ``record`` or ``off``;
     ``$REPLAYABLE_MODE`` overrides it. Boundaries named in ``live`` (full or bare name) and those
     of kind ``agent`` always run. Use it as ``with``, ``async with`` or a decorator.
+    ``pii=True`` or ``pii=rp.PII(...)`` keeps personal data out of the file as pseudonyms (each
+    lookup's input is pseudonymized the same way first).
 
     >>> import replayable as rp
     >>> answer = rp.boundary(kind="llm")(lambda prompt: prompt.upper())
@@ -475,4 +494,6 @@ def cassette(
     >>> tape.misses
     1
     """
-    return Cassette(path, mode, live=live)
+    from replayable._pii import for_record
+
+    return Cassette(path, mode, live=live, pii=for_record(pii if pii is not None else False, None))

@@ -108,6 +108,8 @@ class Replayer(Recorder):
         super().__init__(store, run, pii=pii)
         self.follow = follow
         """Remote calls named in ``live`` ask their callee to replay its own linked run."""
+        if fallback is not None and pii is not None:
+            fallback.pii = pii  # what a fallback cassette keeps is pseudonymized the same way
         if source.store is store:  # served steps refer to the source instead of copying it
             self.refer_to = source.id
         if match not in ("address", "key"):

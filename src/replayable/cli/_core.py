@@ -123,9 +123,26 @@ def runs_cmd(
     "'support_agent/0 > delete_record/0'), a bare boundary name when unique, or its seq.",
 )
 @click.option("--width", default=70, show_default=True, help="Characters of input/output shown.")
+@click.option(
+    "--reveal",
+    is_flag=True,
+    help="Show the real values behind personal-data pseudonyms, from the run's vault, with the "
+    "key in $REPLAYABLE_PII_KEY (or $REPLAYABLE_PII_KEY_FILE).",
+)
+@click.option(
+    "--vault",
+    type=click.Path(dir_okay=False),
+    help="The vault file, when it moved since the run was recorded (with --reveal).",
+)
 @handle_errors
 def show_cmd(
-    run_id: str, store_urls: tuple[str, ...], as_json: bool, step_ref: str | None, width: int
+    run_id: str,
+    store_urls: tuple[str, ...],
+    as_json: bool,
+    step_ref: str | None,
+    width: int,
+    reveal: bool,
+    vault: str | None,
 ) -> None:
     """Show a run as a tree of steps: kind, name, duration, model, sampling and tokens, short
     input/output, errors in red. With --step, one step's full input and output.
@@ -133,9 +150,15 @@ def show_cmd(
     A step that called another service (a remote step) shows the run that service recorded for
     it nested under it, when that run is in one of the stores named with --store.
 
-    RUN_ID may be a unique prefix of the id, or a trace file (.jsonl).
+    RUN_ID may be a unique prefix of the id, or a trace file (.jsonl). A run recorded with
+    personal data pseudonymized shows its pseudonyms; --reveal shows the real values instead,
+    with the key.
     """
     run, events, stores = _find_run(run_id, store_urls)
+    if reveal:
+        from replayable._pii_vault import reveal_run
+
+        run, events = reveal_run(run, events, vault)
     out = console()
     if step_ref is not None:
         ev = find_event(run, events, step_ref)

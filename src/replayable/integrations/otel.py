@@ -261,6 +261,9 @@ class _LiveExporter:
 
             inp = redact(orjson.loads(frame.data))
             meta = redact(dict(frame.meta))  # annotate() values leave the process here
+            pii = getattr(session, "pii", None)
+            if pii is not None:  # personal data leaves the process as pseudonyms too
+                inp, meta = pii.value(inp), pii.value(meta)
             err = None if error is None else {"type": type(error).__qualname__}
             span.update_name(span_name(b.kind, b.name, meta, inp))
             span.set_attributes(
@@ -275,7 +278,10 @@ class _LiveExporter:
                 )
             )
             if error is not None:
-                span.set_status(Status(StatusCode.ERROR, scrub(str(error))))
+                message = scrub(str(error))
+                span.set_status(
+                    Status(StatusCode.ERROR, message if pii is None else pii.text(message))
+                )
             span.end(end_time=int(frame.started_at * 1e9) + duration)
         except Exception:
             self._fail()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from replayable.errors import StoreUnavailable
 from replayable.store.base import (
@@ -43,7 +44,10 @@ def default_url() -> str:
 
 
 def open_store(
-    url: str | os.PathLike[str] | Store | None = None, *, must_exist: bool = False
+    url: str | os.PathLike[str] | Store | None = None,
+    *,
+    must_exist: bool = False,
+    pii: Any = None,
 ) -> Store:
     """Open a store by URL or path (the same URL twice gives the same object).
 
@@ -53,9 +57,17 @@ def open_store(
     - a directory: its JSONL trace files, read-only.
 
     ``must_exist=True`` (for reading) refuses to create a SQLite file that is not there yet.
+    ``pii=True`` or ``pii=rp.PII(...)`` makes pseudonymized personal data the default of every
+    run recorded into this store (``record(pii=False)`` still opts a run out).
 
     >>> store = open_store("sqlite:///traces.db")
     """
+    if pii is not None:
+        from replayable._pii import set_store_default
+
+        store = open_store(url, must_exist=must_exist)
+        set_store_default(store, pii)
+        return store
     if url is not None and not isinstance(url, str | os.PathLike):
         return url
     text = os.fspath(url) if url is not None else default_url()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 import string
 from pathlib import Path
 
@@ -137,8 +138,9 @@ class TestPseudonyms:
         b = pn.parse(p.text("(415) 867-5309"), "US")
         assert a == b
 
-    def test_fields_and_names_become_tokens(self) -> None:
-        """Named fields are personal whole; listed names wherever they appear; one token each."""
+    def test_fields_and_names_become_made_up_names(self) -> None:
+        """Named fields are personal whole, listed names wherever they appear; each becomes a
+        made-up name of as many words (its keyed check tells it from a real one)."""
         p = _p(fields=["customer.name", "*.address"], names=["Dana Whitfield"])
         out = p.value(
             {
@@ -147,9 +149,12 @@ class TestPseudonyms:
             }
         )
         token = out["customer"]["name"]
-        assert token.startswith("pii_")
+        assert re.fullmatch(r"[A-Z][a-z]{6} [A-Z][a-z]{6}", token)
+        assert p.is_made_up(token)
+        assert not p.is_made_up("Dana Whitfield")
         assert out["note"] == f"{token} asked"
-        assert out["customer"]["address"].startswith("pii_")
+        assert p.is_made_up(out["customer"]["address"])
+        assert not _p(OTHER).is_made_up(token)
         assert out["customer"]["id"] == 7
 
     def test_a_named_field_holding_an_email_keeps_the_email_shape(self) -> None:

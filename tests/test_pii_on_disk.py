@@ -226,9 +226,7 @@ class TestOtherFiles:
     def test_promote_writes_no_personal_value(self, monkeypatch: pytest.MonkeyPatch) -> None:
         """A promoted trace file and its test hold pseudonyms only."""
         run = record_position("argument", ALL, None, monkeypatch)
-        out = CliRunner().invoke(
-            main, ["promote", run.id, "-o", "p.jsonl", "--test", "test_p.py"]
-        )
+        out = CliRunner().invoke(main, ["promote", run.id, "-o", "p.jsonl", "--test", "test_p.py"])
         assert out.exit_code == 0, out.output
         for f in ("p.jsonl", "test_p.py"):
             assert_absent(Path(f).read_bytes(), f)

@@ -12,7 +12,8 @@ default from ``rp.open_store(url, pii=...)``) replaces every personal value the 
   ``01 99 00 xx xx``, Australia ``02 5550 xxxx``), a card number passes Luhn in the ``400000``
   test range, an IBAN keeps its country, length and a valid checksum, an IP address moves to a
   documentation range, an SSN to the never-issued 900 area; listed names and named fields
-  become ``pii_`` tokens;
+  become made-up names of as many words (``Dana Whitfield`` -> ``Rokabel Tusimev``), which
+  carry a keyed check so that a pseudonym is known for one;
 - **idempotent**: pseudonyms sit in those reserved ranges, which are not personal data, so
   pseudonymizing twice changes nothing.
 
@@ -65,7 +66,15 @@ META_KEY = "pii"
 """The run metadata entry that holds the settings (kinds, fields, key id; never the key)."""
 MIN_KEY_BYTES = 16
 
-_TOKEN = re.compile(r"pii_[a-z2-7]{10}")
+_CONSONANTS = "bdfghjklmnprstvz"
+_VOWELS = "aeio"
+_NAME_WORD = re.compile(
+    r"[BDFGHJKLMNPRSTVZ][aeio][bdfghjklmnprstvz][aeio][bdfghjklmnprstvz][aeio]"
+    r"[bdfghjklmnprstvz](?:[aeio][bdfghjklmnprstvz])?"
+)
+_CHECK_BITS = {1: 12, 2: 16, 3: 16}
+"""Bits of a made-up name given to its keyed check (the rest name the value): a real name
+of exactly the made-up shape passes the check once in 4,096 (one word) or 65,536 times."""
 _B32 = "abcdefghijklmnopqrstuvwxyz234567"
 
 
@@ -86,7 +95,7 @@ class PII:
     >>> import replayable as rp
     >>> p = rp.PII(fields=["customer.name"], key="k" * 32)
     >>> p.pseudonymizer().value({"customer": {"name": "Dana Whitfield"}, "n": "dana@acme.io"})
-    {'customer': {'name': 'pii_...'}, 'n': 'user-...@example.com'}
+    {'customer': {'name': '... ...'}, 'n': 'user-...@example.com'}
     """
 
     kinds: Sequence[str] = KINDS
@@ -280,7 +289,47 @@ def _shaped(kind: str, d: bytes, hit: Hit, original: str) -> str:
         group = 1 + d[1] % 99
         serial = 1 + int.from_bytes(d[2:4], "big") % 9999
         return _layout(original, f"{area:03d}{group:02d}{serial:04d}")
-    return f"pii_{_b32(d, 10)}"
+    raise ValueError(f"no shaped pseudonym for {kind!r}")
+
+
+def _word_bits(n: int) -> list[int]:
+    """Letters of each word of an ``n``-word made-up name: 7 (CVCVCVC, 22 bits) each; a
+    one-word name gets 9 (28 bits), as it has no second word to tell people apart."""
+    return [9] if n == 1 else [7] * n
+
+
+def _letters_bits(letters: int) -> int:
+    consonants = (letters + 1) // 2
+    return consonants * 4 + (letters - consonants) * 2
+
+
+def _spell(bits: int, layout: list[int]) -> str:
+    out = []
+    for letters in layout:
+        word = []
+        for i in range(letters):
+            if i % 2 == 0:
+                word.append(_CONSONANTS[bits & 15])
+                bits >>= 4
+            else:
+                word.append(_VOWELS[bits & 3])
+                bits >>= 2
+        out.append("".join(word).capitalize())
+    return " ".join(out)
+
+
+def _unspell(words: list[str]) -> int:
+    bits = 0
+    shift = 0
+    for word in words:
+        for i, ch in enumerate(word.lower()):
+            if i % 2 == 0:
+                bits |= _CONSONANTS.index(ch) << shift
+                shift += 4
+            else:
+                bits |= _VOWELS.index(ch) << shift
+                shift += 2
+    return bits
 
 
 class Pseudonymizer:
@@ -335,7 +384,10 @@ class Pseudonymizer:
             return got
         family = "text" if hit.kind in ("name", "field") else hit.kind
         d = hmac.digest(self._key, family.encode() + b"\x00" + hit.norm.encode(), "sha256")
-        out = _shaped(family, d, hit, original)
+        if family == "text":
+            out = self._made_up_name(d, len(original.split()))
+        else:
+            out = _shaped(family, d, hit, original)
         with self._lock:
             if len(self._memo) > 100_000:
                 self._memo.clear()
@@ -387,7 +439,7 @@ class Pseudonymizer:
 
     def whole(self, value: Any) -> Any:
         """A named field's value: all of it is personal. A value of a detected kind keeps its
-        shape; a pseudonym stays; anything else (a name, an address) becomes a ``pii_`` token."""
+        shape; a pseudonym stays; anything else (a name, an address) becomes a made-up name."""
         if value is None or isinstance(value, bool):
             return value
         if isinstance(value, dict):
@@ -396,11 +448,39 @@ class Pseudonymizer:
             return [self.whole(v) for v in value]
         text = value if isinstance(value, str) else str(value)
         stripped = text.strip()
-        if not stripped or _TOKEN.fullmatch(stripped) or self._reserved.whole(stripped):
+        if not stripped or self.is_made_up(stripped) or self._reserved.whole(stripped):
             return value
         if self.detector.whole(stripped) is not None:
             return self.text(text)
         return self.pseudonym(Hit(0, len(text), "field", norm_text(text)), text)
+
+    def is_made_up(self, text: str) -> bool:
+        """Whether ``text`` is a made-up name this key gave (its keyed check holds)."""
+        words = text.split(" ")
+        n = len(words)
+        if not 1 <= n <= 3 or [len(w) for w in words] != _word_bits(n):
+            return False
+        if not all(_NAME_WORD.fullmatch(w) for w in words):
+            return False
+        bits = _unspell(words)
+        check_bits = _CHECK_BITS[n]
+        value = bits >> check_bits
+        # the name spells (value, check); recompute the check from the value's own HMAC
+        return self._name_check(value, n) == bits & ((1 << check_bits) - 1)
+
+    def _made_up_name(self, d: bytes, words: int) -> str:
+        """A name-shaped pseudonym: ``words`` (1 to 3) capitalized made-up words spelling
+        part of the value's HMAC ``d`` and a keyed check of that part (:meth:`is_made_up`)."""
+        n = min(max(words, 1), 3)
+        layout = _word_bits(n)
+        total = sum(_letters_bits(w) for w in layout)
+        check_bits = _CHECK_BITS[n]
+        value = int.from_bytes(d[:8], "big") & ((1 << (total - check_bits)) - 1)
+        return _spell((value << check_bits) | self._name_check(value, n), layout)
+
+    def _name_check(self, value: int, n: int) -> int:
+        d = hmac.digest(self._key, b"name-check\x00" + f"{n}:{value}".encode(), "sha256")
+        return int.from_bytes(d[:4], "big") & ((1 << _CHECK_BITS[n]) - 1)
 
     # -- JSON values -----------------------------------------------------------------------
 

@@ -9,7 +9,7 @@ import pytest
 import replayable as rp
 from replayable.demo import agent
 
-OWNER_EMAIL = "dana.whitfield@example.com"
+OWNER_EMAIL = agent.OWNER_EMAIL
 
 
 def record_demo(*, wrong: bool) -> rp.Run:

@@ -37,7 +37,7 @@ def record_incident(store: Store) -> Incident:
         agent.reset_db()
         with rp.record(store, name="support-agent", tags={"demo": "incident"}) as run:
             result = agent.support_agent(agent.REQUEST)
-        if result["customer"]["email"] != "dana.whitfield@example.com":
+        if result["customer"]["email"] != agent.OWNER_EMAIL:
             break
     else:  # pragma: no cover - 0.7**200
         raise AssertionError("the demo agent never picked the wrong record")

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import secrets
 import sys
+from pathlib import Path
 
 import click
 from rich.rule import Rule
@@ -13,6 +15,22 @@ from replayable.cli._common import console, get_store, handle_errors, main, stor
 from replayable.cli._render import step_tree
 
 MAX_ATTEMPTS = 60
+
+
+def _demo_key(where: Path) -> Path | None:
+    """The demo's personal-data key: the one in the environment, else a key file made for the
+    demo beside its database (owner-only). A production recording has no such fallback: with
+    pii on and no key it stops with an error (see docs/personal-data.md)."""
+    if os.environ.get("REPLAYABLE_PII_KEY") or os.environ.get("REPLAYABLE_PII_KEY_FILE"):
+        return None
+    path = where / "pii.key"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32) + "\n")
+    os.environ["REPLAYABLE_PII_KEY_FILE"] = str(path)
+    return path
 
 
 @main.command("demo")
@@ -37,16 +55,18 @@ def demo_cmd(store_url: str | None, db: str | None) -> None:
 
     out = console()
     store = get_store(store_url, create=True)
-    out.print(Rule("1. Production: the support agent runs, recorded"))
+    key_file = _demo_key(agent.db_path().parent)
+    pii = agent.pii()
+    out.print(Rule("1. Production: the support agent runs, recorded (personal data pseudonymized)"))
     out.print(f"request: [italic]{agent.REQUEST}[/italic]")
     agent.GUARD = False
     incident = None
     for _attempt in range(1, MAX_ATTEMPTS + 1):
         agent.reset_db()
-        with rp.record(store, name="support-agent", tags={"demo": "incident"}) as run:
+        with rp.record(store, name="support-agent", tags={"demo": "incident"}, pii=pii) as run:
             result = agent.support_agent(agent.REQUEST)
         customer = result["customer"]
-        wrong = customer["email"] != "dana.whitfield@example.com"
+        wrong = customer["email"] != agent.OWNER_EMAIL
         verdict = "[bold red]WRONG RECORD[/bold red]" if wrong else "[green]correct[/green]"
         out.print(f"  run {run.id}: deleted #{customer['id']} {customer['name']:<15} {verdict}")
         if wrong:
@@ -58,13 +78,24 @@ def demo_cmd(store_url: str | None, db: str | None) -> None:
     after_incident = agent.customers()
 
     out.print(Rule("2. The incident, as recorded"))
-    out.print(step_tree(incident, list(store.iter_events(incident.id))))
+    events = list(store.iter_events(incident.id))
+    out.print(step_tree(incident, events))
+    shown = pii.pseudonymizer()
+    out.print(
+        f"  stored as pseudonyms: {agent.CUSTOMERS[2][1]} is "
+        f"[bold]{shown.text(agent.CUSTOMERS[2][1])}[/bold], {agent.OWNER_EMAIL} is "
+        f"[bold]{shown.text(agent.OWNER_EMAIL)}[/bold] (keyed HMAC, shape kept; the key is "
+        f"{key_file or '$REPLAYABLE_PII_KEY'}, apart from the store)"
+    )
+    # Replays run the agent on its recorded (pseudonymized) request, as `replayable replay`
+    # does: what it reads and what it is served then agree.
+    request = next(e for e in events if e.parent_seq is None).input["request"]
 
     out.print(Rule("3. Replay it offline: outputs served, side effects not re-fired"))
     agent.reset_db()
     before = agent.customers()
     with rp.replay(incident.id, store=store) as replayed:
-        again = agent.support_agent(agent.REQUEST)
+        again = agent.support_agent(request)
     after = agent.customers()
     out.print(replayed.report())
     out.print(
@@ -87,7 +118,7 @@ def demo_cmd(store_url: str | None, db: str | None) -> None:
     agent.GUARD = True
     try:
         with rp.replay(incident.id, store=store, strict=False) as fixed:
-            outcome = agent.support_agent(agent.REQUEST)
+            outcome = agent.support_agent(request)
     finally:
         agent.GUARD = False
     out.print(f"  guarded agent: {outcome['status']}: {outcome.get('reason', '')}")
@@ -101,6 +132,8 @@ def demo_cmd(store_url: str | None, db: str | None) -> None:
     at = f" --store {store.url}" if store_url else ""
     out.print(Rule("Next"))
     demo = "--import replayable.demo.agent"
+    if key_file is not None:
+        out.print(f"  export REPLAYABLE_PII_KEY_FILE={key_file}", markup=False, soft_wrap=True)
     steps = [
         (f"replayable show {incident.id}{at}", "the incident, step by step"),
         (f"replayable replay {incident.id} {demo}{at}", "your code against the recording"),

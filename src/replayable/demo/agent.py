@@ -18,17 +18,20 @@ from typing import Any
 
 import replayable as rp
 
+OWNER_EMAIL = "dana.whitfield@acmemail.io"
+"""The requester's email: a made-up address at a made-up (but not reserved) domain, so that
+``replayable demo``, which records with ``pii=True``, has personal data to pseudonymize."""
+
 REQUEST = (
-    "Please close my account and delete my customer record. "
-    "I'm Dana Whitfield, dana.whitfield@example.com."
+    f"Please close my account and delete my customer record. I'm Dana Whitfield, {OWNER_EMAIL}."
 )
 
 CUSTOMERS = [
-    (11, "Aaron Patel", "aaron.patel@example.com"),
-    (12, "Dana Whitmore", "dana.whitmore@example.org"),
-    (13, "Dana Whitfield", "dana.whitfield@example.com"),
-    (14, "Lena Ortiz", "lena.ortiz@example.com"),
-    (15, "Dan Whitfield", "dan.whitfield@example.net"),
+    (11, "Aaron Patel", "aaron.patel@acmemail.io"),
+    (12, "Dana Whitmore", "dana.whitmore@brightpost.net"),
+    (13, "Dana Whitfield", OWNER_EMAIL),
+    (14, "Lena Ortiz", "lena.ortiz@acmemail.io"),
+    (15, "Dan Whitfield", "dan.whitfield@brightpost.net"),
 ]
 
 GUARD = False
@@ -38,6 +41,12 @@ MODEL = "scripted-sampler-1"
 FINGERPRINT = "fp_demo_1"
 """What the scripted model reports as its model and ``system_fingerprint`` (a model update
 changes them; ``replayable drift`` reports it)."""
+
+
+def pii() -> rp.PII:
+    """The demo's personal-data settings: every kind, and the customers' names listed (as a
+    support team would list its customers), under the key in the environment."""
+    return rp.PII(names=[name for _, name, _ in CUSTOMERS])
 
 
 def db_path() -> Path:

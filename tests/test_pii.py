@@ -257,13 +257,7 @@ emails = st.builds(
     ),
     st.text(string.ascii_lowercase, min_size=2, max_size=10).filter(lambda s: s != "example"),
 )
-ipv4s = (
-    st.ip_addresses(v=4)
-    .filter(
-        lambda a: a.is_global and not any(a in ipaddress.ip_network(n) for n in ("192.0.2.0/24",))
-    )
-    .map(str)
-)
+ipv4s = st.ip_addresses(v=4).filter(lambda a: a.is_global and not a.is_multicast).map(str)
 ssns = st.builds(
     lambda a, g, s: f"{a:03d}-{g:02d}-{s:04d}",
     st.integers(1, 899).filter(lambda a: a != 666),
@@ -281,6 +275,11 @@ ANY_VALUE = st.one_of(
 
 
 class TestProperties:
+    def test_ip_pseudonyms_differ_under_another_key(self) -> None:
+        """IP pseudonyms, drawn from only 762 documentation addresses, still depend on the key."""
+        values = [f"81.2.69.{i}" for i in range(1, 30)]
+        assert [_p().text(v) for v in values] != [_p(OTHER).text(v) for v in values]
+
     @settings(max_examples=150, deadline=None)
     @given(ANY_VALUE, st.sampled_from(["", "see ", "note: "]))
     def test_deterministic_keyed_idempotent_and_shape_keeping(
@@ -295,7 +294,8 @@ class TestProperties:
         assert value not in first
         assert first == two.text(text)
         assert one.text(first) == first
-        assert other.text(text) != first
+        if kind != "ip":  # 762 documentation addresses: two keys meet there 1 time in 762
+            assert other.text(text) != first
         pseudonym = first[len(prefix) : -len(" end")]
         again = Detector([kind], reserved=True).find(pseudonym)
         assert [(h.kind, h.start, h.end) for h in again] == [(kind, 0, len(pseudonym))]

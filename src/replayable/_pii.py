@@ -603,6 +603,38 @@ class Pseudonymizer:
             out.append("".join(pieces))
         return out
 
+    # -- finding without replacing (``replayable scan --pii``) -------------------------------
+
+    def find(self, value: Any, path: str = "") -> list[tuple[str, str]]:
+        """Where personal data sits in a JSON value: (field path, kind) pairs, never the value.
+
+        >>> PII(key="k" * 32).pseudonymizer().find({"to": ["dana@acme.io"]})
+        [('to[0]', 'email')]
+        """
+        out: list[tuple[str, str]] = []
+        self._find(value, path, (), out)
+        return out
+
+    def _find(
+        self, value: Any, path: str, keys: tuple[str, ...], out: list[tuple[str, str]]
+    ) -> None:
+        if isinstance(value, str):
+            out.extend((path, h.kind) for h in self.detector.find(value))
+        elif isinstance(value, dict):
+            for k, v in value.items():
+                sub = f"{path}.{k}" if path else str(k)
+                if isinstance(k, str) and self.detector.find(k):
+                    sub = f"{path}.<key>" if path else "<key>"  # the path never names the value
+                    out.append((sub, self.detector.find(k)[0].kind))
+                fkeys = (*keys, str(k))
+                if self._field(fkeys) and self.whole(v) != v:
+                    out.append((sub, "field"))
+                else:
+                    self._find(v, sub, fkeys, out)
+        elif isinstance(value, list):
+            for i, v in enumerate(value):
+                self._find(v, f"{path}[{i}]", keys, out)
+
     # -- a run's header ----------------------------------------------------------------------
 
     def run(self, run: Run) -> None:

@@ -252,3 +252,55 @@ class TestScan:
         assert result.exit_code == 2
         assert message in result.output
         assert "Traceback" not in result.output
+
+
+PII_KEY = "scan-pii-key-" + "e" * 32
+
+
+@rp.boundary(kind="agent")
+def crm_agent(request: str) -> str:
+    found = lookup(request)
+    return found["answer"]
+
+
+class TestPersonalData:
+    def test_finds_fixes_and_the_run_still_replays(
+        self, store_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """`scan --pii` reports personal data recorded in clear (kind and place, never the
+        value); `--fix` pseudonymizes it, re-keys and re-chains the run: `verify` passes, no
+        value is left on disk, and the run replays with no divergence under the key."""
+        request = "refund dana.whitfield@acme.io, card 4111 1111 1111 1111, call +1 415-867-5309"
+        with rp.record(tags={"customer": "dana.whitfield@acme.io"}) as run:
+            crm_agent(request)
+        monkeypatch.setenv("REPLAYABLE_PII_KEY", PII_KEY)
+        found = CliRunner().invoke(main, ["scan", "--pii"], env=ENV)
+        assert found.exit_code == 1, found.output
+        assert "email" in found.output
+        assert "card" in found.output
+        assert "phone" in found.output
+        assert "whitfield" not in found.output
+        fixed = CliRunner().invoke(main, ["scan", "--pii", "--fix"], env=ENV)
+        assert fixed.exit_code == 0, fixed.output
+        assert "pseudonymized" in fixed.output
+        rp.open_store(store_path).close()
+        for f in store_path.parent.glob("traces.db*"):
+            data = f.read_bytes()
+            for part in (b"dana.whitfield", b"4111 1111", b"867-5309"):
+                assert part not in data, f"{f.name}: {part!r}"
+        verified = CliRunner().invoke(main, ["verify", run.id], env=ENV)
+        assert verified.exit_code == 0, verified.output
+        again = CliRunner().invoke(main, ["scan", "--pii"], env=ENV)
+        assert again.exit_code == 0, again.output
+        with rp.replay(run.id) as r:
+            crm_agent(request)
+        assert r.divergences == []
+
+    def test_without_a_key_it_says_how_to_set_one(self) -> None:
+        """`scan --pii` with no key set is a clear error, not a traceback."""
+        with rp.record():
+            lookup("dana@acme.io")
+        out = CliRunner().invoke(main, ["scan", "--pii"], env=ENV)
+        assert out.exit_code == 2
+        assert "REPLAYABLE_PII_KEY" in out.output
+        assert "Traceback" not in out.output

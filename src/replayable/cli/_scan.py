@@ -13,6 +13,7 @@ import orjson
 from click.core import ParameterSource
 
 from replayable import canonical
+from replayable._pii import PII, Pseudonymizer
 from replayable.boundary import get_boundary
 from replayable.cassette import read_cassette, write_cassette
 from replayable.cli._common import console, fail, get_store, handle_errors, main, store_option
@@ -75,19 +76,42 @@ def _rekeyed(boundary: str, key: str, old: Any, new_input: Any) -> tuple[Any, st
     return new_input, canonical.input_key(b, orjson.dumps(new_input))
 
 
-def _fix(run: Run, events: list[Event]) -> None:
-    """Redact the run in place, recompute its chain in write order and re-sign its head."""
+def _pii_hits(p: Pseudonymizer, run: Run, events: Iterable[Event]) -> Iterator[_Hit]:
+    """Personal data in a run: where, and of what kind (never the value)."""
+    header = {
+        "name": run.name,
+        "tags": run.tags,
+        "metadata": {k: v for k, v in run.metadata.items() if k != "pii"},
+        "environment": run.environment,
+        "error": run.error,
+    }
+    for path, kind in p.find(header):
+        yield _Hit(run.id, "(run)", path, kind)
+    for ev in events:
+        for name in _EVENT_FIELDS:
+            for path, kind in p.find(getattr(ev, name), name):
+                yield _Hit(run.id, ev.address, path, kind)
+
+
+def _fix(run: Run, events: list[Event], pii: Pseudonymizer | None = None) -> None:
+    """Redact the run in place (or, with ``pii``, pseudonymize its personal data, noting the
+    settings a replay needs), recompute its chain in write order and re-sign its head."""
     if run.signature is not None and signing_key() is None:
         fail(
             f"run {run.id} is signed: set $REPLAYABLE_SIGNING_KEY so --fix can re-sign it "
             "(otherwise `verify` would fail afterwards)"
         )
-    redact_run(run)
+    clean: Any = redact if pii is None else pii.value
+    if pii is None:
+        redact_run(run)
+    else:
+        pii.run(run)
     for ev in events:
-        ev.input, ev.key = _rekeyed(ev.boundary, ev.key, ev.input, redact(ev.input))
-        ev.output = redact(ev.output)
-        ev.error = None if ev.error is None else redact(ev.error)
-        ev.meta = redact(ev.meta)
+        ev.input, ev.key = _rekeyed(ev.boundary, ev.key, ev.input, clean(ev.input))
+        streamed = pii is not None and ev.meta.get("stream") and isinstance(ev.output, list)
+        ev.output = pii.chunks(ev.output) if streamed and pii is not None else clean(ev.output)
+        ev.error = None if ev.error is None else clean(ev.error)
+        ev.meta = clean(ev.meta)
     rechain(run, events)
 
 
@@ -140,11 +164,39 @@ def _report(hits: list[_Hit]) -> None:
     help="Redact what is found, re-chain each changed run and re-sign it (with "
     "$REPLAYABLE_SIGNING_KEY), so `replayable verify` passes afterwards.",
 )
+@click.option(
+    "--pii",
+    "pii_on",
+    is_flag=True,
+    help="Look for personal data instead of secrets (emails, phone numbers, cards, IBANs, IP "
+    "addresses, SSNs); --fix pseudonymizes it under $REPLAYABLE_PII_KEY and re-keys each step, "
+    "so the run still replays (with the same key).",
+)
+@click.option(
+    "--pii-field",
+    "pii_fields",
+    multiple=True,
+    help="With --pii: a field whose whole value is personal ('customer.name', '*.address').",
+)
+@click.option(
+    "--pii-names",
+    "pii_names",
+    type=click.Path(dir_okay=False, exists=True),
+    help="With --pii: a file of names (one a line) to find in any text.",
+)
 @click.pass_context
 @handle_errors
-def scan_cmd(ctx: click.Context, files: tuple[str, ...], store_url: str | None, fix: bool) -> None:
+def scan_cmd(
+    ctx: click.Context,
+    files: tuple[str, ...],
+    store_url: str | None,
+    fix: bool,
+    pii_on: bool,
+    pii_fields: tuple[str, ...],
+    pii_names: str | None,
+) -> None:
     """Report secrets already recorded: in every run of a store, or in FILES (trace files
-    and cassettes, told apart by their first line).
+    and cassettes, told apart by their first line). With --pii, personal data instead.
 
     One line per finding: run (or the file), step address ('(run)' for the run's header; for a
     cassette, its line and boundary), field path and the rule that fired; never the secret
@@ -156,9 +208,17 @@ def scan_cmd(ctx: click.Context, files: tuple[str, ...], store_url: str | None, 
       replayable scan --store postgresql://...     a shared store
       replayable scan traces/*.jsonl --fix         redact promoted trace files in place
       replayable scan tests/cassettes/*.jsonl      cassettes (--fix re-keys what it redacts)
+      replayable scan --pii --fix                  pseudonymize personal data recorded before
     """
     if files and ctx.get_parameter_source("store_url") == ParameterSource.COMMANDLINE:
         fail("give either --store or trace files, not both")
+    if (pii_fields or pii_names) and not pii_on:
+        fail("--pii-field and --pii-names go with --pii")
+    if pii_on:
+        names = Path(pii_names).read_text(encoding="utf-8").splitlines() if pii_names else []
+        pseudonymizer = PII(fields=pii_fields, names=[n for n in names if n.strip()])
+        _scan_pii(ctx, files, store_url, fix, pseudonymizer.pseudonymizer())
+        return
     missing = [p for p in files if not Path(p).is_file()]
     if missing:
         fail(f"no such trace file or cassette: {missing[0]}")
@@ -197,4 +257,48 @@ def scan_cmd(ctx: click.Context, files: tuple[str, ...], store_url: str | None, 
         click.echo(f"redacted {len(hits)} secret(s) in {fixed_runs} {where}, re-chained, re-signed")
     else:
         click.echo(f"{len(hits)} secret(s) in {runs} {where}; `replayable scan --fix` redacts them")
+        ctx.exit(1)
+
+
+def _scan_pii(
+    ctx: click.Context, files: tuple[str, ...], store_url: str | None, fix: bool, p: Pseudonymizer
+) -> None:
+    """``scan --pii``: report (and with ``fix``, pseudonymize) personal data in runs."""
+    if any(_is_cassette(path) for path in files):
+        fail("--pii scans runs and trace files; record cassettes with rp.cassette(..., pii=...)")
+    hits: list[_Hit] = []
+    fixed_runs = 0
+    if files:
+        for path in files:
+            run, events = read_trace(path)
+            found = list(_pii_hits(p, run, events))
+            hits.extend(found)
+            if fix and found:
+                _fix(run, events, p)
+                write_trace(run, events, path)
+                fixed_runs += 1
+    else:
+        store = get_store(store_url)
+        for run in store.list_runs(RunQuery(limit=_ALL)):
+            events = list(store.iter_events(run.id))
+            found = list(_pii_hits(p, run, events))
+            hits.extend(found)
+            if fix and found:
+                _fix(run, events, p)
+                store.replace_run(run, [event_to_row(e) for e in events])
+                fixed_runs += 1
+    _report(hits)
+    runs = len({h.run for h in hits})
+    if not hits:
+        click.echo("no personal data found")
+    elif fix:
+        click.echo(
+            f"pseudonymized {len(hits)} personal value(s) in {fixed_runs} run(s), re-keyed, "
+            "re-chained, re-signed; replaying them needs $REPLAYABLE_PII_KEY"
+        )
+    else:
+        click.echo(
+            f"{len(hits)} personal value(s) in {runs} run(s); `replayable scan --pii --fix` "
+            "pseudonymizes them"
+        )
         ctx.exit(1)

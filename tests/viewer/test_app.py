@@ -248,3 +248,35 @@ class TestApi:
         first = data["pairs"][data["first_divergence"]]
         assert first["status"] == "only_a"
         assert first["boundary"] == "replayable.demo.agent:delete_record"
+
+
+PII_KEY = "viewer-pii-key-" + "a" * 32
+
+
+@rp.boundary(kind="tool")
+def find_customer(email: str) -> dict[str, Any]:
+    return {"email": email, "phone": "+1 415-867-5309"}
+
+
+class TestReveal:
+    def test_pages_show_pseudonyms_and_reveal_with_the_key(
+        self, store: Store, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A pii run shows pseudonyms; with reveal=True and the key, its step shows the real
+        values from the vault; under another key the page is a 400 naming the key ids."""
+        pii = rp.PII(key=PII_KEY, vault=tmp_path / "vault.db")
+        with rp.record(store, pii=pii) as run:
+            find_customer("dana.whitfield@acme.io")
+        plain = _client(store).get(f"/api/runs/{run.id}/steps/0").text
+        assert "dana.whitfield@acme.io" not in plain
+        assert "@example.com" in plain
+        monkeypatch.setenv("REPLAYABLE_PII_KEY", PII_KEY)
+        shown = _client(store, reveal=True).get(f"/api/runs/{run.id}/steps/0")
+        assert shown.status_code == 200
+        assert "dana.whitfield@acme.io" in shown.text
+        assert "867-5309" in shown.text
+        monkeypatch.setenv("REPLAYABLE_PII_KEY", "another-viewer-key-" + "b" * 32)
+        wrong = _client(store, reveal=True).get(f"/api/runs/{run.id}/steps/0")
+        assert wrong.status_code == 400
+        assert "key id" in wrong.text
+        assert "dana.whitfield" not in wrong.text

@@ -160,6 +160,12 @@ def stats_cmd(store_url: str | None, since: str, name: str | None, as_json: bool
     help="Another service's store: the runs it recorded for a remote step are nested under "
     "that step (the viewer's own store is searched too); repeatable.",
 )
+@click.option(
+    "--reveal",
+    is_flag=True,
+    help="Show the real values behind personal-data pseudonyms (from each run's vault, with "
+    "the key in $REPLAYABLE_PII_KEY); needs --auth-token off this machine.",
+)
 @handle_errors
 def serve_cmd(
     store_url: str | None,
@@ -167,6 +173,7 @@ def serve_cmd(
     port: int,
     auth_token: str | None,
     linked_urls: tuple[str, ...],
+    reveal: bool,
 ) -> None:
     """Open the web viewer: runs, step trees with a timeline, step details and run diffs.
 
@@ -182,9 +189,13 @@ def serve_cmd(
     except ImportError as exc:
         fail(f'the viewer needs {exc.name}: pip install "replayable[viewer]"')
         return
+    if reveal:
+        from replayable._pii import load_key
+
+        load_key()  # no key: say so now, not on the first page
     store = get_store(store_url)
     linked = [get_store(u) for u in linked_urls]
-    app = create_app(store, token=auth_token, local_only=local, linked=linked)
+    app = create_app(store, token=auth_token, local_only=local, linked=linked, reveal=reveal)
     shown = f"[{host}]" if ":" in host else host
     url = f"http://{shown}:{port}/"
     out = console()

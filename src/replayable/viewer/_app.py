@@ -151,6 +151,7 @@ def create_app(
     local_only: bool = True,
     max_inline_bytes: int = MAX_INLINE_BYTES,
     linked: Sequence[Store] = (),
+    reveal: bool = False,
 ) -> Starlette:
     """The viewer as an ASGI app over ``store``.
 
@@ -158,6 +159,8 @@ def create_app(
     run's remote steps, nested under them; ``store`` is always searched.
     ``token``: required on every request (``Authorization: Bearer``, a cookie set by visiting
     ``/?token=...``). ``local_only``: refuse requests whose Host is not 127.0.0.1/localhost.
+    ``reveal``: a run's pages show the real values behind personal-data pseudonyms, from its
+    vault, with the key in the environment (a wrong key is a 400 naming both key ids).
 
     For example (a sketch, not run as a doctest)::
 
@@ -165,7 +168,7 @@ def create_app(
         uvicorn.run(create_app(open_store("traces.db")), host="127.0.0.1", port=8765)
     """
     templates = _templates()
-    cache = RunCache(store, linked=linked)
+    cache = RunCache(store, linked=linked, reveal=reveal)
 
     def page(request: Request, name: str, status_code: int = 200, **context: Any) -> Response:
         context.setdefault("title", "replayable")

@@ -114,8 +114,14 @@ def _placed(
     return rows
 
 
-def _load(store: Store, run: Run, stores: Sequence[Store] = ()) -> LoadedRun:
-    events = list(store.iter_events(run.id))
+def _load(
+    store: Store, run: Run, stores: Sequence[Store] = (), reveal: bool = False
+) -> LoadedRun:
+    events: list[Event] = list(store.iter_events(run.id))
+    if reveal and "pii" in run.metadata:  # real values, from the run's vault, with the key
+        from replayable._pii_vault import reveal_run
+
+        run, events = reveal_run(run, events)
     return loaded_run(run, events, linked_tree(run, stores or [store]))
 
 
@@ -135,11 +141,15 @@ def loaded_run(
 class RunCache:
     """Finished runs never change, so their parsed events and trees are kept (a few, LRU)."""
 
-    def __init__(self, store: Store, size: int = 8, linked: Sequence[Store] = ()) -> None:
+    def __init__(
+        self, store: Store, size: int = 8, linked: Sequence[Store] = (), *, reveal: bool = False
+    ) -> None:
         self.store = store
         self.linked = list(linked)
         """Further stores to find the runs other services recorded for a run's steps in."""
         self.size = size
+        self.reveal = reveal
+        """Show the real values behind personal-data pseudonyms (``serve --reveal``)."""
         self._items: OrderedDict[str, LoadedRun] = OrderedDict()
         self._lock = threading.Lock()
 
@@ -164,7 +174,7 @@ class RunCache:
             if hit is not None and hit.run.status == run.status:
                 self._items.move_to_end(run.id)
                 return hit
-        loaded = _load(store, run, [self.store, *self.linked])
+        loaded = _load(store, run, [self.store, *self.linked], self.reveal)
         if run.status in ("ok", "error"):
             with self._lock:
                 self._items[run.id] = loaded

@@ -305,3 +305,25 @@ class TestVault:
         )
         assert NAME in as_json.output
         assert VALUES["card"] in as_json.output
+
+    def test_a_tampered_vault_is_a_clear_error(self, tmp_path: Path) -> None:
+        """A value moved to another pseudonym's row does not open (the pseudonym is bound to
+        its value): reveal refuses with a clear error instead of showing the wrong person."""
+        import sqlite3
+
+        pii = rp.PII(key=KEY, vault=tmp_path / "vault.db")
+        with rp.record(pii=pii) as run:
+            agent("argument", ALL)
+        with sqlite3.connect(tmp_path / "vault.db") as db:
+            rows = db.execute(
+                "SELECT pseudonym, nonce, box FROM vault ORDER BY pseudonym"
+            ).fetchall()
+            assert len(rows) >= 2
+            (a, _, _), (_, nonce, box) = rows[0], rows[1]
+            db.execute("UPDATE vault SET nonce = ?, box = ? WHERE pseudonym = ?", (nonce, box, a))
+        out = CliRunner().invoke(
+            main, ["show", run.id, "--reveal"], env={"NO_COLOR": "1", "REPLAYABLE_PII_KEY": KEY}
+        )
+        assert out.exit_code == 2
+        assert "does not open" in out.output
+        assert "Traceback" not in out.output

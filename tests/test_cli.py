@@ -179,6 +179,11 @@ class TestDemo:
         assert "never reached" in out
         runs = rp.open_store(tmp_path / "demo.db").list_runs()
         assert any(r.parent_run for r in runs)
+        assert "stored as pseudonyms" in out
+        for f in tmp_path.glob("demo.db*"):  # recorded with pii=True: no customer in clear
+            data = f.read_bytes()
+            for part in (b"Whitfield", b"Whitmore", b"acmemail", b"brightpost"):
+                assert part not in data, f"{f.name} holds {part!r}"
 
 
 class TestTraceFiles:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -167,6 +168,7 @@ class TestDemo:
                 "COLUMNS": "120",
                 "REPLAYABLE_STORE": str(tmp_path / "demo.db"),
                 "REPLAYABLE_DEMO_DB": str(tmp_path / "customers.db"),
+                "PYTHONPATH": os.environ.get("PYTHONPATH", ""),  # the code under test
             },
         )
         assert proc.returncode == 0, proc.stderr + proc.stdout

@@ -367,6 +367,7 @@ class Pseudonymizer:
         self._literals = tuple(orjson.dumps(k) + b":" for k in sorted(self._lasts - {"*"}))
         self._clean_keys: set[str] = set()
         self._texts: dict[str, str] = {}
+        self._texts_size = 0
         """Texts seen, with their pseudonymized form (a clean one only when every kind was
         looked for)."""
 
@@ -409,10 +410,8 @@ class Pseudonymizer:
             return got
         hits = self.detector.find(text, only)
         if not hits:
-            if only is None and len(text) < 65536:
-                if len(memo) > 4096:
-                    memo.clear()
-                memo[text] = text
+            if only is None:
+                self._remember(text, text)
             return text
         out: list[str] = []
         pos = 0
@@ -422,11 +421,19 @@ class Pseudonymizer:
             pos = h.end
         out.append(text[pos:])
         new = "".join(out)
-        if len(text) < 65536:
-            if len(memo) > 4096:
-                memo.clear()
-            memo[text] = new
+        self._remember(text, new)
         return new
+
+    def _remember(self, text: str, new: str) -> None:
+        """Keep a text's pseudonymized form, within about 8 MB of text (then start over)."""
+        size = len(text)
+        if size > 65536:
+            return
+        if self._texts_size + size > 8_000_000:
+            self._texts.clear()
+            self._texts_size = 0
+        self._texts[text] = new
+        self._texts_size += size
 
     def _dict_key(self, key: str, only: frozenset[str] | None) -> str:
         """A dict key pseudonymized (keys recur in every event: the clean ones are remembered)."""

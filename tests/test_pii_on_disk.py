@@ -327,3 +327,27 @@ class TestVault:
         assert out.exit_code == 2
         assert "does not open" in out.output
         assert "Traceback" not in out.output
+
+
+class TestRecordedKeyFile:
+    def test_a_key_file_named_in_code_is_found_by_replay_only_if_private(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A run recorded with PII(key_file=...) keeps the path (never the key) and replays
+        without the environment; a file others can read, or holding another key, is not used."""
+        keyfile = tmp_path / "pii.key"
+        keyfile.write_text(KEY)
+        keyfile.chmod(0o600)
+        with rp.record(pii=rp.PII(key_file=keyfile)) as run:
+            agent("argument", ALL)
+        assert KEY not in json.dumps(run.metadata)
+        with rp.replay(run.id) as r:
+            agent("argument", ALL)
+        assert r.ok
+        keyfile.chmod(0o644)
+        with pytest.raises(rp.PIIKeyError, match="needs the same key"):
+            rp.replay(run.id)
+        keyfile.chmod(0o600)
+        keyfile.write_text("some-other-key-" + "z" * 32)
+        with pytest.raises(rp.PIIKeyError, match="needs the same key"):
+            rp.replay(run.id)

@@ -136,6 +136,7 @@ def _compiled(pii: PII, key: bytes) -> Pseudonymizer:
         region=pii.region,
         on_new=vault.add if vault is not None else None,
         vault=None if pii.vault is None else os.fspath(pii.vault),
+        key_file=None if pii.key_file is None else os.path.abspath(pii.key_file),
     )
 
 
@@ -346,9 +347,13 @@ class Pseudonymizer:
         region: str = "US",
         on_new: Callable[[str, str], None] | None = None,
         vault: str | None = None,
+        key_file: str | None = None,
     ) -> None:
         self._key = key
         self.vault = vault
+        self.key_file = key_file
+        """The key file named in code (``PII(key_file=...)``): its path (never the key) is kept
+        in the run's settings, so a replay on this machine finds the key without the env."""
         """Where the vault is (kept in the run's settings, so ``show --reveal`` finds it)."""
         self.key_id = key_id(key)
         self.kinds = tuple(k for k in KINDS if k in set(kinds))
@@ -671,6 +676,8 @@ class Pseudonymizer:
         }
         if self.vault is not None:
             out["vault"] = self.vault
+        if self.key_file is not None:
+            out["key_file"] = self.key_file
         if self.names:
             out["names"] = _seal(self._key, json.dumps(list(self.names)).encode())
         return out
@@ -724,6 +731,31 @@ def _unseal(key: bytes, sealed: str, run_id: str) -> bytes:
         ) from exc
 
 
+def run_key(run_id: str, settings: dict[str, Any], explicit: PII | None, doing: str) -> bytes:
+    """The key to replay or reveal a run with: ``explicit``'s, else the environment's, else
+    the key file the run's code named (checked: a regular file readable by its owner only,
+    holding the run's key, so an edited store cannot make us use some other file)."""
+    try:
+        return load_key(explicit.key if explicit else None, explicit.key_file if explicit else None)
+    except PIIKeyError as exc:
+        missing = exc
+    named = settings.get("key_file")
+    if isinstance(named, str) and named:
+        path = Path(named)
+        try:
+            private = path.is_file() and not path.stat().st_mode & 0o077
+            raw = path.read_bytes().strip() if private else b""
+        except OSError:
+            raw = b""
+        if len(raw) >= MIN_KEY_BYTES and key_id(raw) == settings.get("key_id"):
+            return raw
+    raise PIIKeyError(
+        f"run {run_id} was recorded with personal data pseudonymized (key id "
+        f"{settings.get('key_id')}); {doing} it needs the same key: {missing}",
+        run_id=run_id,
+    ) from missing
+
+
 # -- which policy a run records under ---------------------------------------------------------
 
 _STORE_DEFAULTS: weakref.WeakKeyDictionary[Any, PII] = weakref.WeakKeyDictionary()
@@ -763,14 +795,7 @@ def for_replay(
     if not isinstance(settings, dict):
         return None  # recorded in clear: live inputs must match it as they are
     explicit = pii if isinstance(pii, PII) else None
-    try:
-        key = load_key(explicit.key if explicit else None, explicit.key_file if explicit else None)
-    except PIIKeyError as exc:
-        raise PIIKeyError(
-            f"run {run_id} was recorded with personal data pseudonymized (key id "
-            f"{settings.get('key_id')}); replaying it needs the same key: {exc}",
-            run_id=run_id,
-        ) from exc
+    key = run_key(run_id, settings, explicit, "replaying")
     if key_id(key) != settings.get("key_id"):
         raise PIIKeyError(
             f"run {run_id} was pseudonymized under key id {settings.get('key_id')}, but the key "

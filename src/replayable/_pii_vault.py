@@ -144,7 +144,7 @@ def reveal_run(
 
     Raises :class:`~replayable.errors.PIIKeyError` when the run was not recorded with
     personal data pseudonymized, when no key is set, or when the key is not the run's."""
-    from replayable._pii import META_KEY, key_id, load_key
+    from replayable._pii import META_KEY, key_id, run_key
     from replayable.trace import Event, Run
 
     settings = run.metadata.get(META_KEY)
@@ -153,14 +153,7 @@ def reveal_run(
             f"run {run.id} was not recorded with pii on: there are no pseudonyms to reveal",
             run_id=run.id,
         )
-    try:
-        key = load_key()
-    except PIIKeyError as exc:
-        raise PIIKeyError(
-            f"revealing run {run.id} needs the key it was recorded under (key id "
-            f"{settings.get('key_id')}): {exc}",
-            run_id=run.id,
-        ) from exc
+    key = run_key(run.id, settings, None, "revealing")
     if key_id(key) != settings.get("key_id"):
         raise PIIKeyError(
             f"run {run.id} was pseudonymized under key id {settings.get('key_id')}; the key "

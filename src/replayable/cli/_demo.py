@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import click
@@ -29,7 +30,6 @@ def _demo_key(where: Path) -> Path | None:
         fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(secrets.token_hex(32) + "\n")
-    os.environ["REPLAYABLE_PII_KEY_FILE"] = str(path)
     return path
 
 
@@ -56,7 +56,7 @@ def demo_cmd(store_url: str | None, db: str | None) -> None:
     out = console()
     store = get_store(store_url, create=True)
     key_file = _demo_key(agent.db_path().parent)
-    pii = agent.pii()
+    pii = agent.pii() if key_file is None else replace(agent.pii(), key_file=key_file)
     out.print(Rule("1. Production: the support agent runs, recorded (personal data pseudonymized)"))
     out.print(f"request: [italic]{agent.REQUEST}[/italic]")
     agent.GUARD = False
@@ -132,8 +132,6 @@ def demo_cmd(store_url: str | None, db: str | None) -> None:
     at = f" --store {store.url}" if store_url else ""
     out.print(Rule("Next"))
     demo = "--import replayable.demo.agent"
-    if key_file is not None:
-        out.print(f"  export REPLAYABLE_PII_KEY_FILE={key_file}", markup=False, soft_wrap=True)
     steps = [
         (f"replayable show {incident.id}{at}", "the incident, step by step"),
         (f"replayable replay {incident.id} {demo}{at}", "your code against the recording"),

@@ -114,9 +114,7 @@ def _placed(
     return rows
 
 
-def _load(
-    store: Store, run: Run, stores: Sequence[Store] = (), reveal: bool = False
-) -> LoadedRun:
+def _load(store: Store, run: Run, stores: Sequence[Store] = (), reveal: bool = False) -> LoadedRun:
     events: list[Event] = list(store.iter_events(run.id))
     if reveal and "pii" in run.metadata:  # real values, from the run's vault, with the key
         from replayable._pii_vault import reveal_run

@@ -143,6 +143,7 @@ class TestBytesOnDisk:
         and `replayable export`; the run replays with no divergence."""
         store = SQLiteStore(tmp_path / "s.db")
         run = record_position(position, VALUES[kind], store, monkeypatch)
+        rp.flush()  # the files are read behind the store's back
         files = sorted(tmp_path.glob("s.db*"))
         assert any(f.name.endswith("-wal") for f in files)
         for f in files:
@@ -158,6 +159,7 @@ class TestBytesOnDisk:
         with rp.replay(run.id, store=store) as r:
             agent(position, VALUES[kind])
         assert r.divergences == []
+        rp.flush()
         for f in sorted(tmp_path.glob("s.db*")):
             assert_absent(f.read_bytes(), f"{f.name} after the replay")
         store.close()
@@ -173,6 +175,7 @@ class TestBytesOnDisk:
         with rp.replay(runs[0].id, store=store) as r:
             agent(position, next(iter(VALUES.values())))
         assert r.divergences == []
+        rp.flush()
         with psycopg.connect(pg_url) as conn:
             rows = conn.execute(
                 "SELECT row_to_json(r)::text FROM runs r UNION ALL "
@@ -220,6 +223,7 @@ class TestOtherFiles:
         assert "4000 00" in r.report()  # the changed card shows as a changed pseudonym
         for text in texts:
             assert_absent(text, "divergence, report, logs or warnings")
+        rp.flush()
         for f in Path().glob("traces.db*"):
             assert_absent(f.read_bytes(), f.name)
 
@@ -249,6 +253,7 @@ class TestOtherFiles:
         monkeypatch.setenv("REPLAYABLE_PII_KEY", KEY)
         report = rp.check(imports=[__name__])
         assert report.counts["unchanged"] == 1, report.summary()
+        rp.flush()
         for f in Path().glob("traces.db*"):
             assert_absent(f.read_bytes(), f.name)
 
@@ -279,6 +284,7 @@ class TestVault:
         pii = rp.PII(names=[NAME], key=KEY, vault=tmp_path / "vault.db")
         with rp.record(pii=pii) as run:
             agent("argument", ALL)
+        rp.flush()  # the writer fills the vault as it pseudonymizes
         assert_absent((tmp_path / "vault.db").read_bytes(), "vault")
         assert oct((tmp_path / "vault.db").stat().st_mode & 0o777) == "0o600"
         env = {"NO_COLOR": "1", "COLUMNS": "300"}
@@ -314,6 +320,7 @@ class TestVault:
         pii = rp.PII(key=KEY, vault=tmp_path / "vault.db")
         with rp.record(pii=pii) as run:
             agent("argument", ALL)
+        rp.flush()
         with sqlite3.connect(tmp_path / "vault.db") as db:
             rows = db.execute(
                 "SELECT pseudonym, nonce, box FROM vault ORDER BY pseudonym"

@@ -283,7 +283,7 @@ class TestPersonalData:
         fixed = CliRunner().invoke(main, ["scan", "--pii", "--fix"], env=ENV)
         assert fixed.exit_code == 0, fixed.output
         assert "pseudonymized" in fixed.output
-        rp.open_store(store_path).close()
+        rp.flush()
         for f in store_path.parent.glob("traces.db*"):
             data = f.read_bytes()
             for part in (b"dana.whitfield", b"4111 1111", b"867-5309"):

@@ -80,6 +80,7 @@ def _key(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def assert_clean_store() -> None:
     """No personal value in the SQLite file or its WAL."""
+    rp.flush()  # read behind the store's back
     for f in Path().glob("traces.db*"):
         data = f.read_bytes()
         for part in (EMAIL.encode(), b"867-5309", b"Whitfield"):

@@ -38,6 +38,7 @@ __all__ = [
     "find_linked",
     "follow_header",
     "linked_tree",
+    "merged_events",
     "run_metadata",
 ]
 
@@ -109,6 +110,45 @@ def linked_tree(
             nested = linked_tree(callee, stores, depth=depth - 1, seen=seen)
             entry = Callee(callee, list(store.iter_events(callee.id)), nested)
             out.setdefault(callee.parent.step, []).append(entry)
+    return out
+
+
+_SEQ_STRIDE = 1_000_000
+
+
+def merged_events(events: Iterable[Any], linked: Mapping[str, list[Callee]]) -> list[Any]:
+    """A run's events with its linked runs' events folded in, as if one run: a callee's step
+    ``a/0`` under the caller's step ``s`` becomes ``s > service: a/0`` (the address a followed
+    replay reports a callee's divergence at), its seq moved past the caller's. For
+    ``diff --follow``."""
+    from replayable.trace import Event
+
+    out: list[Any] = list(events)
+    by_address = {ev.address: ev for ev in out}
+    block = 0
+
+    def fold(step: str, callees: list[Callee]) -> None:
+        nonlocal block
+        caller = by_address.get(step)
+        for callee in callees:
+            block += 1
+            service = callee.run.metadata.get("service") or "service"
+            offset = block * _SEQ_STRIDE
+            for ev in callee.events:
+                copy = Event.from_dict(ev.to_dict())
+                copy.address = f"{step} > {service}: {ev.address}"
+                copy.seq = ev.seq + offset
+                if ev.parent_seq is not None:
+                    copy.parent_seq = ev.parent_seq + offset
+                elif caller is not None:
+                    copy.parent_seq = caller.seq
+                out.append(copy)
+                by_address[copy.address] = copy
+            for sub, nested in callee.callees.items():
+                fold(f"{step} > {service}: {sub}", nested)
+
+    for step, callees in linked.items():
+        fold(step, callees)
     return out
 
 

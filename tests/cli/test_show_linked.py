@@ -88,3 +88,26 @@ class TestShowLinked:
         assert result.exit_code != 0
         assert "Traceback" not in result.output
         assert "ffffffff" in result.output
+
+
+class TestDiffFollow:
+    """`diff --follow` compares the callees' steps too."""
+
+    def test_a_change_inside_billing_shows_at_its_step(self, tmp_path: Path) -> None:
+        """Two incidents whose billing differed: --follow names billing's changed step."""
+        run_a, caller_db, billing_db = _incident(tmp_path)
+        services.BILLING["version"] = 2
+        try:
+            run_b, _, _ = _incident(tmp_path)
+        finally:
+            services.BILLING["version"] = 1
+        args = ["diff", run_a.id, run_b.id, "--store", str(caller_db), "--json"]
+        plain = orjson.loads(CliRunner().invoke(main, args).output)
+        followed = orjson.loads(
+            CliRunner().invoke(main, [*args, "--follow", "--linked-store", str(billing_db)]).output
+        )
+        inside = "http:POST billing/charge/0 > billing: billing:insert_charge/0"
+        assert inside not in orjson.dumps(plain).decode()
+        changed = [p["a"]["address"] for p in followed["pairs"] if p["status"] == "changed"]
+        assert inside in changed
+        assert not followed["identical"]

@@ -17,6 +17,7 @@ straight from the store (or from trace files shipped with the task).
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import math
 import os
@@ -138,6 +139,7 @@ def check(
     save: bool = True,
     save_to: Store | str | os.PathLike[str] | None = None,
     progress: ProgressFn | None = None,
+    follow: bool = False,
 ) -> CheckReport:
     """Replay every selected recorded run against the code as it is now, and sort the runs.
 
@@ -154,6 +156,10 @@ def check(
     With ``save`` (the default) the check, its groups and every run's outcome are kept in
     ``save_to`` (default: ``store``, or the default SQLite store when ``store`` is a trace
     directory), with the replays of the runs that diverged or failed.
+
+    ``follow=True``: a run another service recorded for a step of a selected run (a linked
+    run, :attr:`~replayable.Run.parent`) counts as part of its caller: it is not listed on its
+    own, and when it diverged or failed, so did its caller (the detail names the service).
 
     >>> import os
     >>> import replayable as rp
@@ -260,6 +266,13 @@ def check(
             progress(len(done), total)
     done.sort(key=lambda d: d.index)
     outcomes = [d.outcome for d in done]
+    if follow:
+        callers = {
+            r.id: (r.parent.run, str(r.metadata.get("service") or "service"))
+            for r, _ in chosen
+            if r is not None and r.parent is not None
+        }
+        outcomes = _fold_callees(outcomes, callers)
     report = CheckReport(
         id=check_id,
         started_at=started,
@@ -277,6 +290,34 @@ def check(
         _save(target, report, [d.kept for d in done if d.kept is not None])
         report.saved_to = target.url
     return report
+
+
+_WORSE = {"unchanged": 0, "not_replayable": 0, "diverged": 1, "failed": 2}
+"""How bad an outcome is for a caller whose linked run had it (a linked run no root call
+replays is the caller's concern only)."""
+
+
+def _fold_callees(
+    outcomes: list[RunOutcome], callers: Mapping[str, tuple[str, str]]
+) -> list[RunOutcome]:
+    """Outcomes with each linked run folded into its caller's (when the caller was checked
+    too): the caller takes the worse of the two, the detail naming the service and run."""
+    by_id = {o.run_id: o for o in outcomes}
+    folded: set[str] = set()
+    for o in outcomes:
+        link = callers.get(o.run_id)
+        if link is None or link[0] not in by_id:
+            continue
+        folded.add(o.run_id)
+        caller = by_id[link[0]]
+        if _WORSE.get(o.outcome, 0) > _WORSE.get(caller.outcome, 0):
+            by_id[link[0]] = dataclasses.replace(
+                caller,
+                outcome=o.outcome,
+                signature=o.signature,
+                detail=f"in service {link[1]} (run {o.run_id}): {o.detail}",
+            )
+    return [by_id[o.run_id] for o in outcomes if o.run_id not in folded]
 
 
 def _trace_bytes(store: Store, run: Run) -> bytes:

@@ -132,6 +132,12 @@ def junit_cases(report: CheckReport) -> list[JUnitCase]:
     "or .replayable/traces.db when --store is a directory of trace files.",
 )
 @click.option("--no-save", is_flag=True, help="Do not keep the check.")
+@click.option(
+    "--follow",
+    is_flag=True,
+    help="Count a run another service recorded for a step of a checked run (same store) as "
+    "part of that run: not listed on its own; its divergence or failure is its caller's.",
+)
 @handle_errors
 def check_cmd(
     modules: tuple[str, ...],
@@ -145,6 +151,7 @@ def check_cmd(
     junit: str | None,
     save_to: str | None,
     no_save: bool,
+    follow: bool,
 ) -> None:
     """Replay every selected recorded run against your code as it is now, and sort the runs:
     unchanged; diverged, grouped by the first divergence (boundary, reason, changed fields),
@@ -190,6 +197,7 @@ def check_cmd(
             save=not no_save,
             save_to=get_store(save_to, create=True) if save_to else None,
             progress=update,
+            follow=follow,
         )
     except ValueError as exc:
         stop()

@@ -12,6 +12,7 @@ from rich.progress import Progress
 from rich.table import Table
 from rich.text import Text
 
+from replayable._linked import linked_tree, merged_events
 from replayable._rundiff import diff_runs, run_usage
 from replayable.cli._common import (
     console,
@@ -35,16 +36,41 @@ from replayable.trace import Event, Run
 @click.argument("run_b")
 @store_option
 @click.option("--json", "as_json", is_flag=True, help="Print the aligned steps as JSON.")
+@click.option(
+    "--follow",
+    is_flag=True,
+    help="Treat the runs other services recorded for each run's remote steps as part of it "
+    "(their steps compared too, as 'STEP > service: ADDRESS').",
+)
+@click.option(
+    "--linked-store",
+    "linked_urls",
+    multiple=True,
+    help="With --follow: another service's store to find linked runs in (the --store is "
+    "searched too); repeatable.",
+)
 @handle_errors
-def diff_cmd(run_a: str, run_b: str, store_url: str | None, as_json: bool) -> None:
+def diff_cmd(
+    run_a: str,
+    run_b: str,
+    store_url: str | None,
+    as_json: bool,
+    follow: bool,
+    linked_urls: tuple[str, ...],
+) -> None:
     """Align two runs step by step and show where they part ways.
 
     Steps pair up by address, then by boundary and input key. Shows every step (= same,
     ~ changed, - only in A, + only in B), then the first divergence with the field-level
     changes of its input, output and error. Exits 1 when the runs differ, like diff(1).
-    Either run may be a trace file (.jsonl).
+    Either run may be a trace file (.jsonl). With --follow, a step that called another service
+    brings the run that service recorded for it along (from --store or a --linked-store).
     """
     (a, events_a), (b, events_b) = load_run(run_a, store_url), load_run(run_b, store_url)
+    if follow:
+        stores = [get_store(store_url), *(get_store(u) for u in linked_urls)]
+        events_a = merged_events(events_a, linked_tree(a, stores))
+        events_b = merged_events(events_b, linked_tree(b, stores))
     d = diff_runs(a, events_a, b, events_b)
     if as_json:
         click.echo(orjson.dumps(d.to_dict()).decode())

@@ -147,7 +147,10 @@ def _step(quoted: str) -> str | None:
         return ""
     if len(quoted) > 3 * MAX_STEP or not _QUOTED.fullmatch(quoted):
         return None
-    step = unquote(quoted, errors="strict")
+    try:
+        step = unquote(quoted, errors="strict")
+    except UnicodeDecodeError:  # %FF: percent-encoded bytes that are not UTF-8
+        return None
     if len(step) > MAX_STEP or any(ord(c) < 32 or ord(c) == 127 for c in step):
         return None
     return step

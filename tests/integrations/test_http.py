@@ -344,3 +344,48 @@ def test_asyncio_gather_keeps_steps_apart(echo: EchoServer) -> None:
     seen = {_context(r["headers"]).caller.step for r in echo.requests}  # type: ignore[union-attr]
     assert seen == steps
     assert len(steps) == 5
+
+
+class TestHostileContext:
+    """Whatever arrives in the headers, parsing never raises and never yields an unsafe link."""
+
+    @given(st.text(max_size=200), st.text(max_size=400))
+    def test_parse_never_raises(self, traceparent: str, baggage: str) -> None:
+        """Arbitrary header text is parsed or ignored; a link it yields is well-formed."""
+        parsed = prop.parse({"traceparent": traceparent, "baggage": baggage})
+        if parsed is not None and parsed.caller is not None:
+            assert ".." not in parsed.caller.run
+            assert "/" not in parsed.caller.run
+            assert all(ord(c) >= 32 for c in parsed.caller.step)
+            assert len(parsed.caller.step) <= prop.MAX_STEP
+
+    @given(
+        st.text(alphabet="%0123456789abcdefABCDEF!.-_~rpecodlyfw", max_size=60),
+        st.sampled_from(["record", "replay", "follow", "x"]),
+    )
+    def test_structured_garbage_never_raises(self, tail: str, mode: str) -> None:
+        """A replayable member shaped right but filled with garbage is parsed or ignored."""
+        tp = f"00-{'a' * 32}-{'1' * 16}-01"
+        for value in (f"1!r1!{mode}!{tail}", f"1!r1!{mode}!a!{tail}!{tail}", f"1!{tail}!{mode}!a"):
+            prop.parse({"traceparent": tp, "baggage": f"replayable={value}"})
+
+    def test_invalid_utf8_in_a_step_is_refused(self) -> None:
+        """A step whose percent-encoding is not UTF-8 (%FF) is ignored, not an error."""
+        tp = f"00-{'a' * 32}-{'1' * 16}-01"
+        parsed = prop.parse({"traceparent": tp, "baggage": "replayable=1!r1!record!%FF"})
+        assert parsed is not None
+        assert parsed.caller is None
+
+    def test_too_many_members_are_refused(self) -> None:
+        """A baggage header of hundreds of members is ignored as a whole."""
+        many = ",".join(f"k{i}=v" for i in range(100)) + ",replayable=1!r1!record!a"
+        parsed = prop.parse({"traceparent": f"00-{'a' * 32}-{'1' * 16}-01", "baggage": many})
+        assert parsed is not None
+        assert parsed.caller is None
+
+    def test_an_overlong_step_is_refused(self) -> None:
+        """A step address longer than MAX_STEP is not accepted."""
+        entry = prop.baggage_entry("r1", "a" * (prop.MAX_STEP + 1), "record")
+        parsed = prop.parse({"traceparent": f"00-{'a' * 32}-{'1' * 16}-01", "baggage": entry})
+        assert parsed is not None
+        assert parsed.caller is None

@@ -181,6 +181,10 @@ FORGED = {
         "traceparent": f"00-{'a' * 32}-{'1' * 16}-01",
         "baggage": "replayable=1!r1!record!a%0Ab",
     },
+    "step not utf-8": {
+        "traceparent": f"00-{'a' * 32}-{'1' * 16}-01",
+        "baggage": "replayable=1!r1!record!%FF%FE",
+    },
     "unknown mode": {
         "traceparent": f"00-{'a' * 32}-{'1' * 16}-01",
         "baggage": "replayable=1!r1!steal!a",

@@ -322,6 +322,8 @@ def root_module(loaded: LoadedRun) -> str:
         root = root_event(loaded.run, loaded.events)
     except ReplayableError:  # nothing but clock reads at the top
         return "your_module"
+    if root.kind == "remote":  # named http:..., not after a module
+        return "your_module"
     return root.boundary.split(":", 1)[0]
 
 

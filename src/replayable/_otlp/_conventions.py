@@ -528,11 +528,30 @@ def _openinference(span: Span) -> StepView:
         name,
         "openinference",
         parse_json(a.get("input.value")) if has_in else None,
-        parse_json(a.get("output.value")) if has_out else None,
+        _tool_message_content(parse_json(a.get("output.value"))) if has_out else None,
         meta,
         [n for n, ok in (("input", has_in), ("output", has_out)) if not ok],
         content=has_in and has_out,
     )
+
+
+def _tool_message_content(value: Any) -> Any:
+    """A LangChain ToolMessage as serialized (``{"type": "tool", "data": {"content"}}``): the
+    content, which is what the tool returned."""
+    if (
+        isinstance(value, dict)
+        and value.get("type") == "tool"
+        and isinstance(value.get("data"), dict)
+    ):
+        return parse_json(value["data"].get("content"))
+    return value
+
+
+def _call_arguments(value: Any) -> Any:
+    """Langfuse's captured call (``{"args": [], "kwargs": {...}}``) as its keyword arguments."""
+    if isinstance(value, dict) and set(value) == {"args", "kwargs"} and value["args"] == []:
+        return value["kwargs"]
+    return value
 
 
 # -- Langfuse ---------------------------------------------------------------------------------
@@ -600,7 +619,7 @@ def _langfuse(span: Span) -> StepView:
         kind,
         name,
         "langfuse",
-        inp if has_in else None,
+        _call_arguments(inp) if has_in else None,
         out if has_out else None,
         meta,
         [n for n, ok in (("input", has_in), ("output", has_out)) if not ok],

@@ -22,7 +22,7 @@ from replayable._otlp._decode import (
     decode_request,
     gunzip,
 )
-from replayable._otlp._run import build_run, by_trace, run_id_of
+from replayable._otlp._run import build_run, by_trace, run_id_of, source_line
 from replayable.errors import InvalidOtlp
 from replayable.store.base import event_to_row
 
@@ -41,6 +41,7 @@ __all__ = [
     "read_otlp_file",
     "run_id_of",
     "runs_of",
+    "source_line",
 ]
 
 _GZIP_MAGIC = b"\x1f\x8b"

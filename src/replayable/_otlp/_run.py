@@ -15,7 +15,7 @@ from replayable.errors import InvalidOtlp
 from replayable.redact import redact, redact_run
 from replayable.trace import Event, Run, chain_events
 
-__all__ = ["build_run", "by_trace", "check_spans", "run_id_of"]
+__all__ = ["build_run", "by_trace", "check_spans", "run_id_of", "source_line"]
 
 _STATUS_ERROR = 2
 
@@ -207,3 +207,20 @@ def build_run(spans: list[Span]) -> tuple[Run, list[Event]]:
     redact_run(run)
     chain_events(run, events)
     return run, events
+
+
+def source_line(run: Run) -> str | None:
+    """Where an imported run came from, in one line (None for a run replayable recorded):
+    ``imported from OTLP: gen_ai (opentelemetry.instrumentation.openai_v2 2.4b0), service x``."""
+    source = run.metadata.get("source") if isinstance(run.metadata, dict) else None
+    if not isinstance(source, dict) or source.get("format") != "otlp":
+        return None
+    parts = []
+    for c in source.get("conventions") or ():
+        if isinstance(c, dict):
+            scope = " ".join(str(x) for x in (c.get("scope"), c.get("scope_version")) if x)
+            parts.append(f"{c.get('convention')} ({scope})" if scope else str(c.get("convention")))
+    text = "imported from OTLP: " + (", ".join(dict.fromkeys(parts)) or "no known convention")
+    if source.get("service"):
+        text += f", service {source['service']}"
+    return text

@@ -16,6 +16,7 @@ from rich.text import Text
 from rich.tree import Tree
 
 from replayable._linked import Callee
+from replayable._otlp import source_line
 from replayable._rundiff import RunDiff, tokens_of
 from replayable._tree import Step, build_tree
 from replayable.errors import ReplayableError
@@ -195,6 +196,9 @@ def _run_head(run: Run) -> Text:
         head.append(f"  {run.name}")
     head.append(f"  {run.status}", style=STATUS_STYLES.get(run.status, ""))
     head.append(f"  {fmt_duration(run.duration_s)}", style="dim")
+    source = source_line(run)
+    if source:
+        head.append(f"\n{source}", style="dim")
     return head
 
 

@@ -35,6 +35,7 @@ from typing import Any
 
 import orjson
 
+from replayable._otlp import source_line
 from replayable._rootcall import root_event
 from replayable.boundary import Boundary, registry, resolve_name
 from replayable.errors import ReplayableError
@@ -73,6 +74,18 @@ _MODULE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*")
 
 def _root(run: Run, events: Sequence[Event]) -> Event:
     return root_event(run, events, purpose="promote")
+
+
+def _refuse_imported(run: Run) -> None:
+    """An imported run's root is a traced span, not a function of the project: no test can call
+    it by name."""
+    source = source_line(run)
+    if source is not None:
+        raise ReplayableError(
+            f"run {run.id} was {source}; its root is a traced span, not a function of yours, so "
+            "promote cannot write a test that calls it. Export it (replayable export) and call "
+            "your agent inside `with rp.replay(...)` in a test of your own"
+        )
 
 
 def _root_boundary(ev: Event) -> tuple[str, str, Boundary | None]:
@@ -273,6 +286,7 @@ def render_test(
     their fallback cassette, ``world`` the ``module:function`` giving live tools their world.
     """
     test_name = _slug(test_name) or "run"
+    _refuse_imported(run)
     root = _root(run, events)
     module, fn, b = _root_boundary(root)
     ordered = sorted(events, key=lambda e: e.seq)

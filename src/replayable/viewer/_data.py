@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 
 from replayable._linked import Callee, linked_tree
+from replayable._otlp import source_line
 from replayable._rootcall import root_event
 from replayable._rundiff import run_usage, tokens_of
 from replayable._tree import Step, build_tree
@@ -371,6 +372,7 @@ def run_overview(loaded: LoadedRun) -> dict[str, Any]:
         "kinds": kinds,
         "errors": sum(1 for e in loaded.events if e.error is not None),
         "models": run_usage(loaded.events),
+        "source": source_line(loaded.run),
     }
 
 

@@ -1,0 +1,66 @@
+"""Imported runs in the rest of the tool: show, the viewer, diff and verify name the source and
+work; promote refuses with a way forward instead of importing what the trace names."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import httpx
+from click.testing import CliRunner
+from tests.viewer.conftest import LiveServer
+
+from replayable._otlp import import_otlp
+from replayable.cli import main
+from replayable.store import Store
+from replayable.viewer import create_app
+
+from .conftest import agent_trace
+
+
+def imported(store: Store, tmp_path: Path, prompt: str = "Refund order 7") -> str:
+    """Import one traced agent run; its id."""
+    path = tmp_path / f"{abs(hash(prompt))}.pb"
+    path.write_bytes(agent_trace(prompt=prompt).SerializeToString())
+    ((run, _),) = import_otlp(path, store)
+    return run.id
+
+
+class TestViews:
+    def test_show_names_the_source(self, store: Store, tmp_path: Path) -> None:
+        """replayable show prints where the run came from: OTLP, convention, producer, service."""
+        run_id = imported(store, tmp_path)
+        result = CliRunner().invoke(main, ["show", run_id])
+        assert result.exit_code == 0, result.output
+        assert (
+            "imported from OTLP: gen_ai (opentelemetry.instrumentation.openai_v2 2.4b0), "
+            "service support" in result.output
+        )
+
+    def test_viewer_run_page_shows_the_source(self, store: Store, tmp_path: Path) -> None:
+        """The viewer's run page and step pages of an imported run load, the source shown."""
+        run_id = imported(store, tmp_path)
+        with LiveServer(create_app(store)) as server:
+            page = httpx.get(f"{server.url}/runs/{run_id}")
+            assert page.status_code == 200
+            assert 'id="run-source"' in page.text
+            assert "imported from OTLP" in page.text
+            for seq in range(4):
+                assert httpx.get(f"{server.url}/runs/{run_id}/steps/{seq}").status_code == 200
+
+    def test_diff_and_verify(self, store: Store, tmp_path: Path) -> None:
+        """Two imported runs diff at the changed prompt; each verifies."""
+        a = imported(store, tmp_path)
+        b = imported(store, tmp_path, prompt="Cancel order 9")
+        result = CliRunner().invoke(main, ["diff", a, b])
+        assert result.exit_code == 1, result.output  # the runs differ
+        assert "input.messages[0].content" in result.output
+        assert CliRunner().invoke(main, ["verify", a]).exit_code == 0
+
+    def test_promote_refuses_an_imported_run(self, store: Store, tmp_path: Path) -> None:
+        """promote says the run was imported and what to do, importing nothing it names."""
+        (tmp_path / "agent.py").write_text("raise SystemExit('imported agent.py')\n")
+        run_id = imported(store, tmp_path)
+        result = CliRunner().invoke(main, ["promote", run_id])
+        assert result.exit_code == 2
+        assert "imported from OTLP" in result.output
+        assert "rp.replay" in result.output

@@ -16,6 +16,9 @@ from replayable.viewer import create_app
 
 from .conftest import agent_trace
 
+WIDE = {"NO_COLOR": "1", "COLUMNS": "200"}
+"""A wide plain terminal: lines are not cut or wrapped whatever the worker's console."""
+
 
 def imported(store: Store, tmp_path: Path, prompt: str = "Refund order 7") -> str:
     """Import one traced agent run; its id."""
@@ -29,7 +32,7 @@ class TestViews:
     def test_show_names_the_source(self, store: Store, tmp_path: Path) -> None:
         """replayable show prints where the run came from: OTLP, convention, producer, service."""
         run_id = imported(store, tmp_path)
-        result = CliRunner().invoke(main, ["show", run_id])
+        result = CliRunner().invoke(main, ["show", run_id], env=WIDE)
         assert result.exit_code == 0, result.output
         assert (
             "imported from OTLP: gen_ai (opentelemetry.instrumentation.openai_v2 2.4b0), "
@@ -51,7 +54,7 @@ class TestViews:
         """Two imported runs diff at the changed prompt; each verifies."""
         a = imported(store, tmp_path)
         b = imported(store, tmp_path, prompt="Cancel order 9")
-        result = CliRunner().invoke(main, ["diff", a, b])
+        result = CliRunner().invoke(main, ["diff", a, b], env=WIDE)
         assert result.exit_code == 1, result.output  # the runs differ
         assert "input.messages[0].content" in result.output
         assert CliRunner().invoke(main, ["verify", a]).exit_code == 0

@@ -113,6 +113,20 @@ def agent_trace(
     return encode_spans(exporter.get_finished_spans())
 
 
+def many_spans(n: int) -> bytes:
+    """A protobuf export request of ``n`` bare spans of one trace, built with opentelemetry-proto
+    (small in memory: a JSON form of 100,000 spans would take hundreds of MB to build)."""
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    request = ExportTraceServiceRequest()
+    ss = request.resource_spans.add().scope_spans.add()
+    trace_id = bytes.fromhex("0af7651916cd43dd8448eb211c80319c")
+    for i in range(n):
+        ss.spans.add(trace_id=trace_id, span_id=(i + 1).to_bytes(8, "big"), name="s")
+    data: bytes = request.SerializeToString()
+    return data
+
+
 def to_json(request: Any) -> dict[str, Any]:
     """An export request as OTLP/JSON (as the Collector's file exporter writes it): the protobuf
     JSON mapping with trace and span ids in hex."""

@@ -22,7 +22,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
 from replayable.store import Store, open_store
 
-from .conftest import LiveCollector, agent_trace, genai_messages, to_json
+from .conftest import LiveCollector, agent_trace, genai_messages, many_spans, to_json
 from .test_import import jspan, otlp_json
 
 PB = {"content-type": "application/x-protobuf"}
@@ -156,13 +156,7 @@ class TestHostile:
     ) -> None:
         """100,000 spans in one request, or a body past the bound, get 413 and hold nothing."""
         c = live_collector(idle=0.1)
-        spans = [jspan(f"{i + 1:016x}") for i in range(100_000)]
-        r = httpx.post(
-            f"{c.url}/v1/traces",
-            content=orjson.dumps(otlp_json(spans)),
-            headers={"content-type": "application/json"},
-            timeout=60,
-        )
+        r = httpx.post(f"{c.url}/v1/traces", content=many_spans(100_000), headers=PB, timeout=60)
         assert r.status_code == 413
         with socket.create_connection(("127.0.0.1", c.port), timeout=10) as sock:
             sock.sendall(

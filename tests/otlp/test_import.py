@@ -15,6 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import replayable as rp
+from replayable._otlp import _decode as decode_mod
 from replayable._otlp import build_run, decode_request, import_otlp, read_otlp_file, runs_of
 from replayable._otlp._conventions import read_span
 from replayable._otlp._decode import MAX_BODY, MAX_SPANS, Span, SpanEvent, decode_json
@@ -22,7 +23,7 @@ from replayable.cli import main
 from replayable.store import Store
 from replayable.trace import verify_run
 
-from .conftest import SECRET, agent_trace, to_json
+from .conftest import SECRET, agent_trace, many_spans, to_json
 
 TRACE = "0af7651916cd43dd8448eb211c80319c"
 
@@ -154,11 +155,21 @@ class TestMalformed:
 
     def test_too_many_spans_is_413(self) -> None:
         """A request of 100,000 spans is refused with 413, naming the bound."""
-        spans = [jspan(f"{i + 1:016x}") for i in range(100_000)]
+        with pytest.raises(rp.InvalidOtlp) as err:
+            decode_request(many_spans(100_000), "application/x-protobuf")
+        assert err.value.status == 413
+        assert str(MAX_SPANS) in str(err.value)
+
+    def test_too_many_json_spans_is_413_before_parsing(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """OTLP/JSON over the span bound is refused before the protobuf mapping builds it."""
+        monkeypatch.setattr(decode_mod, "MAX_SPANS", 10)
+        spans = [jspan(f"{i + 1:016x}") for i in range(11)]
         with pytest.raises(rp.InvalidOtlp) as err:
             decode_json(otlp_json(spans))
         assert err.value.status == 413
-        assert str(MAX_SPANS) in str(err.value)
+        assert "11 spans" in str(err.value)
 
     def test_span_cycle_is_refused(self) -> None:
         """Spans that are their own ancestors are refused; so is a span that is its own parent."""

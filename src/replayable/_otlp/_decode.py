@@ -168,20 +168,24 @@ def _first_line(exc: BaseException) -> str:
 
 
 def _hex_ids_to_base64(data: dict[str, Any]) -> None:
-    """OTLP/JSON writes ids as hex; the protobuf JSON mapping reads bytes as base64."""
-    for rs in _list(data.get("resourceSpans", data.get("resource_spans"))):
-        if not isinstance(rs, dict):
-            continue
-        for ss in _list(rs.get("scopeSpans", rs.get("scope_spans"))):
-            if not isinstance(ss, dict):
+    """OTLP/JSON writes ids as hex; the protobuf JSON mapping reads bytes as base64. Counts the
+    spans first, so an oversized request is refused before the mapping builds it again."""
+    scopes = [
+        ss
+        for rs in _list(data.get("resourceSpans", data.get("resource_spans")))
+        if isinstance(rs, dict)
+        for ss in _list(rs.get("scopeSpans", rs.get("scope_spans")))
+        if isinstance(ss, dict)
+    ]
+    _check_count(sum(len(_list(ss.get("spans"))) for ss in scopes))
+    for ss in scopes:
+        for span in _list(ss.get("spans")):
+            if not isinstance(span, dict):
                 continue
-            for span in _list(ss.get("spans")):
-                if not isinstance(span, dict):
-                    continue
-                _fix_ids(span)
-                for link in _list(span.get("links")):
-                    if isinstance(link, dict):
-                        _fix_ids(link)
+            _fix_ids(span)
+            for link in _list(span.get("links")):
+                if isinstance(link, dict):
+                    _fix_ids(link)
 
 
 def _list(value: Any) -> list[Any]:
@@ -202,14 +206,17 @@ def _fix_ids(obj: dict[str, Any]) -> None:
         obj[name] = base64.b64encode(raw).decode()
 
 
-def _spans(request: Any) -> list[Span]:
-    count = sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans)
+def _check_count(count: int) -> None:
     if count > MAX_SPANS:
         raise InvalidOtlp(
             f"the request has {count} spans, over the bound of {MAX_SPANS}: export in batches "
             "(the SDK's BatchSpanProcessor does)",
             status=413,
         )
+
+
+def _spans(request: Any) -> list[Span]:
+    _check_count(sum(len(ss.spans) for rs in request.resource_spans for ss in rs.scope_spans))
     return list(_iter_spans(request))
 
 

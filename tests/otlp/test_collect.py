@@ -142,7 +142,7 @@ class TestHostile:
         self, store: Store, live_collector: Callable[..., LiveCollector]
     ) -> None:
         """A request that would close a span cycle in a held trace is refused; the rest is kept."""
-        c = live_collector()
+        c = live_collector(settle=60, idle=60)  # held until the sweep, however slow the machine
         a, b = "00000000000000a1", "00000000000000b2"
         assert httpx.post(f"{c.url}/v1/traces", json=otlp_json([jspan(a, b)])).status_code == 200
         r = httpx.post(f"{c.url}/v1/traces", json=otlp_json([jspan(b, a)]))

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from replayable import redact as redact_mod
@@ -41,3 +44,28 @@ def redaction_rules(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     redact_mod.is_secret_key.cache_clear()
     yield
     redact_mod.is_secret_key.cache_clear()
+
+
+def postgres_server() -> str:
+    """The test server's URL; failing loudly (never skipping) when it is not configured."""
+    url = os.environ.get("REPLAYABLE_TEST_POSTGRES")
+    if not url:
+        pytest.fail(
+            "REPLAYABLE_TEST_POSTGRES is not set: start a server with "
+            '`eval "$(bash .ci/postgres.sh)"` (see .ci/run)'
+        )
+    return url
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A URL whose search_path is a new, empty schema on the test server, dropped after the
+    test (every PostgreSQL test of the suite uses this one fixture)."""
+    server = postgres_server()
+    schema = f"rp_test_{secrets.token_hex(6)}"
+    with psycopg.connect(server, autocommit=True) as conn:
+        conn.execute(f"CREATE SCHEMA {schema}")
+    sep = "&" if "?" in server else "?"
+    yield f"{server}{sep}options=-csearch_path%3D{schema}"
+    with psycopg.connect(server, autocommit=True) as conn:
+        conn.execute(f"DROP SCHEMA {schema} CASCADE")

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import subprocess
 import sys
 import time
@@ -13,10 +12,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import psycopg
 import pytest
 from tests.fixtures.check_corpus import record_corpus
-from tests.store.conftest import postgres_server
 
 import replayable
 import replayable as rp
@@ -112,19 +109,6 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
                     proc.wait(5)
         logs.close()
         worker_logs.close()
-
-
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    """A PostgreSQL URL whose search_path is a new schema, dropped after the test."""
-    server = postgres_server()
-    schema = f"rp_check_{secrets.token_hex(6)}"
-    with psycopg.connect(server, autocommit=True) as conn:
-        conn.execute(f"CREATE SCHEMA {schema}")
-    sep = "&" if "?" in server else "?"
-    yield f"{server}{sep}options=-csearch_path%3D{schema}"
-    with psycopg.connect(server, autocommit=True) as conn:
-        conn.execute(f"DROP SCHEMA {schema} CASCADE")
 
 
 def _sorted(report: rp.CheckReport) -> list[tuple[str, str, str | None]]:

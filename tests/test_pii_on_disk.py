@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import secrets
 import sys
 import warnings
 from collections.abc import Iterator
@@ -184,21 +182,6 @@ class TestBytesOnDisk:
         store.close()
         assert len(rows) >= 2 * len(VALUES)
         assert_absent("\n".join(r[0] for r in rows), "postgres")
-
-
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    """A fresh PostgreSQL schema on the test server, dropped after the test."""
-    server = os.environ.get("REPLAYABLE_TEST_POSTGRES")
-    if not server:
-        pytest.fail("REPLAYABLE_TEST_POSTGRES is not set (see .ci/run)")
-    schema = f"rp_pii_{secrets.token_hex(6)}"
-    with psycopg.connect(server, autocommit=True) as conn:
-        conn.execute(f"CREATE SCHEMA {schema}")
-    sep = "&" if "?" in server else "?"
-    yield f"{server}{sep}options=-csearch_path%3D{schema}"
-    with psycopg.connect(server, autocommit=True) as conn:
-        conn.execute(f"DROP SCHEMA {schema} CASCADE")
 
 
 ALL = " / ".join(v for k, v in VALUES.items() if k != "ipv6")

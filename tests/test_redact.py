@@ -308,24 +308,6 @@ class TestBytesOnDisk:
             assert_absent(shape.secret, dump.replace("\\\\n", "\\n"), f"postgres/{shape.name}")
 
 
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    """A fresh PostgreSQL schema (see tests/store/conftest.py), dropped after the test."""
-    import os
-    import secrets as _secrets
-
-    server = os.environ.get("REPLAYABLE_TEST_POSTGRES")
-    if not server:
-        pytest.fail("REPLAYABLE_TEST_POSTGRES is not set (see .ci/run)")
-    schema = f"rp_redact_{_secrets.token_hex(6)}"
-    with psycopg.connect(server, autocommit=True) as conn:
-        conn.execute(f"CREATE SCHEMA {schema}")
-    sep = "&" if "?" in server else "?"
-    yield f"{server}{sep}options=-csearch_path%3D{schema}"
-    with psycopg.connect(server, autocommit=True) as conn:
-        conn.execute(f"DROP SCHEMA {schema} CASCADE")
-
-
 class TestShapes:
     @pytest.mark.parametrize("shape", SHAPES, ids=[s.name for s in SHAPES])
     def test_scrub_removes_the_secret(self, shape: Shape) -> None:

@@ -217,9 +217,9 @@ def _layout(original: str, chars: str) -> str:
 @functools.lru_cache(maxsize=1)
 def _us_areas() -> tuple[int, ...]:
     """The US area codes for which ``AAA-555-01xx`` is a valid number."""
-    from replayable._pii_detect import _phonenumbers
+    from replayable._pii_detect import phonenumbers_module
 
-    pn = _phonenumbers()
+    pn = phonenumbers_module()
     out = []
     for area in range(201, 990):
         if pn.is_valid_number(pn.parse(f"+1{area}5550100", None)):
@@ -228,9 +228,9 @@ def _us_areas() -> tuple[int, ...]:
 
 
 def _phone(d: bytes, hit: Hit) -> str:
-    from replayable._pii_detect import _phonenumbers
+    from replayable._pii_detect import phonenumbers_module
 
-    pn = _phonenumbers()
+    pn = phonenumbers_module()
     country = pn.parse(hit.norm, None).country_code
     n = int.from_bytes(d[:8], "big")
     if country == 44:

@@ -32,6 +32,7 @@ __all__ = [
     "luhn_ok",
     "norm_text",
     "phone_reserved",
+    "phonenumbers_module",
 ]
 
 KINDS = ("email", "phone", "card", "iban", "ip", "ssn")
@@ -229,7 +230,8 @@ _UNSEEN: Any = object()
 
 
 @functools.lru_cache(maxsize=1)
-def _phonenumbers() -> Any:
+def phonenumbers_module() -> Any:
+    """The ``phonenumbers`` library, imported on first use (a clear error without the extra)."""
     try:
         import phonenumbers
     except ImportError as exc:  # pragma: no cover - the extra is in every install we test
@@ -260,7 +262,7 @@ class Detector:
         """Find only values in the reserved ranges (pseudonyms) instead of only those outside."""
         self.region = region
         if "phone" in self.kinds:
-            _phonenumbers()
+            phonenumbers_module()
         listed = sorted({norm_text(n) for n in names if norm_text(n)}, key=len, reverse=True)
         self.names = tuple(listed)
         words = {_ascii_part(n) for n in self.names}
@@ -472,7 +474,7 @@ class Detector:
     def _parse_phone(self, cand: str) -> Hit | bool | None:
         """:meth:`_phone` uncached; a hit's span is relative to ``cand`` less an unclosed
         bracket in front."""
-        pn = _phonenumbers()
+        pn = phonenumbers_module()
         if cand.startswith("(") and ")" not in cand:  # the bracket opens the sentence's aside
             cand = cand[1:]
         try:

@@ -3,11 +3,9 @@ that `verify` still passes."""
 
 from __future__ import annotations
 
-import os
 import re
 import secrets
 import sqlite3
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
@@ -22,21 +20,6 @@ from replayable.store.sqlite import SQLiteStore
 from replayable.trace import read_trace, write_trace
 
 ENV = {"NO_COLOR": "1", "COLUMNS": "200"}
-
-
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    """A fresh PostgreSQL schema on the test server, dropped after the test."""
-    server = os.environ.get("REPLAYABLE_TEST_POSTGRES")
-    if not server:
-        pytest.fail("REPLAYABLE_TEST_POSTGRES is not set (see .ci/run)")
-    schema = f"rp_scan_{secrets.token_hex(6)}"
-    with psycopg.connect(server, autocommit=True) as conn:
-        conn.execute(f"CREATE SCHEMA {schema}")
-    sep = "&" if "?" in server else "?"
-    yield f"{server}{sep}options=-csearch_path%3D{schema}"
-    with psycopg.connect(server, autocommit=True) as conn:
-        conn.execute(f"DROP SCHEMA {schema} CASCADE")
 
 
 @rp.boundary(kind="tool")

@@ -5,15 +5,12 @@ from __future__ import annotations
 
 import base64
 import json
-import os
-import secrets
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import psycopg
 import pytest
 import uvicorn
 from google.protobuf import json_format
@@ -200,18 +197,3 @@ def live_collector(store: Store) -> Iterator[Callable[..., LiveCollector]]:
     yield start
     for c in started:
         c.__exit__()
-
-
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    """A fresh PostgreSQL schema (see tests/store/conftest.py), dropped after the test."""
-    server = os.environ.get("REPLAYABLE_TEST_POSTGRES")
-    if not server:
-        pytest.fail("REPLAYABLE_TEST_POSTGRES is not set (see .ci/run)")
-    schema = f"rp_otlp_{secrets.token_hex(6)}"
-    with psycopg.connect(server, autocommit=True) as conn:
-        conn.execute(f"CREATE SCHEMA {schema}")
-    sep = "&" if "?" in server else "?"
-    yield f"{server}{sep}options=-csearch_path%3D{schema}"
-    with psycopg.connect(server, autocommit=True) as conn:
-        conn.execute(f"DROP SCHEMA {schema} CASCADE")

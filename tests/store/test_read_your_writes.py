@@ -340,6 +340,9 @@ class TestTheRunEndHandsOff:
             assert holder.wait(60) == 0
             assert holder.stdout is not None
             holder.stdout.close()
+            # A read waits about a second for the writer; the writer's call may still be in
+            # SQLite's busy wait when the lock goes, so wait for it before reading.
+            assert rp.flush(timeout=30) is True
             assert store.get_run(run.id).event_count == 1
         finally:
             store.close()

@@ -9,11 +9,17 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from hypothesis import settings
 
 from replayable import redact as redact_mod
 from replayable import store as store_mod
 
 pytest_plugins = ["pytester"]
+
+# Performance is measured in bench/, not in timed tests: no per-example deadline (a loaded
+# machine made the default 200 ms one fail properties that hold).
+settings.register_profile("replayable", deadline=None)
+settings.load_profile("replayable")
 
 
 @pytest.fixture(autouse=True)

@@ -64,6 +64,15 @@ class Options:
             return None
         return self.name(req.method, self.service or req.host, req.path)
 
+    def step(self, req: _remote.Request) -> dict[str, Any]:
+        """The remote step's options for ``req`` (what ``_remote.call_sync`` / ``call_async``
+        take beside the request and the sender)."""
+        return {
+            "service": self.service,
+            "name": self.boundary_name(req),
+            "side_effects": self.changes_world(req.method),
+        }
+
 
 def _merge(headers: Any, extra: dict[str, str]) -> None:
     for k, v in extra.items():
@@ -123,13 +132,7 @@ class _SyncTransport:
             return _recorded(resp, body)
 
         req = _httpx_request(request)
-        data = _remote.call_sync(
-            req,
-            send,
-            service=opts.service,
-            name=opts.boundary_name(req),
-            side_effects=opts.changes_world(req.method),
-        )
+        data = _remote.call_sync(req, send, **opts.step(req))
         return _httpx_response(data, request)
 
     def close(self) -> None:
@@ -175,13 +178,7 @@ class _AsyncTransport:
             await request.aread(),
             list(request.headers.multi_items()),
         )
-        data = await _remote.call_async(
-            req,
-            send,
-            service=opts.service,
-            name=opts.boundary_name(req),
-            side_effects=opts.changes_world(req.method),
-        )
+        data = await _remote.call_async(req, send, **opts.step(req))
         return _httpx_response(data, request)
 
     async def aclose(self) -> None:
@@ -277,13 +274,7 @@ def _adapter_class() -> type:
                 body.encode("utf-8") if isinstance(body, str) else bytes(body),
                 list(request.headers.items()),
             )
-            data = _remote.call_sync(
-                req,
-                send,
-                service=opts.service,
-                name=opts.boundary_name(req),
-                side_effects=opts.changes_world(req.method),
-            )
+            data = _remote.call_sync(req, send, **opts.step(req))
             return _requests_response(data, request)
 
         def close(self) -> None:

@@ -1,10 +1,12 @@
-"""The replay's fast lane (``Replayer.call``): the usual served call in one pass.
+"""The replay's usual served call: an input byte for byte the recorded one is served without
+being redacted or keyed again (``RecordingMatcher``'s shortcut through
+``RecordedRun.next_if_same``).
 
-It must be taken where it applies (else the speed it buys is not there), and keep exactly the
-steps the engine's driver keeps where it does; every case it does not handle must reach the
-driver. ``tests/store/test_hash_v3.py`` compares both on one agent that uses every shape; these
-cover what that agent does not: nesting, typed returns, a source with no store, observers,
-outputs that were never recorded, threads.
+The shortcut must be taken where it applies (else the speed it buys is not there), and keep
+exactly the steps the keyed match keeps where it does; every case it does not handle must reach
+the keyed match. ``tests/store/test_hash_v3.py`` compares both on one agent that uses every
+shape; these cover what that agent does not: nesting, typed returns, a source with no store,
+observers, outputs that were never recorded, threads.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ from replayable.errors import ReplayableError
 from replayable.store.sqlite import SQLiteStore
 from replayable.trace import verify_run, write_trace
 
-replay_mod = importlib.import_module("replayable.replay")
+replayer_mod = importlib.import_module("replayable._replayer")
 record_mod = importlib.import_module("replayable.record")
 
 
@@ -112,26 +114,24 @@ def _verifies(store: SQLiteStore, run_id: str) -> bool:
 
 
 def _without_fast_lane(monkeypatch: pytest.MonkeyPatch) -> None:
-    init = replay_mod.Replayer.__init__
-
-    def slow_init(self: Any, *a: Any, **k: Any) -> None:
-        init(self, *a, **k)
-        self._direct = False
-
-    monkeypatch.setattr(replay_mod.Replayer, "__init__", slow_init)
+    """No recorded input is ever byte for byte the call's: every call takes the keyed match."""
+    monkeypatch.setattr(replayer_mod.RecordedRun, "next_if_same", lambda self, gkey, data: None)
 
 
 @pytest.fixture
 def begun(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The boundaries whose calls opened a frame through the engine's driver, in order."""
+    """The boundaries whose calls the replay's matcher redacted and keyed (the keyed match
+    rather than the shortcut), in order."""
     names: list[str] = []
-    begin = replay_mod.Replayer.begin
+    match = replayer_mod.RecordingMatcher.match
 
-    def counting(self: Any, b: Any, args: Any, kwargs: Any) -> Any:
-        names.append(b.name)
-        return begin(self, b, args, kwargs)
+    def counting(self: Any, frame: Any) -> Any:
+        found = match(self, frame)
+        if not found.same:
+            names.append(frame.b.name)
+        return found
 
-    monkeypatch.setattr(replay_mod.Replayer, "begin", counting)
+    monkeypatch.setattr(replayer_mod.RecordingMatcher, "match", counting)
     return names
 
 
@@ -139,19 +139,19 @@ class TestTaken:
     def test_a_plain_served_call_skips_the_driver(
         self, store: SQLiteStore, begun: list[str]
     ) -> None:
-        """Only the agent (which runs live) opens a frame through the driver: every served
-        call went through the fast lane."""
+        """No call is keyed again: every served call (and the agent, which runs live) took
+        the shortcut."""
         with rp.record(store=store) as run:
             recorded = trader(4)
         with rp.replay(run.id, store=store) as r:
             assert trader(4) == recorded
         assert r.ok, r.report()
-        assert begun == [trader.__replayable__.name]  # type: ignore[attr-defined]
+        assert begun == []
 
     def test_the_driver_takes_every_call_without_it(
         self, store: SQLiteStore, begun: list[str], monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        """The counter-check of the test above: with the lane off, each call opens a frame."""
+        """The counter-check of the test above: with the shortcut off, each call is keyed."""
         with rp.record(store=store) as run:
             trader(2)
         _without_fast_lane(monkeypatch)
@@ -162,13 +162,13 @@ class TestTaken:
     def test_an_async_served_call_skips_the_driver(
         self, store: SQLiteStore, begun: list[str]
     ) -> None:
-        """The async driver has the same lane: only the async agent opens a frame."""
+        """The async driver takes the same shortcut: no call is keyed again."""
         with rp.record(store=store) as run:
             recorded = asyncio.run(atrader(5))
         with rp.replay(run.id, store=store) as r:
             assert asyncio.run(atrader(5)) == recorded
         assert r.ok, r.report()
-        assert begun == [atrader.__replayable__.name]  # type: ignore[attr-defined]
+        assert begun == []
 
 
 class TestSameSteps:

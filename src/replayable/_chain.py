@@ -24,9 +24,9 @@ from typing import Any
 
 import orjson
 
+from replayable._model import Event, Run, StoredEvent
 from replayable._version import __version__
 from replayable.errors import TraceCorrupt
-from replayable.trace import Event, Run, StoredEvent
 
 __all__ = [
     "HASH_VERSION",
@@ -451,10 +451,10 @@ def verify_run(
     (True, None)
     """
     pairs = ((ev, None if lines is None else lines.get(ev.seq)) for ev in events)
-    return _verify(run, pairs, key=key, in_file=lines is not None)
+    return verify_pairs(run, pairs, key=key, in_file=lines is not None)
 
 
-def _verify(
+def verify_pairs(
     run: Run,
     pairs: Iterable[tuple[Event, int | None]],
     *,

@@ -1,30 +1,89 @@
 """The call engine: every boundary call of every mode runs through the four shape drivers here.
 
-A boundary hands its call to the active session (``SESSION``); every session is an
-:class:`Engine`. The engine owns what is the same in every mode: the step (its ``Frame``: seq,
-address, parent, input snapshot), the four call shapes (sync, async, generator, async
-generator), stream semantics (``send``/``throw``, early close, never iterated, cancellation) and
-the bookkeeping of streams created but not started. A *mode* is a policy: a subclass that answers
-the few questions the drivers ask.
+A boundary hands its call to the active session (``SESSION``): an :class:`Engine` holding a
+*policy*. The engine owns what is the same in every mode: the step (its ``Frame``: seq, address,
+parent, input snapshot), the four call shapes (sync, async, generator, async generator), stream
+semantics (``send``/``throw``, early close, never iterated, cancellation) and the bookkeeping of
+streams created but not started. A mode is a policy object the engine holds, never a subclass of
+the engine; the policies themselves are built from the small parts below, and a new mode
+combines existing parts with the one part it changes.
 
-The policy interface
---------------------
+The policy (:class:`Policy`)
+----------------------------
 ``at_start(frame) -> Serve | None``
     Called once per call, when it starts (for a stream: when the generator object is created).
-    Return ``None`` to run the boundary's function live, a :class:`Serve` to serve a recorded
-    value (``output``; for a stream, the list of chunks) or raise a recorded error (``error``,
-    the recorded form, or ``exc``, an exception object), or raise to refuse the call. A refusal
-    reaches :meth:`Engine.at_end` (``outcome.refused``) and then the caller.
+    Return ``None`` to run the call live, a :class:`Serve` to serve a recorded value (``output``;
+    for a stream, the list of chunks) or raise a recorded error (``error``, the recorded form, or
+    ``exc``, an exception object), or raise to refuse the call. A refusal reaches ``at_end``
+    (``outcome.refused``) and then the caller.
 ``at_end(frame, outcome)``
     Called once per call, when it is over: returned, raised, served, refused, a stream exhausted,
     failed, closed early (``frame.meta["closed_early"]``), or never iterated before the session
-    closed (``frame.meta["never_started"]``). ``outcome`` says what happened (:class:`Ending`);
-    the policy decides what to keep (an event, a cassette line, nothing).
-``function(frame)``
-    The function a live call runs (default: the boundary's own; a what-if puts a fake here).
-``unserializable``
-    ``"mark"``: a value with no JSON form is snapshotted with a marker where it could not be
-    serialized (and a warning); ``"raise"``: the call fails with ``Unserializable``.
+    closed (``frame.meta["never_started"]``). ``outcome`` (:class:`Ending`) says what happened.
+``function(frame) -> callable``
+    What a live call runs: the boundary's own function (``frame.b.fn``), a what-if's fake, or a
+    forwarding call.
+``serves_recordings``
+    ``True`` when calls may be served from a recording: a side effect called outside the
+    session's context is then refused instead of fired.
+
+What the rest of the package asks the active session (``SESSION.get()``) is on
+:class:`~replayable.context.Session`: ``run`` (the run it records), and for a replay
+(:class:`Replaying`, given to the engine) ``source``, ``source_events`` (an MCP client stays
+offline, an SDK warns about a major-version change), ``follow`` and ``add_divergence`` (a
+followed callee's divergences).
+
+State a policy keeps about one call between ``at_start`` and ``at_end`` goes on the frame
+(``frame.how``, ``frame.scratch``), never in ``frame.meta``: ``meta`` is stored and hashed as the
+event's metadata.
+
+The parts (:class:`Matcher`, :class:`Server`, :class:`Keeper`, :class:`Sink`)
+--------------------------------------------------------------------------------
+A replay's policy (:class:`replayable._replayer.ReplayPolicy`) decides each call from four parts
+it holds, as temporalio's ``Replayer`` plugs hooks into one worker instead of subclassing it:
+
+``Matcher.match(frame) -> Match``
+    Which recorded step answers this call, and how it compares: ``Match.event`` is the recorded
+    event taken for the call (consumed: it answers no other call), ``Match.divergence`` what
+    differs (``None``: it matches). The matcher keys the live input (``frame.key``,
+    ``frame.data`` redacted as recorded) and returns ``Match.same=True`` when the live input is
+    byte for byte the recorded one (the usual served call: nothing was keyed or redacted).
+    :class:`replayable._replayer.RecordingMatcher` matches by place and key (or key alone); its
+    :class:`~replayable._replayer.RecordedRun` index (``group(parent, name)``,
+    ``take(event)``, ``consume_subtree(seq)``) is what a matcher of another kind builds on.
+``Server.serve(frame, event) -> Serve``
+    How a recorded value is served: :class:`replayable._replayer.RecordedServer` serves a stored
+    event as it is (and marks it the replay step's ``source``, so the step is kept as a reference
+    to it); a what-if serves an overridden value.
+``Keeper.keep(frame, outcome)``
+    What is kept of a call at its end: :class:`replayable._replayer.StepKeeper` turns it into a
+    ``Pending`` step of a run handed to its sink; a cassette appends a miss to its file; drift
+    keeps its one live answer.
+``Sink``
+    Where kept steps go: the store's background :class:`replayable._writer.Writer`, a
+    :class:`replayable._writer.Buffer` (``rp.check``: steps stay in memory and only a diverged or
+    failed replay becomes rows), or nothing.
+
+Where a new mode plugs in
+-------------------------
+- *Clean a live input the way the recording was cleaned* (personal data): every mode keys an
+  input through :func:`replayable.canonical.keyed_input` (redaction, then the run's
+  pseudonymizer when it has one, then the key); the replay hands the recorded run's
+  pseudonymizer to its matcher and keeper (``replay_parts(..., pii=...)``), a cassette holds
+  its own, the writer takes the run's from each ``Pending``.
+- *Transform a live input before it is keyed and compared*:
+  ``RecordingMatcher(..., prepare=fn)``; ``fn(boundary, data) -> data`` receives the live
+  input snapshot (JSON bytes) before the byte comparison, the redaction and the key, and what it
+  returns is what is compared, keyed and stored.
+- *A matcher for steps that carry fewer fields* (imported OTLP traces): a :class:`Matcher`
+  whose ``match`` compares only the fields the recorded event carries; it takes candidates from
+  the policy's ``RecordedRun`` (``group((parent rec seq, name))``) and claims one with
+  ``RecordedRun.take``. The rest of the replay (server, keeper, sink, ``live=``) is unchanged.
+- *A live boundary that forwards a replay context* (cross-service ``follow=True``): give the
+  policy a ``runner`` (``ReplayPolicy(..., runner=fn)``): ``fn(frame, function) -> callable``
+  wraps what a live call named in ``live=`` runs, so it can carry the replay's context across.
+- *Where kept steps go*: a :class:`Sink` passed to the replay's builder
+  (``_replayer.build_replay(..., sink=...)``).
 
 Everything else has one home here. The input is snapshotted when the call starts and the output
 when it returns, before the agent can mutate either. A served value is decoded with the
@@ -33,10 +92,6 @@ its recorded error, and it honours ``throw()`` and ``close()`` like a live one (
 values have nowhere to go and are dropped). A served ``CancelledError`` is not raised: the
 driver waits for the agent's code to cancel the call again, as it did when it was recorded (an
 ``asyncio.wait_for`` turns only the cancellation it made into ``TimeoutError``).
-
-Policies compose by delegation: a policy's ``at_start`` may hand a call to another policy's
-``at_start`` and ``at_end`` (a cassette as a replay's fallback, say), remembering the choice in
-``frame.meta``.
 
 Threads: the session and the parent step travel in context variables. ``asyncio`` tasks and
 ``asyncio.to_thread`` copy them; ``loop.run_in_executor`` and raw thread pools do not, so a
@@ -50,36 +105,32 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import threading
 import time
 import warnings
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from replayable import canonical
 from replayable._errors_codec import decode_error
-from replayable.context import FRAME, Frame, Session
-from replayable.errors import (
-    ReplayableError,
-    ReplayableWarning,
-    SideEffectRefused,
-    UnknownBoundary,
-    Unserializable,
-)
+from replayable.context import FRAME, Frame, Session, Tokens, enter, leave
+from replayable.errors import Divergence, ReplayableError, ReplayableWarning, Unserializable
 
 if TYPE_CHECKING:
     from replayable.boundary import Boundary
+    from replayable.trace import Event, Run
 
 __all__ = [
-    "ACTIVE",
     "Ending",
     "Engine",
+    "Keeper",
+    "Match",
+    "Matcher",
+    "Policy",
     "Serve",
-    "activate",
-    "deactivate",
-    "orphan_call",
-    "resolve_live",
+    "Server",
+    "Sink",
+    "snapshot",
 ]
 
 log = logging.getLogger("replayable")
@@ -141,35 +192,169 @@ class Ending:
     refused: bool = False
 
 
+@dataclass(slots=True)
+class Match:
+    """A matcher's answer for one call: the recorded ``event`` taken for it (``None``: the
+    recording has none), the ``divergence`` that says what differs (``None``: it matches),
+    ``same``: the live input is byte for byte the recorded one, and ``value``: the live input
+    parsed, when the matcher parsed it (``None``: parse ``frame.data``)."""
+
+    event: Event | None
+    divergence: Divergence | None = None
+    same: bool = False
+    value: Any = None
+
+
+class Policy(Protocol):
+    """What a mode decides (see the module docstring)."""
+
+    serves_recordings: bool
+
+    def at_start(self, frame: Frame) -> Serve | None: ...
+
+    def at_end(self, frame: Frame, outcome: Ending) -> None: ...
+
+    def function(self, frame: Frame) -> Callable[..., Any]: ...
+
+
+class Replaying(Protocol):
+    """What a replay tells the rest of the package through its session."""
+
+    @property
+    def source(self) -> Run:
+        """The recorded run."""
+        ...
+
+    @property
+    def source_events(self) -> Mapping[int, Event]:
+        """Its events by seq."""
+        ...
+
+    @property
+    def follow(self) -> bool:
+        """Remote calls named live ask their callee to replay."""
+        ...
+
+    def add_divergence(self, div: Divergence) -> None: ...
+
+
+class Matcher(Protocol):
+    """Which recorded step answers a call, and how it compares (see the module docstring)."""
+
+    def match(self, frame: Frame) -> Match: ...
+
+
+class Server(Protocol):
+    """How a recorded value is served."""
+
+    def serve(self, frame: Frame, event: Event) -> Serve: ...
+
+
+class Keeper(Protocol):
+    """What is kept of a call at its end."""
+
+    def keep(self, frame: Frame, outcome: Ending) -> None: ...
+
+
+class Sink(Protocol):
+    """Where a run's kept steps go: the store's writer, a buffer, nothing."""
+
+    error: BaseException | None
+    """A store error to raise from a strict recording (``None``: none)."""
+
+    @property
+    def failing(self) -> bool:
+        """The store is refusing writes now (a run's end then waits less for it)."""
+        ...
+
+    def begin_run(self, run: Run) -> None:
+        """The run starts (created in the store)."""
+
+    def submit(self, item: Any) -> None:
+        """A kept step (a ``replayable._writer.Pending``)."""
+
+    def end_run(self, run: Run) -> None:
+        """The run ended (status, end time, head hash)."""
+
+    def flush(self, timeout: float | None = 30.0, *, stall_limit: float | None = None) -> bool:
+        """Everything handed over so far is stored (False: ``timeout`` passed first)."""
+        ...
+
+
+def snapshot(frame: Frame, value: Any, what: str, *, strict: bool) -> bytes:
+    """JSON bytes of ``value`` now, in its own order. A value with no JSON form fails the call
+    with ``Unserializable`` when ``strict``; otherwise it is kept with a marker where it could
+    not be serialized (and ``frame.meta["unserializable_<what>"]`` says where), with a warning
+    once per boundary."""
+    try:
+        return canonical.snapshot(value)
+    except Unserializable as exc:
+        if strict:
+            raise
+        b = frame.b
+        name = b.name if b is not None else "?"
+        if (name, what) not in _UNSERIALIZABLE_WARNED:
+            _UNSERIALIZABLE_WARNED.add((name, what))
+            warnings.warn(
+                f"{name}: {what} not recorded faithfully: {exc}",
+                ReplayableWarning,
+                stacklevel=5,
+            )
+        frame.meta[f"unserializable_{what}"] = exc.path
+        # Keep every field that serializes; only the bad parts become markers.
+        return canonical.snapshot(canonical.sanitize(value)[0])
+
+
 class Engine(Session):
-    """A session whose calls run through the shape drivers; modes subclass it (see the module
-    docstring for what a mode decides)."""
+    """The session every mode runs through: the four shape drivers around one ``policy``.
 
-    unserializable: Literal["mark", "raise"] = "mark"
-    root: Frame
+    ``unserializable``: ``"mark"`` keeps a value with no JSON form with markers (and a
+    warning), ``"raise"`` fails the call with ``Unserializable``.
+    """
 
-    def __init__(self) -> None:
+    def __init__(
+        self,
+        policy: Policy,
+        *,
+        unserializable: Literal["mark", "raise"] = "mark",
+        run: Run | None = None,
+        replaying: Replaying | None = None,
+    ) -> None:
+        self.policy = policy
+        self.serves_recordings = policy.serves_recordings
+        self.run = run
+        self.replaying = replaying
+        if replaying is not None:
+            self.source = replaying.source
+            self.source_events = replaying.source_events
+            self.follow = replaying.follow
+        self.strict = unserializable == "raise"
         self.root = Frame(seq=-1, address="")
         self._seq = itertools.count()
         # Streams created but not iterated yet: ended as never started when the session closes.
         self._unstarted: dict[int, Frame] = {}
         self.orphans_warned: set[str] = set()
-        """Boundaries warned about being called outside this session's context."""
+        self._tokens: Tokens | None = None
 
-    # -- the policy ------------------------------------------------------------------------
+    def add_divergence(self, div: Divergence) -> None:
+        """Keep a divergence found elsewhere in the replay (ignored when this is none)."""
+        if self.replaying is not None:
+            self.replaying.add_divergence(div)
 
-    def at_start(self, frame: Frame) -> Serve | None:
-        """Run live (``None``), serve (:class:`Serve`), or raise to refuse."""
-        return None
+    # -- the session's life -------------------------------------------------------------------
 
-    def at_end(self, frame: Frame, outcome: Ending) -> None:
-        """Keep what the mode keeps of a finished call."""
+    def enter(self) -> None:
+        """Become the active session in this context (refused while another one is)."""
+        self._tokens = enter(self, self.root)
 
-    def function(self, frame: Frame) -> Callable[..., Any]:
-        """The function a live call runs: the boundary's own (a policy may put a fake here)."""
-        b = frame.b
-        assert b is not None
-        return b.fn
+    def leave(self) -> None:
+        """Stop being the active session, and end the streams never iterated."""
+        tokens, self._tokens = self._tokens, None
+        try:
+            if tokens is not None:
+                leave(self, tokens)
+        finally:
+            self.end_unstarted()
 
     # -- steps ------------------------------------------------------------------------------
 
@@ -194,46 +379,25 @@ class Engine(Session):
         try:
             frame.data = canonical.snapshot(value)
         except Unserializable:
-            frame.data = self.snapshot(frame, value, "input")
+            frame.data = snapshot(frame, value, "input", strict=self.strict)
         frame.started_at = time.time()
         frame.t0 = time.perf_counter_ns()
         return frame
 
-    def snapshot(self, frame: Frame, value: Any, what: str) -> bytes:
-        """JSON bytes of ``value`` now, in its own order (see ``function(frame)``
-            The function a live call runs (default: the boundary's own; a what-if puts a fake here).
-        ``unserializable``)."""
-        try:
-            return canonical.snapshot(value)
-        except Unserializable as exc:
-            if self.unserializable == "raise":
-                raise
-            b = frame.b
-            name = b.name if b is not None else "?"
-            if (name, what) not in _UNSERIALIZABLE_WARNED:
-                _UNSERIALIZABLE_WARNED.add((name, what))
-                warnings.warn(
-                    f"{name}: {what} not recorded faithfully: {exc}",
-                    ReplayableWarning,
-                    stacklevel=5,
-                )
-            frame.meta[f"unserializable_{what}"] = exc.path
-            # Keep every field that serializes; only the bad parts become markers.
-            return canonical.snapshot(canonical.sanitize(value)[0])
-
     def _open(self, b: Boundary, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Frame:
         frame = self.begin(b, args, kwargs)
         try:
-            frame.serve = self.at_start(frame)
+            frame.serve = self.policy.at_start(frame)
         except BaseException as exc:
-            self.at_end(frame, Ending(error=exc, refused=True))
+            self.policy.at_end(frame, Ending(error=exc, refused=True))
             raise
         return frame
 
     def _returned(self, frame: Frame, result: Any) -> Any:
         b = frame.b
         assert b is not None
-        self.at_end(frame, Ending(self.snapshot(frame, b.encode_output(result), "output")))
+        out = snapshot(frame, b.encode_output(result), "output", strict=self.strict)
+        self.policy.at_end(frame, Ending(out))
         return result
 
     def _served(self, frame: Frame, serve: Serve) -> Any:
@@ -242,9 +406,9 @@ class Engine(Session):
         if serve.error is not None or serve.exc is not None:
             exc = serve.exception()
             assert exc is not None
-            self.at_end(frame, Ending(error=exc, served=serve))
+            self.policy.at_end(frame, Ending(error=exc, served=serve))
             raise exc
-        self.at_end(frame, Ending(None, None, serve))  # served: positional, on every call
+        self.policy.at_end(frame, Ending(None, None, serve))  # positional, on every call
         return b.decode_output(serve.output)
 
     def end_unstarted(self) -> None:
@@ -253,7 +417,7 @@ class Engine(Session):
             frame.meta.update(stream=True, never_started=True)
             serve = frame.serve
             out = None if serve is not None else b"[]"
-            self.at_end(frame, Ending(output=out, served=serve))
+            self.policy.at_end(frame, Ending(output=out, served=serve))
         self._unstarted.clear()
 
     # -- the four call shapes ----------------------------------------------------------------
@@ -264,10 +428,10 @@ class Engine(Session):
             return self._served(frame, frame.serve)
         token = FRAME.set(frame)
         try:
-            result = self.function(frame)(*args, **kwargs)
+            result = self.policy.function(frame)(*args, **kwargs)
         except BaseException as exc:
             FRAME.reset(token)
-            self.at_end(frame, Ending(error=exc))
+            self.policy.at_end(frame, Ending(error=exc))
             raise
         FRAME.reset(token)
         return self._returned(frame, result)
@@ -282,15 +446,15 @@ class Engine(Session):
                 try:  # cancelled from outside when recorded: wait to be cancelled again
                     await asyncio.get_running_loop().create_future()
                 except asyncio.CancelledError as exc:
-                    self.at_end(frame, Ending(error=exc, served=serve))
+                    self.policy.at_end(frame, Ending(error=exc, served=serve))
                     raise
             return self._served(frame, serve)
         token = FRAME.set(frame)
         try:
-            result = await self.function(frame)(*args, **kwargs)
+            result = await self.policy.function(frame)(*args, **kwargs)
         except BaseException as exc:
             FRAME.reset(token)
-            self.at_end(frame, Ending(error=exc))
+            self.policy.at_end(frame, Ending(error=exc))
             raise
         FRAME.reset(token)
         return self._returned(frame, result)
@@ -310,7 +474,7 @@ class Engine(Session):
         assert b is not None
         frame.meta["stream"] = True
         source: Iterator[Any] = (
-            self.function(frame)(*args, **kwargs) if serve is None else _chunks(b, serve)
+            self.policy.function(frame)(*args, **kwargs) if serve is None else _chunks(b, serve)
         )
         gen: Any = source
         chunks: list[Any] = []
@@ -367,7 +531,9 @@ class Engine(Session):
         b, serve = frame.b, frame.serve
         assert b is not None
         frame.meta["stream"] = True
-        source: Any = self.function(frame)(*args, **kwargs) if serve is None else _achunks(b, serve)
+        source: Any = (
+            self.policy.function(frame)(*args, **kwargs) if serve is None else _achunks(b, serve)
+        )
         chunks: list[Any] = []
         sent: Any = None
         thrown: BaseException | None = None
@@ -409,8 +575,8 @@ class Engine(Session):
 
     def _stream_end(self, frame: Frame, chunks: list[Any], exc: BaseException | None) -> None:
         serve = frame.serve
-        out = None if serve is not None else self.snapshot(frame, chunks, "output")
-        self.at_end(frame, Ending(output=out, error=exc, served=serve))
+        out = None if serve is not None else snapshot(frame, chunks, "output", strict=self.strict)
+        self.policy.at_end(frame, Ending(output=out, error=exc, served=serve))
 
 
 def _handled(frame: Frame, chunks: list[Any]) -> None:
@@ -456,79 +622,4 @@ def _recorded_end(b: Boundary, serve: Serve, n: int) -> None:
         raise ReplayableError(
             f"{b.name}: the recorded stream was closed after {n} chunk(s); this code reads "
             "further, and there is nothing recorded to serve: run it live or record it again"
-        )
-
-
-def resolve_live(
-    entries: Iterable[str], recorded: set[str]
-) -> tuple[set[str], set[tuple[str, int]]]:
-    """Resolve ``live=`` entries to (full names, (full name, N) pairs).
-
-    An entry is a full ``module:qualname``, a bare function name (resolved among the recording's
-    boundaries first, then among every registered one; ambiguous is an error), or ``name#N``:
-    only the N-th call of that boundary (1-based, in start order).
-    """
-    from replayable.boundary import registry, resolve_name
-
-    names: set[str] = set()
-    calls: set[tuple[str, int]] = set()
-    known: set[str] | None = None
-    for entry in entries:
-        name, _, nth = entry.partition("#")
-        full = resolve_name(name, recorded, missing_ok=True)
-        if full is None:
-            if known is None:
-                known = set(registry()) | recorded
-            full = resolve_name(name, known)
-        if nth:
-            if not nth.isdigit() or int(nth) < 1:
-                raise UnknownBoundary(f"bad call number in {entry!r}: use name#N with N >= 1")
-            calls.add((full, int(nth)))
-        else:
-            names.add(full)
-    return names, calls
-
-
-# -- calls with no session in their context ------------------------------------------------------
-
-ACTIVE: dict[int, Engine] = {}
-"""Sessions active anywhere in the process, by id (a boundary with no session in its context
-checks this to tell "no run at all" from "a run this thread was not given")."""
-_ACTIVE_LOCK = threading.Lock()
-
-
-def activate(session: Engine) -> None:
-    """Note a session as active in the process."""
-    with _ACTIVE_LOCK:
-        ACTIVE[id(session)] = session
-
-
-def deactivate(session: Engine) -> None:
-    """Note a session as no longer active."""
-    with _ACTIVE_LOCK:
-        ACTIVE.pop(id(session), None)
-
-
-def orphan_call(b: Boundary) -> None:
-    """A boundary was called with no session in its context while one is active elsewhere:
-    most likely a thread started without the caller's context. Warn once per session and
-    boundary; refuse a side effect while a replay is active (it would fire for real)."""
-    sessions = list(ACTIVE.values())
-    if not sessions:
-        return
-    if b.side_effects and any(getattr(s, "serves_recordings", False) for s in sessions):
-        raise SideEffectRefused(
-            f"{b.name} has side effects and was called outside the replay's context (in a "
-            "thread started with loop.run_in_executor or a thread pool?): it would fire for "
-            "real. Wrap the callable with rp.bind(fn) so the call is replayed"
-        )
-    warned = sessions[0].orphans_warned
-    if b.name not in warned:
-        warned.add(b.name)
-        warnings.warn(
-            f"{b.name} was called outside the active record/replay's context (in a thread "
-            "started with loop.run_in_executor or a thread pool?), so it is neither recorded "
-            "nor replayed; wrap the callable with rp.bind(fn)",
-            ReplayableWarning,
-            stacklevel=3,
         )

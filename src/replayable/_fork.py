@@ -25,16 +25,23 @@ import dataclasses
 import inspect
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import orjson
 
 from replayable import canonical
 from replayable._diff import diff_values
-from replayable._engine import Ending
+from replayable._engine import Ending, Match, Serve, snapshot
 from replayable._errors_codec import encode_error
-from replayable.boundary import registry, resolve_name
-from replayable.canonical import clean_input, input_key
+from replayable._replayer import (
+    UNMATCHED,
+    MatchMode,
+    Replay,
+    ReplayPolicy,
+    actual_input,
+    replay_parts,
+)
+from replayable.boundary import bare_name, registry, resolve_name
 from replayable.errors import (
     Divergence,
     FieldChange,
@@ -42,15 +49,30 @@ from replayable.errors import (
     SideEffectRefused,
     UnknownBoundary,
 )
-from replayable.replay import UNMATCHED, Replayer, _Plan
+from replayable.record import OBSERVERS
 
 if TYPE_CHECKING:
+    from contextlib import AbstractContextManager
+
+    from replayable._pii import Pseudonymizer
     from replayable.boundary import Boundary
+    from replayable.cassette import Cassette
     from replayable.context import Frame
     from replayable.store import Store
     from replayable.trace import Event, Run
 
-__all__ = ["Change", "WhatIf"]
+__all__ = ["Change", "ChangeHow", "WhatIf", "build_whatif"]
+
+ChangeHow = Literal["overridden", "live", "faked", "refused", "not reached"]
+"""How a what-if changed a step."""
+
+
+@dataclass(slots=True)
+class _Plan:
+    """A what-if's decision for one call: run it ``live``, else serve ``event``."""
+
+    live: bool
+    event: Event | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,7 +81,7 @@ class Change:
     its output compared with the recording), ``faked``, ``refused`` (a side effect that no
     longer matched), or ``not reached`` (recorded after the fork point, no longer called)."""
 
-    how: str
+    how: ChangeHow
     address: str
     boundary: str
     step: str
@@ -88,10 +110,6 @@ class Change:
         }
 
 
-def _bare(name: str) -> str:
-    return name.rsplit(":", 1)[-1].rsplit(".", 1)[-1]
-
-
 def _bad_name(option: str, given: str, detail: str) -> UnknownBoundary:
     """An unknown or ambiguous step or boundary name, named the way it was written in the
     ``rp.replay(...)`` call (``override={'plan#2': ...}``, ``live_from='plan'``)."""
@@ -99,27 +117,36 @@ def _bad_name(option: str, given: str, detail: str) -> UnknownBoundary:
     return UnknownBoundary(f"{written}: {detail}", option=option, given=given, detail=detail)
 
 
-class WhatIf(Replayer):
-    """The session behind a what-if replay (see the module docstring)."""
+class WhatIf:
+    """The policy of a what-if replay (see the module docstring): it holds the plain replay's
+    policy ``base`` (its recording, matcher, server and keeper) and decides each call around
+    the fork point, handing the calls a plain replay would make to ``base``."""
+
+    serves_recordings = True
 
     def __init__(
         self,
-        store: Store,
-        run: Run,
-        source: Run,
-        events: list[Event],
+        base: ReplayPolicy,
         *,
         override: Mapping[str, Any],
         live_from: str | None,
         live_kinds: Iterable[str],
         fakes: Mapping[str, Callable[..., Any]],
-        **kw: Any,
+        allow_side_effects: bool,
     ) -> None:
-        super().__init__(store, run, source, events, **kw)
-        self.allow_side_effects = bool(kw.get("allow_side_effects"))
+        self.base = base
+        self.source_events = base.source_events
+        self.recording = base.recording
+        self.events = base.recording.events
+        self.nth = base.recording.nth
+        self.source = base.source
+        self.live_names, self.live_calls = base.live_names, base.live_calls
+        run = base.run
+        source = base.source
+        self.allow_side_effects = allow_side_effects
         seen: dict[str, set[str]] = {}
         for e in self.events.values():
-            seen.setdefault(_bare(e.boundary), set()).add(e.boundary)
+            seen.setdefault(bare_name(e.boundary), set()).add(e.boundary)
         self._clash = {b for b, names in seen.items() if len(names) > 1}
         """Bare names two boundaries of the run share: their steps are named in full."""
         self.overrides: dict[int, Any] = {}
@@ -170,7 +197,7 @@ class WhatIf(Replayer):
     def step_name(self, ev: Event) -> str:
         """``name#N``: the boundary's bare name (its full name when another boundary of the
         run has the same bare name) and its recorded call number."""
-        name = ev.boundary if _bare(ev.boundary) in self._clash else _bare(ev.boundary)
+        name = ev.boundary if bare_name(ev.boundary) in self._clash else bare_name(ev.boundary)
         return f"{name}#{self.nth[ev.seq]}"
 
     def _steps(self, spec: str, given: str, option: str) -> list[int]:
@@ -187,7 +214,7 @@ class WhatIf(Replayer):
                 option,
                 given,
                 f"run {self.source.id} has no call to {name!r} "
-                f"(it calls: {', '.join(sorted(_bare(n) for n in recorded))})",
+                f"(it calls: {', '.join(sorted(bare_name(n) for n in recorded))})",
             )
         seqs = sorted(s for s, ev in self.events.items() if ev.boundary == full)
         if not nth:
@@ -203,60 +230,58 @@ class WhatIf(Replayer):
 
     # -- deciding each call ------------------------------------------------------------------
 
-    def _plan(self, b: Boundary, frame: Frame) -> _Plan:
-        data, value = clean_input(b, frame.data, self.pii)
-        frame.data = data
-        key = frame.key = input_key(b, data, value)
-        ev, div = self._match(b, frame, key, data, value)
+    def at_start(self, frame: Frame) -> Serve | None:
+        """Decide the call around the fork point: serve it (recorded or overridden), run it
+        live or faked, or refuse it."""
+        base = self.base
+        if OBSERVERS:
+            base.keeper.observe_begin(frame)
+        b = frame.b
+        assert b is not None
+        plan = self._plan(b, frame, base.matcher.match(frame))
+        ev = plan.event
+        if plan.live or ev is None:
+            return None
+        return base.server.serve(frame, ev)
+
+    def _plan(self, b: Boundary, frame: Frame, m: Match) -> _Plan:
+        ev, div = m.event, m.divergence
         if ev is not None and ev.seq == self.live_from:
             self.forked = True
         if ev is not None and ev.seq in self.overrides and b.kind != "agent":
-            return self._override(b, frame, ev, div, key)
+            return self._override(b, frame, ev, div)
         after = self.forked
-        named = b.name in self.live_names or (
-            ev is not None and (b.name, self.nth[ev.seq]) in self.live_calls
-        )
+        named = self.base.named_live(b, ev)
         if (named or b.kind == "agent") and not after:
-            return self._base(b, frame, ev, div, key, live=True)
+            return self._base(frame, ev, div, live=True)
         if named:
-            return self._live(b, frame, ev, div, key, data, value, how="live")
+            return self._live(frame, ev, m, how="live")
         if div is None and ev is not None and not after:
-            return self._base(b, frame, ev, None, key, live=False)
+            return self._base(frame, ev, None, live=False)
         # After the fork point, or a call the recording cannot serve.
         chosen = after or b.kind in self.live_kinds or b.name in self.fakes
         if b.side_effects and b.kind != "agent":
-            if div is None and ev is not None and self._exact(ev, data, value):
-                return self._base(b, frame, ev, None, key, live=False)
+            if div is None and ev is not None and actual_input(m, frame) == ev.input:
+                return self._base(frame, ev, None, live=False)
             if chosen:
-                return self._side_effect(b, frame, ev, div, key, data, value)
+                return self._side_effect(b, frame, ev, m)
         elif b.name in self.fakes:
-            return self._live(b, frame, ev, div, key, data, value, how="faked")
+            return self._live(frame, ev, m, how="faked")
         elif chosen or b.kind == "agent":
-            return self._live(b, frame, ev, div, key, data, value, how="live")
-        return self._base(b, frame, ev, div, key, live=False)
+            return self._live(frame, ev, m, how="live")
+        return self._base(frame, ev, div, live=False)
 
-    def _base(
-        self,
-        b: Boundary,
-        frame: Frame,
-        ev: Event | None,
-        div: Divergence | None,
-        key: str,
-        *,
-        live: bool,
-    ) -> _Plan:
+    def _base(self, frame: Frame, ev: Event | None, div: Divergence | None, *, live: bool) -> _Plan:
         """What a plain replay does with this call."""
-        plan = self._settle(b, frame, ev, div, key, live=live)
+        self.base.settle(frame, ev, div, live=live)
         if live and self.fork_seq is not None:
-            frame.meta["whatif"] = "live"  # compared with the recording when it finishes
-        return plan
+            frame.how = "live"  # compared with the recording when it finishes
+        return _Plan(live, ev)
 
-    def _override(
-        self, b: Boundary, frame: Frame, ev: Event, div: Divergence | None, key: str
-    ) -> _Plan:
+    def _override(self, b: Boundary, frame: Frame, ev: Event, div: Divergence | None) -> _Plan:
         value = self.overrides[ev.seq]
         moved = [dataclasses.replace(c, path=f"input.{c.path}") for c in div.changes] if div else []
-        self._consume_subtree(ev.seq)
+        self.recording.consume_subtree(ev.seq)
         frame.rec_seq = ev.seq
         frame.meta.update(overridden=True, source_seq=ev.seq)
         if isinstance(value, BaseException):
@@ -269,76 +294,48 @@ class WhatIf(Replayer):
             detail = "returns the given value"
             changes = diff_values(ev.output, output, "output")
         self._note("overridden", ev.address, b.name, self.step_name(ev), moved + changes, detail)
-        return _Plan(False, served, key)
+        return _Plan(False, served)
 
-    def _exact(self, ev: Event, data: bytes, value: Any) -> bool:
-        actual = value if value is not None else orjson.loads(data)
-        return bool(actual == ev.input)
-
-    def _side_effect(
-        self,
-        b: Boundary,
-        frame: Frame,
-        ev: Event | None,
-        div: Divergence | None,
-        key: str,
-        data: bytes,
-        value: Any,
-    ) -> _Plan:
+    def _side_effect(self, b: Boundary, frame: Frame, ev: Event | None, m: Match) -> _Plan:
         if b.name in self.fakes:
-            return self._live(b, frame, ev, div, key, data, value, how="faked")
+            return self._live(frame, ev, m, how="faked")
         if self.allow_side_effects:
-            return self._live(b, frame, ev, div, key, data, value, how="live")
-        actual = value if value is not None else orjson.loads(data)
+            return self._live(frame, ev, m, how="live")
+        actual = actual_input(m, frame)
         changes = diff_values(ev.input, actual, "input") if ev is not None else []
         what = "changed" if ev is not None else "new"
-        step = self.step_name(ev) if ev is not None else _bare(b.name)
+        step = self.step_name(ev) if ev is not None else bare_name(b.name)
         self._note("refused", frame.address, b.name, step, changes, f"a {what} side effect")
         exc = SideEffectRefused(
             f"{b.name} at {frame.address} has side effects and no longer matches the recording "
             f"({'; '.join(str(c) for c in changes[:3]) or 'a call the recording does not have'}"
-            f"); give a fake (fakes={{{_bare(b.name)!r}: fn}}; CLI: --fake "
-            f"{_bare(b.name)}=module:fn) or allow_side_effects=True (CLI: --allow-side-effects)"
+            f"); give a fake (fakes={{{bare_name(b.name)!r}: fn}}; CLI: --fake "
+            f"{bare_name(b.name)}=module:fn) or allow_side_effects=True (CLI: --allow-side-effects)"
         )
         frame.rec_seq = ev.seq if ev is not None else UNMATCHED
         raise exc
 
-    def _live(
-        self,
-        b: Boundary,
-        frame: Frame,
-        ev: Event | None,
-        div: Divergence | None,
-        key: str,
-        data: bytes,
-        value: Any,
-        *,
-        how: str,
-    ) -> _Plan:
+    def _live(self, frame: Frame, ev: Event | None, m: Match, *, how: ChangeHow) -> _Plan:
         frame.rec_seq = ev.seq if ev is not None else UNMATCHED
         if ev is not None:
             frame.meta["source_seq"] = ev.seq
-        frame.meta["whatif"] = how
-        if div is not None and ev is not None:
-            actual = value if value is not None else orjson.loads(data)
-            frame.meta["whatif_input"] = [
-                (c.path, c.change, c.recorded, c.actual)
-                for c in diff_values(ev.input, actual, "input")
-            ]
+        frame.how = how
+        if m.divergence is not None and ev is not None:
+            frame.scratch = diff_values(ev.input, actual_input(m, frame), "input")
         elif ev is None:
-            frame.meta["whatif_input"] = "new"
-        return _Plan(True, ev, key)
+            frame.scratch = "new"
+        return _Plan(True, ev)
 
     def _note(
         self,
-        how: str,
+        how: ChangeHow,
         address: str,
         boundary: str,
         step: str,
         changes: Iterable[FieldChange],
         detail: str = "",
     ) -> None:
-        with self._lock:
+        with self.recording.lock:
             self.changes.append(Change(how, address, boundary, step, tuple(changes), detail))
 
     # -- running fakes, and noting what live steps did ---------------------------------------
@@ -347,8 +344,8 @@ class WhatIf(Replayer):
         """A faked step runs its fake (async-wrapped for an async boundary)."""
         b = frame.b
         assert b is not None
-        if frame.meta.get("whatif") != "faked":
-            return b.fn
+        if frame.how != "faked":
+            return self.base.function(frame)
         fake = self.fakes[b.name]
         if b.is_async and not inspect.iscoroutinefunction(fake):
 
@@ -362,34 +359,38 @@ class WhatIf(Replayer):
         """Note what a live or faked step did differently; record the step."""
         b = frame.b
         assert b is not None
-        how = frame.meta.get("whatif")
+        how = frame.how
         error = outcome.error
         if how is not None and not isinstance(error, ReplayableError):
             output = None if outcome.output is None else orjson.loads(outcome.output)
-            self._note_live(b, frame, str(how), output, error, True)
+            self._note_live(b, frame, how, output, error, True)  # type: ignore[arg-type]
         if frame.meta.get("overridden") and outcome.served is not None:
             # The user's value: redact it like any live output.
             served = outcome.served
-            out = None if error is not None else self.snapshot(frame, served.output, "output")
+            out = (
+                None
+                if error is not None
+                else snapshot(frame, served.output, "output", strict=False)
+            )
             outcome = Ending(output=out, error=error)
-        super().at_end(frame, outcome)
+        self.base.at_end(frame, outcome)
 
     def _note_live(
         self,
         b: Boundary,
         frame: Frame,
-        how: str,
+        how: ChangeHow,
         output: Any,
         error: BaseException | None,
         encoded: bool,
     ) -> None:
         ev = self.events.get(frame.meta.get("source_seq", UNMATCHED))
         changes: list[FieldChange] = []
-        inp = frame.meta.get("whatif_input")
+        inp = frame.scratch
         if isinstance(inp, list):
-            changes += [FieldChange(*c) for c in inp]
+            changes += inp
         if ev is None:
-            step, detail = _bare(b.name), "a new call"
+            step, detail = bare_name(b.name), "a new call"
         else:
             step, detail = self.step_name(ev), ""
             if error is not None:
@@ -413,9 +414,9 @@ class WhatIf(Replayer):
 
     # -- the end -----------------------------------------------------------------------------
 
-    def close(self, exc: BaseException | None, *, status: str | None = None) -> None:
-        """Keep what the what-if changed in the fork's run (its page lists it), then close."""
-        fork = self.run.metadata.get("fork")
+    def before_close(self) -> None:
+        """Keep what the what-if changed in the fork's run (its page lists it)."""
+        fork = self.base.run.metadata.get("fork")
         if isinstance(fork, dict):
             fork["changes"] = [
                 {
@@ -427,25 +428,26 @@ class WhatIf(Replayer):
                 }
                 for c in self.changes
             ]
-        super().close(exc, status=status)
 
-    def skipped(self) -> list[Divergence]:
-        """Calls never reached: after the fork point they are changes, before it divergences."""
+    def split_skipped(self, skipped: list[Divergence], *, note: bool = True) -> list[Divergence]:
+        """Calls never reached: after the fork point they are changes (noted as such), before
+        it divergences (returned)."""
         out = []
-        for div in super().skipped():
+        for div in skipped:
             ev = next(
                 (e for e in self.events.values() if e.address == div.address),
                 None,
             )
             if ev is not None and self.fork_seq is not None and ev.seq > self.fork_seq:
-                self._note("not reached", ev.address, ev.boundary, self.step_name(ev), ())
+                if note:
+                    self._note("not reached", ev.address, ev.boundary, self.step_name(ev), ())
             else:
                 out.append(div)
         return out
 
-    def whatif_lines(self) -> list[str]:
+    def report_lines(self) -> list[str]:
         """The report's what-if section: the fork point, then every change in order."""
-        fork = self.run.metadata.get("fork") or {}
+        fork = self.base.run.metadata.get("fork") or {}
         lines = []
         if fork.get("step"):
             lines.append(f"fork of run {self.source.id} at {fork['step']} ({fork['address']})")
@@ -453,3 +455,47 @@ class WhatIf(Replayer):
             lines.append("nothing changed after the fork point")
         lines.extend(c.describe() for c in self.changes)
         return lines
+
+
+def build_whatif(
+    source: Run,
+    events: Iterable[Event],
+    *,
+    target: Store,
+    override: Mapping[str, Any],
+    live_from: str | None,
+    live_kinds: Iterable[str],
+    fakes: Mapping[str, Callable[..., Any]],
+    live: Iterable[str] = (),
+    allow_side_effects: bool = False,
+    strict: bool = True,
+    match: MatchMode | str = "address",
+    fallback: Cassette | None = None,
+    sandbox: AbstractContextManager[Any] | None = None,
+    follow: bool = False,
+    allow_network: bool | Iterable[str] = False,
+    pii: Pseudonymizer | None = None,
+) -> Replay:
+    """A what-if replay of ``source``: the plain replay's parts and policy, decided around."""
+    parts = replay_parts(source, events, target=target, match=match, pii=pii)
+    base = ReplayPolicy(
+        parts.recording,
+        parts.keeper,
+        live=live,
+        allow_side_effects=allow_side_effects,
+        strict=strict,
+        matcher=parts.matcher,
+        server=parts.server,
+        fallback=fallback,
+        sandbox=sandbox,
+        follow=follow,
+    )
+    whatif = WhatIf(
+        base,
+        override=override,
+        live_from=live_from,
+        live_kinds=live_kinds,
+        fakes=fakes,
+        allow_side_effects=allow_side_effects,
+    )
+    return Replay(base, whatif, allow_network=allow_network)

@@ -230,7 +230,7 @@ def outgoing(service: str | None = None) -> tuple[dict[str, str], bool]:
     and whether they ask the callee to follow (replay its linked run)."""
     session = SESSION.get()
     frame = FRAME.get()
-    run = getattr(session, "run", None)
+    run = session.run if session is not None else None
     if session is None or frame is None or run is None:
         return {}, False
     trace_id = run.trace_id
@@ -238,13 +238,13 @@ def outgoing(service: str | None = None) -> tuple[dict[str, str], bool]:
         trace_id = run.metadata.setdefault("trace_id", new_trace_id())
     mode: prop.Mode = "record"
     source: prop.Link | None = None
-    if getattr(session, "serves_recordings", False):
+    if session.serves_recordings:
         mode = "replay"
-        events = getattr(session, "events", {})
+        events = session.source_events or {}
         recorded = events.get(frame.rec_seq) if frame.rec_seq is not None else None
-        if getattr(session, "follow", False) and recorded is not None:
+        if session.follow and session.source is not None and recorded is not None:
             mode = "follow"
-            source = prop.Link(getattr(session, "source").id, recorded.address, service)  # noqa: B009
+            source = prop.Link(session.source.id, recorded.address, service)
     headers = {
         prop.TRACEPARENT: prop.traceparent(trace_id, run.id, frame.address),
         prop.BAGGAGE: prop.baggage_entry(run.id, frame.address, mode, source),
@@ -326,7 +326,6 @@ def take_follow_report(value: str, asked: bool, service: str) -> None:
     except (ValueError, orjson.JSONDecodeError, UnicodeError):
         log.warning("replayable: ignored a malformed %s header from %s", FOLLOW_HEADER, service)
         return
-    add = getattr(session, "add_divergence", None)
     for d in found:
         where = f"{service}: {d['address']}"
         div = Divergence(
@@ -338,8 +337,7 @@ def take_follow_report(value: str, asked: bool, service: str) -> None:
             .strip()
             .rstrip(":"),
         )
-        if add is not None:
-            add(div)
+        session.add_divergence(div)
 
 
 def _call(

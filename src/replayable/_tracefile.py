@@ -21,9 +21,9 @@ from typing import IO, Any
 
 import orjson
 
-from replayable._chain import Verification, _verify, verify_run
+from replayable._chain import Verification, verify_pairs, verify_run
+from replayable._model import Event, Run
 from replayable.errors import ReplayableError, TraceCorrupt
-from replayable.trace import Event, Run
 
 __all__ = [
     "MAX_LINE_BYTES",
@@ -264,7 +264,7 @@ def verify_trace(path: str | os.PathLike[str], *, key: bytes | None = None) -> V
     Raises :class:`TraceCorrupt` for a file that cannot be read as a trace at all.
     """
     run, lines = _open_trace(path)
-    return _verify(run, lines, key=key, in_file=True)
+    return verify_pairs(run, lines, key=key, in_file=True)
 
 
 def check_trace(path: str | os.PathLike[str]) -> tuple[Run, list[Event]]:

@@ -27,7 +27,7 @@ import orjson
 
 from replayable import canonical
 from replayable.errors import StoreUnavailable, Unserializable
-from replayable.redact import REDACTED, might_hold_secrets, names_clean, redact, redact_split
+from replayable.redact import REDACTED, might_hold_secrets, names_clean, redact
 from replayable.store.base import Checkpoint, EventRow, Store
 from replayable.trace import (
     Event,
@@ -46,6 +46,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BatchStore",
+    "Buffer",
     "Pending",
     "Writer",
     "flush_all",
@@ -107,7 +108,6 @@ _ENGINE_META = frozenset(
         "closed_early",
         "never_started",
         "handled_throws",
-        "fallback",
     )
 )
 """Step metadata keys the engine and replay set themselves, to booleans, numbers and lists of
@@ -153,48 +153,25 @@ def _meta_bytes(meta: dict[str, Any]) -> bytes:
     return data
 
 
-def _pseudonymized(
-    pii: Any, p: Pending, out: bytes, error: dict[str, Any] | None, meta: bytes
-) -> tuple[bytes, dict[str, Any] | None, bytes]:
-    """A step's output, error and metadata with personal data pseudonymized (an output served
-    from a recording was pseudonymized when it was recorded)."""
-    if not p.served:
-        if p.meta.get("stream") and out.startswith(b"[") and pii.might_hold(out):
-            out = canonical.snapshot(pii.chunks(orjson.loads(out)))  # a value may span chunks
-        else:
-            out = pii.json(out)
-    if error is not None:
-        error = pii.value(error)
-    if meta != b"{}":
-        meta = pii.json(meta)
-    return out, error, meta
-
-
 def pending_row(p: Pending, chains: dict[str, tuple[int, str]]) -> EventRow:
     """A completed call as a store row: redacted, keyed and linked into its run's hash chain
     (``chains`` maps a run id to its (events so far, head hash) and is updated)."""
     b = p.boundary
     pii = p.pii
-    if p.key is not None:  # a replay keyed the call: its input is redacted already
+    if p.key is not None:  # a replay keyed the call: its input is cleaned already
         inp, key = p.input, p.key
     else:
-        inp, value = canonical.clean_input(b, p.input, pii)
-        key = canonical.input_key(b, inp, value)
+        inp, _, key = canonical.keyed_input(b, p.input, pii)
     out = p.output
-    if p.served:
-        pass  # served from a recording, so redacted when it was recorded
-    elif p.meta.get("stream") and out.startswith(b'["'):  # text chunks: a secret may span some
-        out = canonical.snapshot(
-            redact(redact_split(orjson.loads(out)), extra_keys=b.redact_keys, redactors=b.redactors)
-        )
-    elif b.redactors or b.redact_keys or might_hold_secrets(out):
-        out = canonical.snapshot(
-            redact(orjson.loads(out), extra_keys=b.redact_keys, redactors=b.redactors)
-        )
+    if not p.served:  # a served output was cleaned when it was recorded
+        out = canonical.clean_output(b, out, stream=bool(p.meta.get("stream")), pii=pii)
     error = None if p.error is None else redact(p.error)
     meta = _meta_bytes(p.meta)
     if pii is not None:
-        out, error, meta = _pseudonymized(pii, p, out, error, meta)
+        if error is not None:
+            error = pii.value(error)
+        if meta != b"{}":
+            meta = pii.json(meta)
     err = None if error is None else orjson.dumps(error, option=_SORTED)
     stored_in, stored_out, stored_meta = inp, out, meta
     src = p.source
@@ -248,6 +225,46 @@ def pending_row(p: Pending, chains: dict[str, tuple[int, str]]) -> EventRow:
         p.duration_ns,
         digest,
     )
+
+
+class Buffer:
+    """A sink (:class:`replayable._engine.Sink`) that keeps a run's steps in memory: nothing
+    is written and no thread starts. ``rp.check`` keeps each replay here and turns only the
+    ones worth keeping (diverged, failed) into rows with :meth:`rows`."""
+
+    error: BaseException | None = None
+    failing = False
+
+    def __init__(self) -> None:
+        self.pending: list[Pending] = []
+
+    def begin_run(self, run: Run) -> None:
+        """Nothing to create: a kept run is written whole, later."""
+
+    def submit(self, item: Pending) -> None:
+        """Keep the step in memory."""
+        self.pending.append(item)
+
+    def end_run(self, run: Run) -> None:
+        """Nothing to finish: a kept run is written whole, later."""
+
+    @property
+    def busy(self) -> bool:
+        """Nothing is ever queued."""
+        return False
+
+    def flush(self, timeout: float | None = 30.0, *, stall_limit: float | None = None) -> bool:
+        """Nothing is queued."""
+        return True
+
+    def rows(self, run: Run) -> list[EventRow]:
+        """The kept steps of ``run`` as store rows in write order, and ``run`` sealed (head
+        hash and event count), ready for ``Store.put_run``."""
+        chains: dict[str, tuple[int, str]] = {run.id: (0, genesis_hash(run))}
+        rows = [pending_row(p, chains) for p in self.pending]
+        count, head = chains[run.id]
+        seal_run(run, head, count)
+        return rows
 
 
 LINGER_S = 0.05

@@ -10,12 +10,12 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
-import threading
 import typing
 from collections.abc import Callable, Iterable
 from typing import Any, Literal, Protocol, TypeVar, overload
 
-from replayable import _engine, _errors_codec, canonical
+from replayable import _errors_codec, canonical, context
+from replayable._registry import register, registry
 from replayable.context import SESSION
 from replayable.errors import UnknownBoundary
 
@@ -23,10 +23,12 @@ __all__ = [
     "Boundary",
     "Codec",
     "Kind",
+    "bare_name",
     "boundary",
     "get_boundary",
     "register_error_codec",
     "registry",
+    "resolve_live",
     "resolve_name",
 ]
 
@@ -39,9 +41,6 @@ F = TypeVar("F", bound=Callable[..., Any])
 Kind = Literal["llm", "tool", "retrieval", "agent", "clock", "node"]
 """The kinds replayable itself knows (``agent`` runs live in a replay, ``clock`` is ``rp.now()``
 and friends); any other string names a kind of your own."""
-
-_REGISTRY: dict[str, Boundary] = {}
-_REGISTRY_LOCK = threading.Lock()
 
 
 class Codec(Protocol):
@@ -95,7 +94,7 @@ class Boundary:
     @property
     def bare_name(self) -> str:
         """The function's own name, without module or class."""
-        return self.name.rsplit(":", 1)[-1].rsplit(".", 1)[-1]
+        return bare_name(self.name)
 
     def _init_binding(self) -> None:
         try:
@@ -227,17 +226,6 @@ class Boundary:
         return f"<Boundary {self.name} kind={self.kind}>"
 
 
-def _register(b: Boundary) -> None:
-    with _REGISTRY_LOCK:
-        _REGISTRY[b.name] = b
-
-
-def registry() -> dict[str, Boundary]:
-    """A copy of the name -> :class:`Boundary` map of every boundary defined so far."""
-    with _REGISTRY_LOCK:
-        return dict(_REGISTRY)
-
-
 def get_boundary(fn_or_name: Any) -> Boundary:
     """The :class:`Boundary` behind a decorated function, or registered under a name.
 
@@ -252,8 +240,14 @@ def get_boundary(fn_or_name: Any) -> Boundary:
     if isinstance(b, Boundary):
         return b
     if isinstance(fn_or_name, str):
-        return _REGISTRY[resolve_name(fn_or_name, _REGISTRY)]
+        known = registry()
+        return known[resolve_name(fn_or_name, known)]
     raise UnknownBoundary(f"{fn_or_name!r} is not a replayable boundary")
+
+
+def bare_name(name: str) -> str:
+    """A boundary's bare function name: ``pkg.mod:Class.method`` -> ``method``."""
+    return name.rsplit(":", 1)[-1].rsplit(".", 1)[-1]
 
 
 @overload
@@ -273,7 +267,7 @@ def resolve_name(name: str, names: Iterable[str], *, missing_ok: bool = False) -
     pool = set(names)
     if name in pool:
         return name
-    matches = sorted(n for n in pool if n.rsplit(":", 1)[-1].rsplit(".", 1)[-1] == name)
+    matches = sorted(n for n in pool if bare_name(n) == name)
     if len(matches) > 1:  # a user's bare name means their boundary, not one of ours
         own = [n for n in matches if not n.startswith(("replayable:", "replayable."))]
         matches = own if len(own) == 1 else matches
@@ -288,6 +282,34 @@ def resolve_name(name: str, names: Iterable[str], *, missing_ok: bool = False) -
             "import the module that defines it, or use its full module:qualname"
         )
     raise UnknownBoundary(f"boundary name {name!r} is ambiguous; use one of: {', '.join(matches)}")
+
+
+def resolve_live(
+    entries: Iterable[str], recorded: set[str]
+) -> tuple[set[str], set[tuple[str, int]]]:
+    """Resolve ``live=`` entries to (full names, (full name, N) pairs).
+
+    An entry is a full ``module:qualname``, a bare function name (resolved among the recording's
+    boundaries first, then among every registered one; ambiguous is an error), or ``name#N``:
+    only the N-th call of that boundary (1-based, in start order).
+    """
+    names: set[str] = set()
+    calls: set[tuple[str, int]] = set()
+    known: set[str] | None = None
+    for entry in entries:
+        name, _, nth = entry.partition("#")
+        full = resolve_name(name, recorded, missing_ok=True)
+        if full is None:
+            if known is None:
+                known = set(registry()) | recorded
+            full = resolve_name(name, known)
+        if nth:
+            if not nth.isdigit() or int(nth) < 1:
+                raise UnknownBoundary(f"bad call number in {entry!r}: use name#N with N >= 1")
+            calls.add((full, int(nth)))
+        else:
+            names.add(full)
+    return names, calls
 
 
 @overload
@@ -357,8 +379,8 @@ def boundary(
             def wrapper(*args: Any, **kwargs: Any) -> Any:
                 session = SESSION.get()
                 if session is None:
-                    if _engine.ACTIVE:
-                        _engine.orphan_call(b)
+                    if context.ACTIVE:
+                        context.orphan_call(b)
                     return func(*args, **kwargs)
                 return session.call_agen(b, args, kwargs)
 
@@ -367,8 +389,8 @@ def boundary(
             def wrapper(*args: Any, **kwargs: Any) -> Any:
                 session = SESSION.get()
                 if session is None:
-                    if _engine.ACTIVE:
-                        _engine.orphan_call(b)
+                    if context.ACTIVE:
+                        context.orphan_call(b)
                     return func(*args, **kwargs)
                 return session.call_gen(b, args, kwargs)
 
@@ -377,8 +399,8 @@ def boundary(
             async def wrapper(*args: Any, **kwargs: Any) -> Any:
                 session = SESSION.get()
                 if session is None:
-                    if _engine.ACTIVE:
-                        _engine.orphan_call(b)
+                    if context.ACTIVE:
+                        context.orphan_call(b)
                     return await func(*args, **kwargs)
                 return await session.call_async(b, args, kwargs)
 
@@ -387,15 +409,15 @@ def boundary(
             def wrapper(*args: Any, **kwargs: Any) -> Any:
                 session = SESSION.get()
                 if session is None:
-                    if _engine.ACTIVE:
-                        _engine.orphan_call(b)
+                    if context.ACTIVE:
+                        context.orphan_call(b)
                     return func(*args, **kwargs)
                 return session.call(b, args, kwargs)
 
         functools.update_wrapper(wrapper, func)
         setattr(wrapper, "__replayable__", b)  # noqa: B010
         b.wrapper = wrapper
-        _register(b)
+        register(b)
         return typing.cast(F, wrapper)
 
     if fn is not None:

@@ -34,7 +34,7 @@ import ahocorasick_rs
 import orjson
 
 from replayable.errors import Unserializable
-from replayable.redact import might_hold_secrets, redact
+from replayable.redact import might_hold_secrets, redact, redact_split
 
 if TYPE_CHECKING:
     from replayable.boundary import Boundary
@@ -45,10 +45,12 @@ __all__ = [
     "canonical_json",
     "canonicalize",
     "clean_input",
+    "clean_output",
     "dumps",
     "input_key",
     "key",
     "key_of_json",
+    "keyed_input",
     "loads",
     "normalize",
     "sanitize",
@@ -367,6 +369,32 @@ def clean_input(b: Boundary, data: bytes, pii: Any = None) -> tuple[bytes, Any]:
     if pii is not None:
         return pii.clean(data, value)  # type: ignore[no-any-return]
     return data, value
+
+
+def clean_output(b: Boundary, data: bytes, *, stream: bool = False, pii: Any = None) -> bytes:
+    """Redact an output snapshot, keeping its order: the one way every mode does it. A
+    stream's text chunks are redacted as one text (a secret may span several chunks). With
+    ``pii`` (a run's pseudonymizer), personal data is pseudonymized too, a stream's chunks
+    read as one text the same way (a model streams an address token by token)."""
+    if stream and data.startswith(b'["'):
+        chunks = redact_split(orjson.loads(data))
+        data = snapshot(redact(chunks, extra_keys=b.redact_keys, redactors=b.redactors))
+    elif b.redactors or b.redact_keys or might_hold_secrets(data):
+        data = snapshot(redact(orjson.loads(data), extra_keys=b.redact_keys, redactors=b.redactors))
+    if pii is None:
+        return data
+    if stream and data.startswith(b"[") and pii.might_hold(data):
+        return snapshot(pii.chunks(orjson.loads(data)))
+    return pii.json(data)  # type: ignore[no-any-return]
+
+
+def keyed_input(b: Boundary, data: bytes, pii: Any = None) -> tuple[bytes, Any, str]:
+    """An input snapshot redacted (and with ``pii``, pseudonymized) and keyed, the one way
+    every mode does it: (the cleaned bytes, their parsed value or None when nothing needed
+    parsing, the key). Recording and replay both call this, so a live input is stored, keyed
+    and compared in the same form."""
+    data, value = clean_input(b, data, pii)
+    return data, value, input_key(b, data, value)
 
 
 def input_key(

@@ -36,11 +36,12 @@ import orjson
 
 from replayable import canonical
 from replayable._diff import diff_values
-from replayable._engine import Ending, Engine, Serve, activate, deactivate, resolve_live
+from replayable._engine import Ending, Engine, Serve
 from replayable._errors_codec import encode_error
-from replayable.context import SESSION, AsyncToo, Frame
+from replayable.boundary import resolve_live
+from replayable.context import AsyncToo, Frame, refuse_nested
 from replayable.errors import FixtureMiss, ReplayableError, ReplayableWarning, TraceCorrupt
-from replayable.redact import might_hold_secrets, redact
+from replayable.redact import redact
 
 if TYPE_CHECKING:
     from replayable.boundary import Boundary
@@ -122,7 +123,11 @@ class CassetteCall:
         return self._input
 
 
-class Cassette(Engine, AsyncToo["Cassette"]):
+_MISSED: Any = object()
+"""``Frame.scratch`` of a call the cassette missed, to append when it ends."""
+
+
+class Cassette(AsyncToo["Cassette"]):
     """An exact-match fixture file; a context manager (sync or async) and a decorator.
 
     >>> import replayable as rp
@@ -145,7 +150,6 @@ class Cassette(Engine, AsyncToo["Cassette"]):
         live: Iterable[str] = (),
         pii: Any = None,
     ) -> None:
-        super().__init__()
         resolve_mode(mode)  # fail early on a bad mode
         self.path = Path(path)
         self.pii = pii
@@ -165,7 +169,7 @@ class Cassette(Engine, AsyncToo["Cassette"]):
         self._by_boundary: dict[str, list[_Entry]] = {}
         self._lock = threading.Lock()
         self._fd: int | None = None
-        self._token: Any = None
+        self._engine: Engine | None = None
 
     # -- the file ----------------------------------------------------------------------------
 
@@ -254,12 +258,11 @@ class Cassette(Engine, AsyncToo["Cassette"]):
             self._fd = None
 
     def __enter__(self) -> Cassette:
-        if SESSION.get() is not None:
-            raise ReplayableError("a record, replay or cassette is already active in this context")
+        refuse_nested()
         self.open()
         if self.mode != "off":
-            self._token = SESSION.set(self)
-            activate(self)
+            self._engine = Engine(self, unserializable="raise")
+            self._engine.enter()
         return self
 
     def __exit__(
@@ -268,12 +271,12 @@ class Cassette(Engine, AsyncToo["Cassette"]):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if self._token is not None:
-            deactivate(self)
-            self.end_unstarted()
-            SESSION.reset(self._token)
-            self._token = None
-        self.close()
+        engine, self._engine = self._engine, None
+        try:
+            if engine is not None:
+                engine.leave()
+        finally:
+            self.close()
 
     def __call__(self, fn: F) -> F:
         """Use the cassette as a decorator: each call of ``fn`` runs inside a fresh activation."""
@@ -298,7 +301,13 @@ class Cassette(Engine, AsyncToo["Cassette"]):
 
     # -- lookup -------------------------------------------------------------------------------
 
-    unserializable = "raise"
+    serves_recordings = False
+
+    def function(self, frame: Frame) -> Callable[..., Any]:
+        """The boundary's own function."""
+        b = frame.b
+        assert b is not None
+        return b.fn
 
     def at_start(self, frame: Frame) -> Serve | None:
         """Serve a recorded call, or run it live (agents, ``live=``, a miss in ``auto``/``record``
@@ -309,9 +318,8 @@ class Cassette(Engine, AsyncToo["Cassette"]):
             nth = self._counts[b.name] = self._counts.get(b.name, 0) + 1
         if b.kind == "agent" or b.name in self._live_names or (b.name, nth) in self._live_calls:
             return None
-        data, value = canonical.clean_input(b, frame.data, self.pii)
-        frame.data = data
-        key = frame.key = canonical.input_key(b, data, value)
+        data, value, key = canonical.keyed_input(b, frame.data, self.pii)
+        frame.data, frame.key = data, key
         k = (b.name, key)
         with self._lock:
             entries = self._entries.get(k) if self.mode != "record" else None
@@ -329,7 +337,7 @@ class Cassette(Engine, AsyncToo["Cassette"]):
             self.misses += 1
         if self.mode == "replay":
             raise self._miss(b, key, data, value)
-        frame.meta["cassette_miss"] = True
+        frame.scratch = _MISSED  # kept at its end (at_end)
         return None
 
     def at_end(self, frame: Frame, outcome: Ending) -> None:
@@ -338,7 +346,7 @@ class Cassette(Engine, AsyncToo["Cassette"]):
         as such: served again, it refuses to be read further than it was."""
         b = frame.b
         exc = outcome.error
-        if b is None or not frame.meta.get("cassette_miss") or outcome.refused:
+        if b is None or frame.scratch is not _MISSED or outcome.refused:
             return
         if exc is not None and (
             isinstance(exc, ReplayableError)
@@ -348,16 +356,12 @@ class Cassette(Engine, AsyncToo["Cassette"]):
         error = None if exc is None else redact(encode_error(exc))
         out: Any = None
         if outcome.output is not None:
-            raw = outcome.output
-            if b.redactors or b.redact_keys or might_hold_secrets(raw):
-                out = redact(orjson.loads(raw), extra_keys=b.redact_keys, redactors=b.redactors)
-            else:
-                out = orjson.loads(raw)
-        pii = self.pii
-        if pii is not None:
-            streamed = frame.meta.get("stream") and isinstance(out, list)
-            out = pii.chunks(out) if streamed else pii.value(out)
-            error = None if error is None else pii.value(error)
+            stream = bool(frame.meta.get("stream"))
+            out = orjson.loads(
+                canonical.clean_output(b, outcome.output, stream=stream, pii=self.pii)
+            )
+        if error is not None and self.pii is not None:
+            error = self.pii.value(error)
         self.calls.append(CassetteCall(b.name, frame.data, False, out, error, b.kind))
         meta = {k: frame.meta[k] for k in _STREAM_META if k in frame.meta}
         self._append(b, frame.key or "", frame.data, out, error, meta)

@@ -6,7 +6,6 @@ lists in place); everything else happens on the background writer (:mod:`replaya
 
 from __future__ import annotations
 
-import contextvars
 import logging
 import os
 import platform
@@ -15,20 +14,20 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from functools import lru_cache
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from replayable import _network
-from replayable._engine import Ending, Engine, Serve, activate, deactivate
+from replayable._engine import Ending, Engine, Serve, Sink, snapshot
 from replayable._errors_codec import encode_error
 from replayable._pii import PII, Pseudonymizer, for_record
 from replayable._threads import EXECUTOR
 from replayable._version import __version__
-from replayable._writer import STALL_S, Pending, Writer, flush_all, writer_for
-from replayable.context import FRAME, SESSION, AsyncToo, Frame
-from replayable.errors import ReplayableError, ReplayableWarning
+from replayable._writer import STALL_S, Pending, flush_all, writer_for
+from replayable.context import AsyncToo, Frame, reset_context
+from replayable.errors import ReplayableWarning
 from replayable.redact import redact, redact_argv, redact_run
 from replayable.store import Store, open_store
 from replayable.trace import Run
@@ -37,6 +36,7 @@ if TYPE_CHECKING:
     pass
 
 __all__ = [
+    "RecordPolicy",
     "Recorder",
     "Recording",
     "ReplayableWarning",
@@ -140,28 +140,32 @@ def _warn_late(run_id: str, boundary: str) -> None:
 OBSERVERS: list[Any] = []
 
 
-class Recorder(Engine):
-    """The record policy: every call runs live and is kept as an event of ``run``."""
+class Recorder:
+    """The record keeper: each call is kept as an event of ``run`` handed to ``sink`` (by
+    default the store's background writer), and the run is started and closed in it.
+
+    Every mode that records its run (record, replay, what-if, check) keeps its steps here.
+    With ``pii`` (a run's pseudonymizer), personal data is pseudonymized in every value kept.
+    """
 
     def __init__(
-        self, store: Store, run: Run, *, strict: bool = False, pii: Pseudonymizer | None = None
+        self,
+        store: Store,
+        run: Run,
+        *,
+        strict: bool = False,
+        sink: Sink | None = None,
+        pii: Pseudonymizer | None = None,
     ) -> None:
-        super().__init__()
         self.store = store
         self.pii = pii
         """Personal data pseudonymized in every recorded value (:mod:`replayable._pii`)."""
         self.run = run
         self.strict = strict
-        self.unserializable = "raise" if strict else "mark"
-        self.writer: Writer = writer_for(store)
+        self.writer: Sink = sink if sink is not None else writer_for(store)
         self.closed = False
         self.refer_to: str | None = None
         """A run in the same store whose served events this run keeps as references."""
-
-    def at_start(self, frame: Frame) -> Serve | None:
-        """Recording runs every call live."""
-        self.observe_begin(frame)
-        return None
 
     def observe_begin(self, frame: Frame) -> None:
         """Tell live observers (OpenTelemetry) a step began."""
@@ -169,7 +173,7 @@ class Recorder(Engine):
             for obs in OBSERVERS:
                 obs.on_begin(self, frame.b, frame)
 
-    def at_end(self, frame: Frame, outcome: Ending) -> None:
+    def keep(self, frame: Frame, outcome: Ending) -> None:
         """Keep the call as an event: its input, its output (or error), its metadata."""
         b = frame.b
         assert b is not None
@@ -187,14 +191,19 @@ class Recorder(Engine):
         if served is not None:
             source = served.source if self.refer_to is not None else None
             # With a source, the writer stores a reference to it instead of the output.
-            out = b"null" if source is not None else self.snapshot(frame, served.output, "output")
+            out = (
+                b"null"
+                if source is not None
+                else snapshot(frame, served.output, "output", strict=self.strict)
+            )
         elif outcome.output is not None:
             out = outcome.output  # a stream that failed keeps the chunks it yielded
         else:
             out = b"null"
         # Positional, in field order (a class called with keywords builds a dict first, and
         # this runs on every call): run_id, seq, address, parent_seq, boundary, input, output,
-        # error, meta, started_at, duration_ns, key, served, source, source_run, same_input.
+        # error, meta, started_at, duration_ns, key, served, source, source_run, same_input,
+        # pii.
         self.writer.submit(
             Pending(
                 self.run.id,
@@ -212,7 +221,7 @@ class Recorder(Engine):
                 served is not None,
                 source,
                 self.refer_to or "",
-                source is not None and frame.sorted_data is None,
+                source is not None and frame.same_input,
                 self.pii,
             )
         )
@@ -242,7 +251,6 @@ class Recorder(Engine):
         that found divergences finishes as ``diverged``.
         """
         run = self.run
-        self.end_unstarted()
         self.closed = True
         run.ended_at = time.time()
         run.status = status or ("error" if exc is not None else "ok")
@@ -280,35 +288,55 @@ def flush(timeout: float | None = None) -> bool:
     return flush_all(timeout)
 
 
-def reset_context(tokens: list[contextvars.Token[Any]]) -> None:
-    """Restore the session and frame variables; a block exited in another context (an async
-    context manager finished by a different task) clears them instead of failing."""
-    for var, token in zip((SESSION, FRAME), tokens, strict=True):
-        try:
-            var.reset(token)  # type: ignore[attr-defined]
-        except ValueError:
-            var.set(None)  # type: ignore[attr-defined]
+class RecordPolicy:
+    """The record policy: every call runs live, and ``keeper`` keeps it."""
+
+    serves_recordings = False
+
+    def __init__(self, keeper: Recorder) -> None:
+        self.keeper = keeper
+
+    def at_start(self, frame: Frame) -> Serve | None:
+        """Recording runs every call live."""
+        self.keeper.observe_begin(frame)
+        return None
+
+    def at_end(self, frame: Frame, outcome: Ending) -> None:
+        """Keep the call."""
+        self.keeper.keep(frame, outcome)
+
+    def function(self, frame: Frame) -> Callable[..., Any]:
+        """The boundary's own function."""
+        b = frame.b
+        assert b is not None
+        return b.fn
 
 
 class Recording(AsyncToo[Run]):
     """Context manager returned by :func:`record` (use with ``with`` or ``async with``)."""
 
-    def __init__(self, session_factory: Any) -> None:
-        self._factory = session_factory
-        self._session: Recorder | None = None
-        self._tokens: list[contextvars.Token[Any]] = []
+    def __init__(self, keeper_factory: Callable[[], Recorder]) -> None:
+        self._factory = keeper_factory
+        self._keeper: Recorder | None = None
+        self._engine: Engine | None = None
 
     def __enter__(self) -> Run:
-        if SESSION.get() is not None:
-            raise ReplayableError("a record or replay is already active in this context")
-        session: Recorder = self._factory()
-        self._session = session
-        session.start()
-        self._tokens = [SESSION.set(session), FRAME.set(session.root)]
-        activate(session)
+        keeper = self._factory()
+        engine = Engine(
+            RecordPolicy(keeper),
+            unserializable="raise" if keeper.strict else "mark",
+            run=keeper.run,
+        )
+        engine.enter()
+        try:
+            keeper.start()
+        except BaseException:
+            engine.leave()
+            raise
+        self._keeper, self._engine = keeper, engine
         EXECUTOR.acquire()
-        _network.enter(session, replay=False)
-        return session.run
+        _network.enter(engine, replay=False)
+        return keeper.run
 
     def __exit__(
         self,
@@ -316,14 +344,14 @@ class Recording(AsyncToo[Run]):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        assert self._session is not None
-        deactivate(self._session)
-        _network.leave(self._session)
+        assert self._keeper is not None
+        assert self._engine is not None
+        _network.leave(self._engine)
         EXECUTOR.release()
         try:
-            reset_context(self._tokens)
+            self._engine.leave()
         finally:
-            self._session.close(exc)
+            self._keeper.close(exc)
 
 
 def record(

@@ -32,7 +32,7 @@ from typing import Any
 
 from replayable._check._report import CheckReport, Group, RunOutcome, group_outcomes
 from replayable._check._worker import ENV, Done, Item, Task, run_batch
-from replayable.boundary import registry
+from replayable.boundary import bare_name, registry
 from replayable.errors import ReplayableError, SideEffectRefused
 from replayable.record import environment, new_run_id
 from replayable.store import DEFAULT_STORE, Store, open_store
@@ -48,7 +48,7 @@ ProgressFn = Callable[[int, int], None]
 # -- selecting and distributing runs (in the caller) -----------------------------------------
 
 
-def _selection(
+def query_runs(
     src: Store,
     *,
     since: float | timedelta | None,
@@ -97,8 +97,7 @@ def _refuse_side_effects(live: Iterable[str]) -> None:
     for entry in live:
         name = entry.partition("#")[0]
         for full, b in registry().items():
-            bare = full.rsplit(":", 1)[-1].rsplit(".", 1)[-1]
-            if b.side_effects and name in (full, bare):
+            if b.side_effects and name in (full, bare_name(full)):
                 raise SideEffectRefused(
                     f"{full} has side effects: a check never runs them live (they would fire "
                     "once per checked run); leave it served from the recordings"
@@ -192,7 +191,7 @@ def check(
         importlib.import_module(mod)
     _refuse_side_effects(live)
     chosen: list[tuple[Run | None, str | None]] = []
-    chosen += _selection(
+    chosen += query_runs(
         src,
         since=since,
         until=until,

@@ -5,65 +5,21 @@ from __future__ import annotations
 import importlib
 import sys
 import time
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from replayable import _writer
 from replayable._check._report import RunOutcome
+from replayable._pii import for_replay
+from replayable._replayer import build_replay, check_version
 from replayable._rootcall import call_recorded, root_call
-from replayable._writer import Pending, Writer, pending_row
+from replayable._writer import Buffer
 from replayable.errors import Divergence, RecordedError, ReplayableError, TraceCorrupt
-from replayable.record import environment, new_run_id
-from replayable.replay import Replay, Replayer, _check_version
+from replayable.record import environment
 from replayable.store import Store, open_store
 from replayable.store.base import EventRow, Outcome
-from replayable.trace import (
-    Event,
-    Run,
-    check_recording,
-    genesis_hash,
-    parse_trace,
-    read_trace,
-    seal_run,
-)
+from replayable.trace import Event, Run, check_recording, parse_trace, read_trace
 
 __all__ = ["ENV", "Done", "Item", "Task", "run_batch"]
-
-
-class _Buffer(Writer):
-    """The check policy's answer to "what to keep": a writer with no thread and no store.
-    Events stay in memory; only a replay worth keeping (diverged or failed) becomes rows."""
-
-    def __init__(self) -> None:  # no background thread: nothing is written from here
-        self.error = None
-        self._failed = False
-        self.pending: list[Pending] = []
-
-    def submit(self, item: Pending) -> None:
-        """Keep the event in memory."""
-        self.pending.append(item)
-
-    def run_op(self, op: Callable[[], None]) -> None:
-        """Run-level store operations are skipped: a kept replay is written whole, later."""
-
-    @property
-    def busy(self) -> bool:
-        """Nothing is ever queued."""
-        return False
-
-    def flush(self, timeout: float | None = 30.0, *, stall_limit: float | None = None) -> bool:
-        """Nothing is queued."""
-        return True
-
-    def begin_run(self, run: Run) -> None:
-        """The run is not created: a kept replay is written whole, later."""
-
-    def end_run(self, run: Run) -> None:
-        """The run is not finished in a store: a kept replay is written whole, later."""
-
-    def seal(self, run: Run) -> None:
-        """Sealed when kept (see ``_CheckReplayer.kept``)."""
 
 
 @dataclass(slots=True)
@@ -124,10 +80,6 @@ def run_batch(task: Task) -> list[Done]:
     _prepare(task)
     if not ENV:
         ENV.update(environment())
-    if _NOWHERE not in _writer._WRITERS:
-        # A check's replays are never written through a store's background writer: give
-        # their stand-in store a buffer, so no writer thread starts (after a fork, again).
-        _writer._WRITERS[_NOWHERE] = _Buffer()
     store = open_store(task.store) if task.store is not None else None
     return [_check_item(item, store, task) for item in task.items]
 
@@ -169,7 +121,7 @@ def _check_item(item: Item, store: Store | None, task: Task) -> Done:
     if run.status in ("running", "incomplete"):
         return out("not_replayable", f"the recording is {run.status}: it never finished")
     try:
-        _check_version(run)
+        check_version(run)
     except TraceCorrupt as exc:
         return out("not_replayable", f"incompatible version: {exc}")
     try:  # the chain and its head (edits, a cut tail); with a signing key, the signature
@@ -178,33 +130,44 @@ def _check_item(item: Item, store: Store | None, task: Task) -> Done:
         return out("not_replayable", f"does not verify: {exc}")
     if not verified.ok:
         return out("not_replayable", f"damaged trace: {verified.problem}")
+    # The check's replay is the plain replay, its steps kept in memory: only a replay worth
+    # keeping (diverged or failed) becomes a run and rows (``kept``).
+    buffer = Buffer()
     try:
         b, ev = root_call(run, events)
-        replay_run = Run(
-            id=new_run_id(),
-            name=f"replay of {run.name or run.id}",
-            tags=dict(run.tags),
-            metadata={"replay_of": run.id, "check": task.check_id},
-            environment=dict(ENV),
-            started_at=time.time(),
-            parent_run=run.id,
+        replay = build_replay(
+            run,
+            events,
+            target=None,
+            live=task.live,
+            strict=False,
+            sink=buffer,
+            metadata={"check": task.check_id},
+            env=ENV,
+            pii=for_replay(run.id, run.metadata, None),  # a run recorded pseudonymized
         )
-        session = _CheckReplayer(replay_run, run, events, live=task.live)
     except ReplayableError as exc:
         return out("not_replayable", str(exc).splitlines()[0])
+
+    def keep(status: str) -> tuple[dict[str, Any], list[EventRow]]:
+        replay_run = replay.run
+        replay_run.status = status  # a divergence raised through the agent reads as "error"
+        rows = buffer.rows(replay_run)
+        return replay_run.to_dict(), rows
+
     raised: BaseException | None = None
     try:
-        with Replay(session):
+        with replay:
             call_recorded(b, ev)
     except Divergence:
-        pass  # kept in session.divergences
+        pass  # kept in replay.divergences
     except RecordedError as exc:
         raised = exc  # a recorded exception served back: the agent's own business
     except ReplayableError as exc:
         return out("not_replayable", str(exc).splitlines()[0])
     except Exception as exc:
         raised = exc
-    divs = session.divergences
+    divs = replay.divergences
     first = next((d for d in divs if d.reason != "skipped"), None)
     recorded_error = (ev.error or {}).get("type") if ev.error is not None else None
     raised_type = None if raised is None else _type_name(raised)
@@ -213,7 +176,7 @@ def _check_item(item: Item, store: Store | None, task: Task) -> Done:
         and raised is not None
         and (recorded_error is None or not recorded_error.endswith(raised_type or ""))
     ):
-        kept = session.kept("error")
+        kept = keep("error")
         sig = raised_type or "Exception"
         was = f" (the recording raised {recorded_error})" if recorded_error else ""
         return out(
@@ -236,7 +199,7 @@ def _check_item(item: Item, store: Store | None, task: Task) -> Done:
         return out("unchanged", "took the recorded path")
     fields = sorted({c.path for c in first.changes})
     sig = f"{first.reason} {first.boundary}" + (f" [{', '.join(fields)}]" if fields else "")
-    kept = session.kept("diverged")
+    kept = keep("diverged")
     more = f" (+{len(divs) - 1} more)" if len(divs) > 1 else ""
     return out(
         "diverged",
@@ -251,45 +214,3 @@ def _check_item(item: Item, store: Store | None, task: Task) -> Done:
 def _type_name(exc: BaseException) -> str:
     t = type(exc)
     return f"{t.__module__}:{t.__qualname__}"
-
-
-class _CheckReplayer(Replayer):
-    """The check mode: the replay policy (same matching, recorded values served, agents run
-    live, divergences collected) keeping its events in memory instead of writing them; a run
-    worth keeping (diverged or failed) becomes a run and rows with :meth:`kept`."""
-
-    def __init__(self, run: Run, source: Run, events: list[Event], *, live: Iterable[str]) -> None:
-        super().__init__(
-            _NOWHERE,
-            run,
-            source,
-            events,
-            live=live,
-            allow_side_effects=False,
-            strict=False,
-            match="address",
-        )
-        self.buffer = self.writer = _Buffer()
-
-    def kept(self, status: str) -> tuple[dict[str, Any], list[EventRow]]:
-        """The replay as a run header and rows in write order, ready for ``put_run``."""
-        run = self.run
-        run.status = status  # a divergence raised through the agent would read as "error"
-        chains: dict[str, tuple[int, str]] = {run.id: (0, genesis_hash(run))}
-        rows = [pending_row(p, chains) for p in self.buffer.pending]
-        count, head = chains[run.id]
-        seal_run(run, head, count)
-        return run.to_dict(), rows
-
-
-class _Nowhere:
-    """The store a check's replays are attached to: they are never written through it (a kept
-    replay is written whole, with ``put_run``, by the caller)."""
-
-    url = "nowhere:"
-
-    def __repr__(self) -> str:
-        return "_Nowhere()"
-
-
-_NOWHERE: Any = _Nowhere()

@@ -33,7 +33,7 @@ from replayable import canonical
 from replayable._drift._compare import _answer, _compare
 from replayable._drift._report import DriftChange, DriftReport, StepDrift
 from replayable._drift._rerun import _arguments, _NotRerunnable, _run_async, _run_sync, _StepSession
-from replayable.boundary import registry
+from replayable.boundary import bare_name, registry
 from replayable.redact import redact
 from replayable.store import Store, open_store
 from replayable.store.base import RunStatus
@@ -45,10 +45,6 @@ if TYPE_CHECKING:
 __all__ = ["DriftChange", "DriftReport", "StepDrift", "drift", "select_runs"]
 
 T = TypeVar("T")
-
-
-def _bare(name: str) -> str:
-    return name.rsplit(":", 1)[-1].rsplit(".", 1)[-1]
 
 
 # -- selection ----------------------------------------------------------------------------------
@@ -69,7 +65,7 @@ def select_runs(
     """The runs named by id (or prefix), trace file or :class:`Run`, plus those a query picks
     (the same selection as ``rp.check``: newest first, replays left out, ``sample`` of them).
     """
-    from replayable._check import _selection
+    from replayable._check import query_runs
     from replayable.store import load_run
 
     refs = list(refs)
@@ -78,7 +74,7 @@ def select_runs(
         return out
     src = open_store(store)
     seen = {run.id for run, _ in out}
-    picked = _selection(
+    picked = query_runs(
         src,
         since=since,
         until=None,
@@ -120,7 +116,7 @@ def _steps(run: Run, events: list[Event], kind: str) -> list[tuple[Event, list[E
 
     fulls: dict[str, set[str]] = defaultdict(set)  # bare name -> full names, to spot clashes
     for ev in events:
-        fulls[_bare(ev.boundary)].add(ev.boundary)
+        fulls[bare_name(ev.boundary)].add(ev.boundary)
     out = []
     for ev in sorted(events, key=lambda e: e.seq):
         if ev.kind != kind or inside_same_kind(ev):
@@ -131,7 +127,7 @@ def _steps(run: Run, events: list[Event], kind: str) -> list[tuple[Event, list[E
             child = stack.pop()
             subtree.append(child)
             stack.extend(children.get(child.seq, ()))
-        bare = _bare(ev.boundary)
+        bare = bare_name(ev.boundary)
         name = ev.boundary if len(fulls[bare]) > 1 else bare
         out.append((ev, sorted(subtree, key=lambda e: e.seq), f"{name}#{nth[ev.seq]}"))
     return out

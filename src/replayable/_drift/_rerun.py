@@ -6,16 +6,17 @@ from __future__ import annotations
 
 import inspect
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import orjson
 
 from replayable import canonical
-from replayable._engine import Ending, Engine, Serve, activate, deactivate
+from replayable._engine import Ending, Engine, Serve
 from replayable._errors_codec import encode_error
 from replayable.boundary import Boundary
-from replayable.context import FRAME, SESSION, Frame
+from replayable.context import Frame
 from replayable.errors import ReplayableError
 from replayable.redact import redact
 from replayable.trace import Event
@@ -25,7 +26,7 @@ class _NotRerunnable(ReplayableError):
     """The step cannot be re-run alone (its boundary is missing, or it needs a live call)."""
 
 
-class _StepSession(Engine):
+class _StepSession:
     """The drift policy for one step: the step itself runs live, calls nested in it are served
     from its recorded subtree, clock and randomness run live (the model samples again), and any
     other call stops the step (it is reported as not re-run)."""
@@ -33,7 +34,8 @@ class _StepSession(Engine):
     serves_recordings = True  # a side effect called outside the context is refused, not fired
 
     def __init__(self, top: Event, nested: list[Event]) -> None:
-        super().__init__()
+        self.engine = Engine(self)
+        self.root = self.engine.root
         self.top = top
         self.pending = list(nested)
         self.lock = threading.Lock()
@@ -46,8 +48,7 @@ class _StepSession(Engine):
         assert b is not None
         if frame.parent is self.root or b.kind == "clock":
             return None
-        data, value = canonical.clean_input(b, frame.data)
-        key = canonical.input_key(b, data, value)
+        _, _, key = canonical.keyed_input(b, frame.data)
         with self.lock:
             for ev in self.pending:
                 if ev.boundary == b.name and ev.key == key:
@@ -65,6 +66,12 @@ class _StepSession(Engine):
         output = None if outcome.output is None else redact(orjson.loads(outcome.output))
         error = None if outcome.error is None else encode_error(outcome.error)
         self.live = _Live(output=output, error=error, meta=dict(frame.meta))
+
+    def function(self, frame: Frame) -> Callable[..., Any]:
+        """The boundary's own function."""
+        b = frame.b
+        assert b is not None
+        return b.fn
 
 
 def _arguments(b: Boundary, ev: Event) -> tuple[list[Any], dict[str, Any]]:
@@ -94,8 +101,7 @@ class _Live:
 
 
 def _run_sync(session: _StepSession, b: Boundary, args: list[Any], kwargs: dict[str, Any]) -> None:
-    tokens = (SESSION.set(session), FRAME.set(session.root))
-    activate(session)
+    session.engine.enter()
     try:
         result = b.wrapper(*args, **kwargs)
         if inspect.isgenerator(result):
@@ -104,16 +110,13 @@ def _run_sync(session: _StepSession, b: Boundary, args: list[Any], kwargs: dict[
     except Exception:
         pass  # the engine handed it to at_end: the live answer is an error
     finally:
-        deactivate(session)
-        FRAME.reset(tokens[1])
-        SESSION.reset(tokens[0])
+        session.engine.leave()
 
 
 async def _run_async(
     session: _StepSession, b: Boundary, args: list[Any], kwargs: dict[str, Any]
 ) -> None:
-    tokens = (SESSION.set(session), FRAME.set(session.root))
-    activate(session)
+    session.engine.enter()
     try:
         result = b.wrapper(*args, **kwargs)
         if inspect.isasyncgen(result):
@@ -124,6 +127,4 @@ async def _run_async(
     except Exception:
         pass  # the engine handed it to at_end: the live answer is an error
     finally:
-        deactivate(session)
-        FRAME.reset(tokens[1])
-        SESSION.reset(tokens[0])
+        session.engine.leave()

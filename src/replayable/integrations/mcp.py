@@ -236,9 +236,8 @@ def _offline_class(cls: type) -> type:
 
     async def __aenter__(self: Any) -> Any:
         state: _State = self.__dict__[_MARK]
-        from replayable.replay import Replayer
-
-        state.offline = isinstance(SESSION.get(), Replayer)
+        session = SESSION.get()
+        state.offline = session is not None and session.source_events is not None
         state.connected = False
         if state.offline:
             state.enter = lambda: base_enter(self)

@@ -158,9 +158,8 @@ def _instrument_tool(tool: Any, side_effects: bool) -> None:
 
 
 def _serving() -> bool:
-    from replayable.replay import Replayer
-
-    return isinstance(SESSION.get(), Replayer)
+    session = SESSION.get()
+    return session is not None and session.source_events is not None
 
 
 def _instrument_server(server: Any, side_effects: frozenset[str], safe: frozenset[str]) -> None:

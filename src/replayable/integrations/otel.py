@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from replayable.boundary import bare_name
 from replayable.record import OBSERVERS
 from replayable.redact import redact, scrub
 
@@ -64,10 +65,6 @@ def _json(value: Any) -> str:
     return text if len(text) <= _MAX_VALUE else text[: _MAX_VALUE - 3] + "..."
 
 
-def _bare(name: str) -> str:
-    return name.rsplit(":", 1)[-1].rsplit(".", 1)[-1]
-
-
 def span_name(kind: str, boundary: str, meta: dict[str, Any], inp: Any) -> str:
     """``chat gpt-4o`` for a model call, ``execute_tool get_weather`` for a tool, else the name."""
     if kind == "llm":
@@ -75,9 +72,9 @@ def span_name(kind: str, boundary: str, meta: dict[str, Any], inp: Any) -> str:
         op = meta.get("operation") or "chat"
         return f"{op} {model}" if model else op
     if kind == "tool":
-        return f"execute_tool {_bare(boundary)}"
+        return f"execute_tool {bare_name(boundary)}"
     if kind == "agent":
-        return f"invoke_agent {_bare(boundary)}"
+        return f"invoke_agent {bare_name(boundary)}"
     return boundary
 
 
@@ -112,10 +109,10 @@ def attributes(
     if kind == "llm":
         _llm(attrs, meta, inp)
     elif kind == "tool":
-        attrs["gen_ai.tool.name"] = attrs["tool.name"] = _bare(boundary)
+        attrs["gen_ai.tool.name"] = attrs["tool.name"] = bare_name(boundary)
         attrs["gen_ai.tool.type"] = "function"
     elif kind == "agent":
-        attrs["gen_ai.agent.name"] = _bare(boundary)
+        attrs["gen_ai.agent.name"] = bare_name(boundary)
     if error is not None:
         attrs["error.type"] = str(error.get("type", "Exception")).replace(":", ".")
     return {k: v for k, v in attrs.items() if v is not None}

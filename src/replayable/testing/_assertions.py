@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 from unittest.mock import ANY
 
+from replayable.boundary import bare_name
 from replayable.cassette import Cassette
 from replayable.errors import Divergence
 from replayable.replay import Replay
@@ -49,7 +50,7 @@ class Call:
     @property
     def name(self) -> str:
         """The bare function name of the boundary."""
-        return self.boundary.rsplit(":", 1)[-1].rsplit(".", 1)[-1]
+        return bare_name(self.boundary)
 
     def __str__(self) -> str:
         text = repr(self.input)
@@ -81,9 +82,9 @@ def calls(source: Any, *, ignore_kinds: Sequence[str] = DEFAULT_IGNORED_KINDS) -
     """
     found: list[Call]
     if isinstance(source, Replay):
-        session = source.session
-        session.writer.flush()
-        found = _from_events(session.store.iter_events(source.run.id))
+        keeper = source.session.keeper
+        keeper.writer.flush()
+        found = _from_events(keeper.store.iter_events(source.run.id))
     elif isinstance(source, Run):
         found = _from_events(source.events())
     elif isinstance(source, str | os.PathLike):
@@ -282,10 +283,9 @@ def assert_output(source: Any, name: str, pattern: Any, *, call: int | None = No
 def divergences(replay: Replay) -> list[Divergence]:
     """A replay's divergences; while it is still active, recorded calls not yet reached count as
     skipped."""
-    session = replay.session
-    found = list(session.divergences)
-    if session.run.status == "running":
-        found.extend(session.skipped())
+    found = replay.divergences
+    if replay.run.status == "running":
+        found.extend(replay.skipped())
     return found
 
 

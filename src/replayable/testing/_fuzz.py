@@ -26,11 +26,11 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from replayable import canonical
-from replayable._engine import Ending, Engine, Serve, activate, deactivate
+from replayable._engine import Ending, Engine, Serve
 from replayable._errors_codec import encode_error
 from replayable._rootcall import call_recorded, root_call
-from replayable.boundary import registry, resolve_name
-from replayable.context import FRAME, SESSION, Frame
+from replayable.boundary import bare_name, registry, resolve_name
+from replayable.context import Frame
 from replayable.errors import ReplayableError
 from replayable.record import environment, new_run_id
 from replayable.store import Store, load_run
@@ -96,7 +96,7 @@ class Mutation:
     def where(self) -> str:
         """``choose_record#1.output.arguments.customer_id``-style location (``name#N`` as in
         ``live=`` and ``fork --at``; the event's seq when the ordinal is unknown)."""
-        bare = self.boundary.rsplit(":", 1)[-1].rsplit(".", 1)[-1]
+        bare = bare_name(self.boundary)
         text = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in self.path)
         return f"{bare}#{self.call or self.seq}.output{text}"
 
@@ -215,14 +215,15 @@ class Outcome:
         ]
 
 
-class _FuzzSession(Engine):
+class _FuzzSession:
     """The fuzz policy: serve recorded outputs (perturbed where asked) by address; agents and
     ``live`` run; a call the recording has no counterpart for leaves the recording."""
+
+    serves_recordings = False
 
     def __init__(
         self, run_id: str, events: Sequence[Event], outputs: dict[int, Any], live: frozenset[str]
     ) -> None:
-        super().__init__()
         self.run_id = run_id
         self.by_address = {e.address: e for e in events}
         self.outputs = outputs
@@ -243,6 +244,12 @@ class _FuzzSession(Engine):
             return None
         return Serve.recorded(self.outputs.get(ev.seq, ev.output), ev.error, ev.meta)
 
+    def function(self, frame: Frame) -> Callable[..., Any]:
+        """The boundary's own function."""
+        b = frame.b
+        assert b is not None
+        return b.fn
+
     def at_end(self, frame: Frame, outcome: Ending) -> None:
         """Keep the call (what the invariant is checked on)."""
         b = frame.b
@@ -254,7 +261,7 @@ class _FuzzSession(Engine):
         else:
             output = None if outcome.output is None else orjson.loads(outcome.output)
             error = None if outcome.error is None else encode_error(outcome.error)
-        data, value = canonical.clean_input(b, frame.data)
+        data, value, key = canonical.keyed_input(b, frame.data)
         parent = frame.parent
         self.calls.append(
             Event(
@@ -264,7 +271,7 @@ class _FuzzSession(Engine):
                 parent_seq=parent.seq if parent is not None and parent.seq >= 0 else None,
                 boundary=b.name,
                 kind=b.kind,
-                key=canonical.input_key(b, data, value),
+                key=key,
                 input=value if value is not None else orjson.loads(data),
                 output=output,
                 error=error,
@@ -289,10 +296,8 @@ def run_perturbed(
         outputs[m.seq] = m.apply(outputs.get(m.seq, by_seq[m.seq].output))
     session = _FuzzSession(run.id, events, outputs, frozenset(live))
     outcome = Outcome(root=root, calls=session.calls, mutations=tuple(mutations))
-    if SESSION.get() is not None:
-        raise ReplayableError("a record, replay or cassette is already active in this context")
-    tokens = (SESSION.set(session), FRAME.set(session.root))
-    activate(session)
+    engine = Engine(session)
+    engine.enter()
     try:
         outcome.result = call_recorded(b, root)
     except _OffRecord as exc:
@@ -300,10 +305,7 @@ def run_perturbed(
     except Exception as exc:
         outcome.error = exc
     finally:
-        deactivate(session)
-        session.end_unstarted()
-        SESSION.reset(tokens[0])
-        FRAME.reset(tokens[1])
+        engine.leave()
     outcome.calls.sort(key=lambda e: e.seq)
     return outcome
 

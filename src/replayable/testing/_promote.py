@@ -37,7 +37,7 @@ import orjson
 
 from replayable._otlp import source_line
 from replayable._rootcall import root_event
-from replayable.boundary import Boundary, registry, resolve_name
+from replayable.boundary import Boundary, bare_name, registry, resolve_name
 from replayable.errors import ReplayableError
 from replayable.trace import Event, Run, write_trace
 
@@ -149,11 +149,6 @@ def _call_expr(fn: str, value: Any) -> str:
     return f"{fn}(**{_literal(value if isinstance(value, dict) else {})})"
 
 
-def _bare(name: str) -> str:
-    """A boundary's bare function name (recorded text: only ever written through repr())."""
-    return name.rsplit(":", 1)[-1].rsplit(".", 1)[-1]
-
-
 def _ident(name: str) -> str:
     """``name`` as part of a Python identifier (ASCII letters, digits, ``_``)."""
     return _slug(name) or "boundary"
@@ -211,7 +206,7 @@ def _live_body(
     """The incident test whose tools run live in the test's world (``promote --live``)."""
     first = min((i for i, e in enumerate(steps) if e.boundary in live_tools), default=len(steps))
     # Recorded names reach comments and strings slugged (_ident), code only through repr().
-    tools = ", ".join(_ident(_bare(t)) for t in live_tools)
+    tools = ", ".join(_ident(bare_name(t)) for t in live_tools)
     stub = [
         "@contextmanager",
         "def world(tmp_path: Path) -> Iterator[None]:",
@@ -227,7 +222,7 @@ def _live_body(
         "",
     ]
     enter = "async with" if prefix == "async def" else "with"
-    tool_id = _ident(_bare(live_tools[0]))
+    tool_id = _ident(bare_name(live_tools[0]))
     lines = [
         *([] if world else stub),
         f"{prefix} test_{name}_does_not_repeat_{tool_id}(replayable, tmp_path):",
@@ -236,7 +231,7 @@ def _live_body(
         "    here = Path(__file__).parent",
         f"    {enter} replayable.replay(",
         "        here / TRACE,",
-        f"        live={[_bare(t) for t in live_tools]!r},",
+        f"        live={[bare_name(t) for t in live_tools]!r},",
         "        sandbox=world(tmp_path),",
         "        fallback=rp.cassette(here / CASSETTE),",
         "        strict=False,",
@@ -247,7 +242,7 @@ def _live_body(
         "        replay,",
         "        [",
         *(
-            f"            ({_bare(e.boundary)!r}, {_short_pattern(e.input)}),"
+            f"            ({bare_name(e.boundary)!r}, {_short_pattern(e.input)}),"
             for e in steps[:first]
         ),
         "        ],",
@@ -260,12 +255,12 @@ def _live_body(
             lines += [
                 "    rt.assert_not_called(",
                 "        replay,",
-                f"        {_bare(e.boundary)!r},",
+                f"        {bare_name(e.boundary)!r},",
                 f"        {_short_pattern(e.input)},",
                 f"        output={_outcome_pattern(e.output)},",
                 "    )",
             ]
-    lines += [f"    rt.assert_not_called(replay, {_bare(f)!r})" for f in forbidden]
+    lines += [f"    rt.assert_not_called(replay, {bare_name(f)!r})" for f in forbidden]
     return lines
 
 
@@ -363,10 +358,10 @@ def render_test(
         )
     elif forbidden:
         first = min((i for i, e in enumerate(steps) if e.boundary in forbidden), default=len(steps))
-        recorded = [(_bare(e.boundary), e.input) for e in steps if e.boundary in forbidden]
+        recorded = [(bare_name(e.boundary), e.input) for e in steps if e.boundary in forbidden]
         body = [
             "@pytest.mark.replay(TRACE, strict=False, fallback=CASSETTE)",
-            f"{prefix} test_{test_name}_never_calls_{_ident(_bare(forbidden[0]))}(replayable):",
+            f"{prefix} test_{test_name}_never_calls_{_ident(bare_name(forbidden[0]))}(replayable):",
             '    """The incident: on this input the agent must not call the forbidden steps."""',
             f"    {call}",
             "    replay = replayable.replay_session",
@@ -375,7 +370,7 @@ def render_test(
             "        replay,",
             "        [",
             *(
-                f"            ({_bare(e.boundary)!r}, {_short_pattern(e.input)}),"
+                f"            ({bare_name(e.boundary)!r}, {_short_pattern(e.input)}),"
                 for e in steps[:first]
             ),
             "        ],",
@@ -383,7 +378,7 @@ def render_test(
             "    )",
             "    # ...but not the bad call. Recorded:",
             *(f"    #   {name!r}: {_short_pattern(value)}" for name, value in recorded),
-            *(f"    rt.assert_not_called(replay, {_bare(f)!r})" for f in forbidden),
+            *(f"    rt.assert_not_called(replay, {bare_name(f)!r})" for f in forbidden),
         ]
     else:
         body = [
@@ -398,7 +393,10 @@ def render_test(
             "    rt.assert_calls(",
             "        replay,",
             "        [",
-            *(f"            ({_bare(e.boundary)!r}, {_short_pattern(e.input)})," for e in steps),
+            *(
+                f"            ({bare_name(e.boundary)!r}, {_short_pattern(e.input)}),"
+                for e in steps
+            ),
             "        ],",
             "    )",
         ]

@@ -20,6 +20,7 @@ from replayable._otlp import source_line
 from replayable._rootcall import root_event
 from replayable._rundiff import run_usage, tokens_of
 from replayable._tree import Step, build_tree
+from replayable.boundary import bare_name
 from replayable.errors import ReplayableError, RunNotFound
 from replayable.store.base import Store
 from replayable.trace import Event, Run
@@ -340,12 +341,8 @@ def fork_command(loaded: LoadedRun, seq: int, store_url: str) -> str | None:
     if ev is None or ev.kind in ("agent", "clock"):
         return None
     nth = sum(1 for e in loaded.events if e.boundary == ev.boundary and e.seq <= ev.seq)
-    bare = ev.boundary.rsplit(":", 1)[-1].rsplit(".", 1)[-1]
-    others = {
-        e.boundary
-        for e in loaded.events
-        if e.boundary.rsplit(":", 1)[-1].rsplit(".", 1)[-1] == bare
-    }
+    bare = bare_name(ev.boundary)
+    others = {e.boundary for e in loaded.events if bare_name(e.boundary) == bare}
     name = bare if len(others) == 1 else ev.boundary
     return " ".join(
         [

@@ -27,7 +27,8 @@ from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
-from replayable.boundary import Boundary, _register, register_error_codec
+from replayable._registry import register
+from replayable.boundary import Boundary, register_error_codec
 from replayable.context import Session, current_session
 from replayable.errors import ReplayableWarning, UnsupportedClient
 from replayable.integrations._stainless._answers import (
@@ -176,21 +177,20 @@ _CHECKED: weakref.WeakKeyDictionary[Session, set[str]] = weakref.WeakKeyDictiona
 
 def check_version(session: Session, sdk: SDK) -> None:
     """Warn once per replay when the run was recorded with another major version of the SDK."""
-    from replayable.replay import Replayer
-
-    if not isinstance(session, Replayer):
+    events = session.source_events
+    if events is None:
         return
     seen = _CHECKED.setdefault(session, set())
     if sdk.provider in seen:
         return
     seen.add(sdk.provider)
-    for ev in session.events.values():
+    for ev in events.values():
         meta = ev.meta or {}
         recorded = meta.get("sdk_version")
         if meta.get("provider") == sdk.provider and recorded:
             if major(str(recorded)) != major(sdk.version):
                 warnings.warn(
-                    f"run {session.source.id} was recorded with {sdk.provider} SDK {recorded}; "
+                    f"run {ev.run_id} was recorded with {sdk.provider} SDK {recorded}; "
                     f"this is {sdk.version} (major versions differ): replayed responses are "
                     "rebuilt with the installed SDK's types and may differ; replay with the "
                     f"recorded version (pip install '{sdk.provider}=={recorded}') to be sure",
@@ -337,7 +337,7 @@ def instrument_client(client: Any, sdk: SDK, is_async: bool) -> Any:
     # holds the shape of the client instrumented last, which is also the one drift uses.
     for route in sdk.routes:
         for stream in (False, True):
-            _register(sdk.boundary(route, is_async, stream))
+            register(sdk.boundary(route, is_async, stream))
     copy = client.copy
 
     def instrumented_copy(*args: Any, **kwargs: Any) -> Any:

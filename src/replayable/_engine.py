@@ -423,9 +423,18 @@ class Engine(Session):
     # -- the four call shapes ----------------------------------------------------------------
 
     def call(self, b: Boundary, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-        frame = self._open(b, args, kwargs)
-        if frame.serve is not None:
-            return self._served(frame, frame.serve)
+        frame = self.begin(b, args, kwargs)
+        policy = self.policy
+        try:
+            serve = frame.serve = policy.at_start(frame)
+        except BaseException as exc:
+            policy.at_end(frame, Ending(error=exc, refused=True))
+            raise
+        if serve is not None:
+            if serve.error is None and serve.exc is None:  # the usual served call, inline
+                policy.at_end(frame, Ending(None, None, serve))
+                return b.decode_output(serve.output)
+            return self._served(frame, serve)
         token = FRAME.set(frame)
         try:
             result = self.policy.function(frame)(*args, **kwargs)

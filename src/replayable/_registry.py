@@ -8,19 +8,20 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from replayable.boundary import Boundary
 
-__all__ = ["register", "registry"]
+__all__ = ["REGISTRY", "register", "registry"]
 
-_REGISTRY: dict[str, Boundary] = {}
+REGISTRY: dict[str, Boundary] = {}
+"""Every boundary defined so far, by full name (read it through :func:`registry`)."""
 _LOCK = threading.Lock()
 
 
 def register(b: Boundary) -> None:
     """Register ``b`` under its name (a later boundary of the same name replaces it)."""
     with _LOCK:
-        _REGISTRY[b.name] = b
+        REGISTRY[b.name] = b
 
 
 def registry() -> dict[str, Boundary]:
     """A copy of the name -> :class:`Boundary` map of every boundary defined so far."""
     with _LOCK:
-        return dict(_REGISTRY)
+        return dict(REGISTRY)

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, Literal, Protocol, TypeVar, overload
 
 from replayable import _errors_codec, canonical, context
+from replayable._registry import REGISTRY as _REGISTRY
 from replayable._registry import register, registry
 from replayable.context import SESSION
 from replayable.errors import UnknownBoundary
@@ -240,8 +241,7 @@ def get_boundary(fn_or_name: Any) -> Boundary:
     if isinstance(b, Boundary):
         return b
     if isinstance(fn_or_name, str):
-        known = registry()
-        return known[resolve_name(fn_or_name, known)]
+        return _REGISTRY[resolve_name(fn_or_name, _REGISTRY)]
     raise UnknownBoundary(f"{fn_or_name!r} is not a replayable boundary")
 
 

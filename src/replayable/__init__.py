@@ -110,5 +110,33 @@ __all__ = [  # noqa: RUF022 - plain sorted order (tests/test_exported_members.py
     "uuid4",
 ]
 
+_SUBMODULES = (
+    "boundary",
+    "canonical",
+    "cassette",
+    "cli",
+    "clock",
+    "context",
+    "demo",
+    "errors",
+    "integrations",
+    "mcp_server",
+    "record",
+    "redact",
+    "replay",
+    "store",
+    "testing",
+    "trace",
+    "viewer",
+)
+"""The package's public modules and subpackages (``import replayable.store``); every other
+module is private (its name starts with ``_``)."""
+
+
+def __dir__() -> list[str]:
+    """The public API and the public modules: not the private modules imported on the way."""
+    return sorted({*__all__, *_SUBMODULES})
+
+
 if _os.environ.get("REPLAYABLE_AUTO_INSTRUMENT", "").strip().lower() in ("1", "true", "yes"):
     instrument()  # every supported library, imported now or later

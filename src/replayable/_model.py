@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, cast, get_args, overload
 
 import orjson
 
@@ -19,7 +19,13 @@ from replayable.errors import TraceCorrupt
 if TYPE_CHECKING:
     from replayable.store.base import Store
 
-__all__ = ["Event", "Run", "StoredEvent"]
+__all__ = ["RUN_STATUSES", "Event", "Run", "RunStatus", "StoredEvent"]
+
+RunStatus = Literal["running", "ok", "error", "diverged", "incomplete"]
+"""A run's status: ``running`` while recording, then ``ok`` or ``error`` (``diverged``: a replay
+that found divergences); ``incomplete`` when read back after its recording process died."""
+
+RUN_STATUSES: tuple[RunStatus, ...] = get_args(RunStatus)
 
 
 @dataclass(slots=True)
@@ -360,7 +366,7 @@ class Run:
     environment: dict[str, Any] = field(default_factory=dict)
     started_at: float = 0.0
     ended_at: float | None = None
-    status: str = "running"
+    status: RunStatus = "running"
     error: dict[str, Any] | None = None
     parent_run: str | None = None
     head_hash: _Sealed[str | None] = _Sealed(None)
@@ -456,7 +462,7 @@ class Run:
             environment=dict(_field(d, "environment", dict, {})),
             started_at=float(_field(d, "started_at", float, 0.0)),
             ended_at=_field(d, "ended_at", float, None),
-            status=_field(d, "status", str, "ok"),
+            status=cast(RunStatus, _field(d, "status", str, "ok")),
             error=_field(d, "error", dict, None),
             parent_run=_field(d, "parent_run", str, None),
             head_hash=_field(d, "head_hash", str, None),

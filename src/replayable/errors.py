@@ -27,10 +27,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 __all__ = [
     "Divergence",
+    "DivergenceReason",
     "FieldChange",
     "FixtureMiss",
     "InvalidInput",
@@ -94,17 +95,22 @@ def _short(value: Any, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+DivergenceReason = Literal["changed", "unexpected", "skipped", "outcome", "error"]
+"""Why a replayed call diverged (see :class:`Divergence`)."""
+
+
 class Divergence(ReplayableError):
     """A replayed call does not match the recording.
 
     ``reason`` is one of ``changed`` (same step, different input), ``unexpected`` (a call the
-    recording does not have), ``skipped`` (a recorded call never reached) or ``error``.
+    recording does not have), ``skipped`` (a recorded call never reached), ``outcome`` (the
+    recorded run raised and the code now returns, found by ``rp.check``) or ``error``.
     """
 
     def __init__(
         self,
         *,
-        reason: str,
+        reason: DivergenceReason,
         address: str,
         boundary: str,
         recorded_input: Any = None,

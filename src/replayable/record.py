@@ -30,7 +30,7 @@ from replayable.context import AsyncToo, Frame, reset_context
 from replayable.errors import ReplayableWarning
 from replayable.redact import redact, redact_argv, redact_run
 from replayable.store import Store, open_store
-from replayable.trace import Run
+from replayable.trace import Run, RunStatus
 
 if TYPE_CHECKING:
     pass
@@ -240,7 +240,7 @@ class Recorder:
             self.writer.error = None
         self.writer.begin_run(run)
 
-    def close(self, exc: BaseException | None, *, status: str | None = None) -> None:
+    def close(self, exc: BaseException | None, *, status: RunStatus | None = None) -> None:
         """Finish the run: status and end time, then hand it to the writer, which seals it
         (head hash, event count, signature) and stores it. Only ``strict`` waits for that.
 

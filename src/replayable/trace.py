@@ -37,7 +37,7 @@ from replayable._chain import (
     verify_events,
     verify_run,
 )
-from replayable._model import Event, Run, StoredEvent
+from replayable._model import RUN_STATUSES, Event, Run, RunStatus, StoredEvent
 from replayable._tracefile import (
     TRACE_FORMAT,
     TRACE_VERSION,
@@ -54,11 +54,13 @@ from replayable._tracefile import (
 
 __all__ = [
     "HASH_VERSION",
+    "RUN_STATUSES",
     "SIGNING_KEY_ENV",
     "TRACE_FORMAT",
     "TRACE_VERSION",
     "Event",
     "Run",
+    "RunStatus",
     "StoredEvent",
     "Verification",
     "chain_events",

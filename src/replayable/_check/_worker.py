@@ -17,7 +17,7 @@ from replayable.errors import Divergence, RecordedError, ReplayableError, TraceC
 from replayable.record import environment
 from replayable.store import Store, open_store
 from replayable.store.base import EventRow, Outcome
-from replayable.trace import Event, Run, check_recording, parse_trace, read_trace
+from replayable.trace import Event, Run, RunStatus, check_recording, parse_trace, read_trace
 
 __all__ = ["ENV", "Done", "Item", "Task", "run_batch"]
 
@@ -149,7 +149,7 @@ def _check_item(item: Item, store: Store | None, task: Task) -> Done:
     except ReplayableError as exc:
         return out("not_replayable", str(exc).splitlines()[0])
 
-    def keep(status: str) -> tuple[dict[str, Any], list[EventRow]]:
+    def keep(status: RunStatus) -> tuple[dict[str, Any], list[EventRow]]:
         replay_run = replay.run
         replay_run.status = status  # a divergence raised through the agent reads as "error"
         rows = buffer.rows(replay_run)

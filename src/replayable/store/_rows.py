@@ -8,7 +8,9 @@ Reading events for replay, the SQLite store hands its rows straight to
 
 from __future__ import annotations
 
-from typing import Literal, NamedTuple, get_args
+from typing import Literal, NamedTuple
+
+from replayable._model import RUN_STATUSES, RunStatus
 
 __all__ = [
     "RUN_STATUSES",
@@ -19,12 +21,6 @@ __all__ = [
     "RunRow",
     "RunStatus",
 ]
-
-RunStatus = Literal["running", "ok", "error", "diverged", "incomplete"]
-"""A run's status: ``running`` while recording, then ``ok`` or ``error`` (``diverged``: a replay
-that found divergences); ``incomplete`` when read back after its recording process died."""
-
-RUN_STATUSES: tuple[RunStatus, ...] = get_args(RunStatus)
 
 Outcome = Literal["unchanged", "diverged", "failed", "not_replayable"]
 """What checking one run found: same path, a divergence, an exception, or could not replay."""

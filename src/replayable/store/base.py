@@ -146,7 +146,7 @@ def run_from_row(row: RunRow, store: Store | None = None) -> Run:
     A run still marked ``running`` whose recording process is gone reads back as ``incomplete``.
     """
     environment = _json(row.environment) or {}
-    status = row.status
+    status = cast(RunStatus, row.status)  # as stored (a value no writer sets reads as it is)
     if status == "running" and not process_alive(environment):
         status = "incomplete"
     return Run(

@@ -10,9 +10,9 @@ add ``?options=-csearch_path%3Dmyschema`` to keep the tables in a schema of your
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import threading
-import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -21,6 +21,7 @@ import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from replayable.errors import StoreUnavailable
+from replayable.store._migrations import apply_migrations
 from replayable.store.base import (
     CHECK_RUN_COLUMNS,
     EVENT_COLUMNS,
@@ -220,17 +221,14 @@ class PostgresStore(SQLStore):
         with conn.transaction():
             # Serialise concurrent first opens (many hosts starting at once) per schema.
             conn.execute("SELECT pg_advisory_xact_lock(hashtext(current_schema()))")
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS _migrations "
-                "(name TEXT PRIMARY KEY, applied_at DOUBLE PRECISION)"
-            )
-            done = {name for (name,) in conn.execute("SELECT name FROM _migrations")}
-            for name, sql in MIGRATIONS:
-                if name not in done:
-                    for statement in sql.split(";"):
-                        if statement.strip():
-                            conn.execute(statement)
-                    conn.execute("INSERT INTO _migrations VALUES (%s, %s)", (name, time.time()))
+
+            def run_sql(sql: str) -> None:
+                for statement in sql.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
+
+            steps = [(name, functools.partial(run_sql, sql)) for name, sql in MIGRATIONS]
+            apply_migrations(conn.execute, steps, param="%s", time_type="DOUBLE PRECISION")
 
     def migrations(self) -> list[str]:
         """Names of the migrations applied to this database, in order."""

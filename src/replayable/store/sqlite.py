@@ -9,6 +9,7 @@ writer, and each batch is one ``BEGIN IMMEDIATE`` transaction that waits its tur
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import sqlite3
 import threading
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from replayable.errors import StoreUnavailable
+from replayable.store._migrations import apply_migrations
 from replayable.store.base import (
     EVENT_COLUMNS,
     Checkpoint,
@@ -306,16 +308,8 @@ class SQLiteStore(SQLStore):
     def _migrate(self, db: sqlite3.Connection) -> None:
         db.execute("BEGIN IMMEDIATE")
         try:
-            db.execute(
-                "CREATE TABLE IF NOT EXISTS _migrations (name TEXT PRIMARY KEY, applied_at REAL)"
-            )
-            done = {name for (name,) in db.execute("SELECT name FROM _migrations")}
-            for migration in MIGRATIONS:
-                if migration.__name__ not in done:
-                    migration(db)
-                    db.execute(
-                        "INSERT INTO _migrations VALUES (?, ?)", (migration.__name__, time.time())
-                    )
+            steps = [(m.__name__, functools.partial(m, db)) for m in MIGRATIONS]
+            apply_migrations(db.execute, steps, param="?", time_type="REAL")
             db.execute("COMMIT")
         except BaseException:
             db.execute("ROLLBACK")

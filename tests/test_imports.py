@@ -125,27 +125,77 @@ def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
     return found
 
 
+def _private(name: str) -> bool:
+    return name.startswith("_") and not name.startswith("__")
+
+
+def _module_names(
+    module: str, path: Path, tree: ast.Module, modules: dict[str, Path]
+) -> dict[str, str]:
+    """Local name -> the package module it is bound to (``import replayable.x as y``,
+    ``from replayable import x``), anywhere in the file."""
+    bound: dict[str, str] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.partition(".")[0] == "replayable":
+                    local = alias.asname or alias.name.partition(".")[0]
+                    bound[local] = alias.name if alias.asname else local
+        elif isinstance(node, ast.ImportFrom):
+            base = _base(module, path, node)
+            for alias in node.names:
+                if f"{base}.{alias.name}" in modules:
+                    bound[alias.asname or alias.name] = f"{base}.{alias.name}"
+    return bound
+
+
 def private_imports(modules: dict[str, Path]) -> list[str]:
-    """``from X import _name`` where ``_name`` is another module's private name. A module may
-    read the private names of the private package it belongs to (``replayable._check._worker``
-    from ``replayable._check``), and import a private module by name."""
+    """Every read of another module's private name: ``from X import _name``, ``X._name`` through
+    an imported module (``_chain._verify``, ``rp_mcp._State``), and ``getattr(X, "_name")``.
+    A private module by name is fine (``from replayable import _engine``); what two modules
+    share is a public name of it. No exception for modules of one private package."""
     out = []
     for module, path in modules.items():
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if not isinstance(node, ast.ImportFrom):
-                continue
-            base = _base(module, path, node)
-            if not base.startswith("replayable") or base == module:
-                continue
-            parts = base.split(".")
-            shared = [".".join(parts[: k + 1]) for k, p in enumerate(parts) if k and p[0] == "_"]
-            if any(module == q or module.startswith(q + ".") for q in shared[:-1]):
-                continue
-            for alias in node.names:
-                name = alias.name
-                private = name.startswith("_") and not name.startswith("__")
-                if private and f"{base}.{name}" not in modules:
-                    out.append(f"{module}: {name} from {base}")
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        bound = _module_names(module, path, tree, modules)
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                base = _base(module, path, node)
+                if base.partition(".")[0] != "replayable" or base == module:
+                    continue
+                for alias in node.names:
+                    if _private(alias.name) and f"{base}.{alias.name}" not in modules:
+                        out.append(f"{module}:{node.lineno}: {alias.name} from {base}")
+            elif isinstance(node, ast.Attribute):
+                chain: list[str] = []
+                root: ast.expr = node
+                while isinstance(root, ast.Attribute):
+                    chain.insert(0, root.attr)
+                    root = root.value
+                if not isinstance(root, ast.Name) or root.id not in bound:
+                    continue
+                owner = bound[root.id]
+                for attr in chain:
+                    if f"{owner}.{attr}" in modules:
+                        owner = f"{owner}.{attr}"
+                        continue
+                    if _private(attr) and owner != module and node.attr == attr:
+                        out.append(f"{module}:{node.lineno}: {attr} of {owner}")
+                    break
+            elif (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Name)
+                and node.func.id in ("getattr", "setattr", "hasattr", "delattr")
+                and len(node.args) >= 2
+                and isinstance(node.args[0], ast.Name)
+                and node.args[0].id in bound
+                and isinstance(node.args[1], ast.Constant)
+                and isinstance(node.args[1].value, str)
+                and _private(node.args[1].value)
+            ):
+                owner = bound[node.args[0].id]
+                if owner != module:
+                    out.append(f"{module}:{node.lineno}: {node.args[1].value} of {owner}")
     return out
 
 
@@ -187,16 +237,37 @@ class TestPrivateNames:
         assert private_imports(MODULES) == []
 
     @pytest.mark.parametrize(
-        ("source", "flagged"),
+        ("module", "source", "flagged"),
         [
-            ("from replayable.boundary import _register\n", True),
-            ("from replayable._engine import Engine\n", False),
-            ("from replayable import _engine\n", False),
+            ("replayable.cli._probe", "from replayable.boundary import _register\n", True),
+            ("replayable._drift._probe", "from replayable._drift._compare import _answer\n", True),
+            ("replayable.cli._probe", "from replayable import _chain\n_chain._verify()\n", True),
+            ("replayable.cli._probe", "import replayable.boundary\nreplayable.boundary._x\n", True),
+            ("replayable.cli._probe", "import replayable as rp\nrp.boundary._register\n", True),
+            (
+                "replayable.cli._probe",
+                "from replayable.integrations import mcp as m\nm._State(1)\n",
+                True,
+            ),
+            (
+                "replayable.cli._probe",
+                "from replayable import boundary\ngetattr(boundary, '_r')\n",
+                True,
+            ),
+            ("replayable.cli._probe", "from replayable._engine import Engine\n", False),
+            ("replayable.cli._probe", "from replayable import _engine\n_engine.Engine\n", False),
+            (
+                "replayable.cli._probe",
+                "from replayable import boundary\nboundary.__name__\n",
+                False,
+            ),
+            ("replayable.cli._probe", "import os\nos._exit\n", False),
         ],
     )
-    def test_the_rule(self, tmp_path: Path, source: str, flagged: bool) -> None:
-        """A private name of another module is flagged; a private module by name is not."""
+    def test_the_rule(self, tmp_path: Path, module: str, source: str, flagged: bool) -> None:
+        """A private name of another module is flagged, imported or read through the module
+        (inside one private package too); a private module by name is not, nor a dunder."""
         probe = tmp_path / "probe.py"
         probe.write_text(source)
-        found = private_imports({**MODULES, "replayable.cli._probe": probe})
+        found = private_imports({**MODULES, module: probe})
         assert bool(found) is flagged, found

@@ -73,7 +73,7 @@ def query_runs(
     )
     paths: dict[str, Path] = {}
     if isinstance(src, TraceDirStore):
-        paths = {rid: p for rid, (_, p) in src._runs().items()}
+        paths = {rid: p for rid, (_, p) in src.runs_with_paths().items()}
     runs = [r for r in src.list_runs(query) if r.parent_run is None]
     if limit is not None:
         runs = runs[:limit]
@@ -88,7 +88,7 @@ def _unreadable(src: Store) -> list[str]:
     damaged traces in the corpus, to report rather than leave out unnoticed."""
     if not isinstance(src, TraceDirStore):
         return []
-    known = {p for _, p in src._runs().values()}
+    known = {p for _, p in src.runs_with_paths().values()}
     return [str(p) for p in sorted(src.path.rglob("*.jsonl")) if p not in known]
 
 

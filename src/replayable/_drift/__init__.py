@@ -30,9 +30,15 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from replayable import canonical
-from replayable._drift._compare import _answer, _compare
+from replayable._drift._compare import answer_of, compare_answers
 from replayable._drift._report import DriftChange, DriftReport, StepDrift
-from replayable._drift._rerun import _arguments, _NotRerunnable, _run_async, _run_sync, _StepSession
+from replayable._drift._rerun import (
+    NotRerunnable,
+    StepSession,
+    recorded_arguments,
+    run_async,
+    run_sync,
+)
 from replayable.boundary import bare_name, registry
 from replayable.redact import redact
 from replayable.store import Store, open_store
@@ -162,23 +168,23 @@ async def _one(
         result.reason = f"{ev.boundary} has side effects; drift never runs those"
         return result
     try:
-        args, kwargs = _arguments(b, ev)
-    except _NotRerunnable as exc:
+        args, kwargs = recorded_arguments(b, ev)
+    except NotRerunnable as exc:
         result.status, result.reason = "not_rerun", str(exc)
         return result
-    session = _StepSession(ev, nested)
+    session = StepSession(ev, nested)
     if b.is_async or b.is_agen:
-        await _run_async(session, b, args, kwargs)
+        await run_async(session, b, args, kwargs)
     else:
-        await _in_pool(pool, _run_sync, session, b, args, kwargs)
+        await _in_pool(pool, run_sync, session, b, args, kwargs)
     live = session.live
     if session.blocked is not None or live is None:
         result.status = "not_rerun"
         result.reason = str(session.blocked or "the call did not finish")
         return result
-    recorded = _answer(ev.output, ev.meta or {}, ev.error)
-    now = _answer(live.output, redact(canonical.sanitize(live.meta)[0]), live.error)
-    changes, result.similarity = await _in_pool(pool, _compare, recorded, now, judge)
+    recorded = answer_of(ev.output, ev.meta or {}, ev.error)
+    now = answer_of(live.output, redact(canonical.sanitize(live.meta)[0]), live.error)
+    changes, result.similarity = await _in_pool(pool, compare_answers, recorded, now, judge)
     result.changes = changes
     result.status = "drifted" if changes else "same"
     return result

@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
 
 @dataclass(slots=True)
-class _Answer:
+class Answer:
     model: Any = None
     fingerprint: Any = None
     tools: list[tuple[str, Any]] = field(default_factory=list)
@@ -99,10 +99,10 @@ def _top(path: str) -> str:
     return path.split(".", 1)[0].split("[", 1)[0]
 
 
-def _answer(output: Any, meta: Mapping[str, Any], error: Mapping[str, Any] | None) -> _Answer:
+def answer_of(output: Any, meta: Mapping[str, Any], error: Mapping[str, Any] | None) -> Answer:
     """What is compared: model, fingerprint, tools chosen, text and structured shape."""
     out = output if isinstance(output, dict) else {}
-    ans = _Answer(
+    ans = Answer(
         model=meta.get("response_model") or meta.get("model") or out.get("model"),
         fingerprint=meta.get("system_fingerprint") or out.get("system_fingerprint"),
     )
@@ -157,8 +157,8 @@ def _answer(output: Any, meta: Mapping[str, Any], error: Mapping[str, Any] | Non
     return ans
 
 
-def _compare(
-    recorded: _Answer, live: _Answer, judge: Judge | None
+def compare_answers(
+    recorded: Answer, live: Answer, judge: Judge | None
 ) -> tuple[list[DriftChange], float | None]:
     changes: list[DriftChange] = []
     if recorded.error != live.error:

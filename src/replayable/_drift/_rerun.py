@@ -22,11 +22,11 @@ from replayable.redact import redact
 from replayable.trace import Event
 
 
-class _NotRerunnable(ReplayableError):
+class NotRerunnable(ReplayableError):
     """The step cannot be re-run alone (its boundary is missing, or it needs a live call)."""
 
 
-class _StepSession:
+class StepSession:
     """The drift policy for one step: the step itself runs live, calls nested in it are served
     from its recorded subtree, clock and randomness run live (the model samples again), and any
     other call stops the step (it is reported as not re-run)."""
@@ -39,7 +39,7 @@ class _StepSession:
         self.top = top
         self.pending = list(nested)
         self.lock = threading.Lock()
-        self.blocked: _NotRerunnable | None = None
+        self.blocked: NotRerunnable | None = None
         """Set when a nested call could not be served, even if the model code caught it."""
         self.live: _Live | None = None
 
@@ -54,7 +54,7 @@ class _StepSession:
                 if ev.boundary == b.name and ev.key == key:
                     self.pending.remove(ev)
                     return Serve.recorded(ev.output, ev.error, ev.meta)
-        self.blocked = _NotRerunnable(
+        self.blocked = NotRerunnable(
             f"it calls {b.name} with an input the recording does not have; drift re-runs only "
             f"the {self.top.kind} call itself"
         )
@@ -74,14 +74,14 @@ class _StepSession:
         return b.fn
 
 
-def _arguments(b: Boundary, ev: Event) -> tuple[list[Any], dict[str, Any]]:
+def recorded_arguments(b: Boundary, ev: Event) -> tuple[list[Any], dict[str, Any]]:
     """The recorded input as call arguments (``*args`` and positional-only ones restored)."""
     kwargs = dict(ev.input) if isinstance(ev.input, dict) else {}
     args: list[Any] = []
     if b.signature is not None:
         params = list(b.signature.parameters.values())
         if params and params[0].name in ("self", "cls"):
-            raise _NotRerunnable(
+            raise NotRerunnable(
                 f"{b.name} is a method; drift calls functions (instrument the client, or make "
                 "the model call a function boundary)"
             )
@@ -100,7 +100,7 @@ class _Live:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-def _run_sync(session: _StepSession, b: Boundary, args: list[Any], kwargs: dict[str, Any]) -> None:
+def run_sync(session: StepSession, b: Boundary, args: list[Any], kwargs: dict[str, Any]) -> None:
     session.engine.enter()
     try:
         result = b.wrapper(*args, **kwargs)
@@ -113,8 +113,8 @@ def _run_sync(session: _StepSession, b: Boundary, args: list[Any], kwargs: dict[
         session.engine.leave()
 
 
-async def _run_async(
-    session: _StepSession, b: Boundary, args: list[Any], kwargs: dict[str, Any]
+async def run_async(
+    session: StepSession, b: Boundary, args: list[Any], kwargs: dict[str, Any]
 ) -> None:
     session.engine.enter()
     try:

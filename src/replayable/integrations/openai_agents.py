@@ -167,7 +167,7 @@ def _instrument_server(server: Any, side_effects: frozenset[str], safe: frozense
         return
     from mcp.types import ListToolsResult
 
-    from replayable.integrations import mcp as rp_mcp
+    from replayable.integrations import _mcp_calls as rp_mcp
 
     connect, cleanup = server.connect, server.cleanup
     list_tools, call_tool = server.list_tools, server.call_tool
@@ -175,7 +175,7 @@ def _instrument_server(server: Any, side_effects: frozenset[str], safe: frozense
     async def listing(run_context: Any = None, agent: Any = None) -> Any:
         return ListToolsResult(tools=await list_tools(run_context, agent))
 
-    state = rp_mcp._State(
+    state = rp_mcp.ClientState(
         client=server,
         originals={"call_tool": call_tool, "list_tools": listing},
         side_effects=side_effects,
@@ -202,12 +202,12 @@ def _instrument_server(server: Any, side_effects: frozenset[str], safe: frozense
     async def recorded_list_tools(run_context: Any = None, agent: Any = None) -> Any:
         if SESSION.get() is None:
             return await list_tools(run_context, agent)
-        b = rp_mcp._request_boundary("list_tools")
-        token = rp_mcp._CALL.set(rp_mcp._Real(state, "list_tools", (run_context, agent), {}))
+        b = rp_mcp.request_boundary("list_tools")
+        token = rp_mcp.CALL.set(rp_mcp.RealCall(state, "list_tools", (run_context, agent), {}))
         try:
             result = await b.wrapper(cursor=None)
         finally:
-            rp_mcp._CALL.reset(token)
+            rp_mcp.CALL.reset(token)
         state.learn(result)
         return list(result.tools)
 
@@ -217,20 +217,20 @@ def _instrument_server(server: Any, side_effects: frozenset[str], safe: frozense
         extra = {"meta": meta} if meta is not None else {}
         if SESSION.get() is None:
             return await call_tool(tool_name, arguments, **extra)
-        b = rp_mcp._tool_boundary(tool_name, state.changes_world(tool_name))
-        real = rp_mcp._Real(state, "call_tool", (tool_name, arguments), extra)
-        token = rp_mcp._CALL.set(real)
+        b = rp_mcp.tool_boundary(tool_name, state.changes_world(tool_name))
+        real = rp_mcp.RealCall(state, "call_tool", (tool_name, arguments), extra)
+        token = rp_mcp.CALL.set(real)
         try:
             return await b.wrapper(**(arguments or {}))
         finally:
-            rp_mcp._CALL.reset(token)
+            rp_mcp.CALL.reset(token)
 
     server.connect = lazy_connect
     server.cleanup = lazy_cleanup
     server.list_tools = recorded_list_tools
     server.call_tool = recorded_call_tool
     for tool in side_effects | safe:  # known before a replay starts, so live= can check them
-        rp_mcp._tool_boundary(tool, tool in side_effects)
+        rp_mcp.tool_boundary(tool, tool in side_effects)
 
 
 # -- models ---------------------------------------------------------------------------------

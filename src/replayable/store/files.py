@@ -66,7 +66,8 @@ class TraceDirStore:
         if not self.path.is_dir():
             raise StoreUnavailable(f"trace directory {self.path} does not exist")
 
-    def _runs(self) -> dict[str, tuple[Run, Path]]:
+    def runs_with_paths(self) -> dict[str, tuple[Run, Path]]:
+        """Every readable run by id, with the trace file it was read from."""
         runs: dict[str, tuple[Run, Path]] = {}
         for file in sorted(self.path.rglob("*.jsonl")):
             run = _header(file)
@@ -77,7 +78,7 @@ class TraceDirStore:
 
     def path_of(self, run_id: str) -> Path:
         """The trace file holding this run (id or unique prefix)."""
-        runs = self._runs()
+        runs = self.runs_with_paths()
         if run_id in runs:
             return runs[run_id][1]
         found = [pair for rid, pair in runs.items() if rid.startswith(run_id)]
@@ -115,7 +116,7 @@ class TraceDirStore:
         """Runs matching ``query``, newest first."""
         q = query or RunQuery()
         out: list[Run] = []
-        newest = sorted(self._runs().values(), key=lambda p: (p[0].started_at, p[0].id))
+        newest = sorted(self.runs_with_paths().values(), key=lambda p: (p[0].started_at, p[0].id))
         for run, file in reversed(newest):
             if not self._matches(run, file, q):
                 continue

@@ -32,12 +32,12 @@ from replayable.boundary import Boundary, register_error_codec
 from replayable.context import Session, current_session
 from replayable.errors import ReplayableWarning, UnsupportedClient
 from replayable.integrations._stainless._answers import (
-    _async_stream,
-    _given,
-    _Rebuilt,
-    _sync_stream,
+    Rebuilt,
+    async_stream,
+    sync_stream,
+    without_unset,
 )
-from replayable.integrations._stainless._call import _CALL, _Call, _make_boundary
+from replayable.integrations._stainless._call import CALL, Call, make_boundary
 
 __all__ = ["SDK", "ClientFamily", "Route", "instrument_client", "load_sdk", "no_tools"]
 
@@ -162,7 +162,7 @@ class SDK:
         """The boundary for one route, shape and stream mode (created once, shared by clients)."""
         slot = (route.name, is_async, stream)
         if slot not in self._boundaries:
-            self._boundaries[slot] = _make_boundary(self, route, is_async, stream)
+            self._boundaries[slot] = make_boundary(self, route, is_async, stream)
         return self._boundaries[slot]
 
 
@@ -207,13 +207,13 @@ def _request_body(sdk: SDK, options: Any) -> dict[str, Any] | None:
     extra = getattr(options, "extra_json", None)
     if isinstance(extra, dict):
         body = {**body, **extra}
-    return _given(body, sdk.unset)  # type: ignore[no-any-return]
+    return without_unset(body, sdk.unset)  # type: ignore[no-any-return]
 
 
 def _patch_request(client: Any, sdk: SDK, is_async: bool) -> None:
     original = client.request
     process = client._process_response
-    rebuilt = _Rebuilt(client, sdk)
+    rebuilt = Rebuilt(client, sdk)
 
     def begin(cast_to: Any, options: Any, stream: bool, stream_cls: Any) -> Any:
         session = current_session()
@@ -223,10 +223,10 @@ def _patch_request(client: Any, sdk: SDK, is_async: bool) -> None:
             return None
         check_version(session, sdk)
         cast_to = client._maybe_override_cast_to(cast_to, options)
-        call = _Call(sdk, route, original, options, stream, stream_cls)
+        call = Call(sdk, route, original, options, stream, stream_cls)
         return cast_to, body, call
 
-    def finish(cast_to: Any, call: _Call, response: Any) -> Any:
+    def finish(cast_to: Any, call: Call, response: Any) -> Any:
         return process(
             cast_to=cast_to,
             options=call.options,
@@ -245,17 +245,17 @@ def _patch_request(client: Any, sdk: SDK, is_async: bool) -> None:
             if started is None:
                 return await original(cast_to, options, stream=stream, stream_cls=stream_cls)
             cast_to, body, call = started
-            token = _CALL.set(call)
+            token = CALL.set(call)
             try:
                 bound = sdk.boundary(call.route, True, stream)
                 if stream:
                     gen = bound.wrapper(**body)
                     opened = await gen.__anext__()
-                    response = rebuilt.stream(call.options, opened, _async_stream(sdk.http, gen))
+                    response = rebuilt.stream(call.options, opened, async_stream(sdk.http, gen))
                 else:
                     response = rebuilt.plain(call.options, await bound.wrapper(**body))
             finally:
-                _CALL.reset(token)
+                CALL.reset(token)
             return await finish(cast_to, call, response)
 
         client.request = arequest
@@ -268,17 +268,17 @@ def _patch_request(client: Any, sdk: SDK, is_async: bool) -> None:
             if started is None:
                 return original(cast_to, options, stream=stream, stream_cls=stream_cls)
             cast_to, body, call = started
-            token = _CALL.set(call)
+            token = CALL.set(call)
             try:
                 bound = sdk.boundary(call.route, False, stream)
                 if stream:
                     gen = bound.wrapper(**body)
                     opened = next(gen)
-                    response = rebuilt.stream(call.options, opened, _sync_stream(sdk.http, gen))
+                    response = rebuilt.stream(call.options, opened, sync_stream(sdk.http, gen))
                 else:
                     response = rebuilt.plain(call.options, bound.wrapper(**body))
             finally:
-                _CALL.reset(token)
+                CALL.reset(token)
             return finish(cast_to, call, response)
 
         client.request = request

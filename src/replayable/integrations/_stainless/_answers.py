@@ -26,7 +26,7 @@ _WIRE_HEADERS = frozenset(
 
 
 @dataclass
-class _Answer:
+class Answer:
     """A plain HTTP answer: status, headers, URL and body (JSON, or text under ``$text``)."""
 
     status: int
@@ -36,17 +36,17 @@ class _Answer:
 
 
 @dataclass
-class _Opened:
+class Opened:
     """The first chunk of a recorded stream: the HTTP status line and headers."""
 
     header: dict[str, Any]
 
 
-class _AnswerCodec:
+class AnswerCodec:
     """A plain answer is its JSON body with an ``$http`` entry (status, headers, URL)."""
 
     def encode(self, value: Any) -> Any:
-        if not isinstance(value, _Answer):
+        if not isinstance(value, Answer):
             return value
         http = {"status": value.status, "headers": value.headers, "url": value.url}
         if isinstance(value.body, dict) and "$http" not in value.body:
@@ -55,29 +55,29 @@ class _AnswerCodec:
 
     def decode(self, data: Any) -> Any:
         if not isinstance(data, dict) or "$http" not in data:
-            return _Answer(200, {"content-type": "application/json"}, "", data)
+            return Answer(200, {"content-type": "application/json"}, "", data)
         http = data["$http"]
         body = data["$body"] if "$body" in data else {k: v for k, v in data.items() if k != "$http"}
-        return _Answer(int(http.get("status") or 200), http.get("headers") or {}, "", body)
+        return Answer(int(http.get("status") or 200), http.get("headers") or {}, "", body)
 
 
-class _EventCodec:
+class EventCodec:
     """Stream chunks are JSON already; the opening chunk is ``{"$open": header}``."""
 
     def encode(self, value: Any) -> Any:
-        return {"$open": value.header} if isinstance(value, _Opened) else value
+        return {"$open": value.header} if isinstance(value, Opened) else value
 
     def decode(self, data: Any) -> Any:
         if isinstance(data, dict) and "$open" in data:
-            return _Opened(data["$open"])
+            return Opened(data["$open"])
         return data
 
 
-def _headers(response: Any) -> dict[str, str]:
+def response_headers(response: Any) -> dict[str, str]:
     return {k: v for k, v in response.headers.items() if k.lower() not in _WIRE_HEADERS}
 
 
-def _body(response: Any) -> Any:
+def response_body(response: Any) -> Any:
     text = response.text
     try:
         data = json.loads(text)
@@ -92,7 +92,7 @@ def _content(body: Any) -> bytes:
     return json.dumps(body, ensure_ascii=False).encode()
 
 
-def _event(sse: Any) -> dict[str, Any]:
+def sse_event(sse: Any) -> dict[str, Any]:
     """One server-sent event as a chunk: its JSON data object itself, with ``$event`` only when
     the event name is not the data's ``type``; other data as text under ``$data``."""
     try:
@@ -133,7 +133,7 @@ def _wire(chunk: Any) -> bytes:
     return ("\n".join(lines) + "\n\n").encode()
 
 
-class _Rebuilt:
+class Rebuilt:
     """Builds the HTTP response the SDK processes, from a live or recorded answer."""
 
     def __init__(self, client: Any, sdk: SDK) -> None:
@@ -143,8 +143,8 @@ class _Rebuilt:
     def request(self, options: Any) -> Any:
         """The request the SDK would have sent (its headers say which response shape to build)."""
         options = options.model_copy()
-        options.json_data = _given(options.json_data, self.sdk.unset)
-        options.headers = _given(dict(options.headers or {}), self.sdk.unset)
+        options.json_data = without_unset(options.json_data, self.sdk.unset)
+        options.headers = without_unset(dict(options.headers or {}), self.sdk.unset)
         try:
             return self.client._build_request(options)
         except Exception:
@@ -152,7 +152,7 @@ class _Rebuilt:
                 "POST", "http://replayable.invalid/", headers=options.headers
             )
 
-    def plain(self, options: Any, answer: _Answer) -> Any:
+    def plain(self, options: Any, answer: Answer) -> Any:
         return self.sdk.http.Response(
             answer.status,
             headers=answer.headers,
@@ -161,7 +161,7 @@ class _Rebuilt:
         )
 
     def stream(self, options: Any, opened: Any, body: Any) -> Any:
-        if not isinstance(opened, _Opened):
+        if not isinstance(opened, Opened):
             raise UnsupportedClient("recorded stream has no opening header chunk")
         return self.sdk.http.Response(
             int(opened.header.get("status") or 200),
@@ -171,7 +171,7 @@ class _Rebuilt:
         )
 
 
-def _sync_stream(http: ModuleType, gen: Iterator[Any]) -> Any:
+def sync_stream(http: ModuleType, gen: Iterator[Any]) -> Any:
     class Chunks(http.SyncByteStream):  # type: ignore[misc,name-defined]
         def __iter__(self) -> Iterator[bytes]:
             for chunk in gen:
@@ -183,7 +183,7 @@ def _sync_stream(http: ModuleType, gen: Iterator[Any]) -> Any:
     return Chunks()
 
 
-def _async_stream(http: ModuleType, gen: AsyncIterator[Any]) -> Any:
+def async_stream(http: ModuleType, gen: AsyncIterator[Any]) -> Any:
     class Chunks(http.AsyncByteStream):  # type: ignore[misc,name-defined]
         async def __aiter__(self) -> AsyncIterator[bytes]:
             async for chunk in gen:
@@ -195,10 +195,10 @@ def _async_stream(http: ModuleType, gen: AsyncIterator[Any]) -> Any:
     return Chunks()
 
 
-def _given(value: Any, unset: tuple[type, ...]) -> Any:
+def without_unset(value: Any, unset: tuple[type, ...]) -> Any:
     """The value without the SDK's "not given" markers, which it drops when sending."""
     if isinstance(value, dict):
-        return {k: _given(v, unset) for k, v in value.items() if not isinstance(v, unset)}
+        return {k: without_unset(v, unset) for k, v in value.items() if not isinstance(v, unset)}
     if isinstance(value, list):
-        return [_given(v, unset) for v in value if not isinstance(v, unset)]
+        return [without_unset(v, unset) for v in value if not isinstance(v, unset)]
     return value

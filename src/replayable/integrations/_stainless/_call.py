@@ -14,13 +14,13 @@ from replayable.boundary import Boundary, boundary
 from replayable.context import annotate
 from replayable.errors import UnsupportedClient
 from replayable.integrations._stainless._answers import (
-    _Answer,
-    _AnswerCodec,
-    _body,
-    _event,
-    _EventCodec,
-    _headers,
-    _Opened,
+    Answer,
+    AnswerCodec,
+    EventCodec,
+    Opened,
+    response_body,
+    response_headers,
+    sse_event,
 )
 
 if TYPE_CHECKING:
@@ -31,7 +31,7 @@ _CAST_HEADER = "____stainless_override_cast_to"
 
 
 @dataclass
-class _Call:
+class Call:
     """The SDK call a boundary's live function performs: the client's own request method."""
 
     sdk: SDK
@@ -42,12 +42,12 @@ class _Call:
     stream_cls: Any
 
 
-_CALL: contextvars.ContextVar[_Call | None] = contextvars.ContextVar(
+CALL: contextvars.ContextVar[Call | None] = contextvars.ContextVar(
     "replayable_stainless_call", default=None
 )
 
 
-def _live_options(call: _Call) -> Any:
+def _live_options(call: Call) -> Any:
     """The request's options without the headers that ask for a wrapped response."""
     options = call.options.model_copy()
     options.headers = {
@@ -58,7 +58,7 @@ def _live_options(call: _Call) -> Any:
     return options
 
 
-def _static(call: _Call, body: dict[str, Any]) -> dict[str, Any]:
+def _static(call: Call, body: dict[str, Any]) -> dict[str, Any]:
     return {
         "provider": call.sdk.provider,
         "sdk_version": call.sdk.version,
@@ -67,15 +67,15 @@ def _static(call: _Call, body: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _opened(call: _Call, response: Any) -> _Opened:
+def _opened(call: Call, response: Any) -> Opened:
     header = {
         "provider": call.sdk.provider,
         "sdk_version": call.sdk.version,
         "status": response.status_code,
-        "headers": _headers(response),
+        "headers": response_headers(response),
         "url": str(response.request.url),
     }
-    return _Opened(header)
+    return Opened(header)
 
 
 def _request_id(headers: dict[str, str]) -> str | None:
@@ -83,9 +83,9 @@ def _request_id(headers: dict[str, str]) -> str | None:
     return lower.get("x-request-id") or lower.get("request-id")
 
 
-def _make_boundary(sdk: SDK, route: Route, is_async: bool, stream: bool) -> Boundary:
+def make_boundary(sdk: SDK, route: Route, is_async: bool, stream: bool) -> Boundary:
     name = route.name + ("_stream" if stream else "")
-    codec: Any = _EventCodec() if stream else _AnswerCodec()
+    codec: Any = EventCodec() if stream else AnswerCodec()
     deco = boundary(name=name, kind=route.kind, ignore=route.ignore, codec=codec)
     fn: Any
     if stream and is_async:
@@ -102,7 +102,7 @@ def _make_boundary(sdk: SDK, route: Route, is_async: bool, stream: bool) -> Boun
                 annotate(request_id=_request_id(first.header["headers"]))
                 yield first
                 async for sse in call.sdk.sse().aiter_bytes(response.aiter_bytes()):
-                    chunk = _event(sse)
+                    chunk = sse_event(sse)
                     if call.sdk.accumulate(acc, chunk):
                         annotate(**acc)
                     yield chunk
@@ -124,7 +124,7 @@ def _make_boundary(sdk: SDK, route: Route, is_async: bool, stream: bool) -> Boun
                 annotate(request_id=_request_id(first.header["headers"]))
                 yield first
                 for sse in call.sdk.sse().iter_bytes(response.iter_bytes()):
-                    chunk = _event(sse)
+                    chunk = sse_event(sse)
                     if call.sdk.accumulate(acc, chunk):
                         annotate(**acc)
                     yield chunk
@@ -160,10 +160,10 @@ def _make_boundary(sdk: SDK, route: Route, is_async: bool, stream: bool) -> Boun
     return made
 
 
-def _the_call(sdk: SDK, route: Route, is_async: bool, stream: bool, body: dict[str, Any]) -> _Call:
+def _the_call(sdk: SDK, route: Route, is_async: bool, stream: bool, body: dict[str, Any]) -> Call:
     """The request in flight, or (a boundary called on its own, as drift does) a new request
     with ``body`` through the client of this SDK instrumented last."""
-    call = _CALL.get()
+    call = CALL.get()
     if call is not None:
         return call
     client = sdk.latest.get(is_async)
@@ -175,12 +175,14 @@ def _the_call(sdk: SDK, route: Route, is_async: bool, stream: bool, body: dict[s
         )
     models = importlib.import_module(f"{sdk.module.__name__}._models")
     options = models.FinalRequestOptions.construct(method="post", url=route.suffix, json_data=body)
-    return _Call(sdk, route, client.__replayable_request__, options, stream, None)
+    return Call(sdk, route, client.__replayable_request__, options, stream, None)
 
 
-def _answer(call: _Call, response: Any) -> _Answer:
-    answer = _Answer(response.status_code, _headers(response), str(response.request.url), None)
-    answer.body = _body(response)
+def _answer(call: Call, response: Any) -> Answer:
+    answer = Answer(
+        response.status_code, response_headers(response), str(response.request.url), None
+    )
+    answer.body = response_body(response)
     meta = call.sdk.describe(answer.body)
     meta["request_id"] = _request_id(answer.headers)
     annotate(**{k: v for k, v in meta.items() if v is not None})

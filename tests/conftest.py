@@ -30,7 +30,12 @@ def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]
     monkeypatch.setenv("REPLAYABLE_DEMO_DB", str(tmp_path / "customers.db"))
     monkeypatch.delenv("REPLAYABLE_MODE", raising=False)
     monkeypatch.delenv("NO_COLOR", raising=False)
-    for name in ("REPLAYABLE_PII", "REPLAYABLE_PII_KEY", "REPLAYABLE_PII_KEY_FILE"):
+    for name in (
+        "REPLAYABLE_PII",
+        "REPLAYABLE_PII_KEY",
+        "REPLAYABLE_PII_KEY_FILE",
+        "REPLAYABLE_SAMPLE",
+    ):
         monkeypatch.delenv(name, raising=False)
     yield
     store_mod.close_all()

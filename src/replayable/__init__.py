@@ -28,6 +28,7 @@ from replayable._drift import DriftReport, drift
 from replayable._otlp import import_otlp
 from replayable._pii import PII
 from replayable._rundiff import RunDiff, diff
+from replayable._sampling import Keep, flag
 from replayable._version import __version__
 from replayable.boundary import Boundary, Codec, boundary, get_boundary, registry
 from replayable.canonical import canonicalize, key
@@ -69,6 +70,7 @@ __all__ = [  # noqa: RUF022 - plain sorted order (tests/test_exported_members.py
     "FieldChange",
     "FixtureMiss",
     "InvalidOtlp",
+    "Keep",
     "NetworkRefused",
     "PII",
     "PIIKeyError",
@@ -95,6 +97,7 @@ __all__ = [  # noqa: RUF022 - plain sorted order (tests/test_exported_members.py
     "check",
     "diff",
     "drift",
+    "flag",
     "flush",
     "get_boundary",
     "import_otlp",

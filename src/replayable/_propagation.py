@@ -33,8 +33,10 @@ __all__ = [
     "Mode",
     "baggage_entry",
     "merge_baggage",
+    "new_trace_id",
     "parse",
     "span_id",
+    "start_trace_id",
     "traceparent",
 ]
 
@@ -110,6 +112,23 @@ def _otel_context() -> tuple[str, str] | None:
     if not ctx.is_valid:
         return None
     return f"{ctx.trace_id:032x}", f"{ctx.span_id:016x}"
+
+
+def new_trace_id() -> str:
+    """A random W3C trace id (32 hex digits, never all zero)."""
+    import secrets
+
+    while True:
+        value = secrets.token_hex(16)
+        if value != "0" * 32:
+            return value
+
+
+def start_trace_id() -> str:
+    """The trace id a run starting now belongs to: the current OpenTelemetry span's when one is
+    active (it is what the run's requests then carry), else a new one."""
+    otel = _otel_context()
+    return otel[0] if otel is not None else new_trace_id()
 
 
 def traceparent(trace_id: str, run_id: str, address: str) -> str:

@@ -235,7 +235,7 @@ def outgoing(service: str | None = None) -> tuple[dict[str, str], bool]:
         return {}, False
     trace_id = run.trace_id
     if trace_id is None:
-        trace_id = run.metadata.setdefault("trace_id", new_trace_id())
+        trace_id = run.metadata.setdefault("trace_id", prop.new_trace_id())
     mode: prop.Mode = "record"
     source: prop.Link | None = None
     if session.serves_recordings:
@@ -250,16 +250,6 @@ def outgoing(service: str | None = None) -> tuple[dict[str, str], bool]:
         prop.BAGGAGE: prop.baggage_entry(run.id, frame.address, mode, source),
     }
     return headers, mode == "follow"
-
-
-def new_trace_id() -> str:
-    """A random W3C trace id (32 hex digits, never all zero)."""
-    import secrets
-
-    while True:
-        value = secrets.token_hex(16)
-        if value != "0" * 32:
-            return value
 
 
 def _finish(response: Response, follow: bool, service: str) -> dict[str, Any]:

@@ -18,7 +18,7 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -28,7 +28,7 @@ import orjson
 from replayable import canonical
 from replayable.errors import StoreUnavailable, Unserializable
 from replayable.redact import REDACTED, might_hold_secrets, names_clean, redact
-from replayable.store.base import Checkpoint, EventRow, Store
+from replayable.store.base import Checkpoint, Counters, EventRow, Store
 from replayable.trace import (
     Event,
     Run,
@@ -303,10 +303,12 @@ class BatchStore(Protocol):
         finishes: Sequence[Run],
         *,
         wait_s: float | None = None,
+        counts: Mapping[str, int] | None = None,
     ) -> None:
         """Insert ``creates`` (as they are now: a run also in ``finishes`` goes in finished),
-        then ``rows``, set ``checkpoints`` on runs still running, then update ``finishes``;
-        all or nothing. ``wait_s`` bounds the wait for another process's lock."""
+        then ``rows``, set ``checkpoints`` on runs still running, then update ``finishes`` and
+        add ``counts`` to the store's counters; all or nothing. ``wait_s`` bounds the wait for
+        another process's lock."""
 
     def housekeep(self) -> None:
         """Upkeep the background writer does between batches, so that a batch written on the
@@ -324,21 +326,35 @@ class _End:
 
 
 @dataclass(slots=True)
+class _Count:
+    name: str
+    n: int
+
+
+@dataclass(slots=True)
 class _Batch:
-    """Work ready to write, in the order it must go in: new runs, event rows, ended runs."""
+    """Work ready to write, in the order it must go in: new runs, event rows, ended runs, and
+    what to add to the store's counters."""
 
     creates: list[Run] = field(default_factory=list)
     rows: list[EventRow] = field(default_factory=list)
     finishes: list[Run] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
 
     def __bool__(self) -> bool:
-        return bool(self.creates or self.rows or self.finishes)
+        return bool(self.creates or self.rows or self.finishes or self.counts)
 
     def then(self, later: _Batch) -> _Batch:
         """This batch followed by ``later``, as one (runs are created before any event, and
         ended after every event, of either)."""
+        counts = dict(self.counts)
+        for name, n in later.counts.items():
+            counts[name] = counts.get(name, 0) + n
         return _Batch(
-            self.creates + later.creates, self.rows + later.rows, self.finishes + later.finishes
+            self.creates + later.creates,
+            self.rows + later.rows,
+            self.finishes + later.finishes,
+            counts,
         )
 
 
@@ -376,6 +392,7 @@ class Writer:
         self._dropped = 0
         self.error: BaseException | None = None
         self._batches: BatchStore | None = store if isinstance(store, BatchStore) else None
+        self._counters = isinstance(store, Counters)
         # Lingering pays where a batch is one transaction (many short runs to a commit);
         # elsewhere each run is its own store calls anyway: write as soon as work arrives.
         self._linger = LINGER_S if self._batches is not None else 0.0
@@ -406,6 +423,12 @@ class Writer:
             self._dropped += 1
             return
         self._put(item)
+
+    def count(self, name: str, n: int = 1) -> None:
+        """Add ``n`` to the store's counter ``name`` (sampling's kept and dropped runs), with
+        the work queued around it; a store without counters ignores it."""
+        if self._counters:
+            self._put(_Count(name, n))
 
     def run_op(self, op: Callable[[], None]) -> None:
         """Queue a run-level store operation, ordered with the events around it."""
@@ -657,6 +680,8 @@ class Writer:
             elif kind is _End:
                 self.seal(item.run)
                 batch.finishes.append(item.run)
+            elif kind is _Count:
+                batch.counts[item.name] = batch.counts.get(item.name, 0) + item.n
             elif kind is threading.Event:
                 markers.append(item)
             else:
@@ -698,6 +723,7 @@ class Writer:
                     checkpoints,
                     batch.finishes,
                     wait_s=INLINE_WAIT_S if inline else None,
+                    counts=batch.counts,
                 )
                 written = True
             except Exception:
@@ -744,6 +770,16 @@ class Writer:
             if not self._run_call(store.finish_run, batch.finishes[0], batch):
                 return False
             batch.finishes.pop(0)
+        if batch.counts and isinstance(store, Counters):
+            try:
+                store.add_counts(batch.counts)
+            except StoreUnavailable as exc:
+                self._fail(exc)
+                self._hold(batch)
+                return False
+            except Exception as exc:
+                log.warning("replayable: could not add to counters of %s: %s", store.url, exc)
+            batch.counts = {}
         return True
 
     def _run_call(self, call: Callable[[Run], None], run: Run, batch: _Batch) -> bool:

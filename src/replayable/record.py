@@ -23,6 +23,8 @@ from replayable import _network
 from replayable._engine import Ending, Engine, Serve, Sink, snapshot
 from replayable._errors_codec import encode_error
 from replayable._pii import PII, Pseudonymizer, for_record
+from replayable._sampling import Keep, SampledSink, Sampling
+from replayable._sampling import for_record as sampling_for_record
 from replayable._threads import EXECUTOR
 from replayable._version import __version__
 from replayable._writer import STALL_S, Pending, flush_all, writer_for
@@ -362,6 +364,8 @@ def record(
     metadata: Mapping[str, Any] | None = None,
     strict: bool = False,
     pii: PII | bool | None = None,
+    sample: float | None = None,
+    keep: Keep | Callable[[Run], bool] | None = None,
 ) -> Recording:
     """Record every boundary call made inside the block into ``store`` (default: SQLite).
 
@@ -373,6 +377,13 @@ def record(
     keyed, shape-keeping pseudonyms before anything is written; the default is the store's
     (``rp.open_store(url, pii=...)``), else ``$REPLAYABLE_PII``. See ``docs/personal-data.md``.
 
+    ``sample=0.05`` keeps 5% of runs, decided from the run's trace id (so every service of a
+    distributed run decides alike), and every run a tail rule of ``keep`` names (default
+    ``rp.Keep()``: a run with an error, a side effect or an ``rp.flag``); the others are held
+    in memory until they end, then dropped and counted. The default is the store's
+    (``rp.open_store(url, sample=...)``), else ``$REPLAYABLE_SAMPLE``. See
+    ``docs/recording.md``.
+
     >>> from replayable import boundary
     >>> lookup = boundary(kind="tool")(lambda name: {"name": name, "id": 7})
     >>> with record(name="support", tags={"env": "prod"}) as run:
@@ -383,6 +394,7 @@ def record(
     """
     opened = open_store(store)
     pseudonymizer = for_record(pii, opened)  # a missing key fails here, before the run
+    sampling: Sampling | None = sampling_for_record(sample, keep, opened)
 
     def make() -> Recorder:
         run = Run(
@@ -394,6 +406,7 @@ def record(
             started_at=time.time(),
             store=opened,
         )
-        return Recorder(opened, run, strict=strict, pii=pseudonymizer)
+        sink = None if sampling is None else SampledSink(writer_for(opened), sampling, run)
+        return Recorder(opened, run, strict=strict, pii=pseudonymizer, sink=sink)
 
     return Recording(make)

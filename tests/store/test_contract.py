@@ -267,7 +267,7 @@ class TestPostgresSchema:
         old = make_run("before-m005", status="ok", head_hash="h", event_count=2)
         store = PostgresStore(pg_url)
         assert store.put_run(old, make_events(old.id, 2, boundary="mod:lookup"))
-        assert store.migrations()[-1] == "m005_drop_events_boundary"
+        assert "m005_drop_events_boundary" in store.migrations()
         with psycopg.connect(pg_url) as conn:
             assert not has_boundary_index(conn)
         with rp.record(store, name="after") as run:

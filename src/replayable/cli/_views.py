@@ -12,6 +12,7 @@ from rich.progress import Progress
 from rich.table import Table
 from rich.text import Text
 
+from replayable import _sampling as sampling
 from replayable._linked import linked_tree, merged_events
 from replayable._rundiff import diff_runs, run_usage
 from replayable.cli._common import (
@@ -145,6 +146,7 @@ def stats_cmd(store_url: str | None, since: str, name: str | None, as_json: bool
     runs = store.list_runs(RunQuery(name=name, since=parse_since(since), limit=1_000_000))
     stats = compute_stats(store, runs)
     stats["since"] = since
+    stats["sampling"] = sampling.summary(store)
     if as_json:
         click.echo(orjson.dumps(stats).decode())
         return
@@ -154,6 +156,8 @@ def stats_cmd(store_url: str | None, since: str, name: str | None, as_json: bool
         f"[bold]{stats['runs']} runs[/bold] since {since}" + (f" ({statuses})" if statuses else "")
     )
     out.print(f"{stats['steps']} steps, {stats['step_errors']} raised an error")
+    if stats["sampling"]:
+        out.print(sampling.describe(stats["sampling"]) + " (all time, this store)")
     if stats["models"]:
         table = Table(box=None, header_style="bold")
         for col in ("model", "calls", "input tokens", "output tokens"):

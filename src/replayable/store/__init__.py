@@ -48,6 +48,8 @@ def open_store(
     *,
     must_exist: bool = False,
     pii: Any = None,
+    sample: float | None = None,
+    keep: Any = None,
 ) -> Store:
     """Open a store by URL or path (the same URL twice gives the same object).
 
@@ -59,14 +61,22 @@ def open_store(
     ``must_exist=True`` (for reading) refuses to create a SQLite file that is not there yet.
     ``pii=True`` or ``pii=rp.PII(...)`` makes pseudonymized personal data the default of every
     run recorded into this store (``record(pii=False)`` still opts a run out).
+    ``sample=0.05`` (with ``keep=rp.Keep(...)``) makes head sampling the default of every run
+    recorded into it, e.g. by a service's middleware (``record(sample=1.0)`` records a run
+    whole).
 
     >>> store = open_store("sqlite:///traces.db")
     """
-    if pii is not None:
-        from replayable._pii import set_store_default
-
+    if pii is not None or sample is not None:
         store = open_store(url, must_exist=must_exist)
-        set_store_default(store, pii)
+        if pii is not None:
+            from replayable._pii import set_store_default
+
+            set_store_default(store, pii)
+        if sample is not None:
+            from replayable import _sampling
+
+            _sampling.set_store_default(store, sample, keep)
         return store
     if url is not None and not isinstance(url, str | os.PathLike):
         return url

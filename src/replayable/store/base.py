@@ -40,6 +40,7 @@ __all__ = [
     "CheckRow",
     "CheckRunRow",
     "Checkpoint",
+    "Counters",
     "Dialect",
     "EventRow",
     "Outcome",
@@ -363,6 +364,18 @@ class Store(Protocol):
         """Release connections."""
 
 
+@runtime_checkable
+class Counters(Protocol):
+    """A store that keeps named counters: what happened that is not a run in it (sampling's
+    dropped runs, and its kept runs by reason). The SQL stores keep them in ``counters``."""
+
+    def add_counts(self, counts: Mapping[str, int]) -> None:
+        """Add each count to its counter (a counter starts at 0)."""
+
+    def counts(self) -> dict[str, int]:
+        """Every counter, by name."""
+
+
 def runs_query(
     q: RunQuery, *, ph: str, tag_clause: str, tag_path: Callable[[str], str]
 ) -> tuple[str, list[Any]]:
@@ -494,6 +507,11 @@ class Dialect:
             f"ORDER BY started_at DESC, id DESC LIMIT {ph}"
         )
         self.get_check = by_id("checks", CHECK_COLUMNS)
+        self.add_count = (
+            f"INSERT INTO counters (name, value) VALUES ({ph}, {ph}) "
+            "ON CONFLICT (name) DO UPDATE SET value = counters.value + excluded.value"
+        )
+        self.select_counts = "SELECT name, value FROM counters"
         self.check_runs = (
             f"SELECT {', '.join(CHECK_RUN_COLUMNS)} FROM check_runs "
             f"WHERE check_id = {ph} ORDER BY seq"
@@ -567,6 +585,15 @@ class SQLStore:
     def list_checks(self, limit: int = 50) -> list[CheckRow]:
         """Check rows, newest first."""
         return [CheckRow._make(r) for r in self._fetch(self.sql.list_checks, (limit,))]
+
+    def add_counts(self, counts: Mapping[str, int]) -> None:
+        """Add each count to its counter."""
+        for name, n in counts.items():
+            self._execute(self.sql.add_count, (name, n))
+
+    def counts(self) -> dict[str, int]:
+        """Every counter, by name."""
+        return {str(name): int(n) for name, n in self._fetch(self.sql.select_counts, ())}
 
     def get_check(self, check_id: str) -> tuple[CheckRow, list[CheckRunRow]]:
         """A check (id or unique prefix) and its run rows in order."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import orjson
@@ -185,6 +185,14 @@ class TraceDirStore:
     def save_check(self, check: CheckRow, runs: Sequence[CheckRunRow]) -> None:
         """Refused: the store is read-only."""
         raise self._read_only()
+
+    def add_counts(self, counts: Mapping[str, int]) -> None:
+        """Refused: the store is read-only."""
+        raise self._read_only()
+
+    def counts(self) -> dict[str, int]:
+        """None: a directory of trace files keeps no counters."""
+        return {}
 
     def list_checks(self, limit: int = 50) -> list[CheckRow]:
         """None: checks are kept in SQLite or PostgreSQL, never in a trace directory."""

@@ -117,6 +117,8 @@ MIGRATIONS: list[tuple[str, str]] = [
     # No query reads it (the --boundary filter searches a run's events by the primary key, see
     # the SQLite store's m005); every event written paid for it.
     ("m005_drop_events_boundary", "DROP INDEX IF EXISTS events_boundary"),
+    # Named counts of what is not a run in the store (sampling's kept and dropped runs).
+    ("m006_counters", "CREATE TABLE counters (name TEXT PRIMARY KEY, value BIGINT NOT NULL)"),
 ]
 """Ordered, named schema migrations; the ``_migrations`` table records which have run."""
 

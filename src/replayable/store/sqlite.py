@@ -15,7 +15,7 @@ import sqlite3
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from itertools import chain
 from pathlib import Path
 from typing import Any
@@ -143,12 +143,18 @@ def _m005_drop_events_boundary(db: sqlite3.Connection) -> None:
     db.execute("DROP INDEX IF EXISTS events_boundary")
 
 
+def _m006_counters(db: sqlite3.Connection) -> None:
+    # Named counts of what is not a run in the store (sampling's kept and dropped runs).
+    db.execute("CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)")
+
+
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _m001_initial,
     _m002_signature_and_query_indexes,
     _m003_checks,
     _m004_hash_version,
     _m005_drop_events_boundary,
+    _m006_counters,
 ]
 """Ordered schema migrations; the ``_migrations`` table records which have run."""
 
@@ -361,8 +367,10 @@ class SQLiteStore(SQLStore):
         finishes: Sequence[Run],
         *,
         wait_s: float | None = None,
+        counts: Mapping[str, int] | None = None,
     ) -> None:
-        """Create runs, insert event rows, set checkpoints and finish runs in one transaction.
+        """Create runs, insert event rows, set checkpoints, finish runs and add to counters in
+        one transaction.
 
         A run in both ``creates`` and ``finishes`` is inserted finished (one row write).
         ``wait_s`` bounds the wait for a lock another process holds (default 30 s); batches
@@ -383,6 +391,8 @@ class SQLiteStore(SQLStore):
                     for run in finishes:
                         if run.id not in created:
                             db.execute(_SQL.finish_run, _SQL.finish_params(run))
+                    if counts:
+                        db.executemany(_SQL.add_count, list(counts.items()))
                     db.execute("COMMIT")
                 except BaseException:
                     if db.in_transaction:

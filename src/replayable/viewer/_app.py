@@ -21,6 +21,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
+from replayable import _sampling as sampling
 from replayable._asgi_guard import Guard
 from replayable._check import CheckReport, list_checks, load_check
 from replayable._rundiff import diff_runs
@@ -233,7 +234,13 @@ def create_app(
     async def index(request: Request) -> Response:
         runs, filters = list_runs(request)
         return page(
-            request, "runs.html", title="runs", runs=runs, filters=filters, store_url=store.url
+            request,
+            "runs.html",
+            title="runs",
+            runs=runs,
+            filters=filters,
+            store_url=store.url,
+            sampling=sampling.describe(sampling.summary(store)),
         )
 
     async def run_page(request: Request) -> Response:

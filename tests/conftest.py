@@ -11,6 +11,7 @@ import psycopg
 import pytest
 from hypothesis import settings
 
+from replayable import _writer
 from replayable import redact as redact_mod
 from replayable import store as store_mod
 
@@ -39,6 +40,9 @@ def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]
         monkeypatch.delenv(name, raising=False)
     yield
     store_mod.close_all()
+    # Writers of stores a test opened by hand too: rp.flush() in a later test is about that
+    # test's stores, never a store an earlier one left refusing writes.
+    _writer.stop_writers()
 
 
 @pytest.fixture

@@ -53,6 +53,7 @@ __all__ = [
     "pending_row",
     "settle",
     "stop_writer",
+    "stop_writers",
     "writer_for",
 ]
 
@@ -284,6 +285,9 @@ that is down must not wait on it; at exit, the last flush does.)"""
 INLINE_WAIT_S = 0.25
 """How long a run's end, writing on the agent's thread, waits for a lock another process
 holds before it leaves the write to the background writer (which waits its turn)."""
+FLUSH_WAIT_S = 30.0
+"""How long ``rp.flush``, writing on its caller's thread, waits at most for such a lock (its
+timeout permitting)."""
 
 
 @runtime_checkable
@@ -487,13 +491,19 @@ class Writer:
         the rest is left to the background writer. A store that is slow but answering
         (batches waiting their turn) is waited for. ``timeout=None`` waits as long as it takes.
 
+        Work the store refused earlier (held for the writer's retry timer: a lock another
+        process held, a store that was down) is retried now, by this call, not when the timer
+        next fires: a flush after the lock is gone succeeds at once. Without ``stall_limit``
+        (``rp.flush``) that retry waits for another process's lock as long as ``timeout``
+        allows; with it (a read, a run's end) a store that is failing is left to the thread.
+
         Returns True when everything queued before the call is in the store; False when it
         gave up waiting or the store refused work (kept for retry)."""
         me = threading.get_ident()
         if me in (self._owner, self._thread.ident):
             return False  # called from inside a write: what is queued goes in after it
         deadline = time.monotonic() + (timeout if timeout is not None else 1e9)
-        if self._batches is not None and not self._failed:
+        if self._batches is not None and (stall_limit is None or not self._failed):
             here = self._write_here(deadline, stall_limit)
             if here is None:
                 return False
@@ -541,15 +551,22 @@ class Writer:
                 self._warn_hung()
                 return None
         self._owner = threading.get_ident()
+        # An explicit flush waits for a foreign lock as long as its timeout allows (within
+        # the store's own bound); a read or a run's end only briefly.
+        wait_s = INLINE_WAIT_S
+        if stall_limit is None:
+            wait_s = max(INLINE_WAIT_S, min(deadline - time.monotonic(), FLUSH_WAIT_S))
         try:
             items = self._items
+            if self._retry_ops:
+                self._replay_ops()  # held run operations go first, in order
             while items or self._held:
                 batch, markers, op = self._take()
                 if op is not None:
                     items.appendleft(op)  # a run operation of another kind: the thread's
                 self._busy_since = time.monotonic()
                 try:
-                    written = self._commit(batch, inline=True)
+                    written = self._commit(batch, inline=True, wait_s=wait_s)
                 finally:
                     self._busy_since = None
                 if not written:
@@ -561,7 +578,7 @@ class Writer:
                     written = False
                     break
             else:
-                return True
+                return not self._retry_ops
         finally:
             self._owner = None
             io.release()
@@ -697,11 +714,12 @@ class Writer:
 
     # -- writing -----------------------------------------------------------------------------
 
-    def _commit(self, batch: _Batch, *, inline: bool = False) -> bool:
+    def _commit(self, batch: _Batch, *, inline: bool = False, wait_s: float | None = None) -> bool:
         """Write ``batch`` after any held work; False (the work held) if the store refused.
 
-        ``inline`` (a run's end on the agent's thread): wait briefly for another process's
-        lock, and leave a refusal to the background writer, which logs and retries it."""
+        ``inline`` (a run's end or a flush on the caller's thread): wait ``wait_s`` (default
+        :data:`INLINE_WAIT_S`) for another process's lock, and leave a refusal to the
+        background writer, which logs and retries it."""
         if self._retry_ops and not inline:
             self._replay_ops()
         if self._held:
@@ -722,7 +740,7 @@ class Writer:
                     batch.rows,
                     checkpoints,
                     batch.finishes,
-                    wait_s=INLINE_WAIT_S if inline else None,
+                    wait_s=(wait_s or INLINE_WAIT_S) if inline else None,
                     counts=batch.counts,
                 )
                 written = True
@@ -907,6 +925,12 @@ def stop_writer(store: Store) -> None:
                 at.remove(w)
     if w is not None:
         w.stop()
+
+
+def stop_writers() -> None:
+    """Flush and stop every writer of the process (test isolation, shutdown)."""
+    for store in list(_WRITERS.keys()):
+        stop_writer(store)
 
 
 def settle(store: Store) -> None:

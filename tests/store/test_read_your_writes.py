@@ -17,6 +17,7 @@ import psycopg
 import pytest
 
 import replayable as rp
+from replayable import _writer
 from replayable._writer import stop_writer
 from replayable.store.base import RunQuery, Store
 from replayable.store.postgres import PostgresStore
@@ -340,11 +341,11 @@ class TestTheRunEndHandsOff:
             assert holder.wait(60) == 0
             assert holder.stdout is not None
             holder.stdout.close()
-            # The write that met the lock is held and retried on the writer's own timer
-            # (0.5 s doubling): a flush says False until that retry went in, so poll for it.
-            deadline = time.monotonic() + 30
-            while not rp.flush(timeout=1) and time.monotonic() < deadline:
-                time.sleep(0.1)
+            # The write that met the lock is held for retry: a flush retries it now, instead
+            # of waiting for the writer's own timer (0.5 s doubling).
+            t1 = time.monotonic()
+            assert rp.flush() is True
+            assert time.monotonic() - t1 < 2.0
             assert store.get_run(run.id).event_count == 1
         finally:
             store.close()
@@ -352,6 +353,29 @@ class TestTheRunEndHandsOff:
 
 class TestFlush:
     """``rp.flush`` waits for every store's pending writes."""
+
+    def test_a_flush_retries_held_work_itself(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Work a foreign lock made the writer hold (its own retry pushed out to a minute)
+        goes in with one flush once the lock is gone; a flush while it is held says False."""
+        monkeypatch.setattr(_writer, "RETRY_MIN_S", 60.0)
+        db = tmp_path / "held.db"
+        store = SQLiteStore(db)
+        try:
+            holder = _hold_lock(db, 1.5)
+            with rp.record(store=store) as run:
+                double(1)
+            assert rp.flush(timeout=0.3) is False
+            assert holder.wait(60) == 0
+            assert holder.stdout is not None
+            holder.stdout.close()
+            t0 = time.monotonic()
+            assert rp.flush(timeout=20) is True
+            assert time.monotonic() - t0 < 5.0
+            assert _read_elsewhere(store, run.id)[::3] == ("ok", 1)
+        finally:
+            store.close()
 
     def test_flush_puts_every_store_on_disk(self, tmp_path: Path) -> None:
         """Runs into two stores, then flush: both files hold their run for any reader."""

@@ -98,7 +98,8 @@ class Keep:
 
     >>> import replayable as rp
     >>> keep = rp.Keep(slower_than=2.0, when=lambda run: run.tags.get("tier") == "gold")
-    >>> with rp.record(sample=0.05, keep=keep, tags={"tier": "gold"}) as run:
+    >>> dropped = {"trace_id": "0" * 16 + "f" * 16}  # a trace id the 5% rate does not keep
+    >>> with rp.record(sample=0.05, keep=keep, tags={"tier": "gold"}, metadata=dropped) as run:
     ...     pass
     >>> run.metadata["sampling"]["kept_by"]
     'predicate'

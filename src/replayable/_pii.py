@@ -24,10 +24,12 @@ each live input the same way before keying and comparing it, so unchanged code m
 from __future__ import annotations
 
 import base64
+import bisect
 import functools
 import hashlib
 import hmac
 import ipaddress
+import itertools
 import json
 import os
 import re
@@ -413,9 +415,13 @@ class Pseudonymizer:
         got = memo.get(text)
         if got is not None:  # an agent sends its whole history again with every call
             return got
-        hits = self.detector.find(text, only)
+        # Every shape kind is looked for in the text itself (its own check is the gate, and an
+        # event's ``only`` holds what its strings do), so a clean verdict is whole and kept:
+        # an agent sends its history again with every call, one new message at a time.
+        whole = only is None or "name" in only or not self.names
+        hits = self.detector.find(text, None if whole else only)
         if not hits:
-            if only is None:
+            if whole:
                 self._remember(text, text)
             return text
         out: list[str] = []
@@ -548,7 +554,7 @@ class Pseudonymizer:
             kinds.add("name")
         if kinds:
             return frozenset(kinds)
-        if self._any_last or any(lit in data for lit in self._literals):
+        if self._any_last or (self._literals and any(lit in data for lit in self._literals)):
             return frozenset()
         return None
 
@@ -591,20 +597,26 @@ class Pseudonymizer:
         hits = self.detector.find(joined)
         if not hits:
             return run
-        bounds: list[int] = []
-        total = 0
-        for c in run:
-            total += len(c)
-            bounds.append(total)
-        starts = [0, *bounds[:-1]]
-        crossing = [h for h in hits if any(h.start < b < h.end for b in bounds[:-1])]
-        if not crossing:
+        bounds = list(itertools.accumulate(len(c) for c in run))
+        inner = bounds[:-1]
+        # Only the chunks a value spans change; each is found by bisection (a stream has
+        # thousands of chunks, and a value in every few of them).
+        touched: dict[int, list[Hit]] = {}
+        for h in hits:
+            k = bisect.bisect_right(inner, h.start)
+            if k == len(inner) or inner[k] >= h.end:
+                continue  # inside one chunk: pseudonymized with it already
+            last = bisect.bisect_left(bounds, h.end)
+            for i in range(k, last + 1):
+                touched.setdefault(i, []).append(h)
+        if not touched:
             return run
-        out = []
-        for lo, hi in zip(starts, bounds, strict=True):
+        out = list(run)
+        for i, spanning in touched.items():
+            lo, hi = bounds[i] - len(run[i]), bounds[i]
             pieces: list[str] = []
             pos = lo
-            for h in crossing:
+            for h in spanning:
                 if h.end <= pos or h.start >= hi:
                     continue
                 if h.start >= lo:
@@ -612,7 +624,7 @@ class Pseudonymizer:
                     pieces.append(self.pseudonym(h, joined[h.start : h.end]))
                 pos = max(pos, min(h.end, hi))
             pieces.append(joined[pos:hi])
-            out.append("".join(pieces))
+            out[i] = "".join(pieces)
         return out
 
     # -- finding without replacing (``replayable scan --pii``) -------------------------------

@@ -14,6 +14,7 @@ pseudonymized again.
 
 from __future__ import annotations
 
+import bisect
 import functools
 import ipaddress
 import re
@@ -67,6 +68,9 @@ _IPV6 = re.compile(
 )
 _IBAN = re.compile(r"(?<![\w])([A-Z]{2})(\d{2})((?: ?[A-Z0-9]){11,30})(?![\w])")
 _CODE_BEFORE = re.compile(r"(?<![\w])[A-Z]{2}\d{2} (?:[A-Z0-9]{4} )*\Z")
+_CODE_SPAN = 64
+"""How far back a code's letters are looked for (an IBAN, spaced, is at most 42 characters;
+a bound, so a text of many numbers is read in one pass, not one pass per number)."""
 _DATE = re.compile(r"\d{4}[-/.]\d{1,2}[-/.]\d{1,2}|\d{1,2}[-/.]\d{1,2}[-/.]\d{4}")
 _SSN = re.compile(r"(\d{3})([- ])(\d{2})\2(\d{4})")
 
@@ -131,15 +135,24 @@ _IP4_SHAPE = re.compile(rb"0{1,3}\.0{1,3}\.0{1,3}\.0")
 def could_hold(data: bytes, kinds: frozenset[str]) -> set[str]:
     """The kinds whose detector could find something in ``data`` (UTF-8 text or JSON): one
     ``bytes.translate`` to character classes and one Aho-Corasick pass over it for the
-    shapes personal values take (no regular expression over the whole text)."""
+    shapes personal values take (no regular expression over the whole text).
+
+    A number's shape counts when its run of digits and separators could hold what
+    :data:`_NUMERIC` takes (:func:`_number_run`); each run is judged once, so a text of many
+    numbers costs one pass, not a pass per number."""
     t = data.translate(_CLASSES)
     found: dict[str, int] = {}
+    run_end = -1
     for i, start, _ in _SHAPE_AC.find_matches_as_indexes(t):
         shape = _SHAPES[i][1]
         if shape in found:
             continue
-        if shape == "numeric" and not _number_starts_clear(data, t, start):
-            continue
+        if shape == "numeric":
+            if start < run_end:
+                continue  # its run was judged with an earlier number in it
+            ok, run_end = _number_run(data, t, start)
+            if not ok:
+                continue
         found[shape] = start  # the first place each shape shows
     if not found:
         return set()
@@ -158,22 +171,35 @@ def could_hold(data: bytes, kinds: frozenset[str]) -> set[str]:
     return out
 
 
+MIN_DIGITS = 7
+"""The fewest digits a phone number (the shortest numeric kind) is written with."""
 _NUMERIC_KINDS = frozenset({"phone", "card", "ssn"})
 _GLUED = frozenset(b"-/.#_" + bytes(range(48, 58)) + bytes(range(65, 91)) + bytes(range(97, 123)))
+_IN_RUN = frozenset(b"0s.")
+_RUN = re.compile(rb"[0s.]*")
+"""Digits and the separators numbers are written with, as :data:`_CLASSES` maps them (all
+that :data:`_NUMERIC` takes after its ``+``, and ``/``)."""
+_GROUP = re.compile(rb"0+")
 
 
-def _number_starts_clear(data: bytes, t: bytes, at: int) -> bool:
-    """Whether the run of digits around ``at`` starts where a number can (after a space, a
-    quote, a bracket, a plus), not glued to a word or an id (``chatcmpl-00000003``,
-    ``gpt-4o-2024-08-06``), which :data:`_NUMERIC` would not take either."""
-    i = at
-    while i > 0 and (t[i - 1] == 48 or (i > 1 and t[i - 1] in b"s." and t[i - 2] == 48)):
-        i -= 1
-    while i > 0 and data[i - 1] in b"(+":
-        i -= 1
-    if i >= 2 and data[i - 2] == 92:  # after a JSON escape ("\n415..."): a new line
-        return True
-    return i == 0 or data[i - 1] not in _GLUED
+def _number_run(data: bytes, t: bytes, at: int) -> tuple[bool, int]:
+    """Whether the run of digits and separators around ``at`` could hold a number
+    :data:`_NUMERIC` takes, and where the run ends.
+
+    A number starts at a group of digits not glued to a word or an id (after a space, a
+    bracket, a quote, a plus; not ``chatcmpl-00000003`` or ``gpt-4o-2024-08-06``), and holds
+    at least :data:`MIN_DIGITS` digits: so the run needs a group that starts clear with that
+    many digits from it to the run's end (``id-1234 415-867-5309`` has one at ``415``)."""
+    begin = at
+    while begin > 0 and t[begin - 1] in _IN_RUN:
+        begin -= 1
+    end = _RUN.match(t, at).end()  # type: ignore[union-attr]
+    for group in _GROUP.finditer(t, begin, end):
+        c = group.start()
+        # after a JSON escape ("\n415..."): a new line, whatever letter the escape is
+        if c == 0 or data[c - 1] not in _GLUED or (c >= 2 and data[c - 2] == 92):
+            return t.count(b"0", c, end) >= MIN_DIGITS, end
+    return False, end
 
 
 def norm_text(value: str) -> str:
@@ -244,6 +270,36 @@ def phonenumbers_module() -> Any:
     return phonenumbers
 
 
+class _Hits(list[Hit]):
+    """Hits found so far, with the spans they cover kept merged and sorted, so whether a
+    span is taken is a bisection, not a pass over every hit (a text of many values)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._starts: list[int] = []
+        self._ends: list[int] = []
+
+    def append(self, hit: Hit) -> None:
+        super().append(hit)
+        start, end = hit.start, hit.end
+        starts, ends = self._starts, self._ends
+        i = bisect.bisect_left(starts, start)
+        if i and ends[i - 1] > start:  # overlaps the span before it: merge into that
+            i -= 1
+            start = starts[i]
+        j = i
+        while j < len(starts) and starts[j] < end:
+            end = max(end, ends[j])
+            j += 1
+        starts[i:j] = [start]
+        ends[i:j] = [end]
+
+    def taken(self, start: int, end: int) -> bool:
+        """Whether a hit covers any of ``start:end``."""
+        i = bisect.bisect_left(self._starts, end) - 1
+        return i >= 0 and self._ends[i] > start
+
+
 class Detector:
     """The detectors for a set of kinds and listed values; ``find(text)`` returns the hits,
     left to right, not overlapping."""
@@ -285,7 +341,7 @@ class Detector:
     def find(self, text: str, only: frozenset[str] | None = None) -> list[Hit]:
         """Every personal value in ``text`` (first found wins where two overlap); ``only``
         limits the shape detectors to those kinds (what a whole event's check left)."""
-        hits: list[Hit] = []
+        hits = _Hits()
         shapes = self.kinds if only is None else self.kinds & only
         kinds: set[str] | tuple[()] = ()
         if shapes and len(text) >= 6:  # "a@b.io": nothing shorter has a shape
@@ -323,16 +379,16 @@ class Detector:
     # -- the detectors ----------------------------------------------------------------------
 
     @staticmethod
-    def _taken(hits: list[Hit], start: int, end: int) -> bool:
-        return any(h.start < end and start < h.end for h in hits)
+    def _taken(hits: _Hits, start: int, end: int) -> bool:
+        return hits.taken(start, end)
 
-    def _emails(self, text: str, hits: list[Hit]) -> None:
+    def _emails(self, text: str, hits: _Hits) -> None:
         for m in _EMAIL.finditer(text):
             domain = m[0].rsplit("@", 1)[1]
             if is_reserved_email(domain) == self.reserved:
                 hits.append(Hit(m.start(), m.end(), "email", m[0].lower()))
 
-    def _listed(self, text: str, hits: list[Hit]) -> None:
+    def _listed(self, text: str, hits: _Hits) -> None:
         low = text.lower()
         if len(low) != len(text):  # a character whose lower case is longer: compare slowly
             low = "".join(c if len(c.lower()) != 1 else c.lower() for c in text)
@@ -345,7 +401,7 @@ class Detector:
                 continue  # part of a longer word: "Dana" in "Danaher"
             hits.append(Hit(start, end, "name", self.names[index]))
 
-    def _ibans(self, text: str, hits: list[Hit]) -> None:
+    def _ibans(self, text: str, hits: _Hits) -> None:
         for m in _IBAN.finditer(text):
             country = m[1]
             length = _IBAN_LENGTHS.get(country)
@@ -372,7 +428,7 @@ class Detector:
             ):
                 hits.append(Hit(m.start(), end, "iban", iban))
 
-    def _ipv4(self, text: str, hits: list[Hit]) -> None:
+    def _ipv4(self, text: str, hits: _Hits) -> None:
         for m in _IPV4.finditer(text):
             try:
                 addr = ipaddress.IPv4Address(m[0])
@@ -381,7 +437,7 @@ class Detector:
             if _ip_personal(addr) != self.reserved and not self._taken(hits, m.start(), m.end()):
                 hits.append(Hit(m.start(), m.end(), "ip", str(addr)))
 
-    def _ipv6(self, text: str, hits: list[Hit]) -> None:
+    def _ipv6(self, text: str, hits: _Hits) -> None:
         for m in _IPV6.finditer(text):
             if m[0].count(":") < 2:
                 continue
@@ -392,7 +448,7 @@ class Detector:
             if _ip_personal(addr) != self.reserved and not self._taken(hits, m.start(), m.end()):
                 hits.append(Hit(m.start(), m.end(), "ip", str(addr)))
 
-    def _numbers(self, text: str, hits: list[Hit]) -> None:
+    def _numbers(self, text: str, hits: _Hits) -> None:
         for m in _NUMERIC.finditer(text):
             start, cand = m.start(), m[0]
             date = _DATE.match(cand)
@@ -404,7 +460,7 @@ class Detector:
                     continue
             self._number(text, start, start + len(cand), hits)
 
-    def _number(self, text: str, start: int, end: int, hits: list[Hit]) -> None:
+    def _number(self, text: str, start: int, end: int, hits: _Hits) -> None:
         cand = text[start:end]
         # a bracket or separator the pattern took at the end belongs to the sentence
         while cand and cand[-1] in " .-(":
@@ -433,7 +489,7 @@ class Detector:
             return  # a card-shaped number that fails Luhn is no phone number either
         if cand == digits and not 10 <= len(digits) <= 11:
             return  # a bare run of digits of another length is an order, a ticket, a barcode
-        if _CODE_BEFORE.search(text, 0, start) is not None:
+        if _CODE_BEFORE.search(text, max(0, start - _CODE_SPAN), start) is not None:
             return  # the rest of a code that starts with letters (an IBAN failing its checksum)
         if 7 <= len(digits) <= 15:
             hit = self._phone(cand, start)

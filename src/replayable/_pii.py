@@ -784,7 +784,7 @@ def set_store_default(store: Any, pii: PII | bool | None) -> None:
 def for_record(pii: PII | bool | None, store: Any) -> Pseudonymizer | None:
     """The policy a new run records under: ``pii=`` as given, else the store's default, else
     ``$REPLAYABLE_PII`` (``1``/``true``/``yes``: every kind)."""
-    if pii is None:
+    if pii is None and store is not None:
         pii = _STORE_DEFAULTS.get(store)
     if pii is None:
         pii = os.environ.get(PII_ENV, "").strip().lower() in ("1", "true", "yes", "on")

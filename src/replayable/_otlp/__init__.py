@@ -27,6 +27,7 @@ from replayable.errors import InvalidOtlp
 from replayable.store.base import event_to_row
 
 if TYPE_CHECKING:
+    from replayable._pii import PII, Pseudonymizer
     from replayable.store.base import Store
     from replayable.trace import Event, Run
 
@@ -87,27 +88,34 @@ def read_otlp_file(path: str | os.PathLike[str]) -> list[Span]:
         raise InvalidOtlp(f"{p}: {exc}", status=exc.status) from None
 
 
-def runs_of(spans: list[Span]) -> list[tuple[Run, list[Event]]]:
+def runs_of(spans: list[Span], pii: Pseudonymizer | None = None) -> list[tuple[Run, list[Event]]]:
     """Every trace in ``spans`` as a run with its events (one trace, one run), checked
-    whole before any is returned."""
-    return [build_run(trace) for trace in by_trace(spans).values()]
+    whole before any is returned; ``pii``: personal data pseudonymized as a recording does."""
+    return [build_run(trace, pii) for trace in by_trace(spans).values()]
 
 
 def import_otlp(
-    path: str | os.PathLike[str], store: Store | str | None = None
+    path: str | os.PathLike[str],
+    store: Store | str | None = None,
+    *,
+    pii: PII | bool | None = None,
 ) -> list[tuple[Run, bool]]:
     """Import the traces in an OTLP file as runs, all or nothing: every trace is read and
     mapped before any run is written. Returns each run with whether it was written (False:
     a run of that trace was already in the store).
 
-    ``store`` is a store or its URL (default: the default store).
+    ``store`` is a store or its URL (default: the default store). ``pii``: personal data
+    pseudonymized before anything is written, as ``rp.record(pii=...)`` does (default: the
+    store's default, else ``$REPLAYABLE_PII``).
     """
+    from replayable._pii import for_record
     from replayable.store import open_store
 
-    runs = runs_of(read_otlp_file(path))
+    spans = read_otlp_file(path)
+    target = open_store(store)
+    runs = runs_of(spans, for_record(pii, target))  # a missing key fails before any write
     if not runs:
         raise InvalidOtlp(f"{path} has no spans to import")
-    target = open_store(store)
     out: list[tuple[Run, bool]] = []
     for run, events in runs:
         written = target.put_run(run, [event_to_row(e) for e in events])

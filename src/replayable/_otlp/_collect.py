@@ -3,9 +3,9 @@
 Spans are held per trace until the trace ends: when its root span (no parent) has arrived and
 ``settle`` seconds passed with nothing more for it (spans a slower service exports late), or
 after ``idle`` seconds without a span for a trace whose root never arrives. Then the trace is
-mapped, redacted, chained and written in one transaction; a run already in the store (another
-collector wrote it, or the same trace was sent twice) is skipped, so several collectors can
-write one PostgreSQL store.
+mapped, redacted, pseudonymized (with ``pii``), chained and written in one transaction; a run
+already in the store (another collector wrote it, or the same trace was sent twice) is
+skipped, so several collectors can write one PostgreSQL store.
 
 A request is checked whole before any of its spans is held: a body that is not OTLP, a span
 cycle, or more spans than the bounds allow gets a 4xx and changes nothing.
@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import orjson
 from starlette.applications import Starlette
@@ -32,6 +33,9 @@ from replayable._otlp._run import build_run, by_trace, check_spans
 from replayable.errors import InvalidOtlp, ReplayableError
 from replayable.store.base import Store, event_to_row
 from replayable.trace import Run
+
+if TYPE_CHECKING:
+    from replayable._pii import Pseudonymizer
 
 __all__ = ["TRACE_PATHS", "Collector", "Kept", "create_collector_app"]
 
@@ -76,8 +80,11 @@ class Collector:
         settle: float = 0.5,
         on_kept: Callable[[Kept], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        pii: Pseudonymizer | None = None,
     ) -> None:
         self.store = store
+        self.pii = pii
+        """Personal data pseudonymized in each trace before it is written (``record(pii=)``)."""
         self.idle = idle
         self.settle = settle
         self.on_kept = on_kept
@@ -135,7 +142,7 @@ class Collector:
             self._held -= len(p.spans)
         ended = "root span ended" if p.root_at is not None else "idle, no root span"
         try:
-            run, events = build_run(p.spans)
+            run, events = build_run(p.spans, self.pii)
             with self._write_lock:
                 written = self.store.put_run(run, [event_to_row(e) for e in events])
             kept = Kept(trace_id, run, len(events), written, ended)

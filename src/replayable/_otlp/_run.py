@@ -1,12 +1,12 @@
-"""The spans of one trace as one run: steps in parent-first start order, addressed, redacted and
-hash-chained like a recorded run."""
+"""The spans of one trace as one run: steps in parent-first start order, addressed, redacted,
+pseudonymized (when personal data is) and hash-chained like a recorded run."""
 
 from __future__ import annotations
 
 import builtins
 from collections import defaultdict
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from replayable._otlp._conventions import CAPTURE_HINTS, StepView, read_span
 from replayable._otlp._decode import MAX_SPANS, Span
@@ -14,6 +14,9 @@ from replayable.canonical import key_of_json
 from replayable.errors import InvalidOtlp
 from replayable.redact import redact, redact_run
 from replayable.trace import Event, Run, chain_events
+
+if TYPE_CHECKING:
+    from replayable._pii import Pseudonymizer
 
 __all__ = ["build_run", "by_trace", "check_spans", "run_id_of", "source_line"]
 
@@ -107,9 +110,15 @@ def _boundary(view: StepView) -> str:
     return f"{view.kind}:{view.name}"
 
 
-def build_run(spans: list[Span]) -> tuple[Run, list[Event]]:
+def build_run(spans: list[Span], pii: Pseudonymizer | None = None) -> tuple[Run, list[Event]]:
     """One trace (``spans``, all of one trace id) as a run and its events, redacted and
-    chained, ready for ``Store.put_run``."""
+    chained, ready for ``Store.put_run``. With ``pii`` (:mod:`replayable._pii`), personal data
+    is pseudonymized in every value as a recording does, before the input is keyed."""
+
+    def clean(value: Any) -> Any:
+        out = redact(value)
+        return out if pii is None else pii.value(out)
+
     spans = check_spans(spans)
     trace_id = spans[0].trace_id
     run_id = run_id_of(trace_id)
@@ -153,7 +162,7 @@ def build_run(spans: list[Span]) -> tuple[Run, list[Event]]:
                 {"name": e.name, "time_ns": e.time_ns, "attributes": e.attributes}
                 for e in span.events
             ]
-        inp = redact(view.input)
+        inp = clean(view.input)
         events.append(
             Event(
                 run_id=run_id,
@@ -164,9 +173,9 @@ def build_run(spans: list[Span]) -> tuple[Run, list[Event]]:
                 kind=view.kind,
                 key=key_of_json(inp),
                 input=inp,
-                output=redact(view.output),
-                error=redact(_error(span)),
-                meta=redact({**view.meta, "otel": otel}),
+                output=clean(view.output),
+                error=clean(_error(span)),
+                meta=clean({**view.meta, "otel": otel}),
                 started_at=span.start_ns / 1e9,
                 duration_ns=max(0, span.end_ns - span.start_ns),
             )
@@ -205,6 +214,8 @@ def build_run(spans: list[Span]) -> tuple[Run, list[Event]]:
         error=_error(root),
     )
     redact_run(run)
+    if pii is not None:
+        pii.run(run)
     chain_events(run, events)
     return run, events
 

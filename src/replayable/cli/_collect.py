@@ -10,6 +10,7 @@ from replayable.cli._common import (
     get_store,
     handle_errors,
     main,
+    pii_option,
     require_token,
     safe,
     store_option,
@@ -47,6 +48,7 @@ from replayable.cli._common import (
     type=click.FloatRange(min=0.0),
     help="Seconds to wait after a trace's root span for spans other services export late.",
 )
+@pii_option
 @handle_errors
 def collect_cmd(
     store_url: str | None,
@@ -55,6 +57,7 @@ def collect_cmd(
     auth_token: str | None,
     idle: float,
     settle: float,
+    pii_on: bool | None,
 ) -> None:
     """Receive OpenTelemetry traces (OTLP/HTTP) and keep each trace as a replayable run.
 
@@ -66,7 +69,8 @@ def collect_cmd(
 
     Protobuf and JSON bodies, gzip or not. A trace ends when its root span arrives (then
     --settle seconds), or after --idle seconds without a span; it is then mapped (GenAI,
-    OpenInference, Langfuse, Logfire), redacted and written as one run, and a line is printed.
+    OpenInference, Langfuse, Logfire), redacted, with --pii (or $REPLAYABLE_PII=1) its personal
+    data pseudonymized, and written as one run, and a line is printed.
     Several collectors can write one PostgreSQL store (a trace already kept is skipped).
     Binding elsewhere than 127.0.0.1 needs --auth-token.
     """
@@ -78,6 +82,9 @@ def collect_cmd(
     except ImportError as exc:
         fail(f'collect needs {exc.name}: pip install "replayable[otel,viewer]"')
         return
+    from replayable._pii import for_record
+
+    pseudonymizer = for_record(pii_on, None)  # a missing key fails here, before the bind
     store = get_store(store_url, create=True)
     out = console()
 
@@ -90,7 +97,7 @@ def collect_cmd(
         else:
             out.print(f"run {k.run.id} is already in the store; skipped")
 
-    collector = Collector(store, idle=idle, settle=settle, on_kept=kept)
+    collector = Collector(store, idle=idle, settle=settle, on_kept=kept, pii=pseudonymizer)
     app = create_collector_app(collector, token=auth_token, local_only=local)
     shown = f"[{host}]" if ":" in host else host
     out.print(f"replayable collect: OTLP/HTTP on http://{shown}:{port}/v1/traces into {store.url}")

@@ -33,6 +33,7 @@ __all__ = [
     "main",
     "markup",
     "parse_since",
+    "pii_option",
     "safe",
     "store_option",
     "valid_period",
@@ -157,6 +158,20 @@ def import_option(fn: F) -> F:
         multiple=True,
         required=True,
         help="Module defining the agent's boundaries (importable from here); repeatable.",
+    )(fn)
+
+
+def pii_option(fn: F) -> F:
+    """``--pii``: personal data pseudonymized before anything is written (``record(pii=True)``);
+    without it, ``$REPLAYABLE_PII`` decides, as for a recording."""
+    return click.option(
+        "--pii",
+        "pii_on",
+        is_flag=True,
+        default=None,
+        help="Pseudonymize personal data (emails, phone numbers, cards, IBANs, IP addresses, "
+        "SSNs) before anything is written, under $REPLAYABLE_PII_KEY, as record(pii=True) does. "
+        "Default: on when $REPLAYABLE_PII=1.",
     )(fn)
 
 

@@ -17,6 +17,7 @@ from replayable.cli._common import (
     handle_errors,
     main,
     parse_since,
+    pii_option,
     safe,
     store_option,
     valid_period,
@@ -162,8 +163,11 @@ def _export_many(
     "file exporter's JSON lines, or one OTLP/JSON or protobuf export request; gzip or not), "
     "one run per trace.",
 )
+@pii_option
 @handle_errors
-def import_cmd(files: tuple[str, ...], store_url: str | None, fmt: str) -> None:
+def import_cmd(
+    files: tuple[str, ...], store_url: str | None, fmt: str, pii_on: bool | None
+) -> None:
     """Import trace files into the store, all or nothing.
 
     Every file is read and checked before anything is written; a damaged file (with its line
@@ -171,19 +175,32 @@ def import_cmd(files: tuple[str, ...], store_url: str | None, fmt: str) -> None:
 
     With --format otlp, each trace becomes a run (id otlp-TRACE_ID) whose steps are the spans,
     read by the GenAI, OpenInference, Langfuse or Logfire conventions; secrets are redacted
-    before anything is written.
+    before anything is written, and with --pii (or $REPLAYABLE_PII=1) personal data is
+    pseudonymized as a recording does.
 
     \b
     replayable import tests/traces/incident.jsonl
     replayable import --format otlp otel-traces.jsonl
+    REPLAYABLE_PII_KEY=... replayable import --format otlp --pii otel-traces.jsonl
     """
+    if pii_on and fmt != "otlp":
+        fail(
+            "--pii goes with --format otlp (a trace file was recorded by replayable: "
+            "`replayable scan --pii --fix` pseudonymizes it)"
+        )
+    pseudonymizer = None
+    if fmt == "otlp":
+        from replayable._pii import for_record
+
+        pseudonymizer = for_record(pii_on, None)  # a missing key fails before anything is read
     loaded: list[tuple[str, Run, list[Event]]] = []
     for file in files:
         if fmt == "otlp":
             from replayable._otlp import read_otlp_file, runs_of
 
             try:
-                loaded.extend((file, run, events) for run, events in runs_of(read_otlp_file(file)))
+                spans = read_otlp_file(file)
+                loaded.extend((file, run, events) for run, events in runs_of(spans, pseudonymizer))
             except InvalidOtlp as exc:
                 fail(f"InvalidOtlp: {safe(str(exc))}; nothing imported")
             continue

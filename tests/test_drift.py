@@ -503,3 +503,83 @@ class TestFreshProcess:
         assert len(today.requests) == 4
         assert [s["status"] for s in steps] == ["drifted"] * 4
         assert {c["field"] for s in steps for c in s["changes"]} == {"system_fingerprint"}
+
+
+PII_KEY = "drift-pii-key-" + "e" * 32
+REAL = {"email": "dana.whitfield@acme.io", "phone": "+1 415-867-5309", "name": "Dana Whitfield"}
+MODEL_SAYS: dict[str, str] = {}
+
+
+@rp.boundary(kind="tool", name="drift_test:contact")
+def contact(email: str) -> dict[str, str]:
+    """A CRM lookup the model calls with the support address it knows (a live value)."""
+    return {"email": email, "phone": REAL["phone"]}
+
+
+@rp.boundary(kind="llm", name="drift_test:draft")
+def draft(ticket: str) -> str:
+    """A model call that looks a contact up with a value of its own (not from its input) and
+    answers with personal data in the text."""
+    found = contact(REAL["email"])
+    return f"{MODEL_SAYS['now']} {REAL['name']} at {found['email']} or {found['phone']}"
+
+
+class TestPersonalData:
+    """A run recorded with ``pii=`` is re-run the way its replay is: live inputs are keyed and
+    live answers compared and reported as pseudonyms."""
+
+    def record(self) -> rp.Run:
+        MODEL_SAYS["now"] = "Write to"
+        with rp.record(name="pii-drift", pii=rp.PII(names=[REAL["name"]], key=PII_KEY)) as run:
+            draft(f"ticket from {REAL['email']}")
+        return run
+
+    def test_a_nested_call_with_a_live_personal_value_is_served(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """The nested lookup's live input (a real email) is pseudonymized before it is keyed,
+        so it matches the recording, and the unchanged answer is no drift."""
+        run = self.record()
+        monkeypatch.setenv("REPLAYABLE_PII_KEY", PII_KEY)
+        [step] = rp.drift(run.id, judge=None).steps
+        assert (step.status, step.reason) == ("same", "")
+
+    def test_a_drifted_answer_is_reported_with_pseudonyms_only(
+        self, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    ) -> None:
+        """Today's answer changed: the change, the report, the JSON and the JUnit file hold
+        the pseudonyms, never the real values the live answer carried."""
+        run = self.record()
+        monkeypatch.setenv("REPLAYABLE_PII_KEY", PII_KEY)
+        MODEL_SAYS["now"] = "Please call"
+        report = rp.drift(run.id, judge=None)
+        [step] = report.steps
+        assert step.status == "drifted"
+        pseudonym = rp.PII(key=PII_KEY).pseudonymizer().text(REAL["email"])
+        live = " ".join(str(c.live) for c in step.changes)
+        assert "Please call" in live
+        assert pseudonym in live
+        junit = tmp_path / "drift.xml"
+        result = CliRunner().invoke(
+            main,
+            [
+                *("drift", run.id, "--import", "tests.test_drift"),
+                *("--judge", "exact", "--json", "--junit", str(junit)),
+            ],
+        )
+        assert result.exit_code == 1, result.output
+        for text in (
+            json.dumps(report.to_dict()),
+            report.report(),
+            result.output,
+            junit.read_text(),
+        ):
+            for value in (*REAL.values(), "Whitfield", "dana.whitfield", "867-5309"):
+                assert value not in text
+
+    def test_without_the_key_drift_is_a_clear_error(self) -> None:
+        """No key set: PIIKeyError naming the run, before any call runs."""
+        run = self.record()
+        MODEL_SAYS["now"] = "never run"
+        with pytest.raises(rp.PIIKeyError, match=run.id):
+            rp.drift(run.id, judge=None)

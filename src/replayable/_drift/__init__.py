@@ -46,6 +46,7 @@ from replayable.store.base import RunStatus
 from replayable.trace import Event, Run
 
 if TYPE_CHECKING:
+    from replayable._pii import PII, Pseudonymizer
     from replayable.testing._judges import Judge
 
 __all__ = ["DriftChange", "DriftReport", "StepDrift", "drift", "select_runs"]
@@ -153,6 +154,7 @@ async def _one(
     step: str,
     judge: Judge | None,
     pool: ThreadPoolExecutor,
+    pii: Pseudonymizer | None = None,
 ) -> StepDrift:
     result = StepDrift(run.id, ev.seq, ev.address, ev.boundary, step)
     b = registry().get(ev.boundary)
@@ -172,7 +174,7 @@ async def _one(
     except NotRerunnable as exc:
         result.status, result.reason = "not_rerun", str(exc)
         return result
-    session = StepSession(ev, nested)
+    session = StepSession(ev, nested, pii)
     if b.is_async or b.is_agen:
         await run_async(session, b, args, kwargs)
     else:
@@ -183,7 +185,8 @@ async def _one(
         result.reason = str(session.blocked or "the call did not finish")
         return result
     recorded = answer_of(ev.output, ev.meta or {}, ev.error)
-    now = answer_of(live.output, redact(canonical.sanitize(live.meta)[0]), live.error)
+    meta = redact(canonical.sanitize(live.meta)[0])
+    now = answer_of(live.output, meta if pii is None else pii.value(meta), live.error)
     changes, result.similarity = await _in_pool(pool, compare_answers, recorded, now, judge)
     result.changes = changes
     result.status = "drifted" if changes else "same"
@@ -191,14 +194,17 @@ async def _one(
 
 
 async def _all(
-    work: list[tuple[Run, Event, list[Event], str]], judge: Judge | None, concurrency: int
+    work: list[tuple[Run, Event, list[Event], str]],
+    judge: Judge | None,
+    concurrency: int,
+    pii: Mapping[str, Pseudonymizer | None],
 ) -> list[StepDrift]:
     gate = asyncio.Semaphore(concurrency)
     with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="replayable-drift") as pool:
 
         async def bounded(run: Run, ev: Event, nested: list[Event], step: str) -> StepDrift:
             async with gate:
-                return await _one(run, ev, nested, step, judge, pool)
+                return await _one(run, ev, nested, step, judge, pool, pii.get(run.id))
 
         return list(await asyncio.gather(*(bounded(*w) for w in work)))
 
@@ -228,6 +234,7 @@ def drift(
     kind: str = "llm",
     judge: Judge | bool | None = True,
     concurrency: int = 8,
+    pii: PII | None = None,
 ) -> DriftReport:
     """Re-run the recorded ``kind`` calls (default ``llm``) of some runs live, and report what
     changed: model, ``system_fingerprint``, tools chosen and their arguments, structured shape,
@@ -240,6 +247,9 @@ def drift(
     (import the module that defines them, or that instruments the SDK client pointing at
     today's model). ``judge``: the :class:`~replayable.testing.Judge` for text (``True``: the
     default judge; ``None``: texts must be equal). At most ``concurrency`` calls run at once.
+    A run recorded with personal data pseudonymized is re-run the way its replay is: live
+    inputs and answers are pseudonymized under its key (``pii=rp.PII(key=...)``, else the
+    environment) before they are keyed, compared or reported.
 
     For example (a sketch, not run as a doctest)::
 
@@ -267,10 +277,14 @@ def drift(
         chosen = default_judge()
     else:
         chosen = judge or None
+    from replayable._pii import for_replay
+
+    # a missing or wrong key fails here, before any call runs
+    pseudonymizers = {run.id: for_replay(run.id, run.metadata, pii) for run, _ in selected}
     work = [
         (run, ev, nested, step)
         for run, events in selected
         for ev, nested, step in _steps(run, events, kind)
     ]
-    steps = _run_loop(_all(work, chosen, concurrency)) if work else []
+    steps = _run_loop(_all(work, chosen, concurrency, pseudonymizers)) if work else []
     return DriftReport([run for run, _ in selected], steps)

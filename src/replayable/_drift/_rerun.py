@@ -8,7 +8,7 @@ import inspect
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -21,6 +21,9 @@ from replayable.errors import ReplayableError
 from replayable.redact import redact
 from replayable.trace import Event
 
+if TYPE_CHECKING:
+    from replayable._pii import Pseudonymizer
+
 
 class NotRerunnable(ReplayableError):
     """The step cannot be re-run alone (its boundary is missing, or it needs a live call)."""
@@ -29,11 +32,16 @@ class NotRerunnable(ReplayableError):
 class StepSession:
     """The drift policy for one step: the step itself runs live, calls nested in it are served
     from its recorded subtree, clock and randomness run live (the model samples again), and any
-    other call stops the step (it is reported as not re-run)."""
+    other call stops the step (it is reported as not re-run).
+
+    ``pii``: the recorded run's pseudonymizer (a run recorded with ``pii=``): a nested call's
+    input is pseudonymized before it is keyed, as the recording's was, and the live answer
+    before it is compared or reported, so no report holds a personal value the run did not."""
 
     serves_recordings = True  # a side effect called outside the context is refused, not fired
 
-    def __init__(self, top: Event, nested: list[Event]) -> None:
+    def __init__(self, top: Event, nested: list[Event], pii: Pseudonymizer | None = None) -> None:
+        self.pii = pii
         self.engine = Engine(self)
         self.root = self.engine.root
         self.top = top
@@ -48,7 +56,7 @@ class StepSession:
         assert b is not None
         if frame.parent is self.root or b.kind == "clock":
             return None
-        _, _, key = canonical.keyed_input(b, frame.data)
+        _, _, key = canonical.keyed_input(b, frame.data, self.pii)
         with self.lock:
             for ev in self.pending:
                 if ev.boundary == b.name and ev.key == key:
@@ -65,7 +73,14 @@ class StepSession:
             return
         output = None if outcome.output is None else redact(orjson.loads(outcome.output))
         error = None if outcome.error is None else encode_error(outcome.error)
-        self.live = _Live(output=output, error=error, meta=dict(frame.meta))
+        meta = dict(frame.meta)
+        if self.pii is not None:
+            output, error, meta = (
+                self.pii.value(output),
+                self.pii.value(error),
+                self.pii.value(meta),
+            )
+        self.live = _Live(output=output, error=error, meta=meta)
 
     def function(self, frame: Frame) -> Callable[..., Any]:
         """The boundary's own function."""

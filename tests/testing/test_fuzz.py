@@ -165,3 +165,90 @@ class TestFuzzCommand:
         )
         assert result.exit_code == 2
         assert "Traceback" not in result.output
+
+
+FUZZ_KEY = "fuzz-pii-key-" + "f" * 32
+CUSTOMER = {"email": "dana.whitfield@acme.io", "phone": "+1 415-867-5309"}
+
+
+@rp.boundary(kind="tool", name="fuzz_test:crm")
+def crm(cid: int) -> dict[str, object]:
+    """A CRM lookup: run live in the fuzz test, so it answers real values."""
+    return {"id": cid, **CUSTOMER}
+
+
+@rp.boundary(kind="tool", name="fuzz_test:quote")
+def quote(cid: int) -> dict[str, float]:
+    return {"amount": 120.0}
+
+
+@rp.boundary(kind="agent", name="fuzz_test:refund")
+def refund(cid: int) -> dict[str, object]:
+    """Refund what the quote says, to the customer's address; a negative amount is refused
+    with the address in the message."""
+    found = crm(cid)
+    amount = quote(cid)["amount"]
+    if amount < 0:
+        raise ValueError(f"negative refund for {found['email']} ({found['phone']})")
+    return {"to": found["email"], "amount": amount}
+
+
+def positive_refunds(outcome: object) -> None:
+    """Every refund the agent made is positive (raises inside the agent count)."""
+    assert getattr(outcome, "error", None) is None, str(getattr(outcome, "error", ""))
+
+
+class TestPersonalData:
+    """A run recorded with ``pii=`` is fuzzed under its key: the calls the invariant sees and
+    the trace written carry pseudonyms, and the trace replays."""
+
+    def test_live_values_are_pseudonymized_in_the_trace_written(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A live CRM answer and the agent's error about it reach the failing trace as
+        pseudonyms only; the trace keeps the run's settings and replays under the key."""
+        with rp.record(name="refund", pii=rp.PII(key=FUZZ_KEY)) as run:
+            refund(7)
+        monkeypatch.setenv("REPLAYABLE_PII_KEY", FUZZ_KEY)
+        out = tmp_path / "smallest.jsonl"
+        report = fuzz(run.id, positive_refunds, n=100, boundaries=["quote"], live=["crm"], out=out)
+        assert not report.passed
+        assert report.outcome is not None
+        seen = [c.output for c in report.outcome.calls if c.boundary == "fuzz_test:crm"]
+        p = rp.PII(key=FUZZ_KEY).pseudonymizer()
+        assert seen == [{"id": 7, **p.value(CUSTOMER)}]
+        data = out.read_text(encoding="utf-8").replace("\\n", "\n")
+        for value in (*CUSTOMER.values(), "dana.whitfield", "867-5309"):
+            assert value not in data
+        assert p.text(CUSTOMER["email"]) in data
+        trace_run, events = read_trace(out)
+        assert trace_run.metadata["pii"]["key_id"] == p.key_id
+        assert verify_run(trace_run, events).ok
+        with rp.replay(out) as r, pytest.raises(ValueError, match="negative refund"):
+            refund(7)
+        assert r.divergences == []
+
+    def test_the_demo_invariant_compares_pseudonyms(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """The demo recorded with pii=True: fuzzing still finds the wrong deletion unguarded
+        and none guarded (the invariant compares the run's pseudonyms of its owners)."""
+        monkeypatch.setenv("REPLAYABLE_PII_KEY", FUZZ_KEY)
+        for _ in range(200):
+            agent.reset_db()
+            with rp.record(name="support-agent", pii=agent.pii()) as run:
+                result = agent.support_agent(agent.REQUEST)
+            if result["customer"]["id"] == 13:
+                break
+        report = fuzz(run, never_deletes_another_customer, n=200)
+        assert report.baseline_failure is None
+        assert not report.passed
+        assert "owned by" in (report.message or "")
+        assert agent.OWNER_EMAIL not in (report.message or "")
+        agent.GUARD = True
+        assert fuzz(run, never_deletes_another_customer, n=100).passed
+
+    def test_without_the_key_fuzz_is_a_clear_error(self) -> None:
+        """No key set: PIIKeyError naming the run, before any example runs."""
+        with rp.record(name="refund", pii=rp.PII(key=FUZZ_KEY)) as run:
+            refund(7)
+        with pytest.raises(rp.PIIKeyError, match=run.id):
+            fuzz(run.id, positive_refunds, n=5)

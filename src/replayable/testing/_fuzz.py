@@ -37,7 +37,7 @@ from replayable.store import Store, load_run
 from replayable.trace import Event, Run, chain_events, write_trace
 
 if TYPE_CHECKING:
-    pass
+    from replayable._pii import PII, Pseudonymizer
 
 __all__ = ["FuzzReport", "Mutation", "Outcome", "Site", "fuzz", "run_perturbed", "sites_of"]
 
@@ -199,6 +199,15 @@ class Outcome:
     error: BaseException | None = None
     mutations: tuple[Mutation, ...] = ()
     off_record: str | None = None
+    pii: Pseudonymizer | None = field(default=None, repr=False)
+    """The recorded run's pseudonymizer when it was recorded with ``pii=``: the calls kept here
+    carry pseudonyms, as the recording does."""
+
+    def pseudonym(self, value: Any) -> Any:
+        """``value`` as this run's recording would have written it: its personal data
+        pseudonymized under the run's key (unchanged for a run recorded in clear), so an
+        invariant can compare what it knows in clear (a customer's email) with the calls."""
+        return value if self.pii is None else self.pii.value(value)
 
     @property
     def input(self) -> Any:
@@ -217,14 +226,21 @@ class Outcome:
 
 class _FuzzSession:
     """The fuzz policy: serve recorded outputs (perturbed where asked) by address; agents and
-    ``live`` run; a call the recording has no counterpart for leaves the recording."""
+    ``live`` run; a call the recording has no counterpart for leaves the recording. With
+    ``pii`` (the recorded run's pseudonymizer), each call is kept pseudonymized."""
 
     serves_recordings = False
 
     def __init__(
-        self, run_id: str, events: Sequence[Event], outputs: dict[int, Any], live: frozenset[str]
+        self,
+        run_id: str,
+        events: Sequence[Event],
+        outputs: dict[int, Any],
+        live: frozenset[str],
+        pii: Pseudonymizer | None = None,
     ) -> None:
         self.run_id = run_id
+        self.pii = pii
         self.by_address = {e.address: e for e in events}
         self.outputs = outputs
         self.live = live
@@ -261,7 +277,14 @@ class _FuzzSession:
         else:
             output = None if outcome.output is None else orjson.loads(outcome.output)
             error = None if outcome.error is None else encode_error(outcome.error)
-        data, value, key = canonical.keyed_input(b, frame.data)
+        data, value, key = canonical.keyed_input(b, frame.data, self.pii)
+        meta = frame.meta
+        if self.pii is not None:  # live values (and perturbed ones) as the recording keeps them
+            output, error, meta = (
+                self.pii.value(output),
+                self.pii.value(error),
+                self.pii.value(meta),
+            )
         parent = frame.parent
         self.calls.append(
             Event(
@@ -275,7 +298,7 @@ class _FuzzSession:
                 input=value if value is not None else orjson.loads(data),
                 output=output,
                 error=error,
-                meta=frame.meta,
+                meta=meta,
                 started_at=frame.started_at,
             )
         )
@@ -287,15 +310,18 @@ def run_perturbed(
     mutations: Sequence[Mutation] = (),
     *,
     live: Iterable[str] = (),
+    pii: Pseudonymizer | None = None,
 ) -> Outcome:
-    """Re-run the recorded root call with ``mutations`` applied to the served outputs."""
+    """Re-run the recorded root call with ``mutations`` applied to the served outputs.
+    ``pii``: the run's pseudonymizer (a run recorded with ``pii=``), keeping the calls
+    pseudonymized."""
     b, root = root_call(run, list(events))
     outputs: dict[int, Any] = {}
     by_seq = {e.seq: e for e in events}
     for m in mutations:
         outputs[m.seq] = m.apply(outputs.get(m.seq, by_seq[m.seq].output))
-    session = _FuzzSession(run.id, events, outputs, frozenset(live))
-    outcome = Outcome(root=root, calls=session.calls, mutations=tuple(mutations))
+    session = _FuzzSession(run.id, events, outputs, frozenset(live), pii)
+    outcome = Outcome(root=root, calls=session.calls, mutations=tuple(mutations), pii=pii)
     engine = Engine(session)
     engine.enter()
     try:
@@ -383,6 +409,7 @@ def fuzz(
     seed: int | None = None,
     out: str | os.PathLike[str] | None = None,
     store: Store | str | os.PathLike[str] | None = None,
+    pii: PII | None = None,
 ) -> FuzzReport:
     """Perturb recorded outputs with Hypothesis and check ``invariant`` on each re-run.
 
@@ -391,6 +418,11 @@ def fuzz(
     narrows that. The search is deterministic unless ``seed`` is given. On a failure, the
     smallest perturbation found is replayed and written as a trace file (``out``, default
     ``fuzz-RUN.jsonl``).
+
+    A run recorded with personal data pseudonymized (``record(pii=...)``) is fuzzed under its
+    key (``pii=rp.PII(key=...)``, else the environment): the calls the invariant sees and the
+    trace written carry pseudonyms (``outcome.pseudonym(value)`` turns a value the invariant
+    knows in clear into the run's pseudonym of it).
 
     For example (a sketch, not run as a doctest)::
 
@@ -404,7 +436,10 @@ def fuzz(
     except ImportError:  # pragma: no cover - hypothesis is in the testing extra
         raise ReplayableError('fuzz needs hypothesis: pip install "replayable[testing]"') from None
 
+    from replayable._pii import for_replay
+
     run, events = load_run(source, store)
+    pseudonymizer = for_replay(run.id, run.metadata, pii)  # a missing key fails here
     root_call(run, list(events))
     names = {e.boundary for e in events}
     registered = registry()
@@ -445,7 +480,7 @@ def fuzz(
     if n < 1:
         raise ReplayableError(f"fuzz needs at least one example (n={n})")
     # A perturbation can only be blamed if the unperturbed recording keeps the invariant.
-    baseline = run_perturbed(run, events, [], live=live_names)
+    baseline = run_perturbed(run, events, [], live=live_names, pii=pseudonymizer)
     if baseline.off_record is None:
         report.baseline_failure = _violated(invariant, baseline)
         if report.baseline_failure is not None:
@@ -463,7 +498,7 @@ def fuzz(
     @given(strategy)
     def prop(mutations: list[Mutation]) -> None:
         report.examples += 1
-        outcome = run_perturbed(run, events, mutations, live=live_names)
+        outcome = run_perturbed(run, events, mutations, live=live_names, pii=pseudonymizer)
         if outcome.off_record is not None:
             report.off_record += 1
             return
@@ -488,7 +523,9 @@ def fuzz(
 
 
 def write_outcome(run: Run, outcome: Outcome, path: str | os.PathLike[str]) -> Path:
-    """Write a perturbed re-run as a trace file (hash-chained; replays the failure)."""
+    """Write a perturbed re-run as a trace file (hash-chained; replays the failure; a run
+    recorded with ``pii=`` gives a trace pseudonymized the same way, which replays under its
+    key)."""
     fuzz_run = Run(
         id=new_run_id(),
         name=f"fuzz of {run.name or run.id}",
@@ -501,6 +538,8 @@ def write_outcome(run: Run, outcome: Outcome, path: str | os.PathLike[str]) -> P
         error=None if outcome.error is None else encode_error(outcome.error),
         parent_run=run.id,
     )
+    if outcome.pii is not None:
+        outcome.pii.run(fuzz_run)
     events = []
     for call in sorted(outcome.calls, key=lambda e: e.seq):
         events.append(copy.copy(call))

@@ -117,6 +117,7 @@ from replayable.context import FRAME, Frame, Session, Tokens, enter, leave
 from replayable.errors import Divergence, ReplayableError, ReplayableWarning, Unserializable
 
 if TYPE_CHECKING:
+    from replayable._follow import Follow
     from replayable.boundary import Boundary
     from replayable.trace import Event, Run
 
@@ -231,8 +232,9 @@ class Replaying(Protocol):
         ...
 
     @property
-    def follow(self) -> bool:
-        """Remote calls named live ask their callee to replay."""
+    def follow(self) -> Follow | None:
+        """The follow part: remote calls named live ask their callee to replay (``None``:
+        they do not)."""
         ...
 
     def add_divergence(self, div: Divergence) -> None: ...

@@ -19,6 +19,7 @@ from typing import Any, Literal
 import orjson
 
 from replayable import _propagation as prop
+from replayable._follow import LINKED_HEADER, PROBE_HEADER, PROBE_VALUE
 from replayable._remote import FOLLOW_HEADER, MAX_FOLLOW_HEADER
 from replayable.context import SESSION
 from replayable.errors import Divergence
@@ -37,6 +38,7 @@ __all__ = [
     "decide",
     "find_linked",
     "follow_header",
+    "linked_header",
     "linked_tree",
     "merged_events",
     "run_metadata",
@@ -53,11 +55,19 @@ _MAX_CALLEES = 10_000
 @dataclass(frozen=True, slots=True)
 class Decision:
     """What the middleware does with one request: ``record`` a run (linked to ``incoming``'s
-    caller when there is one), ``follow`` (replay ``linked``), or nothing (``None``)."""
+    caller when there is one), ``follow`` (replay ``linked``), answer a follow ``probe`` (name
+    ``linked``, run nothing), ``refuse`` a follow request it cannot honour (``reason``; the
+    app never runs), or nothing (``None``)."""
 
-    action: Literal["record", "follow"]
+    action: Literal["record", "follow", "probe", "refuse"]
     incoming: prop.Incoming | None
     linked: Run | None = None
+    reason: str = ""
+
+    @property
+    def links(self) -> bool:
+        """The request starts a run linked to a caller (the callee answers with its id)."""
+        return self.incoming is not None and self.incoming.caller is not None
 
 
 def check_requests(requests: str) -> Requests:
@@ -162,31 +172,31 @@ def decide(
 ) -> Decision | None:
     """What to do with a request whose (lower-case) headers are ``headers``.
 
-    A follow request is honoured only by a middleware built with ``follow=True`` (a local
-    replay instance) and only for a run of this store linked to exactly that caller step;
-    anything else is ignored with a warning and the request handled as one without context.
+    A follow request (a replay asking this service to replay its linked run) is honoured only
+    by a middleware built with ``follow=True`` (a local replay instance) and only for a run of
+    this store linked to exactly that caller step; any other well-formed follow request is
+    refused with a warning and never handled live (handling it would do again what the replay
+    means not to). A follow probe (``replayable-probe: follow``) is answered, never run.
+    Malformed context is ignored with a warning and the request handled as one without it.
     """
     incoming = prop.parse(headers, service)
     caller = incoming.caller if incoming is not None else None
-    if incoming is not None and incoming.mode == "follow":
+    if incoming is not None and incoming.mode == "follow" and incoming.source is not None:
         source = incoming.source
         if not follow:
-            log.warning(
-                "replayable: ignored a request asking to follow (replay) a linked run: this "
-                "service's middleware was not started with follow=True"
-            )
-        elif source is not None:
+            reason = "this service's middleware was not started with follow=True"
+        else:
             linked = find_linked(store, source)
             if linked is not None:
-                return Decision("follow", incoming, linked)
-            log.warning(
-                "replayable: ignored a request asking to follow step %r of run %s: no run of "
-                "this store is linked to it",
-                source.step[:200],
-                source.run,
+                probe = headers.get(PROBE_HEADER) == PROBE_VALUE
+                return Decision("probe" if probe else "follow", incoming, linked)
+            reason = (
+                f"no run of this store is linked to step {source.step[:200]!r} of run {source.run}"
             )
-        incoming = prop.Incoming(incoming.trace_id, incoming.parent_span, None, None)
-        caller = None
+        log.warning(
+            "replayable: refused a request asking to follow (replay) a linked run: %s", reason
+        )
+        return Decision("refuse", incoming, reason=f"cannot follow: {reason}")
     if requests == "all" or (requests == "with-context" and caller is not None):
         return Decision("record", incoming)
     return None
@@ -206,6 +216,13 @@ def run_metadata(
         metadata["parent"] = incoming.caller.to_dict()
         tags[PARENT_TAG] = incoming.caller.run
     return metadata, tags
+
+
+def linked_header(run: Run) -> tuple[str, str]:
+    """The ``replayable-linked`` answer naming ``run``: the run a request started (or, to a
+    follow probe, the run the service will replay), so the caller's step keeps the evidence
+    a ``follow`` replay needs."""
+    return LINKED_HEADER, run.id
 
 
 def follow_header(

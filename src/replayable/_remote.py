@@ -28,6 +28,7 @@ from typing import Any
 
 import orjson
 
+from replayable import _follow
 from replayable import _propagation as prop
 from replayable.boundary import Boundary, boundary, get_boundary
 from replayable.context import FRAME, SESSION
@@ -46,6 +47,7 @@ __all__ = [
     "encode_body",
     "follow_divergences",
     "followable",
+    "note_linked",
     "outgoing",
     "remote_boundary",
     "remote_name",
@@ -74,6 +76,8 @@ VOLATILE = frozenset(
         "x-request-id",
         "x-amzn-trace-id",
         FOLLOW_HEADER,
+        _follow.LINKED_HEADER,
+        _follow.PROBE_HEADER,
     )
 )
 """Headers that differ from one identical request to the next: neither keyed nor stored."""
@@ -200,24 +204,47 @@ def register_recorded(events: Iterable[Any]) -> None:
 
 @dataclass(slots=True)
 class _Call:
-    """The real request in flight, for the boundary's live function."""
+    """The real request in flight, for the boundary's live function. ``probe`` sends an
+    ``OPTIONS`` request to the same URL with the given headers (the follow probe, see
+    :mod:`replayable._follow`)."""
 
     request: Request
     send: Callable[[dict[str, str]], Any]
     service: str
+    b: Boundary
+    probe: Callable[[dict[str, str]], Any] | None = None
 
-    def _headers(self) -> tuple[dict[str, str], bool]:
-        return outgoing(self.service)
+    def _headers(self) -> tuple[dict[str, str], bool, str | None]:
+        expected = _follow.gate(self.b.name, self.b.side_effects)
+        headers, follow = outgoing(self.service)
+        if expected is not None and (not follow or self.probe is None):
+            raise _follow.refusal(self.b.name, None, "this client cannot probe the callee")
+        return headers, follow, expected
 
     def run_sync(self) -> Any:
-        headers, follow = self._headers()
+        headers, follow, expected = self._headers()
+        if expected is not None:
+            assert self.probe is not None
+            _acked(self.b.name, self.probe(_probe_headers(headers)), expected)
         response: Response = self.send(headers)
         return _finish(response, follow, self.service)
 
     async def run_async(self) -> Any:
-        headers, follow = self._headers()
+        headers, follow, expected = self._headers()
+        if expected is not None:
+            assert self.probe is not None
+            _acked(self.b.name, await self.probe(_probe_headers(headers)), expected)
         response: Response = await self.send(headers)
         return _finish(response, follow, self.service)
+
+
+def _probe_headers(headers: dict[str, str]) -> dict[str, str]:
+    return {**headers, _follow.PROBE_HEADER: _follow.PROBE_VALUE}
+
+
+def _acked(name: str, answer: Response, expected: str) -> None:
+    value = next((v for k, v in answer.headers if k.lower() == _follow.LINKED_HEADER), None)
+    _follow.check_ack(name, answer.status, value, expected)
 
 
 _CALL: contextvars.ContextVar[_Call | None] = contextvars.ContextVar(
@@ -242,7 +269,12 @@ def outgoing(service: str | None = None) -> tuple[dict[str, str], bool]:
         mode = "replay"
         events = session.source_events or {}
         recorded = events.get(frame.rec_seq) if frame.rec_seq is not None else None
-        if session.follow and session.source is not None and recorded is not None:
+        if (
+            session.follow is not None
+            and session.source is not None
+            and recorded is not None
+            and _follow.linked_run(recorded) is not None
+        ):
             mode = "follow"
             source = prop.Link(session.source.id, recorded.address, service)
     headers = {
@@ -253,23 +285,38 @@ def outgoing(service: str | None = None) -> tuple[dict[str, str], bool]:
 
 
 def _finish(response: Response, follow: bool, service: str) -> dict[str, Any]:
-    """The response as recorded (the follow header taken out: read only when asked for)."""
-    report = None
+    """The response as recorded (the follow header taken out: read only when asked for; the
+    callee's linked-run answer kept in the step's metadata, not in the response)."""
+    report = linked = None
     kept = []
     for k, v in response.headers:
         lk = k.lower()
         if lk == FOLLOW_HEADER:
             report = v
+        elif lk == _follow.LINKED_HEADER:
+            linked = v
         elif lk not in _DROPPED_RESPONSE:
             kept.append([k, v])
     if report is not None:
         take_follow_report(report, follow, service)
+    if linked is not None:
+        note_linked(linked, service)
     return {
         "status": response.status,
         "reason": response.reason,
         "headers": kept,
         "body": encode_body(response.body, _content_type(response.headers)),
     }
+
+
+def note_linked(value: Any, service: str) -> None:
+    """Keep a callee's answer naming the run it started in the current step's metadata
+    (``meta["linked"]``): the evidence a ``follow`` replay needs (see
+    :mod:`replayable._follow`)."""
+    run = _follow.parse_linked(value)
+    frame = FRAME.get()
+    if run is not None and frame is not None and SESSION.get() is not None:
+        frame.meta["linked"] = {"run": run, "service": service}
 
 
 def follow_divergences(value: str, service: str) -> list[dict[str, Any]]:
@@ -354,11 +401,13 @@ def call_sync(
     service: str | None = None,
     name: str | None = None,
     side_effects: bool | None = None,
+    probe: Callable[[dict[str, str]], Response] | None = None,
 ) -> dict[str, Any]:
     """Make ``request`` a remote step of the current run (live: ``send(extra_headers)``), and
-    return the response as recorded or served."""
+    return the response as recorded or served. ``probe(headers)`` sends ``OPTIONS`` to the
+    same URL (the follow probe; without it a side effect is never followed)."""
     b, data, host = _call(request, service, name, side_effects)
-    token = _CALL.set(_Call(request, send, host))
+    token = _CALL.set(_Call(request, send, host, b, probe))
     try:
         result: dict[str, Any] = b.wrapper(**data)
     finally:
@@ -373,11 +422,12 @@ async def call_async(
     service: str | None = None,
     name: str | None = None,
     side_effects: bool | None = None,
+    probe: Callable[[dict[str, str]], Awaitable[Response]] | None = None,
 ) -> dict[str, Any]:
     """The async twin of :func:`call_sync`."""
     b, data, host = _call(request, service, name, side_effects)
     b = remote_boundary(b.name, b.side_effects, is_async=True)
-    token = _CALL.set(_Call(request, send, host))
+    token = _CALL.set(_Call(request, send, host, b, probe))
     try:
         result: dict[str, Any] = await b.wrapper(**data)
     finally:

@@ -45,6 +45,7 @@ import orjson
 from replayable import _network, canonical
 from replayable._diff import diff_values
 from replayable._engine import Ending, Engine, Match, Serve, Sink
+from replayable._follow import Follow
 from replayable._remote import followable
 from replayable._threads import EXECUTOR
 from replayable._version import __version__
@@ -400,8 +401,6 @@ class ReplayPolicy:
         runner: Runner | None = None,
         follow: bool = False,
     ) -> None:
-        self.follow = follow
-        """Remote calls named in ``live`` ask their callee to replay its own linked run."""
         self.recording = recording
         self.source_events: Mapping[int, Event] = recording.events
         self.keeper = keeper
@@ -414,9 +413,13 @@ class ReplayPolicy:
         self.fallback = fallback
         self.fallback_calls: list[Divergence] = []
         self.sandbox = sandbox
-        self.live_names, self.live_calls = self._resolve_live(
-            live, allow_side_effects or sandbox is not None
+        allowed = allow_side_effects or sandbox is not None
+        self.follow: Follow | None = (
+            Follow(recording.events, allow_side_effects=allowed) if follow else None
         )
+        """The follow part (``follow=True``): remote calls named in ``live`` ask their callee to
+        replay its linked run, a side effect only as :mod:`replayable._follow`'s rule allows."""
+        self.live_names, self.live_calls = self._resolve_live(live, allowed)
 
     @property
     def run(self) -> Run:
@@ -441,8 +444,15 @@ class ReplayPolicy:
                     f"live boundary {full!r} is in the recording but not registered: "
                     "import the module that defines it before replaying"
                 )
-            # A followed remote call is replayed by its callee, which refuses side effects.
-            if b.side_effects and not allow_side_effects and not (self.follow and followable(b)):
+            if (
+                b.side_effects
+                and not allow_side_effects
+                and self.follow is not None
+                and followable(b)
+            ):
+                # Followed: safe only where the callee recorded a linked run to replay.
+                self.follow.check_live(full, self._live_events(full, names, calls))
+            elif b.side_effects and not allow_side_effects:
                 raise SideEffectRefused(
                     f"{full} has side effects; running it live would fire them again. Give it "
                     "a world of its own (sandbox=a scratch database or fake client) or pass "
@@ -455,6 +465,16 @@ class ReplayPolicy:
                     f"{self.recording.source.id}"
                 )
         return names, calls
+
+    def _live_events(self, name: str, names: set[str], calls: set[tuple[str, int]]) -> list[Event]:
+        """The recorded calls of boundary ``name`` that ``live=`` makes run live."""
+        rec = self.recording
+        every = name in names
+        return [
+            ev
+            for seq, ev in sorted(rec.events.items())
+            if ev.boundary == name and (every or (name, rec.nth[seq]) in calls)
+        ]
 
     def add_divergence(self, div: Divergence) -> None:
         """Keep a divergence found elsewhere (in a followed callee's replay)."""

@@ -22,6 +22,7 @@ from replayable.errors import ReplayableError, ReplayableWarning, SideEffectRefu
 
 if TYPE_CHECKING:
     from replayable._engine import Serve
+    from replayable._follow import Follow
     from replayable.boundary import Boundary
     from replayable.errors import Divergence
     from replayable.trace import Event, Run
@@ -105,8 +106,9 @@ class Session:
     """The recorded run this session replays, if any."""
     source_events: Mapping[int, Event] | None = None
     """The recorded run's events by seq, when the session replays one."""
-    follow: bool = False
-    """A replay's remote calls named live ask their callee to replay its linked run."""
+    follow: Follow | None = None
+    """A replay's follow part (:class:`replayable._follow.Follow`): its remote calls named live
+    ask their callee to replay its linked run (``None``: they do not)."""
 
     def add_divergence(self, div: Divergence) -> None:
         """Keep a divergence found elsewhere (a followed callee's replay); a session that

@@ -34,11 +34,12 @@ def risk_score(user: str) -> int:
     return len(user) * 7
 
 
-def charge(db: str, user: str, cents: int) -> dict[str, Any]:
-    """The billing handler's logic, shared by the FastAPI and the Flask service."""
-    score = risk_score(user)
+def charge(db: str, user: str, cents: int, *, plain: bool = False) -> dict[str, Any]:
+    """The billing handler's logic, shared by the FastAPI and the Flask service (``plain``:
+    a service without replayable, its functions undecorated)."""
+    score = (risk_score.__wrapped__ if plain else risk_score)(user)  # type: ignore[attr-defined]
     total = cents + (30 if BILLING["version"] == 2 else 0)
-    row = insert_charge(db, user, total)
+    row = (insert_charge.__wrapped__ if plain else insert_charge)(db, user, total)  # type: ignore[attr-defined]
     return {"charge_id": row, "user": user, "cents": total, "risk": score}
 
 
@@ -49,24 +50,46 @@ def rows(db: str | Path) -> list[tuple[Any, ...]]:
         return list(conn.execute("SELECT rowid, user, cents FROM charges ORDER BY rowid"))
 
 
-def fastapi_billing(db: str, store: Any, *, follow: bool = False, requests: str = "with-context"):  # type: ignore[no-untyped-def]
-    """The billing service as a FastAPI app with replayable's ASGI middleware."""
+def fastapi_billing(  # type: ignore[no-untyped-def]
+    db: str,
+    store: Any,
+    *,
+    follow: bool = False,
+    requests: str = "with-context",
+    middleware: bool = True,
+):
+    """The billing service as a FastAPI app with replayable's ASGI middleware (none when
+    ``middleware=False``: a service that records nothing)."""
     from fastapi import FastAPI
 
     app = FastAPI()
 
     @app.post("/charge")
     def post_charge(body: dict[str, Any]) -> dict[str, Any]:
-        return charge(db, str(body["user"]), int(body["cents"]))
+        return charge(db, str(body["user"]), int(body["cents"]), plain=not middleware)
 
     @app.get("/health")
     def health() -> dict[str, str]:
         return {"ok": "yes"}
 
-    app.add_middleware(
-        ASGIMiddleware, store=store, service="billing", follow=follow, requests=requests
-    )
+    if middleware:
+        app.add_middleware(
+            ASGIMiddleware, store=store, service="billing", follow=follow, requests=requests
+        )
     return app
+
+
+class Counting:
+    """An ASGI app wrapped to count the HTTP requests that reach it, by method."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.seen: list[str] = []
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope.get("type") == "http":
+            self.seen.append(str(scope["method"]))
+        await self.app(scope, receive, send)
 
 
 def flask_billing(db: str, store: Any, *, follow: bool = False, requests: str = "with-context"):  # type: ignore[no-untyped-def]
@@ -174,8 +197,9 @@ def stock_level(item: str) -> int:
     return len(item) * 3
 
 
-def mcp_tools(store: Any, *, follow: bool = False) -> Any:
-    """An MCP tool server (streamable HTTP) whose tool calls link to their callers."""
+def mcp_tools(store: Any, *, follow: bool = False, linked: bool = True) -> Any:
+    """An MCP tool server (streamable HTTP) whose tool calls link to their callers (a plain
+    MCP server when ``linked=False``); ``CALLS`` counts the tool calls it ran."""
     from mcp.server.mcpserver import MCPServer
     from mcp.types import ToolAnnotations
 
@@ -186,10 +210,17 @@ def mcp_tools(store: Any, *, follow: bool = False) -> Any:
     @server.tool(annotations=ToolAnnotations(readOnlyHint=True))
     def check_stock(item: str) -> str:
         """How many of `item` are in stock."""
-        return f"{item}: {stock_level(item)} in stock"
+        CALLS.append(item)
+        lookup = stock_level if linked else stock_level.__wrapped__  # type: ignore[attr-defined]
+        return f"{item}: {lookup(item)} in stock"
 
-    serve(server, store=store, service="tools", follow=follow)
+    if linked:
+        serve(server, store=store, service="tools", follow=follow)
     return server.streamable_http_app()
+
+
+CALLS: list[str] = []
+"""The tool calls the MCP tool server ran (the test resets it)."""
 
 
 AGENT: dict[str, str] = {}

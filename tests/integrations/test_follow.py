@@ -155,3 +155,165 @@ class TestFollowHeaderTrust:
         assert "replayable-follow" not in reply.headers
         assert "replayable-follow" not in next(run.events()).output["headers"]
         assert any("did not ask" in m.getMessage() for m in caplog.records)
+
+
+def _billing(db: str, store: Store, **kw: Any) -> services.Counting:
+    return services.Counting(services.fastapi_billing(db, store, **kw))
+
+
+class TestFollowSafety:
+    """follow=True sends a side-effecting remote call live only where the callee replays it."""
+
+    def _record(self, db: str, store: Store, client: httpx.Client, **kw: Any) -> tuple[Any, int]:
+        with Uvicorn(_billing(db, store, **kw)) as billing, rp.record(name="agent") as run:
+            _agent(client, billing.url)
+        return run, billing.port
+
+    @pytest.mark.parametrize("live", [LIVE, ["http:POST billing/charge#1"]])
+    def test_a_callee_without_middleware_is_never_contacted(
+        self, live: list[str], billing_db: str, billing_store: Store, client: httpx.Client
+    ) -> None:
+        """Recorded against a service that records nothing: refused before any byte is sent."""
+        run, port = self._record(billing_db, billing_store, client, middleware=False)
+        rows = services.rows(billing_db)
+        app = _billing(billing_db, billing_store, follow=True)
+        with Uvicorn(app, port):
+            with pytest.raises(rp.SideEffectRefused) as refused:
+                rp.replay(run.id, live=live, follow=True)
+        assert app.seen == []
+        assert services.rows(billing_db) == rows
+        message = str(refused.value)
+        assert "http:POST billing/charge at http:POST billing/charge/0" in message
+        assert "leave it out of live=" in message
+        assert "allow_side_effects=True" in message
+
+    def test_with_middleware_it_probes_then_follows(
+        self, billing_db: str, billing_store: Store, client: httpx.Client
+    ) -> None:
+        """The callee acknowledges the probe, then replays: billing's rows stay as they were."""
+        run, port = self._record(billing_db, billing_store, client)
+        step = next(run.events())
+        assert step.meta["linked"]["service"] == "billing"
+        rows = services.rows(billing_db)
+        app = _billing(billing_db, billing_store, follow=True)
+        with Uvicorn(app, port) as billing, rp.replay(run.id, live=LIVE, follow=True) as r:
+            _agent(client, billing.url)
+        assert app.seen == ["OPTIONS", "POST"]
+        assert services.rows(billing_db) == rows
+        assert r.ok, r.report()
+        (replayed,) = [e for e in r.run.events() if e.kind == "remote"]
+        assert replayed.meta["linked"]["run"] != step.meta["linked"]["run"]  # billing's replay
+
+    def test_a_callee_that_lost_its_middleware_is_refused_after_the_probe(
+        self, billing_db: str, billing_store: Store, client: httpx.Client
+    ) -> None:
+        """The instance answering now records nothing: only the bodiless probe reaches it."""
+        run, port = self._record(billing_db, billing_store, client)
+        rows = services.rows(billing_db)
+        app = _billing(billing_db, billing_store, middleware=False)
+        with Uvicorn(app, port) as billing, rp.replay(run.id, live=LIVE, follow=True):
+            with pytest.raises(rp.SideEffectRefused, match="did not acknowledge replay context"):
+                _agent(client, billing.url)
+        assert app.seen == ["OPTIONS"]
+        assert services.rows(billing_db) == rows
+
+    def test_a_production_instance_refuses_the_probe(
+        self, billing_db: str, billing_store: Store, client: httpx.Client
+    ) -> None:
+        """A middleware without follow=True answers the probe 409: the charge is never sent."""
+        run, port = self._record(billing_db, billing_store, client)
+        rows = services.rows(billing_db)
+        app = _billing(billing_db, billing_store)
+        with Uvicorn(app, port) as billing, rp.replay(run.id, live=LIVE, follow=True):
+            with pytest.raises(rp.SideEffectRefused, match="answered the follow probe 409"):
+                _agent(client, billing.url)
+        assert app.seen == ["OPTIONS"]
+        assert services.rows(billing_db) == rows
+
+    def test_a_call_with_no_recorded_counterpart_is_refused(
+        self, billing_db: str, billing_store: Store, client: httpx.Client
+    ) -> None:
+        """A second charge the recording never saw has nothing to replay: refused unsent."""
+        run, port = self._record(billing_db, billing_store, client)
+        rows = services.rows(billing_db)
+        app = _billing(billing_db, billing_store, follow=True)
+        with Uvicorn(app, port) as billing:
+            with rp.replay(run.id, live=LIVE, follow=True, strict=False) as r:
+                _agent(client, billing.url)
+                with pytest.raises(rp.SideEffectRefused, match="no recorded counterpart"):
+                    _agent(client, billing.url)
+        assert app.seen == ["OPTIONS", "POST"]
+        assert services.rows(billing_db) == rows
+        assert [d.reason for d in r.divergences] == ["unexpected"]
+
+    def test_allow_side_effects_is_the_way_to_act_again(
+        self, billing_db: str, billing_store: Store, client: httpx.Client
+    ) -> None:
+        """allow_side_effects=True sends it to a plain service, which charges again."""
+        run, port = self._record(billing_db, billing_store, client, middleware=False)
+        before = len(services.rows(billing_db))
+        app = _billing(billing_db, billing_store, middleware=False)
+        with Uvicorn(app, port) as billing:
+            with rp.replay(run.id, live=LIVE, follow=True, allow_side_effects=True):
+                _agent(client, billing.url)
+        assert app.seen == ["POST"]
+        assert len(services.rows(billing_db)) == before + 1
+
+
+FORGED_LINKED = {
+    "path": "../../etc/passwd",
+    "too long": "a" * 200,
+    "space": "a b",
+    "empty": "",
+    "two values": "r1, r2",
+}
+
+
+class TestForgedLinkedAnswers:
+    """A callee's replayable-linked answer is untrusted: malformed ones are never kept."""
+
+    @pytest.mark.parametrize("case", sorted(FORGED_LINKED))
+    def test_a_malformed_answer_is_ignored(
+        self, case: str, client: httpx.Client, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """The step keeps no link, so a follow replay refuses to send it live."""
+        import logging
+
+        from starlette.applications import Starlette
+        from starlette.responses import JSONResponse
+        from starlette.routing import Route
+
+        async def liar(request: Any) -> JSONResponse:
+            return JSONResponse({"ok": 1}, headers={"replayable-linked": FORGED_LINKED[case]})
+
+        caplog.set_level(logging.WARNING, "replayable")
+        with Uvicorn(Starlette(routes=[Route("/charge", liar, methods=["POST"])])) as srv:
+            with rp.record() as run:
+                client.post(srv.url + "/charge", json={})
+        assert "linked" not in next(run.events()).meta
+        assert any("malformed replayable-linked" in r.getMessage() for r in caplog.records)
+        with pytest.raises(rp.SideEffectRefused, match="no run linked"):
+            rp.replay(run.id, live=LIVE, follow=True)
+
+    def test_a_probe_answer_naming_another_run_is_refused(self, client: httpx.Client) -> None:
+        """A stale or lying callee that names a different run than recorded gets no request."""
+        from starlette.applications import Starlette
+        from starlette.responses import JSONResponse, Response
+        from starlette.routing import Route
+
+        posts: list[int] = []
+
+        async def charge(request: Any) -> Response:
+            if request.method == "OPTIONS":
+                return Response(status_code=204, headers={"replayable-linked": "someone-else"})
+            posts.append(1)
+            return JSONResponse({"ok": 1}, headers={"replayable-linked": "run-1"})
+
+        app = Starlette(routes=[Route("/charge", charge, methods=["POST", "OPTIONS"])])
+        with Uvicorn(app) as srv:
+            with rp.record() as run:
+                client.post(srv.url + "/charge", json={})
+            with rp.replay(run.id, live=LIVE, follow=True):
+                with pytest.raises(rp.SideEffectRefused, match="naming run someone-else"):
+                    client.post(srv.url + "/charge", json={})
+        assert posts == [1]

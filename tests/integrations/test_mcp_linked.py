@@ -56,3 +56,30 @@ class TestMcpLinked:
         assert replayed.parent.run == r.run.id
         (ev,) = replayed.events()
         assert ev.meta.get("served")
+
+    async def test_a_plain_tool_server_is_never_followed(self, tools_store: Store) -> None:
+        """Recorded against an MCP server without replayable: refused, the tool never called."""
+        with Uvicorn(services.mcp_tools(tools_store, linked=False), lifespan="on") as tools:
+            async with rp.record(name="agent") as run:
+                await _ask(tools.url)
+        step = next(e for e in run.events() if e.boundary == "mcp:tools/call.check_stock")
+        assert "linked" not in step.meta
+        with pytest.raises(rp.SideEffectRefused, match="no run linked to this step"):
+            rp.replay(run.id, live=["mcp:tools/call.check_stock"], follow=True)
+
+    async def test_a_server_not_following_refuses_the_tool_call(self, tools_store: Store) -> None:
+        """A replayable server without follow=True refuses a follow request: the tool never runs."""
+        with Uvicorn(services.mcp_tools(tools_store), lifespan="on") as tools:
+            async with rp.record(name="agent") as run:
+                await _ask(tools.url)
+            port = tools.port
+        services.CALLS.clear()
+        with Uvicorn(services.mcp_tools(tools_store), port, lifespan="on") as tools:
+            async with rp.replay(
+                run.id, live=["mcp:tools/call.check_stock"], follow=True, strict=False
+            ):
+                async with rp.instrument(mcp.Client(tools.url + "/mcp")) as client:
+                    result = await client.call_tool("check_stock", {"item": "mug"})
+        assert result.is_error
+        assert "follow=True" in str(result.content[0].text)
+        assert services.CALLS == []

@@ -81,6 +81,17 @@ class TestLinkedRuns:
         ]
         assert rp.open_store(billing_store.url).get_run(callee.id).parent == callee.parent
 
+    def test_the_callee_names_its_run_to_the_caller_step(
+        self, serve: Kind, billing_db: str, billing_store: Store, client: httpx.Client
+    ) -> None:
+        """The linked run's id comes back and is kept in the step's meta, not in its response."""
+        with serve(billing_db, billing_store) as billing, rp.record() as run:
+            reply = client.post(billing.url + "/charge", json={"user": "bob", "cents": 1})
+        step = next(run.events())
+        assert step.meta["linked"] == {"run": _callee(billing_store).id, "service": "billing"}
+        assert "replayable-linked" not in reply.headers
+        assert "replayable-linked" not in dict(step.output["headers"])
+
     def test_the_link_is_sealed(
         self, serve: Kind, billing_db: str, billing_store: Store, client: httpx.Client
     ) -> None:
@@ -227,11 +238,12 @@ class TestForgedHeaders:
         client: httpx.Client,
         caplog: pytest.LogCaptureFixture,
     ) -> None:
-        """A follow request to a middleware without follow=True never replays a run."""
+        """A follow request to a middleware without follow=True is refused (409), never run."""
         caplog.set_level(logging.WARNING, "replayable")
         with serve(billing_db, billing_store) as billing, rp.record() as run:
             client.post(billing.url + "/charge", json={"user": "bob", "cents": 5})
         step = next(run.events()).address
+        rows = services.rows(billing_db)
         headers = {
             "traceparent": f"00-{'a' * 32}-{'1' * 16}-01",
             "baggage": prop.baggage_entry("r2", "x/0", "follow", prop.Link(run.id, step)),
@@ -240,17 +252,19 @@ class TestForgedHeaders:
             reply = c.post(
                 billing.url + "/charge", json={"user": "eve", "cents": 9}, headers=headers
             )
+        assert reply.status_code == 409
+        assert "follow=True" in reply.text
         assert "replayable-follow" not in reply.headers
-        assert reply.json()["user"] == "eve"  # handled live, not served bob's charge
+        assert services.rows(billing_db) == rows  # eve's charge never ran
         assert any("follow=True" in r.getMessage() for r in caplog.records)
 
-    def test_follow_naming_an_unknown_run_is_ignored(
+    def test_follow_naming_an_unknown_run_is_refused(
         self,
         billing_db: str,
         billing_store: Store,
         caplog: pytest.LogCaptureFixture,
     ) -> None:
-        """A follow request naming no linked run of this store replays nothing."""
+        """A follow request naming no linked run of this store replays nothing and runs nothing."""
         caplog.set_level(logging.WARNING, "replayable")
         headers = {
             "traceparent": f"00-{'a' * 32}-{'1' * 16}-01",
@@ -261,5 +275,11 @@ class TestForgedHeaders:
             reply = c.post(
                 billing.url + "/charge", json={"user": "eve", "cents": 9}, headers=headers
             )
+            probe = c.options(
+                billing.url + "/charge", headers={**headers, "replayable-probe": "follow"}
+            )
+        assert reply.status_code == probe.status_code == 409
         assert "replayable-follow" not in reply.headers
+        assert "replayable-linked" not in probe.headers
+        assert services.rows(billing_db) == []
         assert any("no run of this store" in r.getMessage() for r in caplog.records)

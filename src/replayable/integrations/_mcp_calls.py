@@ -11,9 +11,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from replayable import _follow
 from replayable._propagation import BAGGAGE, merge_baggage
-from replayable._remote import FOLLOW_HEADER, outgoing, take_follow_report
+from replayable._remote import FOLLOW_HEADER, note_linked, outgoing, take_follow_report
 from replayable.boundary import Boundary, boundary
+from replayable.context import FRAME
 from replayable.errors import UnsupportedClient
 
 __all__ = [
@@ -68,6 +70,11 @@ async def _live() -> Any:
     if real.method != "call_tool":
         return await real.state.originals[real.method](*real.args, **real.kwargs)
     # The run's context travels in the request's _meta, as traceparent/baggage do over HTTP.
+    # A followed side effect needs a recorded linked run; the follow request is its probe (a
+    # replayable server that cannot replay it refuses it without running the tool).
+    frame = FRAME.get()
+    if frame is not None and frame.b is not None:
+        _follow.gate(frame.b.name, frame.b.side_effects)
     context, follow = outgoing("mcp")
     kwargs = real.kwargs
     if context:
@@ -76,9 +83,13 @@ async def _live() -> Any:
         meta.update(context)
         kwargs = {**kwargs, "meta": meta}
     result = await real.state.originals["call_tool"](*real.args, **kwargs)
-    report = (getattr(result, "meta", None) or {}).pop(FOLLOW_HEADER, None)
+    meta = getattr(result, "meta", None) or {}
+    report = meta.pop(FOLLOW_HEADER, None)
     if isinstance(report, str):
         take_follow_report(report, follow, "mcp")
+    linked = meta.pop(_follow.LINKED_HEADER, None)
+    if linked is not None:
+        note_linked(linked, "mcp")
     return result
 
 

@@ -101,6 +101,13 @@ def _httpx_response(data: dict[str, Any], request: Any) -> Any:
     return httpx.Response(status, headers=headers, content=body, request=request, extensions=ext)
 
 
+def _probe_request(request: Any, extra: dict[str, str]) -> Any:
+    """The follow probe for ``request``: ``OPTIONS`` on its URL, with only the context
+    headers (no body, none of the request's own headers)."""
+    httpx = importlib.import_module("httpx")
+    return httpx.Request("OPTIONS", request.url, headers=extra)
+
+
 def _recorded(resp: Any, body: bytes) -> _remote.Response:
     return _remote.Response(
         resp.status_code, list(resp.headers.multi_items()), body, resp.reason_phrase
@@ -131,8 +138,16 @@ class _SyncTransport:
                 resp.close()
             return _recorded(resp, body)
 
+        def probe(extra: dict[str, str]) -> _remote.Response:
+            resp = self.inner.handle_request(_probe_request(request, extra))
+            try:
+                body = resp.read()
+            finally:
+                resp.close()
+            return _recorded(resp, body)
+
         req = _httpx_request(request)
-        data = _remote.call_sync(req, send, **opts.step(req))
+        data = _remote.call_sync(req, send, probe=probe, **opts.step(req))
         return _httpx_response(data, request)
 
     def close(self) -> None:
@@ -170,6 +185,14 @@ class _AsyncTransport:
                 await resp.aclose()
             return _recorded(resp, body)
 
+        async def probe(extra: dict[str, str]) -> _remote.Response:
+            resp = await self.inner.handle_async_request(_probe_request(request, extra))
+            try:
+                body = await resp.aread()
+            finally:
+                await resp.aclose()
+            return _recorded(resp, body)
+
         req = _remote.Request(
             request.method,
             request.url.netloc.decode("ascii"),
@@ -178,7 +201,7 @@ class _AsyncTransport:
             await request.aread(),
             list(request.headers.multi_items()),
         )
-        data = await _remote.call_async(req, send, **opts.step(req))
+        data = await _remote.call_async(req, send, probe=probe, **opts.step(req))
         return _httpx_response(data, request)
 
     async def aclose(self) -> None:
@@ -262,6 +285,15 @@ def _adapter_class() -> type:
                     resp.status_code, list(resp.headers.items()), body, resp.reason or ""
                 )
 
+            def probe(extra: dict[str, str]) -> _remote.Response:
+                models = importlib.import_module("requests.models")
+                prepared = models.PreparedRequest()
+                prepared.prepare(method="OPTIONS", url=request.url, headers=extra)
+                resp = self.inner.send(prepared, *args, **kwargs)
+                return _remote.Response(
+                    resp.status_code, list(resp.headers.items()), resp.content, resp.reason or ""
+                )
+
             from urllib.parse import urlsplit
 
             url = urlsplit(request.url)
@@ -274,7 +306,7 @@ def _adapter_class() -> type:
                 body.encode("utf-8") if isinstance(body, str) else bytes(body),
                 list(request.headers.items()),
             )
-            data = _remote.call_sync(req, send, **opts.step(req))
+            data = _remote.call_sync(req, send, probe=probe, **opts.step(req))
             return _requests_response(data, request)
 
         def close(self) -> None:

@@ -29,11 +29,12 @@ import importlib
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
+from replayable import _follow
 from replayable._linked import Policy
 from replayable._propagation import BAGGAGE
 from replayable._remote import FOLLOW_HEADER
 from replayable.context import SESSION
-from replayable.errors import UnsupportedClient
+from replayable.errors import ReplayableError, UnsupportedClient
 from replayable.integrations._mcp_calls import (
     CALL,
     METHODS,
@@ -208,15 +209,20 @@ def serve(
         if decision is None:
             return await original(name, arguments, context)
         if decision.action == "record":
-            async with policy.recording(decision, "tools/call", name):
-                return await original(name, arguments, context)
+            async with policy.recording(decision, "tools/call", name) as run:
+                result = await original(name, arguments, context)
+            if decision.links:
+                result.meta = {**(result.meta or {}), _follow.LINKED_HEADER: run.id}
+            return result
+        if decision.action != "follow":  # a follow request this server cannot honour
+            raise ReplayableError(f"tool {name!r} not run: {decision.reason}")
         from replayable._linked import follow_header
 
         r = policy.replaying(decision)
         async with r:
             result = await original(name, arguments, context)
         _, value = follow_header(policy.service, r.run, r.divergences)
-        result.meta = {**(result.meta or {}), FOLLOW_HEADER: value}
+        result.meta = {**(result.meta or {}), FOLLOW_HEADER: value, _follow.LINKED_HEADER: r.run.id}
         return result
 
     server.call_tool = call_tool

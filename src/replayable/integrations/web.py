@@ -20,9 +20,16 @@ own run linked to the caller's recorded step (outputs served, side effects refus
 re-fired) and reports what diverged there in the ``replayable-follow`` response header, which
 the caller's instrumented client reads. The response is held until the replay ends.
 
-Propagation headers are untrusted input: malformed, oversized or contradictory ones, a follow
-request to a middleware without ``follow=True``, or one naming no linked run of this store are
-ignored with a logged warning; the request is then handled as one without context.
+A run linked to a caller answers with its id in the ``replayable-linked`` response header: the
+caller's step keeps it as the evidence that a later ``follow`` replay may send that step live
+(see :mod:`replayable._follow`). A follow probe (``OPTIONS`` with ``replayable-probe: follow``)
+is answered with the run this service would replay, and runs none of the app's code.
+
+Propagation headers are untrusted input: malformed, oversized or contradictory ones are ignored
+with a logged warning and the request handled as one without context. A well-formed follow
+request this middleware cannot honour (built without ``follow=True``, or naming no linked run of
+this store) is refused with ``409 Conflict`` and never handled live: that would do again what
+the replay means not to.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapp
 from typing import Any
 
 from replayable import _linked
+from replayable._follow import PROBE_HEADER
 from replayable._linked import Decision, Policy
 from replayable.store import Store
 
@@ -42,7 +50,7 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
-_WANTED = ("traceparent", "baggage")
+_WANTED = ("traceparent", "baggage", PROBE_HEADER)
 
 
 def _asgi_headers(scope: Scope) -> dict[str, str]:
@@ -83,10 +91,21 @@ class ASGIMiddleware:
             return
         method, path = str(scope.get("method", "")), str(scope.get("path", ""))
         if decision.action == "record":
-            async with self.policy.recording(decision, method, path):
-                await self.app(scope, receive, send)
+            async with self.policy.recording(decision, method, path) as run:
+                await self.app(scope, receive, _answering(send, run) if decision.links else send)
             return
-        await self._follow(decision, scope, receive, send)
+        if decision.action == "follow":
+            await self._follow(decision, scope, receive, send)
+            return
+        status, headers, body = _short_answer(decision)
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
 
     async def _follow(self, decision: Decision, scope: Scope, receive: Receive, send: Send) -> None:
         held: list[Message] = []
@@ -103,14 +122,16 @@ class ASGIMiddleware:
             failed = exc
         name, value = _linked.follow_header(self.policy.service, r.run, r.divergences)
         header = (name.encode("latin-1"), value.encode("latin-1"))
+        lname, lvalue = _linked.linked_header(r.run)
+        linked = (lname.encode("latin-1"), lvalue.encode("latin-1"))
         if not any(m.get("type") == "http.response.start" for m in held):
             held = [
-                {"type": "http.response.start", "status": 500, "headers": [header]},
+                {"type": "http.response.start", "status": 500, "headers": [header, linked]},
                 {"type": "http.response.body", "body": f"replay failed: {failed}".encode()},
             ]
         for message in held:
-            if message.get("type") == "http.response.start":
-                message["headers"] = [*message.get("headers", ()), header]
+            if message.get("type") == "http.response.start" and failed is None:
+                message["headers"] = [*message.get("headers", ()), header, linked]
             await send(message)
 
 
@@ -135,16 +156,25 @@ class WSGIMiddleware:
     def __call__(
         self, environ: dict[str, Any], start_response: Callable[..., Any]
     ) -> Iterable[bytes]:
-        headers = {k: str(environ[key]) for k in _WANTED if (key := "HTTP_" + k.upper()) in environ}
+        headers = {
+            k: str(environ[key])
+            for k in _WANTED
+            if (key := "HTTP_" + k.upper().replace("-", "_")) in environ
+        }
         decision = self.policy.decide(headers)
         if decision is None:
             return self.app(environ, start_response)
         method = str(environ.get("REQUEST_METHOD", ""))
         path = str(environ.get("PATH_INFO", ""))
         if decision.action == "record":
-            with self.policy.recording(decision, method, path):
-                return list(_drain(self.app(environ, start_response)))
-        return self._follow(decision, environ, start_response)
+            with self.policy.recording(decision, method, path) as run:
+                respond = _answering_wsgi(start_response, run) if decision.links else start_response
+                return list(_drain(self.app(environ, respond)))
+        if decision.action == "follow":
+            return self._follow(decision, environ, start_response)
+        status, answer, body = _short_answer(decision)
+        start_response(f"{status} {'No Content' if status == 204 else 'Conflict'}", answer)
+        return [body]
 
     def _follow(
         self, decision: Decision, environ: dict[str, Any], start_response: Callable[..., Any]
@@ -164,12 +194,44 @@ class WSGIMiddleware:
         except Exception as exc:
             failed = exc
         header = _linked.follow_header(self.policy.service, r.run, r.divergences)
+        linked = _linked.linked_header(r.run)
         if not started or failed is not None:
-            start_response("500 Internal Server Error", [header])
+            start_response("500 Internal Server Error", [header, linked])
             return [f"replay failed: {failed}".encode()]
         status, headers, exc_info = started[0]
-        start_response(status, [*headers, header], exc_info)
+        start_response(status, [*headers, header, linked], exc_info)
         return body
+
+
+def _short_answer(decision: Decision) -> tuple[int, list[tuple[str, str]], bytes]:
+    """The answer to a follow probe (204, naming the run to replay) or to a follow request
+    this service refuses (409, why): the app runs for neither."""
+    if decision.action == "probe" and decision.linked is not None:
+        return 204, [_linked.linked_header(decision.linked)], b""
+    return 409, [("content-type", "text/plain; charset=utf-8")], decision.reason.encode()
+
+
+def _answering(send: Send, run: Any) -> Send:
+    """``send`` with the ``replayable-linked`` header added to the response's start."""
+    name, value = _linked.linked_header(run)
+    header = (name.encode("latin-1"), value.encode("latin-1"))
+
+    async def answer(message: Message) -> None:
+        if message.get("type") == "http.response.start":
+            message = {**message, "headers": [*message.get("headers", ()), header]}
+        await send(message)
+
+    return answer
+
+
+def _answering_wsgi(start_response: Callable[..., Any], run: Any) -> Callable[..., Any]:
+    """``start_response`` with the ``replayable-linked`` header added."""
+    header = _linked.linked_header(run)
+
+    def respond(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        return start_response(status, [*headers, header], exc_info)
+
+    return respond
 
 
 def _drain(result: Iterable[bytes]) -> Iterator[bytes]:

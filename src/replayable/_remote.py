@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import contextvars
+import importlib
 import logging
 import threading
 from collections.abc import Awaitable, Callable, Iterable, Mapping
@@ -200,6 +201,10 @@ def register_recorded(events: Iterable[Any]) -> None:
         if ev.kind == KIND and ev.boundary.startswith("http:"):
             method = ev.boundary[5:].split(" ", 1)[0]
             remote_boundary(ev.boundary, method not in SAFE_METHODS)
+        elif ev.kind == KIND and ev.boundary.startswith("a2a:message/send "):
+            # By name: the integration imports the A2A SDK only when a client is instrumented.
+            a2a = importlib.import_module("replayable.integrations.a2a")
+            a2a.register_recorded(ev.boundary)
 
 
 @dataclass(slots=True)

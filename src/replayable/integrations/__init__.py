@@ -145,6 +145,13 @@ INTEGRATIONS: list[Integration] = [
         from_modules("mcp"),
     ),
     Integration(
+        "a2a",
+        "replayable.integrations.a2a",
+        "a2a",
+        "a2a.client.Client (from create_client or ClientFactory)",
+        from_modules("a2a"),
+    ),
+    Integration(
         "http",
         "replayable.integrations.http",
         "http",

@@ -111,3 +111,31 @@ class TestDiffFollow:
         changed = [p["a"]["address"] for p in followed["pairs"] if p["status"] == "changed"]
         assert inside in changed
         assert not followed["identical"]
+
+    def test_repeated_store_finds_the_linked_runs(self, tmp_path: Path) -> None:
+        """diff --follow --store A --store B: billing's runs come from the second store."""
+        run_a, caller_db, billing_db = _incident(tmp_path)
+        services.BILLING["version"] = 2
+        try:
+            run_b, _, _ = _incident(tmp_path)
+        finally:
+            services.BILLING["version"] = 1
+        args = ["diff", run_a.id, run_b.id, "--follow", "--json"]
+        stores = ["--store", str(caller_db), "--store", str(billing_db)]
+        followed = orjson.loads(CliRunner().invoke(main, [*args, *stores]).output)
+        inside = "http:POST billing/charge/0 > billing: billing:insert_charge/0"
+        changed = [p["a"]["address"] for p in followed["pairs"] if p["status"] == "changed"]
+        assert inside in changed
+        alone = CliRunner().invoke(main, [*args, "--store", str(caller_db)]).output
+        assert inside not in alone
+
+    def test_a_run_in_the_second_store_is_found(self, tmp_path: Path) -> None:
+        """The runs compared are looked up in each --store in turn."""
+        run, caller_db, billing_db = _incident(tmp_path)
+        (callee,) = rp.open_store(billing_db).list_runs()
+        result = CliRunner().invoke(
+            main,
+            ["diff", run.id, callee.id, "--store", str(caller_db), "--store", str(billing_db)],
+        )
+        assert result.exit_code == 1, result.output
+        assert "Traceback" not in result.output

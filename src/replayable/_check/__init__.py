@@ -139,6 +139,7 @@ def check(
     save_to: Store | str | os.PathLike[str] | None = None,
     progress: ProgressFn | None = None,
     follow: bool = False,
+    linked: Iterable[Store | str | os.PathLike[str]] = (),
 ) -> CheckReport:
     """Replay every selected recorded run against the code as it is now, and sort the runs.
 
@@ -159,6 +160,8 @@ def check(
     ``follow=True``: a run another service recorded for a step of a selected run (a linked
     run, :attr:`~replayable.Run.parent`) counts as part of its caller: it is not listed on its
     own, and when it diverged or failed, so did its caller (the detail names the service).
+    Linked runs are found in ``store`` and in each of the ``linked`` stores (other services'
+    stores): those found there for a selected run are checked with it.
 
     >>> import os
     >>> import replayable as rp
@@ -221,33 +224,43 @@ def check(
         }.items()
         if v is not None
     }
+    if linked and not follow:
+        raise ValueError("linked= names where follow=True finds linked runs: pass follow=True")
+    sources: list[tuple[Store, list[tuple[Run | None, str | None]]]] = [(src, chosen)]
+    if follow:
+        others = [src, *(open_store(x, must_exist=True) for x in linked)]
+        sources += _linked_runs([r for r, _ in chosen if r is not None], others)
     dask = executor == "dask"
-    ship = dask and not _store_url(src).startswith(("postgresql://", "postgres://"))
     workers = jobs if not dask else 8
-    size = _batches(len(chosen), workers)
     tasks: list[Task] = []
-    for start in range(0, len(chosen), size):
-        items = []
-        for i, (run, path) in enumerate(chosen[start : start + size], start=start):
-            head = run.to_dict() if run is not None else None
-            label = path or (run.id if run is not None else "")
-            if ship:
-                data = _trace_bytes(src, run) if run is not None and not path else b""
-                if path:
-                    data = Path(path).read_bytes()
-                items.append(Item(i, run=head, data=data, label=label))
-            else:
-                items.append(Item(i, run=head, path=path, label=label))
-        tasks.append(
-            Task(
-                items=items,
-                store=None if ship or chosen[start][1] else _store_url(src),
-                imports=mods,
-                live=tuple(live),
-                check_id=check_id,
-                sys_path=tuple(p for p in sys.path if p) if not dask else (),
+    index = 0
+    for where, entries in sources:
+        ship = dask and not _store_url(where).startswith(("postgresql://", "postgres://"))
+        size = _batches(len(entries), workers)
+        for start in range(0, len(entries), size):
+            items = []
+            for run, path in entries[start : start + size]:
+                head = run.to_dict() if run is not None else None
+                label = path or (run.id if run is not None else "")
+                if ship:
+                    data = _trace_bytes(where, run) if run is not None and not path else b""
+                    if path:
+                        data = Path(path).read_bytes()
+                    items.append(Item(index, run=head, data=data, label=label))
+                else:
+                    items.append(Item(index, run=head, path=path, label=label))
+                index += 1
+            tasks.append(
+                Task(
+                    items=items,
+                    store=None if ship or entries[start][1] else _store_url(where),
+                    imports=mods,
+                    live=tuple(live),
+                    check_id=check_id,
+                    sys_path=tuple(p for p in sys.path if p) if not dask else (),
+                )
             )
-        )
+    chosen = [entry for _, entries in sources for entry in entries]
     done: list[Done] = []
     total = len(chosen)
     if progress is not None:
@@ -294,6 +307,31 @@ def check(
 _WORSE = {"unchanged": 0, "not_replayable": 0, "diverged": 1, "failed": 2}
 """How bad an outcome is for a caller whose linked run had it (a linked run no root call
 replays is the caller's concern only)."""
+
+
+def _linked_runs(
+    runs: list[Run], stores: list[Store], depth: int = 8
+) -> list[tuple[Store, list[tuple[Run | None, str | None]]]]:
+    """The runs other services recorded for steps of ``runs`` (and, nested, of those), found in
+    ``stores``, by store; a run is taken once, so a forged loop of links ends."""
+    from replayable._linked import callees
+
+    seen = {r.id for r in runs}
+    found: dict[int, list[tuple[Run | None, str | None]]] = {}
+    level = list(runs)
+    for _ in range(depth):
+        nxt: list[Run] = []
+        for run in level:
+            for i, store in enumerate(stores):
+                for callee in callees(store, run.id):
+                    if callee.id not in seen and callee.parent_run is None:
+                        seen.add(callee.id)
+                        found.setdefault(i, []).append((callee, None))
+                        nxt.append(callee)
+        if not nxt:
+            break
+        level = nxt
+    return [(stores[i], entries) for i, entries in sorted(found.items())]
 
 
 def _fold_callees(

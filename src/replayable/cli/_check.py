@@ -102,7 +102,16 @@ def junit_cases(report: CheckReport) -> list[JUnitCase]:
 
 @main.command("check")
 @import_option
-@store_option
+@click.option(
+    "--store",
+    "store_urls",
+    multiple=True,
+    envvar="REPLAYABLE_STORE",
+    show_envvar=True,
+    help="Store URL or path: sqlite:///x.db, postgresql://..., a .db file or a directory of "
+    "trace files; its runs are checked. Repeatable with --follow: the further stores (other "
+    "services') are where linked runs are found too. Default: .replayable/traces.db",
+)
 @selection_options(runs=False)
 @click.option(
     "--live",
@@ -135,13 +144,14 @@ def junit_cases(report: CheckReport) -> list[JUnitCase]:
 @click.option(
     "--follow",
     is_flag=True,
-    help="Count a run another service recorded for a step of a checked run (same store) as "
-    "part of that run: not listed on its own; its divergence or failure is its caller's.",
+    help="Count a run another service recorded for a step of a checked run (found in any "
+    "--store) as part of that run: checked with it, not listed on its own; its divergence or "
+    "failure is its caller's.",
 )
 @handle_errors
 def check_cmd(
     modules: tuple[str, ...],
-    store_url: str | None,
+    store_urls: tuple[str, ...],
     selection: Selection,
     live: tuple[str, ...],
     jobs: int,
@@ -169,6 +179,8 @@ def check_cmd(
     replayable check --import my_agent --jobs 4 --sample 500 --seed 1
     replayable check --import my_agent --store postgresql://... \\
         --executor dask --address tcp://10.0.0.5:8786
+    replayable check --import my_agent --import billing --follow \\
+        --store agent.db --store billing-traces.db
     """
     if executor == "dask" and not address:
         raise click.UsageError("--executor dask needs --address tcp://HOST:PORT")
@@ -176,8 +188,14 @@ def check_cmd(
         raise click.UsageError("--address is for --executor dask")
     if executor == "dask" and jobs != 1:
         raise click.UsageError("--jobs is for the local executor; size the Dask cluster instead")
+    if len(store_urls) > 1 and not follow:
+        raise click.UsageError(
+            "check replays the runs of one --store; more stores are where --follow finds the "
+            "runs other services linked to them: add --follow"
+        )
     import_modules(modules)
-    store = get_store(store_url)
+    store = get_store(store_urls[0] if store_urls else None)
+    linked = [get_store(u) for u in store_urls[1:]]
     update, stop = _progress()
     try:
         report = check(
@@ -198,6 +216,7 @@ def check_cmd(
             save_to=get_store(save_to, create=True) if save_to else None,
             progress=update,
             follow=follow,
+            linked=linked,
         )
     except ValueError as exc:
         stop()

@@ -6,7 +6,7 @@ import functools
 import os
 import re
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
 
@@ -17,7 +17,7 @@ from rich.segment import Segment
 
 from replayable._inert import inert_segments, visible
 from replayable._version import __version__
-from replayable.errors import ReplayableError
+from replayable.errors import ReplayableError, RunNotFound
 from replayable.store import Store, open_store
 from replayable.store import load_run as _load_run
 from replayable.store.base import parse_since as _parse_since
@@ -27,6 +27,7 @@ __all__ = [
     "console",
     "err_console",
     "fail",
+    "find_run",
     "handle_errors",
     "import_option",
     "load_run",
@@ -229,3 +230,22 @@ def main() -> None:
     Start with `replayable demo`. Runs live in .replayable/traces.db unless --store or
     $REPLAYABLE_STORE says otherwise.
     """
+
+
+def find_run(ref: str, urls: Sequence[str | None]) -> tuple[Run, list[Event], list[Store]]:
+    """The run ``ref`` names (a trace file, or an id in the first of the stores ``urls`` that
+    holds it; ``None``: the default store), and the stores to look for linked runs in."""
+    if ref.endswith(".jsonl") or Path(ref).is_file():
+        run, events = _load_run(ref, None)
+        return run, events, [get_store(u) for u in urls]
+    stores = [get_store(u) for u in urls] if urls else [get_store(None)]
+    missing: RunNotFound | None = None
+    for store in stores:
+        try:
+            run, events = _load_run(ref, store.url)
+        except RunNotFound as exc:
+            missing = missing or exc
+            continue
+        return run, events, stores
+    assert missing is not None
+    raise missing

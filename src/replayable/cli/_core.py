@@ -18,21 +18,20 @@ from replayable.cli._batch import parse_tags, valid_tags
 from replayable.cli._common import (
     console,
     fail,
+    find_run,
     get_store,
     handle_errors,
     import_option,
-    load_run,
     main,
     parse_since,
     store_option,
     valid_period,
 )
 from replayable.cli._render import find_event, run_table, step_detail, step_tree
-from replayable.errors import Divergence, ReplayableError, RunNotFound
+from replayable.errors import Divergence, ReplayableError
 from replayable.replay import Replay, replay
-from replayable.store import Store
 from replayable.store.base import RunQuery, RunStatus
-from replayable.trace import Event, Run
+from replayable.trace import Event
 
 
 @main.command("runs")
@@ -154,7 +153,7 @@ def show_cmd(
     personal data pseudonymized shows its pseudonyms; --reveal shows the real values instead,
     with the key.
     """
-    run, events, stores = _find_run(run_id, store_urls)
+    run, events, stores = find_run(run_id, store_urls)
     if reveal:
         from replayable._pii_vault import reveal_run
 
@@ -177,25 +176,6 @@ def show_cmd(
         click.echo(orjson.dumps(payload).decode())
         return
     out.print(step_tree(run, events, width=width, max_width=out.width, linked=linked))
-
-
-def _find_run(ref: str, urls: tuple[str, ...]) -> tuple[Run, list[Event], list[Store]]:
-    """The run ``ref`` names (a trace file, or an id in the first of the stores holding it),
-    and the stores to look for linked runs in."""
-    if ref.endswith(".jsonl") or Path(ref).is_file():
-        run, events = load_run(ref, None)
-        return run, events, [get_store(u) for u in urls]
-    stores = [get_store(u) for u in urls] if urls else [get_store(None)]
-    missing: RunNotFound | None = None
-    for store in stores:
-        try:
-            run, events = load_run(ref, store.url)
-        except RunNotFound as exc:
-            missing = missing or exc
-            continue
-        return run, events, stores
-    assert missing is not None
-    raise missing
 
 
 def _linked_json(linked: Mapping[str, list[Callee]]) -> dict[str, Any]:

@@ -18,9 +18,9 @@ from replayable._rundiff import diff_runs, run_usage
 from replayable.cli._common import (
     console,
     fail,
+    find_run,
     get_store,
     handle_errors,
-    load_run,
     main,
     parse_since,
     require_token,
@@ -35,26 +35,35 @@ from replayable.trace import Event, Run
 @main.command("diff")
 @click.argument("run_a")
 @click.argument("run_b")
-@store_option
+@click.option(
+    "--store",
+    "store_urls",
+    multiple=True,
+    envvar="REPLAYABLE_STORE",
+    show_envvar=True,
+    help="Store URL or path (sqlite:///x.db, postgresql://..., a .db file or a directory of "
+    "trace files); repeatable: each run is looked up in each in turn, and with --follow the "
+    "runs other services recorded for their steps are found in all of them. Default: "
+    ".replayable/traces.db",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the aligned steps as JSON.")
 @click.option(
     "--follow",
     is_flag=True,
     help="Treat the runs other services recorded for each run's remote steps as part of it "
-    "(their steps compared too, as 'STEP > service: ADDRESS').",
+    "(their steps compared too, as 'STEP > service: ADDRESS'), from any --store.",
 )
 @click.option(
     "--linked-store",
     "linked_urls",
     multiple=True,
-    help="With --follow: another service's store to find linked runs in (the --store is "
-    "searched too); repeatable.",
+    help="With --follow: one more store to find linked runs in (as another --store); repeatable.",
 )
 @handle_errors
 def diff_cmd(
     run_a: str,
     run_b: str,
-    store_url: str | None,
+    store_urls: tuple[str, ...],
     as_json: bool,
     follow: bool,
     linked_urls: tuple[str, ...],
@@ -65,11 +74,18 @@ def diff_cmd(
     ~ changed, - only in A, + only in B), then the first divergence with the field-level
     changes of its input, output and error. Exits 1 when the runs differ, like diff(1).
     Either run may be a trace file (.jsonl). With --follow, a step that called another service
-    brings the run that service recorded for it along (from --store or a --linked-store).
+    brings the run that service recorded for it along, from any store named with --store
+    (or --linked-store):
+
+    \b
+    replayable diff A B --follow --store agent.db --store billing-traces.db
     """
-    (a, events_a), (b, events_b) = load_run(run_a, store_url), load_run(run_b, store_url)
+    if linked_urls and not follow:
+        raise click.UsageError("--linked-store is where --follow finds linked runs: add --follow")
+    urls = (*store_urls, *linked_urls) if store_urls else (None, *linked_urls)
+    a, events_a, stores = find_run(run_a, urls)
+    b, events_b, _ = find_run(run_b, urls)
     if follow:
-        stores = [get_store(store_url), *(get_store(u) for u in linked_urls)]
         events_a = merged_events(events_a, linked_tree(a, stores))
         events_b = merged_events(events_b, linked_tree(b, stores))
     d = diff_runs(a, events_a, b, events_b)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import mcp
@@ -83,3 +84,61 @@ class TestMcpLinked:
         assert result.is_error
         assert "follow=True" in str(result.content[0].text)
         assert services.CALLS == []
+
+
+TRACEPARENT = f"00-{'a' * 32}-{'1' * 16}-01"
+FORGED_META = {
+    "wrong format": {"traceparent": "01-xyz", "baggage": "replayable=1!r1!record!a%2F0"},
+    "huge traceparent": {
+        "traceparent": TRACEPARENT + "0" * 20_000,
+        "baggage": "replayable=1!r1!record!a%2F0",
+    },
+    "huge baggage": {
+        "traceparent": TRACEPARENT,
+        "baggage": "replayable=1!r1!record!" + "a" * 9000,
+    },
+    "path run id": {"traceparent": TRACEPARENT, "baggage": "replayable=1!..%2F..%2Fx!record!a"},
+}
+
+
+class TestMcpForgedMeta:
+    """Context in a tool call's _meta comes from the network: it is never trusted."""
+
+    @pytest.mark.parametrize("case", sorted(FORGED_META))
+    async def test_malformed_context_links_nothing(
+        self, case: str, tools_store: Store, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """The tool runs as for any caller, no linked run is recorded, a warning is logged."""
+        caplog.set_level(logging.WARNING, "replayable")
+        services.CALLS.clear()
+        with Uvicorn(services.mcp_tools(tools_store), lifespan="on") as tools:
+            async with mcp.Client(tools.url + "/mcp") as client:
+                result = await client.call_tool(
+                    "check_stock", {"item": "mug"}, meta=FORGED_META[case]
+                )
+        assert not result.is_error
+        assert services.CALLS == ["mug"]
+        assert "replayable-linked" not in (result.meta or {})
+        assert tools_store.list_runs() == []
+        assert any("ignored" in r.getMessage() for r in caplog.records)
+
+    async def test_a_follow_naming_an_unknown_run_is_refused(
+        self, tools_store: Store, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """Even a server started with follow=True replays nothing and runs nothing for a run
+        its store does not link to that step."""
+        caplog.set_level(logging.WARNING, "replayable")
+        services.CALLS.clear()
+        meta = {
+            "traceparent": TRACEPARENT,
+            "baggage": prop.baggage_entry("r2", "x/0", "follow", prop.Link("nosuchrun", "y/0")),
+        }
+        app = services.mcp_tools(tools_store, follow=True)
+        with Uvicorn(app, lifespan="on") as tools:
+            async with mcp.Client(tools.url + "/mcp") as client:
+                result = await client.call_tool("check_stock", {"item": "mug"}, meta=meta)
+        assert result.is_error
+        assert services.CALLS == []
+        assert "replayable-follow" not in (result.meta or {})
+        assert tools_store.list_runs() == []
+        assert any("no run of this store" in r.getMessage() for r in caplog.records)

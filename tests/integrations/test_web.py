@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -169,9 +170,41 @@ class TestConcurrency:
             assert callee.parent.step == "tests:agent/0 > http:POST billing/charge/0"
             assert next(callee.events()).input == {"user": user}
 
+    async def test_twenty_interleaved_tasks(self, billing_db: str, billing_store: Store) -> None:
+        """20 caller runs as asyncio tasks on one loop and one client, each callee run linked to
+        its own caller step."""
+        async with rp.instrument(httpx.AsyncClient(), service="billing") as client:
+
+            @rp.boundary(kind="agent", name="tests:async_agent")
+            async def agent(url: str, user: str) -> int:
+                await asyncio.sleep(0)  # let the other tasks interleave
+                reply = await client.post(url + "/charge", json={"user": user, "cents": 1})
+                return int(reply.json()["risk"])
+
+            async def one(i: int, url: str) -> tuple[str, str]:
+                async with rp.record(name=f"agent-{i}") as run:
+                    await agent(url, f"user{i:02d}")
+                return run.id, f"user{i:02d}"
+
+            with Uvicorn(services.fastapi_billing(billing_db, billing_store)) as billing:
+                done = await asyncio.gather(*(one(i, billing.url) for i in range(20)))
+        callees = [r for r in billing_store.list_runs() if r.parent_run is None]
+        assert len(callees) == 20
+        by_parent = {r.parent.run: r for r in callees if r.parent is not None}
+        assert sorted(by_parent) == sorted(run_id for run_id, _ in done)
+        for run_id, user in done:
+            callee = by_parent[run_id]
+            assert callee.parent is not None
+            assert callee.parent.step == "tests:async_agent/0 > http:POST billing/charge/0"
+            assert next(callee.events()).input == {"user": user}
+
 
 FORGED = {
     "wrong traceparent": {"traceparent": "01-xyz", "baggage": "replayable=1!r1!record!a%2F0"},
+    "huge traceparent": {
+        "traceparent": f"00-{'a' * 32}-{'1' * 16}-01" + "0" * 20_000,
+        "baggage": "replayable=1!r1!record!a%2F0",
+    },
     "zero trace id": {
         "traceparent": f"00-{'0' * 32}-{'1' * 16}-01",
         "baggage": "replayable=1!r1!record!a%2F0",

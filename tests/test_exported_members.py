@@ -19,6 +19,7 @@ EXPECTED = {
     "InvalidOtlp",
     "Keep",
     "NetworkRefused",
+    "NotCaptured",
     "PII",
     "PIIKeyError",
     "RecordedError",

@@ -13,6 +13,7 @@ The hierarchy::
     ├── UnknownBoundary             a boundary name that no registered boundary carries
     ├── UnsupportedClient           an integration was handed an object it cannot instrument
     ├── InvalidOtlp                 an OTLP export request or file that cannot be imported
+    ├── NotCaptured                 an imported step lacks the content a replay must serve
     ├── NetworkRefused              a replay tried to reach the network and no boundary served it
     ├── PIIKeyError                 personal data needs a key that is missing or not the run's
     ├── RecordedError               a recorded exception whose type cannot be rebuilt
@@ -37,6 +38,7 @@ __all__ = [
     "InvalidInput",
     "InvalidOtlp",
     "NetworkRefused",
+    "NotCaptured",
     "PIIKeyError",
     "RecordedError",
     "ReplayableError",
@@ -244,6 +246,19 @@ class InvalidOtlp(ReplayableError, ValueError):
         self.line = line
         self.status = status
         super().__init__(message if line is None else f"line {line}: {message}")
+
+
+class NotCaptured(ReplayableError):
+    """An imported run's step cannot be served: the trace did not capture its content (or not in
+    a form replayable can rebuild). ``setting`` names what captures it where the app runs."""
+
+    def __init__(
+        self, message: str, *, run_id: str = "", address: str = "", setting: str = ""
+    ) -> None:
+        self.run_id = run_id
+        self.address = address
+        self.setting = setting
+        super().__init__(message)
 
 
 class NetworkRefused(ReplayableError):

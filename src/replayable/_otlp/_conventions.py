@@ -153,6 +153,7 @@ def _llm_view(
     missing = [
         name
         for name, value in (
+            ("model", model),
             ("messages", messages),
             ("output", choices),
             ("tools", tools),
@@ -181,7 +182,8 @@ def _llm_view(
     for k in _SAMPLING:
         if k in parameters:
             meta[k] = parameters[k]
-    name = f"{model}" if isinstance(model, str) and model else span.name or kind
+    named = model or response_model
+    name = f"{named}" if isinstance(named, str) and named else span.name or kind
     return StepView(
         kind,
         name,
@@ -485,7 +487,9 @@ def _openinference(span: Span) -> StepView:
         )
         params = parse_json(a.get("llm.invocation_parameters"))
         params = params if isinstance(params, dict) else {}
-        model = a.get("llm.model_name") or params.get("model")
+        # llm.model_name is what the provider answered with (a dated snapshot); the request's
+        # model, which a replayed call is compared with, is in the invocation parameters.
+        model = params.get("model") or params.get("model_name") or a.get("llm.model_name")
         tools = unflatten(a, "llm.tools.")
         tool_list = (
             [
@@ -515,7 +519,8 @@ def _openinference(span: Span) -> StepView:
             parameters={k: v for k, v in params.items() if k not in ("model", "messages", "tools")},
             tools=tool_list or None,
             usage=_usage(a.get("llm.token_count.prompt"), a.get("llm.token_count.completion")),
-            response_model=resp.get("model") if isinstance(resp, dict) else None,
+            response_model=(resp.get("model") if isinstance(resp, dict) else None)
+            or a.get("llm.model_name"),
             response_id=resp_id,
         )
     name = span.name or kind
@@ -575,7 +580,9 @@ def _langfuse(span: Span) -> StepView:
     inp = parse_json(a.get("langfuse.observation.input"))
     out = parse_json(a.get("langfuse.observation.output"))
     if kind == "llm":
+        tools = None
         if isinstance(inp, dict) and isinstance(inp.get("messages"), list):
+            tools = inp.get("tools") if isinstance(inp.get("tools"), list) else None
             inp = inp["messages"]
         messages = [openai_message(m) for m in inp] if isinstance(inp, list) else None
         if messages is None and isinstance(inp, str):
@@ -599,19 +606,22 @@ def _langfuse(span: Span) -> StepView:
         params = parse_json(a.get("langfuse.observation.model.parameters"))
         usage = parse_json(a.get("langfuse.observation.usage_details"))
         usage = usage if isinstance(usage, dict) else {}
+        # Langfuse's model name is the one the provider answered with (its OpenAI integration
+        # overwrites the requested one), so it is the response's model, not the request's.
         return _llm_view(
             span,
             "langfuse",
-            model=a.get("langfuse.observation.model.name") or a.get("gen_ai.request.model"),
+            model=a.get("gen_ai.request.model"),
             messages=messages,
             choices=choices,
             parameters=params if isinstance(params, dict) else {},
-            tools=None,
+            tools=tools,
             usage=_usage(
                 usage.get("input", usage.get("prompt_tokens")),
                 usage.get("output", usage.get("completion_tokens")),
             ),
-            response_model=a.get("gen_ai.response.model"),
+            response_model=a.get("langfuse.observation.model.name")
+            or a.get("gen_ai.response.model"),
         )
     name = span.name or kind
     meta = _clean({"langfuse_type": lf_type, "level": a.get("langfuse.observation.level")})

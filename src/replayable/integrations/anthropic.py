@@ -18,12 +18,15 @@ objects rebuilt from the recording, and never calls out.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from types import ModuleType
 from typing import Any
 
+from replayable._otlp._conventions import parse_json
 from replayable.integrations._auto import after_init
 from replayable.integrations._stainless import ClientFamily, Route
+from replayable.integrations._steps import ChatShape, Reply, register_shape
 
 __all__ = ["IGNORED", "ROUTES", "instrument", "instrument_library"]
 
@@ -111,3 +114,128 @@ def instrument_library(module: ModuleType) -> None:
         cls = getattr(module, name, None)
         if isinstance(cls, type):
             after_init(cls, instrument)
+
+
+# -- imported traces: a chat step read from a request, answered as Anthropic would --------------
+
+_STOP = {"tool_calls": "tool_use", "tool_call": "tool_use", "stop": "end_turn"}
+_STOP.update({"length": "max_tokens", "content_filter": "refusal"})
+
+
+def _text(content: Any) -> str | None:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        texts = [b.get("text") for b in content if isinstance(b, dict) and b.get("type") == "text"]
+        return "".join(t for t in texts if isinstance(t, str))
+    return None
+
+
+def messages_request(body: Any) -> dict[str, Any]:
+    """A Messages request body as a chat step's request: the system prompt as the first
+    message, tool uses as tool calls, each tool result as a ``tool`` message."""
+    body = body if isinstance(body, dict) else {}
+    out: list[dict[str, Any]] = []
+    system = _text(body.get("system"))
+    if system:
+        out.append({"role": "system", "content": system})
+    for m in body.get("messages") or ():
+        if not isinstance(m, dict):
+            continue
+        content = m.get("content")
+        blocks = content if isinstance(content, list) else []
+        for b in blocks:
+            if isinstance(b, dict) and b.get("type") == "tool_result":
+                result = _text(b.get("content"))
+                tool = {"role": "tool", "tool_call_id": b.get("tool_use_id"), "content": result}
+                out.append({k: v for k, v in tool.items() if v is not None})
+        calls = [
+            {"id": b.get("id"), "name": b.get("name"), "arguments": b.get("input")}
+            for b in blocks
+            if isinstance(b, dict) and b.get("type") == "tool_use"
+        ]
+        text = (
+            content
+            if isinstance(content, str)
+            else _text([b for b in blocks if isinstance(b, dict) and b.get("type") == "text"])
+        )
+        if not text and not calls and blocks:
+            continue  # only tool results: carried as tool messages above
+        msg: dict[str, Any] = {"role": m.get("role", "user")}
+        if text:
+            msg["content"] = text
+        if calls:
+            msg["tool_calls"] = calls
+        out.append(msg)
+    return {"model": body.get("model"), "messages": out}
+
+
+def _blocks(reply: Reply) -> list[dict[str, Any]]:
+    blocks: list[dict[str, Any]] = []
+    if reply.text:
+        blocks.append({"type": "text", "text": reply.text})
+    for c in reply.tool_calls:
+        args = c.get("arguments")
+        args = parse_json(args) if isinstance(args, str) else args
+        blocks.append(
+            {
+                "type": "tool_use",
+                "id": c["id"],
+                "name": c.get("name"),
+                "input": args if isinstance(args, dict) else {},
+            }
+        )
+    return blocks
+
+
+def message_answer(reply: Reply, body: Any) -> dict[str, Any]:
+    """An imported answer as the ``Message`` body the Anthropic API returns."""
+    return {
+        "id": reply.id or "msg_imported",
+        "type": "message",
+        "role": "assistant",
+        "model": reply.model or (body.get("model") if isinstance(body, dict) else None),
+        "content": _blocks(reply),
+        "stop_reason": _STOP.get(reply.finish_reason, reply.finish_reason),
+        "stop_sequence": None,
+        "usage": {"input_tokens": reply.input_tokens, "output_tokens": reply.output_tokens},
+    }
+
+
+def message_stream_answer(reply: Reply, body: Any) -> list[Any]:
+    """An imported answer as the events of a streamed message: message_start, each content
+    block (start, one delta, stop), message_delta with the stop reason, message_stop."""
+    whole = message_answer(reply, body)
+    usage = whole["usage"]
+    start = {**whole, "content": [], "stop_reason": None, "usage": {**usage, "output_tokens": 0}}
+    events: list[Any] = [
+        {"$open": {"status": 200, "headers": {"content-type": "text/event-stream"}}},
+        {"type": "message_start", "message": start},
+    ]
+    for i, block in enumerate(whole["content"]):
+        if block["type"] == "text":
+            empty: dict[str, Any] = {"type": "text", "text": ""}
+            delta = {"type": "text_delta", "text": block["text"]}
+        else:
+            empty = {**block, "input": {}}
+            delta = {"type": "input_json_delta", "partial_json": json.dumps(block["input"])}
+        events += [
+            {"type": "content_block_start", "index": i, "content_block": empty},
+            {"type": "content_block_delta", "index": i, "delta": delta},
+            {"type": "content_block_stop", "index": i},
+        ]
+    events += [
+        {
+            "type": "message_delta",
+            "delta": {"stop_reason": whole["stop_reason"], "stop_sequence": None},
+            "usage": {"output_tokens": usage["output_tokens"]},
+        },
+        {"type": "message_stop"},
+    ]
+    return events
+
+
+register_shape("anthropic:messages.create", ChatShape(messages_request, message_answer))
+register_shape(
+    "anthropic:messages.create_stream", ChatShape(messages_request, message_stream_answer)
+)

@@ -36,10 +36,12 @@ from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from replayable._otlp._conventions import openai_message, parse_json
 from replayable.boundary import Boundary, boundary
 from replayable.context import SESSION
 from replayable.errors import UnsupportedClient
 from replayable.integrations._langchain_codec import CODEC, LangChainCodec, jsonable, message_view
+from replayable.integrations._steps import ChatShape, Reply, register_shape
 
 __all__ = ["LangChainCodec", "instrument", "instrument_model", "instrument_tool"]
 
@@ -305,8 +307,78 @@ def instrument_model(model: Any) -> Any:
             # (patched), and LangChain checks whether _stream is overridden to know it streams.
             if getattr(cls, attr) is not getattr(BaseChatModel, attr):
                 _patch(cls, attr, wrapper)
+    register_shape(f"langchain:{cls.__name__}", _SHAPE)
     object.__setattr__(model, _MARK, {"kind": "model"})
     return model
+
+
+# -- imported traces: a chat step read from a model call, answered as a ChatResult ----------------
+
+_ROLES = {"system": "system", "human": "user", "ai": "assistant", "tool": "tool"}
+_ROLES.update({"SystemMessageChunk": "system", "HumanMessageChunk": "user"})
+_ROLES.update({"AIMessageChunk": "assistant", "ToolMessageChunk": "tool"})
+
+
+def chat_request(data: Any) -> dict[str, Any]:
+    """A chat model call as recorded (identifying parameters, message views) as a chat
+    step's request."""
+    data = data if isinstance(data, dict) else {}
+    params = data.get("model") if isinstance(data.get("model"), dict) else {}
+    messages = []
+    for m in data.get("messages") or ():
+        if not isinstance(m, dict):
+            messages.append(openai_message(m))
+            continue
+        calls = [
+            {"id": c.get("id"), "function": {"name": c.get("name"), "arguments": c.get("args")}}
+            for c in m.get("tool_calls") or ()
+            if isinstance(c, dict)
+        ]
+        role = _ROLES.get(str(m.get("type")), m.get("role") or "user")
+        messages.append(openai_message({**m, "role": role, "tool_calls": calls}))
+    return {"model": params.get("model_name") or params.get("model"), "messages": messages}
+
+
+def chat_answer(reply: Reply, data: Any) -> list[Any]:
+    """An imported answer as what a chat model boundary records: one ``ChatResult`` holding
+    an ``AIMessage`` with the text, tool calls, usage and finish reason (a streamed call is
+    served its chunks from it)."""
+    from langchain_core.messages import AIMessage
+    from langchain_core.outputs import ChatGeneration, ChatResult
+
+    params = data.get("model") if isinstance(data, dict) else None
+    model = reply.model or (params.get("model_name") if isinstance(params, dict) else None)
+    calls = []
+    for c in reply.tool_calls:
+        args = c.get("arguments")
+        args = parse_json(args) if isinstance(args, str) else args
+        args = args if isinstance(args, dict) else {}
+        calls.append({"name": str(c.get("name")), "args": args, "id": c["id"], "type": "tool_call"})
+    usage = {
+        "input_tokens": reply.input_tokens,
+        "output_tokens": reply.output_tokens,
+        "total_tokens": reply.input_tokens + reply.output_tokens,
+    }
+    info = {"finish_reason": reply.finish_reason, "model_name": model}
+    message = AIMessage(
+        content=reply.text or "",
+        tool_calls=calls,
+        usage_metadata=usage,
+        response_metadata={k: v for k, v in info.items() if v is not None},
+        id=reply.id,
+    )
+    result = ChatResult(
+        generations=[
+            ChatGeneration(
+                message=message, generation_info={"finish_reason": info["finish_reason"]}
+            )
+        ],
+        llm_output={"model_name": model, "token_usage": usage},
+    )
+    return [CODEC.encode(result)]
+
+
+_SHAPE = ChatShape(chat_request, chat_answer)
 
 
 # -- tools ----------------------------------------------------------------------------------------

@@ -1,0 +1,305 @@
+"""Replay of an imported run: the matcher and the server a replay policy holds when its source
+was traced by another tool (OpenTelemetry GenAI, OpenInference, Logfire, Langfuse).
+
+A trace carries less than a recording: often no tool schemas, no sampling parameters, sometimes
+no message content, and its span tree is the tracer's, not the instrumented code's (an SDK's
+span nests under framework spans replayable never sees). So an imported step answers a call by
+what the trace has:
+
+- an ``llm`` call takes the next imported ``llm`` step (in start order) and is compared on the
+  model and the messages, each message on the fields the trace kept (role, content, tool calls
+  with their arguments, the tool call it answers);
+- a ``tool`` call (or any other kind) takes the next imported step of its kind whose name is the
+  tool's (``refund`` answers ``myapp.tools:refund``, ``langchain:tool.refund``...), compared on
+  its arguments;
+- the steps that stand for the agent's own code (``agent``, ``chain``, plain spans) answer no call:
+  that code runs.
+
+A changed call is a divergence, as in a native replay. An ``llm`` step is served as the SDK's own
+answer through the integration's :class:`~replayable.integrations._steps.ChatShape` and its codec;
+a tool step as its recorded result. A step whose content the trace did not capture cannot be
+served: :class:`~replayable.errors.NotCaptured` names the setting that captures it.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from replayable import canonical
+from replayable._diff import diff_values
+from replayable._engine import Match, Serve
+from replayable._otlp._conventions import CAPTURE_HINTS, openai_message, parse_json
+from replayable.errors import Divergence, NotCaptured
+
+if TYPE_CHECKING:
+    from replayable._replayer import RecordedRun
+    from replayable.boundary import Boundary
+    from replayable.context import Frame
+    from replayable.trace import Event, Run
+
+__all__ = [
+    "COMPARED",
+    "ImportedMatcher",
+    "ImportedServer",
+    "chat_view",
+    "coverage",
+    "is_imported",
+    "tool_name",
+]
+
+COMPARED = {"llm": ("model", "messages"), "tool": ("arguments",)}
+"""What an imported step of each kind is compared on, when the trace carries it."""
+_NEVER = {"llm": ("tools", "parameters")}
+"""What an imported step carries but a replay does not compare: tool schemas and sampling
+parameters are spelled differently by every SDK and tracer."""
+_CODE_KINDS = frozenset({"agent", "chain", "span"})
+"""Kinds of imported steps that stand for the agent's own code: it runs, they answer no call."""
+
+
+def is_imported(run: Run) -> bool:
+    """Whether ``run`` was imported from OTLP (and so replays with these parts)."""
+    source = run.metadata.get("source") if isinstance(run.metadata, dict) else None
+    return isinstance(source, dict) and source.get("format") == "otlp"
+
+
+def tool_name(boundary: str) -> str:
+    """The name a tracer gives the tool behind a boundary: its function's bare name
+    (``myapp.tools:refund`` and ``langchain:tool.refund`` are both ``refund``)."""
+    return boundary.rsplit(":", 1)[-1].rsplit(".", 1)[-1]
+
+
+def _step_name(ev: Event) -> str:
+    return ev.boundary.split(":", 1)[1] if ":" in ev.boundary else ev.boundary
+
+
+# -- comparing a live call with an imported step ------------------------------------------------
+
+
+def _content(value: Any) -> Any:
+    """Message content as compared: JSON text parsed (a tool result traced as text or as an
+    object is the same result), empty as absent."""
+    if value in ("", None, []):
+        return None
+    return parse_json(value) if isinstance(value, str) else value
+
+
+def _message(m: dict[str, Any]) -> dict[str, Any]:
+    """A common-shape message as compared: a message answering a tool call is a ``tool``
+    message whatever role its SDK gives it."""
+    out: dict[str, Any] = {"role": "tool" if m.get("tool_call_id") else m.get("role")}
+    content = _content(m.get("content"))
+    if content is not None:
+        out["content"] = content
+    calls = [
+        {k: c[k] for k in ("id", "name", "arguments") if k in c}
+        for c in m.get("tool_calls") or ()
+        if isinstance(c, dict)
+    ]
+    if calls:
+        out["tool_calls"] = calls
+    if m.get("tool_call_id") is not None:
+        out["tool_call_id"] = m["tool_call_id"]
+    return out
+
+
+def _project(recorded: Any, live: Any) -> Any:
+    """``live`` reduced to the fields ``recorded`` carries, at every depth (lists compared item
+    by item; extra live items kept, so an added message shows)."""
+    if isinstance(recorded, dict) and isinstance(live, dict):
+        return {k: _project(recorded[k], live[k]) for k in recorded if k in live}
+    if isinstance(recorded, list) and isinstance(live, list):
+        head = [_project(r, v) for r, v in zip(recorded, live, strict=False)]
+        return head + live[len(recorded) :]
+    return live
+
+
+def chat_view(request: Any) -> dict[str, Any]:
+    """A chat request (common shape) as compared: the model and the messages."""
+    request = request if isinstance(request, dict) else {}
+    view: dict[str, Any] = {}
+    if isinstance(request.get("model"), str) and request["model"]:
+        view["model"] = request["model"]
+    messages = request.get("messages")
+    if isinstance(messages, list):
+        view["messages"] = [
+            _message(m if isinstance(m, dict) else openai_message(m)) for m in messages
+        ]
+    return view
+
+
+def _compare(ev: Event, live: Any) -> tuple[Any, Any]:
+    """(recorded, live) as compared. A model call: ``live`` reduced to what the trace kept of
+    the messages; a tool call: its arguments whole (a trace keeps them whole)."""
+    if ev.kind != "llm":
+        return (None, None) if ev.input is None else (ev.input, live)
+    recorded = chat_view(ev.input)
+    return recorded, _project(recorded, live)
+
+
+# -- the matcher --------------------------------------------------------------------------------
+
+
+class ImportedMatcher:
+    """Matches live calls to an imported run's steps by what the trace carries (see the module
+    docstring); takes the steps it matches from ``recording``."""
+
+    def __init__(self, recording: RecordedRun) -> None:
+        self.recording = recording
+        self.steps: dict[str, list[Event]] = defaultdict(list)
+        """Imported steps that answer calls, by kind, in start order."""
+        with recording.lock:
+            for seq in sorted(recording.events):
+                ev = recording.events[seq]
+                if ev.kind in _CODE_KINDS:
+                    recording.consumed.add(seq)  # the agent's code runs; nothing to report
+                else:
+                    self.steps[ev.kind].append(ev)
+        self.kinds_met: set[str] = set()
+
+    def match(self, frame: Frame) -> Match:
+        """Take the imported step that answers ``frame``'s call, with what differs."""
+        b = frame.b
+        assert b is not None
+        data, value, key = canonical.keyed_input(b, frame.data)
+        frame.data = data
+        frame.key = key
+        live = value if value is not None else orjson.loads(data)
+        if b.kind == "agent":
+            return Match(None, None, False, live)
+        llm = b.kind == "llm"
+        actual = self._view(b, live) if llm else live
+        rec = self.recording
+        with rec.lock:
+            cands = [
+                e
+                for e in self.steps.get(b.kind, ())
+                if e.seq not in rec.consumed and (llm or _step_name(e) in (b.name, tool_name(b.name)))
+            ]
+            if not cands:
+                if llm or b.kind == "tool" or b.side_effects or self.steps.get(b.kind):
+                    return Match(None, self._unexpected(b, frame, actual), False, live)
+                return Match(None, None, False, live)  # a kind the trace never has: it runs
+            self.kinds_met.add(b.kind)
+            for ev in cands:
+                recorded, projected = _compare(ev, actual)
+                if recorded == projected:
+                    return Match(rec.take(ev), None, False, live)
+            ev = rec.take(cands[0])
+        recorded, projected = _compare(ev, actual)
+        return Match(
+            ev,
+            Divergence(
+                reason="changed",
+                address=ev.address,
+                boundary=b.name,
+                recorded_input=recorded,
+                actual_input=projected,
+                changes=diff_values(recorded, projected),
+                run_id=rec.source.id,
+            ),
+            False,
+            live,
+        )
+
+    @staticmethod
+    def _view(b: Boundary, live: Any) -> dict[str, Any]:
+        from replayable.integrations._steps import shape_of
+
+        shape = shape_of(b.name)
+        return chat_view(shape.request(live) if shape is not None else live)
+
+    def _unexpected(self, b: Boundary, frame: Frame, actual: Any) -> Divergence:
+        return Divergence(
+            reason="unexpected",
+            address=frame.address,
+            boundary=b.name,
+            actual_input=actual,
+            run_id=self.recording.source.id,
+            detail=f"the imported trace has no {b.kind} step left"
+            + ("" if b.kind == "llm" else f" named {tool_name(b.name)!r}"),
+        )
+
+    def report_lines(self) -> list[str]:
+        """Once per step kind the replay met: what its steps were compared on, and what the
+        trace did not carry and so was not compared."""
+        return coverage(self.recording.source, self.kinds_met)
+
+
+def coverage(source: Run, kinds: set[str] | None = None) -> list[str]:
+    """Per step kind (those in ``kinds``, else every kind compared), what imported steps are
+    compared on and what the trace did not carry."""
+    meta = source.metadata.get("source") if isinstance(source.metadata, dict) else None
+    missing = meta.get("not_carried") if isinstance(meta, dict) else None
+    missing = missing if isinstance(missing, dict) else {}
+    lines = []
+    for kind, fields in COMPARED.items():
+        if kinds is not None and kind not in kinds:
+            continue
+        absent = [str(f) for f in missing.get(kind) or ()]
+        absent = ["arguments" if f == "input" else f for f in absent]
+        compared = [f for f in fields if f not in absent]
+        never = [f for f in _NEVER.get(kind, ()) if f not in absent]
+        line = f"imported {kind} steps compared on: {', '.join(compared) or 'nothing'}"
+        if absent:
+            line += f"; not carried by the trace, so not compared: {', '.join(absent)}"
+        if never:
+            line += f"; not compared for imported steps: {', '.join(never)}"
+        lines.append(line)
+    return lines
+
+
+# -- the server ---------------------------------------------------------------------------------
+
+
+class ImportedServer:
+    """Serves an imported step: an ``llm`` step as the SDK's own answer (the integration's
+    :class:`~replayable.integrations._steps.ChatShape`), any other as its recorded result."""
+
+    def __init__(self, recording: RecordedRun) -> None:
+        self.source = recording.source
+
+    def serve(self, frame: Frame, ev: Event) -> Serve:
+        """Serve the imported step ``ev`` to ``frame``'s call, or raise :class:`NotCaptured`."""
+        b = frame.b
+        assert b is not None
+        otel = ev.meta.get("otel") if isinstance(ev.meta, dict) else None
+        otel = otel if isinstance(otel, dict) else {}
+        if ev.error is not None:
+            return Serve(None, ev.error)
+        if otel.get("content_captured") is False or ev.output is None:
+            raise self._not_captured(b, ev, otel)
+        if ev.kind != "llm":
+            return Serve(ev.output)
+        from replayable.integrations._steps import reply_of, shape_of
+
+        shape = shape_of(b.name)
+        if shape is None:
+            raise NotCaptured(
+                f"cannot serve {b.name} at {ev.address} of imported run {self.source.id}: "
+                "imported model answers are rebuilt for the OpenAI, Anthropic and LangChain "
+                "integrations; make the model call through an instrumented client "
+                "(rp.instrument(client)) or name the boundary in live=[...]"
+            )
+        answer = shape.answer(reply_of(ev.output), orjson.loads(frame.data))
+        if b.is_gen or b.is_agen:
+            return Serve(answer if isinstance(answer, list) else [answer])
+        return Serve(answer)
+
+    def _not_captured(self, b: Boundary, ev: Event, otel: dict[str, Any]) -> NotCaptured:
+        convention = str(otel.get("convention") or "")
+        hint = otel.get("capture_hint") or CAPTURE_HINTS.get(convention)
+        what = "messages and answer" if ev.kind == "llm" else "arguments and result"
+        by = f" ({convention})" if convention else ""
+        return NotCaptured(
+            f"cannot serve {b.name} at {ev.address} of imported run {self.source.id}: the "
+            f"trace{by} did not capture this {ev.kind} step's {what}. "
+            + (f"To capture them, {hint}; then " if hint else "Capture content where the app "
+               "runs; then ")
+            + "trace the incident again (or name the boundary in live=[...])",
+            run_id=self.source.id,
+            address=ev.address,
+            setting=str(hint or ""),
+        )

@@ -44,8 +44,9 @@ import orjson
 
 from replayable import _network, canonical
 from replayable._diff import diff_values
-from replayable._engine import Ending, Engine, Match, Serve, Sink
+from replayable._engine import Ending, Engine, Match, Matcher, Serve, Server, Sink
 from replayable._follow import Follow
+from replayable._otlp._replay import ImportedMatcher, ImportedServer, is_imported
 from replayable._remote import followable
 from replayable._threads import EXECUTOR
 from replayable._version import __version__
@@ -394,8 +395,8 @@ class ReplayPolicy:
         live: Iterable[str],
         allow_side_effects: bool,
         strict: bool,
-        matcher: RecordingMatcher,
-        server: RecordedServer,
+        matcher: Matcher,
+        server: Server,
         fallback: Cassette | None = None,
         sandbox: AbstractContextManager[Any] | None = None,
         runner: Runner | None = None,
@@ -419,7 +420,11 @@ class ReplayPolicy:
         )
         """The follow part (``follow=True``): remote calls named in ``live`` ask their callee to
         replay its linked run, a side effect only as :mod:`replayable._follow`'s rule allows."""
-        self.live_names, self.live_calls = self._resolve_live(live, allowed)
+        if isinstance(matcher, ImportedMatcher):  # its steps are named by the tracer, not us
+            self.live_names = matcher.resolve_live(live, allowed)
+            self.live_calls: set[tuple[str, int]] = set()
+        else:
+            self.live_names, self.live_calls = self._resolve_live(live, allowed)
 
     @property
     def run(self) -> Run:
@@ -682,10 +687,13 @@ class Replay(AsyncToo["Replay"]):
         whatif = self.whatif.report_lines() if self.whatif is not None else []
         if whatif and whatif[0].startswith("fork of run"):
             head = whatif.pop(0)  # names the source and the fork point; "matched" would mislead
+        # An imported run's steps are compared on what its trace carries: said once per kind.
+        notes = s.matcher.report_lines() if isinstance(s.matcher, ImportedMatcher) else []
         if not s.divergences:
             tail = "no divergence" + ("" if whatif else ": the code took the recorded path")
-            return "\n".join([head, *whatif, tail])
-        lines = [head, *whatif, *(f"{i}. {d.describe()}" for i, d in enumerate(s.divergences, 1))]
+            return "\n".join([head, *notes, *whatif, tail])
+        lines = [head, *notes, *whatif]
+        lines += [f"{i}. {d.describe()}" for i, d in enumerate(s.divergences, 1)]
         if s.stopped_by is not None and s.stopped_by in s.divergences:
             at = s.divergences.index(s.stopped_by) + 1
             lines.append(
@@ -803,8 +811,8 @@ class ReplayParts:
 
     recording: RecordedRun
     keeper: Recorder
-    matcher: RecordingMatcher
-    server: RecordedServer
+    matcher: Matcher
+    server: Server
 
 
 def replay_parts(
@@ -842,6 +850,8 @@ def replay_parts(
     if target is not None and source.store is target:
         keeper.refer_to = source.id  # served steps refer to the source instead of copying it
     recording = RecordedRun(source, events, index_keys=match == "key")
+    if is_imported(source):  # traced by another tool: matched on what the trace carries
+        return ReplayParts(recording, keeper, ImportedMatcher(recording), ImportedServer(recording))
     matcher = RecordingMatcher(recording, match=match, prepare=prepare, pii=pii)
     return ReplayParts(recording, keeper, matcher, RecordedServer(recording))
 

@@ -46,6 +46,11 @@ def refund_effect(order: int) -> dict[str, Any]:
     return {"refunded": order}
 
 
+def refund(order: int) -> dict[str, Any]:
+    """The refund tool as the agent's code defines it (replay decorates it)."""
+    return refund_effect(order)
+
+
 def openai_agent(client: Any, prompt: str, tool: Callable[[int], dict[str, Any]]) -> str:
     """Two model turns around one tool call, with the OpenAI SDK."""
     messages: list[dict[str, Any]] = [
@@ -139,32 +144,42 @@ def run_openinference_openai(prompt: str) -> str:
     return answer
 
 
-def run_openinference_langchain(prompt: str) -> str:
-    from langchain_core.messages import HumanMessage, SystemMessage
+def langchain_parts(model_url: str) -> tuple[Any, Any]:
+    """The LangChain agent's chat model and refund tool."""
     from langchain_core.tools import tool as lc_tool
     from langchain_openai import ChatOpenAI
-    from openinference.instrumentation.langchain import LangChainInstrumentor
-
-    provider = global_provider()
-    LangChainInstrumentor().instrument(tracer_provider=provider)
 
     @lc_tool
     def refund(order: int) -> dict[str, Any]:
         """Refund an order."""
         return refund_effect(order)
 
-    model = ChatOpenAI(model=MODEL, base_url=os.environ["MODEL_URL"], api_key="sk-test").bind_tools(
-        [refund]
-    )
+    return ChatOpenAI(model=MODEL, base_url=model_url, api_key="sk-test"), refund
+
+
+def langchain_agent(model: Any, refund: Any, prompt: str) -> str:
+    """Two model turns around one tool call, with LangChain."""
+    from langchain_core.messages import HumanMessage, SystemMessage
+
+    bound = model.bind_tools([refund])
+    messages: list[Any] = [SystemMessage(SYSTEM), HumanMessage(prompt)]
+    first = bound.invoke(messages)
+    messages.append(first)
+    messages.append(refund.invoke(first.tool_calls[0]))
+    return str(bound.invoke(messages).content)
+
+
+def run_openinference_langchain(prompt: str) -> str:
+    from openinference.instrumentation.langchain import LangChainInstrumentor
+
+    provider = global_provider()
+    LangChainInstrumentor().instrument(tracer_provider=provider)
+    model, refund = langchain_parts(os.environ["MODEL_URL"])
     tracer = provider.get_tracer("refunds")
     with tracer.start_as_current_span(
         "refunds", attributes={"openinference.span.kind": "AGENT", "input.value": prompt}
     ):
-        messages: list[Any] = [SystemMessage(SYSTEM), HumanMessage(prompt)]
-        first = model.invoke(messages)
-        messages.append(first)
-        messages.append(refund.invoke(first.tool_calls[0]))
-        answer = str(model.invoke(messages).content)
+        answer = langchain_agent(model, refund, prompt)
     provider.shutdown()
     return answer
 

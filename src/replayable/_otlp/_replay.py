@@ -24,6 +24,7 @@ served: :class:`~replayable.errors.NotCaptured` names the setting that captures 
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -32,7 +33,8 @@ from replayable import canonical
 from replayable._diff import diff_values
 from replayable._engine import Match, Serve
 from replayable._otlp._conventions import CAPTURE_HINTS, openai_message, parse_json
-from replayable.errors import Divergence, NotCaptured
+from replayable.boundary import registry, resolve_name
+from replayable.errors import Divergence, NotCaptured, SideEffectRefused, UnknownBoundary
 
 if TYPE_CHECKING:
     from replayable._replayer import RecordedRun
@@ -176,7 +178,8 @@ class ImportedMatcher:
             cands = [
                 e
                 for e in self.steps.get(b.kind, ())
-                if e.seq not in rec.consumed and (llm or _step_name(e) in (b.name, tool_name(b.name)))
+                if e.seq not in rec.consumed
+                and (llm or _step_name(e) in (b.name, tool_name(b.name)))
             ]
             if not cands:
                 if llm or b.kind == "tool" or b.side_effects or self.steps.get(b.kind):
@@ -221,6 +224,40 @@ class ImportedMatcher:
             detail=f"the imported trace has no {b.kind} step left"
             + ("" if b.kind == "llm" else f" named {tool_name(b.name)!r}"),
         )
+
+    def resolve_live(self, live: Iterable[str], allow_side_effects: bool) -> set[str]:
+        """The boundaries ``live=`` names (full names of registered boundaries: an imported
+        run's steps are named by its tracer). Refuses one that would fire a side effect again:
+        a boundary marked so, or a tool whose imported steps are side effects (every imported
+        tool step is one unless the import marked it safe)."""
+        registered = registry()
+        names: set[str] = set()
+        for entry in live:
+            name, _, nth = entry.partition("#")
+            if nth:
+                raise UnknownBoundary(
+                    f"live={entry!r}: an imported run's steps are not numbered by boundary; "
+                    f"name the boundary (live=[{name!r}])"
+                )
+            full = resolve_name(name, set(registered))
+            b = registered[full]
+            fires = b.side_effects or (
+                b.kind == "tool"
+                and any(
+                    e.meta.get("side_effects", True)
+                    for e in self.steps.get("tool", ())
+                    if _step_name(e) in (b.name, tool_name(b.name))
+                )
+            )
+            if fires and not allow_side_effects:
+                raise SideEffectRefused(
+                    f"{full} stands for a side effect of imported run {self.recording.source.id} "
+                    "(a tool step the trace recorded: served, never re-fired); running it live "
+                    "would fire it again. Give it a world of its own (sandbox=...) or pass "
+                    "allow_side_effects=True (CLI: --allow-side-effects) if you mean it"
+                )
+            names.add(full)
+        return names
 
     def report_lines(self) -> list[str]:
         """Once per step kind the replay met: what its steps were compared on, and what the
@@ -296,8 +333,11 @@ class ImportedServer:
         return NotCaptured(
             f"cannot serve {b.name} at {ev.address} of imported run {self.source.id}: the "
             f"trace{by} did not capture this {ev.kind} step's {what}. "
-            + (f"To capture them, {hint}; then " if hint else "Capture content where the app "
-               "runs; then ")
+            + (
+                f"To capture them, {hint}; then "
+                if hint
+                else "Capture content where the app runs; then "
+            )
             + "trace the incident again (or name the boundary in live=[...])",
             run_id=self.source.id,
             address=ev.address,

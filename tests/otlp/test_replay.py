@@ -129,3 +129,39 @@ class TestReplayImported:
         assert div.address.endswith("/0") and " > llm:" in div.address
         assert [c.path for c in div.changes] == ["messages[1].content"]
         assert len(t.refunds()) == 1
+
+
+NOT_CAPTURED = {
+    "openai-v2": ({"OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT": "false"}, "llm"),
+    "openinference-openai": (
+        {"OPENINFERENCE_HIDE_INPUTS": "true", "OPENINFERENCE_HIDE_OUTPUTS": "true"},
+        "llm",
+    ),
+    "openinference-langchain": ({"OPENINFERENCE_HIDE_OUTPUT_TEXT": "true"}, "llm"),
+    "langfuse": ({"LANGFUSE_OBSERVE_DECORATOR_IO_CAPTURE_ENABLED": "false"}, "tool"),
+}
+SETTING = {
+    "openai-v2": "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT=true",
+    "openinference-openai": "OPENINFERENCE_HIDE_INPUTS",
+    "openinference-langchain": "OPENINFERENCE_HIDE_OUTPUT_TEXT",
+    "langfuse": "LANGFUSE_OBSERVE_DECORATOR_IO_CAPTURE_ENABLED",
+}
+
+
+class TestContentNotCaptured:
+    @pytest.mark.parametrize("producer", sorted(NOT_CAPTURED))
+    def test_a_step_without_content_fails_naming_the_setting(
+        self, producer: str, traced: Callable[..., Traced]
+    ) -> None:
+        """Traced without content, the step cannot be served: NotCaptured names the producer's
+        setting that captures it, and nothing reaches the model or fires again."""
+        env, kind = NOT_CAPTURED[producer]
+        t = traced(producer, **env)
+        seen = len(t.model.requests)
+        with pytest.raises(rp.NotCaptured) as info:
+            replay_agent(t)
+        message = str(info.value)
+        assert SETTING[producer] in message
+        assert f"this {kind} step" in message and t.run_id in message
+        assert len(t.model.requests) == seen
+        assert len(t.refunds()) == 1

@@ -29,11 +29,15 @@ CAPTURE_HINTS = {
     "OTEL_SEMCONV_STABILITY_OPT_IN=gen_ai_latest_experimental: SPAN_ONLY) where the traced "
     "app runs",
     "openinference": "unset OpenInference's OPENINFERENCE_HIDE_INPUTS / OPENINFERENCE_HIDE_OUTPUTS "
-    "/ OPENINFERENCE_HIDE_INPUT_MESSAGES / OPENINFERENCE_HIDE_OUTPUT_MESSAGES (TraceConfig) "
-    "where the traced app runs",
-    "langfuse": "let the Langfuse SDK capture input and output (LANGFUSE_MASK unset, "
-    "capture_input/capture_output on)",
-    "logfire": "keep Logfire's request_data/response_data (no scrubbing of message content)",
+    "/ OPENINFERENCE_HIDE_INPUT_MESSAGES / OPENINFERENCE_HIDE_OUTPUT_MESSAGES / "
+    "OPENINFERENCE_HIDE_INPUT_TEXT / OPENINFERENCE_HIDE_OUTPUT_TEXT (or the same TraceConfig "
+    "fields) where the traced app runs",
+    "langfuse": "let the Langfuse SDK capture inputs and outputs where the traced app runs: "
+    "LANGFUSE_OBSERVE_DECORATOR_IO_CAPTURE_ENABLED unset or true, @observe(capture_input=True, "
+    "capture_output=True), and no mask= function that removes message content",
+    "logfire": "let Logfire keep message content where the traced app runs: no scrubbing of it "
+    "(logfire.configure(scrubbing=False), or a ScrubbingOptions callback that keeps it; a "
+    "scrubbed value reads '[Scrubbed due to ...]')",
 }
 """Per convention, the setting that makes a producer capture message content."""
 
@@ -82,6 +86,22 @@ def parse_json(value: Any) -> Any:
         except orjson.JSONDecodeError:
             return value
     return value
+
+
+_REDACTED = "__REDACTED__"  # OpenInference's stand-in for a hidden value
+_SCRUBBED = "[Scrubbed due to "  # Logfire's, for a scrubbed one
+
+
+def hidden(value: Any) -> bool:
+    """Whether a producer replaced some of ``value``'s content with its stand-in for a hidden
+    or scrubbed value (so the content was not captured)."""
+    if isinstance(value, str):
+        return value == _REDACTED or value.startswith(_SCRUBBED)
+    if isinstance(value, dict):
+        return any(hidden(v) for v in value.values())
+    if isinstance(value, list):
+        return any(hidden(v) for v in value)
+    return False
 
 
 def _clean(d: dict[str, Any]) -> dict[str, Any]:
@@ -150,6 +170,10 @@ def _llm_view(
     response_id: Any = None,
     kind: str = "llm",
 ) -> StepView:
+    if hidden(messages):
+        messages = None
+    if hidden(choices):
+        choices = None
     missing = [
         name
         for name, value in (
@@ -526,7 +550,8 @@ def _openinference(span: Span) -> StepView:
     name = span.name or kind
     if kind == "tool":
         name = str(a.get("tool.name") or span.name)
-    has_in, has_out = "input.value" in a, "output.value" in a
+    has_in = "input.value" in a and not hidden(a["input.value"])
+    has_out = "output.value" in a and not hidden(a["output.value"])
     meta = _clean({"openinference_kind": oi_kind, "description": a.get("tool.description")})
     return StepView(
         kind,

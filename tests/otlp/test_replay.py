@@ -103,7 +103,7 @@ class TestReplayImported:
         the model, the refund not made again, and the report says what was not compared."""
         t = traced(producer)
         seen = len(t.model.requests)
-        assert t.refunds() and len(t.refunds()) == 1
+        assert len(t.refunds()) == 1
         answer, r = replay_agent(t)
         assert answer == t.answer
         assert len(t.model.requests) == seen
@@ -126,7 +126,8 @@ class TestReplayImported:
             replay_agent(t, prompt="Refund order 8")
         div = info.value
         assert div.reason == "changed"
-        assert div.address.endswith("/0") and " > llm:" in div.address
+        assert div.address.endswith("/0")
+        assert " > llm:" in div.address
         assert [c.path for c in div.changes] == ["messages[1].content"]
         assert len(t.refunds()) == 1
 
@@ -162,6 +163,7 @@ class TestContentNotCaptured:
             replay_agent(t)
         message = str(info.value)
         assert SETTING[producer] in message
-        assert f"this {kind} step" in message and t.run_id in message
+        assert f"this {kind} step" in message
+        assert t.run_id in message
         assert len(t.model.requests) == seen
         assert len(t.refunds()) == 1

@@ -33,6 +33,7 @@ from replayable import canonical
 from replayable._diff import diff_values
 from replayable._engine import Ending, Match, Serve, snapshot
 from replayable._errors_codec import encode_error
+from replayable._otlp._replay import compared, is_imported_step
 from replayable._replayer import (
     UNMATCHED,
     MatchMode,
@@ -321,7 +322,11 @@ class WhatIf:
             frame.meta["source_seq"] = ev.seq
         frame.how = how
         if m.divergence is not None and ev is not None:
-            frame.scratch = diff_values(ev.input, actual_input(m, frame), "input")
+            if is_imported_step(ev):  # an imported step: compared on what its trace carries
+                recorded, actual = compared(ev, frame.b.name if frame.b else "", m.value)
+                frame.scratch = diff_values(recorded, actual, "input")
+            else:
+                frame.scratch = diff_values(ev.input, actual_input(m, frame), "input")
         elif ev is None:
             frame.scratch = "new"
         return _Plan(True, ev)
@@ -406,7 +411,7 @@ class WhatIf:
             if error is not None or ev.error is not None:
                 if was != now:
                     changes.append(FieldChange("output", "changed", was, now))
-            elif now is not None:
+            elif now is not None and not is_imported_step(ev):  # imported: no SDK shape
                 changes += diff_values(was, now, "output")
         if how == "live" and ((not changes and ev is not None) or b.kind == "clock"):
             return  # ran live and did the same thing (or sampled again): nothing to say

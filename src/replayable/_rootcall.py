@@ -8,7 +8,7 @@ import inspect
 from collections.abc import Iterable
 from typing import Any
 
-from replayable.boundary import Boundary, registry
+from replayable.boundary import Boundary, bare_name, registry
 from replayable.errors import ReplayableError, UnknownBoundary
 from replayable.trace import Event, Run
 
@@ -27,8 +27,18 @@ def root_event(run: Run, events: Iterable[Event], *, purpose: str = "replay") ->
 def root_call(run: Run, events: Iterable[Event]) -> tuple[Boundary, Event]:
     """The recorded top-level agent call and its registered boundary."""
     ev = root_event(run, events)
-    b = registry().get(ev.boundary)
+    b = registry().get(ev.boundary) or _imported_root(run, ev)
     if b is None:
+        from replayable._otlp._replay import is_imported
+
+        if is_imported(run):
+            name = ev.boundary.split(":", 1)[-1]
+            raise UnknownBoundary(
+                f"run {run.id} was imported from a trace whose root step is {ev.boundary}: "
+                f"decorate the agent function it stands for, named {name!r}, with "
+                "@replayable.boundary(kind='agent') and import its module (CLI: --import "
+                "MODULE), or replay it from Python with rp.replay(...) around your own call"
+            )
         raise UnknownBoundary(
             f"the run's root boundary {ev.boundary} is not registered: import the module that "
             "defines it (CLI: --import MODULE)"
@@ -36,10 +46,25 @@ def root_call(run: Run, events: Iterable[Event]) -> tuple[Boundary, Event]:
     return b, ev
 
 
+def _imported_root(run: Run, ev: Event) -> Boundary | None:
+    """For a run imported from a trace, the registered agent boundary its root agent step
+    stands for: the one agent whose function has the traced agent's name."""
+    from replayable._otlp._replay import is_imported
+
+    if not is_imported(run) or ev.kind != "agent":
+        return None
+    name = ev.boundary.split(":", 1)[-1]
+    found = [b for b in registry().values() if b.kind == "agent" and bare_name(b.name) == name]
+    return found[0] if len(found) == 1 else None
+
+
 def call_recorded(b: Boundary, ev: Event) -> Any:
-    """Call a boundary (through its wrapper) with the arguments recorded for it."""
+    """Call a boundary (through its wrapper) with the arguments recorded for it (an imported
+    agent step's input, traced as one value, is its one argument)."""
     kwargs = dict(ev.input) if isinstance(ev.input, dict) else {}
     args: list[Any] = []
+    if ev.input is not None and not isinstance(ev.input, dict):
+        args.append(ev.input)
     if b.signature is not None:
         for p in b.signature.parameters.values():
             if p.kind is inspect.Parameter.VAR_POSITIONAL:

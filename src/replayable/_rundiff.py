@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from replayable._diff import diff_values
+from replayable._otlp._replay import compared, is_imported_step
 from replayable.errors import FieldChange
 from replayable.trace import Event, Run
 
@@ -51,7 +52,8 @@ class StepPair:
     ``status`` is ``same``, ``changed``, ``only_a``, ``only_b`` or ``inside_served`` (a call
     nested in a step the other run served from its recording: a replay never re-runs it, so it
     is not a difference); ``matched_by`` is ``address`` or ``key`` for pairs found on both
-    sides.
+    sides, or ``source`` for a replay's step paired with the recorded step it stands for (an
+    imported run's steps are named by their tracer, not by the code that replays them).
     """
 
     a: Event | None
@@ -180,6 +182,13 @@ class RunDiff:
 
 
 def _compare(a: Event, b: Event, matched_by: str, limit: int) -> StepPair:
+    if matched_by == "source" and is_imported_step(a):
+        # A step served from an imported one: its input compared as the replay compared it
+        # (what the trace carries); its output was built from the trace's, in the SDK's shape.
+        recorded, actual = compared(a, b.boundary, b.input)
+        inp = diff_values(recorded, actual, limit=limit)
+        err = diff_values(a.error, b.error, limit=limit)
+        return StepPair(a, b, CHANGED if inp or err else SAME, matched_by, inp, [], err)
     inp = diff_values(a.input, b.input, limit=limit)
     out = diff_values(a.output, b.output, limit=limit) if a.error is None else []
     err = diff_values(a.error, b.error, limit=limit)
@@ -239,6 +248,15 @@ def diff_runs(
         if other is not None and other.boundary == ev.boundary and other.seq not in used_b:
             partner[ev.seq] = (other, "address")
             used_b.add(other.seq)
+    if run_b.parent_run == run_a.id:  # B replays A: a step pairs with the one it stands for
+        seqs_a = {e.seq for e in evs_a}
+        for other in evs_b:
+            src = other.meta.get("source_seq")
+            if other.seq in used_b or not isinstance(src, int) or src not in seqs_a:
+                continue
+            if src not in partner:
+                partner[src] = (other, "source")
+                used_b.add(other.seq)
     by_key: dict[tuple[str, str], list[Event]] = defaultdict(list)
     for ev in evs_b:
         if ev.seq not in used_b:

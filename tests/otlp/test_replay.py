@@ -25,6 +25,19 @@ from .test_producers import PRODUCERS, kept_events, run_producer
 PROMPT = "Refund order 7"
 
 
+@pytest.fixture(autouse=True)
+def forget_agents() -> Iterator[None]:
+    """The agent boundaries a test registers are gone after it (a check maps a trace's root
+    agent to the one registered agent of its name)."""
+    from replayable._registry import REGISTRY
+
+    before = set(REGISTRY)
+    yield
+    for name in set(REGISTRY) - before:
+        if REGISTRY[name].kind == "agent":
+            del REGISTRY[name]
+
+
 @dataclass
 class Traced:
     """One producer's traced incident: the imported run, its store, the model server it used
@@ -167,3 +180,101 @@ class TestContentNotCaptured:
         assert t.run_id in message
         assert len(t.model.requests) == seen
         assert len(t.refunds()) == 1
+
+
+def register_agent(t: Traced) -> Callable[[str], str]:
+    """The OpenAI agent as a registered agent boundary named like the traced agent
+    (``refunds``), so a check re-runs it with the trace's input."""
+    client = rp.instrument(openai.OpenAI(base_url=t.model.openai_url, api_key="sk-test"))
+    tool = rp.boundary(kind="tool", side_effects=True)(producer_agent.refund)
+
+    def refunds(prompt: str) -> str:
+        return producer_agent.openai_agent(client, prompt, tool)
+
+    agent: Callable[[str], str] = rp.boundary(kind="agent")(refunds)
+    return agent
+
+
+class TestImportedRunsInTheLoop:
+    def test_check_replays_an_imported_run_against_the_code(
+        self, traced: Callable[..., Traced]
+    ) -> None:
+        """``rp.check`` re-runs the agent the trace's root stands for with the traced input:
+        unchanged, with no request to the model and no refund made again."""
+        t = traced("openinference-openai")
+        register_agent(t)
+        seen = len(t.model.requests)
+        report = rp.check(t.store, save=False)
+        assert [(o.run_id, o.outcome) for o in report.outcomes] == [(t.run_id, "unchanged")]
+        assert len(t.model.requests) == seen
+        assert len(t.refunds()) == 1
+
+    def test_check_says_which_agent_to_decorate(self, traced: Callable[..., Traced]) -> None:
+        """Without a registered agent of the traced agent's name the run is not replayable,
+        and the detail names the function to decorate."""
+        t = traced("openai-v2")
+        report = rp.check(t.store, save=False)
+        (outcome,) = report.outcomes
+        assert outcome.outcome == "not_replayable"
+        assert "named 'refunds'" in outcome.detail
+
+    def test_fork_overrides_the_tool_and_runs_the_next_model_call_live(
+        self, traced: Callable[..., Traced]
+    ) -> None:
+        """A what-if on an imported run: the tool's result overridden, the model call that now
+        differs runs live (one request), the refund is not made again."""
+        t = traced("openai-v2")
+        agent = register_agent(t)
+        seen = len(t.model.requests)
+        with rp.replay(
+            t.run_id,
+            store=t.store,
+            override={"refund#1": {"refunded": 0}},
+            live_kinds=("llm",),
+        ) as r:
+            answer = agent(PROMPT)
+        assert len(t.model.requests) == seen + 1
+        assert answer != t.answer
+        assert [(c.how, c.step) for c in r.changes] == [
+            ("overridden", "refund#1"),
+            ("live", "gpt-4o-mini#2"),
+        ]
+        assert [c.path for c in r.changes[1].changes] == ["input.messages[3].content.refunded"]
+        assert len(t.refunds()) == 1
+
+    def test_diff_pairs_a_replay_with_the_imported_steps_it_was_served_from(
+        self, traced: Callable[..., Traced]
+    ) -> None:
+        """``rp.diff(imported, replay)`` pairs each replayed step with the imported step it
+        stands for, compared as the replay compares them: nothing changed."""
+        t = traced("openai-v2")
+        _, r = replay_agent(t)
+        rp.flush()
+        diff = rp.diff(t.run_id, r.run.id, store=t.store)
+        paired = [(p.status, p.matched_by, p.a.kind) for p in diff.pairs if p.a and p.b]
+        assert paired == [
+            ("same", "source", "llm"),
+            ("same", "source", "tool"),
+            ("same", "source", "llm"),
+        ]
+
+    def test_a_diverged_check_diffs_at_the_changed_message(
+        self, traced: Callable[..., Traced]
+    ) -> None:
+        """Changed code (another prompt) checked against the imported run: diverged at the
+        first model call, and its kept replay diffs against the run at that message."""
+        t = traced("openinference-openai")
+        client = rp.instrument(openai.OpenAI(base_url=t.model.openai_url, api_key="sk-test"))
+        tool = rp.boundary(kind="tool", side_effects=True)(producer_agent.refund)
+
+        def refunds(prompt: str) -> str:
+            return producer_agent.openai_agent(client, prompt + " today", tool)
+
+        rp.boundary(kind="agent")(refunds)
+        report = rp.check(t.store)
+        (outcome,) = report.outcomes
+        assert outcome.outcome == "diverged"
+        assert outcome.replay_id is not None
+        first = rp.diff(t.run_id, outcome.replay_id, store=t.store).first_divergence
+        assert first is not None
+        assert [c.path for c in first.input_changes] == ["messages[1].content"]

@@ -10,8 +10,8 @@ what the trace has:
   model and the messages, each message on the fields the trace kept (role, content, tool calls
   with their arguments, the tool call it answers);
 - a ``tool`` call (or any other kind) takes the next imported step of its kind whose name is the
-  tool's (``refund`` answers ``myapp.tools:refund``, ``langchain:tool.refund``...), compared on
-  its arguments;
+  tool function's bare name (``refund`` answers ``myapp.tools:refund``,
+  ``langchain:tool.refund``...), compared on its arguments;
 - the steps that stand for the agent's own code (``agent``, ``chain``, plain spans) answer no call:
   that code runs.
 
@@ -33,7 +33,7 @@ from replayable import canonical
 from replayable._diff import diff_values
 from replayable._engine import Match, Serve
 from replayable._otlp._conventions import CAPTURE_HINTS, openai_message, parse_json
-from replayable.boundary import registry, resolve_name
+from replayable.boundary import bare_name, registry, resolve_name
 from replayable.errors import Divergence, NotCaptured, SideEffectRefused, UnknownBoundary
 
 if TYPE_CHECKING:
@@ -47,9 +47,11 @@ __all__ = [
     "ImportedMatcher",
     "ImportedServer",
     "chat_view",
+    "compared",
     "coverage",
     "is_imported",
-    "tool_name",
+    "is_imported_step",
+    "live_view",
 ]
 
 COMPARED = {"llm": ("model", "messages"), "tool": ("arguments",)}
@@ -67,10 +69,9 @@ def is_imported(run: Run) -> bool:
     return isinstance(source, dict) and source.get("format") == "otlp"
 
 
-def tool_name(boundary: str) -> str:
-    """The name a tracer gives the tool behind a boundary: its function's bare name
-    (``myapp.tools:refund`` and ``langchain:tool.refund`` are both ``refund``)."""
-    return boundary.rsplit(":", 1)[-1].rsplit(".", 1)[-1]
+def is_imported_step(ev: Event) -> bool:
+    """Whether ``ev`` is a step imported from a trace (it keeps its span under ``otel``)."""
+    return isinstance(ev.meta, dict) and "otel" in ev.meta
 
 
 def _step_name(ev: Event) -> str:
@@ -126,17 +127,34 @@ def chat_view(request: Any) -> dict[str, Any]:
         view["model"] = request["model"]
     messages = request.get("messages")
     if isinstance(messages, list):
-        view["messages"] = [
-            _message(m if isinstance(m, dict) else openai_message(m)) for m in messages
-        ]
+        view["messages"] = [_message(openai_message(m)) for m in messages]
     return view
+
+
+def live_view(boundary: str, live: Any) -> dict[str, Any]:
+    """A live model call's input (as its boundary records it) as compared with an imported
+    step: through its integration's chat shape, else read as an OpenAI-style request."""
+    from replayable.integrations._steps import shape_of
+
+    shape = shape_of(boundary)
+    return chat_view(shape.request(live) if shape is not None else live)
+
+
+def compared(ev: Event, boundary: str, live: Any) -> tuple[Any, Any]:
+    """(the imported step ``ev``'s input, a live call's input) as a replay compares them: what
+    ``replayable diff`` shows for a replayed step beside the step it was served from."""
+    return _compare(ev, live_view(boundary, live) if ev.kind == "llm" else live)
 
 
 def _compare(ev: Event, live: Any) -> tuple[Any, Any]:
     """(recorded, live) as compared. A model call: ``live`` reduced to what the trace kept of
     the messages; a tool call: its arguments whole (a trace keeps them whole)."""
     if ev.kind != "llm":
-        return (None, None) if ev.input is None else (ev.input, live)
+        if ev.input is None:
+            return None, None
+        if not isinstance(ev.input, dict) and isinstance(live, dict) and len(live) == 1:
+            live = next(iter(live.values()))  # a trace keeps a one-argument call as its value
+        return ev.input, live
     recorded = chat_view(ev.input)
     return recorded, _project(recorded, live)
 
@@ -169,8 +187,13 @@ class ImportedMatcher:
         frame.data = data
         frame.key = key
         live = value if value is not None else orjson.loads(data)
-        if b.kind == "agent":
-            return Match(None, None, False, live)
+        if b.kind == "agent":  # it runs; the imported agent step of its name stands for it
+            agents = self.recording.events.values()
+            ev = next(
+                (e for e in agents if e.kind == "agent" and _step_name(e) == bare_name(b.name)),
+                None,
+            )
+            return Match(ev, None, False, live)
         llm = b.kind == "llm"
         actual = self._view(b, live) if llm else live
         rec = self.recording
@@ -179,7 +202,7 @@ class ImportedMatcher:
                 e
                 for e in self.steps.get(b.kind, ())
                 if e.seq not in rec.consumed
-                and (llm or _step_name(e) in (b.name, tool_name(b.name)))
+                and (llm or _step_name(e) in (b.name, bare_name(b.name)))
             ]
             if not cands:
                 if llm or b.kind == "tool" or b.side_effects or self.steps.get(b.kind):
@@ -192,6 +215,7 @@ class ImportedMatcher:
                     return Match(rec.take(ev), None, False, live)
             ev = rec.take(cands[0])
         recorded, projected = _compare(ev, actual)
+        frame.meta["source_seq"] = ev.seq  # the step it stands for, even though it diverged
         return Match(
             ev,
             Divergence(
@@ -209,10 +233,7 @@ class ImportedMatcher:
 
     @staticmethod
     def _view(b: Boundary, live: Any) -> dict[str, Any]:
-        from replayable.integrations._steps import shape_of
-
-        shape = shape_of(b.name)
-        return chat_view(shape.request(live) if shape is not None else live)
+        return live_view(b.name, live)
 
     def _unexpected(self, b: Boundary, frame: Frame, actual: Any) -> Divergence:
         return Divergence(
@@ -222,7 +243,7 @@ class ImportedMatcher:
             actual_input=actual,
             run_id=self.recording.source.id,
             detail=f"the imported trace has no {b.kind} step left"
-            + ("" if b.kind == "llm" else f" named {tool_name(b.name)!r}"),
+            + ("" if b.kind == "llm" else f" named {bare_name(b.name)!r}"),
         )
 
     def resolve_live(self, live: Iterable[str], allow_side_effects: bool) -> set[str]:
@@ -246,7 +267,7 @@ class ImportedMatcher:
                 and any(
                     e.meta.get("side_effects", True)
                     for e in self.steps.get("tool", ())
-                    if _step_name(e) in (b.name, tool_name(b.name))
+                    if _step_name(e) in (b.name, bare_name(b.name))
                 )
             )
             if fires and not allow_side_effects:

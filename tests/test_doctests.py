@@ -5,8 +5,10 @@ from __future__ import annotations
 import doctest
 import importlib
 import importlib.util
+import inspect
 import pkgutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -32,6 +34,32 @@ MODULES = _modules_with_examples()
 store (the autouse fixture in conftest.py), and gets ``tmp_dir``, a fresh empty directory."""
 
 
+class _DefiningModuleFinder(doctest.DocTestFinder):
+    """Finds each object's examples in the module whose source defines it. A name a public
+    module re-exports names that module as its ``__module__`` (``replayable.check``), but its
+    examples use the globals of the module it is written in (``replayable._check``)."""
+
+    def _from_module(self, module: Any, obj: Any) -> bool:
+        home = _globals_of(obj)
+        if home is not None:
+            return home is module.__dict__
+        return bool(super()._from_module(module, obj))  # type: ignore[misc]
+
+
+def _globals_of(obj: Any) -> dict[str, Any] | None:
+    """The globals of the module a function or class is written in (a class's, through its
+    methods; a decorated function's, through what it wraps), or None when nothing tells."""
+    if inspect.isfunction(obj):
+        obj = inspect.unwrap(obj)
+        return obj.__globals__  # type: ignore[no-any-return]
+    if inspect.isclass(obj):
+        for member in vars(obj).values():
+            fn = getattr(member, "__func__", getattr(member, "fget", member))
+            if inspect.isfunction(fn) and fn.__qualname__.startswith(obj.__qualname__ + "."):
+                return fn.__globals__  # type: ignore[no-any-return]
+    return None
+
+
 # Rules the `redact` examples add do not outlive them.
 pytestmark = pytest.mark.usefixtures("redaction_rules")
 
@@ -48,11 +76,9 @@ def test_docstring_examples_run(name: str, tmp_path: Path) -> None:
     module = importlib.import_module(name)
     tmp_dir = tmp_path / "doctest"
     tmp_dir.mkdir()
-    result = doctest.testmod(
-        module,
-        extraglobs={"tmp_dir": str(tmp_dir)},
-        optionflags=doctest.ELLIPSIS,
-        report=True,
-    )
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
+    for test in _DefiningModuleFinder().find(module, extraglobs={"tmp_dir": str(tmp_dir)}):
+        runner.run(test)
+    result = runner.summarize(verbose=False)
     assert result.attempted > 0, f"no example ran in {name}"
     assert result.failed == 0, f"{result.failed} of {result.attempted} examples failed in {name}"

@@ -2,7 +2,8 @@
 
 ``docs/reference/api.md`` holds ``<!-- api: MODULE -->`` lines; each becomes one mkdocstrings
 directive per name in ``MODULE.__all__``, pointing at the object where it is defined (so a
-function that shares its name with a submodule, such as ``replayable.record``, still renders).
+function that shares its name with a submodule, such as ``replayable.record``, renders as the
+function).
 Loaded by ``mkdocs.yml`` (``hooks:``).
 """
 
@@ -19,6 +20,8 @@ _MARKER = re.compile(r"^<!-- api: (?P<module>[\w.]+) -->$", re.MULTILINE)
 def api_path(module: str, name: str) -> str:
     """The dotted path mkdocstrings renders ``module.name`` from."""
     obj = getattr(importlib.import_module(module), name)
+    if inspect.ismodule(obj) and callable(obj):  # rp.replay: the module, called as its function
+        return f"{obj.__name__}.{name}"
     if _foreign(module, name) is None and (inspect.isclass(obj) or inspect.isfunction(obj)):
         return f"{obj.__module__}.{obj.__qualname__}"
     return f"{module}.{name}"

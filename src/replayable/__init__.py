@@ -25,6 +25,7 @@ import os as _os
 from replayable import redact
 from replayable._check import CheckReport, check
 from replayable._drift import DriftReport, drift
+from replayable._exports import publish, unshadow
 from replayable._otlp import import_otlp
 from replayable._pii import PII
 from replayable._rundiff import RunDiff, diff
@@ -136,6 +137,10 @@ _SUBMODULES = (
 )
 """The package's public modules and subpackages (``import replayable.store``); every other
 module is private (its name starts with ``_``)."""
+
+
+publish(globals())
+unshadow(globals(), ("boundary", "cassette", "record", "replay"))
 
 
 def __dir__() -> list[str]:

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable
 from typing import Any, Literal, Protocol, TypeVar, overload
 
 from replayable import _errors_codec, canonical, context
+from replayable._exports import publish
 from replayable._registry import REGISTRY as _REGISTRY
 from replayable._registry import register, registry
 from replayable.context import SESSION
@@ -423,3 +424,6 @@ def boundary(
     if fn is not None:
         return decorate(fn)
     return decorate
+
+
+publish(globals())

@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractContextManager
 from typing import Any
 
+from replayable._exports import publish
 from replayable._fork import build_whatif
 from replayable._pii import PII, for_replay
 from replayable._remote import register_recorded
@@ -30,8 +31,6 @@ __all__ = ["Replay", "replay"]
 
 Match = MatchMode
 """How a replay matches calls: by place in the call tree and key, or by key alone."""
-
-Replay.__module__ = __name__
 
 
 def replay(
@@ -157,3 +156,6 @@ def replay(
         fakes=dict(fakes or {}),
         **options,
     )
+
+
+publish(globals())

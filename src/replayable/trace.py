@@ -37,6 +37,7 @@ from replayable._chain import (
     verify_events,
     verify_run,
 )
+from replayable._exports import publish
 from replayable._model import RUN_STATUSES, Event, Run, RunStatus, StoredEvent
 from replayable._tracefile import (
     TRACE_FORMAT,
@@ -93,6 +94,4 @@ __all__ = [
     "write_trace",
 ]
 
-for _cls in (Event, Run, StoredEvent):
-    _cls.__module__ = __name__
-del _cls
+publish(globals())

@@ -36,6 +36,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from replayable._exports import publish
 from replayable._otlp._conventions import openai_message, parse_json
 from replayable.boundary import Boundary, boundary
 from replayable.context import SESSION
@@ -516,3 +517,6 @@ def instrument(obj: Any, *, side_effects: Iterable[str] = (), **options: Any) ->
                 "tools (BaseTool)"
             )
     return obj
+
+
+publish(globals())

@@ -27,6 +27,7 @@ import contextvars
 from collections.abc import Iterable
 from typing import Any
 
+from replayable._exports import publish
 from replayable.boundary import boundary
 from replayable.errors import UnsupportedClient
 from replayable.integrations import langchain as lc
@@ -162,3 +163,6 @@ def instrument(
         pnode.bound = _wrap(gname, node, pnode.bound)
         pnode.__dict__.pop("node", None)
     return graph
+
+
+publish(globals())

@@ -30,6 +30,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from replayable import _follow
+from replayable._exports import publish
 from replayable._linked import Policy
 from replayable._propagation import BAGGAGE
 from replayable._remote import FOLLOW_HEADER
@@ -47,8 +48,6 @@ from replayable.integrations._mcp_calls import (
 )
 
 __all__ = ["ResultCodec", "instrument", "serve", "tool_boundary_name"]
-
-ResultCodec.__module__ = __name__
 
 _MARK = "__replayable_mcp__"
 
@@ -227,3 +226,6 @@ def serve(
 
     server.call_tool = call_tool
     return server
+
+
+publish(globals())

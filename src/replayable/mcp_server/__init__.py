@@ -13,6 +13,10 @@ For example (a sketch, not run as a doctest)::
 
 from __future__ import annotations
 
+from replayable._exports import publish
 from replayable.mcp_server._server import create_http_app, create_server
 
 __all__ = ["create_http_app", "create_server"]
+
+
+publish(globals())

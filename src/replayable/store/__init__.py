@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from replayable._exports import publish
 from replayable.errors import StoreUnavailable
 from replayable.store.base import (
     EVENT_COLUMNS,
@@ -158,3 +159,6 @@ def _open(text: str) -> Store:
     from replayable.store.files import TraceDirStore
 
     return TraceDirStore(text)
+
+
+publish(globals())

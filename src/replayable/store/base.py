@@ -19,6 +19,7 @@ from typing import Any, Protocol, cast, runtime_checkable
 
 import orjson
 
+from replayable._exports import publish
 from replayable.errors import RunNotFound
 from replayable.store._rows import (
     RUN_STATUSES,
@@ -601,3 +602,6 @@ class SQLStore:
         check = pick_check(check_id, [CheckRow._make(r) for r in rows], self.url)
         runs = self._fetch(self.sql.check_runs, (check.id,))
         return check, [CheckRunRow._make(r) for r in runs]
+
+
+publish(globals())

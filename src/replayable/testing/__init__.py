@@ -18,6 +18,7 @@ For example (a sketch, not run as a doctest)::
 
 from __future__ import annotations
 
+from replayable._exports import publish
 from replayable.testing._assertions import (
     ANY,
     Call,
@@ -72,3 +73,6 @@ __all__ = [
     "matches",
     "set_default_judge",
 ]
+
+
+publish(globals())

@@ -26,5 +26,6 @@ def __getattr__(name: str) -> Any:
     if name == "create_app":
         from replayable.viewer._app import create_app
 
+        create_app.__module__ = __name__
         return create_app
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

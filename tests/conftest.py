@@ -36,6 +36,7 @@ def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]
         "REPLAYABLE_PII_KEY",
         "REPLAYABLE_PII_KEY_FILE",
         "REPLAYABLE_SAMPLE",
+        "REPLAYABLE_MAX_VALUE_BYTES",
     ):
         monkeypatch.delenv(name, raising=False)
     yield

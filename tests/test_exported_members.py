@@ -11,6 +11,7 @@ EXPECTED = {
     "Cassette",
     "CheckReport",
     "Codec",
+    "CutValue",
     "Divergence",
     "DriftReport",
     "Event",

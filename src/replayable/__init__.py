@@ -37,6 +37,7 @@ from replayable.cassette import Cassette, cassette
 from replayable.clock import now, random, uuid4
 from replayable.context import annotate, bind
 from replayable.errors import (
+    CutValue,
     Divergence,
     FieldChange,
     FixtureMiss,
@@ -66,6 +67,7 @@ __all__ = [  # noqa: RUF022 - plain sorted order (tests/test_exported_members.py
     "Cassette",
     "CheckReport",
     "Codec",
+    "CutValue",
     "Divergence",
     "DriftReport",
     "Event",

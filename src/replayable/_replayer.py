@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import orjson
 
-from replayable import _network, canonical
+from replayable import _cut, _network, canonical
 from replayable._diff import diff_values
 from replayable._engine import Ending, Engine, Match, Matcher, Serve, Server, Sink
 from replayable._follow import Follow
@@ -312,7 +312,7 @@ class RecordingMatcher:
         """Warn when a field left out of the key changed: the key matched, the input did not."""
         # Only fields the user left out of the key (key=, ignore=) are worth a warning:
         # transient ones (request ids, timestamps) are expected to change on every call.
-        if b.key_fields is not None or b.ignore:
+        if (b.key_fields is not None or b.ignore) and not _cut.was_cut(ev, "input"):
             actual = value if value is not None else orjson.loads(data)
             if actual != ev.input:
                 changes = diff_values(ev.input, actual)
@@ -356,11 +356,20 @@ class RecordedServer:
 
     def __init__(self, recording: RecordedRun) -> None:
         self.events = recording.events
+        self.run_id = recording.source.id
 
     def serve(self, frame: Frame, ev: Event) -> Serve:
-        """Serve the recorded call ``ev``."""
+        """Serve the recorded call ``ev``; refuse one whose output was stored cut (over the
+        recording's size cap: :class:`~replayable.errors.CutValue`) unless its boundary says
+        ``serve_cut=True``."""
         b = frame.b
         assert b is not None
+        cut = _cut.cut_output(ev)
+        if cut is not None:
+            if not b.serve_cut:
+                raise _cut.refusal(ev, b.name, self.run_id, cut)
+            # The marker is served: the replay's step says so too (a replay of it refuses).
+            frame.meta[_cut.META] = ["output"]
         if type(ev) is not StoredEvent or self.events.get(ev.seq) is not ev:
             # A what-if's stand-in for the recorded call, or an event from a trace file.
             return Serve.recorded(ev.output, ev.error, ev.meta)

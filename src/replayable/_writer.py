@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import orjson
 
-from replayable import canonical
+from replayable import _cut, canonical
 from replayable.errors import StoreUnavailable, Unserializable
 from replayable.redact import REDACTED, might_hold_secrets, names_clean, redact
 from replayable.store.base import Checkpoint, Counters, EventRow, Store
@@ -99,6 +99,8 @@ class Pending:
     pii: Any = None
     """The run's pseudonymizer (:mod:`replayable._pii`) when personal data is pseudonymized;
     a replay has applied it to ``input`` already, with the redaction."""
+    max_value_bytes: int = 0
+    """The size cap of a stored input or output (:mod:`replayable._cut`); 0: the default."""
 
 
 _ENGINE_META = frozenset(
@@ -154,6 +156,24 @@ def _meta_bytes(meta: dict[str, Any]) -> bytes:
     return data
 
 
+def _cut_values(p: Pending, inp: bytes, out: bytes, limit: int) -> tuple[bytes, bytes, bytes]:
+    """The input and output as stored when one is over the cap (cut, after redaction and
+    pseudonymization, so the marker's preview holds neither), and the metadata saying so."""
+    given = p.meta.get(_cut.META)  # a served marker (serve_cut=True) says so already
+    cut = [w for w in given if w == "output"] if isinstance(given, list) and p.served else []
+    if len(inp) > limit:
+        inp = _cut.cut(inp)
+        cut.append("input")
+    if len(out) > limit and not p.served:
+        out = _cut.cut(out)
+        cut.append("output")
+    p.meta[_cut.META] = cut
+    meta = _meta_bytes(p.meta)
+    if p.pii is not None and meta != b"{}":
+        meta = p.pii.json(meta)
+    return inp, out, meta
+
+
 def pending_row(p: Pending, chains: dict[str, tuple[int, str]]) -> EventRow:
     """A completed call as a store row: redacted, keyed and linked into its run's hash chain
     (``chains`` maps a run id to its (events so far, head hash) and is updated)."""
@@ -173,6 +193,9 @@ def pending_row(p: Pending, chains: dict[str, tuple[int, str]]) -> EventRow:
             error = pii.value(error)
         if meta != b"{}":
             meta = pii.json(meta)
+    limit = p.max_value_bytes or _cut.DEFAULT_MAX_VALUE_BYTES
+    if len(inp) > limit or (len(out) > limit and not p.served):
+        inp, out, meta = _cut_values(p, inp, out, limit)
     err = None if error is None else orjson.dumps(error, option=_SORTED)
     stored_in, stored_out, stored_meta = inp, out, meta
     src = p.source

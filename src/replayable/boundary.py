@@ -71,6 +71,7 @@ class Boundary:
         redact: Any,
         codec: Codec | None,
         transient: Iterable[str],
+        serve_cut: bool = False,
     ) -> None:
         self.fn = fn
         self.name = name
@@ -79,6 +80,8 @@ class Boundary:
         self.key_fields = tuple(key) if key is not None else None
         self.ignore = frozenset(ignore)
         self.codec = codec
+        self.serve_cut = serve_cut
+        """A replay serves an output stored cut as its marker instead of refusing it."""
         self.transient = canonical.DEFAULT_TRANSIENT_KEYS | frozenset(transient)
         self.redact_keys: tuple[str, ...] = ()
         self.redactors: tuple[Callable[[Any], Any], ...] = ()
@@ -329,6 +332,7 @@ def boundary(
     redact: Any = None,
     codec: Codec | None = None,
     transient: Iterable[str] = (),
+    serve_cut: bool = False,
 ) -> Callable[[F], F]: ...
 
 
@@ -343,6 +347,7 @@ def boundary(
     redact: Any = None,
     codec: Codec | None = None,
     transient: Iterable[str] = (),
+    serve_cut: bool = False,
 ) -> F | Callable[[F], F]:
     """Mark a function as a replayable boundary.
 
@@ -356,6 +361,8 @@ def boundary(
       of the key (still stored); ``transient``: extra keys dropped from the key at any depth.
     - ``redact``: extra secret key names, or a callable applied to the JSON input and output.
     - ``codec``: an object with ``encode(value)`` / ``decode(json)`` for the return value.
+    - ``serve_cut``: a replay serves an output stored cut (over the recording's size cap) as
+      its ``{"$cut": {...}}`` marker instead of raising :class:`~replayable.errors.CutValue`.
 
     >>> @boundary(kind="tool", side_effects=True)
     ... def delete_record(record_id: int) -> bool: ...
@@ -373,6 +380,7 @@ def boundary(
             redact=redact,
             codec=codec,
             transient=transient,
+            serve_cut=serve_cut,
         )
         wrapper: Callable[..., Any]
         if b.is_agen:

@@ -17,6 +17,7 @@ The hierarchy::
     ├── NetworkRefused              a replay tried to reach the network and no boundary served it
     ├── PIIKeyError                 personal data needs a key that is missing or not the run's
     ├── RecordedError               a recorded exception whose type cannot be rebuilt
+    ├── CutValue                    a replay was asked to serve a value stored cut (over the cap)
     └── InvalidInput                an argument from outside (an MCP tool call) is malformed
 
     ReplayableWarning (UserWarning) something was recorded or replayed less faithfully than asked
@@ -31,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 __all__ = [
+    "CutValue",
     "Divergence",
     "DivergenceReason",
     "FieldChange",
@@ -291,6 +293,23 @@ class RecordedError(ReplayableError):
         self.type_name = type_name
         self.message = message
         super().__init__(f"{type_name}: {message}")
+
+
+class CutValue(ReplayableError):
+    """A replay was asked to serve a recorded output that was stored cut: it was over the
+    recording's size cap (``rp.record(max_value_bytes=...)``), so only its length, digest and
+    first characters were kept. ``boundary``, ``address`` and ``run_id`` name the step;
+    ``size`` and ``sha256`` describe the value that was cut."""
+
+    def __init__(
+        self, message: str, *, boundary: str, address: str, run_id: str, size: int, sha256: str
+    ) -> None:
+        self.boundary = boundary
+        self.address = address
+        self.run_id = run_id
+        self.size = size
+        self.sha256 = sha256
+        super().__init__(message)
 
 
 class InvalidInput(ReplayableError, ValueError):

@@ -20,6 +20,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 from replayable import _network
+from replayable._cut import max_value_bytes as max_value_bytes_for
 from replayable._engine import Ending, Engine, Serve, Sink, snapshot
 from replayable._errors_codec import encode_error
 from replayable._pii import PII, Pseudonymizer, for_record
@@ -158,6 +159,7 @@ class Recorder:
         strict: bool = False,
         sink: Sink | None = None,
         pii: Pseudonymizer | None = None,
+        max_value_bytes: int | None = None,
     ) -> None:
         self.store = store
         self.pii = pii
@@ -165,6 +167,9 @@ class Recorder:
         self.run = run
         self.strict = strict
         self.writer: Sink = sink if sink is not None else writer_for(store)
+        self.max_value_bytes = max_value_bytes_for(max_value_bytes)
+        """The size cap of a stored input or output (:mod:`replayable._cut`): over it, a
+        value is stored cut."""
         self.closed = False
         self.refer_to: str | None = None
         """A run in the same store whose served events this run keeps as references."""
@@ -225,6 +230,7 @@ class Recorder:
                 self.refer_to or "",
                 source is not None and frame.same_input,
                 self.pii,
+                self.max_value_bytes,
             )
         )
         if self.strict and self.writer.error is not None:
@@ -366,6 +372,7 @@ def record(
     pii: PII | bool | None = None,
     sample: float | None = None,
     keep: Keep | Callable[[Run], bool] | None = None,
+    max_value_bytes: int | None = None,
 ) -> Recording:
     """Record every boundary call made inside the block into ``store`` (default: SQLite).
 
@@ -384,6 +391,10 @@ def record(
     (``rp.open_store(url, sample=...)``), else ``$REPLAYABLE_SAMPLE``. See
     ``docs/recording.md``.
 
+    ``max_value_bytes`` caps a stored input or output (default 1 MiB, or
+    ``$REPLAYABLE_MAX_VALUE_BYTES``): a value over it is stored cut, with its length and digest,
+    and a replay refuses to serve it unless its boundary says ``serve_cut=True``.
+
     >>> from replayable import boundary
     >>> lookup = boundary(kind="tool")(lambda name: {"name": name, "id": 7})
     >>> with record(name="support", tags={"env": "prod"}) as run:
@@ -395,6 +406,7 @@ def record(
     opened = open_store(store)
     pseudonymizer = for_record(pii, opened)  # a missing key fails here, before the run
     sampling: Sampling | None = sampling_for_record(sample, keep, opened)
+    cap = max_value_bytes_for(max_value_bytes)
 
     def make() -> Recorder:
         run = Run(
@@ -407,6 +419,8 @@ def record(
             store=opened,
         )
         sink = None if sampling is None else SampledSink(writer_for(opened), sampling, run)
-        return Recorder(opened, run, strict=strict, pii=pseudonymizer, sink=sink)
+        return Recorder(
+            opened, run, strict=strict, pii=pseudonymizer, sink=sink, max_value_bytes=cap
+        )
 
     return Recording(make)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from replayable import canonical
+from replayable import _cut, canonical
 from replayable._engine import Ending, Engine, Serve
 from replayable._errors_codec import encode_error
 from replayable.boundary import Boundary
@@ -57,11 +57,21 @@ class StepSession:
         if frame.parent is self.root or b.kind == "clock":
             return None
         _, _, key = canonical.keyed_input(b, frame.data, self.pii)
+        found: Event | None = None
         with self.lock:
             for ev in self.pending:
                 if ev.boundary == b.name and ev.key == key:
                     self.pending.remove(ev)
-                    return Serve.recorded(ev.output, ev.error, ev.meta)
+                    found = ev
+                    break
+        if found is not None:
+            if not _cut.was_cut(found, "output"):
+                return Serve.recorded(found.output, found.error, found.meta)
+            self.blocked = NotRerunnable(
+                f"it calls {b.name}, whose recorded output was {_cut.describe(found.output)} "
+                "(over the size cap)"
+            )
+            raise self.blocked
         self.blocked = NotRerunnable(
             f"it calls {b.name} with an input the recording does not have; drift re-runs only "
             f"the {self.top.kind} call itself"
@@ -91,6 +101,11 @@ class StepSession:
 
 def recorded_arguments(b: Boundary, ev: Event) -> tuple[list[Any], dict[str, Any]]:
     """The recorded input as call arguments (``*args`` and positional-only ones restored)."""
+    if _cut.was_cut(ev, "input"):
+        raise NotRerunnable(
+            f"its input was {_cut.describe(ev.input)} (over the size cap), so the recording "
+            "cannot re-send it"
+        )
     kwargs = dict(ev.input) if isinstance(ev.input, dict) else {}
     args: list[Any] = []
     if b.signature is not None:

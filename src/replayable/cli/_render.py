@@ -15,6 +15,7 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
+from replayable import _cut
 from replayable._linked import Callee
 from replayable._otlp import source_line
 from replayable._rundiff import RunDiff, tokens_of
@@ -175,14 +176,16 @@ def _label(step: Step, width: int, max_width: int | None = None) -> Text:
             text.append(f"  tokens {tokens}", style="cyan")
         if params:
             text.append("  " + " ".join(f"{k}={v}" for k, v in params.items()), style="dim cyan")
-    text.append(f"\n  in:  {short(ev.input, width)}", style="")
+    cut_in = _cut.label(ev.meta, "input", ev.input)
+    text.append(f"\n  in:  {short(f'<{cut_in}>' if cut_in else ev.input, width)}", style="")
     if ev.error is not None:
         text.append(
             "\n" + short(f"  error: {error_type(ev.error)}: {ev.error.get('message', '')}", width),
             style="bold red",
         )
     else:
-        text.append(f"\n  out: {short(ev.output, width)}", style="")
+        cut_out = _cut.label(ev.meta, "output", ev.output)
+        text.append(f"\n  out: {short(f'<{cut_out}>' if cut_out else ev.output, width)}", style="")
     return text
 
 
@@ -281,11 +284,13 @@ def step_detail(run: Run, ev: Event) -> Group:
     head.append(ev.boundary, style="bold")
     head.append(f"  seq {ev.seq}  {fmt_duration(ev.duration_ns / 1e9)}", style="dim")
     head.append(f"\nrun {run.id}  address {ev.address}", style="dim")
-    parts: list[Any] = [head, _json_block("input", ev.input)]
+    cut_in = _cut.label(ev.meta, "input", ev.input)
+    parts: list[Any] = [head, _json_block(f"input ({cut_in})" if cut_in else "input", ev.input)]
     if ev.error is not None:
         parts.append(_json_block("error", ev.error, style="bold red"))
     else:
-        parts.append(_json_block("output", ev.output))
+        cut_out = _cut.label(ev.meta, "output", ev.output)
+        parts.append(_json_block(f"output ({cut_out})" if cut_out else "output", ev.output))
     if ev.meta:
         parts.append(_json_block("meta", ev.meta, style="bold dim"))
     return Group(*parts)

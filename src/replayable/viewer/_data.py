@@ -15,6 +15,7 @@ from typing import Any
 
 import orjson
 
+from replayable import _cut
 from replayable._linked import Callee, linked_tree
 from replayable._otlp import source_line
 from replayable._rootcall import root_event
@@ -393,9 +394,9 @@ def retrieval_cards(ev: Event) -> list[dict[str, Any]] | None:
     return cards
 
 
-def _value(value: Any, limit: int) -> dict[str, Any]:
-    text, cut, size = pretty(value, limit)
-    return {"text": text, "truncated": cut, "size": size}
+def _value(value: Any, limit: int, cut: str | None = None) -> dict[str, Any]:
+    text, truncated, size = pretty(value, limit)
+    return {"text": text, "truncated": truncated, "size": size, "cut": cut}
 
 
 def step_data(loaded: LoadedRun, seq: int, limit: int = MAX_INLINE_BYTES) -> dict[str, Any] | None:
@@ -430,8 +431,8 @@ def step_data(loaded: LoadedRun, seq: int, limit: int = MAX_INLINE_BYTES) -> dic
         "system_fingerprint": ev.meta.get("system_fingerprint"),
         "sampling": params,
         "tokens": _tokens(ev),
-        "input": _value(ev.input, limit),
-        "output": _value(ev.output, limit),
+        "input": _value(ev.input, limit, _cut.label(ev.meta, "input", ev.input)),
+        "output": _value(ev.output, limit, _cut.label(ev.meta, "output", ev.output)),
         "error": None if ev.error is None else _value(ev.error, limit),
         "error_line": None if ev.error is None else _error_line(ev.error),
         "meta": _value(ev.meta, limit),

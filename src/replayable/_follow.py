@@ -17,9 +17,11 @@ MCP tool that writes, an A2A message) therefore goes live under ``follow`` witho
    (``OPTIONS`` on the same URL, carrying the follow context and ``replayable-probe: follow``,
    a safe method with no body) must be answered 2xx with ``replayable-linked`` naming the run
    the recording names: only a middleware built with ``follow=True`` that holds that run does
-   so, and it runs none of the app's code for a probe. Over MCP and A2A the follow request
-   itself is the probe: a replayable callee that cannot replay the linked run refuses it
-   without running the tool or the agent (rule 1 makes sure the callee is a replayable one).
+   so, and it runs none of the app's code for a probe. Over MCP the probe is a ``tools/list``
+   request whose ``_meta`` carries the same (no tool runs): only ``mcp.serve(follow=True)``
+   holding that run names it in the listing's ``_meta``. Over A2A the follow message itself is
+   the probe: a replayable agent that cannot replay the linked run refuses it without running
+   the agent (rule 1 makes sure the callee is a replayable one).
 
 Otherwise the call is refused with :class:`~replayable.errors.SideEffectRefused` naming the
 step, before a byte of it is sent; the two ways out are to serve it from the recording (leave it
@@ -159,20 +161,22 @@ def gate(name: str, side_effects: bool) -> str | None:
     return follow.expected(FRAME.get(), name, side_effects)
 
 
-def check_ack(name: str, status: int, answer: str | None, expected: str) -> None:
-    """Refuse unless a follow probe was answered 2xx naming ``expected`` (the callee run the
-    recording names) in ``replayable-linked``."""
+def check_ack(name: str, status: int | None, answer: str | None, expected: str) -> None:
+    """Refuse unless a follow probe was answered (2xx over HTTP: ``status``; ``None`` where
+    the protocol has no status) naming ``expected`` (the callee run the recording names) in
+    ``replayable-linked``."""
     from replayable.context import FRAME
 
     frame = FRAME.get()
     got = parse_linked(answer) if answer is not None else None
-    if 200 <= status < 300 and got == expected:
+    if (status is None or 200 <= status < 300) and got == expected:
         return
     said = f"naming run {got}" if got else f"without {LINKED_HEADER}"
+    code = "" if status is None else f" {status}"
     raise refusal(
         name,
         frame.address if frame is not None else None,
-        f"the callee did not acknowledge replay context (it answered the follow probe "
-        f"{status} {said}; run {expected} expected): it is not running replayable's "
+        f"the callee did not acknowledge replay context (it answered the follow probe"
+        f"{code} {said}; run {expected} expected): it is not running replayable's "
         "middleware with follow=True over the store that holds that run",
     )

@@ -68,21 +68,97 @@ class TestMcpLinked:
         with pytest.raises(rp.SideEffectRefused, match="no run linked to this step"):
             rp.replay(run.id, live=["mcp:tools/call.check_stock"], follow=True)
 
-    async def test_a_server_not_following_refuses_the_tool_call(self, tools_store: Store) -> None:
-        """A replayable server without follow=True refuses a follow request: the tool never runs."""
+    async def test_a_server_not_following_refuses_the_probe(self, tools_store: Store) -> None:
+        """A replayable server without follow=True does not acknowledge the probe: the tool
+        call is refused unsent, and sent anyway by hand it is refused by the server."""
+        with Uvicorn(services.mcp_tools(tools_store), lifespan="on") as tools:
+            async with rp.record(name="agent") as run:
+                await _ask(tools.url)
+            port = tools.port
+        step = next(e for e in run.events() if e.boundary == "mcp:tools/call.check_stock")
+        services.CALLS.clear()
+        with Uvicorn(services.mcp_tools(tools_store), port, lifespan="on") as tools:
+            async with rp.replay(
+                run.id, live=["mcp:tools/call.check_stock"], follow=True, strict=False
+            ) as r:
+                with pytest.raises(ExceptionGroup) as refused:  # through the client's tasks
+                    await _ask(tools.url)
+                assert refused.group_contains(rp.SideEffectRefused, match="did not acknowledge")
+            baggage = prop.baggage_entry(r.run.id, "x/0", "follow", prop.Link(run.id, step.address))
+            meta = {"traceparent": TRACEPARENT, "baggage": baggage}
+            async with mcp.Client(tools.url + "/mcp") as client:
+                result = await client.call_tool("check_stock", {"item": "mug"}, meta=meta)
+        assert result.is_error
+        assert "follow=True" in str(result.content[0].text)
+        assert services.CALLS == []
+
+    async def test_a_server_that_lost_replayable_is_refused_after_the_probe(
+        self, tools_store: Store
+    ) -> None:
+        """Recorded through a replayable server, replayed against a plain one: the probe gets a
+        plain listing, the tool call is refused unsent."""
         with Uvicorn(services.mcp_tools(tools_store), lifespan="on") as tools:
             async with rp.record(name="agent") as run:
                 await _ask(tools.url)
             port = tools.port
         services.CALLS.clear()
-        with Uvicorn(services.mcp_tools(tools_store), port, lifespan="on") as tools:
-            async with rp.replay(
-                run.id, live=["mcp:tools/call.check_stock"], follow=True, strict=False
-            ):
-                async with rp.instrument(mcp.Client(tools.url + "/mcp")) as client:
-                    result = await client.call_tool("check_stock", {"item": "mug"})
-        assert result.is_error
-        assert "follow=True" in str(result.content[0].text)
+        app = services.mcp_tools(tools_store, linked=False)
+        with Uvicorn(app, port, lifespan="on") as tools:
+            async with rp.replay(run.id, live=["mcp:tools/call.check_stock"], follow=True):
+                with pytest.raises(ExceptionGroup) as refused:  # through the client's tasks
+                    await _ask(tools.url)
+                assert refused.group_contains(
+                    rp.SideEffectRefused, match="without replayable-linked"
+                )
+        assert services.CALLS == []
+
+    async def test_a_bare_session_probes_then_follows(self, tools_store: Store) -> None:
+        """An instrumented ClientSession probes on itself, past its recorded listing: the
+        server acknowledges, replays its run; the tool runs only in the server's replay."""
+        from mcp import ClientSession
+        from mcp.client.streamable_http import streamable_http_client
+
+        async def ask(url: str) -> str:
+            async with streamable_http_client(url + "/mcp") as (read, write, *_):
+                async with ClientSession(read, write) as session:
+                    await session.initialize()
+                    rp.instrument(session)
+                    result = await session.call_tool("check_stock", {"item": "mug"})
+            return str(result.content[0].text)
+
+        with Uvicorn(services.mcp_tools(tools_store), lifespan="on") as tools:
+            async with rp.record(name="agent") as run:
+                assert await ask(tools.url) == "mug: 9 in stock"
+            port = tools.port
+        step = next(e for e in run.events() if e.boundary == "mcp:tools/call.check_stock")
+        assert "linked" in step.meta
+        services.CALLS.clear()
+        app = services.mcp_tools(tools_store, follow=True)
+        with Uvicorn(app, port, lifespan="on") as tools:
+            async with rp.replay(run.id, live=["mcp:tools/call.check_stock"], follow=True) as r:
+                assert await ask(tools.url) == "mug: 9 in stock"
+        assert r.ok, r.report()
+        assert [e.boundary for e in r.run.events()] == [e.boundary for e in run.events()]
+        (replayed,) = [x for x in tools_store.list_runs() if x.parent_run is not None]
+        assert replayed.parent is not None
+        assert replayed.parent.run == r.run.id
+
+    async def test_a_probe_answer_runs_no_tool(self, tools_store: Store) -> None:
+        """The probe, sent by hand, is answered naming the linked run, and no tool runs."""
+        with Uvicorn(services.mcp_tools(tools_store), lifespan="on") as tools:
+            async with rp.record(name="agent") as run:
+                await _ask(tools.url)
+            port = tools.port
+        step = next(e for e in run.events() if e.boundary == "mcp:tools/call.check_stock")
+        services.CALLS.clear()
+        baggage = prop.baggage_entry("r2", "x/0", "follow", prop.Link(run.id, step.address))
+        meta = {"traceparent": TRACEPARENT, "baggage": baggage, "replayable-probe": "follow"}
+        app = services.mcp_tools(tools_store, follow=True)
+        with Uvicorn(app, port, lifespan="on") as tools:
+            async with mcp.Client(tools.url + "/mcp") as client:
+                listing = await client.list_tools(meta=meta, cache_mode="bypass")
+        assert (listing.meta or {}).get("replayable-linked") == step.meta["linked"]["run"]
+        assert [t.name for t in listing.tools] == ["check_stock"]
         assert services.CALLS == []
 
 

@@ -70,12 +70,15 @@ async def _live() -> Any:
     if real.method != "call_tool":
         return await real.state.originals[real.method](*real.args, **real.kwargs)
     # The run's context travels in the request's _meta, as traceparent/baggage do over HTTP.
-    # A followed side effect needs a recorded linked run; the follow request is its probe (a
-    # replayable server that cannot replay it refuses it without running the tool).
+    # A followed side effect needs a recorded linked run and the server's acknowledgement of a
+    # probe (a tools/list carrying the follow context) before the tool call is sent.
     frame = FRAME.get()
+    expected = None
     if frame is not None and frame.b is not None:
-        _follow.gate(frame.b.name, frame.b.side_effects)
+        expected = _follow.gate(frame.b.name, frame.b.side_effects)
     context, follow = outgoing("mcp")
+    if expected is not None and frame is not None and frame.b is not None:
+        await _probe(real.state, frame.b.name, context, expected)
     kwargs = real.kwargs
     if context:
         meta = dict(kwargs.get("meta") or {})
@@ -91,6 +94,39 @@ async def _live() -> Any:
     if linked is not None:
         note_linked(linked, "mcp")
     return result
+
+
+async def _probe(state: ClientState, name: str, context: dict[str, str], expected: str) -> None:
+    """The follow probe over MCP: a ``tools/list`` (it changes nothing) whose ``_meta`` carries
+    the follow context and ``replayable-probe: follow``, sent as a bare request on the client's
+    session (no cached listing answers it, none is updated by it). Only
+    ``replayable.integrations.mcp.serve`` built with ``follow=True`` over the store that holds
+    run ``expected`` answers naming that run; any other server answers a plain listing (or an
+    error), and the tool call is refused unsent."""
+    mcp = importlib.import_module("mcp")
+    types = importlib.import_module("mcp.types")
+    probe = {**context, _follow.PROBE_HEADER: _follow.PROBE_VALUE}
+    frame = FRAME.get()
+    where = frame.address if frame is not None else None
+    client = state.client
+    # The session itself (an instrumented ClientSession), or the one an mcp.Client or an Agents
+    # SDK MCP server holds; the request is sent as is, so the session's own tool listing (and
+    # what its calls fetch because of it) stays as it was.
+    session = client if isinstance(client, mcp.ClientSession) else getattr(client, "session", None)
+    if not isinstance(session, mcp.ClientSession):
+        raise _follow.refusal(name, where, "this client has no MCP session to probe the callee")
+    request = types.ListToolsRequest(params=types.PaginatedRequestParams(_meta=probe))
+    try:
+        answer = await session.send_request(request, types.ListToolsResult)
+    except Exception as exc:  # the server's error, whatever the transport raised
+        raise _follow.refusal(
+            name,
+            where,
+            "the callee did not acknowledge replay context (the follow probe, an MCP "
+            f"tools/list, failed: {type(exc).__name__})",
+        ) from exc
+    linked = (getattr(answer, "meta", None) or {}).get(_follow.LINKED_HEADER)
+    _follow.check_ack(name, None, linked if isinstance(linked, str) else None, expected)
 
 
 def _make(name: str, kind: str, result: str, side_effects: bool = False) -> Boundary:

@@ -177,6 +177,35 @@ def instrument(
     return obj
 
 
+def _answers_probes(policy: Policy) -> Callable[[Any, Any], Awaitable[Any]]:
+    """A server middleware answering a follow probe (a ``tools/list`` naming a recorded caller
+    step in its ``_meta``) with the listing and, when this server follows and holds a run
+    linked to that step, that run's id in the listing's ``_meta``. The probe runs no tool;
+    every other message goes on untouched."""
+
+    async def middleware(ctx: Any, call_next: Callable[[Any], Awaitable[Any]]) -> Any:
+        result = await call_next(ctx)
+        meta = getattr(ctx, "meta", None)
+        if (
+            getattr(ctx, "method", None) != "tools/list"
+            or not isinstance(meta, dict)
+            or meta.get(_follow.PROBE_HEADER) != _follow.PROBE_VALUE
+        ):
+            return result
+        keys = ("traceparent", BAGGAGE, _follow.PROBE_HEADER)
+        headers = {k: v for k in keys if isinstance(v := meta.get(k), str)}
+        decision = policy.decide(headers)
+        if decision is None or decision.action != "probe" or decision.linked is None:
+            return result
+        ack = {_follow.LINKED_HEADER: decision.linked.id}
+        if isinstance(result, dict):
+            return {**result, "_meta": {**(result.get("_meta") or {}), **ack}}
+        result.meta = {**(getattr(result, "meta", None) or {}), **ack}
+        return result
+
+    return middleware
+
+
 def serve(
     server: Any,
     *,
@@ -190,7 +219,10 @@ def serve(
     replayable's ``baggage`` member, added by an instrumented client inside a run) runs as a
     run linked to the calling step, as :mod:`replayable.integrations.web` does for HTTP; with
     ``follow=True`` (a local replay instance) a follow request replays the linked run and
-    returns its divergences in the result's ``_meta``. Returns the server.
+    returns its divergences in the result's ``_meta``, and a follow probe (a ``tools/list``
+    naming the caller's recorded step, see :mod:`replayable._follow`) is answered with the run
+    it would replay; a follow request or probe it cannot honour is refused or left
+    unacknowledged, and no tool runs for it. Returns the server.
 
     For example (a sketch, not run as a doctest)::
 
@@ -225,6 +257,7 @@ def serve(
         return result
 
     server.call_tool = call_tool
+    server.middleware.append(_answers_probes(policy))
     return server
 
 

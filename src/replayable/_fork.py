@@ -411,7 +411,7 @@ class WhatIf:
             if error is not None or ev.error is not None:
                 if was != now:
                     changes.append(FieldChange("output", "changed", was, now))
-            elif now is not None and not is_imported_step(ev):  # imported: no SDK shape
+            elif now is not None and not (is_imported_step(ev) and ev.kind == "llm"):
                 changes += diff_values(was, now, "output")
         if how == "live" and ((not changes and ev is not None) or b.kind == "clock"):
             return  # ran live and did the same thing (or sampled again): nothing to say

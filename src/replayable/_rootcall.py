@@ -28,6 +28,11 @@ def root_call(run: Run, events: Iterable[Event]) -> tuple[Boundary, Event]:
     """The recorded top-level agent call and its registered boundary."""
     ev = root_event(run, events)
     b = registry().get(ev.boundary) or _imported_root(run, ev)
+    if b is not None and ev.input is None and _needs_arguments(b):
+        from replayable._otlp._replay import is_imported, root_not_captured
+
+        if is_imported(run):
+            raise root_not_captured(run, ev)
     if b is None:
         from replayable._otlp._replay import is_imported
 
@@ -56,6 +61,18 @@ def _imported_root(run: Run, ev: Event) -> Boundary | None:
     name = ev.boundary.split(":", 1)[-1]
     found = [b for b in registry().values() if b.kind == "agent" and bare_name(b.name) == name]
     return found[0] if len(found) == 1 else None
+
+
+def _needs_arguments(b: Boundary) -> bool:
+    """Whether calling ``b`` needs an argument (one without a default, past self/cls)."""
+    if b.signature is None:
+        return False
+    return any(
+        p.default is inspect.Parameter.empty
+        and p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+        and p.name not in ("self", "cls")
+        for p in b.signature.parameters.values()
+    )
 
 
 def call_recorded(b: Boundary, ev: Event) -> Any:

@@ -183,12 +183,16 @@ class RunDiff:
 
 def _compare(a: Event, b: Event, matched_by: str, limit: int) -> StepPair:
     if matched_by == "source" and is_imported_step(a):
-        # A step served from an imported one: its input compared as the replay compared it
-        # (what the trace carries); its output was built from the trace's, in the SDK's shape.
+        # A step that stands for an imported one: its input compared as the replay compared it
+        # (what the trace carries); a model answer is the SDK's own shape, not the trace's, so
+        # only a tool's (or other step's) output is compared.
         recorded, actual = compared(a, b.boundary, b.input)
         inp = diff_values(recorded, actual, limit=limit)
+        plain = a.kind != "llm" and a.error is None
+        out = diff_values(a.output, b.output, limit=limit) if plain else []
         err = diff_values(a.error, b.error, limit=limit)
-        return StepPair(a, b, CHANGED if inp or err else SAME, matched_by, inp, [], err)
+        status = CHANGED if inp or out or err else SAME
+        return StepPair(a, b, status, matched_by, inp, out, err)
     inp = diff_values(a.input, b.input, limit=limit)
     out = diff_values(a.output, b.output, limit=limit) if a.error is None else []
     err = diff_values(a.error, b.error, limit=limit)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import openai
+import orjson
 import pytest
 from tests.integrations.fakeserver import FakeLLMServer
 
@@ -238,6 +239,7 @@ class TestImportedRunsInTheLoop:
         assert [(c.how, c.step) for c in r.changes] == [
             ("overridden", "refund#1"),
             ("live", "gpt-4o-mini#2"),
+            ("live", "refunds#1"),
         ]
         assert [c.path for c in r.changes[1].changes] == ["input.messages[3].content.refunded"]
         assert len(t.refunds()) == 1
@@ -278,3 +280,147 @@ class TestImportedRunsInTheLoop:
         first = rp.diff(t.run_id, outcome.replay_id, store=t.store).first_divergence
         assert first is not None
         assert [c.path for c in first.input_changes] == ["messages[1].content"]
+
+
+AGENT_MODULE = """
+import os
+
+import openai
+import orjson
+
+import replayable as rp
+from tests.otlp import producer_agent
+
+client = rp.instrument(openai.OpenAI(base_url=os.environ["MODEL_URL"], api_key="sk-test"))
+refund = rp.boundary(kind="tool", side_effects=True)(producer_agent.refund)
+
+
+@rp.boundary(kind="agent")
+def refunds(prompt: str) -> str:
+    return producer_agent.openai_agent(client, prompt{suffix}, refund)
+"""
+
+
+def agent_module(
+    t: Traced, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, suffix: str = ""
+) -> str:
+    """Write the agent's code as a module ``--import`` can load (a name of its own per test),
+    pointed at ``t``'s model server and side-effect database."""
+    name = f"refund_agent_{tmp_path.name.replace('-', '_')}"
+    (tmp_path / f"{name}.py").write_text(
+        AGENT_MODULE.format(suffix=f" + {suffix!r}" if suffix else "")
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("MODEL_URL", t.model.openai_url)
+    monkeypatch.setenv("SIDE_EFFECT_DB", str(t.db))
+    return name
+
+
+def cli(*args: str) -> Any:
+    """Run the replayable command line in this process."""
+    from click.testing import CliRunner
+
+    from replayable.cli import main
+
+    return CliRunner().invoke(main, list(args))
+
+
+class TestTheCommandLine:
+    def test_check_serves_the_imported_run_to_the_imported_module(
+        self, traced: Callable[..., Traced], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """``replayable check --import MODULE`` re-runs the agent against the imported run:
+        exit 0, unchanged, no request to the model, the refund not made again."""
+        t = traced("openinference-openai")
+        module = agent_module(t, tmp_path, monkeypatch)
+        seen = len(t.model.requests)
+        result = cli("check", "--import", module, "--store", t.store.url, "--no-save", "--json")
+        assert result.exit_code == 0, result.output
+        assert [o["outcome"] for o in orjson.loads(result.stdout)["runs"]] == ["unchanged"]
+        assert len(t.model.requests) == seen
+        assert len(t.refunds()) == 1
+
+    def test_check_without_the_agent_names_the_function_to_decorate(
+        self, traced: Callable[..., Traced]
+    ) -> None:
+        """Without the agent's module the imported run is not replayable, and the check says
+        which function (by the traced agent's name) to decorate."""
+        t = traced("openinference-openai")
+        result = cli("check", "--import", "sqlite3", "--store", t.store.url, "--no-save")
+        assert result.exit_code == 0, result.output
+        assert "not replayable    1" in result.output
+        assert "named 'refunds'" in result.output
+
+    def test_a_trace_without_the_agents_input_says_so(
+        self, traced: Callable[..., Traced], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A GenAI ``invoke_agent`` span carries no agent input: the check finds the agent but
+        has no arguments to call it with, so the run is not replayable and the check says why
+        (never a TypeError from calling the agent without them)."""
+        t = traced("openai-v2")
+        module = agent_module(t, tmp_path, monkeypatch)
+        result = cli("check", "--import", module, "--store", t.store.url, "--json")
+        assert result.exit_code == 0, result.output
+        (outcome,) = orjson.loads(result.stdout)["runs"]
+        assert outcome["outcome"] == "not_replayable"
+        assert "did not carry the input of its root agent step 'refunds'" in outcome["detail"]
+        fork = cli(
+            "fork", t.run_id, "--import", module, "--store", t.store.url,
+            "--at", "refund#1", "--set-output", "{}",
+        )  # fmt: skip
+        assert fork.exit_code == 2, fork.output
+        assert "rp.replay(" in fork.output
+        assert "Traceback" not in fork.output
+
+    def test_a_changed_prompt_is_checked_then_diffed(
+        self, traced: Callable[..., Traced], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Changed code: check exits 1 with the run diverged and keeps the replay;
+        ``replayable diff RUN REPLAY`` exits 1 and names the changed message."""
+        t = traced("openinference-openai")
+        module = agent_module(t, tmp_path, monkeypatch, suffix=" today")
+        result = cli("check", "--import", module, "--store", t.store.url, "--json")
+        assert result.exit_code == 1, result.output
+        (outcome,) = orjson.loads(result.stdout)["runs"]
+        assert outcome["outcome"] == "diverged"
+        rp.flush()
+        diff = cli("diff", t.run_id, outcome["replay_id"], "--store", t.store.url, "--json")
+        assert diff.exit_code == 1, diff.output
+        aligned = orjson.loads(diff.stdout)
+        first = aligned["pairs"][aligned["first_divergence"]]
+        assert (first["kind"], first["matched_by"]) == ("llm", "source")
+        assert [c["path"] for c in first["changes"]["input"]] == ["messages[1].content"]
+        assert len(t.refunds()) == 1
+
+    def test_fork_overrides_the_tool_then_diff_shows_the_changed_answer(
+        self, traced: Callable[..., Traced], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """``replayable fork RUN --at refund#1 --set-output ... --live-kind llm``: the later
+        model call runs live (one request), the refund is not made again, the fork is kept,
+        and ``replayable diff`` pairs it with the imported run: the tool's output changed."""
+        t = traced("openinference-openai")
+        module = agent_module(t, tmp_path, monkeypatch)
+        seen = len(t.model.requests)
+        result = cli(
+            "fork", t.run_id, "--import", module, "--store", t.store.url,
+            "--at", "refund#1", "--set-output", '{"refunded": 0}', "--live-kind", "llm", "--json",
+        )  # fmt: skip
+        assert result.exit_code == 0, result.output
+        fork = orjson.loads(result.stdout)
+        assert [(c["how"], c["step"]) for c in fork["changes"]] == [
+            ("overridden", "refund#1"),
+            ("live", "gpt-4o-mini#2"),
+            ("live", "refunds#1"),
+        ]
+        assert len(t.model.requests) == seen + 1
+        assert len(t.refunds()) == 1
+        rp.flush()
+        diff = cli("diff", t.run_id, fork["fork"], "--store", t.store.url, "--json")
+        assert diff.exit_code == 1, diff.output
+        pairs = orjson.loads(diff.stdout)["pairs"]
+        assert [(p["kind"], p["status"]) for p in pairs if p["a"] and p["b"]] == [
+            ("agent", "changed"), ("llm", "same"), ("tool", "changed"), ("llm", "changed"),
+        ]  # fmt: skip
+        shown = cli("show", fork["fork"], "--store", t.store.url)
+        assert shown.exit_code == 0, shown.output
+        assert "refund" in shown.output

@@ -52,6 +52,7 @@ __all__ = [
     "is_imported",
     "is_imported_step",
     "live_view",
+    "root_not_captured",
 ]
 
 COMPARED = {"llm": ("model", "messages"), "tool": ("arguments",)}
@@ -72,6 +73,28 @@ def is_imported(run: Run) -> bool:
 def is_imported_step(ev: Event) -> bool:
     """Whether ``ev`` is a step imported from a trace (it keeps its span under ``otel``)."""
     return isinstance(ev.meta, dict) and "otel" in ev.meta
+
+
+def root_not_captured(run: Run, ev: Event) -> NotCaptured:
+    """The error for an imported run whose root agent step the trace kept without its input:
+    ``check`` and ``fork`` have no arguments to call the agent with."""
+    otel = ev.meta.get("otel") if isinstance(ev.meta, dict) else None
+    convention = str(otel.get("convention") or "") if isinstance(otel, dict) else ""
+    hint = CAPTURE_HINTS.get(convention) if convention != "gen_ai" else None
+    how = (
+        f"To trace it, {hint}; then trace the incident again, or"
+        if hint
+        else "GenAI invoke_agent spans carry no agent input:"
+    )
+    return NotCaptured(
+        f"run {run.id} was imported from a trace that did not carry the input of its root "
+        f"agent step {_step_name(ev)!r} ({ev.address}), so there are no arguments to call the "
+        f"agent with. {how} replay it from Python, calling the agent yourself inside "
+        f"rp.replay({run.id!r})",
+        run_id=run.id,
+        address=ev.address,
+        setting=hint or "",
+    )
 
 
 def _step_name(ev: Event) -> str:

@@ -411,7 +411,7 @@ class WhatIf:
             if error is not None or ev.error is not None:
                 if was != now:
                     changes.append(FieldChange("output", "changed", was, now))
-            elif now is not None and not (is_imported_step(ev) and ev.kind == "llm"):
+            elif now is not None and not (is_imported_step(ev) and _not_comparable(ev)):
                 changes += diff_values(was, now, "output")
         if how == "live" and ((not changes and ev is not None) or b.kind == "clock"):
             return  # ran live and did the same thing (or sampled again): nothing to say
@@ -504,3 +504,9 @@ def build_whatif(
         allow_side_effects=allow_side_effects,
     )
     return Replay(base, whatif, allow_network=allow_network)
+
+
+def _not_comparable(ev: Event) -> bool:
+    """An imported step whose output a fork does not compare: a model answer (the replay's is
+    the SDK's own shape, not the trace's) or an output the trace did not carry."""
+    return ev.kind == "llm" or ev.output is None

@@ -185,10 +185,10 @@ def _compare(a: Event, b: Event, matched_by: str, limit: int) -> StepPair:
     if matched_by == "source" and is_imported_step(a):
         # A step that stands for an imported one: its input compared as the replay compared it
         # (what the trace carries); a model answer is the SDK's own shape, not the trace's, so
-        # only a tool's (or other step's) output is compared.
+        # only a tool's (or other step's) output is compared, when the trace carried one.
         recorded, actual = compared(a, b.boundary, b.input)
         inp = diff_values(recorded, actual, limit=limit)
-        plain = a.kind != "llm" and a.error is None
+        plain = a.kind != "llm" and a.error is None and a.output is not None
         out = diff_values(a.output, b.output, limit=limit) if plain else []
         err = diff_values(a.error, b.error, limit=limit)
         status = CHANGED if inp or out or err else SAME

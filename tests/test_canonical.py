@@ -224,22 +224,43 @@ class TestRoundTrip:
         assert r.ok
 
     @pytest.mark.parametrize(
-        ("value", "path"),
+        ("value", "stored"),
         [
-            ({1: "a", "1": "b"}, ""),
-            ({True: "a", "true": "b"}, ""),
-            ({None: 1, "null": 2}, ""),
-            ({"outer": [{2.5: 1, "2.5": 2}]}, "outer[0]"),
-            ({"d": _Unsorted(mid={1: 1, "1": 2})}, "d.mid"),  # type: ignore[arg-type]
+            ({1: "a", "1": "b"}, {"$dict": [[1, "a"], ["1", "b"]]}),
+            ({True: "a", "true": "b"}, {"$dict": [[True, "a"], ["true", "b"]]}),
+            ({None: 1, "null": 2}, {"$dict": [[None, 1], ["null", 2]]}),
+            ({"outer": [{2.5: 1, "2.5": 2}]}, {"outer": [{"$dict": [[2.5, 1], ["2.5", 2]]}]}),
+            (
+                {"d": _Unsorted(mid={1: 1, "1": 2})},  # type: ignore[arg-type]
+                {"d": {"zeta": 1, "alpha": "a", "mid": {"$dict": [[1, 1], ["1", 2]]}}},
+            ),
         ],
+        ids=["int-str", "bool-str", "none-str", "nested-float", "in-a-dataclass"],
     )
-    def test_colliding_keys_raise_naming_the_path(self, value: Any, path: str) -> None:
-        """Keys that become the same JSON string raise Unserializable at that dict."""
-        with pytest.raises(Unserializable, match="same JSON key") as info:
-            canonical.dumps(value)
-        assert info.value.path == path
-        with pytest.raises(Unserializable):
-            canonical.snapshot(value)
+    def test_colliding_keys_are_kept_as_pairs(self, value: Any, stored: Any) -> None:
+        """Keys that become the same JSON string keep both values, as the dict's pairs; the
+        pairs rebuild the dict with its own keys."""
+        assert canonical.loads(canonical.snapshot(value)) == stored
+        rebuilt = canonical.untag(canonical.loads(canonical.snapshot(value)))
+        assert rebuilt == canonical.untag(stored)
+        first = value if "outer" not in value and "d" not in value else None
+        if first is not None:
+            assert rebuilt == first
+            assert [type(k) for k in rebuilt] == [type(k) for k in first]
+
+    def test_colliding_keys_key_alike_whatever_their_order(self) -> None:
+        """The key of a colliding dict does not depend on the order it was built in, and the
+        key of its snapshot is the key of the value."""
+        a = {1: "a", "1": "b", 12: "c", "12": "d"}
+        b = dict(reversed(list(a.items())))
+        assert canonical.key(a) == canonical.key(b)
+        assert canonical.sorted_json(canonical.snapshot(b)) == canonical.dumps(a)
+
+    def test_a_value_that_only_looks_tagged_stays_data(self) -> None:
+        """Pairs whose keys could not be dict keys are not rebuilt (stored data, not a tag)."""
+        looks = {"$dict": [[[1], "a"]]}
+        assert canonical.untag(looks) == looks
+        assert canonical.untag({"$dict": "x", "other": 1}) == {"$dict": "x", "other": 1}
 
     def test_distinct_non_string_keys_still_serialize(self) -> None:
         """Int and bool keys that do not collide are kept, as strings."""
@@ -249,19 +270,27 @@ class TestRoundTrip:
             "null": "c",
         }
 
-    def test_colliding_keys_at_record_time_become_a_marked_field(self) -> None:
-        """Recording an argument whose keys collide marks that field; nothing is dropped
-        silently and the other fields are kept."""
+    def test_colliding_keys_are_recorded_whole_and_served_back_whole(self) -> None:
+        """An argument and a return value whose keys collide are recorded without a warning
+        or a marker, and a replay serves the dict back with both keys and their types."""
 
         @rp.boundary(kind="tool", name="collide")
-        def collide(data: dict[Any, str], other: int) -> int:
-            return other
+        def collide(data: dict[Any, str], other: int) -> dict[Any, str]:
+            return {**data, None: "n", "null": "s"}
 
-        with pytest.warns(rp.ReplayableWarning, match="same JSON key"), rp.record() as run:
-            assert collide({1: "a", "1": "b"}, 7) == 7
+        with rp.record() as run:
+            assert collide({1: "a", "1": "b"}, 7) == {1: "a", "1": "b", None: "n", "null": "s"}
         [ev] = list(rp.open_store().get_run(run.id).events())
-        assert ev.input == {"data": {"$unserializable": "data", "type": "dict"}, "other": 7}
-        assert ev.meta["unserializable_input"] == "data"
+        assert ev.input == {"data": {"$dict": [[1, "a"], ["1", "b"]]}, "other": 7}
+        assert "unserializable_input" not in ev.meta
+        with rp.replay(run.id) as replay:
+            served = collide({1: "a", "1": "b"}, 7)
+        assert replay.ok
+        assert served == {1: "a", "1": "b", None: "n", "null": "s"}
+        assert [type(k) for k in served] == [int, str, type(None), str]
+        with rp.replay(run.id, strict=False) as changed, pytest.raises(rp.Divergence):
+            collide({"1": "b", 1: "x"}, 7)  # a changed call with nothing honest to serve
+        assert [d.reason for d in changed.divergences] == ["changed"]
 
     @given(
         st.recursive(
@@ -292,7 +321,7 @@ class TestRoundTrip:
             data = canonical.snapshot(value)
         except Unserializable:
             return
-        assert count(canonical.loads(data)) == count(value)
+        assert count(canonical.untag(canonical.loads(data))) == count(value)
 
 
 class TestHostileObjects:

@@ -281,6 +281,23 @@ class TestEveryAnswerShape:
         [step] = report.steps
         assert [c.field for c in step.changes] == ["text"]
 
+    def test_an_input_whose_keys_collide_is_re_sent_whole(self) -> None:
+        """A model call recorded with a dict whose keys collide as strings is re-run with that
+        dict whole (both keys, their types), so an unchanged model is no drift."""
+        seen: list[dict[Any, str]] = []
+
+        @rp.boundary(kind="llm", name="tests.drift:by_id")
+        def by_id(options: dict[Any, str]) -> str:
+            seen.append(options)
+            return ",".join(f"{type(k).__name__}:{v}" for k, v in options.items())
+
+        with rp.record(name="collide"):
+            by_id({1: "a", "1": "b"})
+        report = rp.drift(name="collide", judge=None, limit=1)
+        assert [s.status for s in report.steps] == ["same"]
+        assert seen[-1] == {1: "a", "1": "b"}
+        assert [type(k) for k in seen[-1]] == [int, str]
+
 
 class TestNotRerunnable:
     def test_an_unregistered_boundary_is_reported_per_step(

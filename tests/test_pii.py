@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import replayable as rp
+from replayable import canonical
 from replayable._pii import PII, Pseudonymizer, for_record, key_id
 from replayable._pii_detect import Detector, iban_ok, luhn_ok
 
@@ -159,6 +160,22 @@ class TestPseudonyms:
         assert p.is_made_up(out["customer"]["address"])
         assert not _p(OTHER).is_made_up(token)
         assert out["customer"]["id"] == 7
+
+    def test_a_named_field_in_a_dict_whose_keys_collide_is_pseudonymized(self) -> None:
+        """A dict stored as its pairs (keys collide as strings) has its named fields and
+        emails pseudonymized like any dict's, and its colliding keys kept."""
+        p = _p(fields=["customer.name"])
+        stored = orjson.loads(
+            canonical.snapshot(
+                {"customer": {1: "a", "1": "b", "name": "Dana Whitfield", "to": "dana@acme.io"}}
+            )
+        )
+        out = p.value(stored)
+        pairs = {repr(k): v for k, v in out["customer"]["$dict"]}
+        assert (pairs["1"], pairs["'1'"]) == ("a", "b")
+        assert p.is_made_up(pairs["'name'"])
+        assert pairs["'to'"].endswith("@example.com")
+        assert "Dana" not in orjson.dumps(out).decode()
 
     def test_a_named_field_holding_an_email_keeps_the_email_shape(self) -> None:
         """A field named personal whose value is of a known kind keeps that kind's shape."""

@@ -8,7 +8,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import replayable as rp
 from replayable._engine import Match
@@ -246,3 +249,144 @@ def test_the_matcher_refuses_an_unknown_mode(recorded: rp.Run) -> None:
     parts = replay_parts(recorded, list(recorded.events()), target=recorded.store)
     with pytest.raises(ValueError, match="'address' or 'key'"):
         RecordingMatcher(parts.recording, match="place")
+
+
+COLLIDING: dict[Any, Any] = {2: "a", "2": "b", True: "t", "true": "T", None: "n", "null": "N"}
+
+
+@rp.boundary(kind="tool", name="tests.replayer:collide")
+def collide(data: dict[Any, Any]) -> dict[Any, Any]:
+    return {**data, 2.5: "f", "2.5": "F"}
+
+
+@rp.boundary(kind="llm", name="tests.replayer:collide_stream")
+def collide_stream(n: int) -> Iterator[dict[Any, Any]]:
+    for i in range(n):
+        yield {i: "int", str(i): "str"}
+
+
+def _same_dict(got: Any, want: dict[Any, Any]) -> None:
+    """``got`` is ``want``: the same keys with the same types, in order, and the same values."""
+    assert got == want
+    assert [(type(k), k) for k in got] == [(type(k), k) for k in want]
+
+
+class TestCollidingKeysServedWhole:
+    """A dict whose keys collide as strings is recorded whole and served back whole."""
+
+    def test_a_recorded_run_serves_the_dict_back_with_every_key_and_its_type(self) -> None:
+        """Replay serves {2, "2", True, "true", None, "null", 2.5, "2.5"} keys back as they were
+        returned, and the run verifies."""
+        with rp.record() as run:
+            recorded = collide(COLLIDING)
+        rp.flush()
+        stored = rp.open_store().get_run(run.id)
+        assert verify_run(stored, stored.events()).ok
+        [ev] = list(stored.events())
+        assert ev.meta["dict_pairs"] is True
+        assert "unserializable_output" not in ev.meta
+        with rp.replay(run.id) as replay:
+            served = collide(COLLIDING)
+        assert replay.ok
+        _same_dict(served, recorded)
+
+    def test_a_replay_of_the_replay_serves_it_whole_too(self) -> None:
+        """A served step kept as a reference says its output holds pairs, so a replay of the
+        replay rebuilds the dict too."""
+        with rp.record() as run:
+            recorded = collide(COLLIDING)
+        with rp.replay(run.id) as first:
+            collide(COLLIDING)
+        with rp.replay(first.run.id) as second:
+            served = collide(COLLIDING)
+        assert second.ok
+        _same_dict(served, recorded)
+
+    def test_a_trace_file_serves_it_whole(self, tmp_path: Path) -> None:
+        """The flag travels in the event's metadata into a trace file and back."""
+        from replayable.trace import write_trace
+
+        with rp.record() as run:
+            recorded = collide(COLLIDING)
+        rp.flush()
+        stored = rp.open_store().get_run(run.id)
+        path = write_trace(stored, stored.events(), tmp_path / "collide.jsonl")
+        with rp.replay(path) as replay:
+            served = collide(COLLIDING)
+        assert replay.ok
+        _same_dict(served, recorded)
+
+    def test_streamed_chunks_are_served_whole(self) -> None:
+        """Each chunk of a served stream is rebuilt with its colliding keys."""
+        with rp.record() as run:
+            recorded = list(collide_stream(3))
+        with rp.replay(run.id) as replay:
+            served = list(collide_stream(3))
+        assert replay.ok
+        assert len(served) == 3
+        for got, want in zip(served, recorded, strict=True):
+            _same_dict(got, want)
+
+    def test_a_cassette_serves_it_whole(self, tmp_path: Path) -> None:
+        """A cassette line keeps the flag, so its hit serves the dict back whole."""
+        path = tmp_path / "collide.jsonl"
+        with rp.cassette(path, mode="record"):
+            recorded = collide(COLLIDING)
+        with rp.cassette(path, mode="replay"):
+            served = collide(COLLIDING)
+        _same_dict(served, recorded)
+
+    def test_a_secret_under_a_colliding_dicts_key_is_redacted(self, tmp_path: Path) -> None:
+        """The pairs' keys are names like any dict's: a password under one is not stored, and
+        the replay serves the redacted value under the same key."""
+        secret = "hunter2-correct-horse"
+        with rp.record() as run:
+            collide({1: "a", "1": "b", "password": secret})
+        rp.flush()
+        for file in tmp_path.glob("traces.db*"):  # the database, its WAL
+            assert secret.encode() not in file.read_bytes()
+        with rp.replay(run.id) as replay:
+            served = collide({1: "a", "1": "b", "password": secret})
+        assert replay.ok
+        assert served["password"] == "[REDACTED]"
+        assert (served[1], served["1"]) == ("a", "b")
+
+    def test_a_changed_colliding_value_is_a_divergence(self) -> None:
+        """Changing the value under one of two colliding keys is reported, not matched."""
+        with rp.record() as run:
+            collide({1: "a", "1": "b"})
+        with rp.replay(run.id, strict=False) as replay, pytest.raises(rp.Divergence):
+            collide({1: "x", "1": "b"})
+        assert [d.reason for d in replay.divergences] == ["changed"]
+
+    @given(
+        st.dictionaries(
+            st.integers(-3, 3)
+            | st.booleans()
+            | st.none()
+            | st.floats(-3, 3, allow_nan=False).map(lambda f: round(f, 1))
+            | st.sampled_from(["1", "-1", "0", "true", "false", "null", "0.5", "x"]),
+            st.integers(-(2**63), 2**63 - 1) | st.text(max_size=4) | st.lists(st.booleans()),
+            max_size=6,
+        )
+    )
+    @settings(max_examples=40, deadline=None)
+    def test_any_dict_of_scalar_keys_is_served_back_whole(self, value: dict[Any, Any]) -> None:
+        """Property: whatever scalar keys a dict has, a replay serves back every value: keys
+        that collide as strings come back typed as they were recorded, keys that do not come
+        back as JSON keys (strings), as the design says of every served value."""
+        with rp.record() as run:
+            recorded = echo(value)
+        with rp.replay(run.id) as replay:
+            served = echo(value)
+        assert replay.ok
+        texts = {orjson.dumps({k: 0}, option=orjson.OPT_NON_STR_KEYS) for k in recorded}
+        if len(texts) < len(recorded):  # keys collide as strings: served whole
+            _same_dict(served, recorded)
+        else:
+            _same_dict(served, orjson.loads(orjson.dumps(recorded, option=orjson.OPT_NON_STR_KEYS)))
+
+
+@rp.boundary(kind="tool", name="tests.replayer:echo")
+def echo(value: dict[Any, Any]) -> dict[Any, Any]:
+    return dict(value)

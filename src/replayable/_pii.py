@@ -522,6 +522,10 @@ class Pseudonymizer:
         if isinstance(value, str):
             return self.text(value, only)
         if isinstance(value, dict):
+            if len(value) == 1 and isinstance(value.get("$dict"), list):
+                # A dict whose keys collide as strings, stored as its [key, value] pairs
+                # (replayable.canonical.TAGGED_DICT): each pair is that dict's entry.
+                return {"$dict": [self._pair(p, path, only) for p in value["$dict"]]}
             out: dict[str, Any] = {}
             for k, v in value.items():
                 sub = (*path, k) if self._patterns else path
@@ -538,6 +542,18 @@ class Pseudonymizer:
         if isinstance(value, list):
             return [self._walk(v, path, only) for v in value]
         return value
+
+    def _pair(self, pair: Any, path: tuple[str, ...], only: frozenset[str] | None) -> Any:
+        """One ``[key, value]`` pair of a tagged dict, pseudonymized as that key's entry."""
+        if not (isinstance(pair, list) and len(pair) == 2):
+            return self._walk(pair, path, only)
+        k, v = pair
+        name = k if isinstance(k, str) else orjson.dumps(k).decode()
+        sub = (*path, name) if self._patterns else path
+        nk = self._dict_key(k, only) if isinstance(k, str) else k
+        if self._patterns and self._field(sub):
+            return [nk, self.whole(v)]
+        return [nk, self._walk(v, sub, only) if isinstance(v, str | dict | list) else v]
 
     def might_hold(self, data: bytes) -> bool:
         """Cheap pre-check on serialized JSON: False means :meth:`value` would change nothing."""

@@ -359,7 +359,8 @@ class RecordedServer:
         self.run_id = recording.source.id
 
     def serve(self, frame: Frame, ev: Event) -> Serve:
-        """Serve the recorded call ``ev``; refuse one whose output was stored cut (over the
+        """Serve the recorded call ``ev``, a dict whose keys collide as strings rebuilt whole
+        (:func:`replayable.canonical.untag`); refuse one whose output was stored cut (over the
         recording's size cap: :class:`~replayable.errors.CutValue`) unless its boundary says
         ``serve_cut=True``."""
         b = frame.b
@@ -372,15 +373,21 @@ class RecordedServer:
             frame.meta[_cut.META] = ["output"]
         if type(ev) is not StoredEvent or self.events.get(ev.seq) is not ev:
             # A what-if's stand-in for the recorded call, or an event from a trace file.
-            return Serve.recorded(ev.output, ev.error, ev.meta)
+            output = ev.output
+            if ev.has_meta(canonical.TAGGED_META):
+                output = canonical.untag(output)
+            return Serve.recorded(output, ev.error, ev.meta)
         # The recorded call as it is, from a store: the agent gets a decode of its output of its
         # own, and the replay's record refers to the stored event (whose bytes nothing changes).
+        output = ev.decoded("output")
+        if ev.has_meta(canonical.TAGGED_META):  # a dict whose keys collide: rebuilt whole
+            output = canonical.untag(output)
         if (b.is_gen or b.is_agen) and ev.has_meta("stream"):  # a plain call has no use for it
-            serve = Serve.recorded(ev.decoded("output"), ev.error, ev.meta)
+            serve = Serve.recorded(output, ev.error, ev.meta)
             serve.source = ev
             return serve
         # Positional (output, error, exc, handled, partial, source): this runs on every call.
-        return Serve(ev.decoded("output"), ev.error, None, (), False, ev)
+        return Serve(output, ev.error, None, (), False, ev)
 
 
 def _own_function(frame: Frame, fn: Callable[..., Any]) -> Callable[..., Any]:

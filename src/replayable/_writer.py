@@ -111,10 +111,12 @@ _ENGINE_META = frozenset(
         "closed_early",
         "never_started",
         "handled_throws",
+        canonical.TAGGED_META,
     )
 )
-"""Step metadata keys the engine and replay set themselves, to booleans, numbers and lists of
-numbers (a served step's ``served`` and ``source_seq``, a stream's flags)."""
+"""Step metadata keys the engine, replay and writer set themselves, to booleans, numbers and
+lists of numbers (a served step's ``served`` and ``source_seq``, a stream's flags, an output's
+colliding-keys flag)."""
 
 
 _PLAIN = frozenset((bool, int, float, type(None)))
@@ -167,6 +169,7 @@ def _cut_values(p: Pending, inp: bytes, out: bytes, limit: int) -> tuple[bytes, 
     if len(out) > limit and not p.served:
         out = _cut.cut(out)
         cut.append("output")
+        p.meta.pop(canonical.TAGGED_META, None)  # the marker holds no dict to rebuild
     p.meta[_cut.META] = cut
     meta = _meta_bytes(p.meta)
     if p.pii is not None and meta != b"{}":
@@ -187,6 +190,9 @@ def pending_row(p: Pending, chains: dict[str, tuple[int, str]]) -> EventRow:
     if not p.served:  # a served output was cleaned when it was recorded
         out = canonical.clean_output(b, out, stream=bool(p.meta.get("stream")), pii=pii)
     error = None if p.error is None else redact(p.error)
+    if canonical.has_tagged(p.source.stored("output") if p.source is not None else out):
+        # A dict whose keys collide as strings, kept as its pairs: a replay rebuilds it.
+        p.meta[canonical.TAGGED_META] = True
     meta = _meta_bytes(p.meta)
     if pii is not None:
         if error is not None:

@@ -42,11 +42,14 @@ if TYPE_CHECKING:
 __all__ = [
     "DEFAULT_TRANSIENT_KEYS",
     "JSON",
+    "TAGGED_DICT",
+    "TAGGED_META",
     "canonical_json",
     "canonicalize",
     "clean_input",
     "clean_output",
     "dumps",
+    "has_tagged",
     "input_key",
     "key",
     "key_of_json",
@@ -56,6 +59,7 @@ __all__ = [
     "sanitize",
     "snapshot",
     "sorted_json",
+    "untag",
 ]
 
 JSON = Any
@@ -100,15 +104,30 @@ def _default(value: Any) -> Any:
 
 
 def _encode(value: Any, option: int) -> bytes:
-    """orjson, with dict keys that are not strings checked first: two keys that are one JSON
-    string (``1`` and ``"1"``, ``True`` and ``"true"``) raise :class:`Unserializable` rather
-    than silently keeping only one value. Costs nothing for string keys (the first try)."""
+    """orjson, with dict keys that are not strings checked first: a dict with two keys that
+    are one JSON string (``1`` and ``"1"``, ``True`` and ``"true"``) is written as its
+    ``[key, value]`` pairs under :data:`TAGGED_DICT`, so neither value is lost (:func:`untag`
+    rebuilds it). Costs nothing for string keys (the first try)."""
     try:
         return orjson.dumps(value, default=_default, option=option & ~orjson.OPT_NON_STR_KEYS)
     except (TypeError, orjson.JSONEncodeError):
         pass
-    _check_keys(value, "", 0)
+    if _collides(value, 0):
+        value = _tag(value, option, 0)
     return orjson.dumps(value, default=_default, option=option)
+
+
+TAGGED_DICT = "$dict"
+"""The key under which a dict whose keys collide as JSON strings is stored as its pairs:
+``{1: "a", "1": "b"}`` is ``{"$dict": [[1, "a"], ["1", "b"]]}``. Keys starting with ``$`` are
+replayable's markers (``$bytes``, ``$unserializable``, ``$dict``)."""
+_TAGGED_NEEDLE = b'"$dict"'
+TAGGED_META = "dict_pairs"
+"""The step metadata flag (``True``) the writer sets when a stored output holds a
+:data:`TAGGED_DICT`: a replay rebuilds the dict (:func:`untag`) when it serves that output, so
+the agent gets back what it got when the run was recorded. A recorded value that only looks
+tagged and holds pairs (``{"$dict": [["k", 1]]}``, written by the agent itself) is rebuilt
+too: ``$``-keys are replayable's markers."""
 
 
 def _key_text(key: Any) -> str | None:
@@ -120,43 +139,90 @@ def _key_text(key: Any) -> str | None:
     return text
 
 
-def _check_keys(value: Any, path: str, depth: int) -> None:
-    """Raise :class:`Unserializable` at the first dict whose keys collide as JSON strings."""
+def _walk(value: Any, depth: int) -> Any:
+    """The container ``value`` is to the encoder: a dict, a list or tuple, what ``_default``
+    turns an object into, or None for a leaf (or a value with no JSON form)."""
     if depth > 200 or isinstance(value, str | int | float | bool | type(None)):
-        return
-    if isinstance(value, dict):
-        seen: dict[str, Any] = {}
-        for k, v in value.items():
-            text = k if isinstance(k, str) else _key_text(k)
-            if text is None:
-                continue  # no JSON form: reported by the encoder with its path
-            if text in seen:
-                raise Unserializable(
-                    path,
-                    "dict (colliding keys)",
-                    f"keys {seen[text]!r} and {k!r} are the same JSON key {text!r} (one value "
-                    "would be lost); use distinct string keys",
-                )
-            seen[text] = k
-            _check_keys(v, _join(path, text), depth + 1)
-        return
-    if isinstance(value, list | tuple):
-        for i, v in enumerate(value):
-            _check_keys(v, _join(path, i), depth + 1)
-        return
+        return None
+    if isinstance(value, dict | list | tuple):
+        return value
     try:
         converted = _default(value)
     except Exception:
-        return
-    if converted is not value:
-        _check_keys(converted, path, depth + 1)
+        return None
+    return converted if converted is not value else None
+
+
+def _collides(value: Any, depth: int) -> bool:
+    """Whether any dict in ``value`` has keys that collide as JSON strings."""
+    node = _walk(value, depth)
+    if node is None:
+        return False
+    if isinstance(node, dict):
+        seen: set[str] = set()
+        for k, v in node.items():
+            text = k if isinstance(k, str) else _key_text(k)
+            if text is not None:
+                if text in seen:
+                    return True
+                seen.add(text)
+            if _collides(v, depth + 1):
+                return True
+        return False
+    return any(_collides(v, depth + 1) for v in node)
+
+
+def _tag(value: Any, option: int, depth: int) -> Any:
+    """``value`` with each dict whose keys collide written as its pairs (see ``_encode``)."""
+    node = _walk(value, depth)
+    if node is None:
+        return value
+    if isinstance(node, dict):
+        items = [(k, _tag(v, option, depth + 1)) for k, v in node.items()]
+        texts = [k if isinstance(k, str) else _key_text(k) for k, _ in items]
+        named = [t for t in texts if t is not None]
+        if len(set(named)) == len(named):
+            return dict(items)
+        pairs = [[k, v] for k, v in items]
+        if option & orjson.OPT_SORT_KEYS:  # keys and hashes: one order, however it was built
+            pairs.sort(key=lambda kv: orjson.dumps(kv[0], default=_default, option=_SORTED))
+        return {TAGGED_DICT: pairs}
+    return [_tag(v, option, depth + 1) for v in node]
+
+
+def has_tagged(data: bytes) -> bool:
+    """Whether stored JSON bytes may hold a :data:`TAGGED_DICT` (one bytes search)."""
+    return _TAGGED_NEEDLE in data
+
+
+def untag(value: JSON) -> Any:
+    """A parsed value with every :data:`TAGGED_DICT` rebuilt as the dict it was recorded from
+    (keys with their JSON types: ``1`` and ``"1"`` both kept). Anything else is returned as
+    is, so a stored value that only looks tagged (pairs whose keys cannot be dict keys) stays
+    data.
+
+    >>> untag(loads(snapshot({1: "a", "1": "b"})))
+    {1: 'a', '1': 'b'}
+    """
+    if isinstance(value, list):
+        return [untag(v) for v in value]
+    if not isinstance(value, dict):
+        return value
+    pairs = value.get(TAGGED_DICT) if len(value) == 1 else None
+    if isinstance(pairs, list) and all(
+        isinstance(p, list) and len(p) == 2 and isinstance(p[0], str | int | float | bool | None)
+        for p in pairs
+    ):
+        return {p[0]: untag(p[1]) for p in pairs}
+    return {k: untag(v) for k, v in value.items()}
 
 
 def dumps(value: Any, *, sort_keys: bool = True) -> bytes:
     """Serialize ``value`` to JSON bytes in one orjson pass (keys sorted by default).
 
-    Raises :class:`Unserializable` naming the path of the first value with no JSON form, or of
-    a dict whose keys collide once made strings (``{1: "a", "1": "b"}``).
+    Raises :class:`Unserializable` naming the path of the first value with no JSON form. A dict
+    whose keys collide once made strings (``{1: "a", "1": "b"}``) is kept whole as its pairs
+    (see :data:`TAGGED_DICT`).
     """
     try:
         return _encode(value, _SORTED if sort_keys else _OPTS)
@@ -184,7 +250,24 @@ def sorted_json(data: bytes) -> bytes:
     >>> sorted_json(b'{"b":1,"a":{"d":2,"c":3}}')
     b'{"a":{"c":3,"d":2},"b":1}'
     """
-    return orjson.dumps(orjson.loads(data), option=_SORTED)
+    value = orjson.loads(data)
+    if has_tagged(data):
+        value = _sort_pairs(value)
+    return orjson.dumps(value, option=_SORTED)
+
+
+def _sort_pairs(value: JSON) -> JSON:
+    """Parsed JSON with the pairs of each :data:`TAGGED_DICT` in key order (as ``dumps``
+    writes them), so a key does not depend on the order a colliding dict was built in."""
+    if isinstance(value, list):
+        return [_sort_pairs(v) for v in value]
+    if not isinstance(value, dict):
+        return value
+    out = {k: _sort_pairs(v) for k, v in value.items()}
+    pairs = out.get(TAGGED_DICT)
+    if len(out) == 1 and isinstance(pairs, list):
+        out[TAGGED_DICT] = sorted(pairs, key=lambda p: orjson.dumps(p[0], option=_SORTED))
+    return out
 
 
 def loads(data: bytes | str) -> JSON:
@@ -272,9 +355,6 @@ def sanitize(value: Any, path: str = "", depth: int = 0) -> tuple[Any, list[str]
             children = list(_children(value)) if depth < 200 else []
         except Exception:  # its own code fails when read: it is marked whole
             children = []
-        if isinstance(exc, Unserializable) and exc.path == "" and isinstance(value, Mapping):
-            # This dict's own keys collide: the dict is marked whole, no value is dropped.
-            return {"$unserializable": path, "type": "dict"}, [path]
         if not children:
             err = _locate(value, path, depth, exc)
             return {"$unserializable": err.path, "type": err.type_name}, [err.path]

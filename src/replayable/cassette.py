@@ -333,7 +333,10 @@ class Cassette(AsyncToo["Cassette"]):
                     self.calls.append(
                         CassetteCall(b.name, data, True, entry.output, entry.error, b.kind)
                     )
-                    return Serve.recorded(entry.output, entry.error, entry.meta)
+                    output = entry.output
+                    if entry.meta.get(canonical.TAGGED_META):  # colliding keys: rebuilt whole
+                        output = canonical.untag(output)
+                    return Serve.recorded(output, entry.error, entry.meta)
             self.misses += 1
         if self.mode == "replay":
             raise self._miss(b, key, data, value)
@@ -355,15 +358,18 @@ class Cassette(AsyncToo["Cassette"]):
             return  # ours, or an interrupt; a cancellation is served by waiting for another
         error = None if exc is None else redact(encode_error(exc))
         out: Any = None
+        tagged = False
         if outcome.output is not None:
             stream = bool(frame.meta.get("stream"))
-            out = orjson.loads(
-                canonical.clean_output(b, outcome.output, stream=stream, pii=self.pii)
-            )
+            cleaned = canonical.clean_output(b, outcome.output, stream=stream, pii=self.pii)
+            tagged = canonical.has_tagged(cleaned)
+            out = orjson.loads(cleaned)
         if error is not None and self.pii is not None:
             error = self.pii.value(error)
         self.calls.append(CassetteCall(b.name, frame.data, False, out, error, b.kind))
         meta = {k: frame.meta[k] for k in _STREAM_META if k in frame.meta}
+        if tagged:
+            meta[canonical.TAGGED_META] = True
         self._append(b, frame.key or "", frame.data, out, error, meta)
 
     def _check_unkeyed(self, b: Boundary, entry: _Entry, data: bytes, value: Any) -> None:

@@ -484,6 +484,10 @@ def _walk(value: Any, extra: frozenset[str]) -> Any:
     if isinstance(value, str):
         return scrub(value)
     if isinstance(value, dict):
+        if len(value) == 1 and isinstance(value.get("$dict"), list):
+            # A dict whose keys collide as strings, stored as its [key, value] pairs
+            # (replayable.canonical.TAGGED_DICT): its keys are names like any dict's.
+            return {"$dict": [_walk_pair(p, extra) for p in value["$dict"]]}
         out: dict[str, Any] = {}
         markers = _key_markers(value)
         for key, v in value.items():
@@ -500,6 +504,16 @@ def _walk(value: Any, extra: frozenset[str]) -> Any:
     if isinstance(value, list):
         return [_walk(v, extra) for v in value]
     return value
+
+
+def _walk_pair(pair: Any, extra: frozenset[str]) -> Any:
+    """One ``[key, value]`` pair of a tagged dict, redacted as that key's entry would be."""
+    if not (isinstance(pair, list) and len(pair) == 2 and isinstance(pair[0], str)):
+        return _walk(pair, extra)
+    key, v = pair
+    if (is_secret_key(key) or (extra and key.lower() in extra)) and holds_secret(v):
+        return [scrub(key), REDACTED]
+    return [scrub(key), _walk(v, extra)]
 
 
 def redact_split(chunks: list[Any]) -> list[Any]:

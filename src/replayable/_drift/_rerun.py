@@ -66,7 +66,10 @@ class StepSession:
                     break
         if found is not None:
             if not _cut.was_cut(found, "output"):
-                return Serve.recorded(found.output, found.error, found.meta)
+                output = found.output
+                if found.has_meta(canonical.TAGGED_META):  # colliding keys: rebuilt whole
+                    output = canonical.untag(output)
+                return Serve.recorded(output, found.error, found.meta)
             self.blocked = NotRerunnable(
                 f"it calls {b.name}, whose recorded output was {_cut.describe(found.output)} "
                 "(over the size cap)"
@@ -106,7 +109,8 @@ def recorded_arguments(b: Boundary, ev: Event) -> tuple[list[Any], dict[str, Any
             f"its input was {_cut.describe(ev.input)} (over the size cap), so the recording "
             "cannot re-send it"
         )
-    kwargs = dict(ev.input) if isinstance(ev.input, dict) else {}
+    recorded = canonical.untag(ev.input)  # a dict whose keys collide goes back whole
+    kwargs = dict(recorded) if isinstance(recorded, dict) else {}
     args: list[Any] = []
     if b.signature is not None:
         params = list(b.signature.parameters.values())

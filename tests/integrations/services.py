@@ -191,6 +191,10 @@ class Sentinel:
         self.sock.close()
 
 
+TOOLS = {"version": 1}
+"""The tool server's code version: 2 looks the item up in capitals (a changed input)."""
+
+
 @rp.boundary(kind="retrieval", name="tools:stock_level")
 def stock_level(item: str) -> int:
     """The tool server's own lookup (a boundary recorded into the linked run)."""
@@ -212,7 +216,8 @@ def mcp_tools(store: Any, *, follow: bool = False, linked: bool = True) -> Any:
         """How many of `item` are in stock."""
         CALLS.append(item)
         lookup = stock_level if linked else stock_level.__wrapped__  # type: ignore[attr-defined]
-        return f"{item}: {lookup(item)} in stock"
+        key = item.upper() if TOOLS["version"] == 2 else item
+        return f"{item}: {lookup(key)} in stock"
 
     if linked:
         serve(server, store=store, service="tools", follow=follow)

@@ -58,6 +58,29 @@ class TestMcpLinked:
         (ev,) = replayed.events()
         assert ev.meta.get("served")
 
+    async def test_a_change_in_the_tool_server_is_reported_in_the_caller(
+        self, tools_store: Store
+    ) -> None:
+        """The tool server's code changed: the caller's replay names the server's step."""
+        with Uvicorn(services.mcp_tools(tools_store), lifespan="on") as tools:
+            async with rp.record(name="agent") as run:
+                await _ask(tools.url)
+            port = tools.port
+        services.TOOLS["version"] = 2
+        try:
+            app = services.mcp_tools(tools_store, follow=True)
+            with Uvicorn(app, port, lifespan="on") as tools:
+                async with rp.replay(
+                    run.id, live=["mcp:tools/call.check_stock"], follow=True, strict=False
+                ) as r:
+                    await _ask(tools.url)
+        finally:
+            services.TOOLS["version"] = 1
+        (div,) = r.divergences
+        assert div.address == "mcp:tools/call.check_stock/0 > mcp: tools:stock_level/0"
+        assert div.boundary == "tools:stock_level"
+        assert "in service mcp" in (div.detail or "")
+
     async def test_a_plain_tool_server_is_never_followed(self, tools_store: Store) -> None:
         """Recorded against an MCP server without replayable: refused, the tool never called."""
         with Uvicorn(services.mcp_tools(tools_store, linked=False), lifespan="on") as tools:

@@ -206,6 +206,17 @@ def _answers_probes(policy: Policy) -> Callable[[Any, Any], Awaitable[Any]]:
     return middleware
 
 
+def _tool_error(exc: Exception) -> Any:
+    """The error result the MCP SDK answers for a tool that raised ``exc`` (an ``MCPError``, a
+    protocol error, is raised again), made here so the linked run's id and a follow report
+    can go in its ``_meta``."""
+    if isinstance(exc, importlib.import_module("mcp.shared.exceptions").MCPError):
+        raise exc
+    types = importlib.import_module("mcp.types")
+    text = types.TextContent(type="text", text=str(exc))
+    return types.CallToolResult(content=[text], is_error=True)
+
+
 def serve(
     server: Any,
     *,
@@ -240,8 +251,11 @@ def serve(
         if decision is None:
             return await original(name, arguments, context)
         if decision.action == "record":
-            async with policy.recording(decision, "tools/call", name) as run:
-                result = await original(name, arguments, context)
+            try:
+                async with policy.recording(decision, "tools/call", name) as run:
+                    result = await original(name, arguments, context)
+            except Exception as exc:  # the run keeps the error; the caller still gets the link
+                result = _tool_error(exc)
             if decision.links:
                 result.meta = {**(result.meta or {}), _follow.LINKED_HEADER: run.id}
             return result
@@ -250,8 +264,11 @@ def serve(
         from replayable._linked import follow_header
 
         r = policy.replaying(decision)
-        async with r:
-            result = await original(name, arguments, context)
+        try:
+            async with r:
+                result = await original(name, arguments, context)
+        except Exception as exc:  # a divergence stopped the tool: the caller still hears of it
+            result = _tool_error(exc)
         _, value = follow_header(policy.service, r.run, r.divergences)
         result.meta = {**(result.meta or {}), FOLLOW_HEADER: value, _follow.LINKED_HEADER: r.run.id}
         return result

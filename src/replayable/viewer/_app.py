@@ -145,6 +145,243 @@ def check_summary(report: CheckReport) -> dict[str, Any]:
     return d
 
 
+class _Pages:
+    """The viewer's pages, API and error handlers over one store (what :func:`create_app` routes
+    to)."""
+
+    def __init__(self, store: Store, cache: RunCache, max_inline_bytes: int) -> None:
+        self.store = store
+        self.cache = cache
+        self.max_inline_bytes = max_inline_bytes
+        self.templates = _templates()
+
+    def page(self, request: Request, name: str, status_code: int = 200, **context: Any) -> Response:
+        context.setdefault("title", "replayable")
+        return self.templates.TemplateResponse(request, name, context, status_code=status_code)
+
+    def list_runs(self, request: Request) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+        p = request.query_params
+        tags: dict[str, str] = {}
+        for tag in p.getlist("tag"):
+            if tag:
+                k, _, v = tag.partition("=")
+                tags[k] = v
+        limit = _int(request, "limit", 100, 1000)
+        q = (p.get("q") or "").strip().lower()
+        query = RunQuery(
+            name=p.get("name") or None,
+            tags=tags or None,
+            status=_status(p.get("status")),
+            since=_since(p.get("since")),
+            boundary=p.get("boundary") or None,
+            has_error=True if p.get("errors") in ("1", "true", "on") else None,
+            limit=max(limit, 1000) if q else limit,
+        )
+        runs = self.store.list_runs(query)
+        if q:
+            runs = [
+                r
+                for r in runs
+                if q in r.id.lower()
+                or q in (r.name or "").lower()
+                or any(q in f"{k}={v}".lower() for k, v in r.tags.items())
+            ][:limit]
+        filters = {
+            "q": p.get("q") or "",
+            "name": p.get("name") or "",
+            "status": p.get("status") or "",
+            "tag": p.get("tag") or "",
+            "since": p.get("since") or "",
+            "boundary": p.get("boundary") or "",
+            "errors": bool(query.has_error),
+        }
+        return [run_summary(r) for r in runs], filters
+
+    def run_info(self, run_id: str) -> dict[str, Any]:
+        loaded = self.cache.get(run_id)
+        run = loaded.run
+        replays = [
+            run_summary(r)
+            for r in self.store.list_runs(RunQuery(limit=500))
+            if r.parent_run == run.id or r.metadata.get("replay_of") == run.id
+        ]
+        module = root_module(loaded)
+        return {
+            "run": run_summary(run),
+            "environment": run.environment,
+            "overview": run_overview(loaded),
+            "replays": replays,
+            "replay_command": (
+                f"replayable replay {run.id} --import {module} --store {self.store.url}"
+            ),
+            "fork_changes": fork_changes(loaded),
+        }
+
+    async def index(self, request: Request) -> Response:
+        runs, filters = self.list_runs(request)
+        return self.page(
+            request,
+            "runs.html",
+            title="runs",
+            runs=runs,
+            filters=filters,
+            store_url=self.store.url,
+            sampling=sampling.describe(sampling.summary(self.store)),
+        )
+
+    async def run_page(self, request: Request) -> Response:
+        info = self.run_info(request.path_params["run_id"])
+        loaded = self.cache.get(info["run"]["id"])
+        rows = tree_rows(loaded, 0, PAGE_SIZE)
+        return self.page(
+            request,
+            "run.html",
+            title=f"run {info['run']['id']}",
+            rows=rows,
+            total=len(loaded.rows),
+            page_size=PAGE_SIZE,
+            **info,
+        )
+
+    async def step_page(self, request: Request) -> Response:
+        loaded = self.cache.get(request.path_params["run_id"])
+        step = step_data(loaded, int(request.path_params["seq"]), self.max_inline_bytes)
+        if step is None:
+            raise HTTPException(404, "no such step in this run")
+        partial = request.query_params.get("partial") == "1"
+        return self.page(
+            request,
+            "_step.html" if partial else "step.html",
+            title=f"{step['name']} · run {loaded.run.id}",
+            run=run_summary(loaded.run),
+            step=step,
+            fork_command=fork_command(loaded, step["seq"], self.store.url),
+        )
+
+    async def diff_page(self, request: Request) -> Response:
+        a, b = request.query_params.get("a"), request.query_params.get("b")
+        if not a or not b:
+            runs, _ = self.list_runs(request)
+            return self.page(request, "diff_pick.html", title="diff two runs", runs=runs)
+        la, lb = self.cache.get(a), self.cache.get(b)
+        d = diff_runs(la.run, la.events, lb.run, lb.events)
+        first = d.first_divergence
+        return self.page(
+            request,
+            "diff.html",
+            title=f"diff {la.run.id} · {lb.run.id}",
+            a=run_summary(la.run),
+            b=run_summary(lb.run),
+            pairs=d.pairs[:5000],
+            total=len(d.pairs),
+            first=first,
+            counts=d.counts(),
+        )
+
+    async def checks_page(self, request: Request) -> Response:
+        checks = list_checks(self.store, _int(request, "limit", 100, 1000))
+        return self.page(
+            request,
+            "checks.html",
+            title="checks",
+            checks=[check_summary(c) for c in checks],
+            store_url=self.store.url,
+        )
+
+    async def check_page(self, request: Request) -> Response:
+        report = load_check(request.path_params["check_id"], self.store)
+        runs: dict[str, list[dict[str, Any]]] = {"failed": [], "not_replayable": []}
+        for o in report.outcomes:
+            if o.outcome in runs:
+                runs[o.outcome].append(o.to_dict())
+        summary = check_summary(report)
+        return self.page(
+            request,
+            "check.html",
+            title=f"check {report.id}",
+            check=summary,
+            total=summary["total"],
+            runs=runs,
+        )
+
+    async def api_checks(self, request: Request) -> Response:
+        checks = list_checks(self.store, _int(request, "limit", 100, 1000))
+        return _json({"checks": [check_summary(c) for c in checks]})
+
+    async def api_check(self, request: Request) -> Response:
+        return _json(load_check(request.path_params["check_id"], self.store).to_dict())
+
+    async def api_runs(self, request: Request) -> Response:
+        runs, _ = self.list_runs(request)
+        return _json({"runs": runs})
+
+    async def api_run(self, request: Request) -> Response:
+        return _json(self.run_info(request.path_params["run_id"]))
+
+    async def api_steps(self, request: Request) -> Response:
+        loaded = self.cache.get(request.path_params["run_id"])
+        offset = _int(request, "offset", 0, 10**9)
+        limit = _int(request, "limit", PAGE_SIZE, 2000)
+        return _json(
+            {
+                "run": loaded.run.id,
+                "total": len(loaded.rows),
+                "offset": offset,
+                "rows": tree_rows(loaded, offset, limit),
+            }
+        )
+
+    async def api_step(self, request: Request) -> Response:
+        loaded = self.cache.get(request.path_params["run_id"])
+        step = step_data(loaded, int(request.path_params["seq"]), self.max_inline_bytes)
+        if step is None:
+            raise HTTPException(404, "no such step in this run")
+        return _json({**step, "fork_command": fork_command(loaded, step["seq"], self.store.url)})
+
+    async def api_field(self, request: Request) -> Response:
+        loaded = self.cache.get(request.path_params["run_id"])
+        ev = loaded.by_seq.get(int(request.path_params["seq"]))
+        field = request.path_params["field"].removesuffix(".json")
+        if ev is None or field not in ("input", "output", "error", "meta"):
+            raise HTTPException(404, "no such step or field (input, output, error, meta)")
+        return _json(getattr(ev, field))
+
+    async def api_diff(self, request: Request) -> Response:
+        a, b = request.query_params.get("a"), request.query_params.get("b")
+        if not a or not b:
+            raise HTTPException(400, "pass two runs: /api/diff?a=RUN&b=RUN")
+        la, lb = self.cache.get(a), self.cache.get(b)
+        return _json(diff_runs(la.run, la.events, lb.run, lb.events).to_dict())
+
+    async def api_docs(self, request: Request) -> Response:
+        if "application/json" in request.headers.get("accept", ""):
+            return _json([{"method": m, "path": p, "doc": d} for m, p, d in API_DOCS])
+        return self.page(request, "api_docs.html", title="API", endpoints=API_DOCS)
+
+    def wants_json(self, request: Request) -> bool:
+        return request.url.path.startswith("/api/")
+
+    async def not_found(self, request: Request, exc: Exception) -> Response:
+        message = str(exc).splitlines()[0]
+        if self.wants_json(request):
+            return _json({"error": message}, 404)
+        return self.page(request, "error.html", status_code=404, title="not found", message=message)
+
+    async def bad_request(self, request: Request, exc: Exception) -> Response:
+        message = str(exc).splitlines()[0]
+        if self.wants_json(request):
+            return _json({"error": message}, 400)
+        return self.page(request, "error.html", status_code=400, title="error", message=message)
+
+    async def http_error(self, request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        if self.wants_json(request):
+            return _json({"error": exc.detail}, exc.status_code)
+        return self.page(
+            request, "error.html", status_code=exc.status_code, title="error", message=exc.detail
+        )
+
+
 def create_app(
     store: Store,
     *,
@@ -168,257 +405,31 @@ def create_app(
         import uvicorn
         uvicorn.run(create_app(open_store("traces.db")), host="127.0.0.1", port=8765)
     """
-    templates = _templates()
-    cache = RunCache(store, linked=linked, reveal=reveal)
-
-    def page(request: Request, name: str, status_code: int = 200, **context: Any) -> Response:
-        context.setdefault("title", "replayable")
-        return templates.TemplateResponse(request, name, context, status_code=status_code)
-
-    def list_runs(request: Request) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-        p = request.query_params
-        tags: dict[str, str] = {}
-        for tag in p.getlist("tag"):
-            if tag:
-                k, _, v = tag.partition("=")
-                tags[k] = v
-        limit = _int(request, "limit", 100, 1000)
-        q = (p.get("q") or "").strip().lower()
-        query = RunQuery(
-            name=p.get("name") or None,
-            tags=tags or None,
-            status=_status(p.get("status")),
-            since=_since(p.get("since")),
-            boundary=p.get("boundary") or None,
-            has_error=True if p.get("errors") in ("1", "true", "on") else None,
-            limit=max(limit, 1000) if q else limit,
-        )
-        runs = store.list_runs(query)
-        if q:
-            runs = [
-                r
-                for r in runs
-                if q in r.id.lower()
-                or q in (r.name or "").lower()
-                or any(q in f"{k}={v}".lower() for k, v in r.tags.items())
-            ][:limit]
-        filters = {
-            "q": p.get("q") or "",
-            "name": p.get("name") or "",
-            "status": p.get("status") or "",
-            "tag": p.get("tag") or "",
-            "since": p.get("since") or "",
-            "boundary": p.get("boundary") or "",
-            "errors": bool(query.has_error),
-        }
-        return [run_summary(r) for r in runs], filters
-
-    def run_info(run_id: str) -> dict[str, Any]:
-        loaded = cache.get(run_id)
-        run = loaded.run
-        replays = [
-            run_summary(r)
-            for r in store.list_runs(RunQuery(limit=500))
-            if r.parent_run == run.id or r.metadata.get("replay_of") == run.id
-        ]
-        module = root_module(loaded)
-        return {
-            "run": run_summary(run),
-            "environment": run.environment,
-            "overview": run_overview(loaded),
-            "replays": replays,
-            "replay_command": f"replayable replay {run.id} --import {module} --store {store.url}",
-            "fork_changes": fork_changes(loaded),
-        }
-
-    async def index(request: Request) -> Response:
-        runs, filters = list_runs(request)
-        return page(
-            request,
-            "runs.html",
-            title="runs",
-            runs=runs,
-            filters=filters,
-            store_url=store.url,
-            sampling=sampling.describe(sampling.summary(store)),
-        )
-
-    async def run_page(request: Request) -> Response:
-        info = run_info(request.path_params["run_id"])
-        loaded = cache.get(info["run"]["id"])
-        rows = tree_rows(loaded, 0, PAGE_SIZE)
-        return page(
-            request,
-            "run.html",
-            title=f"run {info['run']['id']}",
-            rows=rows,
-            total=len(loaded.rows),
-            page_size=PAGE_SIZE,
-            **info,
-        )
-
-    async def step_page(request: Request) -> Response:
-        loaded = cache.get(request.path_params["run_id"])
-        step = step_data(loaded, int(request.path_params["seq"]), max_inline_bytes)
-        if step is None:
-            raise HTTPException(404, "no such step in this run")
-        partial = request.query_params.get("partial") == "1"
-        return page(
-            request,
-            "_step.html" if partial else "step.html",
-            title=f"{step['name']} · run {loaded.run.id}",
-            run=run_summary(loaded.run),
-            step=step,
-            fork_command=fork_command(loaded, step["seq"], store.url),
-        )
-
-    async def diff_page(request: Request) -> Response:
-        a, b = request.query_params.get("a"), request.query_params.get("b")
-        if not a or not b:
-            runs, _ = list_runs(request)
-            return page(request, "diff_pick.html", title="diff two runs", runs=runs)
-        la, lb = cache.get(a), cache.get(b)
-        d = diff_runs(la.run, la.events, lb.run, lb.events)
-        first = d.first_divergence
-        return page(
-            request,
-            "diff.html",
-            title=f"diff {la.run.id} · {lb.run.id}",
-            a=run_summary(la.run),
-            b=run_summary(lb.run),
-            pairs=d.pairs[:5000],
-            total=len(d.pairs),
-            first=first,
-            counts=d.counts(),
-        )
-
-    async def checks_page(request: Request) -> Response:
-        checks = list_checks(store, _int(request, "limit", 100, 1000))
-        return page(
-            request,
-            "checks.html",
-            title="checks",
-            checks=[check_summary(c) for c in checks],
-            store_url=store.url,
-        )
-
-    async def check_page(request: Request) -> Response:
-        report = load_check(request.path_params["check_id"], store)
-        runs: dict[str, list[dict[str, Any]]] = {"failed": [], "not_replayable": []}
-        for o in report.outcomes:
-            if o.outcome in runs:
-                runs[o.outcome].append(o.to_dict())
-        summary = check_summary(report)
-        return page(
-            request,
-            "check.html",
-            title=f"check {report.id}",
-            check=summary,
-            total=summary["total"],
-            runs=runs,
-        )
-
-    async def api_checks(request: Request) -> Response:
-        checks = list_checks(store, _int(request, "limit", 100, 1000))
-        return _json({"checks": [check_summary(c) for c in checks]})
-
-    async def api_check(request: Request) -> Response:
-        return _json(load_check(request.path_params["check_id"], store).to_dict())
-
-    async def api_runs(request: Request) -> Response:
-        runs, _ = list_runs(request)
-        return _json({"runs": runs})
-
-    async def api_run(request: Request) -> Response:
-        return _json(run_info(request.path_params["run_id"]))
-
-    async def api_steps(request: Request) -> Response:
-        loaded = cache.get(request.path_params["run_id"])
-        offset = _int(request, "offset", 0, 10**9)
-        limit = _int(request, "limit", PAGE_SIZE, 2000)
-        return _json(
-            {
-                "run": loaded.run.id,
-                "total": len(loaded.rows),
-                "offset": offset,
-                "rows": tree_rows(loaded, offset, limit),
-            }
-        )
-
-    async def api_step(request: Request) -> Response:
-        loaded = cache.get(request.path_params["run_id"])
-        step = step_data(loaded, int(request.path_params["seq"]), max_inline_bytes)
-        if step is None:
-            raise HTTPException(404, "no such step in this run")
-        return _json({**step, "fork_command": fork_command(loaded, step["seq"], store.url)})
-
-    async def api_field(request: Request) -> Response:
-        loaded = cache.get(request.path_params["run_id"])
-        ev = loaded.by_seq.get(int(request.path_params["seq"]))
-        field = request.path_params["field"].removesuffix(".json")
-        if ev is None or field not in ("input", "output", "error", "meta"):
-            raise HTTPException(404, "no such step or field (input, output, error, meta)")
-        return _json(getattr(ev, field))
-
-    async def api_diff(request: Request) -> Response:
-        a, b = request.query_params.get("a"), request.query_params.get("b")
-        if not a or not b:
-            raise HTTPException(400, "pass two runs: /api/diff?a=RUN&b=RUN")
-        la, lb = cache.get(a), cache.get(b)
-        return _json(diff_runs(la.run, la.events, lb.run, lb.events).to_dict())
-
-    async def api_docs(request: Request) -> Response:
-        if "application/json" in request.headers.get("accept", ""):
-            return _json([{"method": m, "path": p, "doc": d} for m, p, d in API_DOCS])
-        return page(request, "api_docs.html", title="API", endpoints=API_DOCS)
-
-    def wants_json(request: Request) -> bool:
-        return request.url.path.startswith("/api/")
-
-    async def not_found(request: Request, exc: Exception) -> Response:
-        message = str(exc).splitlines()[0]
-        if wants_json(request):
-            return _json({"error": message}, 404)
-        return page(request, "error.html", status_code=404, title="not found", message=message)
-
-    async def bad_request(request: Request, exc: Exception) -> Response:
-        message = str(exc).splitlines()[0]
-        if wants_json(request):
-            return _json({"error": message}, 400)
-        return page(request, "error.html", status_code=400, title="error", message=message)
-
-    async def http_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, HTTPException)
-        if wants_json(request):
-            return _json({"error": exc.detail}, exc.status_code)
-        return page(
-            request, "error.html", status_code=exc.status_code, title="error", message=exc.detail
-        )
-
+    pages = _Pages(store, RunCache(store, linked=linked, reveal=reveal), max_inline_bytes)
     routes = [
-        Route("/", index),
-        Route("/runs/{run_id}", run_page),
-        Route("/runs/{run_id}/steps/{seq:int}", step_page),
-        Route("/diff", diff_page),
-        Route("/checks", checks_page),
-        Route("/checks/{check_id}", check_page),
-        Route("/api/docs", api_docs),
-        Route("/api/runs", api_runs),
-        Route("/api/runs/{run_id}", api_run),
-        Route("/api/runs/{run_id}/steps", api_steps),
-        Route("/api/runs/{run_id}/steps/{seq:int}", api_step),
-        Route("/api/runs/{run_id}/steps/{seq:int}/{field}", api_field),
-        Route("/api/diff", api_diff),
-        Route("/api/checks", api_checks),
-        Route("/api/checks/{check_id}", api_check),
+        Route("/", pages.index),
+        Route("/runs/{run_id}", pages.run_page),
+        Route("/runs/{run_id}/steps/{seq:int}", pages.step_page),
+        Route("/diff", pages.diff_page),
+        Route("/checks", pages.checks_page),
+        Route("/checks/{check_id}", pages.check_page),
+        Route("/api/docs", pages.api_docs),
+        Route("/api/runs", pages.api_runs),
+        Route("/api/runs/{run_id}", pages.api_run),
+        Route("/api/runs/{run_id}/steps", pages.api_steps),
+        Route("/api/runs/{run_id}/steps/{seq:int}", pages.api_step),
+        Route("/api/runs/{run_id}/steps/{seq:int}/{field}", pages.api_field),
+        Route("/api/diff", pages.api_diff),
+        Route("/api/checks", pages.api_checks),
+        Route("/api/checks/{check_id}", pages.api_check),
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
     ]
     app = Starlette(
         routes=routes,
         exception_handlers={
-            RunNotFound: not_found,
-            ReplayableError: bad_request,
-            HTTPException: http_error,
+            RunNotFound: pages.not_found,
+            ReplayableError: pages.bad_request,
+            HTTPException: pages.http_error,
         },
     )
     security = [

@@ -119,6 +119,120 @@ def _batches(n: int, workers: int) -> int:
     return max(1, min(250, math.ceil(n / max(1, workers * 8))))
 
 
+def _check_options(
+    jobs: int, executor: str, address: str | None, limit: int | None, sample: int | None
+) -> None:
+    """Refuse options no check can run with, before anything is opened."""
+    if jobs < 1:
+        raise ValueError(f"jobs must be >= 1, not {jobs}")
+    if executor not in ("local", "dask"):
+        raise ValueError(f"executor must be 'local' or 'dask', not {executor!r}")
+    if executor == "dask" and not address:
+        raise ValueError("executor='dask' needs the scheduler's address (tcp://HOST:PORT)")
+    for label, value in (("limit", limit), ("sample", sample)):
+        if value is not None and value < 1:
+            raise ValueError(f"{label} must be >= 1, not {value}")
+
+
+def _selection_of(
+    since: float | timedelta | None,
+    until: float | None,
+    name: str | None,
+    tags: Mapping[str, str] | None,
+    status: RunStatus | None,
+    limit: int | None,
+    sample: int | None,
+    seed: int | None,
+    live: Iterable[str],
+    mods: tuple[str, ...],
+    jobs: int,
+    executor: str,
+) -> dict[str, Any]:
+    """What the check selected and how it ran, as kept with it (options left unset omitted)."""
+    return {
+        k: v
+        for k, v in {
+            "since": since.total_seconds() if isinstance(since, timedelta) else since,
+            "until": until,
+            "name": name,
+            "tags": dict(tags) if tags else None,
+            "status": status,
+            "limit": limit,
+            "sample": sample,
+            "seed": seed,
+            "live": list(live) or None,
+            "imports": list(mods) or None,
+            "jobs": jobs,
+            "executor": executor,
+        }.items()
+        if v is not None
+    }
+
+
+def _tasks(
+    sources: list[tuple[Store, list[tuple[Run | None, str | None]]]],
+    mods: tuple[str, ...],
+    live: tuple[str, ...],
+    check_id: str,
+    dask: bool,
+    jobs: int,
+) -> list[Task]:
+    """The chosen runs of each store in batches for the workers (each run's trace shipped
+    with it when a Dask worker cannot open the store itself)."""
+    workers = jobs if not dask else 8
+    tasks: list[Task] = []
+    index = 0
+    for where, entries in sources:
+        ship = dask and not _store_url(where).startswith(("postgresql://", "postgres://"))
+        size = _batches(len(entries), workers)
+        for start in range(0, len(entries), size):
+            items = []
+            for run, path in entries[start : start + size]:
+                head = run.to_dict() if run is not None else None
+                label = path or (run.id if run is not None else "")
+                if ship:
+                    data = _trace_bytes(where, run) if run is not None and not path else b""
+                    if path:
+                        data = Path(path).read_bytes()
+                    items.append(Item(index, run=head, data=data, label=label))
+                else:
+                    items.append(Item(index, run=head, path=path, label=label))
+                index += 1
+            tasks.append(
+                Task(
+                    items=items,
+                    store=None if ship or entries[start][1] else _store_url(where),
+                    imports=mods,
+                    live=live,
+                    check_id=check_id,
+                    sys_path=tuple(p for p in sys.path if p) if not dask else (),
+                )
+            )
+    return tasks
+
+
+def _run_tasks(
+    tasks: list[Task], jobs: int, address: str | None, progress: ProgressFn | None, total: int
+) -> list[Done]:
+    """Every batch checked: in this process, in ``jobs`` processes, or on the Dask cluster at
+    ``address``; ``progress`` told as batches finish."""
+    done: list[Done] = []
+    if progress is not None:
+        progress(0, total)
+    results: Iterable[list[Done]]
+    if address is not None:
+        results = _on_dask(tasks, address)
+    elif jobs == 1 or len(tasks) == 1:
+        results = (run_batch(t) for t in tasks)
+    else:
+        results = _on_processes(tasks, jobs)
+    for batch in results:
+        done.extend(batch)
+        if progress is not None:
+            progress(len(done), total)
+    return done
+
+
 def check(
     store: Store | str | os.PathLike[str] | None = None,
     *,
@@ -174,15 +288,7 @@ def check(
     >>> report.ok, report.counts, [g.signature for g in report.groups]
     (True, {'unchanged': 1, 'diverged': 0, 'failed': 0, 'not_replayable': 0}, [])
     """
-    if jobs < 1:
-        raise ValueError(f"jobs must be >= 1, not {jobs}")
-    if executor not in ("local", "dask"):
-        raise ValueError(f"executor must be 'local' or 'dask', not {executor!r}")
-    if executor == "dask" and not address:
-        raise ValueError("executor='dask' needs the scheduler's address (tcp://HOST:PORT)")
-    for label, value in (("limit", limit), ("sample", sample)):
-        if value is not None and value < 1:
-            raise ValueError(f"{label} must be >= 1, not {value}")
+    _check_options(jobs, executor, address, limit, sample)
     src = open_store(store, must_exist=True)
     started = time.time()
     env = environment()
@@ -206,24 +312,9 @@ def check(
         seed=seed,
     )
     chosen += [(None, path) for path in _unreadable(src)]
-    selection = {
-        k: v
-        for k, v in {
-            "since": since.total_seconds() if isinstance(since, timedelta) else since,
-            "until": until,
-            "name": name,
-            "tags": dict(tags) if tags else None,
-            "status": status,
-            "limit": limit,
-            "sample": sample,
-            "seed": seed,
-            "live": list(live) or None,
-            "imports": list(mods) or None,
-            "jobs": jobs,
-            "executor": executor,
-        }.items()
-        if v is not None
-    }
+    selection = _selection_of(
+        since, until, name, tags, status, limit, sample, seed, live, mods, jobs, executor
+    )
     if linked and not follow:
         raise ValueError("linked= names where follow=True finds linked runs: pass follow=True")
     sources: list[tuple[Store, list[tuple[Run | None, str | None]]]] = [(src, chosen)]
@@ -231,51 +322,9 @@ def check(
         others = [src, *(open_store(x, must_exist=True) for x in linked)]
         sources += _linked_runs([r for r, _ in chosen if r is not None], others)
     dask = executor == "dask"
-    workers = jobs if not dask else 8
-    tasks: list[Task] = []
-    index = 0
-    for where, entries in sources:
-        ship = dask and not _store_url(where).startswith(("postgresql://", "postgres://"))
-        size = _batches(len(entries), workers)
-        for start in range(0, len(entries), size):
-            items = []
-            for run, path in entries[start : start + size]:
-                head = run.to_dict() if run is not None else None
-                label = path or (run.id if run is not None else "")
-                if ship:
-                    data = _trace_bytes(where, run) if run is not None and not path else b""
-                    if path:
-                        data = Path(path).read_bytes()
-                    items.append(Item(index, run=head, data=data, label=label))
-                else:
-                    items.append(Item(index, run=head, path=path, label=label))
-                index += 1
-            tasks.append(
-                Task(
-                    items=items,
-                    store=None if ship or entries[start][1] else _store_url(where),
-                    imports=mods,
-                    live=tuple(live),
-                    check_id=check_id,
-                    sys_path=tuple(p for p in sys.path if p) if not dask else (),
-                )
-            )
+    tasks = _tasks(sources, mods, tuple(live), check_id, dask, jobs)
     chosen = [entry for _, entries in sources for entry in entries]
-    done: list[Done] = []
-    total = len(chosen)
-    if progress is not None:
-        progress(0, total)
-    results: Iterable[list[Done]]
-    if dask:
-        results = _on_dask(tasks, str(address))
-    elif jobs == 1 or len(tasks) == 1:
-        results = (run_batch(t) for t in tasks)
-    else:
-        results = _on_processes(tasks, jobs)
-    for batch in results:
-        done.extend(batch)
-        if progress is not None:
-            progress(len(done), total)
+    done = _run_tasks(tasks, jobs, address if dask else None, progress, len(chosen))
     done.sort(key=lambda d: d.index)
     outcomes = [d.outcome for d in done]
     if follow:

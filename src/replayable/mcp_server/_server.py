@@ -71,6 +71,19 @@ def create_server(
         version=__version__,
         log_level="WARNING",
     )
+    tool = _tool_adder(server)
+    _add_read_tools(tool, tools)
+    if allow_replay:
+        _add_code_tools(tool, tools)
+    _add_resources(server, tools, allow_replay)
+    return server
+
+
+_AddTool = Callable[[ToolAnnotations], Callable[[Callable[..., str]], Callable[..., str]]]
+
+
+def _tool_adder(server: MCPServer[Any]) -> _AddTool:
+    """A decorator adding a function to ``server`` as a tool with these annotations."""
 
     def tool(annotations: ToolAnnotations) -> Callable[[Callable[..., str]], Callable[..., str]]:
         def register(fn: Callable[..., str]) -> Callable[..., str]:
@@ -78,6 +91,12 @@ def create_server(
             return fn
 
         return register
+
+    return tool
+
+
+def _add_read_tools(tool: _AddTool, tools: Tools) -> None:
+    """The read-only tools: list, show, diff and verify runs."""
 
     @tool(READ_ONLY)
     def list_runs(
@@ -148,92 +167,98 @@ def create_server(
         has $REPLAYABLE_SIGNING_KEY): ok, or the first event that does not check out."""
         return _answer(lambda: tools.verify_run(run_id))
 
-    if allow_replay:
 
-        @tool(RUNS_CODE)
-        def replay_run(
-            run_id: str,
-            modules: list[str],
-            live: list[str] | None = None,
-            match: str = "address",
-            max_chars: int = 2000,
-        ) -> str:
-            """Replay a recorded run against the code in the server's working directory, as
-            it is on disk now (imported fresh in a new process): the root agent is called with
-            its recorded arguments; model and tool outputs are served from the recording, side
-            effects are never re-fired. modules: the module(s) defining the agent's
-            boundaries (show_run's replay_modules). live: boundaries to run live instead
-            (name or name#N; side-effecting ones are refused). Returns the replay's run id and
-            its divergences, the first one first (empty: the code took the recorded path)."""
-            return _answer(
-                lambda: tools.replay_run(
-                    run_id, modules, live=live or (), match=match, max_chars=max_chars
-                )
-            )
+def _add_code_tools(tool: _AddTool, tools: Tools) -> None:
+    """The tools that run the agent's code (``allow_replay``): replay, fork, check."""
 
-        @tool(RUNS_CODE)
-        def fork_run(
-            run_id: str,
-            modules: list[str],
-            at: str,
-            set_output: Any = None,
-            set_error: str | None = None,
-            live_from: bool = False,
-            live_kinds: list[str] | None = None,
-            live: list[str] | None = None,
-            fakes: dict[str, str] | None = None,
-            max_chars: int = 2000,
-        ) -> str:
-            """What if step `at` (name#N, the N-th recorded call of boundary name) had
-            returned set_output (any JSON value), raised set_error (TYPE[:MESSAGE]), or run
-            live with every later call (live_from=true)? Calls before it are served; a side
-            effect that no longer matches the recording is refused unless faked (fakes:
-            {"name": "module:function"}). Returns the fork's run id, what changed after the
-            fork point, and what stopped it."""
-            return _answer(
-                lambda: tools.fork_run(
-                    run_id,
-                    modules,
-                    at,
-                    set_output=set_output,
-                    set_error=set_error,
-                    live_from=live_from,
-                    live_kinds=live_kinds or (),
-                    live=live or (),
-                    fakes=fakes,
-                    max_chars=max_chars,
-                )
+    @tool(RUNS_CODE)
+    def replay_run(
+        run_id: str,
+        modules: list[str],
+        live: list[str] | None = None,
+        match: str = "address",
+        max_chars: int = 2000,
+    ) -> str:
+        """Replay a recorded run against the code in the server's working directory, as
+        it is on disk now (imported fresh in a new process): the root agent is called with
+        its recorded arguments; model and tool outputs are served from the recording, side
+        effects are never re-fired. modules: the module(s) defining the agent's
+        boundaries (show_run's replay_modules). live: boundaries to run live instead
+        (name or name#N; side-effecting ones are refused). Returns the replay's run id and
+        its divergences, the first one first (empty: the code took the recorded path)."""
+        return _answer(
+            lambda: tools.replay_run(
+                run_id, modules, live=live or (), match=match, max_chars=max_chars
             )
+        )
 
-        @tool(RUNS_CODE)
-        def check_runs(
-            modules: list[str],
-            since: str | None = None,
-            name: str | None = None,
-            tags: dict[str, str] | None = None,
-            status: str | None = None,
-            limit: int | None = None,
-            sample: int | None = None,
-            seed: int | None = None,
-            live: list[str] | None = None,
-        ) -> str:
-            """Replay many recorded runs (picked by since, name, tags, status, limit, sample)
-            against the code as it is now and sort them: unchanged, diverged (grouped by first
-            divergence, largest group first, with example run/replay pairs), failed, not
-            replayable. The check is kept in the store."""
-            return _answer(
-                lambda: tools.check_runs(
-                    modules,
-                    since=since,
-                    name=name,
-                    tags=tags,
-                    status=status,
-                    limit=limit,
-                    sample=sample,
-                    seed=seed,
-                    live=live or (),
-                )
+    @tool(RUNS_CODE)
+    def fork_run(
+        run_id: str,
+        modules: list[str],
+        at: str,
+        set_output: Any = None,
+        set_error: str | None = None,
+        live_from: bool = False,
+        live_kinds: list[str] | None = None,
+        live: list[str] | None = None,
+        fakes: dict[str, str] | None = None,
+        max_chars: int = 2000,
+    ) -> str:
+        """What if step `at` (name#N, the N-th recorded call of boundary name) had
+        returned set_output (any JSON value), raised set_error (TYPE[:MESSAGE]), or run
+        live with every later call (live_from=true)? Calls before it are served; a side
+        effect that no longer matches the recording is refused unless faked (fakes:
+        {"name": "module:function"}). Returns the fork's run id, what changed after the
+        fork point, and what stopped it."""
+        return _answer(
+            lambda: tools.fork_run(
+                run_id,
+                modules,
+                at,
+                set_output=set_output,
+                set_error=set_error,
+                live_from=live_from,
+                live_kinds=live_kinds or (),
+                live=live or (),
+                fakes=fakes,
+                max_chars=max_chars,
             )
+        )
+
+    @tool(RUNS_CODE)
+    def check_runs(
+        modules: list[str],
+        since: str | None = None,
+        name: str | None = None,
+        tags: dict[str, str] | None = None,
+        status: str | None = None,
+        limit: int | None = None,
+        sample: int | None = None,
+        seed: int | None = None,
+        live: list[str] | None = None,
+    ) -> str:
+        """Replay many recorded runs (picked by since, name, tags, status, limit, sample)
+        against the code as it is now and sort them: unchanged, diverged (grouped by first
+        divergence, largest group first, with example run/replay pairs), failed, not
+        replayable. The check is kept in the store."""
+        return _answer(
+            lambda: tools.check_runs(
+                modules,
+                since=since,
+                name=name,
+                tags=tags,
+                status=status,
+                limit=limit,
+                sample=sample,
+                seed=seed,
+                live=live or (),
+            )
+        )
+
+
+def _add_resources(server: MCPServer[Any], tools: Tools, allow_replay: bool) -> None:
+    """The run and step resources, and the "investigate this incident" prompt."""
 
     def resource_answer(fn: Callable[[], Any]) -> str:
         try:
@@ -276,8 +301,6 @@ def create_server(
     )
     def investigate_incident(run_id: str = "") -> str:
         return investigation(run_id, allow_replay=allow_replay)
-
-    return server
 
 
 def investigation(run_id: str, *, allow_replay: bool) -> str:

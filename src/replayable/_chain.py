@@ -454,6 +454,61 @@ def verify_run(
     return verify_pairs(run, pairs, key=key, in_file=lines is not None)
 
 
+def _check_header(
+    run: Run, result: Verification, prev: str, position: int, hashes_at: dict[int, str]
+) -> str | None:
+    """What is wrong with the run's header against the chain of its ``position`` events
+    ending at ``prev`` (its seal, checkpoint or version-1 head), or None."""
+    v2 = run.hash_version >= 2
+    if v2 and _finished(run.status):
+        expected = seal_hash(run, prev, position)
+        if run.head_hash is None:
+            return f"run {run.id} is finished ({run.status}) but has no head hash"
+        if run.head_hash != expected or run.event_count != position:
+            return (
+                f"run {run.id}: head hash or event count ({run.event_count}) does not match the "
+                f"header and the {position} events (header edited, events removed or added)"
+            )
+        result.head_hash = run.head_hash
+    elif v2 and run.head_hash is not None:
+        # A running run with a signed checkpoint: the events it covers must all be there.
+        at = run.event_count - 1
+        checked = hashes_at.get(at) if at >= 0 else genesis_hash(run)
+        if position < run.event_count or checked != run.head_hash:
+            return (
+                f"run {run.id} ({run.status}): its checkpoint covers {run.event_count} events, "
+                f"{position} are there or they differ (events removed or edited)"
+            )
+    elif not v2:
+        if run.head_hash is None:
+            if _finished(run.status):
+                return f"run {run.id} is finished ({run.status}) but has no head hash"
+        elif run.head_hash != prev or run.event_count != position:
+            return (
+                f"run {run.id}: head hash or event count ({run.event_count}) does not match the "
+                f"{position} events (events removed, added, or the head edited)"
+            )
+    return None
+
+
+def _check_signature(run: Run, result: Verification, key: bytes | None) -> str | None:
+    """Check the run's signature with ``key`` (noting the outcome on ``result``): what is
+    wrong, or None."""
+    if run.signature is not None:
+        expected_sig = None if key is None else _expected_signature(run, key)
+        if key is None:
+            result.signature = "unchecked"
+        elif expected_sig is not None and hmac.compare_digest(run.signature, expected_sig):
+            result.signature = "valid"
+        else:
+            result.signature = "invalid"
+            return f"run {run.id}: signature does not match (wrong key or tampered)"
+    elif key is not None:  # any version: a run set back to version 1 and unsigned is no pass
+        result.signature = "missing"
+        return f"run {run.id} is not signed but ${SIGNING_KEY_ENV} is set"
+    return None
+
+
 def verify_pairs(
     run: Run,
     pairs: Iterable[tuple[Event, int | None]],
@@ -537,56 +592,11 @@ def verify_pairs(
     del last
     result.event_count = position
     result.head_hash = prev
-    if v2 and _finished(run.status):
-        expected = seal_hash(run, prev, position)
-        if run.head_hash is None:
-            return bad(None, None, f"run {run.id} is finished ({run.status}) but has no head hash")
-        if run.head_hash != expected or run.event_count != position:
-            return bad(
-                None,
-                None,
-                f"run {run.id}: head hash or event count ({run.event_count}) does not match the "
-                f"header and the {position} events (header edited, events removed or added)",
-            )
-        result.head_hash = run.head_hash
-    elif v2 and run.head_hash is not None:
-        # A running run with a signed checkpoint: the events it covers must all be there.
-        at = run.event_count - 1
-        checked = hashes_at.get(at) if at >= 0 else genesis_hash(run)
-        if position < run.event_count or checked != run.head_hash:
-            return bad(
-                None,
-                None,
-                f"run {run.id} ({run.status}): its checkpoint covers {run.event_count} events, "
-                f"{position} are there or they differ (events removed or edited)",
-            )
-    elif not v2:
-        if run.head_hash is None:
-            if _finished(run.status):
-                return bad(
-                    None, None, f"run {run.id} is finished ({run.status}) but has no head hash"
-                )
-        elif run.head_hash != prev or run.event_count != position:
-            return bad(
-                None,
-                None,
-                f"run {run.id}: head hash or event count ({run.event_count}) does not match the "
-                f"{position} events (events removed, added, or the head edited)",
-            )
-    if run.signature is not None:
-        expected_sig = None if key is None else _expected_signature(run, key)
-        if key is None:
-            result.signature = "unchecked"
-        elif expected_sig is not None and hmac.compare_digest(run.signature, expected_sig):
-            result.signature = "valid"
-        else:
-            result.signature = "invalid"
-            return bad(
-                None, None, f"run {run.id}: signature does not match (wrong key or tampered)"
-            )
-    elif key is not None:  # any version: a run set back to version 1 and unsigned is no pass
-        result.signature = "missing"
-        return bad(None, None, f"run {run.id} is not signed but ${SIGNING_KEY_ENV} is set")
+    wrong = _check_header(run, result, prev, position, hashes_at) or _check_signature(
+        run, result, key
+    )
+    if wrong is not None:
+        return bad(None, None, wrong)
     return result
 
 

@@ -264,6 +264,130 @@ def _live_body(
     return lines
 
 
+def _call_shape(fn: str, root: Event, b: Boundary | None) -> tuple[str, str]:
+    """How the test calls the root agent: ``def`` or ``async def``, and the call expression
+    (awaited, or its chunks collected for a generator)."""
+    call = _call_expr(fn, root.input)
+    if b is not None and b.is_agen:
+        prefix, call = "async def", f"[chunk async for chunk in {call}]"
+    elif b is not None and b.is_async:
+        prefix, call = "async def", f"await {call}"
+    elif b is not None and b.is_gen:
+        prefix, call = "def", f"list({call})"
+    else:
+        prefix = "def"
+    return prefix, call
+
+
+def _module_head(
+    run: Run,
+    module: str,
+    fn: str,
+    trace_rel: str,
+    cassette_rel: str | None,
+    *,
+    live_tools: list[str],
+    forbidden: list[str],
+    world: str | None,
+) -> list[str]:
+    """The test module's docstring, imports and constants."""
+    when = datetime.fromtimestamp(run.started_at, UTC).strftime("%Y-%m-%d %H:%M UTC")
+    # Recorded text (run id and name, boundary names, arguments) reaches this source only as
+    # repr() literals; identifiers are checked (module, function) or slugged (test names).
+    std = ["from pathlib import Path"] if live_tools else []
+    if live_tools and world is None:
+        std[:0] = ["from collections.abc import Iterator", "from contextlib import contextmanager"]
+    third = [] if live_tools and world else ["import pytest"]
+    ours = [*(["import replayable as rp"] if live_tools else []), "import replayable.testing as rt"]
+    ours.append(f"from {module} import {fn}")
+    if world is not None:
+        world_module, world_fn = _world_spec(world)
+        ours.append(f"from {world_module} import {world_fn} as world")
+    how = (
+        [
+            "re-runs the agent's own code against it: model outputs are served from the trace",
+            "(or the cassette, for calls a fix changed); the tools named in live= run in the",
+            "test's own world; nothing else is fired, no network is used.",
+        ]
+        if live_tools
+        else [
+            "re-runs the agent's own code against it: model and tool outputs are served from the",
+            "trace, side effects are not fired again, no network is used.",
+        ]
+    )
+    constants = [f"TRACE = {trace_rel!r}  # relative to this file"]
+    if cassette_rel is not None and (forbidden or live_tools):
+        constants.append(f"CASSETTE = {cassette_rel!r}  # model calls a fix changed: live once")
+    return [
+        f'"""Promoted from a run recorded {when} (RUN_ID and RUN_NAME below).',
+        "",
+        "Written by `replayable promote`. The trace file holds every recorded call; the test",
+        *how,
+        '"""',
+        "",
+        "from __future__ import annotations",
+        "",
+        *([*std, ""] if std else []),
+        *([*third, ""] if third else []),
+        *ours,
+        "",
+        *constants,
+        f"RUN_ID = {run.id!r}",
+        f"RUN_NAME = {run.name!r}",
+        "",
+        "",
+    ]
+
+
+def _forbid_body(
+    steps: list[Event], forbidden: list[str], *, prefix: str, call: str, name: str
+) -> list[str]:
+    """The test of an incident: the steps up to the forbidden call still happen, it does not."""
+    first = min((i for i, e in enumerate(steps) if e.boundary in forbidden), default=len(steps))
+    recorded = [(bare_name(e.boundary), e.input) for e in steps if e.boundary in forbidden]
+    return [
+        "@pytest.mark.replay(TRACE, strict=False, fallback=CASSETTE)",
+        f"{prefix} test_{name}_never_calls_{_ident(bare_name(forbidden[0]))}(replayable):",
+        '    """The incident: on this input the agent must not call the forbidden steps."""',
+        f"    {call}",
+        "    replay = replayable.replay_session",
+        "    # The steps that led up to the incident still happen...",
+        "    rt.assert_calls(",
+        "        replay,",
+        "        [",
+        *(
+            f"            ({bare_name(e.boundary)!r}, {_short_pattern(e.input)}),"
+            for e in steps[:first]
+        ),
+        "        ],",
+        "        exact=False,",
+        "    )",
+        "    # ...but not the bad call. Recorded:",
+        *(f"    #   {name!r}: {_short_pattern(value)}" for name, value in recorded),
+        *(f"    rt.assert_not_called(replay, {bare_name(f)!r})" for f in forbidden),
+    ]
+
+
+def _path_body(steps: list[Event], *, prefix: str, call: str, name: str) -> list[str]:
+    """The test that the agent takes the recorded path: the same calls, the same arguments."""
+    return [
+        "@pytest.mark.replay(TRACE, strict=False)",
+        f"{prefix} test_{name}(replayable):",
+        '    """The agent takes the recorded path: the same calls with the same arguments."""',
+        f"    {call}",
+        "    replay = replayable.replay_session",
+        "    rt.assert_no_divergence(replay)",
+        "    # The structure, as recorded. Edit it down to what must hold (an invariant",
+        '    # such as rt.assert_not_called(replay, "delete_record")) if the path may change.',
+        "    rt.assert_calls(",
+        "        replay,",
+        "        [",
+        *(f"            ({bare_name(e.boundary)!r}, {_short_pattern(e.input)})," for e in steps),
+        "        ],",
+        "    )",
+    ]
+
+
 def render_test(
     run: Run,
     events: Sequence[Event],
@@ -297,109 +421,25 @@ def render_test(
         raise ReplayableError("a world is for the tools that run live: pass live= as well")
     if (forbidden or live_tools) and cassette_rel is None:
         cassette_rel = f"cassettes/{test_name}.jsonl"
-    call = _call_expr(fn, root.input)
-    if b is not None and b.is_agen:
-        prefix, call = "async def", f"[chunk async for chunk in {call}]"
-    elif b is not None and b.is_async:
-        prefix, call = "async def", f"await {call}"
-    elif b is not None and b.is_gen:
-        prefix, call = "def", f"list({call})"
-    else:
-        prefix = "def"
-    when = datetime.fromtimestamp(run.started_at, UTC).strftime("%Y-%m-%d %H:%M UTC")
-    # Recorded text (run id and name, boundary names, arguments) reaches this source only as
-    # repr() literals; identifiers are checked (module, function) or slugged (test names).
-    std = ["from pathlib import Path"] if live_tools else []
-    if live_tools and world is None:
-        std[:0] = ["from collections.abc import Iterator", "from contextlib import contextmanager"]
-    third = [] if live_tools and world else ["import pytest"]
-    ours = [*(["import replayable as rp"] if live_tools else []), "import replayable.testing as rt"]
-    ours.append(f"from {module} import {fn}")
-    if world is not None:
-        world_module, world_fn = _world_spec(world)
-        ours.append(f"from {world_module} import {world_fn} as world")
-    how = (
-        [
-            "re-runs the agent's own code against it: model outputs are served from the trace",
-            "(or the cassette, for calls a fix changed); the tools named in live= run in the",
-            "test's own world; nothing else is fired, no network is used.",
-        ]
-        if live_tools
-        else [
-            "re-runs the agent's own code against it: model and tool outputs are served from the",
-            "trace, side effects are not fired again, no network is used.",
-        ]
+    prefix, call = _call_shape(fn, root, b)
+    head = _module_head(
+        run,
+        module,
+        fn,
+        trace_rel,
+        cassette_rel,
+        live_tools=live_tools,
+        forbidden=forbidden,
+        world=world,
     )
-    constants = [f"TRACE = {trace_rel!r}  # relative to this file"]
-    if cassette_rel is not None and (forbidden or live_tools):
-        constants.append(f"CASSETTE = {cassette_rel!r}  # model calls a fix changed: live once")
-    head = [
-        f'"""Promoted from a run recorded {when} (RUN_ID and RUN_NAME below).',
-        "",
-        "Written by `replayable promote`. The trace file holds every recorded call; the test",
-        *how,
-        '"""',
-        "",
-        "from __future__ import annotations",
-        "",
-        *([*std, ""] if std else []),
-        *([*third, ""] if third else []),
-        *ours,
-        "",
-        *constants,
-        f"RUN_ID = {run.id!r}",
-        f"RUN_NAME = {run.name!r}",
-        "",
-        "",
-    ]
     if live_tools:
         body = _live_body(
             steps, live_tools, forbidden, prefix=prefix, call=call, name=test_name, world=world
         )
     elif forbidden:
-        first = min((i for i, e in enumerate(steps) if e.boundary in forbidden), default=len(steps))
-        recorded = [(bare_name(e.boundary), e.input) for e in steps if e.boundary in forbidden]
-        body = [
-            "@pytest.mark.replay(TRACE, strict=False, fallback=CASSETTE)",
-            f"{prefix} test_{test_name}_never_calls_{_ident(bare_name(forbidden[0]))}(replayable):",
-            '    """The incident: on this input the agent must not call the forbidden steps."""',
-            f"    {call}",
-            "    replay = replayable.replay_session",
-            "    # The steps that led up to the incident still happen...",
-            "    rt.assert_calls(",
-            "        replay,",
-            "        [",
-            *(
-                f"            ({bare_name(e.boundary)!r}, {_short_pattern(e.input)}),"
-                for e in steps[:first]
-            ),
-            "        ],",
-            "        exact=False,",
-            "    )",
-            "    # ...but not the bad call. Recorded:",
-            *(f"    #   {name!r}: {_short_pattern(value)}" for name, value in recorded),
-            *(f"    rt.assert_not_called(replay, {bare_name(f)!r})" for f in forbidden),
-        ]
+        body = _forbid_body(steps, forbidden, prefix=prefix, call=call, name=test_name)
     else:
-        body = [
-            "@pytest.mark.replay(TRACE, strict=False)",
-            f"{prefix} test_{test_name}(replayable):",
-            '    """The agent takes the recorded path: the same calls with the same arguments."""',
-            f"    {call}",
-            "    replay = replayable.replay_session",
-            "    rt.assert_no_divergence(replay)",
-            "    # The structure, as recorded. Edit it down to what must hold (an invariant",
-            '    # such as rt.assert_not_called(replay, "delete_record")) if the path may change.',
-            "    rt.assert_calls(",
-            "        replay,",
-            "        [",
-            *(
-                f"            ({bare_name(e.boundary)!r}, {_short_pattern(e.input)}),"
-                for e in steps
-            ),
-            "        ],",
-            "    )",
-        ]
+        body = _path_body(steps, prefix=prefix, call=call, name=test_name)
     return "\n".join([*head, *body, ""])
 
 

@@ -18,7 +18,7 @@ import copy
 import os
 import re
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,7 +29,7 @@ from replayable import canonical
 from replayable._engine import Ending, Engine, Serve
 from replayable._errors_codec import encode_error
 from replayable._rootcall import call_recorded, root_call
-from replayable.boundary import bare_name, registry, resolve_name
+from replayable.boundary import Boundary, bare_name, registry, resolve_name
 from replayable.context import Frame
 from replayable.errors import ReplayableError
 from replayable.record import environment, new_run_id
@@ -398,6 +398,52 @@ class _Violation(Exception):
         self.message = message
 
 
+def _chosen(
+    events: Sequence[Event],
+    boundaries: Iterable[str] | None,
+    names: set[str],
+    registered: Mapping[str, Boundary],
+) -> set[str]:
+    """The boundaries whose outputs are perturbed: those named, or every one that is not an
+    agent, a clock or side-effecting."""
+    if boundaries is not None:
+        chosen = {resolve_name(b, names) for b in boundaries}
+    else:
+        chosen = {
+            e.boundary
+            for e in events
+            if e.kind not in ("agent", "clock")
+            and not (e.boundary in registered and registered[e.boundary].side_effects)
+        }
+    return chosen
+
+
+def _mutation_lists(sites: Sequence[Site], events: Sequence[Event], max_mutations: int) -> Any:
+    """The Hypothesis strategy of 1 to ``max_mutations`` mutations at the recorded ``sites``
+    (each naming its call as the N-th of its boundary)."""
+    from hypothesis import strategies as st
+
+    ordinal: dict[int, int] = {}
+    seen: dict[str, int] = {}
+    for e in sorted(events, key=lambda e: e.seq):
+        seen[e.boundary] = ordinal[e.seq] = seen.get(e.boundary, 0) + 1
+
+    def mutation_at(i: int) -> Any:
+        site = sites[i]
+        ev = site.event
+        return st.sampled_from(site.ops).flatmap(
+            lambda op: st.sampled_from(op[1]).map(
+                lambda arg: Mutation(
+                    ev.seq, ev.boundary, site.path, op[0], arg, call=ordinal[ev.seq]
+                )
+            )
+        )
+
+    return st.lists(
+        st.integers(0, len(sites) - 1).flatmap(mutation_at), min_size=1, max_size=max_mutations
+    )
+
+
 def fuzz(
     source: str | os.PathLike[str] | Run,
     invariant: Invariant,
@@ -432,7 +478,6 @@ def fuzz(
     try:
         from hypothesis import HealthCheck, Verbosity, given, settings
         from hypothesis import seed as hseed
-        from hypothesis import strategies as st
     except ImportError:  # pragma: no cover - hypothesis is in the testing extra
         raise ReplayableError('fuzz needs hypothesis: pip install "replayable[testing]"') from None
 
@@ -443,38 +488,12 @@ def fuzz(
     root_call(run, list(events))
     names = {e.boundary for e in events}
     registered = registry()
-    if boundaries is not None:
-        chosen = {resolve_name(b, names) for b in boundaries}
-    else:
-        chosen = {
-            e.boundary
-            for e in events
-            if e.kind not in ("agent", "clock")
-            and not (e.boundary in registered and registered[e.boundary].side_effects)
-        }
+    chosen = _chosen(events, boundaries, names, registered)
     sites = sites_of(e for e in events if e.boundary in chosen)
     if not sites:
         raise ReplayableError(f"run {run.id}: no recorded output of {sorted(chosen)} to perturb")
 
-    ordinal: dict[int, int] = {}
-    seen: dict[str, int] = {}
-    for e in sorted(events, key=lambda e: e.seq):
-        seen[e.boundary] = ordinal[e.seq] = seen.get(e.boundary, 0) + 1
-
-    def mutation_at(i: int) -> Any:
-        site = sites[i]
-        ev = site.event
-        return st.sampled_from(site.ops).flatmap(
-            lambda op: st.sampled_from(op[1]).map(
-                lambda arg: Mutation(
-                    ev.seq, ev.boundary, site.path, op[0], arg, call=ordinal[ev.seq]
-                )
-            )
-        )
-
-    strategy = st.lists(
-        st.integers(0, len(sites) - 1).flatmap(mutation_at), min_size=1, max_size=max_mutations
-    )
+    strategy = _mutation_lists(sites, events, max_mutations)
     report = FuzzReport(run=run, examples=0, events=list(events))
     live_names = frozenset(resolve_name(x, names | set(registered)) for x in live)
     if n < 1:

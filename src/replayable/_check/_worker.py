@@ -5,12 +5,13 @@ from __future__ import annotations
 import importlib
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from replayable._check._report import RunOutcome
 from replayable._pii import for_replay
-from replayable._replayer import build_replay, check_version
+from replayable._replayer import Replay, build_replay, check_version
 from replayable._rootcall import call_recorded, root_call
 from replayable._writer import Buffer
 from replayable.errors import Divergence, RecordedError, ReplayableError, TraceCorrupt
@@ -95,78 +96,34 @@ def _load_item(item: Item, store: Store | None) -> tuple[Run, list[Event]]:
     return run, list(store.iter_events(run.id))
 
 
-def _check_item(item: Item, store: Store | None, task: Task) -> Done:
-    t0 = time.perf_counter()
-    run_id = str((item.run or {}).get("id") or item.label)
-    name = (item.run or {}).get("name")
-
-    def out(outcome: Outcome, detail: str, **kw: Any) -> Done:
-        parts = kw.pop("parts", None)
-        kept = kw.pop("kept", None)
-        o = RunOutcome(
-            run_id=run_id,
-            name=name,
-            outcome=outcome,
-            detail=detail,
-            duration_s=time.perf_counter() - t0,
-            **kw,
-        )
-        return Done(item.index, o, parts, kept)
-
-    try:
-        run, events = _load_item(item, store)
-    except TraceCorrupt as exc:
-        return out("not_replayable", f"damaged trace: {exc}")
-    run_id, name = run.id, run.name
+def _refusal(run: Run, events: list[Event]) -> str | None:
+    """Why a recording cannot be replayed (unfinished, another version, does not verify), or
+    None."""
     if run.status in ("running", "incomplete"):
-        return out("not_replayable", f"the recording is {run.status}: it never finished")
+        return f"the recording is {run.status}: it never finished"
     try:
         check_version(run)
     except TraceCorrupt as exc:
-        return out("not_replayable", f"incompatible version: {exc}")
+        return f"incompatible version: {exc}"
     try:  # the chain and its head (edits, a cut tail); with a signing key, the signature
         verified = check_recording(run, events)
     except TraceCorrupt as exc:
-        return out("not_replayable", f"does not verify: {exc}")
+        return f"does not verify: {exc}"
     if not verified.ok:
-        return out("not_replayable", f"damaged trace: {verified.problem}")
-    # The check's replay is the plain replay, its steps kept in memory: only a replay worth
-    # keeping (diverged or failed) becomes a run and rows (``kept``).
-    buffer = Buffer()
-    try:
-        b, ev = root_call(run, events)
-        replay = build_replay(
-            run,
-            events,
-            target=None,
-            live=task.live,
-            strict=False,
-            sink=buffer,
-            metadata={"check": task.check_id},
-            env=ENV,
-            pii=for_replay(run.id, run.metadata, None),  # a run recorded pseudonymized
-        )
-    except ReplayableError as exc:
-        return out("not_replayable", str(exc).splitlines()[0])
+        return f"damaged trace: {verified.problem}"
+    return None
 
-    def keep(status: RunStatus) -> tuple[dict[str, Any], list[EventRow]]:
-        replay_run = replay.run
-        replay_run.status = status  # a divergence raised through the agent reads as "error"
-        rows = buffer.rows(replay_run)
-        return replay_run.to_dict(), rows
 
-    raised: BaseException | None = None
-    try:
-        with replay:
-            call_recorded(b, ev)
-    except Divergence:
-        pass  # kept in replay.divergences
-    except RecordedError as exc:
-        raised = exc  # a recorded exception served back: the agent's own business
-    except ReplayableError as exc:
-        return out("not_replayable", str(exc).splitlines()[0])
-    except Exception as exc:
-        raised = exc
+def _verdict(
+    out: Callable[..., Done],
+    keep: Callable[[RunStatus], tuple[dict[str, Any], list[EventRow]]],
+    replay: Replay,
+    run: Run,
+    ev: Event,
+    raised: BaseException | None,
+) -> Done:
+    """Sort a finished replay: failed (it raised what the recording did not), diverged (its
+    first divergence as the signature), or unchanged; ``keep`` the replay worth keeping."""
     divs = replay.divergences
     first = next((d for d in divs if d.reason != "skipped"), None)
     recorded_error = (ev.error or {}).get("type") if ev.error is not None else None
@@ -209,6 +166,72 @@ def _check_item(item: Item, store: Store | None, task: Task) -> Done:
         parts={"boundary": first.boundary, "reason": first.reason, "fields": fields},
         kept=kept,
     )
+
+
+def _check_item(item: Item, store: Store | None, task: Task) -> Done:
+    t0 = time.perf_counter()
+    run_id = str((item.run or {}).get("id") or item.label)
+    name = (item.run or {}).get("name")
+
+    def out(outcome: Outcome, detail: str, **kw: Any) -> Done:
+        parts = kw.pop("parts", None)
+        kept = kw.pop("kept", None)
+        o = RunOutcome(
+            run_id=run_id,
+            name=name,
+            outcome=outcome,
+            detail=detail,
+            duration_s=time.perf_counter() - t0,
+            **kw,
+        )
+        return Done(item.index, o, parts, kept)
+
+    try:
+        run, events = _load_item(item, store)
+    except TraceCorrupt as exc:
+        return out("not_replayable", f"damaged trace: {exc}")
+    run_id, name = run.id, run.name
+    refused = _refusal(run, events)
+    if refused is not None:
+        return out("not_replayable", refused)
+    # The check's replay is the plain replay, its steps kept in memory: only a replay worth
+    # keeping (diverged or failed) becomes a run and rows (``kept``).
+    buffer = Buffer()
+    try:
+        b, ev = root_call(run, events)
+        replay = build_replay(
+            run,
+            events,
+            target=None,
+            live=task.live,
+            strict=False,
+            sink=buffer,
+            metadata={"check": task.check_id},
+            env=ENV,
+            pii=for_replay(run.id, run.metadata, None),  # a run recorded pseudonymized
+        )
+    except ReplayableError as exc:
+        return out("not_replayable", str(exc).splitlines()[0])
+
+    def keep(status: RunStatus) -> tuple[dict[str, Any], list[EventRow]]:
+        replay_run = replay.run
+        replay_run.status = status  # a divergence raised through the agent reads as "error"
+        rows = buffer.rows(replay_run)
+        return replay_run.to_dict(), rows
+
+    raised: BaseException | None = None
+    try:
+        with replay:
+            call_recorded(b, ev)
+    except Divergence:
+        pass  # kept in replay.divergences
+    except RecordedError as exc:
+        raised = exc  # a recorded exception served back: the agent's own business
+    except ReplayableError as exc:
+        return out("not_replayable", str(exc).splitlines()[0])
+    except Exception as exc:
+        raised = exc
+    return _verdict(out, keep, replay, run, ev, raised)
 
 
 def _type_name(exc: BaseException) -> str:

@@ -9,11 +9,16 @@ from dataclasses import replace
 from pathlib import Path
 
 import click
+from rich.console import Console
 from rich.rule import Rule
 
 import replayable as rp
+from replayable._pii import PII
 from replayable.cli._common import console, get_store, handle_errors, main, store_option
 from replayable.cli._render import step_tree
+from replayable.replay import Replay
+from replayable.store import Store
+from replayable.trace import Run
 
 MAX_ATTEMPTS = 60
 
@@ -59,6 +64,37 @@ def demo_cmd(store_url: str | None, db: str | None) -> None:
     pii = agent.pii() if key_file is None else replace(agent.pii(), key_file=key_file)
     out.print(Rule("1. Production: the support agent runs, recorded (personal data pseudonymized)"))
     out.print(f"request: [italic]{agent.REQUEST}[/italic]")
+    incident = _record_incident(out, store, pii)
+    after_incident = agent.customers()
+
+    out.print(Rule("2. The incident, as recorded"))
+    events = list(store.iter_events(incident.id))
+    out.print(step_tree(incident, events))
+    shown = pii.pseudonymizer()
+    out.print(
+        f"  stored as pseudonyms: {agent.CUSTOMERS[2][1]} is "
+        f"[bold]{shown.text(agent.CUSTOMERS[2][1])}[/bold], {agent.OWNER_EMAIL} is "
+        f"[bold]{shown.text(agent.OWNER_EMAIL)}[/bold] (keyed HMAC, shape kept; the key is "
+        f"{key_file or '$REPLAYABLE_PII_KEY'}, apart from the store)"
+    )
+    # Replays run the agent on its recorded (pseudonymized) request, as `replayable replay`
+    # does: what it reads and what it is served then agree.
+    request = next(e for e in events if e.parent_seq is None).input["request"]
+
+    after = _replay_offline(out, store, incident, request)
+    fixed = _replay_fixed(out, store, incident, request)
+    _next_steps(out, incident, fixed, store.url if store_url else None)
+    out.print(
+        f"  the incident left {len(after_incident)} of {len(agent.CUSTOMERS)} customers; "
+        f"the demo database ({agent.db_path()}) is reset to all {len(after)}"
+    )
+
+
+def _record_incident(out: Console, store: Store, pii: PII) -> Run:
+    """Record the unguarded agent until it deletes the wrong customer (exit 1 if it never
+    does in MAX_ATTEMPTS runs)."""
+    from replayable.demo import agent
+
     agent.GUARD = False
     incident = None
     for _attempt in range(1, MAX_ATTEMPTS + 1):
@@ -75,21 +111,15 @@ def demo_cmd(store_url: str | None, db: str | None) -> None:
     if incident is None:
         out.print(f"[red]no incident in {MAX_ATTEMPTS} runs (unlucky sampling); run it again[/red]")
         sys.exit(1)
-    after_incident = agent.customers()
+    return incident
 
-    out.print(Rule("2. The incident, as recorded"))
-    events = list(store.iter_events(incident.id))
-    out.print(step_tree(incident, events))
-    shown = pii.pseudonymizer()
-    out.print(
-        f"  stored as pseudonyms: {agent.CUSTOMERS[2][1]} is "
-        f"[bold]{shown.text(agent.CUSTOMERS[2][1])}[/bold], {agent.OWNER_EMAIL} is "
-        f"[bold]{shown.text(agent.OWNER_EMAIL)}[/bold] (keyed HMAC, shape kept; the key is "
-        f"{key_file or '$REPLAYABLE_PII_KEY'}, apart from the store)"
-    )
-    # Replays run the agent on its recorded (pseudonymized) request, as `replayable replay`
-    # does: what it reads and what it is served then agree.
-    request = next(e for e in events if e.parent_seq is None).input["request"]
+
+def _replay_offline(
+    out: Console, store: Store, incident: Run, request: str
+) -> list[tuple[int, str, str]]:
+    """Replay the incident: outputs served, the database untouched (exit 1 otherwise); the
+    customers after it."""
+    from replayable.demo import agent
 
     out.print(Rule("3. Replay it offline: outputs served, side effects not re-fired"))
     agent.reset_db()
@@ -114,6 +144,14 @@ def demo_cmd(store_url: str | None, db: str | None) -> None:
     if not untouched or not replayed.ok:
         sys.exit(1)
 
+    return after
+
+
+def _replay_fixed(out: Console, store: Store, incident: Run, request: str) -> Replay:
+    """Replay the incident against the guarded agent: the deletion is skipped (exit 1 if the
+    path did not change)."""
+    from replayable.demo import agent
+
     out.print(Rule("4. Apply the fix (check the email before deleting) and replay again"))
     agent.GUARD = True
     try:
@@ -129,7 +167,12 @@ def demo_cmd(store_url: str | None, db: str | None) -> None:
     if not blocked:
         out.print("[bold red]the fix did not change the path[/bold red]")
         sys.exit(1)
-    at = f" --store {store.url}" if store_url else ""
+    return fixed
+
+
+def _next_steps(out: Console, incident: Run, fixed: Replay, store_url: str | None) -> None:
+    """The commands to try next on the incident (naming the store when one was given)."""
+    at = f" --store {store_url}" if store_url else ""
     out.print(Rule("Next"))
     demo = "--import replayable.demo.agent"
     steps = [
@@ -150,7 +193,3 @@ def demo_cmd(store_url: str | None, db: str | None) -> None:
     width = max((len(cmd) for cmd, _ in steps if len(cmd) <= 72), default=0)
     for cmd, why in steps:  # soft_wrap: a long command stays one line to copy
         out.print(f"  {cmd:<{width}}  # {why}", markup=False, soft_wrap=True)
-    out.print(
-        f"  the incident left {len(after_incident)} of {len(agent.CUSTOMERS)} customers; "
-        f"the demo database ({agent.db_path()}) is reset to all {len(after)}"
-    )

@@ -14,6 +14,7 @@ model, then imports this module.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import os
@@ -509,6 +510,20 @@ def _check_signature(run: Run, result: Verification, key: bytes | None) -> str |
     return None
 
 
+def _failed(
+    result: Verification, in_file: bool, ev: Event | None, line: int | None, problem: str
+) -> Verification:
+    """``result`` marked failed with ``problem``, at ``ev`` (its line in the file) or, for the
+    header, at line 1 of a file."""
+    result.ok = False
+    result.problem = problem
+    if ev is not None:
+        result.bad_seq, result.bad_address, result.line = ev.seq, ev.address, line
+    elif in_file:
+        result.line = 1
+    return result
+
+
 def verify_pairs(
     run: Run,
     pairs: Iterable[tuple[Event, int | None]],
@@ -522,15 +537,7 @@ def verify_pairs(
         run_id=run.id, event_count=0, head_hash="", legacy=not v2, sealed=_finished(run.status)
     )
 
-    def bad(ev: Event | None, line: int | None, problem: str) -> Verification:
-        result.ok = False
-        result.problem = problem
-        if ev is not None:
-            result.bad_seq, result.bad_address, result.line = ev.seq, ev.address, line
-        elif in_file:
-            result.line = 1
-        return result
-
+    bad = functools.partial(_failed, result, in_file)
     if not 1 <= run.hash_version <= HASH_VERSION:
         return bad(
             None,

@@ -99,6 +99,36 @@ def _top(path: str) -> str:
     return path.split(".", 1)[0].split("[", 1)[0]
 
 
+def _chat_answer(out: dict[str, Any], ans: Answer, texts: list[str]) -> None:
+    """An OpenAI chat completion's texts and tool calls."""
+    for choice in out.get("choices") or ():
+        msg = choice.get("message") or {}
+        if isinstance(msg.get("content"), str):
+            texts.append(msg["content"])
+        for tc in msg.get("tool_calls") or ():
+            fn = tc.get("function") or {}
+            ans.tools.append((str(fn.get("name")), _json_or(fn.get("arguments"))))
+
+
+def _responses_answer(out: dict[str, Any], ans: Answer, texts: list[str]) -> None:
+    """An OpenAI Responses answer's texts and function calls."""
+    for item in out["output"]:
+        if item.get("type") == "function_call":
+            ans.tools.append((str(item.get("name")), _json_or(item.get("arguments"))))
+        for part in item.get("content") or ():
+            if isinstance(part, dict) and isinstance(part.get("text"), str):
+                texts.append(part["text"])
+
+
+def _anthropic_answer(out: dict[str, Any], ans: Answer, texts: list[str]) -> None:
+    """An Anthropic message's texts and tool uses."""
+    for part in out["content"]:
+        if part.get("type") == "tool_use":
+            ans.tools.append((str(part.get("name")), part.get("input")))
+        elif isinstance(part.get("text"), str):
+            texts.append(part["text"])
+
+
 def answer_of(output: Any, meta: Mapping[str, Any], error: Mapping[str, Any] | None) -> Answer:
     """What is compared: model, fingerprint, tools chosen, text and structured shape."""
     out = output if isinstance(output, dict) else {}
@@ -117,26 +147,11 @@ def answer_of(output: Any, meta: Mapping[str, Any], error: Mapping[str, Any] | N
         if not text and not ans.tools:
             ans.value = output
     elif "choices" in out:  # OpenAI chat completion
-        for choice in out.get("choices") or ():
-            msg = choice.get("message") or {}
-            if isinstance(msg.get("content"), str):
-                texts.append(msg["content"])
-            for tc in msg.get("tool_calls") or ():
-                fn = tc.get("function") or {}
-                ans.tools.append((str(fn.get("name")), _json_or(fn.get("arguments"))))
+        _chat_answer(out, ans, texts)
     elif isinstance(out.get("output"), list):  # OpenAI Responses
-        for item in out["output"]:
-            if item.get("type") == "function_call":
-                ans.tools.append((str(item.get("name")), _json_or(item.get("arguments"))))
-            for part in item.get("content") or ():
-                if isinstance(part, dict) and isinstance(part.get("text"), str):
-                    texts.append(part["text"])
+        _responses_answer(out, ans, texts)
     elif isinstance(out.get("content"), list):  # Anthropic message
-        for part in out["content"]:
-            if part.get("type") == "tool_use":
-                ans.tools.append((str(part.get("name")), part.get("input")))
-            elif isinstance(part.get("text"), str):
-                texts.append(part["text"])
+        _anthropic_answer(out, ans, texts)
     elif isinstance(output, str):
         texts.append(output)
     elif out:  # a function's own answer: a tool choice and/or text fields

@@ -316,6 +316,54 @@ def resolve_live(
     return names, calls
 
 
+def _wrapper(b: Boundary, func: Callable[..., Any]) -> Callable[..., Any]:
+    """What the decorator puts in the function's place: a call outside any run goes straight
+    to ``func``; inside one, to the run's session, as the function's shape (generator, async
+    generator, coroutine or plain) needs."""
+    wrapper: Callable[..., Any]
+    if b.is_agen:
+
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            session = SESSION.get()
+            if session is None:
+                if context.ACTIVE:
+                    context.orphan_call(b)
+                return func(*args, **kwargs)
+            return session.call_agen(b, args, kwargs)
+
+    elif b.is_gen:
+
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            session = SESSION.get()
+            if session is None:
+                if context.ACTIVE:
+                    context.orphan_call(b)
+                return func(*args, **kwargs)
+            return session.call_gen(b, args, kwargs)
+
+    elif b.is_async:
+
+        async def wrapper(*args: Any, **kwargs: Any) -> Any:
+            session = SESSION.get()
+            if session is None:
+                if context.ACTIVE:
+                    context.orphan_call(b)
+                return await func(*args, **kwargs)
+            return await session.call_async(b, args, kwargs)
+
+    else:
+
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            session = SESSION.get()
+            if session is None:
+                if context.ACTIVE:
+                    context.orphan_call(b)
+                return func(*args, **kwargs)
+            return session.call(b, args, kwargs)
+
+    return wrapper
+
+
 @overload
 def boundary(fn: F) -> F: ...
 
@@ -382,47 +430,7 @@ def boundary(
             transient=transient,
             serve_cut=serve_cut,
         )
-        wrapper: Callable[..., Any]
-        if b.is_agen:
-
-            def wrapper(*args: Any, **kwargs: Any) -> Any:
-                session = SESSION.get()
-                if session is None:
-                    if context.ACTIVE:
-                        context.orphan_call(b)
-                    return func(*args, **kwargs)
-                return session.call_agen(b, args, kwargs)
-
-        elif b.is_gen:
-
-            def wrapper(*args: Any, **kwargs: Any) -> Any:
-                session = SESSION.get()
-                if session is None:
-                    if context.ACTIVE:
-                        context.orphan_call(b)
-                    return func(*args, **kwargs)
-                return session.call_gen(b, args, kwargs)
-
-        elif b.is_async:
-
-            async def wrapper(*args: Any, **kwargs: Any) -> Any:
-                session = SESSION.get()
-                if session is None:
-                    if context.ACTIVE:
-                        context.orphan_call(b)
-                    return await func(*args, **kwargs)
-                return await session.call_async(b, args, kwargs)
-
-        else:
-
-            def wrapper(*args: Any, **kwargs: Any) -> Any:
-                session = SESSION.get()
-                if session is None:
-                    if context.ACTIVE:
-                        context.orphan_call(b)
-                    return func(*args, **kwargs)
-                return session.call(b, args, kwargs)
-
+        wrapper = _wrapper(b, func)
         functools.update_wrapper(wrapper, func)
         setattr(wrapper, "__replayable__", b)  # noqa: B010
         b.wrapper = wrapper

@@ -230,20 +230,11 @@ def diff(
     return diff_runs(run_a, events_a, run_b, events_b)
 
 
-def diff_runs(
-    run_a: Run,
-    events_a: Iterable[Event],
-    run_b: Run,
-    events_b: Iterable[Event],
-    *,
-    limit: int = 50,
-) -> RunDiff:
-    """Align two runs' steps (by address, then by boundary + key) and diff each pair.
-
-    ``limit`` caps the field changes kept per value.
-    """
-    evs_a = sorted(events_a, key=lambda e: e.seq)
-    evs_b = sorted(events_b, key=lambda e: e.seq)
+def _partners(
+    run_a: Run, evs_a: list[Event], run_b: Run, evs_b: list[Event]
+) -> tuple[dict[int, tuple[Event, str]], set[int]]:
+    """Each A step's partner in B and how it was matched (same address and boundary; the
+    step a replay served it from; same boundary and key), and the B steps taken."""
     by_address = {e.address: e for e in evs_b}
     partner: dict[int, tuple[Event, str]] = {}  # a.seq -> (b event, matched_by)
     used_b: set[int] = set()
@@ -273,6 +264,25 @@ def diff_runs(
             other = candidates.pop(0)
             partner[ev.seq] = (other, "key")
             used_b.add(other.seq)
+
+    return partner, used_b
+
+
+def diff_runs(
+    run_a: Run,
+    events_a: Iterable[Event],
+    run_b: Run,
+    events_b: Iterable[Event],
+    *,
+    limit: int = 50,
+) -> RunDiff:
+    """Align two runs' steps (by address, then by boundary + key) and diff each pair.
+
+    ``limit`` caps the field changes kept per value.
+    """
+    evs_a = sorted(events_a, key=lambda e: e.seq)
+    evs_b = sorted(events_b, key=lambda e: e.seq)
+    partner, used_b = _partners(run_a, evs_a, run_b, evs_b)
 
     # Order: side A's start order; a step only in B goes after the A step that its nearest
     # earlier matched B step pairs with, so it shows up where B took its own path.

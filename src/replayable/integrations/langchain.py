@@ -185,16 +185,26 @@ def _split_llm_args(
 
 def _model_wrappers(cls: type, name: str) -> dict[str, Callable[..., Any]]:
     sync_b, async_b = _llm_boundaries(name)
-    gen_sync, gen_async = sync_b.wrapper, async_b.wrapper
-    out: dict[str, Callable[..., Any]] = {}
+    return {
+        **_generate_wrappers(cls, sync_b.wrapper, async_b.wrapper),
+        **_stream_wrappers(cls, sync_b.wrapper, async_b.wrapper),
+    }
 
-    def active(obj: Any) -> bool:
-        return SESSION.get() is not None and obj.__dict__.get(_MARK) is not None and _outer(obj)
+
+def _active(obj: Any) -> bool:
+    return SESSION.get() is not None and obj.__dict__.get(_MARK) is not None and _outer(obj)
+
+
+def _generate_wrappers(
+    cls: type, gen_sync: Callable[..., Any], gen_async: Callable[..., Any]
+) -> dict[str, Callable[..., Any]]:
+    """The model's ``_generate`` and ``_agenerate`` through its boundaries."""
+    out: dict[str, Callable[..., Any]] = {}
 
     original_generate = cls._generate  # type: ignore[attr-defined]
 
     def _generate(self: Any, *args: Any, **kwargs: Any) -> Any:
-        if not active(self):
+        if not _active(self):
             return original_generate(self, *args, **kwargs)
         messages, stop, rest = _split_llm_args(args, dict(kwargs))
         gen = gen_sync(**_llm_view(self, messages, stop, rest))
@@ -210,7 +220,7 @@ def _model_wrappers(cls: type, name: str) -> dict[str, Callable[..., Any]]:
     original_agenerate = cls._agenerate  # type: ignore[attr-defined]
 
     async def _agenerate(self: Any, *args: Any, **kwargs: Any) -> Any:
-        if not active(self):
+        if not _active(self):
             return await original_agenerate(self, *args, **kwargs)
         messages, stop, rest = _split_llm_args(args, dict(kwargs))
         gen = gen_async(**_llm_view(self, messages, stop, rest))
@@ -222,11 +232,20 @@ def _model_wrappers(cls: type, name: str) -> dict[str, Callable[..., Any]]:
         return _as_result(items)
 
     out["_agenerate"] = _agenerate
+    return out
+
+
+def _stream_wrappers(
+    cls: type, gen_sync: Callable[..., Any], gen_async: Callable[..., Any]
+) -> dict[str, Callable[..., Any]]:
+    """The model's ``_stream`` and ``_astream`` through its boundaries (the real call starts
+    on the first chunk)."""
+    out: dict[str, Callable[..., Any]] = {}
 
     original_stream = cls._stream  # type: ignore[attr-defined]
 
     def _stream(self: Any, *args: Any, **kwargs: Any) -> Iterator[Any]:
-        if not active(self):
+        if not _active(self):
             yield from original_stream(self, *args, **kwargs)
             return
         messages, stop, rest = _split_llm_args(args, dict(kwargs))
@@ -247,7 +266,7 @@ def _model_wrappers(cls: type, name: str) -> dict[str, Callable[..., Any]]:
     original_astream = cls._astream  # type: ignore[attr-defined]
 
     async def _astream(self: Any, *args: Any, **kwargs: Any) -> AsyncIterator[Any]:
-        if not active(self):
+        if not _active(self):
             async for chunk in original_astream(self, *args, **kwargs):
                 yield chunk
             return

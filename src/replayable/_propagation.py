@@ -193,6 +193,28 @@ def _member(header: str) -> str | None:
     return found[0] if found else ""
 
 
+def _links(value: str, service: str | None) -> tuple[Link | None, str | None, Link | None]:
+    """The caller's link, the mode and (following) the source's link in a replayable baggage
+    member's value; the caller is None when the member is malformed."""
+    parts = value.split("!")
+    caller = source = None
+    mode: str | None = None
+    if len(parts) in (4, 6) and parts[0] == "1" and parts[2] in _MODES:
+        run, mode = parts[1], parts[2]
+        step = _step(parts[3])
+        if _RUN_ID.fullmatch(run) and ".." not in run and step is not None:
+            caller = Link(run, step, None)
+        if len(parts) == 6:
+            src_step = _step(parts[5])
+            if _RUN_ID.fullmatch(parts[4]) and ".." not in parts[4] and src_step is not None:
+                source = Link(parts[4], src_step, service)
+            else:
+                caller = None
+        if (mode == "follow") != (source is not None):
+            caller = None
+    return caller, mode, source
+
+
 def parse(headers: Mapping[str, str], service: str | None = None) -> Incoming | None:
     """The checked context of a request's headers (lower-case names), or ``None`` when it
     carries none. A malformed, oversized or contradictory header is ignored with a warning."""
@@ -218,22 +240,7 @@ def parse(headers: Mapping[str, str], service: str | None = None) -> Incoming | 
         return Incoming(trace_id, parent_span, None, None) if trace_id else None
     if not value:
         return Incoming(trace_id, parent_span, None, None) if trace_id else None
-    parts = value.split("!")
-    caller = source = None
-    mode: str | None = None
-    if len(parts) in (4, 6) and parts[0] == "1" and parts[2] in _MODES:
-        run, mode = parts[1], parts[2]
-        step = _step(parts[3])
-        if _RUN_ID.fullmatch(run) and ".." not in run and step is not None:
-            caller = Link(run, step, None)
-        if len(parts) == 6:
-            src_step = _step(parts[5])
-            if _RUN_ID.fullmatch(parts[4]) and ".." not in parts[4] and src_step is not None:
-                source = Link(parts[4], src_step, service)
-            else:
-                caller = None
-        if (mode == "follow") != (source is not None):
-            caller = None
+    caller, mode, source = _links(value, service)
     if caller is None:
         _warn("the replayable baggage member is malformed")
         return Incoming(trace_id, parent_span, None, None) if trace_id else None

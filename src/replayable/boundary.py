@@ -320,46 +320,67 @@ def _wrapper(b: Boundary, func: Callable[..., Any]) -> Callable[..., Any]:
     """What the decorator puts in the function's place: a call outside any run goes straight
     to ``func``; inside one, to the run's session, as the function's shape (generator, async
     generator, coroutine or plain) needs."""
-    wrapper: Callable[..., Any]
     if b.is_agen:
+        return _agen_wrapper(b, func)
+    if b.is_gen:
+        return _gen_wrapper(b, func)
+    if b.is_async:
+        return _async_wrapper(b, func)
+    return _plain_wrapper(b, func)
 
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            session = SESSION.get()
-            if session is None:
-                if context.ACTIVE:
-                    context.orphan_call(b)
-                return func(*args, **kwargs)
-            return session.call_agen(b, args, kwargs)
 
-    elif b.is_gen:
+def _agen_wrapper(b: Boundary, func: Callable[..., Any]) -> Callable[..., Any]:
+    """The wrapper of an async generator."""
 
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            session = SESSION.get()
-            if session is None:
-                if context.ACTIVE:
-                    context.orphan_call(b)
-                return func(*args, **kwargs)
-            return session.call_gen(b, args, kwargs)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        session = SESSION.get()
+        if session is None:
+            if context.ACTIVE:
+                context.orphan_call(b)
+            return func(*args, **kwargs)
+        return session.call_agen(b, args, kwargs)
 
-    elif b.is_async:
+    return wrapper
 
-        async def wrapper(*args: Any, **kwargs: Any) -> Any:
-            session = SESSION.get()
-            if session is None:
-                if context.ACTIVE:
-                    context.orphan_call(b)
-                return await func(*args, **kwargs)
-            return await session.call_async(b, args, kwargs)
 
-    else:
+def _gen_wrapper(b: Boundary, func: Callable[..., Any]) -> Callable[..., Any]:
+    """The wrapper of a generator."""
 
-        def wrapper(*args: Any, **kwargs: Any) -> Any:
-            session = SESSION.get()
-            if session is None:
-                if context.ACTIVE:
-                    context.orphan_call(b)
-                return func(*args, **kwargs)
-            return session.call(b, args, kwargs)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        session = SESSION.get()
+        if session is None:
+            if context.ACTIVE:
+                context.orphan_call(b)
+            return func(*args, **kwargs)
+        return session.call_gen(b, args, kwargs)
+
+    return wrapper
+
+
+def _async_wrapper(b: Boundary, func: Callable[..., Any]) -> Callable[..., Any]:
+    """The wrapper of a coroutine function."""
+
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        session = SESSION.get()
+        if session is None:
+            if context.ACTIVE:
+                context.orphan_call(b)
+            return await func(*args, **kwargs)
+        return await session.call_async(b, args, kwargs)
+
+    return wrapper
+
+
+def _plain_wrapper(b: Boundary, func: Callable[..., Any]) -> Callable[..., Any]:
+    """The wrapper of a plain function."""
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        session = SESSION.get()
+        if session is None:
+            if context.ACTIVE:
+                context.orphan_call(b)
+            return func(*args, **kwargs)
+        return session.call(b, args, kwargs)
 
     return wrapper
 

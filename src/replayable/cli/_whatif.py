@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import importlib
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 import orjson
@@ -27,6 +27,9 @@ from replayable.cli._common import (
     parse_since,
     store_option,
 )
+
+if TYPE_CHECKING:
+    from replayable.replay import Replay
 
 
 def _load_object(spec: str, option: str) -> Any:
@@ -206,6 +209,34 @@ def _fakes(specs: tuple[str, ...]) -> dict[str, Any]:
     return out
 
 
+def _print_fork(rp: Replay, stopped: BaseException | None, step: str, as_json: bool) -> None:
+    """The fork's changes and divergences, what stopped it, and how to compare it."""
+    from replayable.errors import Divergence, SideEffectRefused
+
+    if as_json:
+        payload = {
+            "source": rp.source.id,
+            "fork": rp.run.id,
+            "at": rp.run.metadata.get("fork"),
+            "changes": [c.to_dict() for c in rp.changes],
+            "divergences": [d.to_dict() for d in rp.divergences],
+            "stopped": None if stopped is None else f"{type(stopped).__name__}: {stopped}",
+        }
+        click.echo(orjson.dumps(payload).decode())
+    else:
+        out = console()
+        out.print(rp.report(), markup=False)
+        if isinstance(stopped, SideEffectRefused):
+            out.print(f"stopped: {stopped}", markup=False)
+        elif stopped is not None and not isinstance(stopped, Divergence):
+            out.print(f"the agent raised {type(stopped).__name__}: {stopped}", markup=False)
+        out.print(
+            f"fork recorded as run {rp.run.id} (source {rp.source.id} at {step}); compare: "
+            f"replayable diff {rp.source.id} {rp.run.id}",
+            markup=False,
+        )
+
+
 @main.command("fork")
 @click.argument("run_id")
 @store_option
@@ -334,27 +365,6 @@ def fork_cmd(
     except Exception as exc:
         if ev.error is None:
             stopped = exc
-    if as_json:
-        payload = {
-            "source": rp.source.id,
-            "fork": rp.run.id,
-            "at": rp.run.metadata.get("fork"),
-            "changes": [c.to_dict() for c in rp.changes],
-            "divergences": [d.to_dict() for d in rp.divergences],
-            "stopped": None if stopped is None else f"{type(stopped).__name__}: {stopped}",
-        }
-        click.echo(orjson.dumps(payload).decode())
-    else:
-        out = console()
-        out.print(rp.report(), markup=False)
-        if isinstance(stopped, SideEffectRefused):
-            out.print(f"stopped: {stopped}", markup=False)
-        elif stopped is not None and not isinstance(stopped, Divergence):
-            out.print(f"the agent raised {type(stopped).__name__}: {stopped}", markup=False)
-        out.print(
-            f"fork recorded as run {rp.run.id} (source {rp.source.id} at {step}); compare: "
-            f"replayable diff {rp.source.id} {rp.run.id}",
-            markup=False,
-        )
+    _print_fork(rp, stopped, step, as_json)
     if stopped is not None:  # a divergence, a refused side effect, or the agent raised
         sys.exit(1)

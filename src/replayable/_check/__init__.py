@@ -112,7 +112,8 @@ def _default_imports() -> tuple[str, ...]:
 
 def _store_url(store: Store) -> str:
     # A worker opens the store itself: it needs the URL with its credentials.
-    return str(getattr(store, "_conninfo", None) or store.url)
+    connection_url = getattr(store, "connection_url", None)  # PostgreSQL's, with credentials
+    return str(connection_url()) if callable(connection_url) else store.url
 
 
 def _batches(n: int, workers: int) -> int:

@@ -345,5 +345,10 @@ class PostgresStore(SQLStore):
             self._ready = False
         pool.close()
 
+    def connection_url(self) -> str:
+        """The URL with its credentials (``url`` hides the password): what a worker process
+        needs to open the store itself. Never shown or stored."""
+        return self._conninfo
+
     def __repr__(self) -> str:
         return f"PostgresStore({self.url!r})"

@@ -192,7 +192,8 @@ class Sentinel:
 
 
 TOOLS = {"version": 1}
-"""The tool server's code version: 2 looks the item up in capitals (a changed input)."""
+"""The tool server's code version: 2 looks the item up in capitals (a changed input), 3 fails
+after the lookup."""
 
 
 @rp.boundary(kind="retrieval", name="tools:stock_level")
@@ -217,7 +218,10 @@ def mcp_tools(store: Any, *, follow: bool = False, linked: bool = True) -> Any:
         CALLS.append(item)
         lookup = stock_level if linked else stock_level.__wrapped__  # type: ignore[attr-defined]
         key = item.upper() if TOOLS["version"] == 2 else item
-        return f"{item}: {lookup(key)} in stock"
+        level = lookup(key)
+        if TOOLS["version"] == 3:
+            raise ValueError(f"stock of {item} unknown")
+        return f"{item}: {level} in stock"
 
     if linked:
         serve(server, store=store, service="tools", follow=follow)

@@ -81,6 +81,24 @@ class TestMcpLinked:
         assert div.boundary == "tools:stock_level"
         assert "in service mcp" in (div.detail or "")
 
+    async def test_a_failing_tool_still_links_its_run(self, tools_store: Store) -> None:
+        """A tool that raised answers the SDK's error result, and the caller's step still
+        keeps the tool server's run (which recorded the failure)."""
+        services.TOOLS["version"] = 3
+        try:
+            with Uvicorn(services.mcp_tools(tools_store), lifespan="on") as tools:
+                async with rp.record(name="agent") as run:
+                    answer = await _ask(tools.url)
+        finally:
+            services.TOOLS["version"] = 1
+        assert answer == "Error executing tool check_stock"  # the SDK's own wording
+        step = next(e for e in run.events() if e.boundary == "mcp:tools/call.check_stock")
+        assert step.output["isError"] is True
+        (callee,) = [r for r in tools_store.list_runs() if r.parent is not None]
+        assert step.meta["linked"] == {"run": callee.id, "service": "mcp"}
+        assert callee.status == "error"
+        assert [e.boundary for e in callee.events()] == ["tools:stock_level"]
+
     async def test_a_plain_tool_server_is_never_followed(self, tools_store: Store) -> None:
         """Recorded against an MCP server without replayable: refused, the tool never called."""
         with Uvicorn(services.mcp_tools(tools_store, linked=False), lifespan="on") as tools:

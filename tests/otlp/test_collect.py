@@ -23,7 +23,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from replayable.store import Store, open_store
 
 from .conftest import LiveCollector, agent_trace, genai_messages, many_spans, to_json
-from .test_import import jspan, otlp_json
+from .test_import import chain, jspan, otlp_json, pb_request
 
 PB = {"content-type": "application/x-protobuf"}
 
@@ -166,6 +166,27 @@ class TestHostile:
             assert sock.recv(100).startswith(b"HTTP/1.1 413")
         time.sleep(0.3)
         assert store.list_runs() == []
+
+    def test_a_deep_chain_or_a_huge_attribute_is_413(
+        self, store: Store, live_collector: Callable[..., LiveCollector]
+    ) -> None:
+        """Spans nested past the bound, or one attribute past the value bound, get 413 with a
+        message; a chain closed across two requests too; nothing is kept."""
+        from replayable._otlp._decode import MAX_NESTING, MAX_VALUE
+
+        c = live_collector(settle=60, idle=60)
+        deep = chain(MAX_NESTING + 1)
+        huge = pb_request([(1, None)], {"input.value": "x" * (MAX_VALUE + 1)})
+        for body in (pb_request(deep), huge):
+            r = httpx.post(f"{c.url}/v1/traces", content=body, headers=PB, timeout=60)
+            assert r.status_code == 413, r.text
+            assert "bound" in r.json()["message"]
+        top, rest = deep[:MAX_NESTING], deep[MAX_NESTING:]
+        assert httpx.post(f"{c.url}/v1/traces", content=pb_request(top), headers=PB).is_success
+        r = httpx.post(f"{c.url}/v1/traces", content=pb_request(rest), headers=PB)
+        assert r.status_code == 413, r.text
+        (kept,) = c.collector.sweep(everything=True)  # only the first, in-bound request
+        assert kept.steps == MAX_NESTING
 
     def test_token_and_host_checks(
         self, store: Store, live_collector: Callable[..., LiveCollector]

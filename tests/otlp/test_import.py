@@ -486,3 +486,210 @@ class TestImportCommand:
         assert "line 2" in result.output
         assert "nothing imported" in result.output
         assert store.list_runs() == []
+
+
+def pb_request(spans: list[tuple[int, int | None]], attrs: dict[str, Any] | None = None) -> bytes:
+    """A protobuf export request of bare spans of one trace, given as (span id, parent id); the
+    first span carries ``attrs`` (AnyValue messages or plain strings)."""
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+    from opentelemetry.proto.common.v1.common_pb2 import AnyValue, KeyValue
+
+    request = ExportTraceServiceRequest()
+    ss = request.resource_spans.add().scope_spans.add()
+    trace_id = bytes.fromhex(TRACE)
+    for i, (sid, parent) in enumerate(spans):
+        s = ss.spans.add(trace_id=trace_id, span_id=sid.to_bytes(8, "big"), name="s")
+        if parent is not None:
+            s.parent_span_id = parent.to_bytes(8, "big")
+        for key, value in (attrs or {}).items() if i == 0 else ():
+            any_value = value if isinstance(value, AnyValue) else AnyValue(string_value=value)
+            s.attributes.append(KeyValue(key=key, value=any_value))
+    data: bytes = request.SerializeToString()
+    return data
+
+
+def _field(number: int, payload: bytes) -> bytes:
+    """One length-delimited protobuf field, encoded by hand."""
+
+    def varint(n: int) -> bytes:
+        out = bytearray()
+        while True:
+            out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
+            n >>= 7
+            if not n:
+                return bytes(out)
+
+    return varint(number << 3 | 2) + varint(len(payload)) + payload
+
+
+def deep_any_value_request(levels: int) -> bytes:
+    """An export request whose one span's attribute nests ``levels`` key lists, encoded by hand
+    (the protobuf library refuses to build one past its own depth limit)."""
+    value = _field(1, b"x")  # AnyValue.string_value
+    for _ in range(levels):  # AnyValue.kvlist_value > KeyValueList.values > KeyValue
+        value = _field(6, _field(1, _field(1, b"k") + _field(2, value)))
+    span = (
+        _field(1, bytes.fromhex(TRACE))
+        + _field(2, (1).to_bytes(8, "big"))
+        + _field(5, b"s")
+        + _field(9, _field(1, b"a") + _field(2, value))
+    )
+    return _field(1, _field(2, _field(2, span)))  # resource_spans > scope_spans > spans
+
+
+def chain(n: int) -> list[tuple[int, int | None]]:
+    """``n`` spans, each the parent of the next."""
+    return [(i + 1, i or None) for i in range(n)]
+
+
+class TestHostileTraces:
+    """A hostile trace file or request: a clear InvalidOtlp (4xx), no code run, bounded memory."""
+
+    def test_a_huge_attribute_is_413_naming_it(self) -> None:
+        """One attribute value past MAX_VALUE (string or bytes) is refused with 413, naming the
+        attribute, before anything downstream copies it."""
+        from opentelemetry.proto.common.v1.common_pb2 import AnyValue
+
+        big = "x" * (decode_mod.MAX_VALUE + 1)
+        for value in (big, AnyValue(bytes_value=big.encode())):
+            with pytest.raises(rp.InvalidOtlp) as err:
+                decode_request(pb_request([(1, None)], {"input.value": value}), "")
+            assert err.value.status == 413
+            assert "'input.value'" in str(err.value)
+        ok = decode_request(pb_request([(1, None)], {"input.value": big[:-1]}), "")
+        assert len(ok[0].attributes["input.value"]) == decode_mod.MAX_VALUE
+
+    def test_a_huge_value_inside_an_array_is_413(self) -> None:
+        """The bound holds at any depth of an AnyValue, not only at the top."""
+        from opentelemetry.proto.common.v1.common_pb2 import AnyValue, ArrayValue
+
+        inner = AnyValue(string_value="x" * (decode_mod.MAX_VALUE + 1))
+        value = AnyValue(array_value=ArrayValue(values=[AnyValue(string_value="a"), inner]))
+        with pytest.raises(rp.InvalidOtlp) as err:
+            decode_request(pb_request([(1, None)], {"messages": value}), "")
+        assert err.value.status == 413
+
+    def test_spans_nested_past_the_bound_are_413(self) -> None:
+        """A chain of spans deeper than MAX_NESTING is refused (its addresses would grow with
+        the square of its length); one at the bound imports."""
+        deep = decode_request(pb_request(chain(decode_mod.MAX_NESTING + 1)), "")
+        with pytest.raises(rp.InvalidOtlp) as err:
+            runs_of(deep)
+        assert err.value.status == 413
+        assert f"bound of {decode_mod.MAX_NESTING}" in str(err.value)
+        ((run, events),) = runs_of(decode_request(pb_request(chain(decode_mod.MAX_NESTING)), ""))
+        assert len(events) == decode_mod.MAX_NESTING
+        assert verify_run(run, events).ok
+
+    def test_a_long_chain_is_refused_quickly(self) -> None:
+        """40,000 spans in one chain (under the span bound) are refused by the nesting bound,
+        not built into runs."""
+        with pytest.raises(rp.InvalidOtlp) as err:
+            runs_of(decode_request(pb_request(chain(40_000)), ""))
+        assert err.value.status == 413
+
+    def test_a_huge_span_name_is_clipped_in_addresses(self) -> None:
+        """A span name of 100,000 characters names its step by its first 128: the addresses of
+        the steps below it do not repeat it whole."""
+        spans = decode_json(
+            otlp_json(
+                [
+                    {**jspan("00f067aa0ba902b7"), "name": "n" * 100_000},
+                    jspan("00f067aa0ba902b8", "00f067aa0ba902b7"),
+                ]
+            )
+        )
+        ((_, (top, child)),) = runs_of(spans)
+        assert top.boundary == "span:" + "n" * 128
+        assert len(child.address) < 300
+        assert top.meta["otel"]["name"] == "n" * 100_000
+
+    @pytest.mark.parametrize("levels", [decode_mod.MAX_DEPTH + 1, 900, 5000])
+    def test_deeply_nested_json_text_is_400(self, levels: int) -> None:
+        """JSON text in an attribute a convention parses, nested past MAX_DEPTH, is refused
+        (900 levels used to escape as orjson's TypeError when the input was keyed); past
+        orjson's own limit it stays text."""
+        text = '{"a":' * levels + "1" + "}" * levels
+        spans = decode_json(
+            otlp_json(
+                [
+                    jspan(
+                        "00f067aa0ba902b7",
+                        **{"openinference.span.kind": "TOOL", "input.value": text},
+                    )
+                ]
+            )
+        )
+        if levels > 1000:  # not JSON to orjson: kept as the text it is
+            ((_, (event,)),) = runs_of(spans)
+            assert event.input == text
+            return
+        with pytest.raises(rp.InvalidOtlp) as err:
+            runs_of(spans)
+        assert err.value.status == 400
+        assert "nests deeper than" in str(err.value)
+
+    @pytest.mark.parametrize("levels", [40, 500])
+    def test_deeply_nested_any_values_are_400(self, levels: int) -> None:
+        """An attribute of nested key lists (hand-encoded: the protobuf library will not build
+        one this deep) is refused with 400; so is OTLP/JSON nested 5,000 deep."""
+        with pytest.raises(rp.InvalidOtlp) as err:
+            decode_request(deep_any_value_request(levels), "application/x-protobuf")
+        assert err.value.status == 400
+        body = b'{"resourceSpans":' + b"[" * 5000 + b"]" * 5000 + b"}"
+        with pytest.raises(rp.InvalidOtlp):
+            decode_request(body, "application/json")
+
+    def test_a_pickle_is_never_unpickled(self, tmp_path: Path, store: Store) -> None:
+        """A file that would run code if unpickled is refused as not OTLP; the code never runs."""
+        import pickle
+
+        marker = tmp_path / "ran"
+
+        class Boom:
+            def __reduce__(self) -> tuple[Any, ...]:
+                return (Path.touch, (marker,))
+
+        path = tmp_path / "trace.pb"
+        path.write_bytes(pickle.dumps(Boom()))
+        with pytest.raises(rp.InvalidOtlp):
+            import_otlp(path, store)
+        assert not marker.exists()
+        assert store.list_runs() == []
+
+    def test_a_native_trace_file_is_not_otlp(self, tmp_path: Path, store: Store) -> None:
+        """``import --format otlp`` of replayable's own JSONL export: exit 2 with a message,
+        no traceback, nothing written."""
+        path = tmp_path / "native.jsonl"
+        path.write_text('{"run": {"id": "r1", "name": "agent"}}\n{"seq": 0, "kind": "llm"}\n')
+        result = CliRunner().invoke(main, ["import", "--format", "otlp", str(path)])
+        assert result.exit_code == 2, result.output
+        assert "without --format otlp" in result.output
+        assert "Traceback" not in result.output
+        assert store.list_runs() == []
+
+    @pytest.mark.parametrize(
+        "trace_id", ["../../etc/passwd", "0af7651916cd43dd8448eb211c80319c" * 2, "otlp-1"]
+    )
+    def test_a_forged_trace_id_is_400(self, trace_id: str) -> None:
+        """A trace id that is not 16 bytes of hex (a path, too long, a run id) names no run."""
+        with pytest.raises(rp.InvalidOtlp) as err:
+            decode_json(otlp_json([{**jspan("00f067aa0ba902b7"), "traceId": trace_id}]))
+        assert err.value.status == 400
+
+    def test_a_forged_copy_of_a_kept_trace_changes_nothing(
+        self, tmp_path: Path, store: Store
+    ) -> None:
+        """Another trace claiming a kept run's trace id is skipped: the kept run's steps are as
+        they were and its hash chain verifies."""
+        first, forged = tmp_path / "first.json", tmp_path / "forged.json"
+        first.write_bytes(orjson.dumps(otlp_json([jspan("00f067aa0ba902b7", **{"x": "real"})])))
+        forged.write_bytes(orjson.dumps(otlp_json([jspan("00f067aa0ba902b7", **{"x": "forged"})])))
+        ((run, written),) = import_otlp(first, store)
+        assert written
+        before = [e.stored_fields() for e in store.iter_events(run.id)]
+        ((again, written),) = import_otlp(forged, store)
+        assert (again.id, written) == (run.id, False)
+        stored = list(store.iter_events(run.id))
+        assert [e.stored_fields() for e in stored] == before
+        assert verify_run(store.get_run(run.id), stored).ok

@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 
-from replayable._otlp._decode import Span
+from replayable._otlp._decode import Span, check_depth
 
 __all__ = ["CAPTURE_HINTS", "StepView", "read_span"]
 
@@ -79,12 +79,16 @@ def read_span(span: Span) -> StepView:
 
 def parse_json(value: Any) -> Any:
     """``value`` parsed when it is a JSON object or array as text, else as it is (a bare
-    ``"true"`` stays text: a tool may return it)."""
+    ``"true"`` stays text: a tool may return it). JSON nested deeper than an attribute value
+    may be (:data:`~replayable._otlp._decode.MAX_DEPTH`) is refused: nothing downstream (redaction,
+    keys, the store) recurses past it."""
     if isinstance(value, str) and value[:1] in ("{", "["):
         try:
-            return orjson.loads(value)
+            parsed = orjson.loads(value)
         except orjson.JSONDecodeError:
             return value
+        check_depth(parsed, "an attribute's JSON text")
+        return parsed
     return value
 
 

@@ -21,9 +21,13 @@ from replayable.errors import InvalidOtlp
 
 __all__ = [
     "MAX_BODY",
+    "MAX_DEPTH",
+    "MAX_NESTING",
     "MAX_SPANS",
+    "MAX_VALUE",
     "Span",
     "SpanEvent",
+    "check_depth",
     "decode_json",
     "decode_protobuf",
     "decode_request",
@@ -35,6 +39,18 @@ MAX_BODY = 64 * 1024 * 1024
 
 MAX_SPANS = 50_000
 """Spans one trace (and one export request) may have."""
+
+MAX_NESTING = 64
+"""Levels one trace's spans may nest (a span, its parent, its grandparent...): a step's address
+names every level above it, so a deeper chain would make addresses grow with the square of the
+trace."""
+
+MAX_VALUE = 8 * 1024 * 1024
+"""Characters (or bytes) one attribute value may have: 8 MiB holds a long context's messages;
+a bigger one is refused rather than copied through redaction, keys and the store."""
+
+MAX_DEPTH = 64
+"""Levels an attribute value (an ``AnyValue``, or JSON text a convention parses) may nest."""
 
 _HINT = 'pip install "replayable[otel]" (it brings opentelemetry-proto)'
 
@@ -260,14 +276,37 @@ def _iter_spans(request: Any) -> Iterator[Span]:
                 )
 
 
+def check_depth(value: Any, what: str) -> None:
+    """Raise :class:`InvalidOtlp` when ``value`` (JSON types) nests deeper than
+    :data:`MAX_DEPTH` (walked without recursion, so any depth is safe to check)."""
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        v, depth = stack.pop()
+        if isinstance(v, dict):
+            children: Any = v.values()
+        elif isinstance(v, list):
+            children = v
+        else:
+            continue
+        if depth >= MAX_DEPTH:
+            raise InvalidOtlp(f"{what} nests deeper than {MAX_DEPTH} levels")
+        stack.extend((c, depth + 1) for c in children)
+
+
 def _attributes(kvs: Any) -> dict[str, Any]:
-    return {kv.key: _value(kv.value) for kv in kvs}
+    out: dict[str, Any] = {}
+    for kv in kvs:
+        try:
+            out[kv.key] = _value(kv.value)
+        except InvalidOtlp as exc:
+            raise InvalidOtlp(f"attribute {kv.key[:100]!r}: {exc}", status=exc.status) from None
+    return out
 
 
 def _value(v: Any, depth: int = 0) -> Any:
     """An ``AnyValue`` as JSON types."""
-    if depth > 64:
-        raise InvalidOtlp("an attribute value nests deeper than 64 levels")
+    if depth > MAX_DEPTH:
+        raise InvalidOtlp(f"an attribute value nests deeper than {MAX_DEPTH} levels")
     which = v.WhichOneof("value")
     if which is None:
         return None
@@ -275,8 +314,15 @@ def _value(v: Any, depth: int = 0) -> Any:
         return [_value(x, depth + 1) for x in v.array_value.values]
     if which == "kvlist_value":
         return {kv.key: _value(kv.value, depth + 1) for kv in v.kvlist_value.values}
-    if which == "bytes_value":
-        return base64.b64encode(v.bytes_value).decode()
+    if which in ("string_value", "bytes_value"):
+        raw = getattr(v, which)
+        if len(raw) > MAX_VALUE:
+            raise InvalidOtlp(
+                f"a value of {len(raw):,} characters, over the bound of {MAX_VALUE:,} for one "
+                "value",
+                status=413,
+            )
+        return raw if which == "string_value" else base64.b64encode(raw).decode()
     if which == "int_value":
         return int(v.int_value)
     if which == "string_value_strindex":  # a profiles-only variant: no string table here

@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from replayable._otlp._conventions import CAPTURE_HINTS, StepView, read_span
-from replayable._otlp._decode import MAX_SPANS, Span
+from replayable._otlp._decode import MAX_NESTING, MAX_SPANS, Span
 from replayable.canonical import key_of_json
 from replayable.errors import InvalidOtlp
 from replayable.redact import redact, redact_run
@@ -38,8 +38,8 @@ def by_trace(spans: Iterable[Span]) -> dict[str, list[Span]]:
 
 
 def check_spans(spans: list[Span]) -> list[Span]:
-    """One trace's spans with re-sent duplicates dropped; :class:`InvalidOtlp` on a cycle or
-    past the span bound."""
+    """One trace's spans with re-sent duplicates dropped; :class:`InvalidOtlp` on a cycle, past
+    the span bound or nested deeper than :data:`~replayable._otlp._decode.MAX_NESTING`."""
     seen: dict[str, Span] = {}
     for s in spans:
         seen.setdefault(s.span_id, s)  # an exporter's retry sends the same span again
@@ -48,12 +48,12 @@ def check_spans(spans: list[Span]) -> list[Span]:
             f"trace {spans[0].trace_id} has {len(seen)} spans, over the bound of {MAX_SPANS}",
             status=413,
         )
-    done: set[str] = set()
+    level: dict[str, int] = {}  # a span's nesting level (0 at the top), once its path is walked
     for start in seen:
         path: list[str] = []
         on_path: set[str] = set()
         node: str | None = start
-        while node is not None and node in seen and node not in done:
+        while node is not None and node in seen and node not in level:
             if node in on_path:
                 raise InvalidOtlp(
                     f"trace {spans[0].trace_id} has a span cycle through span {node} "
@@ -62,7 +62,15 @@ def check_spans(spans: list[Span]) -> list[Span]:
             on_path.add(node)
             path.append(node)
             node = seen[node].parent_id
-        done.update(path)
+        above = level[node] + 1 if node is not None and node in level else 0
+        for i, n in enumerate(reversed(path)):
+            level[n] = above + i
+        if path and level[path[0]] >= MAX_NESTING:
+            raise InvalidOtlp(
+                f"trace {spans[0].trace_id} nests span {path[0]} {level[path[0]] + 1} levels "
+                f"deep, over the bound of {MAX_NESTING}",
+                status=413,
+            )
     return list(seen.values())
 
 
@@ -106,8 +114,12 @@ def _error(span: Span) -> dict[str, Any] | None:
     }
 
 
+_NAME_CHARS = 128
+"""Characters of a span's name a step's boundary (and every address below it) keeps."""
+
+
 def _boundary(view: StepView) -> str:
-    return f"{view.kind}:{view.name}"
+    return f"{view.kind}:{view.name[:_NAME_CHARS]}"
 
 
 def build_run(spans: list[Span], pii: Pseudonymizer | None = None) -> tuple[Run, list[Event]]:

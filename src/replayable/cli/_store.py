@@ -210,7 +210,12 @@ def import_cmd(
             fail(f"TraceCorrupt: {safe(str(exc))}; nothing imported")
         loaded.append((file, run, events))
     if not loaded:
-        fail("no spans in the given files; nothing imported")
+        hint = (
+            " (a trace file replayable wrote imports without --format otlp)"
+            if fmt == "otlp"
+            else ""
+        )
+        fail(f"no spans in the given files{hint}; nothing imported")
     store = get_store(store_url, create=True)
     for file, run, events in loaded:
         run.store = None

@@ -122,6 +122,75 @@ def _boundary(view: StepView) -> str:
     return f"{view.kind}:{view.name[:_NAME_CHARS]}"
 
 
+def _otel_meta(span: Span, view: StepView, trace_id: str) -> dict[str, Any]:
+    """What an imported step keeps of its span under ``meta["otel"]``: ids, name, kind,
+    convention and scope, whether content was captured (and how to turn it on), and a plain
+    span's own events."""
+    otel: dict[str, Any] = {
+        "trace_id": trace_id,
+        "span_id": span.span_id,
+        "parent_span_id": span.parent_id,
+        "name": span.name,
+        "span_kind": span.kind,
+        "convention": view.convention,
+        "scope": span.scope,
+        "content_captured": view.content,
+        "not_carried": view.missing,
+    }
+    if not view.content and view.convention in CAPTURE_HINTS:
+        otel["capture_hint"] = CAPTURE_HINTS[view.convention]
+    if view.convention == "none" or view.kind == "span":
+        otel["events"] = [
+            {"name": e.name, "time_ns": e.time_ns, "attributes": e.attributes} for e in span.events
+        ]
+    return otel
+
+
+def _run_of(
+    run_id: str,
+    trace_id: str,
+    spans: list[Span],
+    roots: list[Span],
+    conventions: dict[tuple[str, str, str, str], None],
+    missing: dict[str, set[str]],
+    uncaptured: dict[str, set[str]],
+) -> Run:
+    """The imported run's header: named after its root span, its source (conventions seen,
+    what the trace did not carry or capture), its span of time and status."""
+    root = roots[0]
+    resource = root.resource
+    starts = [s.start_ns for s in spans if s.start_ns]
+    ends = [s.end_ns for s in spans if s.end_ns]
+    return Run(
+        id=run_id,
+        name=str(
+            root.attributes.get("langfuse.trace.name")
+            or root.attributes.get("gen_ai.agent.name")
+            or root.name
+            or trace_id
+        ),
+        tags={"source": "otlp"},
+        metadata={
+            "source": {
+                "format": "otlp",
+                "trace_id": trace_id,
+                "service": resource.get("service.name"),
+                "conventions": [
+                    {"convention": c, "scope": sc, "scope_version": v, "schema_url": u}
+                    for c, sc, v, u in conventions
+                ],
+                "not_carried": {k: sorted(v) for k, v in sorted(missing.items()) if v},
+                "content_not_captured": {k: sorted(v) for k, v in sorted(uncaptured.items())},
+            }
+        },
+        environment={"resource": resource},
+        started_at=min(starts) / 1e9 if starts else 0.0,
+        ended_at=max(ends) / 1e9 if ends else None,
+        status="error" if any(s.status_code == _STATUS_ERROR for s in roots) else "ok",
+        error=_error(root),
+    )
+
+
 def build_run(spans: list[Span], pii: Pseudonymizer | None = None) -> tuple[Run, list[Event]]:
     """One trace (``spans``, all of one trace id) as a run and its events, redacted and
     chained, ready for ``Store.put_run``. With ``pii`` (:mod:`replayable._pii`), personal data
@@ -156,24 +225,7 @@ def build_run(spans: list[Span], pii: Pseudonymizer | None = None) -> tuple[Run,
         missing[view.kind].update(view.missing)
         if not view.content and view.kind in ("llm", "tool"):
             uncaptured[view.kind].add(view.convention)
-        otel: dict[str, Any] = {
-            "trace_id": trace_id,
-            "span_id": span.span_id,
-            "parent_span_id": span.parent_id,
-            "name": span.name,
-            "span_kind": span.kind,
-            "convention": view.convention,
-            "scope": span.scope,
-            "content_captured": view.content,
-            "not_carried": view.missing,
-        }
-        if not view.content and view.convention in CAPTURE_HINTS:
-            otel["capture_hint"] = CAPTURE_HINTS[view.convention]
-        if view.convention == "none" or view.kind == "span":
-            otel["events"] = [
-                {"name": e.name, "time_ns": e.time_ns, "attributes": e.attributes}
-                for e in span.events
-            ]
+        otel = _otel_meta(span, view, trace_id)
         inp = clean(view.input)
         events.append(
             Event(
@@ -193,38 +245,7 @@ def build_run(spans: list[Span], pii: Pseudonymizer | None = None) -> tuple[Run,
             )
         )
     roots = [s for s, p in ordered if p is None]
-    root = roots[0]
-    resource = root.resource
-    starts = [s.start_ns for s in spans if s.start_ns]
-    ends = [s.end_ns for s in spans if s.end_ns]
-    run = Run(
-        id=run_id,
-        name=str(
-            root.attributes.get("langfuse.trace.name")
-            or root.attributes.get("gen_ai.agent.name")
-            or root.name
-            or trace_id
-        ),
-        tags={"source": "otlp"},
-        metadata={
-            "source": {
-                "format": "otlp",
-                "trace_id": trace_id,
-                "service": resource.get("service.name"),
-                "conventions": [
-                    {"convention": c, "scope": sc, "scope_version": v, "schema_url": u}
-                    for c, sc, v, u in conventions
-                ],
-                "not_carried": {k: sorted(v) for k, v in sorted(missing.items()) if v},
-                "content_not_captured": {k: sorted(v) for k, v in sorted(uncaptured.items())},
-            }
-        },
-        environment={"resource": resource},
-        started_at=min(starts) / 1e9 if starts else 0.0,
-        ended_at=max(ends) / 1e9 if ends else None,
-        status="error" if any(s.status_code == _STATUS_ERROR for s in roots) else "ok",
-        error=_error(root),
-    )
+    run = _run_of(run_id, trace_id, spans, roots, conventions, missing, uncaptured)
     redact_run(run)
     if pii is not None:
         pii.run(run)

@@ -78,6 +78,8 @@ _CHECK_BITS = {1: 12, 2: 16, 3: 16}
 """Bits of a made-up name given to its keyed check (the rest name the value): a real name
 of exactly the made-up shape passes the check once in 4,096 (one word) or 65,536 times."""
 _B32 = "abcdefghijklmnopqrstuvwxyz234567"
+_CAPITAL = re.compile(rb"[A-Z\x80-\xff]")
+"""Where a name could start, in an event's bytes (a capital, or any non-ASCII letter)."""
 
 
 @dataclass(frozen=True)
@@ -92,7 +94,10 @@ class PII:
     bytes), else ``$REPLAYABLE_PII_KEY``, else the file ``key_file`` or
     ``$REPLAYABLE_PII_KEY_FILE`` names. ``region``: how numbers written without a country code
     are read (``"US"``). ``vault``: a file path where each pseudonym's value is kept encrypted
-    (AES-GCM under the key), for ``replayable show --reveal``; apart from the runs.
+    (AES-GCM under the key), for ``replayable show --reveal``; apart from the runs. ``ner``:
+    names in free text too, with the NER extra (``pip install "replayable[ner]"``): ``True``
+    for spaCy cue patterns on a blank pipeline (``I'm Dana Whitfield``, ``Dear Mr Smith``), or
+    the name of an installed spaCy pipeline whose ``PERSON`` entities count as well.
 
     >>> import replayable as rp
     >>> p = rp.PII(fields=["customer.name"], key="k" * 32)
@@ -107,6 +112,7 @@ class PII:
     key_file: str | os.PathLike[str] | None = None
     region: str = "US"
     vault: str | os.PathLike[str] | None = None
+    ner: bool | str = False
 
     def __post_init__(self) -> None:
         for name in ("kinds", "fields", "names"):
@@ -117,6 +123,8 @@ class PII:
         unknown = sorted(set(self.kinds) - set(KINDS))
         if unknown:
             raise ValueError(f"PII(kinds=...): unknown kind(s) {unknown}; known: {list(KINDS)}")
+        if not isinstance(self.ner, bool | str) or self.ner == "":
+            raise TypeError(f"PII(ner=...) takes True or a spaCy pipeline's name, not {self.ner!r}")
 
     def pseudonymizer(self) -> Pseudonymizer:
         """The compiled policy (its key loaded now: a missing key is an error here)."""
@@ -139,7 +147,25 @@ def _compiled(pii: PII, key: bytes) -> Pseudonymizer:
         on_new=vault.add if vault is not None else None,
         vault=None if pii.vault is None else os.fspath(pii.vault),
         key_file=None if pii.key_file is None else os.path.abspath(pii.key_file),
+        ner=_ner_model(pii.ner),
     )
+
+
+def _ner_model(ner: bool | str | None) -> str | None:
+    """The NER extra's model as a run's settings name it (``rules`` for ``ner=True``)."""
+    if ner is True:
+        from replayable._pii_ner import RULES
+
+        return RULES
+    return ner or None
+
+
+@functools.lru_cache(maxsize=4)
+def _recognizer(model: str) -> Any:
+    """One spaCy pipeline per model in a process (building one takes a second)."""
+    from replayable._pii_ner import NameRecognizer
+
+    return NameRecognizer(model)
 
 
 def load_key(
@@ -350,8 +376,12 @@ class Pseudonymizer:
         on_new: Callable[[str, str], None] | None = None,
         vault: str | None = None,
         key_file: str | None = None,
+        ner: str | None = None,
     ) -> None:
         self._key = key
+        self.ner = ner
+        """The NER extra's model (``rules`` or a spaCy pipeline), or None: names in free text
+        are then found only when listed."""
         self.vault = vault
         self.key_file = key_file
         """The key file named in code (``PII(key_file=...)``): its path (never the key) is kept
@@ -362,7 +392,13 @@ class Pseudonymizer:
         self.fields = tuple(fields)
         self.names = tuple(names)
         self.region = region
-        self.detector = Detector(self.kinds, self.names, region)
+        self.detector = Detector(
+            self.kinds,
+            self.names,
+            region,
+            ner=None if ner is None else _recognizer(ner),
+            made_up=self.is_made_up,
+        )
         self._reserved = Detector(self.kinds, (), region, reserved=True)
         self._patterns = tuple(tuple(f.split(".")) for f in self.fields)
         self._lasts = frozenset(p[-1] for p in self._patterns)
@@ -418,7 +454,9 @@ class Pseudonymizer:
         # Every shape kind is looked for in the text itself (its own check is the gate, and an
         # event's ``only`` holds what its strings do), so a clean verdict is whole and kept:
         # an agent sends its history again with every call, one new message at a time.
-        whole = only is None or "name" in only or not self.names
+        whole = only is None or (
+            ("name" in only or not self.names) and ("person" in only or self.ner is None)
+        )
         hits = self.detector.find(text, None if whole else only)
         if not hits:
             if whole:
@@ -568,6 +606,8 @@ class Pseudonymizer:
             ac is not None and ac.find_matches_as_indexes(data.lower())
         ):
             kinds.add("name")
+        if self.ner is not None and _CAPITAL.search(data) is not None:
+            kinds.add("person")  # a name in free text starts with a capital
         if kinds:
             return frozenset(kinds)
         if self._any_last or (self._literals and any(lit in data for lit in self._literals)):
@@ -706,6 +746,8 @@ class Pseudonymizer:
             out["vault"] = self.vault
         if self.key_file is not None:
             out["key_file"] = self.key_file
+        if self.ner is not None:
+            out["ner"] = self.ner
         if self.names:
             out["names"] = _seal(self._key, json.dumps(list(self.names)).encode())
         return out
@@ -840,4 +882,5 @@ def for_replay(
         fields=[str(f) for f in settings.get("fields", ())],
         names=names,
         region=str(settings.get("region", "US")),
+        ner=str(settings["ner"]) if settings.get("ner") else None,
     )

@@ -18,7 +18,7 @@ import bisect
 import functools
 import ipaddress
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -311,8 +311,14 @@ class Detector:
         region: str = "US",
         *,
         reserved: bool = False,
+        ner: Any = None,
+        made_up: Callable[[str], bool] | None = None,
     ) -> None:
         self.kinds = frozenset(kinds)
+        self.ner = ner
+        """A :class:`~replayable._pii_ner.NameRecognizer` for names in free text, or None."""
+        self._made_up = made_up
+        """Whether a name found is a pseudonym already (left alone: idempotence)."""
         self._phones: dict[str, Hit | bool | None] = {}
         self.reserved = reserved
         """Find only values in the reserved ranges (pseudonyms) instead of only those outside."""
@@ -350,6 +356,8 @@ class Detector:
             self._emails(text, hits)
         if self._names_ac is not None and (only is None or "name" in only):
             self._listed(text, hits)
+        if self.ner is not None and (only is None or "person" in only):
+            self._people(text, hits)
         if "iban" in kinds:
             self._ibans(text, hits)
         if "ip" in kinds:
@@ -400,6 +408,15 @@ class Detector:
             if before.isalnum() or after.isalnum() or before == "_" or after == "_":
                 continue  # part of a longer word: "Dana" in "Danaher"
             hits.append(Hit(start, end, "name", self.names[index]))
+
+    def _people(self, text: str, hits: _Hits) -> None:
+        """Names the NER extra finds in free text (:mod:`replayable._pii_ner`), as listed
+        names are pseudonymized; a made-up name (a pseudonym) is left alone."""
+        for start, end in self.ner.find(text):
+            found = text[start:end]
+            if self._taken(hits, start, end) or (self._made_up and self._made_up(found)):
+                continue
+            hits.append(Hit(start, end, "name", norm_text(found)))
 
     def _ibans(self, text: str, hits: _Hits) -> None:
         for m in _IBAN.finditer(text):

@@ -174,12 +174,15 @@ def could_hold(data: bytes, kinds: frozenset[str]) -> set[str]:
 MIN_DIGITS = 7
 """The fewest digits a phone number (the shortest numeric kind) is written with."""
 _NUMERIC_KINDS = frozenset({"phone", "card", "ssn"})
-_GLUED = frozenset(b"-/.#_" + bytes(range(48, 58)) + bytes(range(65, 91)) + bytes(range(97, 123)))
 _IN_RUN = frozenset(b"0s.")
 _RUN = re.compile(rb"[0s.]*")
 """Digits and the separators numbers are written with, as :data:`_CLASSES` maps them (all
 that :data:`_NUMERIC` takes after its ``+``, and ``/``)."""
-_GROUP = re.compile(rb"0+")
+_CLEAR_GROUP = re.compile(rb"(?:(?<![\w\-/.#])|(?<=\\.))\d", re.DOTALL)
+"""A digit that starts a group where a number can start: not glued to a letter, a digit or
+one of ``_-/.#`` (a word, an id, another number), or right after a JSON escape (``\\n415``: a
+new line, whatever letter the escape is). Searched within one run only; its look-behind sees
+the bytes before the run."""
 
 
 def _number_run(data: bytes, t: bytes, at: int) -> tuple[bool, int]:
@@ -194,12 +197,10 @@ def _number_run(data: bytes, t: bytes, at: int) -> tuple[bool, int]:
     while begin > 0 and t[begin - 1] in _IN_RUN:
         begin -= 1
     end = _RUN.match(t, at).end()  # type: ignore[union-attr]
-    for group in _GROUP.finditer(t, begin, end):
-        c = group.start()
-        # after a JSON escape ("\n415..."): a new line, whatever letter the escape is
-        if c == 0 or data[c - 1] not in _GLUED or (c >= 2 and data[c - 2] == 92):
-            return t.count(b"0", c, end) >= MIN_DIGITS, end
-    return False, end
+    clear = _CLEAR_GROUP.search(data, begin, end)
+    if clear is None:
+        return False, end
+    return t.count(b"0", clear.start(), end) >= MIN_DIGITS, end
 
 
 def norm_text(value: str) -> str:

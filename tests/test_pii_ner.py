@@ -179,3 +179,75 @@ class TestWithoutSpacy:
                 rp.PII(key=KEY + "y", ner=True).pseudonymizer()
         finally:
             pii_module._recognizer.cache_clear()
+
+
+def saved_pipeline(path: Path) -> Path:
+    """A real spaCy pipeline saved to disk whose entity_ruler knows one person (standing in for
+    a trained model: it finds a name with no cue before it)."""
+    import spacy
+
+    nlp = spacy.blank("en")
+    nlp.add_pipe("entity_ruler").add_patterns([{"label": "PERSON", "pattern": "Zed Quillon"}])
+    nlp.to_disk(path)
+    return path
+
+
+@rp.boundary(kind="tool", name="ner_test:note")
+def note(text: str) -> str:
+    return f"noted: {text}"
+
+
+class TestInstalledPipeline:
+    def test_a_pipelines_people_count_and_a_replay_loads_it_only_when_named(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """ner= a pipeline (here saved to a path): its PERSON entities are pseudonymized; a
+        replay refuses to load it from the run's settings alone, and replays exactly once the
+        caller names it ($REPLAYABLE_PII_NER)."""
+        pipe = str(saved_pipeline(tmp_path / "pipe"))
+        store = SQLiteStore(tmp_path / "s.db")
+        with rp.record(store, pii=rp.PII(key=KEY, ner=pipe)) as run:
+            note("Zed Quillon called twice")
+        rp.flush()
+        assert b"Quillon" not in (tmp_path / "s.db-wal").read_bytes()
+        assert store.get_run(run.id).metadata["pii"]["ner"] == pipe
+        monkeypatch.setenv("REPLAYABLE_PII_KEY", KEY)
+        with (
+            pytest.raises(rp.ReplayableError, match="REPLAYABLE_PII_NER"),
+            rp.replay(run.id, store=store),
+        ):
+            pass
+        monkeypatch.setenv("REPLAYABLE_PII_NER", pipe)
+        with rp.replay(run.id, store=store) as r:
+            note("Zed Quillon called twice")
+        assert r.divergences == []
+        store.close()
+
+    def test_a_forged_setting_never_imports_what_it_names(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A trace file whose settings were edited (and re-chained) to name a module as the
+        pipeline: the replay stops with a clear error and the module is never imported."""
+        from replayable.trace import chain_events, write_trace
+
+        store = SQLiteStore(tmp_path / "s.db")
+        with rp.record(store, pii=rp.PII(key=KEY, ner=True)) as run:
+            note("hello")
+        forged, events = store.get_run(run.id), list(store.iter_events(run.id))
+        forged.metadata["pii"]["ner"] = "ner_forged_payload"
+        chain_events(forged, events)
+        trace = write_trace(forged, events, tmp_path / "forged.jsonl")
+        marker = tmp_path / "imported"
+        (tmp_path / "ner_forged_payload.py").write_text(
+            f"open({str(marker)!r}, 'w').write('ran')\n"
+        )
+        monkeypatch.syspath_prepend(str(tmp_path))
+        monkeypatch.setenv("REPLAYABLE_PII_KEY", KEY)
+        with (
+            pytest.raises(rp.ReplayableError, match="cannot choose code to import"),
+            rp.replay(trace),
+        ):
+            pass
+        assert not marker.exists()
+        assert "ner_forged_payload" not in sys.modules
+        store.close()

@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from replayable._pii_detect import KINDS, Detector, Hit, could_hold, norm_text
-from replayable.errors import PIIKeyError
+from replayable.errors import PIIKeyError, ReplayableError
 
 if TYPE_CHECKING:
     from replayable.trace import Run
@@ -64,6 +64,8 @@ __all__ = [
 PII_ENV = "REPLAYABLE_PII"
 KEY_ENV = "REPLAYABLE_PII_KEY"
 KEY_FILE_ENV = "REPLAYABLE_PII_KEY_FILE"
+NER_ENV = "REPLAYABLE_PII_NER"
+"""The spaCy pipeline a replay may load for a run recorded with ``PII(ner="pipeline")``."""
 META_KEY = "pii"
 """The run metadata entry that holds the settings (kinds, fields, key id; never the key)."""
 MIN_KEY_BYTES = 16
@@ -876,11 +878,31 @@ def for_replay(
     names: list[str] = []
     if isinstance(settings.get("names"), str):
         names = json.loads(_unseal(key, settings["names"], run_id))
+    ner = _replay_ner(run_id, settings.get("ner"), explicit)
     return Pseudonymizer(
         key,
         kinds=[str(k) for k in settings.get("kinds", KINDS)],
         fields=[str(f) for f in settings.get("fields", ())],
         names=names,
         region=str(settings.get("region", "US")),
-        ner=str(settings["ner"]) if settings.get("ner") else None,
+        ner=ner,
     )
+
+
+def _replay_ner(run_id: str, recorded: Any, explicit: PII | None) -> str | None:
+    """The NER model a replay loads: the cue patterns as the run's settings say, but a spaCy
+    pipeline only when the caller names the same one (``PII(ner=...)`` or ``$REPLAYABLE_PII_NER``):
+    loading a pipeline imports its package, and a store is not trusted to name code to run."""
+    from replayable._pii_ner import RULES
+
+    if recorded is None or recorded == RULES:
+        return recorded  # type: ignore[no-any-return]
+    asked = _ner_model(explicit.ner) if explicit is not None else None
+    asked = asked or os.environ.get(NER_ENV) or None
+    if asked != recorded:
+        raise ReplayableError(
+            f"run {run_id} found names with the spaCy pipeline {str(recorded)[:80]!r}; a replay "
+            "loads a pipeline only when you name it (a store cannot choose code to import): pass "
+            f"pii=rp.PII(ner=...) or set ${NER_ENV} to that pipeline, installed here"
+        )
+    return asked

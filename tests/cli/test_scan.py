@@ -287,3 +287,26 @@ class TestPersonalData:
         assert out.exit_code == 2
         assert "REPLAYABLE_PII_KEY" in out.output
         assert "Traceback" not in out.output
+
+    def test_pii_ner_finds_and_fixes_a_name_in_free_text(
+        self, store_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """`scan --pii --pii-ner` reports a name written after a cue (no list, no field) and
+        `--fix` pseudonymizes it; without --pii it is refused as a usage error."""
+        with rp.record():
+            lookup("Hello, I'm Dana Whitfield")
+        monkeypatch.setenv("REPLAYABLE_PII_KEY", PII_KEY)
+        plain = CliRunner().invoke(main, ["scan", "--pii"], env=ENV)
+        assert plain.exit_code == 0, plain.output
+        found = CliRunner().invoke(main, ["scan", "--pii", "--pii-ner"], env=ENV)
+        assert found.exit_code == 1, found.output
+        assert "name" in found.output
+        assert "Whitfield" not in found.output
+        fixed = CliRunner().invoke(main, ["scan", "--pii", "--pii-ner", "--fix"], env=ENV)
+        assert fixed.exit_code == 0, fixed.output
+        rp.flush()
+        for f in store_path.parent.glob("traces.db*"):
+            assert b"Whitfield" not in f.read_bytes(), f.name
+        usage = CliRunner().invoke(main, ["scan", "--pii-ner"], env=ENV)
+        assert usage.exit_code == 2
+        assert "go with --pii" in usage.output

@@ -184,6 +184,13 @@ def _report(hits: list[_Hit]) -> None:
     type=click.Path(dir_okay=False, exists=True),
     help="With --pii: a file of names (one a line) to find in any text.",
 )
+@click.option(
+    "--pii-ner",
+    "pii_ner",
+    is_flag=True,
+    help='With --pii: names in free text too, after a cue such as "I\'m" or "Dear" (the '
+    'NER extra: pip install "replayable[ner]").',
+)
 @click.pass_context
 @handle_errors
 def scan_cmd(
@@ -194,6 +201,7 @@ def scan_cmd(
     pii_on: bool,
     pii_fields: tuple[str, ...],
     pii_names: str | None,
+    pii_ner: bool,
 ) -> None:
     """Report secrets already recorded: in every run of a store, or in FILES (trace files
     and cassettes, told apart by their first line). With --pii, personal data instead.
@@ -212,11 +220,11 @@ def scan_cmd(
     """
     if files and ctx.get_parameter_source("store_url") == ParameterSource.COMMANDLINE:
         fail("give either --store or trace files, not both")
-    if (pii_fields or pii_names) and not pii_on:
-        fail("--pii-field and --pii-names go with --pii")
+    if (pii_fields or pii_names or pii_ner) and not pii_on:
+        fail("--pii-field, --pii-names and --pii-ner go with --pii")
     if pii_on:
         names = Path(pii_names).read_text(encoding="utf-8").splitlines() if pii_names else []
-        pseudonymizer = PII(fields=pii_fields, names=[n for n in names if n.strip()])
+        pseudonymizer = PII(fields=pii_fields, names=[n for n in names if n.strip()], ner=pii_ner)
         _scan_pii(ctx, files, store_url, fix, pseudonymizer.pseudonymizer())
         return
     missing = [p for p in files if not Path(p).is_file()]

@@ -117,6 +117,8 @@ def traced(value: str, exporter: Any = None) -> Any:
             },
         ) as tool:
             tool.record_exception(RuntimeError(f"lookup slow for {value}"))
+        with tracer.start_as_current_span(f"fetch profile of {value}"):
+            pass  # a span of no convention: its name is the step's name and address
         root.set_status(Status(StatusCode.ERROR, f"refund refused for {value}"))
     provider.shutdown()
     return None if exporter is not None else encode_spans(memory.get_finished_spans())
@@ -134,8 +136,9 @@ class TestImport:
         self, kind: str, store: Store, tmp_path: Path
     ) -> None:
         """Each kind, in the trace name, resource, prompt, answer, tool arguments and result,
-        exception event and error status, is absent from the database and its WAL; the
-        pseudonym is the one a recording gives, and the run's chain verifies."""
+        exception event, error status and a span's name (a step's name and address), is absent
+        from the database and its WAL; the pseudonym is the one a recording gives, and the
+        run's chain verifies."""
         value = VALUES[kind]
         ((run, written),) = import_otlp(write_file(tmp_path / "t.jsonl", value), store, pii=PII)
         assert written
@@ -146,6 +149,7 @@ class TestImport:
         assert pseudonym != value
         assert pseudonym in dump
         assert pseudonym in (store.get_run(run.id).name or "")
+        assert any(pseudonym in e.address for e in events)
         assert verify_run(store.get_run(run.id), events).ok
         assert store.get_run(run.id).metadata["pii"]["key_id"] == PII.pseudonymizer().key_id
 

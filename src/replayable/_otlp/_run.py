@@ -214,6 +214,8 @@ def build_run(spans: list[Span], pii: Pseudonymizer | None = None) -> tuple[Run,
     for seq, (span, parent) in enumerate(ordered):
         view = read_span(span)
         name = _boundary(view)
+        if pii is not None:  # a span's name is the step's name and address: it can hold a value
+            name = pii.text(name)
         parent_key = parent.span_id if parent is not None else None
         ordinal = counters[(parent_key, name)]
         counters[(parent_key, name)] += 1

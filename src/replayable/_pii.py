@@ -54,6 +54,7 @@ __all__ = [
     "PII",
     "PII_ENV",
     "Pseudonymizer",
+    "active",
     "derive",
     "for_record",
     "for_replay",
@@ -855,6 +856,19 @@ def for_record(pii: PII | bool | None, store: Any) -> Pseudonymizer | None:
     if not isinstance(pii, PII):
         raise TypeError(f"pii= takes True, False or rp.PII(...), not {pii!r}")
     return pii.pseudonymizer()
+
+
+def active() -> Pseudonymizer | None:
+    """The pseudonymizer of the record or replay active in this context, if it has one (a
+    step named from data, such as an HTTP request's path, is named with pseudonyms)."""
+    from replayable.context import SESSION
+
+    policy = getattr(SESSION.get(), "policy", None)
+    for part in (policy, getattr(policy, "keeper", None), getattr(policy, "matcher", None)):
+        found = getattr(part, "pii", None)
+        if isinstance(found, Pseudonymizer):
+            return found
+    return None
 
 
 def for_replay(

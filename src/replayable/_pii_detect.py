@@ -61,7 +61,9 @@ _RESERVED_TLDS = ("example", "invalid", "test", "localhost")
 
 # A run of digits with the separators numbers are written with; a hyphen, dot or slash
 # before it means it is part of a word or an id (``chatcmpl-00001234``), not a number.
-_NUMERIC = re.compile(r"(?<![\w+\-/.#])\+?\(?\d[\d ().\-]{5,24}\d(?![\w])")
+_NUMERIC = re.compile(r"(?:(?<![\w+\-/.#])|(?<=/)(?=\+))\+?\(?\d[\d ().\-]{5,24}\d(?![\w])")
+"""A candidate number: not glued to a word, an id or another number, except an international
+number right after a slash (a URL path segment: ``/phones/+14158675309``)."""
 _IPV4 = re.compile(r"(?<![\w.])(?:\d{1,3}\.){3}\d{1,3}(?![\w])(?!\.\d)")
 _IPV6 = re.compile(
     r"(?<![\w:.])(?:[0-9A-Fa-f]{1,4}:|:)(?:[0-9A-Fa-f]{0,4}:){1,7}[0-9A-Fa-f]{0,4}(?![\w:])"

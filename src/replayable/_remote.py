@@ -31,6 +31,7 @@ import orjson
 
 from replayable import _follow
 from replayable import _propagation as prop
+from replayable._pii import active as active_pii
 from replayable.boundary import Boundary, boundary, get_boundary
 from replayable.context import FRAME, SESSION
 from replayable.errors import Divergence, ReplayableError
@@ -387,6 +388,9 @@ def _call(
 ) -> tuple[Boundary, dict[str, Any], str]:
     host = service or request.host
     bname = name or remote_name(request.method, host, request.path)
+    pii = active_pii()
+    if pii is not None:  # a path holds ids, emails, phone numbers: the step's name is stored
+        bname = pii.text(bname)
     effects = request.method.upper() not in SAFE_METHODS if side_effects is None else side_effects
     headers = {k.lower(): v for k, v in request.headers if k.lower() not in VOLATILE}
     data = {

@@ -389,3 +389,45 @@ class TestHostileContext:
         parsed = prop.parse({"traceparent": f"00-{'a' * 32}-{'1' * 16}-01", "baggage": entry})
         assert parsed is not None
         assert parsed.caller is None
+
+
+PII_KEY = "http-pii-key-" + "h" * 32
+
+
+class TestPersonalData:
+    """With pii, a request's path (a step's name and address) is pseudonymized like its input."""
+
+    def _agent(self, client: Any, session: Any, url: str) -> list[Any]:
+        a = client.get(url + "/customers/dana.whitfield@acme.io")
+        b = session.get(url + "/phones/+14158675309/calls")
+        return [a.status_code, b.status_code]
+
+    def test_a_personal_value_in_a_path_is_off_disk_and_replays(
+        self,
+        echo: EchoServer,
+        tmp_path: Path,
+        keep: Callable[[Any], Any],
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """An email and a phone number in request paths are not in the store (step name,
+        address, input or the echoed output), and a replay serves both with no divergence
+        and no connection."""
+        db = tmp_path / "t.db"
+        client = keep(rp.instrument(httpx.Client()))
+        session = keep(rp.instrument(requests.Session()))
+        with rp.record(db, pii=rp.PII(key=PII_KEY)) as run:
+            recorded = self._agent(client, session, echo.url)
+        _flush()
+        for f in sorted(tmp_path.glob("t.db*")):
+            data = f.read_bytes()
+            for part in (b"dana.whitfield", b"4158675309", b"415867"):
+                assert part not in data, f"{f.name}: {part!r}"
+        email = rp.PII(key=PII_KEY).pseudonymizer().text("dana.whitfield@acme.io")
+        assert any(email in e.boundary and email in e.address for e in run.events())
+        monkeypatch.setenv("REPLAYABLE_PII_KEY", PII_KEY)
+        before = echo.connections
+        with rp.replay(run.id, store=db) as r:
+            replayed = self._agent(client, session, echo.url)
+        assert replayed == recorded
+        assert r.divergences == []
+        assert echo.connections == before

@@ -145,7 +145,8 @@ def could_hold(data: bytes, kinds: frozenset[str]) -> set[str]:
     t = data.translate(_CLASSES)
     found: dict[str, int] = {}
     run_end = -1
-    for i, start, _ in _SHAPE_AC.find_matches_as_indexes(t):
+    # overlapping: a shape must not hide another ("0.0" of "500.20.0000" would hide its "0000")
+    for i, start, _ in _SHAPE_AC.find_matches_as_indexes(t, overlapping=True):
         shape = _SHAPES[i][1]
         if shape in found:
             continue

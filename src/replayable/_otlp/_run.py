@@ -118,8 +118,11 @@ _NAME_CHARS = 128
 """Characters of a span's name a step's boundary (and every address below it) keeps."""
 
 
-def _boundary(view: StepView) -> str:
-    return f"{view.kind}:{view.name[:_NAME_CHARS]}"
+def _boundary(view: StepView, pii: Pseudonymizer | None = None) -> str:
+    """The step's name: its kind and its span's name, pseudonymized whole (with ``pii``)
+    before it is clipped, so a value the clip cuts through is not left half in clear."""
+    name = view.name if pii is None else pii.text(view.name)
+    return f"{view.kind}:{name[:_NAME_CHARS]}"
 
 
 def _otel_meta(span: Span, view: StepView, trace_id: str) -> dict[str, Any]:
@@ -213,9 +216,7 @@ def build_run(spans: list[Span], pii: Pseudonymizer | None = None) -> tuple[Run,
     uncaptured: dict[str, set[str]] = defaultdict(set)
     for seq, (span, parent) in enumerate(ordered):
         view = read_span(span)
-        name = _boundary(view)
-        if pii is not None:  # a span's name is the step's name and address: it can hold a value
-            name = pii.text(name)
+        name = _boundary(view, pii)  # a span's name is the step's address: it can hold a value
         parent_key = parent.span_id if parent is not None else None
         ordinal = counters[(parent_key, name)]
         counters[(parent_key, name)] += 1

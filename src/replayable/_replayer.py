@@ -867,7 +867,8 @@ def replay_parts(
         keeper.refer_to = source.id  # served steps refer to the source instead of copying it
     recording = RecordedRun(source, events, index_keys=match == "key")
     if is_imported(source):  # traced by another tool: matched on what the trace carries
-        return ReplayParts(recording, keeper, ImportedMatcher(recording), ImportedServer(recording))
+        matched = ImportedMatcher(recording, pii=pii)
+        return ReplayParts(recording, keeper, matched, ImportedServer(recording))
     matcher = RecordingMatcher(recording, match=match, prepare=prepare, pii=pii)
     return ReplayParts(recording, keeper, matcher, RecordedServer(recording))
 

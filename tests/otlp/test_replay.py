@@ -423,3 +423,46 @@ class TestTheCommandLine:
         shown = cli("show", fork["fork"], "--store", t.store.url)
         assert shown.exit_code == 0, shown.output
         assert "refund" in shown.output
+
+
+class TestPersonalData:
+    def test_a_run_imported_with_pii_replays_under_its_key(
+        self, tmp_path: Path, store: Store
+    ) -> None:
+        """A trace imported with ``pii=`` replays against the agent's clear-text call: the live
+        messages are pseudonymized under the run's key before they are compared (before, every
+        message with personal data diverged); another clear value still diverges."""
+        from .test_import import jspan, otlp_json
+
+        email = "dana.whitfield@acme.io"
+        chat = jspan(
+            "00f067aa0ba902b7",
+            **{
+                "openinference.span.kind": "LLM",
+                "llm.model_name": "gpt-4o-mini",
+                "llm.input_messages.0.message.role": "user",
+                "llm.input_messages.0.message.content": f"Refund order 7 for {email}",
+                "llm.output_messages.0.message.role": "assistant",
+                "llm.output_messages.0.message.content": f"Refunded {email}",
+            },
+        )
+        path = tmp_path / "trace.json"
+        path.write_bytes(orjson.dumps(otlp_json([chat])))
+        pii = rp.PII(key="otlp-replay-key-" + "e" * 32)
+        ((run, _),) = rp.import_otlp(path, store, pii=pii)
+        client = rp.instrument(openai.OpenAI(base_url="http://127.0.0.1:9/v1", api_key="x"))
+
+        def ask(prompt: str) -> str:
+            reply = client.chat.completions.create(
+                model="gpt-4o-mini", messages=[{"role": "user", "content": prompt}]
+            )
+            return str(reply.choices[0].message.content)
+
+        with rp.replay(run.id, store=store, pii=pii) as r:
+            answer = ask(f"Refund order 7 for {email}")
+        assert r.ok, r.report()
+        assert email not in answer  # served as stored: the pseudonym
+        with pytest.raises(rp.Divergence) as info, rp.replay(run.id, store=store, pii=pii):
+            ask("Refund order 7 for someone.else@acme.io")
+        assert [c.path for c in info.value.changes] == ["messages[0].content"]
+        assert "someone.else" not in str(info.value)

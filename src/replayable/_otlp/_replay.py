@@ -37,6 +37,7 @@ from replayable.boundary import bare_name, registry, resolve_name
 from replayable.errors import Divergence, NotCaptured, SideEffectRefused, UnknownBoundary
 
 if TYPE_CHECKING:
+    from replayable._pii import Pseudonymizer
     from replayable._replayer import RecordedRun
     from replayable.boundary import Boundary
     from replayable.context import Frame
@@ -187,10 +188,13 @@ def _compare(ev: Event, live: Any) -> tuple[Any, Any]:
 
 class ImportedMatcher:
     """Matches live calls to an imported run's steps by what the trace carries (see the module
-    docstring); takes the steps it matches from ``recording``."""
+    docstring); takes the steps it matches from ``recording``. ``pii``: the pseudonymizer the
+    run was imported with, applied to live inputs before they are compared (as a recording's
+    matcher does)."""
 
-    def __init__(self, recording: RecordedRun) -> None:
+    def __init__(self, recording: RecordedRun, pii: Pseudonymizer | None = None) -> None:
         self.recording = recording
+        self.pii = pii
         self.steps: dict[str, list[Event]] = defaultdict(list)
         """Imported steps that answer calls, by kind, in start order."""
         with recording.lock:
@@ -206,7 +210,7 @@ class ImportedMatcher:
         """Take the imported step that answers ``frame``'s call, with what differs."""
         b = frame.b
         assert b is not None
-        data, value, key = canonical.keyed_input(b, frame.data)
+        data, value, key = canonical.keyed_input(b, frame.data, self.pii)
         frame.data = data
         frame.key = key
         live = value if value is not None else orjson.loads(data)

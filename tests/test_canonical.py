@@ -256,6 +256,32 @@ class TestRoundTrip:
         assert canonical.key(a) == canonical.key(b)
         assert canonical.sorted_json(canonical.snapshot(b)) == canonical.dumps(a)
 
+    @pytest.mark.parametrize(
+        "options",
+        [{}, {"key": ["d", "password"]}, {"ignore": ["note"]}],
+        ids=["plain", "key-allow-list", "ignore"],
+    )
+    def test_an_input_redacted_or_key_filtered_keys_alike_whatever_the_order(
+        self, options: dict[str, Any]
+    ) -> None:
+        """An input parsed to redact it (a password beside it) or to apply key=/ignore= keys
+        a colliding dict alike whatever order it was built in."""
+        b = rp.boundary(kind="tool", name=f"collide_key_{len(options)}", **options)(
+            lambda d, password, note="": None
+        ).__replayable__
+        a = {1: "a", "1": "b", 12: "c", "12": "d"}
+        reordered = dict(reversed(list(a.items())))
+        keys = {
+            canonical.keyed_input(b, canonical.snapshot(x), None)[2]
+            for x in (
+                {"d": a, "password": "hunter2-hunter2", "note": "n"},
+                {"d": reordered, "password": "hunter2-hunter2", "note": "n"},
+            )
+        }
+        assert len(keys) == 1
+        other = {"d": {1: "a", "1": "x"}, "password": "hunter2-hunter2", "note": "n"}
+        assert canonical.keyed_input(b, canonical.snapshot(other), None)[2] not in keys
+
     def test_a_value_that_only_looks_tagged_stays_data(self) -> None:
         """Pairs whose keys could not be dict keys are not rebuilt (stored data, not a tag)."""
         looks = {"$dict": [[[1], "a"]]}

@@ -191,8 +191,10 @@ def _tag(value: Any, option: int, depth: int) -> Any:
 
 
 def has_tagged(data: bytes) -> bool:
-    """Whether stored JSON bytes may hold a :data:`TAGGED_DICT` (one bytes search)."""
-    return _TAGGED_NEEDLE in data
+    """Whether stored JSON bytes may hold a :data:`TAGGED_DICT`: a ``memchr`` for ``$``
+    first (most JSON has none; the whole needle costs ~1 µs per KB of quotes), then the
+    needle."""
+    return b"$" in data and _TAGGED_NEEDLE in data
 
 
 def untag(value: JSON) -> Any:
@@ -430,6 +432,9 @@ def key(value: Any, *, drop: Iterable[str] | None = None) -> str:
 def key_of_json(value: JSON, drop: frozenset[str] = DEFAULT_TRANSIENT_KEYS) -> str:
     """:func:`key` for a value that is already JSON types (as read back from a store)."""
     data = orjson.dumps(value, option=_SORTED)
+    if has_tagged(data):  # pairs of a colliding dict in key order, however it was built
+        value = _sort_pairs(value)
+        data = orjson.dumps(value, option=_SORTED)
     if _needs_normalize(data, drop):
         data = orjson.dumps(normalize(value, drop), option=_SORTED)
     return hashlib.sha256(data).hexdigest()
@@ -487,9 +492,12 @@ def input_key(
     """
     if b.key_fields is None and not b.ignore and not _needs_normalize(data, b.transient):
         if sorted_data is None:
-            sorted_data = (
-                orjson.dumps(value, option=_SORTED) if value is not None else sorted_json(data)
-            )
+            if value is None:
+                sorted_data = sorted_json(data)
+            else:  # pairs of a colliding dict in key order, as sorted_json puts them
+                sorted_data = orjson.dumps(
+                    _sort_pairs(value) if has_tagged(data) else value, option=_SORTED
+                )
         return hashlib.sha256(sorted_data).hexdigest()
     if value is None:
         value = orjson.loads(data)

@@ -5,7 +5,10 @@ the model, the side effect does not happen again, the answer is the recorded one
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -423,6 +426,94 @@ class TestTheCommandLine:
         shown = cli("show", fork["fork"], "--store", t.store.url)
         assert shown.exit_code == 0, shown.output
         assert "refund" in shown.output
+
+
+def promoted(t: Traced, tmp_path: Path, module: str) -> Path:
+    """``replayable promote RUN --import MODULE`` into ``tmp_path/promoted``; the test file."""
+    out = tmp_path / "promoted"
+    result = cli(
+        "promote", t.run_id, "--import", module, "--store", t.store.url,
+        "--output", str(out / "traces" / "incident.jsonl"),
+        "--test", str(out / "test_incident.py"),
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    return out / "test_incident.py"
+
+
+def run_pytest(test: Path, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """The generated test run by pytest in a process of its own, from ``tmp_path`` (where the
+    agent's module is), the way a project's CI runs it."""
+    root = Path(__file__).resolve().parents[2]
+    path = os.pathsep.join([str(tmp_path), str(root), str(root / "src")])
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", str(test), "-q", "-p", "no:cacheprovider"],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": path},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+class TestPromoteImported:
+    def test_the_promoted_test_passes_offline(
+        self, traced: Callable[..., Traced], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """promote writes a trace file and a test calling the registered agent with the traced
+        input; with the model server stopped it passes: no request, the refund not made again."""
+        t = traced("openinference-openai")
+        module = agent_module(t, tmp_path, monkeypatch)
+        test = promoted(t, tmp_path, module)
+        source = test.read_text()
+        assert f"from {module} import refunds" in source
+        assert "refunds('Refund order 7')" in source
+        assert "assert [c.kind for c in rt.calls(replay)] == ['llm', 'tool', 'llm']" in source
+        assert "('refund', {'order': " in source  # the tool by name with its traced arguments
+        header = orjson.loads(
+            (tmp_path / "promoted/traces/incident.jsonl").read_bytes().split(b"\n")[0]
+        )
+        assert header["run"]["metadata"]["source"]["format"] == "otlp"
+        seen = len(t.model.requests)
+        t.model.stop()
+        done = run_pytest(test, tmp_path)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "1 passed" in done.stdout
+        assert len(t.model.requests) == seen
+        assert len(t.refunds()) == 1
+
+    def test_a_changed_agent_fails_the_promoted_test(
+        self, traced: Callable[..., Traced], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Once the agent's prompt changes, the promoted test fails at the changed model call
+        (offline, the refund not made again)."""
+        t = traced("openinference-openai")
+        module = agent_module(t, tmp_path, monkeypatch)
+        test = promoted(t, tmp_path, module)
+        (tmp_path / f"{module}.py").write_text(AGENT_MODULE.format(suffix=" + ' today'"))
+        t.model.stop()
+        done = run_pytest(test, tmp_path)
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert "1 failed" in done.stdout
+        assert "messages[1].content" in done.stdout
+        assert len(t.refunds()) == 1
+
+    def test_a_trace_without_the_agents_input_is_refused(
+        self, traced: Callable[..., Traced], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A GenAI ``invoke_agent`` span carries no agent input: promote says so, as check does,
+        and writes nothing."""
+        t = traced("openai-v2")
+        module = agent_module(t, tmp_path, monkeypatch)
+        out = tmp_path / "promoted"
+        result = cli(
+            "promote", t.run_id, "--import", module, "--store", t.store.url,
+            "--output", str(out / "incident.jsonl"), "--test", str(out / "test_incident.py"),
+        )  # fmt: skip
+        assert result.exit_code == 2, result.output
+        assert "did not carry the input of its root agent step 'refunds'" in result.output
+        assert "Traceback" not in result.output
+        assert not out.exists()
 
 
 class TestPersonalData:

@@ -1,11 +1,13 @@
 """Imported runs in the rest of the tool: show, the viewer, diff and verify name the source and
-work; promote refuses with a way forward instead of importing what the trace names."""
+work; promote without the agent says which function to decorate, importing nothing the
+trace names."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import httpx
+import pytest
 from click.testing import CliRunner
 from tests.viewer.conftest import LiveServer
 
@@ -59,11 +61,17 @@ class TestViews:
         assert "input.messages[0].content" in result.output
         assert CliRunner().invoke(main, ["verify", a]).exit_code == 0
 
-    def test_promote_refuses_an_imported_run(self, store: Store, tmp_path: Path) -> None:
-        """promote says the run was imported and what to do, importing nothing it names."""
-        (tmp_path / "agent.py").write_text("raise SystemExit('imported agent.py')\n")
+    def test_promote_without_the_agent_names_the_function_to_decorate(
+        self, store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Without a registered agent named like the traced root, promote says which function
+        to decorate (as check does), imports nothing the trace names and writes nothing."""
+        (tmp_path / "support.py").write_text("raise SystemExit('imported support.py')\n")
+        monkeypatch.chdir(tmp_path)
         run_id = imported(store, tmp_path)
         result = CliRunner().invoke(main, ["promote", run_id])
-        assert result.exit_code == 2
-        assert "imported from OTLP" in result.output
+        assert result.exit_code == 2, result.output
+        assert "imported from a trace" in result.output
+        assert "named 'support'" in result.output
         assert "rp.replay" in result.output
+        assert not (tmp_path / "tests").exists()

@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from replayable.trace import Event, Run
 
 __all__ = [
+    "CODE_KINDS",
     "COMPARED",
     "ImportedMatcher",
     "ImportedServer",
@@ -61,7 +62,7 @@ COMPARED = {"llm": ("model", "messages"), "tool": ("arguments",)}
 _NEVER = {"llm": ("tools", "parameters")}
 """What an imported step carries but a replay does not compare: tool schemas and sampling
 parameters are spelled differently by every SDK and tracer."""
-_CODE_KINDS = frozenset({"agent", "chain", "span"})
+CODE_KINDS = frozenset({"agent", "chain", "span"})
 """Kinds of imported steps that stand for the agent's own code: it runs, they answer no call."""
 
 
@@ -200,7 +201,7 @@ class ImportedMatcher:
         with recording.lock:
             for seq in sorted(recording.events):
                 ev = recording.events[seq]
-                if ev.kind in _CODE_KINDS:
+                if ev.kind in CODE_KINDS:
                     recording.consumed.add(seq)  # the agent's code runs; nothing to report
                 else:
                     self.steps[ev.kind].append(ev)

@@ -16,6 +16,7 @@ from replayable.cli._common import (
     main,
     store_option,
 )
+from replayable.cli._core import import_modules
 from replayable.errors import ReplayableError
 
 
@@ -50,6 +51,14 @@ from replayable.errors import ReplayableError
     "live tools their world (a scratch database, a fake client). Without it the test holds a "
     "marked stub that fails until you fill it in.",
 )
+@click.option(
+    "--import",
+    "modules",
+    multiple=True,
+    help="Module defining the agent (importable from here); repeatable. Needed for a run "
+    "imported from a trace: the test calls the registered @boundary(kind='agent') named like "
+    "the traced root agent, as check does.",
+)
 @click.option("--force", is_flag=True, help="Overwrite an existing test file.")
 @handle_errors
 def promote_cmd(
@@ -61,6 +70,7 @@ def promote_cmd(
     forbid: tuple[str, ...],
     live: tuple[str, ...],
     world: str | None,
+    modules: tuple[str, ...],
     force: bool,
 ) -> None:
     """Export RUN as a trace file and write a pytest test that replays it.
@@ -71,6 +81,9 @@ def promote_cmd(
     run live in a world of the test's own, no longer does what it did in the incident.
     Incident tests serve model calls a fix changed from a cassette (tests/cassettes/NAME.jsonl),
     recorded by one live call the first time; REPLAYABLE_MODE=replay makes a miss fail.
+
+    A run imported from a trace (import --format otlp, collect): pass --import MODULE; the test
+    calls the registered agent named like the traced root agent with the traced input.
     """
     from replayable.testing._promote import promote
 
@@ -81,6 +94,8 @@ def promote_cmd(
         raise ReplayableError(
             f"{', '.join(both)}: --forbid asserts it is never called, --live runs it; choose one"
         )
+    if modules:
+        import_modules(modules)
     run, events = load_run(run_id, store_url)
     done = promote(
         run,
@@ -176,7 +191,8 @@ def fuzz_cmd(
     from replayable.cli._core import import_modules
     from replayable.testing._fuzz import fuzz
 
-    import_modules(modules)
+    if modules:
+        import_modules(modules)
     check = _import_invariant(invariant)
     report = fuzz(
         run_id,

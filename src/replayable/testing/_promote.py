@@ -35,8 +35,8 @@ from typing import Any
 
 import orjson
 
-from replayable._otlp import source_line
-from replayable._rootcall import root_event
+from replayable._otlp._replay import CODE_KINDS, is_imported
+from replayable._rootcall import root_call, root_event
 from replayable.boundary import Boundary, bare_name, registry, resolve_name
 from replayable.errors import ReplayableError
 from replayable.trace import Event, Run, write_trace
@@ -76,20 +76,22 @@ def _root(run: Run, events: Sequence[Event]) -> Event:
     return root_event(run, events, purpose="promote")
 
 
-def _refuse_imported(run: Run) -> None:
-    """An imported run's root is a traced span, not a function of the project: no test can call
-    it by name."""
-    source = source_line(run)
-    if source is not None:
-        raise ReplayableError(
-            f"run {run.id} was {source}; its root is a traced span, not a function of yours, so "
-            "promote cannot write a test that calls it. Export it (replayable export) and call "
-            "your agent inside `with rp.replay(...)` in a test of your own"
-        )
+def _root_and_boundary(
+    run: Run, events: Sequence[Event]
+) -> tuple[Event, str, str, Boundary | None]:
+    """The root call the test makes and the function it imports for it. An imported run's root
+    is a traced span: it stands for the one registered agent of its name, resolved as ``check``
+    resolves it (:func:`~replayable._rootcall.root_call`, which says which function to decorate
+    when there is none, and refuses a root whose input the trace did not carry)."""
+    if is_imported(run):
+        b, root = root_call(run, events)
+        return (root, *_root_boundary(b.name))
+    root = _root(run, events)
+    return (root, *_root_boundary(root.boundary))
 
 
-def _root_boundary(ev: Event) -> tuple[str, str, Boundary | None]:
-    module, _, qualname = ev.boundary.partition(":")
+def _root_boundary(name: str) -> tuple[str, str, Boundary | None]:
+    module, _, qualname = name.partition(":")
     if (
         not _MODULE.fullmatch(module)
         or not qualname.isidentifier()
@@ -98,7 +100,7 @@ def _root_boundary(ev: Event) -> tuple[str, str, Boundary | None]:
         or module == "__main__"
     ):
         raise ReplayableError(
-            f"the run's root call {ev.boundary!r} is not a module-level function that a test "
+            f"the run's root call {name!r} is not a module-level function that a test "
             "can import; promote needs one (wrap the agent in a module-level "
             "@boundary(kind='agent'))"
         )
@@ -111,7 +113,7 @@ def _root_boundary(ev: Event) -> tuple[str, str, Boundary | None]:
             f"cannot import {module!r} to write its test ({exc}); run promote from the project "
             "root, where the test will import it"
         ) from None
-    b = registry().get(ev.boundary)
+    b = registry().get(name)
     if b is None:
         # The test will call this function with recorded arguments: only a function the
         # project itself declared a boundary (not any importable callable a trace names).
@@ -139,6 +141,10 @@ def _short_pattern(value: Any) -> str:
 
 
 def _call_expr(fn: str, value: Any) -> str:
+    if value is not None and not isinstance(value, dict):
+        # An imported agent step's input, traced as one value: its one argument (as check
+        # calls it, replayable._rootcall.call_recorded).
+        return f"{fn}({_literal(value)})"
     if isinstance(value, dict) and all(
         isinstance(k, str) and k.isidentifier() and not keyword.iskeyword(k) for k in value
     ):
@@ -368,8 +374,12 @@ def _forbid_body(
     ]
 
 
-def _path_body(steps: list[Event], *, prefix: str, call: str, name: str) -> list[str]:
+def _path_body(
+    steps: list[Event], *, prefix: str, call: str, name: str, imported: bool = False
+) -> list[str]:
     """The test that the agent takes the recorded path: the same calls, the same arguments."""
+    if imported:
+        return _traced_path_body(steps, prefix=prefix, call=call, name=name)
     return [
         "@pytest.mark.replay(TRACE, strict=False)",
         f"{prefix} test_{name}(replayable):",
@@ -384,6 +394,31 @@ def _path_body(steps: list[Event], *, prefix: str, call: str, name: str) -> list
         "        [",
         *(f"            ({bare_name(e.boundary)!r}, {_short_pattern(e.input)})," for e in steps),
         "        ],",
+        "    )",
+    ]
+
+
+def _traced_path_body(steps: list[Event], *, prefix: str, call: str, name: str) -> list[str]:
+    """The path test of an imported run. A traced model call is named by its model and the
+    code's by its SDK method, so the structure is the kinds of the calls in order, then the
+    other calls (tools) by name with their arguments, as the replay matched them."""
+    named = [e for e in steps if e.kind != "llm"]
+    return [
+        "@pytest.mark.replay(TRACE, strict=False)",
+        f"{prefix} test_{name}(replayable):",
+        '    """The agent takes the traced path: the same calls with the same arguments."""',
+        f"    {call}",
+        "    replay = replayable.replay_session",
+        "    rt.assert_no_divergence(replay)",
+        "    # The structure, as traced: the kinds of the calls in order, then the tools with",
+        "    # their arguments. Edit it down to what must hold if the path may change.",
+        f"    assert [c.kind for c in rt.calls(replay)] == {[e.kind for e in steps]!r}",
+        "    rt.assert_calls(",
+        "        replay,",
+        "        [",
+        *(f"            ({bare_name(e.boundary)!r}, {_short_pattern(e.input)})," for e in named),
+        "        ],",
+        "        exact=False,",
         "    )",
     ]
 
@@ -405,11 +440,11 @@ def render_test(
     their fallback cassette, ``world`` the ``module:function`` giving live tools their world.
     """
     test_name = _slug(test_name) or "run"
-    _refuse_imported(run)
-    root = _root(run, events)
-    module, fn, b = _root_boundary(root)
+    root, module, fn, b = _root_and_boundary(run, events)
     ordered = sorted(events, key=lambda e: e.seq)
-    steps = [e for e in ordered if e.kind not in ("clock", "agent")]
+    imported = is_imported(run)
+    skipped = ("clock", "agent", *(CODE_KINDS if imported else ()))
+    steps = [e for e in ordered if e.kind not in skipped]
     recorded_names = {e.boundary for e in ordered}
     live_tools = list(dict.fromkeys(resolve_name(t, recorded_names) for t in live))
     forbidden = [
@@ -422,6 +457,9 @@ def render_test(
     if (forbidden or live_tools) and cassette_rel is None:
         cassette_rel = f"cassettes/{test_name}.jsonl"
     prefix, call = _call_shape(fn, root, b)
+    # A traced model call is named by its model, not by the code's SDK method: the incident
+    # flavours of an imported run list the other calls (tools) that lead up to it.
+    named = [e for e in steps if not (imported and e.kind == "llm")]
     head = _module_head(
         run,
         module,
@@ -434,12 +472,12 @@ def render_test(
     )
     if live_tools:
         body = _live_body(
-            steps, live_tools, forbidden, prefix=prefix, call=call, name=test_name, world=world
+            named, live_tools, forbidden, prefix=prefix, call=call, name=test_name, world=world
         )
     elif forbidden:
-        body = _forbid_body(steps, forbidden, prefix=prefix, call=call, name=test_name)
+        body = _forbid_body(named, forbidden, prefix=prefix, call=call, name=test_name)
     else:
-        body = _path_body(steps, prefix=prefix, call=call, name=test_name)
+        body = _path_body(steps, prefix=prefix, call=call, name=test_name, imported=imported)
     return "\n".join([*head, *body, ""])
 
 

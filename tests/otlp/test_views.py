@@ -12,6 +12,8 @@ from click.testing import CliRunner
 from tests.viewer.conftest import LiveServer
 
 from replayable._otlp import import_otlp
+from replayable._registry import REGISTRY
+from replayable.boundary import bare_name
 from replayable.cli import main
 from replayable.store import Store
 from replayable.viewer import create_app
@@ -68,6 +70,10 @@ class TestViews:
         to decorate (as check does), imports nothing the trace names and writes nothing."""
         (tmp_path / "support.py").write_text("raise SystemExit('imported support.py')\n")
         monkeypatch.chdir(tmp_path)
+        # Another test in this worker may have registered an agent named `support`: hide it.
+        for name, b in list(REGISTRY.items()):
+            if b.kind == "agent" and bare_name(name) == "support":
+                monkeypatch.delitem(REGISTRY, name)
         run_id = imported(store, tmp_path)
         result = CliRunner().invoke(main, ["promote", run_id])
         assert result.exit_code == 2, result.output

@@ -47,7 +47,9 @@ def _aead(key: bytes) -> Any:
 class Vault:
     """Pseudonym -> value, sealed under the PII key, in its own SQLite file."""
 
-    def __init__(self, path: Path, key: bytes) -> None:
+    def __init__(self, path: Path, key: bytes, *, read_only: bool = False) -> None:
+        """Open (or, unless ``read_only``, create) the vault at ``path``. Read-only, the file
+        must already be a vault: reveal never writes into a file a run's settings name."""
         from replayable._pii import key_id
 
         self.path = path
@@ -55,17 +57,12 @@ class Vault:
         self._key_id = key_id(key)
         self._lock = threading.Lock()
         self._seen: set[str] = set()
-        new = not path.exists()
-        if new:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_EXCL, 0o600)
-            os.close(fd)
-        try:
-            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-            self._db.executescript(_SCHEMA)
-            row = self._db.execute("SELECT value FROM vault_meta WHERE name = 'key_id'").fetchone()
-        except sqlite3.Error as exc:
-            raise StoreUnavailable(f"cannot open the personal-data vault {path}: {exc}") from exc
+        row = self._open_existing(path) if read_only else self._open_or_create(path)
+        if row is None and read_only:
+            raise PIIKeyError(
+                f"{path} is not a personal-data vault (it holds no vault key id): pass --vault "
+                "with the vault file the run was recorded with (PII(vault=...))"
+            )
         if row is None:
             self._db.execute(
                 "INSERT INTO vault_meta (name, value) VALUES ('key_id', ?)", (self._key_id,)
@@ -75,6 +72,36 @@ class Vault:
                 f"the vault {path} was made under key id {row[0]}, but the key set now has id "
                 f"{self._key_id}: set $REPLAYABLE_PII_KEY to the key the runs were recorded with"
             )
+
+    def _open_or_create(self, path: Path) -> tuple[str] | None:
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_EXCL, 0o600)
+            os.close(fd)
+        try:
+            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            self._db.executescript(_SCHEMA)
+            row: tuple[str] | None = self._db.execute(
+                "SELECT value FROM vault_meta WHERE name = 'key_id'"
+            ).fetchone()
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"cannot open the personal-data vault {path}: {exc}") from exc
+        return row
+
+    def _open_existing(self, path: Path) -> tuple[str] | None:
+        uri = f"{path.resolve().as_uri()}?mode=ro"
+        try:
+            self._db = sqlite3.connect(uri, uri=True, check_same_thread=False)
+            names = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master")}
+            if not {"vault", "vault_meta"} <= names:
+                self._db.close()
+                return None
+            row: tuple[str] | None = self._db.execute(
+                "SELECT value FROM vault_meta WHERE name = 'key_id'"
+            ).fetchone()
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"cannot open the personal-data vault {path}: {exc}") from exc
+        return row
 
     def add(self, pseudonym: str, value: str) -> None:
         """Keep ``value`` under ``pseudonym`` (once; the first value stays)."""
@@ -170,7 +197,7 @@ def reveal_run(
     path = Path(where)
     if not path.exists():
         raise PIIKeyError(f"no vault at {path} (run {run.id} names it; pass --vault PATH)")
-    box = Vault(path, key)
+    box = Vault(path, key, read_only=True)
     try:
         entries = box.entries()
     finally:

@@ -79,3 +79,16 @@ class TestRevealReadsOnlyAVault:
         assert out.exit_code == 0, out.output
         assert EMAIL in out.output
         assert (tmp_path / "vault.db").read_bytes() == before
+
+    def test_vault_without_reveal_is_a_usage_error(self, tmp_path: Path) -> None:
+        """`show --vault F` without `--reveal` says it needs --reveal instead of quietly
+        showing pseudonyms as if the vault had been read."""
+        run_id = vaulted_run(tmp_path)
+        out = CliRunner().invoke(
+            main,
+            ["show", run_id, "--vault", str(tmp_path / "vault.db")],
+            env={"NO_COLOR": "1", "REPLAYABLE_PII_KEY": KEY},
+        )
+        assert out.exit_code == 2, out.output
+        assert "--reveal" in out.output
+        assert "Traceback" not in out.output

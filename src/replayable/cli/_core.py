@@ -153,6 +153,8 @@ def show_cmd(
     personal data pseudonymized shows its pseudonyms; --reveal shows the real values instead,
     with the key.
     """
+    if vault is not None and not reveal:
+        raise click.UsageError("--vault names the vault --reveal reads: add --reveal")
     run, events, stores = find_run(run_id, store_urls)
     if reveal:
         from replayable._pii_vault import reveal_run

@@ -457,6 +457,29 @@ class TestFiles:
         assert err.value.line == 2
         assert store.list_runs() == []
 
+    @pytest.mark.parametrize(
+        ("content", "says"),
+        [
+            (bytes(range(256)), "not an OTLP protobuf"),
+            (b"[1, 2, 3]\n", "a JSON object, not an array"),
+            (b"null\n", "a JSON object, not null"),
+        ],
+    )
+    def test_an_unreadable_file_is_named_in_the_error(
+        self, store: Store, tmp_path: Path, content: bytes, says: str
+    ) -> None:
+        """A file that is neither OTLP protobuf nor an OTLP/JSON object fails naming the file
+        (several may be imported at once) and saying what it is, JSON read as JSON."""
+        good, bad = tmp_path / "good.jsonl", tmp_path / "exported.bin"
+        good.write_bytes(orjson.dumps(to_json(agent_trace())) + b"\n")
+        bad.write_bytes(content)
+        result = CliRunner().invoke(main, ["import", "--format", "otlp", str(good), str(bad)])
+        assert result.exit_code == 2
+        assert "exported.bin" in result.output
+        assert says in result.output
+        assert "Traceback" not in result.output
+        assert store.list_runs() == []
+
     def test_protobuf_and_gzip_files(self, store: Store, tmp_path: Path) -> None:
         """One protobuf export request, gzipped, imports too."""
         path = tmp_path / "t.pb.gz"

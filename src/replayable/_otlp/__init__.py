@@ -13,6 +13,8 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import orjson
+
 from replayable._otlp._decode import (
     MAX_BODY,
     MAX_SPANS,
@@ -68,7 +70,7 @@ def read_otlp_file(path: str | os.PathLike[str]) -> list[Span]:
     if not text:
         raise InvalidOtlp(f"{p} is empty: no spans to import")
     if not text.startswith(b"{"):
-        return decode_protobuf(data)
+        return _protobuf_file(p, data)
     lines = data.splitlines()
     if len([ln for ln in lines if ln.strip()]) > 1 and lines[0].strip().endswith(b"}"):
         spans: list[Span] = []
@@ -82,6 +84,22 @@ def read_otlp_file(path: str | os.PathLike[str]) -> list[Span]:
             if len(spans) > MAX_SPANS:
                 raise InvalidOtlp(f"{p} has over {MAX_SPANS} spans", line=n, status=413)
         return spans
+    try:
+        return decode_json(data)
+    except InvalidOtlp as exc:
+        raise InvalidOtlp(f"{p}: {exc}", status=exc.status) from None
+
+
+def _protobuf_file(p: Path, data: bytes) -> list[Span]:
+    """The spans of a file that is no JSON object: a protobuf export request; a file that
+    parses as other JSON (an array, null) is refused as the JSON it is, naming the file."""
+    try:
+        return decode_protobuf(data)
+    except InvalidOtlp as exc:
+        try:
+            orjson.loads(data)
+        except orjson.JSONDecodeError:
+            raise InvalidOtlp(f"{p}: {exc}", status=exc.status) from None
     try:
         return decode_json(data)
     except InvalidOtlp as exc:

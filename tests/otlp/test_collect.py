@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import httpx
 import orjson
@@ -264,3 +265,70 @@ class TestCommand:
         lines = [ln for ln in out.splitlines() if ln.startswith("kept run otlp-")]
         assert len(lines) == 1, out
         assert json.dumps("support")[1:-1] in lines[0]
+
+    def test_port_zero_prints_the_port_it_listens_on(self, store: Store) -> None:
+        """collect --port 0 (any free port, as --help says) prints the port it got, and a
+        trace posted there is kept (it printed :0, which nothing can reach)."""
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "replayable.cli", "collect", "--port", "0", "--settle", "0"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        try:
+            assert proc.stdout is not None
+            first = proc.stdout.readline()
+            port = int(first.split("http://127.0.0.1:", 1)[1].split("/", 1)[0])
+            assert port != 0, first
+            r = httpx.post(
+                f"http://127.0.0.1:{port}/v1/traces",
+                content=agent_trace().SerializeToString(),
+                headers=PB,
+            )
+            assert r.status_code == 200
+            deadline = time.monotonic() + 10
+            while not store.list_runs():
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+        finally:
+            proc.terminate()
+            proc.communicate(timeout=20)
+
+    def test_a_port_in_use_is_a_clear_error_not_a_listening_line(self) -> None:
+        """collect on a port another process holds says so and exits 2, without first
+        announcing that it listens there."""
+        with socket.socket() as held:
+            held.bind(("127.0.0.1", 0))
+            held.listen()
+            port = held.getsockname()[1]
+            r = subprocess.run(
+                [sys.executable, "-m", "replayable.cli", "collect", "--port", str(port)],
+                check=False,
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+        assert r.returncode == 2, r.stdout + r.stderr
+        assert "OTLP/HTTP on" not in r.stdout
+        assert f"127.0.0.1:{port}" in r.stderr
+        assert "--port" in r.stderr
+        assert "Traceback" not in r.stderr
+
+    def test_a_store_it_cannot_write_fails_before_listening(self, tmp_path: Path) -> None:
+        """collect into a store it cannot write (a read-only directory of trace files, a
+        SQLite path under a missing directory it cannot create) fails at start with the
+        store's error: an exporter is never answered 200 for spans that cannot be kept."""
+        (tmp_path / "traces").mkdir()
+        for target in (tmp_path / "traces", Path("/proc/no-such-dir/x.db")):
+            r = subprocess.run(
+                [sys.executable, "-m", "replayable.cli", "collect", "--port", "0"],
+                check=False,
+                capture_output=True,
+                text=True,
+                timeout=60,
+                env={**os.environ, "REPLAYABLE_STORE": str(target)},
+            )
+            assert r.returncode == 2, r.stdout + r.stderr
+            assert "OTLP/HTTP on" not in r.stdout
+            assert str(target) in r.stderr
+            assert "Traceback" not in r.stderr

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+
 import click
 
 from replayable.cli._common import (
@@ -15,6 +17,7 @@ from replayable.cli._common import (
     safe,
     store_option,
 )
+from replayable.store.base import Counters
 
 
 @main.command("collect")
@@ -86,6 +89,13 @@ def collect_cmd(
 
     pseudonymizer = for_record(pii_on, None)  # a missing key fails here, before the bind
     store = get_store(store_url, create=True)
+    # Open the store and make sure it takes writes before anything is accepted: an exporter
+    # answered 200 for spans that cannot be kept would lose them.
+    if isinstance(store, Counters):  # the SQL stores and the read-only trace-file directory
+        store.counts()
+        store.add_counts({})
+    sock = _listen(host, port)
+    port = sock.getsockname()[1]
     out = console()
 
     def kept(k: Kept) -> None:
@@ -101,4 +111,22 @@ def collect_cmd(
     app = create_collector_app(collector, token=auth_token, local_only=local)
     shown = f"[{host}]" if ":" in host else host
     out.print(f"replayable collect: OTLP/HTTP on http://{shown}:{port}/v1/traces into {store.url}")
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port`` (0: any free port) and listening, or a clear error."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        shown = f"[{host}]" if ":" in host else host
+        fail(
+            f"cannot listen on {shown}:{port}: {exc.strerror or exc}; pick another --port "
+            "(0: any free port) or --host"
+        )
+    return sock

@@ -303,6 +303,24 @@ def refunds(prompt: str) -> str:
 """
 
 
+WORLD = """
+
+from contextlib import contextmanager
+
+
+@contextmanager
+def scratch(tmp_path):
+    before = os.environ["SIDE_EFFECT_DB"]
+    world = os.path.join(os.path.dirname(__file__), "world")
+    os.makedirs(world, exist_ok=True)
+    os.environ["SIDE_EFFECT_DB"] = os.path.join(world, "scratch.db")
+    try:
+        yield
+    finally:
+        os.environ["SIDE_EFFECT_DB"] = before
+"""
+
+
 def agent_module(
     t: Traced, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, suffix: str = ""
 ) -> str:
@@ -428,13 +446,14 @@ class TestTheCommandLine:
         assert "refund" in shown.output
 
 
-def promoted(t: Traced, tmp_path: Path, module: str) -> Path:
-    """``replayable promote RUN --import MODULE`` into ``tmp_path/promoted``; the test file."""
+def promoted(t: Traced, tmp_path: Path, module: str, *options: str) -> Path:
+    """``replayable promote RUN --import MODULE [OPTIONS]`` into ``tmp_path/promoted``; the
+    test file."""
     out = tmp_path / "promoted"
     result = cli(
         "promote", t.run_id, "--import", module, "--store", t.store.url,
         "--output", str(out / "traces" / "incident.jsonl"),
-        "--test", str(out / "test_incident.py"),
+        "--test", str(out / "test_incident.py"), *options,
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     return out / "test_incident.py"
@@ -497,6 +516,49 @@ class TestPromoteImported:
         assert "1 failed" in done.stdout
         assert "messages[1].content" in done.stdout
         assert len(t.refunds()) == 1
+
+    def test_forbid_on_an_imported_run_fails_while_the_agent_still_calls_it(
+        self, traced: Callable[..., Traced], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """promote --forbid refund of an imported run writes an incident test that fails,
+        naming the traced call, while the agent still refunds; offline, the refund served and
+        not made again."""
+        t = traced("openinference-openai")
+        module = agent_module(t, tmp_path, monkeypatch)
+        test = promoted(t, tmp_path, module, "--forbid", "refund")
+        source = test.read_text()
+        assert "rt.assert_not_called(replay, 'refund')" in source
+        seen = len(t.model.requests)
+        t.model.stop()
+        done = run_pytest(test, tmp_path)
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert "1 failed" in done.stdout
+        assert "refund" in done.stdout
+        assert "was called 1 time(s)" in done.stdout
+        assert len(t.model.requests) == seen
+        assert len(t.refunds()) == 1
+
+    def test_live_on_an_imported_run_runs_the_tool_in_the_tests_world(
+        self, traced: Callable[..., Traced], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """promote --live refund --world M:F of an imported run: the test runs the refund
+        live in the world it is given (a scratch database), never in the incident's, and
+        fails while it does again what the trace says it did; the model is not contacted."""
+        t = traced("openinference-openai")
+        module = agent_module(t, tmp_path, monkeypatch)
+        with (tmp_path / f"{module}.py").open("a") as fh:
+            fh.write(WORLD)
+        test = promoted(t, tmp_path, module, "--live", "refund", "--world", f"{module}:scratch")
+        assert f"from {module} import scratch as world" in test.read_text()
+        seen = len(t.model.requests)
+        t.model.stop()
+        done = run_pytest(test, tmp_path)
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert "was called 1 time(s)" in done.stdout
+        assert len(t.model.requests) == seen
+        assert len(t.refunds()) == 1  # the incident's database: untouched
+        with sqlite3.connect(tmp_path / "world" / "scratch.db") as conn:
+            assert len(conn.execute("SELECT order_id FROM refunds").fetchall()) == 1
 
     def test_a_trace_without_the_agents_input_is_refused(
         self, traced: Callable[..., Traced], tmp_path: Path, monkeypatch: pytest.MonkeyPatch

@@ -12,11 +12,14 @@ from replayable.errors import StoreUnavailable
 from replayable.store.base import EventRow, RunQuery, runs_query
 from replayable.store.sqlite import (
     _SQL,
+    AUTOCHECKPOINT_BYTES,
+    BACKSTOP_BYTES,
     MIGRATIONS,
+    PAGE_SIZE,
     ROWS_PER_INSERT,
     SQLiteStore,
 )
-from replayable.trace import Run
+from replayable.trace import Run, verify_run
 
 ALL = [m.__name__ for m in MIGRATIONS]
 
@@ -116,6 +119,63 @@ class TestMigrations:
         """The store runs in WAL mode, so readers never block the writer."""
         store = SQLiteStore(tmp_path / "w.db")
         assert store._db().execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+class TestPageSize:
+    def test_a_new_store_has_16_kb_pages(self, tmp_path: Path) -> None:
+        """A database the store creates gets 16 KB pages, so events of a few KB share a page."""
+        store = SQLiteStore(tmp_path / "new.db")
+        store.create_run(Run(id="r1", started_at=1.0))
+        store.close()
+        with sqlite3.connect(tmp_path / "new.db") as db:
+            assert db.execute("PRAGMA page_size").fetchone()[0] == PAGE_SIZE == 16_384
+
+    def test_a_store_made_with_4_kb_pages_keeps_them_and_its_runs_replay(
+        self, tmp_path: Path
+    ) -> None:
+        """A database created with SQLite's default 4 KB pages is opened as it is (no
+        migration): its pages stay 4 KB and a run recorded into it reads back, verifies and
+        replays."""
+        import replayable as rp
+
+        path = tmp_path / "old.db"
+        with sqlite3.connect(path) as db:
+            db.execute("PRAGMA page_size=4096")
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("CREATE TABLE t (x)")
+        store = SQLiteStore(path)
+        step = rp.boundary(kind="tool", name="t:pages")(lambda i: {"i": i, "pad": "x" * 3000})
+        with rp.record(store, name="pages") as run:
+            for i in range(20):
+                step(i)
+        with rp.replay(run.id, store=store):
+            assert [step(i)["i"] for i in range(20)] == list(range(20))
+        stored = store.get_run(run.id)
+        assert stored is not None
+        assert stored.event_count == 20
+        assert verify_run(stored, store.iter_events(run.id), key=b"").ok
+        store.close()
+        with sqlite3.connect(path) as db:
+            assert db.execute("PRAGMA page_size").fetchone()[0] == 4096
+
+    @pytest.mark.parametrize("page", [4096, PAGE_SIZE])
+    def test_wal_checkpoint_thresholds_are_bytes_whatever_the_page_size(
+        self, tmp_path: Path, page: int
+    ) -> None:
+        """The WAL checkpoints itself after the same number of bytes in a database with 4 KB
+        pages as in one with 16 KB pages (the thresholds are counted in the store's pages)."""
+        path = tmp_path / f"p{page}.db"
+        with sqlite3.connect(path) as db:
+            db.execute(f"PRAGMA page_size={page}")
+            db.execute("PRAGMA journal_mode=WAL")
+        store = SQLiteStore(path)
+        pages = store._db().execute("PRAGMA wal_autocheckpoint").fetchone()[0]
+        assert pages * page == AUTOCHECKPOINT_BYTES
+        store.write_batch([Run(id="r1", started_at=1.0)], [], [], [])
+        assert store._write_conn is not None
+        backstop = store._write_conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0]
+        assert backstop * page == BACKSTOP_BYTES
+        store.close()
 
 
 class TestUnwritablePlace:

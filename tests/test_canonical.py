@@ -288,6 +288,27 @@ class TestRoundTrip:
         assert canonical.untag(looks) == looks
         assert canonical.untag({"$dict": "x", "other": 1}) == {"$dict": "x", "other": 1}
 
+    @pytest.mark.parametrize(
+        "looks", [[None], [1, 2], [[], ["b", 1]], [{}, ["a", 1]], ["", ["a", 1]], [True]]
+    )
+    def test_an_input_that_only_looks_tagged_is_keyed_and_recorded(self, looks: Any) -> None:
+        """An agent's own ``{"$dict": [...]}`` whose items have no first element is keyed
+        (items in their order) and its call recorded: keying it raised, and the writer dropped
+        the whole event."""
+
+        @rp.boundary(kind="tool", name="looks_tagged")
+        def step(data: dict[str, Any]) -> str:
+            return "ok"
+
+        b = step.__replayable__  # type: ignore[attr-defined]
+        data = canonical.snapshot({"data": {"$dict": looks}})
+        assert canonical.keyed_input(b, data, None)[2] == canonical.key({"data": {"$dict": looks}})
+        with rp.record() as run:
+            step({"$dict": looks})
+        rp.flush()
+        [ev] = list(rp.open_store().get_run(run.id).events())
+        assert ev.input == {"data": {"$dict": looks}}
+
     def test_distinct_non_string_keys_still_serialize(self) -> None:
         """Int and bool keys that do not collide are kept, as strings."""
         assert canonical.loads(canonical.dumps({1: "a", 2: "b", None: "c"})) == {

@@ -19,6 +19,7 @@ agent that serializes a served value sees exactly what it saw when it was record
 from __future__ import annotations
 
 import base64
+import contextlib
 import dataclasses
 import datetime as _dt
 import functools
@@ -268,7 +269,11 @@ def _sort_pairs(value: JSON) -> JSON:
     out = {k: _sort_pairs(v) for k, v in value.items()}
     pairs = out.get(TAGGED_DICT)
     if len(out) == 1 and isinstance(pairs, list):
-        out[TAGGED_DICT] = sorted(pairs, key=lambda p: orjson.dumps(p[0], option=_SORTED))
+        # Data that only looks tagged (an agent's own ``{"$dict": [null]}``) has items with no
+        # first element: it stays in its order rather than failing the key (which lost the
+        # whole event). Wherever each item has one, the order is what it always was.
+        with contextlib.suppress(TypeError, IndexError, KeyError):
+            out[TAGGED_DICT] = sorted(pairs, key=lambda p: orjson.dumps(p[0], option=_SORTED))
     return out
 
 

@@ -177,18 +177,67 @@ def _cut_values(p: Pending, inp: bytes, out: bytes, limit: int) -> tuple[bytes, 
     return inp, out, meta
 
 
+def _as_snapshotted(p: Pending) -> bool:
+    """Whether ``p`` is stored exactly as its snapshots are when neither holds a secret's shape
+    (:func:`~replayable.redact.might_hold_secrets`): recorded live (neither keyed nor served by
+    a replay), no pseudonymizer, no error, no step metadata, a boundary with no redaction rules
+    of its own, both values under the size cap and the output no tagged dict. What every path
+    of :func:`pending_row` then does is key the input and chain the values as they are."""
+    b = p.boundary
+    limit = p.max_value_bytes or _cut.DEFAULT_MAX_VALUE_BYTES
+    return (
+        p.key is None
+        and not p.meta
+        and p.error is None
+        and p.pii is None
+        and p.source is None
+        and not p.served
+        and not b.redact_keys
+        and not b.redactors
+        and len(p.input) <= limit
+        and len(p.output) <= limit
+        and not canonical.has_tagged(p.output)
+    )
+
+
 def pending_row(p: Pending, chains: dict[str, tuple[int, str]]) -> EventRow:
     """A completed call as a store row: redacted, keyed and linked into its run's hash chain
-    (``chains`` maps a run id to its (events so far, head hash) and is updated)."""
+    (``chains`` maps a run id to its (events so far, head hash) and is updated).
+
+    Each value is scanned for secrets' shapes once: a call with neither (most) is keyed and
+    chained as snapshotted, with no redaction, metadata or size pass (the same row the whole
+    path makes: the property is tested); otherwise the whole path gets the verdicts."""
+    if not _as_snapshotted(p):
+        return _redacted_row(p, chains, None, None)
+    in_secrets = might_hold_secrets(p.input)
+    out_secrets = might_hold_secrets(p.output)
+    if in_secrets or out_secrets:
+        return _redacted_row(p, chains, in_secrets, out_secrets)
+    key = canonical.input_key(p.boundary, p.input)
+    payload = payload_digest(p.input, p.output)
+    return _linked_row(p, chains, key, payload, p.input, p.output, None, b"{}")
+
+
+def _redacted_row(
+    p: Pending,
+    chains: dict[str, tuple[int, str]],
+    in_secrets: bool | None,
+    out_secrets: bool | None,
+) -> EventRow:
+    """:func:`pending_row`'s whole path: redaction, pseudonymization, metadata, size caps and
+    references to a served step's source. ``in_secrets`` and ``out_secrets``: whether the input
+    and output snapshots may hold secrets, when already scanned (None: scan them)."""
     b = p.boundary
     pii = p.pii
     if p.key is not None:  # a replay keyed the call: its input is cleaned already
         inp, key = p.input, p.key
     else:
-        inp, _, key = canonical.keyed_input(b, p.input, pii)
+        inp, _, key = canonical.keyed_input(b, p.input, pii, secrets=in_secrets)
     out = p.output
     if not p.served:  # a served output was cleaned when it was recorded
-        out = canonical.clean_output(b, out, stream=bool(p.meta.get("stream")), pii=pii)
+        out = canonical.clean_output(
+            b, out, stream=bool(p.meta.get("stream")), pii=pii, secrets=out_secrets
+        )
     error = None if p.error is None else redact(p.error)
     if canonical.has_tagged(p.source.stored("output") if p.source is not None else out):
         # A dict whose keys collide as strings, kept as its pairs: a replay rebuilds it.
@@ -220,10 +269,29 @@ def pending_row(p: Pending, chains: dict[str, tuple[int, str]]) -> EventRow:
             payload = payload_digest(inp, out)
     else:
         payload = payload_digest(inp, out)
-    chain_seq, prev = chains.get(p.run_id, (0, ""))
+    row = _linked_row(p, chains, key, payload, stored_in, stored_out, err, meta)
+    return row if stored_meta is meta else row._replace(meta=stored_meta.decode())
+
+
+def _linked_row(
+    p: Pending,
+    chains: dict[str, tuple[int, str]],
+    key: str,
+    payload: str,
+    stored_in: bytes,
+    stored_out: bytes,
+    err: bytes | None,
+    meta: bytes,
+) -> EventRow:
+    """The row of ``p`` as stored (``stored_in``, ``stored_out``, ``meta``), linked into its
+    run's chain after the run's head: its hash covers ``payload`` (the digest of the values it
+    stands for), ``err`` and ``meta``."""
+    b = p.boundary
+    run_id = p.run_id
+    chain_seq, prev = chains.get(run_id, (0, ""))
     digest = link_hash(
         prev,
-        p.run_id,
+        run_id,
         p.seq,
         chain_seq,
         p.address,
@@ -237,9 +305,9 @@ def pending_row(p: Pending, chains: dict[str, tuple[int, str]]) -> EventRow:
         err,
         meta,
     )
-    chains[p.run_id] = (chain_seq + 1, digest)
+    chains[run_id] = (chain_seq + 1, digest)
     return EventRow(
-        p.run_id,
+        run_id,
         p.seq,
         chain_seq,
         p.address,
@@ -250,7 +318,7 @@ def pending_row(p: Pending, chains: dict[str, tuple[int, str]]) -> EventRow:
         stored_in.decode(),
         stored_out.decode(),
         None if err is None else err.decode(),
-        stored_meta.decode(),
+        meta.decode(),
         p.started_at,
         p.duration_ns,
         digest,

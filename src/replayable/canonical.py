@@ -445,15 +445,19 @@ def key_of_json(value: JSON, drop: frozenset[str] = DEFAULT_TRANSIENT_KEYS) -> s
     return hashlib.sha256(data).hexdigest()
 
 
-def clean_input(b: Boundary, data: bytes, pii: Any = None) -> tuple[bytes, Any]:
+def clean_input(
+    b: Boundary, data: bytes, pii: Any = None, *, secrets: bool | None = None
+) -> tuple[bytes, Any]:
     """Redact an input snapshot, keeping its order; with ``pii`` (a run's pseudonymizer),
     pseudonymize its personal data too. Recording and replay both call this, so a live
-    input is stored, keyed and compared in the same form.
+    input is stored, keyed and compared in the same form. ``secrets``: what
+    :func:`~replayable.redact.might_hold_secrets` said of ``data``, when the caller asked it
+    already (None: ask it).
 
     Returns (bytes, the parsed value, or None when nothing needed parsing).
     """
     value = None
-    if b.redact_keys or b.redactors or might_hold_secrets(data):
+    if b.redact_keys or b.redactors or (might_hold_secrets(data) if secrets is None else secrets):
         value = redact(orjson.loads(data), extra_keys=b.redact_keys, redactors=b.redactors)
         data = orjson.dumps(value, option=_OPTS)
     if pii is not None:
@@ -461,15 +465,24 @@ def clean_input(b: Boundary, data: bytes, pii: Any = None) -> tuple[bytes, Any]:
     return data, value
 
 
-def clean_output(b: Boundary, data: bytes, *, stream: bool = False, pii: Any = None) -> bytes:
+def clean_output(
+    b: Boundary,
+    data: bytes,
+    *,
+    stream: bool = False,
+    pii: Any = None,
+    secrets: bool | None = None,
+) -> bytes:
     """Redact an output snapshot, keeping its order: the one way every mode does it. A
     stream's text chunks are redacted as one text (a secret may span several chunks). With
     ``pii`` (a run's pseudonymizer), personal data is pseudonymized too, a stream's chunks
-    read as one text the same way (a model streams an address token by token)."""
+    read as one text the same way (a model streams an address token by token). ``secrets``:
+    what :func:`~replayable.redact.might_hold_secrets` said of ``data``, when the caller asked
+    it already (None: ask it)."""
     if stream and data.startswith(b'["'):
         chunks = redact_split(orjson.loads(data))
         data = snapshot(redact(chunks, extra_keys=b.redact_keys, redactors=b.redactors))
-    elif b.redactors or b.redact_keys or might_hold_secrets(data):
+    elif b.redactors or b.redact_keys or (might_hold_secrets(data) if secrets is None else secrets):
         data = snapshot(redact(orjson.loads(data), extra_keys=b.redact_keys, redactors=b.redactors))
     if pii is None:
         return data
@@ -478,12 +491,14 @@ def clean_output(b: Boundary, data: bytes, *, stream: bool = False, pii: Any = N
     return pii.json(data)  # type: ignore[no-any-return]
 
 
-def keyed_input(b: Boundary, data: bytes, pii: Any = None) -> tuple[bytes, Any, str]:
+def keyed_input(
+    b: Boundary, data: bytes, pii: Any = None, *, secrets: bool | None = None
+) -> tuple[bytes, Any, str]:
     """An input snapshot redacted (and with ``pii``, pseudonymized) and keyed, the one way
     every mode does it: (the cleaned bytes, their parsed value or None when nothing needed
     parsing, the key). Recording and replay both call this, so a live input is stored, keyed
-    and compared in the same form."""
-    data, value = clean_input(b, data, pii)
+    and compared in the same form. ``secrets``: as :func:`clean_input` takes it."""
+    data, value = clean_input(b, data, pii, secrets=secrets)
     return data, value, input_key(b, data, value)
 
 

@@ -144,7 +144,8 @@ class LiveCollector:
         self.kept: list[Kept] = []
         token = options.pop("token", None)
         local_only = options.pop("local_only", True)
-        self.collector = Collector(store, on_kept=self.kept.append, **options)
+        report = options.pop("on_kept", self.kept.append)  # another report: kept stays empty
+        self.collector = Collector(store, on_kept=report, **options)
         app = create_collector_app(self.collector, token=token, local_only=local_only, tick=0.02)
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.bind(("127.0.0.1", 0))

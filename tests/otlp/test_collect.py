@@ -21,6 +21,7 @@ from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
+from replayable._otlp._collect import Kept
 from replayable.store import Store, open_store
 
 from .conftest import LiveCollector, agent_trace, genai_messages, many_spans, to_json
@@ -138,6 +139,47 @@ class TestHostile:
         time.sleep(0.3)
         assert c.kept == []
         assert store.list_runs() == []
+
+    def test_a_trace_with_odd_values_does_not_stop_the_collector(
+        self, store: Store, live_collector: Callable[..., LiveCollector]
+    ) -> None:
+        """A span whose token count is a digit but no number ('\u00b2') is kept without it, and
+        traces after it are kept too (its ValueError ended the sweeper: every later trace was
+        answered 200 and never kept)."""
+        c = live_collector(settle=0, idle=0.1)
+        odd = jspan("00f067aa0ba902b7", **{"gen_ai.operation.name": "chat"})
+        odd["attributes"].append(
+            {"key": "gen_ai.usage.input_tokens", "value": {"stringValue": "\u00b2"}}
+        )
+        assert httpx.post(f"{c.url}/v1/traces", json=otlp_json([odd])).status_code == 200
+        c.wait_kept(1)
+        later = {**jspan("00f067aa0ba902b8"), "traceId": "0af7651916cd43dd8448eb211c80319d"}
+        assert httpx.post(f"{c.url}/v1/traces", json=otlp_json([later])).status_code == 200
+        first, second = c.wait_kept(2)
+        assert first.run is not None, first.problem
+        assert second.run is not None, second.problem
+        assert len(store.list_runs()) == 2
+
+    def test_a_failing_report_does_not_stop_the_collector(self, store: Store) -> None:
+        """When reporting a kept trace fails (``collect``'s stdout a closed pipe), the
+        collector goes on keeping the traces after it (the error ended its sweeper)."""
+        seen: list[Kept] = []
+
+        def report(kept: Kept) -> None:
+            seen.append(kept)
+            if len(seen) == 1:
+                raise BrokenPipeError(32, "Broken pipe")
+
+        with LiveCollector(store, settle=0, idle=0.1, on_kept=report) as c:
+            for n in range(2):
+                trace = {**jspan("00f067aa0ba902b7"), "traceId": f"{n + 1:032x}"}
+                r = httpx.post(f"{c.url}/v1/traces", json=otlp_json([trace]))
+                assert r.status_code == 200
+                deadline = time.monotonic() + 10
+                while len(seen) <= n:
+                    assert time.monotonic() < deadline, f"trace {n + 1} not kept"
+                    time.sleep(0.02)
+        assert len(store.list_runs()) == 2
 
     def test_a_cycle_across_requests_is_refused(
         self, store: Store, live_collector: Callable[..., LiveCollector]

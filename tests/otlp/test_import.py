@@ -611,6 +611,35 @@ class TestHostileTraces:
             runs_of(decode_request(pb_request(chain(40_000)), ""))
         assert err.value.status == 413
 
+    @pytest.mark.parametrize(
+        "attrs",
+        [
+            {"gen_ai.operation.name": "chat", "gen_ai.usage.input_tokens": "\u00b2"},
+            {"openinference.span.kind": "LLM", "llm.token_count.prompt": "\u00b3"},
+            {"gen_ai.operation.name": "chat", "gen_ai.usage.output_tokens": "9" * 5000},
+            {"openinference.span.kind": "LLM", f"llm.input_messages.{'9' * 5000}.x": "x"},
+            {
+                "langfuse.observation.type": "generation",
+                "langfuse.observation.input": json.dumps([{"role": "user", "tool_calls": 5}]),
+            },
+            {
+                "langfuse.observation.type": "generation",
+                "langfuse.observation.output": json.dumps({"content": "hi", "tool_calls": True}),
+            },
+        ],
+        ids=["sup", "oi-sup", "5000-digits", "5000-digit-index", "calls-int", "calls-bool"],
+    )  # fmt: skip
+    def test_odd_values_where_numbers_or_lists_belong_still_import(
+        self, attrs: dict[str, str]
+    ) -> None:
+        """A token count that is a digit but no number ('\u00b2', 5,000 digits), a message index
+        of 5,000 digits, tool calls that are no list: the span imports without that value (each
+        escaped as a ValueError or TypeError, which stopped the collector keeping any trace)."""
+        spans = decode_json(otlp_json([jspan("00f067aa0ba902b7", **attrs)]))
+        ((run, events),) = runs_of(spans)
+        assert verify_run(run, events).ok
+        assert events[0].kind == "llm"
+
     def test_a_huge_span_name_is_clipped_in_addresses(self) -> None:
         """A span name of 100,000 characters names its step by its first 128: the addresses of
         the steps below it do not repeat it whole."""

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
@@ -41,6 +42,8 @@ __all__ = ["TRACE_PATHS", "Collector", "Kept", "create_collector_app"]
 
 TRACE_PATHS = ("/v1/traces", "/api/public/otel/v1/traces")
 """Where exporters POST traces: the OTLP/HTTP default, and the path Langfuse's SDK uses."""
+
+log = logging.getLogger("replayable")
 
 MAX_PENDING_SPANS = MAX_SPANS * 4
 """Spans held across all unfinished traces; past it, requests get 503 until traces end."""
@@ -148,6 +151,10 @@ class Collector:
             kept = Kept(trace_id, run, len(events), written, ended)
         except ReplayableError as exc:
             kept = Kept(trace_id, None, 0, False, ended, str(exc))
+        except Exception as exc:  # a trace the mapping cannot read must not stop the others
+            log.exception("replayable collect: trace %s could not be mapped", trace_id)
+            problem = f"it could not be mapped ({type(exc).__name__}: {exc}); please report this"
+            kept = Kept(trace_id, None, 0, False, ended, problem)
         if self.on_kept is not None:
             self.on_kept(kept)
         return kept
@@ -209,7 +216,10 @@ def create_collector_app(
             while True:
                 await asyncio.sleep(tick)
                 if collector.due():
-                    await asyncio.to_thread(collector.sweep)
+                    try:
+                        await asyncio.to_thread(collector.sweep)
+                    except Exception:  # reporting a kept trace failed: keep the rest coming
+                        log.exception("replayable collect: reporting a kept trace failed")
 
         task = asyncio.create_task(sweeper())
         try:

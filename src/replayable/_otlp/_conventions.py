@@ -129,7 +129,8 @@ def openai_message(m: Any) -> dict[str, Any]:
         if len(texts) == len(content):
             content = "".join(t for t in texts if isinstance(t, str))
     calls = []
-    for tc in m.get("tool_calls") or ():
+    listed = m.get("tool_calls")
+    for tc in listed if isinstance(listed, list) else ():
         if isinstance(tc, dict):
             fn: dict[str, Any] = tc["function"] if isinstance(tc.get("function"), dict) else tc
             calls.append(_tool_call(tc.get("id"), fn.get("name"), fn.get("arguments")))
@@ -155,9 +156,13 @@ def _int(v: Any) -> int | None:
         return v
     if isinstance(v, float) and v.is_integer():
         return int(v)
-    if isinstance(v, str) and v.isdigit():
-        return int(v)
+    if isinstance(v, str) and v.isascii() and v.isdigit() and len(v) <= _MAX_DIGITS:
+        return int(v)  # '\u00b2' is a digit int() cannot read; 5,000 digits are past its limit
     return None
+
+
+_MAX_DIGITS = 18
+"""Digits a token count written as text may have (an int64 has 19)."""
 
 
 def _llm_view(
@@ -226,7 +231,9 @@ def _llm_view(
 
 # -- flattened attributes (OpenInference, older GenAI) ----------------------------------------
 
-_INDEX = re.compile(r"\d+")
+_INDEX = re.compile(r"[0-9]{1,9}")
+"""A list index in a flattened attribute name: ASCII digits, few enough for ``int`` (a longer
+run of digits is a key like any other)."""
 
 
 def unflatten(attrs: dict[str, Any], prefix: str) -> Any:

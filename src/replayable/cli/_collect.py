@@ -68,7 +68,7 @@ def collect_cmd(
 
     \b
     OTEL_EXPORTER_OTLP_ENDPOINT=http://127.0.0.1:4318   (POST /v1/traces)
-    LANGFUSE_HOST=http://127.0.0.1:4318                 (POST /api/public/otel/v1/traces)
+    LANGFUSE_BASE_URL=http://127.0.0.1:4318             (POST /api/public/otel/v1/traces)
 
     Protobuf and JSON bodies, gzip or not. A trace ends when its root span arrives (then
     --settle seconds), or after --idle seconds without a span; it is then mapped (GenAI,

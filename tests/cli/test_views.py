@@ -226,3 +226,48 @@ class TestServe:
         )
         assert result.exit_code == 2
         assert "--auth-token" in result.output
+
+    def test_port_zero_prints_the_port_it_listens_on(self, store: Store) -> None:
+        """serve --port 0 (any free port, as --help says) prints the address it got, and the
+        viewer answers there (it printed :0)."""
+        import os
+        import subprocess
+        import sys
+
+        import httpx
+
+        rp.flush()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "replayable.cli", "serve", "--port", "0", "--store", store.url],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, "COLUMNS": "300", "NO_COLOR": "1"},
+        )
+        try:
+            assert proc.stdout is not None
+            lines = [proc.stdout.readline(), proc.stdout.readline()]
+            url = lines[1].strip()
+            assert url.startswith("http://127.0.0.1:"), lines
+            assert not url.startswith("http://127.0.0.1:0/"), lines
+            assert httpx.get(url, timeout=30).status_code == 200
+        finally:
+            proc.terminate()
+            proc.communicate(timeout=20)
+
+    def test_a_port_in_use_is_a_clear_error(self, store: Store) -> None:
+        """serve on a port another process holds exits 2 naming it, without first printing
+        the viewer's address."""
+        import socket
+
+        rp.flush()
+        with socket.socket() as held:
+            held.bind(("127.0.0.1", 0))
+            held.listen()
+            port = held.getsockname()[1]
+            result = invoke("serve", "--port", str(port))
+        assert result.exit_code == 2, result.output
+        assert f"127.0.0.1:{port}" in result.output
+        assert "--port" in result.output
+        assert "http://" not in result.output
+        assert "viewer for" not in result.output

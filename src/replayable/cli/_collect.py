@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import socket
-
 import click
 
 from replayable.cli._common import (
@@ -11,6 +9,7 @@ from replayable.cli._common import (
     fail,
     get_store,
     handle_errors,
+    listen,
     main,
     pii_option,
     require_token,
@@ -94,7 +93,7 @@ def collect_cmd(
     if isinstance(store, Counters):  # the SQL stores and the read-only trace-file directory
         store.counts()
         store.add_counts({})
-    sock = _listen(host, port)
+    sock = listen(host, port)
     port = sock.getsockname()[1]
     out = console()
 
@@ -112,21 +111,3 @@ def collect_cmd(
     shown = f"[{host}]" if ":" in host else host
     out.print(f"replayable collect: OTLP/HTTP on http://{shown}:{port}/v1/traces into {store.url}")
     uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
-
-
-def _listen(host: str, port: int) -> socket.socket:
-    """A socket bound to ``host:port`` (0: any free port) and listening, or a clear error."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    try:
-        sock.bind((host, port))
-        sock.listen(2048)
-    except OSError as exc:
-        sock.close()
-        shown = f"[{host}]" if ":" in host else host
-        fail(
-            f"cannot listen on {shown}:{port}: {exc.strerror or exc}; pick another --port "
-            "(0: any free port) or --host"
-        )
-    return sock

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import os
 import re
+import socket
 import sys
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -30,6 +31,7 @@ __all__ = [
     "find_run",
     "handle_errors",
     "import_option",
+    "listen",
     "load_run",
     "main",
     "markup",
@@ -249,3 +251,21 @@ def find_run(ref: str, urls: Sequence[str | None]) -> tuple[Run, list[Event], li
         return run, events, stores
     assert missing is not None
     raise missing
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A socket bound to ``host:port`` (0: any free port) and listening, or a clear error."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        shown = f"[{host}]" if ":" in host else host
+        fail(
+            f"cannot listen on {shown}:{port}: {exc.strerror or exc}; pick another --port "
+            "(0: any free port) or --host"
+        )
+    return sock

@@ -21,6 +21,7 @@ from replayable.cli._common import (
     find_run,
     get_store,
     handle_errors,
+    listen,
     main,
     parse_since,
     require_token,
@@ -242,9 +243,11 @@ def serve_cmd(
     store = get_store(store_url)
     linked = [get_store(u) for u in linked_urls]
     app = create_app(store, token=auth_token, local_only=local, linked=linked, reveal=reveal)
+    sock = listen(host, port)
+    port = sock.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host
     url = f"http://{shown}:{port}/"
     out = console()
     out.print(f"replayable viewer for {store.url}")
     out.print(f"  {url}" + ("?token=…  (token required)" if auth_token else ""))
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])

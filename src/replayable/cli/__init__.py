@@ -35,7 +35,7 @@ _SHORT_HELP = {
     "verify": "Check a run's or trace file's hash chain (and signature).",
     "copy": "Copy runs between stores (e.g. PostgreSQL to a laptop SQLite).",
     "prune": "Delete runs older than a period (retention).",
-    "scan": "Find secrets already recorded (--fix redacts them and re-signs).",
+    "scan": "Find secrets (--pii: personal data) already recorded; --fix redacts and re-signs.",
     "promote": "Turn a run into a trace file plus a ready-to-run pytest test.",
     "fuzz": "Perturb recorded outputs; check an invariant on each re-run.",
     "drift": "Re-run recorded model calls live; report what today's model does differently.",

@@ -102,7 +102,8 @@ def collect_cmd(
             out.print(f"trace {k.trace_id} not kept: {safe(k.problem or '')}")
         elif k.written:
             name = safe(k.run.name or "")
-            out.print(f"kept run {k.run.id} ({k.steps} steps, {name}; {k.ended})")
+            steps = f"{k.steps} step{'' if k.steps == 1 else 's'}"
+            out.print(f"kept run {k.run.id} ({steps}, {name}; {k.ended})")
         else:
             out.print(f"run {k.run.id} is already in the store; skipped")
 

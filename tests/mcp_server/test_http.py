@@ -119,6 +119,21 @@ class TestPublicBind:
         assert '"one"' in runs.content[0].text  # type: ignore[union-attr]
 
 
+class TestTheCommand:
+    def test_a_port_in_use_is_a_clear_error(self, store: Store) -> None:
+        """`mcp --http` on a port another process holds exits 2 naming it, without first
+        announcing the server's address."""
+        with socket.socket() as held:
+            held.bind(("127.0.0.1", 0))
+            held.listen()
+            port = held.getsockname()[1]
+            result = CliRunner().invoke(main, ["mcp", "--http", "--port", str(port)])
+        assert result.exit_code == 2, result.output
+        assert f"127.0.0.1:{port}" in result.output
+        assert "--port" in result.output
+        assert "/mcp" not in result.output
+
+
 class TestLocalBind:
     async def test_a_foreign_host_header_is_refused(self, store: Store) -> None:
         """Bound locally, a request naming another host is refused (DNS rebinding); one

@@ -12,6 +12,7 @@ from replayable.cli._common import (
     fail,
     get_store,
     handle_errors,
+    listen,
     main,
     require_token,
     store_option,
@@ -96,10 +97,12 @@ def mcp_cmd(
     import uvicorn
 
     app = create_http_app(server, host=host, token=auth_token)
+    sock = listen(host, port)
+    port = sock.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host
     err_console().print(
         f"replayable MCP server for {store.url} at http://{shown}:{port}/mcp"
         + ("  (Authorization: Bearer token required)" if auth_token else ""),
         markup=False,
     )
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])

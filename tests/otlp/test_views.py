@@ -54,6 +54,23 @@ class TestViews:
             for seq in range(4):
                 assert httpx.get(f"{server.url}/runs/{run_id}/steps/{seq}").status_code == 200
 
+    def test_viewer_commands_name_your_module_not_the_steps_kind(
+        self, store: Store, tmp_path: Path
+    ) -> None:
+        """The viewer's replay and fork commands for an imported run (and the MCP server's
+        replay_modules) say --import your_module: the root step is named agent:support after
+        its kind, not a module (they said --import agent, which imports nothing of yours)."""
+        from replayable.mcp_server._tools import Tools
+
+        run_id = imported(store, tmp_path)
+        with LiveServer(create_app(store)) as server:
+            info = httpx.get(f"{server.url}/api/runs/{run_id}").json()
+            assert "--import your_module " in info["replay_command"]
+            step = httpx.get(f"{server.url}/api/runs/{run_id}/steps/2").json()
+            assert "--import your_module " in step["fork_command"]
+        shown = Tools(store).show_run(run_id)
+        assert shown["replay_modules"] == ["your_module"]
+
     def test_diff_and_verify(self, store: Store, tmp_path: Path) -> None:
         """Two imported runs diff at the changed prompt; each verifies."""
         a = imported(store, tmp_path)

@@ -18,6 +18,7 @@ import orjson
 from replayable import _cut
 from replayable._linked import Callee, linked_tree
 from replayable._otlp import source_line
+from replayable._otlp._replay import is_imported_step
 from replayable._rootcall import root_event
 from replayable._rundiff import run_usage, tokens_of
 from replayable._tree import Step, build_tree
@@ -326,6 +327,8 @@ def root_module(loaded: LoadedRun) -> str:
     except ReplayableError:  # nothing but clock reads at the top
         return "your_module"
     if root.kind == "remote":  # named http:..., not after a module
+        return "your_module"
+    if is_imported_step(root):  # named kind:span name (agent:support), not after a module
         return "your_module"
     return root.boundary.split(":", 1)[0]
 

@@ -808,14 +808,18 @@ class TestServedStepsAreReferences:
             db.close()
         return rows
 
-    def test_a_served_step_is_stored_as_a_reference_and_read_back_whole(self) -> None:
-        """The row holds a reference; the store reads it back as the full recorded values."""
+    def test_served_steps_are_stored_as_one_range_and_read_back_whole(self) -> None:
+        """Two steps served in a row are one row referring to the recorded range; the store
+        reads it back as the two steps with the full recorded values."""
         with rp.record() as run:
             tool_message(weather, "Paris")
             forecast("Paris")
         r = self.replayed(run.id)
         rows = self.stored_rows(r.run.id)
-        assert all(inp == "null" and out == "null" and '"$ref"' in meta for inp, out, meta in rows)
+        assert len(rows) == 1
+        inp, out, meta = rows[0]
+        assert (inp, out) == ("null", "null")
+        assert json.loads(meta)["$range"][:3] == [run.id, 0, 2]
         recorded, replayed = list(run.events()), list(r.run.events())
         assert [(e.input, e.output) for e in replayed] == [(e.input, e.output) for e in recorded]
         assert all("$ref" not in e.meta for e in replayed)

@@ -510,6 +510,25 @@ def _check_signature(run: Run, result: Verification, key: bytes | None) -> str |
     return None
 
 
+def _served_note(ev: Event) -> str:
+    """Why a replay's served step read back changed, when the store's reading said so."""
+    if ev.has_meta("unresolved_ref"):
+        ref = ev.meta["unresolved_ref"]
+        source = ref[0] if isinstance(ref, list) and ref else ref
+        return (
+            f"; it refers to events of run {source!r} that are gone (or the reference was edited)"
+        )
+    if ev.has_meta("source_changed"):
+        run_id, seq = ev.meta["source_changed"]
+        return (
+            f"; it serves run {run_id}'s event seq={seq}, which changed since (edited and "
+            "re-chained, or another run put in its place)"
+        )
+    if ev.has_meta("range_edited"):
+        return "; the range row it is stored in was edited"
+    return ""
+
+
 def _failed(
     result: Verification, in_file: bool, ev: Event | None, line: int | None, problem: str
 ) -> Verification:
@@ -566,7 +585,10 @@ def verify_pairs(
         if event_hash(prev, ev, hash_version) != ev.hash:
             where = f"run {run_id}: event seq={ev.seq} ({ev.address})"
             return bad(
-                ev, line, f"{where}: hash does not match its content (edited) or its predecessor"
+                ev,
+                line,
+                f"{where}: hash does not match its content (edited) or its predecessor"
+                + _served_note(ev),
             )
         prev = ev.hash
         if position == checkpoint_at:

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import orjson
 
 from replayable import _cut, canonical
+from replayable._ranges import Ranges
 from replayable.errors import StoreUnavailable, Unserializable
 from replayable.redact import REDACTED, might_hold_secrets, names_clean, redact
 from replayable.store.base import Checkpoint, Counters, EventRow, Store
@@ -359,7 +360,12 @@ class Buffer:
         """The kept steps of ``run`` as store rows in write order, and ``run`` sealed (head
         hash and event count), ready for ``Store.put_run``."""
         chains: dict[str, tuple[int, str]] = {run.id: (0, genesis_hash(run))}
-        rows = [pending_row(p, chains) for p in self.pending]
+        ranges = Ranges(chains)
+        rows: list[EventRow] = []
+        for p in self.pending:
+            if not ranges.add(p, rows):
+                rows.append(pending_row(p, chains))
+        ranges.close_all(rows)
         count, head = chains[run.id]
         seal_run(run, head, count)
         return rows
@@ -481,6 +487,8 @@ class Writer:
         self._idle = True
         self._stopping = False
         self._chains: dict[str, tuple[int, str]] = {}
+        self._ranges = Ranges(self._chains)
+        """Served steps gathered into range rows (:mod:`replayable._ranges`)."""
         self._checkpoints: dict[str, tuple[int, str, bytes]] = {}
         self._held = _Batch()
         """Prepared work the store refused (down, locked): written before anything newer."""
@@ -783,7 +791,8 @@ class Writer:
             kind = type(item)
             if kind is Pending:
                 try:
-                    batch.rows.append(self._row(item))
+                    if not self._ranges.add(item, batch.rows):
+                        batch.rows.append(self._row(item))
                 except Exception as exc:
                     log.warning("replayable: could not encode event %s: %s", item.address, exc)
             elif kind is _Begin:
@@ -792,6 +801,7 @@ class Writer:
                     self._chains[run.id] = (0, genesis_hash(run))
                 batch.creates.append(run)
             elif kind is _End:
+                self._ranges.close(item.run.id, batch.rows)
                 self.seal(item.run)
                 batch.finishes.append(item.run)
             elif kind is _Count:
@@ -799,8 +809,20 @@ class Writer:
             elif kind is threading.Event:
                 markers.append(item)
             else:
+                self._close_ranges(batch)
                 return batch, markers, item
+        self._close_ranges(batch)
         return batch, markers, None
+
+    def _close_ranges(self, batch: _Batch) -> None:
+        """Write the served steps gathered into ranges with ``batch`` (a range never waits
+        for a later batch: what is queued is what a read sees)."""
+        if not self._ranges.open:
+            return
+        for run_id in self._ranges.close_all(batch.rows):
+            if self._key is not None:  # a signed checkpoint goes in with the batch
+                count, head = self._chains[run_id]
+                self._checkpoints[run_id] = (count, head, self._key)
 
     def _row(self, p: Pending) -> EventRow:
         row = pending_row(p, self._chains)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import re
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from typing import Any, Protocol, cast, runtime_checkable
 import orjson
 
 from replayable._exports import publish
+from replayable._ranges import expand_range, source_of_row
 from replayable.errors import RunNotFound
 from replayable.store._rows import (
     RUN_STATUSES,
@@ -45,6 +47,7 @@ __all__ = [
     "Dialect",
     "EventRow",
     "Outcome",
+    "References",
     "RunQuery",
     "RunRow",
     "RunStatus",
@@ -53,6 +56,7 @@ __all__ = [
     "event_to_row",
     "parse_since",
     "process_alive",
+    "ref_pairs",
     "resolve_refs",
     "row_to_event",
     "run_from_row",
@@ -180,24 +184,43 @@ def _json(value: Any) -> Any:
 
 def resolve_refs(store: Store, events: Iterable[Event]) -> Iterator[Event]:
     """``events`` as read from ``store``, each served step's reference to its source event
-    (``meta["$ref"]``: run, seq, input too) resolved into the values it stands for.
+    (``meta["$ref"]``: run, seq, input too) resolved into the values it stands for, and each
+    range row (``meta["$range"]``, see :mod:`replayable._ranges`) expanded into the served
+    steps it stands for.
 
-    A replay stores a served step as a reference rather than a second copy; its hash covers the
-    resolved values, so what this yields verifies, and exports self-contained. A reference whose
-    source is gone is left unresolved (``meta["unresolved_ref"]``), and fails verification.
+    A replay stores a served step as a reference rather than a second copy, and a run of them
+    as one range; the hashes cover the resolved values, so what this yields verifies, and
+    exports self-contained. A reference whose source is gone is left unresolved
+    (``meta["unresolved_ref"]``), and fails verification.
     """
     sources: dict[str, dict[int, Event]] = {}
+
+    def source(run_id: str, of: str) -> dict[int, Event]:
+        found = sources.get(run_id)
+        if found is None:
+            resolving: set[str] = _RESOLVING.__dict__.setdefault("runs", set())
+            if run_id == of or run_id in resolving:
+                return {}  # an edited reference going round in a circle: left unresolved
+            resolving.add(run_id)
+            try:
+                found = sources[run_id] = {e.seq: e for e in store.iter_events(run_id)}
+            finally:
+                resolving.discard(run_id)
+        return found
+
     for ev in events:
+        if ev.has_meta("$range"):
+            d = ev.meta.get("$range")
+            run_id = d[0] if isinstance(d, list) and d and isinstance(d[0], str) else None
+            yield from expand_range(ev, {} if run_id is None else source(run_id, ev.run_id))
+            continue
         if not ev.has_meta("$ref"):
             yield ev  # the common case (a stored event tells from its bytes, undecoded)
             continue
         ref = ev.meta.pop("$ref")
         if ref is not None:
             run_id, seq, same_input = ref
-            found = sources.get(run_id)
-            if found is None:
-                found = sources[run_id] = {e.seq: e for e in store.iter_events(run_id)}
-            src = found.get(seq)
+            src = source(run_id, ev.run_id).get(seq)
             if src is None:
                 ev.meta["unresolved_ref"] = ref
             else:
@@ -205,6 +228,10 @@ def resolve_refs(store: Store, events: Iterable[Event]) -> Iterator[Event]:
                 if same_input:
                     _copy_field(ev, src, "input")
         yield ev
+
+
+_RESOLVING = threading.local()
+"""The source runs this thread is reading to resolve references (a circle is refused)."""
 
 
 def _copy_field(ev: Event, src: Event, name: str) -> None:
@@ -377,13 +404,45 @@ class Counters(Protocol):
         """Every counter, by name."""
 
 
+@runtime_checkable
+class References(Protocol):
+    """A store whose rows may refer to another run's events (a replay's range rows and served
+    references): it knows which runs each run refers to, and pruning keeps them."""
+
+    def sources_of(self, run_id: str) -> list[str]:
+        """The runs whose events the rows of ``run_id`` refer to."""
+
+    def kept_before(self, before: float) -> list[str]:
+        """The runs started before ``before`` that pruning keeps: kept runs refer to them."""
+
+
+def ref_pairs(rows: Iterable[EventRow]) -> list[tuple[str, str]]:
+    """(run id, source run) for each run among ``rows`` whose rows refer to another run's
+    events, once each: what the SQL stores record in ``run_refs`` as they insert rows."""
+    pairs: dict[tuple[str, str], None] = {}
+    for row in rows:
+        meta = row[11]
+        if isinstance(meta, str) and meta.startswith('{"$r'):
+            source = source_of_row(meta)
+            if source is not None:
+                pairs[(row[0], source)] = None
+    return list(pairs)
+
+
 def runs_query(
-    q: RunQuery, *, ph: str, tag_clause: str, tag_path: Callable[[str], str]
+    q: RunQuery,
+    *,
+    ph: str,
+    tag_clause: str,
+    tag_path: Callable[[str], str],
+    range_parts: tuple[str, str, str, str] | None = None,
 ) -> tuple[str, list[Any]]:
     """The ``WHERE ... ORDER BY ... LIMIT`` part of a run query, shared by the SQL stores.
 
     ``ph`` is the driver's placeholder (``?`` or ``%s``); ``tag_clause`` compares one tag (two
-    placeholders: the path from ``tag_path(tag)``, then the value). ``running`` and
+    placeholders: the path from ``tag_path(tag)``, then the value); ``range_parts`` (SQL over a
+    range row ``r``: is it one, its source run, first seq, steps) lets the ``boundary`` filter
+    see the steps a replay's range rows stand for. ``running`` and
     ``incomplete`` are told apart after reading (see :func:`only_status`), so they get no LIMIT.
     """
     where: list[str] = []
@@ -404,11 +463,20 @@ def runs_query(
         where.append(tag_clause)
         params.extend([tag_path(tag), value])
     if q.boundary is not None:
-        where.append(
-            "EXISTS (SELECT 1 FROM events e WHERE e.run_id = runs.id "
-            f"AND (e.boundary = {ph} OR e.boundary LIKE {ph} ESCAPE '\\'))"
-        )
-        params.extend([q.boundary, f"%:{like_escape(q.boundary)}"])
+        match = f"(e.boundary = {ph} OR e.boundary LIKE {ph} ESCAPE '\\')"
+        clause = f"EXISTS (SELECT 1 FROM events e WHERE e.run_id = runs.id AND {match})"
+        pattern = [q.boundary, f"%:{like_escape(q.boundary)}"]
+        params.extend(pattern)
+        if range_parts is not None:
+            # A replay's range row stands for the source's steps it refers to: theirs count.
+            is_range, source, first, n = range_parts
+            clause = (
+                f"({clause} OR EXISTS (SELECT 1 FROM events r JOIN events e "
+                f"ON e.run_id = {source} AND e.seq >= {first} AND e.seq < {first} + {n} "
+                f"WHERE r.run_id = runs.id AND {is_range} AND {match}))"
+            )
+            params.extend(pattern)
+        where.append(clause)
     if q.has_error is not None:
         clause = (
             "(status = 'error' OR EXISTS (SELECT 1 FROM events e WHERE e.run_id = runs.id "
@@ -469,8 +537,18 @@ class Dialect:
     (``?`` or ``%s``) and how it compares a tag inside the ``tags`` JSON text (see
     :func:`runs_query`)."""
 
-    def __init__(self, ph: str, *, tag_clause: str, tag_path: Callable[[str], str]) -> None:
+    def __init__(
+        self,
+        ph: str,
+        *,
+        tag_clause: str,
+        tag_path: Callable[[str], str],
+        range_parts: tuple[str, str, str, str] | None = None,
+    ) -> None:
         self.ph, self.tag_clause, self.tag_path = ph, tag_clause, tag_path
+        self.range_parts = range_parts
+        """SQL over a range row ``r`` (see :func:`runs_query`): is it one, its source run,
+        first seq, steps."""
 
         def values(columns: Sequence[str]) -> str:
             return f"({', '.join(columns)}) VALUES ({', '.join([ph] * len(columns))})"
@@ -494,11 +572,31 @@ class Dialect:
         self.delete_run = (
             f"DELETE FROM events WHERE run_id = {ph}",
             f"DELETE FROM runs WHERE id = {ph}",
+            f"DELETE FROM run_refs WHERE run_id = {ph}",
         )
+        # The runs a kept run refers to (its rows serve their events: ``run_refs``), and the
+        # runs those refer to, are kept however old: pruning never leaves a reference dangling.
+        kept = (
+            "WITH RECURSIVE kept(id) AS (SELECT r.source_run FROM run_refs r "
+            f"JOIN runs k ON k.id = r.run_id WHERE k.started_at >= {ph} "
+            "UNION SELECT r.source_run FROM run_refs r JOIN kept ON r.run_id = kept.id) "
+        )
+        doomed = f"SELECT id FROM runs WHERE started_at < {ph} AND id NOT IN (SELECT id FROM kept)"
         self.delete_before = (
-            f"DELETE FROM events WHERE run_id IN (SELECT id FROM runs WHERE started_at < {ph})",
-            f"DELETE FROM runs WHERE started_at < {ph}",
+            f"{kept}DELETE FROM events WHERE run_id IN ({doomed})",
+            f"{kept}DELETE FROM runs WHERE id IN ({doomed})",
         )
+        """Each takes (before, before)."""
+        self.delete_orphan_refs = "DELETE FROM run_refs WHERE run_id NOT IN (SELECT id FROM runs)"
+        self.kept_before = (
+            f"{kept}SELECT id FROM runs WHERE started_at < {ph} "
+            "AND id IN (SELECT id FROM kept) ORDER BY id"
+        )
+        """The runs started before a time that pruning keeps (before, before)."""
+        self.insert_ref = (
+            f"INSERT INTO run_refs (run_id, source_run) VALUES ({ph}, {ph}) ON CONFLICT DO NOTHING"
+        )
+        self.sources_of = f"SELECT source_run FROM run_refs WHERE run_id = {ph} ORDER BY source_run"
         self.select_runs = f"SELECT {', '.join(RUN_COLUMNS)} FROM runs"
         self.get_run = by_id("runs", RUN_COLUMNS)
         self.insert_check = f"INSERT INTO checks {values(CHECK_COLUMNS)}"
@@ -572,7 +670,11 @@ class SQLStore:
         """Runs matching ``query``, newest first."""
         q = query or RunQuery()
         where, params = runs_query(
-            q, ph=self.sql.ph, tag_clause=self.sql.tag_clause, tag_path=self.sql.tag_path
+            q,
+            ph=self.sql.ph,
+            tag_clause=self.sql.tag_clause,
+            tag_path=self.sql.tag_path,
+            range_parts=self.sql.range_parts,
         )
         rows = self._fetch(self.sql.select_runs + where, params)
         store = cast(Store, self)  # a backend: this class plus its writes
@@ -582,6 +684,15 @@ class SQLStore:
         """Rows whose id is ``ref``, else (none is) the first three it is a prefix of."""
         exact, prefix = sql
         return self._fetch(exact, (ref,)) or self._fetch(prefix, (like_escape(ref) + "%",))
+
+    def sources_of(self, run_id: str) -> list[str]:
+        """The runs whose events the rows of ``run_id`` refer to (a replay's source)."""
+        return [str(r) for (r,) in self._fetch(self.sql.sources_of, (run_id,))]
+
+    def kept_before(self, before: float) -> list[str]:
+        """The runs started before ``before`` that :meth:`delete_runs` keeps: a run started
+        since refers to them (directly, or through runs it keeps)."""
+        return [str(r) for (r,) in self._fetch(self.sql.kept_before, (before, before))]
 
     def list_checks(self, limit: int = 50) -> list[CheckRow]:
         """Check rows, newest first."""

@@ -22,9 +22,9 @@ from replayable.cli._common import (
     store_option,
     valid_period,
 )
-from replayable.errors import InvalidOtlp, TraceCorrupt
+from replayable.errors import InvalidOtlp, RunNotFound, TraceCorrupt
 from replayable.store import open_store
-from replayable.store.base import RunQuery, RunStatus, event_to_row
+from replayable.store.base import References, RunQuery, RunStatus, Store, event_to_row
 from replayable.trace import (
     Event,
     Run,
@@ -259,6 +259,37 @@ def _report(v: Verification, source: str, as_json: bool) -> None:
         click.echo(f"first bad event: seq={v.bad_seq} at {safe(v.bad_address or '')}")
 
 
+def _verify_stored(store: Store, run: Run) -> Verification:
+    """Verify ``run`` and, when its rows serve another run's events (a replay's ranges and
+    references), every run it refers to, directly or through those: a served value is only as
+    good as the recording it came from."""
+    result = verify_run(run, store.iter_events(run.id))
+    if not result.ok or not isinstance(store, References):
+        return result
+    seen, todo = {run.id}, store.sources_of(run.id)
+    while todo:
+        source_id = todo.pop()
+        if source_id in seen:
+            continue
+        seen.add(source_id)
+        try:
+            source = store.get_run(source_id)
+        except RunNotFound:
+            result.ok = False
+            result.problem = f"run {run.id} serves events of run {source_id}, which is gone"
+            return result
+        checked = verify_run(source, store.iter_events(source_id))
+        if not checked.ok:
+            result.ok = False
+            result.problem = (
+                f"run {run.id} serves events of run {source_id}, which does not verify: "
+                f"{checked.problem}"
+            )
+            return result
+        todo.extend(store.sources_of(source_id))
+    return result
+
+
 @main.command("verify")
 @click.argument("target")
 @store_option
@@ -269,11 +300,12 @@ def verify_cmd(target: str, store_url: str | None, as_json: bool) -> None:
     anything is off.
 
     TARGET is a run id (or unique prefix) in the store, or a trace file (streamed, never read
-    whole). What is checked: every event's hash chained in write order from the run's header,
-    the head hash sealing the last event with the outcome (status, error, end time, metadata,
-    event count), and, when $REPLAYABLE_SIGNING_KEY is set, the signature over that head (a
-    run still recording: its last signed checkpoint). Runs recorded before hash version 2
-    are checked for their events only, and say so.
+    whole). What is checked: every event's hash chained in write order from the run's header
+    (a replay's served steps as the recorded events they stand for, and every run it serves
+    them from, verified too), the head hash sealing the last event with the outcome (status,
+    error, end time, metadata, event count), and, when $REPLAYABLE_SIGNING_KEY is set, the
+    signature over that head (a run still recording: its last signed checkpoint). Runs
+    recorded before hash version 2 are checked for their events only, and say so.
     """
     if Path(target).is_file():
         try:
@@ -291,7 +323,7 @@ def verify_cmd(target: str, store_url: str | None, as_json: bool) -> None:
     else:
         store = get_store(store_url)
         run = store.get_run(target)
-        result = verify_run(run, store.iter_events(run.id))
+        result = _verify_stored(store, run)
     _report(result, target, as_json)
     if not result.ok:
         sys.exit(1)
@@ -354,11 +386,23 @@ def copy_cmd(src_url: str, dst_url: str, since: str | None, name: str | None) ->
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @handle_errors
 def prune_cmd(store_url: str | None, older_than: str, yes: bool) -> None:
-    """Retention: delete runs (and their events) older than a period."""
+    """Retention: delete runs (and their events) older than a period.
+
+    A run that a newer run serves events from (the source of a replay kept in the store, which
+    stores the steps it served as references to it) is kept, and named: deleting it would
+    leave the replay unreadable. It goes with a later prune, once nothing newer refers to it.
+    """
     before = parse_since(older_than, "--older-than")
     assert before is not None
     store = get_store(store_url)
     if not yes:
         click.confirm(f"delete runs in {store.url} started before {older_than}?", abort=True)
+    kept = store.kept_before(before) if isinstance(store, References) else []
     n = store.delete_runs(before=before)
     click.echo(f"deleted {n} runs from {store.url}")
+    if kept:
+        shown = ", ".join(kept[:5]) + (", ..." if len(kept) > 5 else "")
+        click.echo(
+            f"kept {len(kept)} older runs that newer runs (replays) serve events from: {shown}; "
+            "they go once nothing newer refers to them"
+        )

@@ -13,7 +13,31 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol
 
-__all__ = ["Execute", "apply_migrations"]
+__all__ = ["RUN_REFS", "Execute", "apply_migrations", "run_refs_fill"]
+
+RUN_REFS = """
+CREATE TABLE run_refs (
+    run_id TEXT NOT NULL,
+    source_run TEXT NOT NULL,
+    PRIMARY KEY (run_id, source_run)
+);
+CREATE INDEX run_refs_source ON run_refs (source_run)
+"""
+"""m007 on both SQL stores: which runs' events each run's rows refer to (a replay's range rows
+and served references); pruning keeps those runs."""
+
+
+def run_refs_fill(position: str) -> str:
+    """m007's fill from the references stored before it (each meta begins ``{"$ref":["<run>"``:
+    the run id is the text from character 11 to the next quote); ``position`` is the SQL
+    function finding a substring (SQLite ``instr``, PostgreSQL ``strpos``, same arguments)."""
+    rest = "substr(meta, 11)"
+    return (
+        "INSERT INTO run_refs (run_id, source_run) "
+        f"SELECT DISTINCT run_id, substr({rest}, 1, {position}({rest}, '\"') - 1) FROM events "
+        f"WHERE meta LIKE '{{\"$ref\":[\"%' AND {position}({rest}, '\"') > 1 "
+        "ON CONFLICT DO NOTHING"
+    )
 
 
 class Execute(Protocol):

@@ -21,7 +21,7 @@ import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from replayable.errors import StoreUnavailable
-from replayable.store._migrations import apply_migrations
+from replayable.store._migrations import RUN_REFS, apply_migrations, run_refs_fill
 from replayable.store.base import (
     CHECK_RUN_COLUMNS,
     EVENT_COLUMNS,
@@ -31,6 +31,7 @@ from replayable.store.base import (
     Dialect,
     EventRow,
     SQLStore,
+    ref_pairs,
     resolve_refs,
     row_to_event,
     run_to_row,
@@ -119,13 +120,29 @@ MIGRATIONS: list[tuple[str, str]] = [
     ("m005_drop_events_boundary", "DROP INDEX IF EXISTS events_boundary"),
     # Named counts of what is not a run in the store (sampling's kept and dropped runs).
     ("m006_counters", "CREATE TABLE counters (name TEXT PRIMARY KEY, value BIGINT NOT NULL)"),
+    # Which runs' events a run's rows refer to (a replay's range rows and served references),
+    # so pruning keeps the sources of kept replays; filled in from the references stored.
+    ("m007_run_refs", RUN_REFS + ";" + run_refs_fill("strpos")),
 ]
 """Ordered, named schema migrations; the ``_migrations`` table records which have run."""
 
 _EVENTS = ", ".join(EVENT_COLUMNS)
 _COPY_EVENTS = f"COPY events ({_EVENTS}) FROM STDIN"
 _COPY_CHECK_RUNS = f"COPY check_runs ({', '.join(CHECK_RUN_COLUMNS)}) FROM STDIN"
-_SQL = Dialect("%s", tag_clause="(tags::jsonb ->> %s) = %s", tag_path=lambda tag: tag)
+# A range row's parts read with patterns, not as JSON: an edited meta that is not JSON reads
+# as no range, never as a failed query (a cast to jsonb would raise).
+_RANGE = r"""^\{"\$range":\["""
+_SQL = Dialect(
+    "%s",
+    tag_clause="(tags::jsonb ->> %s) = %s",
+    tag_path=lambda tag: tag,
+    range_parts=(
+        f"r.meta ~ '{_RANGE}'",
+        f"""substring(r.meta from '{_RANGE}"([^"]*)",')""",
+        f"""CAST(substring(r.meta from '{_RANGE}"[^"]*",([0-9]{{1,9}}),') AS INTEGER)""",
+        f"""CAST(substring(r.meta from '{_RANGE}"[^"]*",[0-9]+,([0-9]{{1,9}}),') AS INTEGER)""",
+    ),
+)
 _PUT_RUN = f"{_SQL.insert_run} ON CONFLICT (id) DO NOTHING"
 
 
@@ -246,9 +263,14 @@ class PostgresStore(SQLStore):
 
     @staticmethod
     def _copy(conn: psycopg.Connection[Any], rows: Sequence[EventRow]) -> None:
-        with conn.cursor() as cur, cur.copy(_COPY_EVENTS) as copy:
-            for row in rows:
-                copy.write_row(row)
+        """Insert event rows with ``COPY``, and the runs they refer to (``run_refs``)."""
+        with conn.cursor() as cur:
+            with cur.copy(_COPY_EVENTS) as copy:
+                for row in rows:
+                    copy.write_row(row)
+            refs = ref_pairs(rows)
+            if refs:
+                cur.executemany(_SQL.insert_ref, refs)
 
     def write_rows(self, rows: Sequence[EventRow], checkpoints: Sequence[Checkpoint] = ()) -> None:
         """Insert a batch of event rows with ``COPY`` (and the runs' signed checkpoints) in one
@@ -299,8 +321,10 @@ class PostgresStore(SQLStore):
         def delete(conn: psycopg.Connection[Any]) -> int:
             with conn.transaction():
                 events, runs = _SQL.delete_before
-                conn.execute(events, (before,))
-                return conn.execute(runs, (before,)).rowcount
+                conn.execute(events, (before, before))
+                n = conn.execute(runs, (before, before)).rowcount
+                conn.execute(_SQL.delete_orphan_refs)
+                return n
 
         return int(self._use(delete))
 

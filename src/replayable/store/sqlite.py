@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from replayable.errors import StoreUnavailable
-from replayable.store._migrations import apply_migrations
+from replayable.store._migrations import RUN_REFS, apply_migrations, run_refs_fill
 from replayable.store.base import (
     EVENT_COLUMNS,
     Checkpoint,
@@ -30,6 +30,7 @@ from replayable.store.base import (
     Dialect,
     EventRow,
     SQLStore,
+    ref_pairs,
     resolve_refs,
     run_to_row,
 )
@@ -148,6 +149,14 @@ def _m006_counters(db: sqlite3.Connection) -> None:
     db.execute("CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)")
 
 
+def _m007_run_refs(db: sqlite3.Connection) -> None:
+    # Which runs' events a run's rows refer to (a replay's range rows and served references),
+    # so pruning keeps the sources of kept replays; filled in from the references already
+    # stored (each begins '{"$ref":["<source run>"').
+    _script(db, RUN_REFS)
+    db.execute(run_refs_fill("instr"))
+
+
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _m001_initial,
     _m002_signature_and_query_indexes,
@@ -155,6 +164,7 @@ MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _m004_hash_version,
     _m005_drop_events_boundary,
     _m006_counters,
+    _m007_run_refs,
 ]
 """Ordered schema migrations; the ``_migrations`` table records which have run."""
 
@@ -201,7 +211,11 @@ _INSERT_MANY = _INSERT_HEAD + ",".join([_ROW_VALUES] * ROWS_PER_INSERT)
 
 
 def _insert_events(db: sqlite3.Connection, rows: Sequence[EventRow]) -> None:
-    """Insert event rows, :data:`ROWS_PER_INSERT` to a statement (the rest one by one)."""
+    """Insert event rows, :data:`ROWS_PER_INSERT` to a statement (the rest one by one), and
+    the runs they refer to (``run_refs``)."""
+    refs = ref_pairs(rows)
+    if refs:
+        db.executemany(_SQL.insert_ref, refs)
     whole = len(rows) - len(rows) % ROWS_PER_INSERT
     if whole:
         flat = chain.from_iterable
@@ -215,7 +229,20 @@ def _insert_events(db: sqlite3.Connection, rows: Sequence[EventRow]) -> None:
         db.executemany(_INSERT_EVENTS, rows[whole:])
 
 
-_SQL = Dialect("?", tag_clause="json_extract(tags, ?) = ?", tag_path=lambda tag: f'$."{tag}"')
+def _range_part(i: int) -> str:
+    # Guarded: an edited meta that is not JSON reads as no range, never as a failed query.
+    return (
+        """CASE WHEN r.meta LIKE '{"$range":%' AND json_valid(r.meta) """
+        f"""THEN json_extract(r.meta, '$."$range"[{i}]') END"""
+    )
+
+
+_SQL = Dialect(
+    "?",
+    tag_clause="json_extract(tags, ?) = ?",
+    tag_path=lambda tag: f'$."{tag}"',
+    range_parts=("""r.meta LIKE '{"$range":%'""", _range_part(0), _range_part(1), _range_part(2)),
+)
 
 
 _STORES: weakref.WeakSet[SQLiteStore] = weakref.WeakSet()
@@ -497,8 +524,11 @@ class SQLiteStore(SQLStore):
 
         def delete(db: sqlite3.Connection) -> int:
             events, runs = _SQL.delete_before
-            db.execute(events, (before,))
-            return int(db.execute(runs, (before,)).rowcount)
+            db.execute(events, (before, before))
+            db.execute(runs, (before, before))
+            n = int(db.execute("SELECT changes()").fetchone()[0])  # rowcount: -1 after a WITH
+            db.execute(_SQL.delete_orphan_refs)
+            return n
 
         return int(self._transaction(delete))
 

@@ -100,9 +100,18 @@ class TestRows:
         replay = [r for r in rows if r["unit"] == "steps/s"]
         assert all(r["ours"] > 0 for r in replay)
         assert len({r["benchmark"].split(" vs ")[0] for r in replay}) == 2
-        (peak,) = [r for r in rows if r["unit"] != "steps/s"]
-        assert peak["unit"] == "MB"
+        (peak,) = [r for r in rows if r["unit"] == "MB"]
         assert peak["ours"] > 0
+
+    def test_a_replay_stores_far_less_than_its_source(
+        self, quick_run: tuple[dict[str, Any], str]
+    ) -> None:
+        """The storage rows (both sizes) show the replay's rows as a small fraction of the
+        source run's: its served steps are range rows, not copies."""
+        results, _ = quick_run
+        stored = [r for r in results["rows"] if r["topic"] == "replay" and r["unit"] == "KB"]
+        assert len(stored) == 2
+        assert all(0 < r["ours"] < r["peer"] / 20 for r in stored)
 
     def test_ratio_direction(self) -> None:
         """ratio is ours/peer for costs and peer/ours for throughputs: below 1 means ahead."""

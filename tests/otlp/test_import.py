@@ -480,6 +480,15 @@ class TestFiles:
         assert "Traceback" not in result.output
         assert store.list_runs() == []
 
+    def test_a_json_file_with_a_byte_order_mark_imports(self, store: Store, tmp_path: Path) -> None:
+        """A file-exporter file saved with a UTF-8 byte order mark (Windows editors and
+        PowerShell write one) reads as the JSON it is, not as corrupt protobuf."""
+        path = tmp_path / "traces.jsonl"
+        path.write_bytes(b"\xef\xbb\xbf" + orjson.dumps(to_json(agent_trace())) + b"\n")
+        ((run, written),) = import_otlp(path, store)
+        assert written
+        assert run.event_count == 4
+
     def test_protobuf_and_gzip_files(self, store: Store, tmp_path: Path) -> None:
         """One protobuf export request, gzipped, imports too."""
         path = tmp_path / "t.pb.gz"

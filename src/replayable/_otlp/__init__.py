@@ -48,6 +48,7 @@ __all__ = [
 ]
 
 _GZIP_MAGIC = b"\x1f\x8b"
+_UTF8_BOM = b"\xef\xbb\xbf"
 
 
 def read_otlp_file(path: str | os.PathLike[str]) -> list[Span]:
@@ -66,6 +67,7 @@ def read_otlp_file(path: str | os.PathLike[str]) -> list[Span]:
         raise InvalidOtlp(f"cannot read {p}: {exc.strerror or exc}") from exc
     if data.startswith(_GZIP_MAGIC):
         data = gunzip(data, MAX_BODY * 4)
+    data = data.removeprefix(_UTF8_BOM)  # Windows editors and PowerShell write one
     text = data.lstrip()
     if not text:
         raise InvalidOtlp(f"{p} is empty: no spans to import")

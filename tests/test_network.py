@@ -226,6 +226,20 @@ class TestRecordingFlagsUnrecordedModelCalls:
             twice()
         assert len([w for w in caught if "no boundary recorded" in str(w.message)]) == 1
 
+    def test_the_warning_shows_no_query_values(self, server: FakeLLMServer) -> None:
+        """The warning names the endpoint, not its query string: a key passed as ?key=...
+        would otherwise reach the logs in clear."""
+        client = requests.Session()
+        with pytest.warns(rp.ReplayableWarning) as caught, rp.record():
+            client.post(
+                f"{server.openai_url}/chat/completions?key=plain-key-value-42",
+                json={"model": "m", "messages": [{"role": "user", "content": "hi"}]},
+                timeout=10,
+            )
+        (message,) = [str(w.message) for w in caught if "no boundary recorded" in str(w.message)]
+        assert "/chat/completions" in message
+        assert "plain-key-value-42" not in message
+
     def test_recorded_calls_do_not_warn(self, server: FakeLLMServer) -> None:
         """Model calls made through an instrumented client are recorded, so nothing warns."""
         with rp.record() as run:

@@ -246,12 +246,21 @@ def _on_http(method: str, url: str) -> None:
         if model:
             guard.saw(endpoint)
             if _inside_boundary(frame) is None:
-                _warn_unrecorded(guard, method, url)
+                _warn_unrecorded(guard, method, _shown(url))
         return
     if _inside_boundary(frame) is not None or guard.allows(host, port):
         return
     if model or endpoint in guard.endpoints:
-        _refuse(guard, frame, f"{method} {url}", "a model endpoint", keep=True)
+        _refuse(guard, frame, f"{method} {_shown(url)}", "a model endpoint", keep=True)
+
+
+def _shown(url: str) -> str:
+    """``url`` without its query and fragment, for a message: a query may carry a key."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url.split("?", 1)[0]
+    return parts._replace(query="", fragment="").geturl()
 
 
 def _warn_unrecorded(guard: Guard, method: str, url: str) -> None:

@@ -35,6 +35,7 @@ from replayable._pii import active as active_pii
 from replayable.boundary import Boundary, boundary, get_boundary
 from replayable.context import FRAME, SESSION
 from replayable.errors import Divergence, ReplayableError
+from replayable.redact import REDACTED, is_secret_key
 
 __all__ = [
     "FOLLOW_HEADER",
@@ -145,9 +146,15 @@ def _content_type(headers: Iterable[tuple[str, str]]) -> str:
 
 
 def _query(query: str) -> list[list[str]]:
+    """The query as [name, value] pairs, the value of a field named like a credential
+    (``token``, ``access_token``, ``password``) redacted: pairs are no dict, so the store's
+    redaction cannot tell such a field by its name."""
     from urllib.parse import parse_qsl
 
-    return [list(p) for p in parse_qsl(query, keep_blank_values=True)]
+    return [
+        [k, REDACTED if v and is_secret_key(k) else v]
+        for k, v in parse_qsl(query, keep_blank_values=True)
+    ]
 
 
 def followable(b: Boundary) -> bool:

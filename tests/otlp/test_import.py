@@ -508,6 +508,39 @@ class TestImportCommand:
         again = CliRunner().invoke(main, ["import", "--format", "otlp", str(path)])
         assert "skipped" in again.output
 
+    def test_import_with_a_vault_reveals_with_the_key(
+        self, store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """import --format otlp --pii-vault FILE pseudonymizes (it implies --pii) and keeps the
+        real values in the vault, so show --reveal works for an imported run as for a
+        recording (the commands had no way to name a vault)."""
+        email = "dana.whitfield@acme.io"
+        chat = jspan(
+            "00f067aa0ba902b7",
+            **{
+                "openinference.span.kind": "LLM",
+                "llm.model_name": "gpt-4o-mini",
+                "llm.input_messages.0.message.role": "user",
+                "llm.input_messages.0.message.content": f"Refund {email}",
+            },
+        )
+        path = tmp_path / "trace.json"
+        path.write_bytes(orjson.dumps(otlp_json([chat])))
+        monkeypatch.setenv("REPLAYABLE_PII_KEY", "otlp-vault-key-" + "v" * 32)
+        vault = tmp_path / "vault.db"
+        env = {"NO_COLOR": "1", "COLUMNS": "200"}
+        result = CliRunner().invoke(
+            main, ["import", "--format", "otlp", "--pii-vault", str(vault), str(path)], env=env
+        )
+        assert result.exit_code == 0, result.output
+        (run,) = store.list_runs()
+        plain = CliRunner().invoke(main, ["show", run.id, "--step", "0"], env=env)
+        assert email not in plain.output
+        shown = CliRunner().invoke(main, ["show", run.id, "--step", "0", "--reveal"], env=env)
+        assert shown.exit_code == 0, shown.output
+        assert email in shown.output
+        assert email.encode() not in vault.read_bytes()
+
     def test_import_is_all_or_nothing(self, store: Store, tmp_path: Path) -> None:
         """One bad file among good ones: exit 2, its line named, no run written."""
         good, bad = tmp_path / "good.jsonl", tmp_path / "bad.jsonl"

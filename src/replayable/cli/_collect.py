@@ -11,6 +11,7 @@ from replayable.cli._common import (
     handle_errors,
     listen,
     main,
+    pii_choice,
     pii_option,
     require_token,
     safe,
@@ -60,6 +61,7 @@ def collect_cmd(
     idle: float,
     settle: float,
     pii_on: bool | None,
+    pii_vault: str | None,
 ) -> None:
     """Receive OpenTelemetry traces (OTLP/HTTP) and keep each trace as a replayable run.
 
@@ -86,7 +88,8 @@ def collect_cmd(
         return
     from replayable._pii import for_record
 
-    pseudonymizer = for_record(pii_on, None)  # a missing key fails here, before the bind
+    # a missing key fails here, before the bind
+    pseudonymizer = for_record(pii_choice(pii_on, pii_vault), None)
     store = get_store(store_url, create=True)
     # Open the store and make sure it takes writes before anything is accepted: an exporter
     # answered 200 for spans that cannot be kept would lose them.

@@ -36,6 +36,7 @@ __all__ = [
     "main",
     "markup",
     "parse_since",
+    "pii_choice",
     "pii_option",
     "safe",
     "store_option",
@@ -166,7 +167,18 @@ def import_option(fn: F) -> F:
 
 def pii_option(fn: F) -> F:
     """``--pii``: personal data pseudonymized before anything is written (``record(pii=True)``);
-    without it, ``$REPLAYABLE_PII`` decides, as for a recording."""
+    without it, ``$REPLAYABLE_PII`` decides, as for a recording. ``--pii-vault FILE``: the
+    real values kept in that vault too (``PII(vault=...)``); it implies ``--pii``. The command
+    takes ``pii_on`` and ``pii_vault``; :func:`pii_choice` makes them ``record``'s ``pii=``."""
+    fn = click.option(
+        "--pii-vault",
+        "pii_vault",
+        type=click.Path(dir_okay=False),
+        default=None,
+        help="Keep each pseudonym's real value in this vault file (sealed under the key; "
+        "implies --pii), so `replayable show RUN --reveal` shows them. Keep it apart from the "
+        "store.",
+    )(fn)
     return click.option(
         "--pii",
         "pii_on",
@@ -176,6 +188,15 @@ def pii_option(fn: F) -> F:
         "SSNs) before anything is written, under $REPLAYABLE_PII_KEY, as record(pii=True) does. "
         "Default: on when $REPLAYABLE_PII=1.",
     )(fn)
+
+
+def pii_choice(pii_on: bool | None, pii_vault: str | None) -> Any:
+    """``record``'s ``pii=`` from ``--pii`` and ``--pii-vault`` (None: the environment's)."""
+    if pii_vault is None:
+        return pii_on
+    from replayable._pii import PII
+
+    return PII(vault=pii_vault)
 
 
 def get_store(url: str | None, *, create: bool = False) -> Store:

@@ -17,6 +17,7 @@ from replayable.cli._common import (
     handle_errors,
     main,
     parse_since,
+    pii_choice,
     pii_option,
     safe,
     store_option,
@@ -166,7 +167,11 @@ def _export_many(
 @pii_option
 @handle_errors
 def import_cmd(
-    files: tuple[str, ...], store_url: str | None, fmt: str, pii_on: bool | None
+    files: tuple[str, ...],
+    store_url: str | None,
+    fmt: str,
+    pii_on: bool | None,
+    pii_vault: str | None,
 ) -> None:
     """Import trace files into the store, all or nothing.
 
@@ -182,8 +187,9 @@ def import_cmd(
     replayable import tests/traces/incident.jsonl
     replayable import --format otlp otel-traces.jsonl
     REPLAYABLE_PII_KEY=... replayable import --format otlp --pii otel-traces.jsonl
+    REPLAYABLE_PII_KEY=... replayable import --format otlp --pii-vault vault.db otel-traces.jsonl
     """
-    if pii_on and fmt != "otlp":
+    if (pii_on or pii_vault) and fmt != "otlp":
         fail(
             "--pii goes with --format otlp (a trace file was recorded by replayable: "
             "`replayable scan --pii --fix` pseudonymizes it)"
@@ -192,7 +198,8 @@ def import_cmd(
     if fmt == "otlp":
         from replayable._pii import for_record
 
-        pseudonymizer = for_record(pii_on, None)  # a missing key fails before anything is read
+        # a missing key fails before anything is read
+        pseudonymizer = for_record(pii_choice(pii_on, pii_vault), None)
     loaded: list[tuple[str, Run, list[Event]]] = []
     for file in files:
         if fmt == "otlp":

@@ -167,6 +167,48 @@ class TestStorage:
         assert events[2].meta == {"source_seq": 2}  # ran live
         assert verify_run(store.get_run(r.run.id), events).ok
 
+    def test_threads_racing_under_one_parent_read_back_as_served_and_verify(
+        self, tmp_path: Path
+    ) -> None:
+        """Calls served from eight threads complete in any order: ranges take only steps in a
+        row in both seq and write order, and the replay reads back as the source, verifying."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        @rp.boundary(name="ranges:fan_out", kind="agent")
+        def fan_out(n: int) -> list[Any]:
+            with ThreadPoolExecutor(8) as pool:
+                return list(pool.map(rp.bind(ask), range(n)))
+
+        store = SQLiteStore(tmp_path / "t.db")
+        with rp.record(store=store) as source:
+            fan_out(60)
+        for _ in range(3):
+            with rp.replay(source.id, store=store) as r:
+                fan_out(60)
+            assert r.ok, r.report()
+            events = list(store.iter_events(r.run.id))
+            src = {e.seq: e for e in store.iter_events(source.id)}
+            assert len(events) == 61
+            served = [e for e in events if e.meta.get("served")]
+            assert all(e.output == src[e.meta["source_seq"]].output for e in served)
+            assert all(e.input == src[e.meta["source_seq"]].input for e in served)
+            assert verify_run(store.get_run(r.run.id), events).ok
+
+    def test_a_signed_replay_stored_as_ranges_verifies_its_signature(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """Under a signing key the replay's head is signed over the steps' chain: verify says
+        the signature is valid, and a range edited fails it."""
+        monkeypatch.setenv("REPLAYABLE_SIGNING_KEY", "k" * 32)
+        store = SQLiteStore(tmp_path / "t.db")
+        source = recorded(store, 40)
+        r = replayed(store, source, 40)
+        run = store.get_run(r.run.id)
+        v = verify_run(run, store.iter_events(run.id))
+        assert (v.ok, v.signature) == (True, "valid")
+        edit(store, "UPDATE events SET duration_ns = duration_ns + 1 WHERE run_id = ?", run.id)
+        assert not verify_run(run, store.iter_events(run.id)).ok
+
     def test_a_range_step_reads_back_inside_the_replays_own_time(self, tmp_path: Path) -> None:
         """A ranged step's timing is the range's span shared evenly: within the replay run,
         in order, never the source's (a live model call's seconds)."""

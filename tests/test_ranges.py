@@ -340,7 +340,10 @@ class TestTamper:
 
     def set_range(self, store: SQLiteStore, run_id: str, d: list[Any]) -> None:
         edit(
-            store, "UPDATE events SET meta = ? WHERE run_id = ?", json.dumps({"$range": d}), run_id
+            store,
+            "UPDATE events SET meta = ? WHERE run_id = ?",
+            json.dumps({"$range": d}, separators=(",", ":")),
+            run_id,
         )
 
     def test_an_edited_source_output_fails_at_the_range_end(self, setup: Any) -> None:
@@ -431,6 +434,29 @@ class TestTamper:
         reader never takes from it (its steps come from the source)."""
         store, _source, run = setup
         edit(store, f"UPDATE events SET {column} = ? WHERE run_id = ?", value, run.id)
+        assert not self.verdict(store, run.id).ok
+
+    @pytest.mark.parametrize(
+        "rewrite",
+        [
+            lambda m: m.replace(",", ", "),
+            lambda m: m[:-1] + ',"extra":1}',
+            lambda m: m[:-5],
+            lambda m: m.replace('{"$range":', '{"note":1,"$range":'),
+        ],
+        ids=["spaced", "extra-key", "cut-short", "key-before"],
+    )
+    def test_a_range_meta_rewritten_to_mean_the_same_or_nothing_fails(
+        self, setup: Any, rewrite: Any
+    ) -> None:
+        """The reference's bytes are covered too: spaced out or given an extra key (meaning the
+        same), cut into no JSON or put behind another key, it fails verification (and reading
+        does not raise)."""
+        store, _source, run = setup
+        ((meta,),) = sqlite3.connect(store.path).execute(
+            "SELECT meta FROM events WHERE run_id = ?", (run.id,)
+        )
+        edit(store, "UPDATE events SET meta = ? WHERE run_id = ?", rewrite(meta), run.id)
         assert not self.verdict(store, run.id).ok
 
     def test_a_range_whose_source_is_gone_fails(self, setup: Any) -> None:

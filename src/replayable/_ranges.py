@@ -67,8 +67,11 @@ def served_meta(source_seq: int) -> bytes:
 
 def step_time(t0: float, span_ns: int, n: int, k: int) -> tuple[float, int]:
     """Start (epoch s) and duration (ns) of step ``k`` of a range of ``n`` steps starting at
-    ``t0`` and spanning ``span_ns``: the span shared evenly."""
-    return t0 + (k * span_ns // n) / 1e9, span_ns // n
+    ``t0`` and spanning ``span_ns``: the span shared evenly, the steps tiling it exactly (so
+    the first step's start and the last one's end are the range's: no edit of either goes
+    unseen)."""
+    lo = k * span_ns // n
+    return t0 + lo / 1e9, (k + 1) * span_ns // n - lo
 
 
 def step_hash(
@@ -239,12 +242,14 @@ class Ranges:
         n = len(sources)
         span = max(0, round((o.end - o.t0) * 1e9))
         prev = before
-        t0, seq0, parent, ns = o.t0, o.seq0, o.parent_seq, span // n
+        t0, seq0, parent, lo = o.t0, o.seq0, o.parent_seq, 0
         for k, src in enumerate(sources):  # step_time, inline: this runs for every step
-            at = t0 + (k * span // n) / 1e9
+            hi = (k + 1) * span // n
+            at, ns = t0 + lo / 1e9, hi - lo
             prev = step_hash(
                 prev, run_id, seq0 + k, count + k, parent, src, at, ns, event_payload(src)
             )
+            lo = hi
         self.chains[run_id] = (count + n, prev)
         first, last = sources[0], sources[-1]
         meta = orjson.dumps({RANGE: [o.source_run, first.seq, n, last.hash, before]})
@@ -289,12 +294,14 @@ def _descriptor(ev: Event) -> tuple[str, int, int, str, str] | None:
     return run, first, n, last_hash, before
 
 
-def _row_matches(ev: Event, first: Event) -> bool:
-    """The range row's own columns are what its first step says (none is read back from the
-    row: an edit to one would otherwise go unseen)."""
+def _row_matches(ev: Event, raw_meta: bytes, first: Event) -> bool:
+    """The range row's own columns are what its first step says, and its meta the bytes the
+    writer stores for its reference (none of this is read back from the row: an edit to it,
+    even one that leaves the reference meaning the same, would otherwise go unseen)."""
     inp, out, error, _ = ev.stored_fields()
     return (
-        inp == b"null"
+        raw_meta == orjson.dumps({RANGE: ev.meta.get(RANGE)})
+        and inp == b"null"
         and out == b"null"
         and error is None
         and ev.address == first.address
@@ -304,10 +311,10 @@ def _row_matches(ev: Event, first: Event) -> bool:
     )
 
 
-def expand_range(ev: Event, sources: Mapping[int, Event]) -> list[Event]:
-    """The events range row ``ev`` stands for, from its source run's events by seq
-    (``sources``); ``[ev]`` marked ``meta["unresolved_ref"]`` when it cannot be expanded (the
-    source or a step of it gone, the descriptor edited)."""
+def expand_range(ev: Event, raw_meta: bytes, sources: Mapping[int, Event]) -> list[Event]:
+    """The events range row ``ev`` (its meta stored as ``raw_meta``) stands for, from its
+    source run's events by seq (``sources``); ``[ev]`` marked ``meta["unresolved_ref"]`` when
+    it cannot be expanded (the source or a step of it gone, the descriptor edited)."""
     d = _descriptor(ev)
     steps = None if d is None else [sources.get(d[1] + k) for k in range(d[2])]
     if d is None or steps is None or any(s is None for s in steps):
@@ -351,7 +358,7 @@ def expand_range(ev: Event, sources: Mapping[int, Event]) -> list[Event]:
         prev = h
     first = steps[0]
     assert first is not None
-    if not _row_matches(ev, first):
+    if not _row_matches(ev, raw_meta, first):
         out[0].meta["range_edited"] = True
     last = steps[-1]
     assert last is not None

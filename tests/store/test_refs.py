@@ -198,6 +198,24 @@ class TestVerifyChecksSources:
         assert bad.exit_code == 1
         assert f"serves events of run {source.id}, which does not verify" in bad.output
 
+    def test_the_mcp_verify_tool_checks_the_source_too(self, store_path: Path) -> None:
+        """The MCP server's verify_run answers as the CLI does: not ok, naming the source."""
+        from replayable.mcp_server._tools import Tools
+
+        store = SQLiteStore(store_path)
+        source = record(store)
+        run = replay(store, source)
+        tools = Tools(store)
+        assert tools.verify_run(run.id)["ok"] is True
+        rp.flush()
+        db = sqlite3.connect(store_path)
+        with db:
+            db.execute("UPDATE runs SET name = 'forged' WHERE id = ?", (source.id,))
+        db.close()
+        answer = tools.verify_run(run.id)
+        assert answer["ok"] is False
+        assert source.id in answer["problem"]
+
 
 class TestMigration:
     """m007 adds run_refs and fills it from references stored before it."""

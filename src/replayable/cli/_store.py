@@ -23,9 +23,9 @@ from replayable.cli._common import (
     store_option,
     valid_period,
 )
-from replayable.errors import InvalidOtlp, RunNotFound, TraceCorrupt
+from replayable.errors import InvalidOtlp, TraceCorrupt
 from replayable.store import open_store
-from replayable.store.base import References, RunQuery, RunStatus, Store, event_to_row
+from replayable.store.base import References, RunQuery, RunStatus, event_to_row, verify_stored
 from replayable.trace import (
     Event,
     Run,
@@ -33,7 +33,6 @@ from replayable.trace import (
     check_run_id,
     check_trace,
     trace_lines,
-    verify_run,
     verify_trace,
     write_trace,
 )
@@ -266,37 +265,6 @@ def _report(v: Verification, source: str, as_json: bool) -> None:
         click.echo(f"first bad event: seq={v.bad_seq} at {safe(v.bad_address or '')}")
 
 
-def _verify_stored(store: Store, run: Run) -> Verification:
-    """Verify ``run`` and, when its rows serve another run's events (a replay's ranges and
-    references), every run it refers to, directly or through those: a served value is only as
-    good as the recording it came from."""
-    result = verify_run(run, store.iter_events(run.id))
-    if not result.ok or not isinstance(store, References):
-        return result
-    seen, todo = {run.id}, store.sources_of(run.id)
-    while todo:
-        source_id = todo.pop()
-        if source_id in seen:
-            continue
-        seen.add(source_id)
-        try:
-            source = store.get_run(source_id)
-        except RunNotFound:
-            result.ok = False
-            result.problem = f"run {run.id} serves events of run {source_id}, which is gone"
-            return result
-        checked = verify_run(source, store.iter_events(source_id))
-        if not checked.ok:
-            result.ok = False
-            result.problem = (
-                f"run {run.id} serves events of run {source_id}, which does not verify: "
-                f"{checked.problem}"
-            )
-            return result
-        todo.extend(store.sources_of(source_id))
-    return result
-
-
 @main.command("verify")
 @click.argument("target")
 @store_option
@@ -330,7 +298,7 @@ def verify_cmd(target: str, store_url: str | None, as_json: bool) -> None:
     else:
         store = get_store(store_url)
         run = store.get_run(target)
-        result = _verify_stored(store, run)
+        result = verify_stored(store, run)
     _report(result, target, as_json)
     if not result.ok:
         sys.exit(1)

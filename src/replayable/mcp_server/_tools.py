@@ -29,8 +29,8 @@ from replayable.cli._render import find_event
 from replayable.errors import InvalidInput, ReplayableError
 from replayable.mcp_server import _inputs as check
 from replayable.redact import redact
-from replayable.store.base import RunQuery, Store
-from replayable.trace import Run, verify_run
+from replayable.store.base import RunQuery, Store, verify_stored
+from replayable.trace import Run
 from replayable.viewer._data import (
     LoadedRun,
     RunCache,
@@ -250,9 +250,10 @@ class Tools:
         }
 
     def verify_run(self, run_id: str) -> dict[str, Any]:
-        """The run's hash chain and header recomputed (and its signature, with a key)."""
+        """The run's hash chain and header recomputed (and its signature, with a key); for a
+        replay, the runs it serves from too."""
         run = self.store.get_run(check.run_id(run_id))
-        return {"source": run_id, **verify_run(run, self.store.iter_events(run.id)).to_dict()}
+        return {"source": run_id, **verify_stored(self.store, run).to_dict()}
 
     # -- running code (only with --allow-replay) ---------------------------------------------
 

@@ -32,7 +32,7 @@ from replayable.store._rows import (
     RunRow,
     RunStatus,
 )
-from replayable.trace import Event, Run, StoredEvent
+from replayable.trace import Event, Run, StoredEvent, Verification, verify_run
 
 __all__ = [
     "CHECK_COLUMNS",
@@ -61,6 +61,7 @@ __all__ = [
     "row_to_event",
     "run_from_row",
     "run_to_row",
+    "verify_stored",
 ]
 
 RUN_COLUMNS = RunRow._fields
@@ -209,10 +210,16 @@ def resolve_refs(store: Store, events: Iterable[Event]) -> Iterator[Event]:
         return found
 
     for ev in events:
-        if ev.has_meta("$range"):
-            d = ev.meta.get("$range")
+        raw = ev.stored("meta") if type(ev) is StoredEvent else b""
+        if raw.startswith(b'{"$range":'):  # as the writer stores one, nothing before it
+            try:
+                d = ev.meta.get("$range")
+            except orjson.JSONDecodeError:  # edited into no JSON: read as it is, fails verify
+                yield ev
+                continue
             run_id = d[0] if isinstance(d, list) and d and isinstance(d[0], str) else None
-            yield from expand_range(ev, {} if run_id is None else source(run_id, ev.run_id))
+            found = {} if run_id is None else source(run_id, ev.run_id)
+            yield from expand_range(ev, raw, found)
             continue
         if not ev.has_meta("$ref"):
             yield ev  # the common case (a stored event tells from its bytes, undecoded)
@@ -427,6 +434,36 @@ def ref_pairs(rows: Iterable[EventRow]) -> list[tuple[str, str]]:
             if source is not None:
                 pairs[(row[0], source)] = None
     return list(pairs)
+
+
+def verify_stored(store: Store, run: Run) -> Verification:
+    """Verify ``run`` from ``store`` and, when its rows serve another run's events (a replay's
+    ranges and references), every run it serves from, directly or through those: a served
+    value is only as good as the recording it came from (an edit there that no served step
+    shows, its header say, fails the replay too, naming the source)."""
+    result = verify_run(run, store.iter_events(run.id))
+    if not result.ok or not isinstance(store, References):
+        return result
+    seen, todo = {run.id}, store.sources_of(run.id)
+    while todo:
+        source_id = todo.pop()
+        if source_id in seen:
+            continue
+        seen.add(source_id)
+        try:
+            source = store.get_run(source_id)
+        except RunNotFound:
+            checked = None
+        else:
+            checked = verify_run(source, store.iter_events(source_id))
+        if checked is None or not checked.ok:
+            result.ok = False
+            result.problem = f"run {run.id} serves events of run {source_id}, which " + (
+                "is gone" if checked is None else f"does not verify: {checked.problem}"
+            )
+            return result
+        todo.extend(store.sources_of(source_id))
+    return result
 
 
 def runs_query(

@@ -163,7 +163,8 @@ class _Floor:
         for k, (e, _, _) in enumerate(served):
             seq, _, addr, parent, name, kind, key = e[:7]
             meta = b'{"served":true,"source_seq":%d}' % seq
-            at, ns = t0 + (k * span // n) / 1e9, span // n
+            lo = k * span // n  # the steps tile the span, as ours reads them back
+            at, ns = t0 + lo / 1e9, (k + 1) * span // n - lo
             prev = link_hash(
                 prev, run.id, seq, k, addr, parent, name, kind, key, at, ns, payloads[seq], None,
                 meta,

@@ -173,6 +173,10 @@ def check_cmd(
 
     Exits 1 when any run diverged or failed, 2 on bad input.
 
+    A run imported from a trace (import --format otlp, collect; select them with --tag
+    source=otlp): the registered @boundary(kind='agent') named like the traced root agent is
+    called with the traced input.
+
     \b
     replayable check --import my_agent --since 7d
     replayable check --import my_agent --store corpus/ --junit check.xml

@@ -247,6 +247,9 @@ def replay_cmd(
     Model and tool outputs come from the recording; boundaries named with --live run. Prints the
     divergence report (with --json: the source, the replay's run id, every divergence, and what
     the agent raised); exits 1 if the code took a different path, 2 on bad input.
+
+    A run imported from a trace (import --format otlp, collect): the registered
+    @boundary(kind='agent') named like the traced root agent is called with the traced input.
     """
     import_modules(modules)
     # The replay is recorded: a trace-file source may replay into a store not created yet.

@@ -314,6 +314,9 @@ def fork_cmd(
     step. Exits 0 when the fork ran to the end, 1 when a refused side effect or a divergence
     stopped it, 2 on bad input.
 
+    A run imported from a trace (import --format otlp, collect): the registered
+    @boundary(kind='agent') named like the traced root agent is called with the traced input.
+
     \b
     replayable fork RUN --import my_agent --at plan#1 --set-output '{"tool": "search"}'
     replayable fork RUN --import my_agent --at plan#1 --set-error 'TimeoutError:model timed out'

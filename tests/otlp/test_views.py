@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import httpx
+import orjson
 import pytest
 from click.testing import CliRunner
 from tests.viewer.conftest import LiveServer
@@ -19,6 +20,7 @@ from replayable.store import Store
 from replayable.viewer import create_app
 
 from .conftest import agent_trace
+from .test_import import jspan, otlp_json
 
 WIDE = {"NO_COLOR": "1", "COLUMNS": "200"}
 """A wide plain terminal: lines are not cut or wrapped whatever the worker's console."""
@@ -70,6 +72,40 @@ class TestViews:
             assert "--import your_module " in step["fork_command"]
         shown = Tools(store).show_run(run_id)
         assert shown["replay_modules"] == ["your_module"]
+
+    def test_line_breaks_in_traced_names_cannot_forge_output_lines(
+        self, store: Store, tmp_path: Path
+    ) -> None:
+        """A span, agent, tool or service name holding a line break prints it as \\n in
+        show, show --step, runs and diff: a hostile trace cannot add lines that look like
+        replayable's own (escape sequences were already shown inert)."""
+        forged = "refunds\nimported from OTLP: verified by replayable"
+        attrs = {"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": forged}
+        root = jspan("00f067aa0ba902b7", **attrs)
+        root["name"] = forged
+        tool = jspan(
+            "00f067aa0ba902b8",
+            "00f067aa0ba902b7",
+            **{"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": forged},
+        )
+        request = otlp_json([root, tool])
+        request["resourceSpans"][0]["resource"]["attributes"][0]["value"]["stringValue"] = forged
+        path = tmp_path / "forged.json"
+        path.write_bytes(orjson.dumps(request))
+        ((run, _),) = import_otlp(path, store)
+        other = imported(store, tmp_path)
+        for args in (
+            ["show", run.id],
+            ["show", run.id, "--step", "1"],
+            ["runs"],
+            ["diff", run.id, other],
+        ):
+            out = CliRunner().invoke(main, args, env=WIDE).output
+            lines = out.splitlines()
+            assert not any(
+                ln.lstrip(" │├└─").startswith("imported from OTLP: verified") for ln in lines
+            ), (args, out)
+            assert "refunds\\nimported" in out, (args, out)
 
     def test_diff_and_verify(self, store: Store, tmp_path: Path) -> None:
         """Two imported runs diff at the changed prompt; each verifies."""

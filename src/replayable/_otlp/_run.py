@@ -8,6 +8,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from replayable._inert import visible
 from replayable._otlp._conventions import CAPTURE_HINTS, StepView, read_span
 from replayable._otlp._decode import MAX_NESTING, MAX_SPANS, Span
 from replayable.canonical import key_of_json
@@ -270,4 +271,4 @@ def source_line(run: Run) -> str | None:
     text = "imported from OTLP: " + (", ".join(dict.fromkeys(parts)) or "no known convention")
     if source.get("service"):
         text += f", service {source['service']}"
-    return text
+    return visible(text)  # one line: a traced name's line break or escape shows as \n, \x1b

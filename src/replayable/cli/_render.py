@@ -16,6 +16,7 @@ from rich.text import Text
 from rich.tree import Tree
 
 from replayable import _cut
+from replayable._inert import visible
 from replayable._linked import Callee
 from replayable._otlp import source_line
 from replayable._rundiff import RunDiff, tokens_of
@@ -104,12 +105,12 @@ def run_table(runs: Iterable[Run]) -> Table:
         tags = " ".join(f"{k}={v}" if v else k for k, v in run.tags.items())
         table.add_row(  # recorded text as Text: never parsed as markup
             Text(run.id),
-            Text(run.name or ""),
+            Text(visible(run.name or "")),
             Text(run.status, style=STATUS_STYLES.get(run.status, "")),
             fmt_time(run.started_at)[5:],  # MM-DD HH:MM:SS: the year rarely helps here
             fmt_duration(run.duration_s),
             str(run.event_count),
-            Text(tags),
+            Text(visible(tags)),
         )
     return table
 
@@ -154,7 +155,7 @@ def _label(step: Step, width: int, max_width: int | None = None) -> Text:
     ev = step.event
     text = Text(no_wrap=max_width is not None, overflow="ellipsis")
     if ev is None:
-        text.append(f"{step.boundary} ", style="bold")
+        text.append(f"{visible(step.boundary)} ", style="bold")
         text.append("incomplete (the call never returned)", style="red")
         return text
     if max_width is not None:
@@ -162,7 +163,7 @@ def _label(step: Step, width: int, max_width: int | None = None) -> Text:
         width = max(20, min(width, max_width - 4 * (step.depth + 1) - 8))
     text.append(f"[{ev.kind}] ", style=KIND_STYLES.get(ev.kind, ""))
     name = ev.boundary if ev.kind == "remote" else ev.boundary.rsplit(":", 1)[-1]
-    text.append(name, style="bold red" if ev.error else "bold")
+    text.append(visible(name), style="bold red" if ev.error else "bold")
     text.append(f"  {fmt_duration(ev.duration_ns / 1e9)}", style="dim")
     if ev.meta.get("served"):
         text.append("  served", style="dim italic")
@@ -171,7 +172,7 @@ def _label(step: Step, width: int, max_width: int | None = None) -> Text:
     tokens = usage_text(ev.meta.get("usage"))
     if model or params or tokens:
         text.append("\n  model: ", style="")
-        text.append(str(model or "?"), style="cyan")
+        text.append(visible(str(model or "?")), style="cyan")
         if tokens:
             text.append(f"  tokens {tokens}", style="cyan")
         if params:
@@ -193,10 +194,10 @@ def _run_head(run: Run) -> Text:
     head = Text()
     service = run.metadata.get("service")
     if run.parent is not None:
-        head.append(f"{service or 'service'}: ", style="bold magenta")
+        head.append(f"{visible(str(service or 'service'))}: ", style="bold magenta")
     head.append(f"run {run.id}", style="bold")
     if run.name:
-        head.append(f"  {run.name}")
+        head.append(f"  {visible(run.name)}")
     head.append(f"  {run.status}", style=STATUS_STYLES.get(run.status, ""))
     head.append(f"  {fmt_duration(run.duration_s)}", style="dim")
     source = source_line(run)
@@ -281,9 +282,9 @@ def step_detail(run: Run, ev: Event) -> Group:
     syntax-highlighted JSON."""
     head = Text()
     head.append(f"[{ev.kind}] ", style=KIND_STYLES.get(ev.kind, ""))
-    head.append(ev.boundary, style="bold")
+    head.append(visible(ev.boundary), style="bold")
     head.append(f"  seq {ev.seq}  {fmt_duration(ev.duration_ns / 1e9)}", style="dim")
-    head.append(f"\nrun {run.id}  address {ev.address}", style="dim")
+    head.append(f"\nrun {run.id}  address {visible(ev.address)}", style="dim")
     cut_in = _cut.label(ev.meta, "input", ev.input)
     parts: list[Any] = [head, _json_block(f"input ({cut_in})" if cut_in else "input", ev.input)]
     if ev.error is not None:
@@ -315,9 +316,9 @@ def diff_view(d: RunDiff, max_width: int | None = None) -> Group:
     counts = d.counts()
     head = Text()
     head.append(f"A {d.a.id}", style="bold")
-    head.append(f"  {d.a.name or ''}  {d.a.status}\n")
+    head.append(f"  {visible(d.a.name or '')}  {d.a.status}\n")
     head.append(f"B {d.b.id}", style="bold")
-    head.append(f"  {d.b.name or ''}  {d.b.status}\n")
+    head.append(f"  {visible(d.b.name or '')}  {d.b.status}\n")
     head.append(
         f"{len(d.pairs)} steps: {counts['same']} same, {counts['changed']} changed, "
         f"{counts['only_a']} only in A, {counts['only_b']} only in B"
@@ -337,7 +338,7 @@ def diff_view(d: RunDiff, max_width: int | None = None) -> Group:
         mark, style = DIFF_MARKS[pair.status]
         ev = pair.event
         label = "  " * ev.address.count(" > ") + f"[{ev.kind}] " + ev.boundary.rsplit(":", 1)[-1]
-        name = Text(short(label, step_w), style="bold" if pair is first else "")
+        name = Text(short(visible(label), step_w), style="bold" if pair is first else "")
         fields = ", ".join(f"{k}.{c.path}" for k, cs in pair.changes.items() for c in cs)
         table.add_row(
             Text(mark, style=style),

@@ -734,6 +734,14 @@ class TestHostileTraces:
         with pytest.raises(rp.InvalidOtlp):
             decode_request(body, "application/json")
 
+    def test_a_file_with_no_end_is_refused_at_the_bound(self) -> None:
+        """A path whose size stat cannot tell (/dev/zero, a pipe) is read only up to the bound,
+        then refused with 413 (it was read whole: an endless source filled memory)."""
+        with pytest.raises(rp.InvalidOtlp) as err:
+            read_otlp_file("/dev/zero", limit=1 << 20)
+        assert err.value.status == 413
+        assert "/dev/zero" in str(err.value)
+
     def test_a_pickle_is_never_unpickled(self, tmp_path: Path, store: Store) -> None:
         """A file that would run code if unpickled is refused as not OTLP; the code never runs."""
         import pickle

@@ -51,22 +51,26 @@ _GZIP_MAGIC = b"\x1f\x8b"
 _UTF8_BOM = b"\xef\xbb\xbf"
 
 
-def read_otlp_file(path: str | os.PathLike[str]) -> list[Span]:
+def read_otlp_file(path: str | os.PathLike[str], *, limit: int = MAX_BODY * 4) -> list[Span]:
     """The spans of an OTLP file: the Collector file exporter's JSON lines (one export
     request a line), one OTLP/JSON export request, or one protobuf export request; gzip or not.
+    Files (and what gzip unpacks) over ``limit`` bytes are refused (413).
 
     Raises :class:`InvalidOtlp` naming the line that cannot be read.
     """
     p = Path(path)
     try:
         size = p.stat().st_size
-        if size > MAX_BODY * 4:
-            raise InvalidOtlp(f"{p} is {size} bytes, over the import bound of {MAX_BODY * 4}")
-        data = p.read_bytes()
+        if size > limit:
+            raise InvalidOtlp(f"{p} is {size} bytes, over the import bound of {limit}", status=413)
+        with p.open("rb") as fh:  # at most limit + 1 bytes: a device or a pipe has no size
+            data = fh.read(limit + 1)
     except OSError as exc:
         raise InvalidOtlp(f"cannot read {p}: {exc.strerror or exc}") from exc
+    if len(data) > limit:
+        raise InvalidOtlp(f"{p} is over the import bound of {limit} bytes", status=413)
     if data.startswith(_GZIP_MAGIC):
-        data = gunzip(data, MAX_BODY * 4)
+        data = gunzip(data, limit)
     data = data.removeprefix(_UTF8_BOM)  # Windows editors and PowerShell write one
     text = data.lstrip()
     if not text:

@@ -164,6 +164,7 @@ class TestErrors:
             results = [takes_anything({"x": Opaque()}) for _ in range(2)]
         assert results == ["fine", "fine"]
         assert len(warned) == 1
+        assert warned[0].filename == __file__  # the user's line, not one of replayable's
         first = next(iter(run.events()))
         marker = {"$unserializable": "thing.x", "type": f"{__name__}.Opaque"}
         assert first.input == {"thing": {"x": marker}}

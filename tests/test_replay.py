@@ -616,8 +616,9 @@ class TestTamperedRecordings:
                 "WHERE run_id = ? AND boundary LIKE '%:plan'",
                 (run.id,),
             )
-        with pytest.warns(rp.ReplayableWarning, match="does not verify"):
+        with pytest.warns(rp.ReplayableWarning, match="does not verify") as caught:
             rp.replay(run.id)
+        assert caught[0].filename == __file__  # the user's line, not one of replayable's
 
 
 @rp.boundary(kind="tool")

@@ -106,15 +106,15 @@ import asyncio
 import itertools
 import logging
 import time
-import warnings
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from replayable import canonical
 from replayable._errors_codec import decode_error
+from replayable._warn import warn
 from replayable.context import FRAME, Frame, Session, Tokens, enter, leave
-from replayable.errors import Divergence, ReplayableError, ReplayableWarning, Unserializable
+from replayable.errors import Divergence, ReplayableError, Unserializable
 
 if TYPE_CHECKING:
     from replayable._follow import Follow
@@ -297,10 +297,8 @@ def snapshot(frame: Frame, value: Any, what: str, *, strict: bool) -> bytes:
         name = b.name if b is not None else "?"
         if (name, what) not in _UNSERIALIZABLE_WARNED:
             _UNSERIALIZABLE_WARNED.add((name, what))
-            warnings.warn(
+            warn(
                 f"{name}: {what} not recorded faithfully: {exc}",
-                ReplayableWarning,
-                stacklevel=5,
             )
         frame.meta[f"unserializable_{what}"] = exc.path
         # Keep every field that serializes; only the bad parts become markers.

@@ -32,15 +32,15 @@ import ipaddress
 import socket
 import sys
 import threading
-import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
 from replayable._patching import Patches
+from replayable._warn import warn
 from replayable.context import FRAME, SESSION, Frame
-from replayable.errors import NetworkRefused, ReplayableWarning
+from replayable.errors import NetworkRefused
 
 __all__ = ["ENDPOINTS_KEY", "MODEL_PATHS", "Guard", "enter", "is_model_path", "leave"]
 
@@ -269,13 +269,11 @@ def _warn_unrecorded(guard: Guard, method: str, url: str) -> None:
             return
         guard.warned = True
     run = getattr(getattr(guard.session, "run", None), "id", "?")
-    warnings.warn(
+    warn(
         f"run {run}: {method} {url} called a model API and no boundary recorded it: most "
         f"likely {_hint()} is not instrumented, so a replay of this run has nothing to serve "
         "for it (and refuses to call out). Instrument it before recording (rp.instrument(obj), "
         "or rp.instrument() for every supported library)",
-        ReplayableWarning,
-        stacklevel=3,
     )
 
 

@@ -32,7 +32,6 @@ import operator
 import sys
 import threading
 import time
-import warnings
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractContextManager
@@ -50,13 +49,13 @@ from replayable._otlp._replay import ImportedMatcher, ImportedServer, is_importe
 from replayable._remote import followable
 from replayable._threads import EXECUTOR
 from replayable._version import __version__
+from replayable._warn import warn
 from replayable.boundary import registry, resolve_live
 from replayable.cassette import Cassette
 from replayable.context import AsyncToo, Frame, refuse_nested
 from replayable.errors import (
     Divergence,
     ReplayableError,
-    ReplayableWarning,
     SideEffectRefused,
     TraceCorrupt,
     UnknownBoundary,
@@ -318,11 +317,9 @@ class RecordingMatcher:
                 changes = diff_values(ev.input, actual)
                 if changes:
                     fields = ", ".join(c.path for c in changes[:5])
-                    warnings.warn(
+                    warn(
                         f"{b.name} at {ev.address}: matched by key, but fields outside the key "
                         f"changed: {fields}",
-                        ReplayableWarning,
-                        stacklevel=7,
                     )
         return ev
 

@@ -25,7 +25,6 @@ import functools
 import inspect
 import os
 import threading
-import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,9 +37,10 @@ from replayable import canonical
 from replayable._diff import diff_values
 from replayable._engine import Ending, Engine, Serve
 from replayable._errors_codec import encode_error
+from replayable._warn import warn
 from replayable.boundary import resolve_live
 from replayable.context import AsyncToo, Frame, refuse_nested
-from replayable.errors import FixtureMiss, ReplayableError, ReplayableWarning, TraceCorrupt
+from replayable.errors import FixtureMiss, ReplayableError, TraceCorrupt
 from replayable.redact import redact
 
 if TYPE_CHECKING:
@@ -394,11 +394,9 @@ class Cassette(AsyncToo["Cassette"]):
             changes = []
         if changes:
             fields = ", ".join(str(c) for c in changes[:5])
-            warnings.warn(
+            warn(
                 f"cassette {self.path}: {b.name} matched by key, but fields left out of the key "
                 f"differ from the recording: {fields}",
-                ReplayableWarning,
-                stacklevel=5,
             )
 
     def _miss(self, b: Boundary, key: str, data: bytes, value: Any) -> FixtureMiss:

@@ -12,13 +12,13 @@ import contextvars
 import functools
 import itertools
 import threading
-import warnings
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, ParamSpec, TypeVar
 
-from replayable.errors import ReplayableError, ReplayableWarning, SideEffectRefused
+from replayable._warn import warn
+from replayable.errors import ReplayableError, SideEffectRefused
 
 if TYPE_CHECKING:
     from replayable._engine import Serve
@@ -214,12 +214,10 @@ def orphan_call(b: Boundary) -> None:
     warned = sessions[0].orphans_warned
     if b.name not in warned:
         warned.add(b.name)
-        warnings.warn(
+        warn(
             f"{b.name} was called outside the active record/replay's context (in a thread "
             "started with loop.run_in_executor or a thread pool?), so it is neither recorded "
             "nor replayed; wrap the callable with rp.bind(fn)",
-            ReplayableWarning,
-            stacklevel=3,
         )
 
 

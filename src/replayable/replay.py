@@ -12,7 +12,6 @@ The policy and its parts live in :mod:`replayable._replayer` (what-ifs in
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractContextManager
 from typing import Any
@@ -22,8 +21,8 @@ from replayable._fork import build_whatif
 from replayable._pii import PII, for_replay
 from replayable._remote import register_recorded
 from replayable._replayer import MatchMode, Replay, build_replay, check_version
+from replayable._warn import warn
 from replayable.cassette import Cassette
-from replayable.errors import ReplayableWarning
 from replayable.store import Store, load_run, open_store
 from replayable.trace import Run, check_recording
 
@@ -115,11 +114,9 @@ def replay(
     check_version(source_run)
     checked = check_recording(source_run, events, trust=trust)
     if not checked.ok:
-        warnings.warn(
+        warn(
             f"run {source_run.id} does not verify ({checked.problem}): it was edited after it "
             "was recorded; replaying it anyway (`replayable verify` says more)",
-            ReplayableWarning,
-            stacklevel=2,
         )
     target = open_store(store) if store is not None else (source_run.store or open_store(None))
     if fallback is not None and not isinstance(fallback, Cassette):

@@ -279,9 +279,10 @@ class TestKeys:
         offline(server)
         with (
             rp.replay(run.id),
-            pytest.warns(rp.ReplayableWarning, match="fields outside the key changed: user"),
+            pytest.warns(rp.ReplayableWarning, match="outside the key changed: user") as caught,
         ):
             openai_client.chat.completions.create(model="m", messages=MESSAGES, user="bob")
+        assert caught[0].filename == __file__  # the user's line, not one of replayable's
 
     def test_a_changed_sampling_field_is_a_divergence(
         self, openai_client: Any, server: FakeLLMServer

@@ -16,12 +16,11 @@ import importlib.abc
 import importlib.machinery
 import sys
 import threading
-import warnings
 from collections.abc import Callable, Mapping, Sequence
 from types import ModuleType
 from typing import Any
 
-from replayable.errors import ReplayableWarning
+from replayable._warn import warn
 
 __all__ = ["after_init", "install", "installed_libraries"]
 
@@ -74,11 +73,9 @@ def _apply(name: str) -> None:
     try:
         hook(module)
     except Exception as exc:  # an import must never fail because instrumenting it did
-        warnings.warn(
+        warn(
             f"replayable could not instrument {name} ({type(exc).__name__}: {exc}); its calls "
             "are not recorded. Instrument its objects with rp.instrument(obj) instead",
-            ReplayableWarning,
-            stacklevel=2,
         )
 
 

@@ -20,7 +20,6 @@ response rebuilt from it, in ``_answers``.
 from __future__ import annotations
 
 import importlib
-import warnings
 import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -28,9 +27,10 @@ from types import ModuleType
 from typing import Any
 
 from replayable._registry import register
+from replayable._warn import warn
 from replayable.boundary import Boundary, register_error_codec
 from replayable.context import Session, current_session
-from replayable.errors import ReplayableWarning, UnsupportedClient
+from replayable.errors import UnsupportedClient
 from replayable.integrations._stainless._answers import (
     Rebuilt,
     async_stream,
@@ -189,13 +189,11 @@ def check_version(session: Session, sdk: SDK) -> None:
         recorded = meta.get("sdk_version")
         if meta.get("provider") == sdk.provider and recorded:
             if major(str(recorded)) != major(sdk.version):
-                warnings.warn(
+                warn(
                     f"run {ev.run_id} was recorded with {sdk.provider} SDK {recorded}; "
                     f"this is {sdk.version} (major versions differ): replayed responses are "
                     "rebuilt with the installed SDK's types and may differ; replay with the "
                     f"recorded version (pip install '{sdk.provider}=={recorded}') to be sure",
-                    ReplayableWarning,
-                    stacklevel=4,
                 )
             return
 

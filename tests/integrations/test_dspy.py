@@ -20,6 +20,9 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no model-price 
 
 import dspy
 
+# LiteLLM's TypedDicts make pydantic warn when first validated (as in test_litellm.py).
+pytestmark = pytest.mark.filterwarnings("ignore:Item.* `ReadOnly` qualifier:UserWarning")
+
 ENGINES = ["auto", "litellm"]  # auto: DSPy's native lm15 engine for an OpenAI model
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from tests.fixtures.check_corpus import URGENT, Corpus, record_corpus
@@ -12,7 +14,7 @@ from tests.fixtures.check_corpus import URGENT, Corpus, record_corpus
 import replayable as rp
 from replayable._check import CheckReport, list_checks, load_check
 from replayable.store import open_store
-from replayable.store.base import RunQuery
+from replayable.store.base import RunQuery, verify_stored
 from replayable.trace import write_trace
 
 
@@ -292,3 +294,189 @@ class TestParallel:
         assert [(g.signature, g.count) for g in two.groups] == [
             (g.signature, g.count) for g in one.groups
         ]
+
+
+# -- kept replays stored as references to their source -----------------------------------------
+
+CHANGED = "TEST_CHECK_RANGES_CHANGED"
+"""Set in the environment (which worker processes inherit), the agent scores twice: every
+second score diverges (and the replay goes on: the tool runs live)."""
+SCORE = "check_ranges:score"
+
+
+@rp.boundary(name="check_ranges:ask", kind="llm")
+def _ask(i: int) -> str:
+    """A model call with a 1 KB answer."""
+    return f"answer {i} " + "x" * 1000
+
+
+@rp.boundary(name=SCORE, kind="tool")
+def _score(i: int) -> int:
+    """A tool a check runs live."""
+    return i
+
+
+@rp.boundary(name="check_ranges:agent", kind="agent")
+def long_agent(n: int) -> int:
+    """n model calls, every 100th scored by the tool."""
+    for i in range(n):
+        _ask(i)
+        if i % 100 == 50:
+            _score(i)
+            if os.environ.get(CHANGED):  # the changed code scores twice
+                _score(-i)
+    return n
+
+
+def _rows(path: Path, run_id: str) -> int:
+    """How many rows the run has in the database (read behind the store's back)."""
+    rp.flush()
+    db = sqlite3.connect(path)
+    try:
+        return int(
+            db.execute("SELECT count(*) FROM events WHERE run_id = ?", (run_id,)).fetchone()[0]
+        )
+    finally:
+        db.close()
+
+
+def _seen(store: rp.Store, run_id: str) -> list[tuple[Any, ...]]:
+    """What a reader sees of each step of a run, but its run id, timing and hash."""
+    return [
+        (
+            e.seq,
+            e.chain_seq,
+            e.address,
+            e.parent_seq,
+            e.boundary,
+            e.kind,
+            e.key,
+            e.input,
+            e.output,
+            e.error,
+            e.meta,
+        )
+        for e in store.iter_events(run_id)
+    ]
+
+
+class TestKeptAsRanges:
+    """A kept replay of a run in the store it is kept in stores what changed (range rows, as
+    ``rp.replay`` does); kept anywhere else, or of a trace file, it is stored in full."""
+
+    STEPS = 1000
+
+    @pytest.fixture
+    def long_run(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, rp.Run]:
+        """A run of 1,000 model calls and 10 scores in an SQLite store; the code then changed
+        to score twice (19 divergences)."""
+        path = tmp_path / "traces.db"
+        with rp.record(store=open_store(path), name="long") as run:
+            long_agent(self.STEPS)
+        monkeypatch.setenv(CHANGED, "1")
+        return path, run
+
+    def check(self, source: Any, save_to: Any = None, jobs: int = 1) -> tuple[rp.Store, rp.Run]:
+        """Check ``source`` (its kept replays saved to ``save_to``): the kept replay."""
+        report = rp.check(source, imports=[__name__], live=[SCORE], save_to=save_to, jobs=jobs)
+        [diverged] = report.runs("diverged")
+        assert "(+18 more)" in diverged.detail
+        target = open_store(report.saved_to)
+        return target, target.get_run(str(diverged.replay_id))
+
+    def test_kept_in_its_sources_store_it_is_rows_per_divergence_and_reads_as_in_full(
+        self, long_run: tuple[Path, rp.Run], tmp_path: Path
+    ) -> None:
+        """1,021 steps with 19 divergences are stored in under 40 rows (1,021 in full) and read
+        back as the replay kept in full reads, verifying with its source."""
+        path, source = long_run
+        store, kept = self.check(path)
+        full_store, full = self.check(path, save_to=tmp_path / "elsewhere.db")
+        assert kept.event_count == full.event_count == self.STEPS + 20 + 1
+        assert _rows(path, kept.id) < 40
+        assert _rows(tmp_path / "elsewhere.db", full.id) == full.event_count
+        assert _seen(store, kept.id) == _seen(full_store, full.id)
+        assert verify_stored(store, kept).ok
+        assert verify_stored(full_store, full).ok
+        assert store.sources_of(kept.id) == [source.id]  # type: ignore[attr-defined]
+        assert full_store.sources_of(full.id) == []  # type: ignore[attr-defined]
+
+    def test_prune_keeps_the_source_a_kept_replay_serves_from(
+        self, long_run: tuple[Path, rp.Run]
+    ) -> None:
+        """Pruning every run older than the kept replay deletes nothing: its source stays, and
+        the replay still verifies."""
+        path, source = long_run
+        store, kept = self.check(path)
+        assert store.delete_runs(before=kept.started_at) == 0
+        assert store.get_run(source.id).id == source.id
+        assert verify_stored(store, kept).ok
+
+    def test_a_trace_file_corpus_is_kept_in_full_even_beside_its_run(
+        self, long_run: tuple[Path, rp.Run], tmp_path: Path
+    ) -> None:
+        """Checked from a trace file, the replay kept in the store that holds the same run is
+        written in full: the file, not that run, is what it replayed."""
+        path, source = long_run
+        corpus_dir = tmp_path / "corpus"
+        write_trace(source, open_store(path).iter_events(source.id), corpus_dir / "long.jsonl")
+        store, kept = self.check(corpus_dir, save_to=path)
+        assert _rows(path, kept.id) == kept.event_count
+        assert store.sources_of(kept.id) == []  # type: ignore[attr-defined]
+        assert verify_stored(store, kept).ok
+
+    def test_kept_by_a_worker_process_it_is_ranges_too(
+        self, long_run: tuple[Path, rp.Run], tmp_path: Path
+    ) -> None:
+        """With worker processes (jobs=2, a second run to share them), the kept replay is the
+        same few rows and verifies."""
+        path, _ = long_run
+        with rp.record(store=open_store(path), name="short"):
+            long_agent(10)  # changed or not, it scores nothing
+        store, kept = self.check(path, jobs=2)
+        assert _rows(path, kept.id) < 40
+        assert verify_stored(store, kept).ok
+
+    @pytest.mark.parametrize(
+        "sql",
+        [
+            "UPDATE events SET output = replace(output, 'answer 7 ', 'answer 8 ') "
+            "WHERE run_id = ? AND seq = 8",
+            "UPDATE events SET meta = replace(meta, ',1,51,', ',2,51,') "
+            "WHERE run_id = ? AND instr(meta, ',1,51,') > 0",
+        ],
+        ids=["source-output", "range-start"],
+    )
+    def test_an_edit_of_the_source_or_the_range_fails_verify(
+        self, long_run: tuple[Path, rp.Run], sql: str
+    ) -> None:
+        """A served output edited in the source, or a range moved along it, fails the kept
+        replay's verification."""
+        path, source = long_run
+        store, kept = self.check(path)
+        run_id = source.id if "output" in sql else kept.id
+        db = sqlite3.connect(path)
+        with db:
+            assert db.execute(sql, (run_id,)).rowcount == 1
+        db.close()
+        assert not verify_stored(store, kept).ok
+
+    def test_kept_in_postgresql_it_is_ranges_too(
+        self, pg_url: str, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """A run checked in PostgreSQL keeps its replay there as a few rows that read back as
+        every step and verify with the source."""
+        import psycopg
+
+        store = open_store(pg_url)
+        with rp.record(store=store, name="long") as source:
+            long_agent(self.STEPS)
+        monkeypatch.setenv(CHANGED, "1")
+        store, kept = self.check(store)
+        rp.flush()
+        with psycopg.connect(pg_url) as conn:
+            row = conn.execute("SELECT count(*) FROM events WHERE run_id = %s", (kept.id,))
+            assert int(row.fetchone()[0]) < 40  # type: ignore[index]
+        assert len(list(store.iter_events(kept.id))) == kept.event_count == self.STEPS + 21
+        assert store.sources_of(kept.id) == [source.id]  # type: ignore[attr-defined]
+        assert verify_stored(store, kept).ok

@@ -840,11 +840,14 @@ def replay_parts(
     env: Mapping[str, Any] | None = None,
     prepare: Prepare | None = None,
     pii: Pseudonymizer | None = None,
+    kept_with_source: bool = False,
 ) -> ReplayParts:
     """The recording's index, the keeper of the replay's own run (into ``sink``, by default
     ``target``'s writer), the matcher and the server. ``pii``: the recorded run's
     pseudonymizer, applied to live inputs (the matcher) and to what the replay keeps (the
-    keeper)."""
+    keeper). Served steps are kept as references to the source (range rows) when the replay
+    is kept in the store the source lives in: ``target`` is the source's store, or the caller
+    says ``sink`` ends there (``kept_with_source``; a reference never points across stores)."""
     if match not in ("address", "key"):
         raise ValueError(f"match must be 'address' or 'key', not {match!r}")
     run = Run(
@@ -860,7 +863,7 @@ def replay_parts(
     if target is None and sink is None:
         raise ValueError("a replay needs a store to keep its run in, or a sink")
     keeper = Recorder(target, run, sink=sink, pii=pii)  # type: ignore[arg-type]
-    if target is not None and source.store is target:
+    if kept_with_source or (target is not None and source.store is target):
         keeper.refer_to = source.id  # served steps refer to the source instead of copying it
     recording = RecordedRun(source, events, index_keys=match == "key")
     if is_imported(source):  # traced by another tool: matched on what the trace carries
@@ -887,10 +890,20 @@ def build_replay(
     follow: bool = False,
     allow_network: bool | Iterable[str] = False,
     pii: Pseudonymizer | None = None,
+    kept_with_source: bool = False,
 ) -> Replay:
-    """A plain replay of ``source`` (``rp.replay`` and ``rp.check`` both build theirs here)."""
+    """A plain replay of ``source`` (``rp.replay`` and ``rp.check`` both build theirs here;
+    ``kept_with_source``: see :func:`replay_parts`)."""
     parts = replay_parts(
-        source, events, target=target, match=match, sink=sink, metadata=metadata, env=env, pii=pii
+        source,
+        events,
+        target=target,
+        match=match,
+        sink=sink,
+        metadata=metadata,
+        env=env,
+        pii=pii,
+        kept_with_source=kept_with_source,
     )
     if fallback is not None and pii is not None:
         fallback.pii = pii  # what a fallback cassette keeps is pseudonymized the same way

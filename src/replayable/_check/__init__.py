@@ -177,9 +177,12 @@ def _tasks(
     check_id: str,
     dask: bool,
     jobs: int,
+    target: Store | None = None,
 ) -> list[Task]:
     """The chosen runs of each store in batches for the workers (each run's trace shipped
-    with it when a Dask worker cannot open the store itself)."""
+    with it when a Dask worker cannot open the store itself). The runs of ``target``, where
+    kept replays are saved, read from it by the workers, are replayed keeping references to
+    them; a replay kept elsewhere is kept in full (a reference never points across stores)."""
     workers = jobs if not dask else 8
     tasks: list[Task] = []
     index = 0
@@ -207,6 +210,7 @@ def _tasks(
                     live=live,
                     check_id=check_id,
                     sys_path=tuple(p for p in sys.path if p) if not dask else (),
+                    kept_with_source=where is target and not ship,
                 )
             )
     return tasks
@@ -323,7 +327,8 @@ def check(
         others = [src, *(open_store(x, must_exist=True) for x in linked)]
         sources += _linked_runs([r for r, _ in chosen if r is not None], others)
     dask = executor == "dask"
-    tasks = _tasks(sources, mods, tuple(live), check_id, dask, jobs)
+    target = _save_target(src, save_to) if save else None
+    tasks = _tasks(sources, mods, tuple(live), check_id, dask, jobs, target)
     chosen = [entry for _, entries in sources for entry in entries]
     done = _run_tasks(tasks, jobs, address if dask else None, progress, len(chosen))
     done.sort(key=lambda d: d.index)
@@ -347,8 +352,7 @@ def check(
             outcomes, {str(d.outcome.signature): d.parts for d in done if d.parts}
         ),
     )
-    if save:
-        target = _save_target(src, save_to)
+    if target is not None:
         _save(target, report, [d.kept for d in done if d.kept is not None])
         report.saved_to = target.url
     return report

@@ -48,6 +48,9 @@ class Task:
     live: tuple[str, ...]
     check_id: str
     sys_path: tuple[str, ...] = ()
+    kept_with_source: bool = False
+    """The task's store is the one its kept replays are saved to: a replay of a run read from
+    it keeps its served steps as references to that run (range rows), as ``rp.replay`` does."""
 
 
 @dataclass(slots=True)
@@ -209,6 +212,8 @@ def _check_item(item: Item, store: Store | None, task: Task) -> Done:
             metadata={"check": task.check_id},
             env=ENV,
             pii=for_replay(run.id, run.metadata, None),  # a run recorded pseudonymized
+            # read from the store its replay is kept in (not a trace file): refer to it
+            kept_with_source=task.kept_with_source and store is not None and item.path is None,
         )
     except ReplayableError as exc:
         return out("not_replayable", str(exc).splitlines()[0])

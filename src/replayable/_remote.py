@@ -35,7 +35,7 @@ from replayable._pii import active as active_pii
 from replayable.boundary import Boundary, boundary, get_boundary
 from replayable.context import FRAME, SESSION
 from replayable.errors import Divergence, ReplayableError
-from replayable.redact import REDACTED, is_secret_key
+from replayable.redact import REDACTED, is_secret_key, scrub
 
 __all__ = [
     "FOLLOW_HEADER",
@@ -394,7 +394,7 @@ def _call(
     request: Request, service: str | None, name: str | None, side_effects: bool | None
 ) -> tuple[Boundary, dict[str, Any], str]:
     host = service or request.host
-    bname = name or remote_name(request.method, host, request.path)
+    bname = name or scrub(remote_name(request.method, host, request.path))  # a key in a path
     pii = active_pii()
     if pii is not None:  # a path holds ids, emails, phone numbers: the step's name is stored
         bname = pii.text(bname)

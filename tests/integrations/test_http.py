@@ -199,6 +199,25 @@ class TestRemoteSteps:
             client.get(url)
         assert r.ok, r.report()
 
+    def test_a_key_in_the_path_is_redacted_from_the_step_name(
+        self, echo: EchoServer, tmp_path: Path, keep: Callable[[Any], Any]
+    ) -> None:
+        """A key in a request's path (an API that takes it there) is redacted from the
+        step's name and address, which the path makes; a replay still matches."""
+        db = tmp_path / "t.db"
+        client = keep(rp.instrument(httpx.Client(), service="bot"))
+        with rp.record(db) as run:
+            client.get(f"{echo.url}/keys/{SECRET}/send")
+        _flush()
+        (ev,) = run.events()
+        assert SECRET not in ev.boundary
+        assert SECRET not in ev.address
+        for f in (db, tmp_path / "t.db-wal"):
+            assert not f.exists() or SECRET.encode() not in f.read_bytes()
+        with rp.replay(run.id, store=db) as r:
+            client.get(f"{echo.url}/keys/{SECRET}/send")
+        assert r.ok, r.report()
+
     def test_custom_names(self, echo: EchoServer, keep: Callable[[Any], Any]) -> None:
         """name= names the step from (method, host, path)."""
         client = keep(rp.instrument(httpx.Client(), name=lambda m, h, p: f"billing.{m.lower()}"))

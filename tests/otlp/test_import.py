@@ -412,6 +412,33 @@ class TestRun:
         assert SECRET.encode() not in dump
         assert b"[REDACTED]" in dump
 
+    def test_a_key_in_a_span_or_agent_or_tool_name_is_redacted(
+        self, store: Store, tmp_path: Path
+    ) -> None:
+        """A key in a span's name, an agent's or a tool's name (which name the step and every
+        address below it) is redacted before writing: only personal data was taken out of
+        names, so keys reached the store in clear in boundaries and addresses."""
+        agent = jspan(
+            "00f067aa0ba902b7",
+            **{"gen_ai.operation.name": "invoke_agent", "gen_ai.agent.name": f"bot {SECRET}"},
+        )
+        tool = jspan(
+            "00f067aa0ba902b8",
+            "00f067aa0ba902b7",
+            **{"gen_ai.operation.name": "execute_tool", "gen_ai.tool.name": f"t {SECRET}"},
+        )
+        plain = {**jspan("00f067aa0ba902b9", "00f067aa0ba902b7"), "name": f"GET /x?k={SECRET}"}
+        path = tmp_path / "t.json"
+        path.write_bytes(orjson.dumps(otlp_json([agent, tool, plain])))
+        ((run, _),) = import_otlp(path, store)
+        rp.flush()
+        events = list(store.iter_events(run.id))
+        assert all(SECRET not in e.boundary and SECRET not in e.address for e in events)
+        assert [e.kind for e in events] == ["agent", "tool", "span"]
+        db = Path(store.url.removeprefix("sqlite:///"))
+        for f in (db, db.with_name(db.name + "-wal")):
+            assert not f.exists() or SECRET.encode() not in f.read_bytes()
+
     def test_error_status_is_kept_without_importing_its_type(self) -> None:
         """A failed root span makes an error run; its exception type is never imported."""
         run, _ = build_run(decode_request(agent_trace(fail=True).SerializeToString(), ""))

@@ -13,7 +13,7 @@ from replayable._otlp._conventions import CAPTURE_HINTS, StepView, read_span
 from replayable._otlp._decode import MAX_NESTING, MAX_SPANS, Span
 from replayable.canonical import key_of_json
 from replayable.errors import InvalidOtlp
-from replayable.redact import redact, redact_run
+from replayable.redact import redact, redact_run, scrub
 from replayable.trace import Event, Run, chain_events
 
 if TYPE_CHECKING:
@@ -120,9 +120,11 @@ _NAME_CHARS = 128
 
 
 def _boundary(view: StepView, pii: Pseudonymizer | None = None) -> str:
-    """The step's name: its kind and its span's name, pseudonymized whole (with ``pii``)
-    before it is clipped, so a value the clip cuts through is not left half in clear."""
-    name = view.name if pii is None else pii.text(view.name)
+    """The step's name: its kind and its span's name, its keys redacted and pseudonymized
+    whole (with ``pii``) before it is clipped, so a value the clip cuts through is not left
+    half in clear."""
+    name = scrub(view.name)  # the name makes every address below it: no key in clear there
+    name = name if pii is None else pii.text(name)
     return f"{view.kind}:{name[:_NAME_CHARS]}"
 
 

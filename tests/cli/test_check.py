@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -10,6 +11,7 @@ import pytest
 from click.testing import CliRunner
 from tests.fixtures.check_corpus import Corpus, record_corpus
 
+import replayable as rp
 from replayable.cli import main
 from replayable.store import open_store
 
@@ -50,6 +52,21 @@ class TestCheck:
         assert f"{len(expected)}  changed {corpus.name}:issue_refund [amount]" in out
         assert "replayable diff " in out
         assert "check FAILED" in out
+
+    def test_no_run_replayable_is_nothing_checked_and_exits_1(
+        self, corpus: Corpus, tmp_path: Path
+    ) -> None:
+        """Every selected run not replayable (here each one edited): the reasons are listed,
+        the verdict is 'nothing checked', not 'passed', and the exit code is 1, so a CI gate
+        that replayed nothing does not pass."""
+        rp.flush()  # the corpus's writes first: edited behind replayable's back
+        with sqlite3.connect(tmp_path / "traces.db") as db:
+            db.execute("UPDATE events SET output = '\"edited\"' WHERE seq = 1")
+        code, out, _ = _check(corpus)
+        assert code == 1, out
+        assert out.count("damaged trace") == 20
+        assert "nothing checked" in out
+        assert "check passed" not in out
 
     def test_json_lists_every_run(self, corpus: Corpus) -> None:
         """--json prints the report: counts, groups and one entry per run."""

@@ -133,6 +133,13 @@ class CheckReport:
         c = self.counts
         return not c["diverged"] and not c["failed"]
 
+    @property
+    def checked(self) -> int:
+        """Runs actually replayed (unchanged, diverged or failed): a check whose selected runs
+        were all not replayable checked nothing, though it is :attr:`ok`."""
+        c = self.counts
+        return c["unchanged"] + c["diverged"] + c["failed"]
+
     def runs(self, outcome: str) -> list[RunOutcome]:
         """The runs with this outcome, in the order they were selected."""
         if outcome not in OUTCOMES:

@@ -236,8 +236,8 @@ def check_cmd(
         click.echo(f"no runs match these filters in {report.store}: nothing to check")
     else:
         render_report(report, console())
-    if not report.ok:
-        sys.exit(1)
+    if not report.ok or (report.outcomes and not report.checked):
+        sys.exit(1)  # a gate that replayed none of its runs did not pass
 
 
 @main.command("checks")

@@ -413,8 +413,14 @@ def check_view(report: CheckReport) -> Group:
             f"\ncheck {report.id} kept in {escape(report.saved_to)}: "
             f"`replayable checks {report.id}`, or open it in `replayable serve`"
         )
-    verdict = "[green]passed[/green]" if report.ok else "[bold red]FAILED[/bold red]"
-    parts.append(f"check {verdict}")
+    if report.ok and not report.checked:
+        parts.append(
+            "[bold red]nothing checked[/bold red]: none of the selected runs could be replayed "
+            "(see why above)"
+        )
+    else:
+        verdict = "[green]passed[/green]" if report.ok else "[bold red]FAILED[/bold red]"
+        parts.append(f"check {verdict}")
     # Text, not str: a console's highlighter never restyles the recorded text inside.
     return Group(*(Text.from_markup(p) if isinstance(p, str) else p for p in parts))
 

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import pytest
 from click.testing import CliRunner
 from tests.fixtures.old_stores import postgres_before, sqlite_before
 
@@ -31,6 +32,12 @@ def ask(i: int) -> str:
 def search(i: int) -> str:
     """A tool."""
     return f"result {i}"
+
+
+@rp.boundary(name="refs:note", kind="tool")
+def note(i: int) -> str:
+    """A tool a replay runs live."""
+    return f"noted {i}"
 
 
 def record(store: Store, n: int = 5) -> rp.Run:
@@ -94,6 +101,52 @@ class TestBoundaryFilter:
         assert found == {source.id, r.run.id}
         assert {run.id for run in backend.list_runs(RunQuery(boundary="search"))} == found
         assert backend.list_runs(RunQuery(boundary="refs:nothing")) == []
+
+    def test_a_replay_of_a_replay_is_found_by_a_boundary_two_ranges_down(
+        self, backend: Store
+    ) -> None:
+        """A replay of a replay whose range starts inside its source's range (stored at note/0)
+        lists under the tool served in the middle of both, and not under one never called."""
+        with rp.record(store=backend) as source:
+            note(0), ask(1), search(2), ask(3)
+        with rp.replay(source.id, store=backend) as first:
+            note(0), ask(1), search(2), ask(3)
+        with rp.replay(first.run.id, store=backend, live=["refs:note"]) as second:
+            note(0), ask(1), search(2), ask(3)
+        rp.flush()
+        assert first.ok
+        assert second.ok
+        found = {run.id for run in backend.list_runs(RunQuery(boundary="refs:search"))}
+        assert found == {source.id, first.run.id, second.run.id}
+        assert {run.id for run in backend.list_runs(RunQuery(boundary="search"))} == found
+        assert backend.list_runs(RunQuery(boundary="refs:nothing")) == []
+
+    @pytest.mark.parametrize("shift", [0, 1])
+    def test_ranges_referring_round_in_a_circle_end_the_filter(
+        self, backend: Store, shift: int
+    ) -> None:
+        """Two replays' range rows edited to refer to each other (at once, or shifted by a step)
+        leave the query finishing (a bounded depth), finding neither under a boundary none
+        holds."""
+        source = record(backend)
+        a, b = replay(backend, source), replay(backend, source)
+        rp.flush()
+        for run, other in ((a, b), (b, a)):
+            meta = '{"$range":["' + other.id + f'",{shift},5,"x","y"]}}'
+            if isinstance(backend, SQLiteStore):
+                db = sqlite3.connect(backend.path)
+                with db:
+                    db.execute("UPDATE events SET meta = ? WHERE run_id = ?", (meta, run.id))
+                db.close()
+            else:
+                assert isinstance(backend, PostgresStore)
+                with psycopg.connect(backend.connection_url(), autocommit=True) as conn:
+                    conn.execute("UPDATE events SET meta = %s WHERE run_id = %s", (meta, run.id))
+        t0 = time.monotonic()
+        assert backend.list_runs(RunQuery(boundary="refs:search")) == []
+        found = {r.id for r in backend.list_runs(RunQuery(boundary="refs:ask"))}
+        assert found == {source.id, a.id, b.id}  # each range row is at its own ask step
+        assert time.monotonic() - t0 < 10
 
     def test_a_range_meta_that_is_not_json_does_not_break_the_filter(
         self, backend: Store, tmp_path: Path

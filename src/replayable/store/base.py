@@ -506,12 +506,7 @@ def runs_query(
         params.extend(pattern)
         if range_parts is not None:
             # A replay's range row stands for the source's steps it refers to: theirs count.
-            is_range, source, first, n = range_parts
-            clause = (
-                f"({clause} OR EXISTS (SELECT 1 FROM events r JOIN events e "
-                f"ON e.run_id = {source} AND e.seq >= {first} AND e.seq < {first} + {n} "
-                f"WHERE r.run_id = runs.id AND {is_range} AND {match}))"
-            )
+            clause = f"({clause} OR runs.id IN ({_ranged_steps(range_parts)}{match}))"
             params.extend(pattern)
         where.append(clause)
     if q.has_error is not None:
@@ -526,6 +521,33 @@ def runs_query(
         sql += f" LIMIT {ph}"
         params.append(q.limit)
     return sql, params
+
+
+_RANGE_DEPTH = 8
+"""How many ranges deep the ``boundary`` filter follows a replay of a replay (of a replay...):
+a hostile circle of references ends there."""
+
+
+def _ranged_steps(range_parts: tuple[str, str, str, str]) -> str:
+    """SQL selecting the runs (``w.owner``) whose range rows stand for a step ``e`` (the query
+    goes on with a condition on ``e``): each range row's window of its source's steps, and,
+    where that window meets the source's own range rows (a replay of a replay), the part of
+    their sources' steps it stands for, :data:`_RANGE_DEPTH` levels down."""
+    is_range, source, first, n = range_parts
+    start, end = f"CAST({first} AS BIGINT)", f"CAST({first} + {n} AS BIGINT)"
+    # The part of window w (steps lo..hi of run src) that range row r of src covers, as the
+    # steps of r's source it stands for.
+    lo = f"CAST({first} + CASE WHEN w.lo > r.seq THEN w.lo - r.seq ELSE 0 END AS BIGINT)"
+    hi = f"CAST({first} + CASE WHEN w.hi < r.seq + {n} THEN w.hi - r.seq ELSE {n} END AS BIGINT)"
+    return (
+        "WITH RECURSIVE win(owner, src, lo, hi, depth) AS ("
+        f"SELECT r.run_id, {source}, {start}, {end}, 0 FROM events r WHERE {is_range} "
+        f"UNION SELECT w.owner, {source}, {lo}, {hi}, w.depth + 1 "
+        "FROM win w JOIN events r ON r.run_id = w.src AND r.seq < w.hi "
+        f"WHERE w.depth < {_RANGE_DEPTH} AND {is_range} AND r.seq + {n} > w.lo) "
+        "SELECT w.owner FROM win w JOIN events e "
+        "ON e.run_id = w.src AND e.seq >= w.lo AND e.seq < w.hi WHERE "
+    )
 
 
 def only_status(q: RunQuery, runs: list[Run]) -> list[Run]:

@@ -367,9 +367,10 @@ class TestTheCommandLine:
         which function (by the traced agent's name) to decorate."""
         t = traced("openinference-openai")
         result = cli("check", "--import", "sqlite3", "--store", t.store.url, "--no-save")
-        assert result.exit_code == 0, result.output
+        assert result.exit_code == 1, result.output  # nothing was replayed: no pass
         assert "not replayable    1" in result.output
         assert "named 'refunds'" in result.output
+        assert "nothing checked" in result.output
 
     def test_a_trace_without_the_agents_input_says_so(
         self, traced: Callable[..., Traced], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -380,7 +381,7 @@ class TestTheCommandLine:
         t = traced("openai-v2")
         module = agent_module(t, tmp_path, monkeypatch)
         result = cli("check", "--import", module, "--store", t.store.url, "--json")
-        assert result.exit_code == 0, result.output
+        assert result.exit_code == 1, result.output  # nothing was replayed: no pass
         (outcome,) = orjson.loads(result.stdout)["runs"]
         assert outcome["outcome"] == "not_replayable"
         assert "did not carry the input of its root agent step 'refunds'" in outcome["detail"]

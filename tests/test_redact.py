@@ -686,6 +686,27 @@ class TestProperties:
             assert redact(value) == value
 
     @given(
+        _VALUES,
+        st.lists(
+            st.sampled_from([b"-0", b'"request_id":', b'"Trace_Id":', b"key", b"ghp_", b"Lyon"]),
+            max_size=4,
+        ).map(tuple),
+    )
+    @settings(max_examples=300)
+    def test_one_pass_gives_the_pre_check_and_the_words(
+        self, value: Any, words: tuple[bytes, ...]
+    ) -> None:
+        """Property: might_hold_secrets_or says what might_hold_secrets says of the bytes (once
+        that is no) and finds a word whenever one occurs in them: a no means none does."""
+        data = orjson.dumps({"v": value, "extra": [w.decode() for w in words[:1]]})
+        secrets, found = redact_mod.might_hold_secrets_or(data, words)
+        assert secrets == might_hold_secrets(data)
+        if not secrets:
+            assert found == any(w.lower() in data.lower() for w in words)
+            if any(w in data for w in words):
+                assert found
+
+    @given(
         st.dictionaries(
             st.sampled_from(
                 [

@@ -45,12 +45,21 @@ _SECRETS = _PLANTED.map(lambda planted: planted[0])
 _WORDS = st.sampled_from(
     ["refund", "max_tokens", "token_count", "the key", "url", "auth", "tokens", "Lyon", "-0.0"]
 )
-_TEXT = st.lists(st.one_of(_WORDS, _SECRETS, st.text(max_size=12)), max_size=6).map(" ".join)
+# what keying looks for before sorting an input's bytes as they are (and near-misses)
+_KEYING = st.sampled_from(["-0", "request_id", '"trace_id":', "Span_Id"])
+_TEXT = st.lists(st.one_of(_WORDS, _KEYING, _SECRETS, st.text(max_size=12)), max_size=6).map(
+    " ".join
+)
 _KEYS = st.sampled_from(
     ["content", "role", "note", "api_key", "password", "usage", "total_tokens", "$dict", "1"]
-)
+) | st.sampled_from(["request_id", "trace_id", "Created_At", "timestamps"])
 _JSON = st.recursive(
-    st.none() | st.booleans() | st.integers(-(2**40), 2**40) | st.floats(-1e6, 1e6) | _TEXT,
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**40), 2**40)
+    | st.floats(-1e6, 1e6)
+    | st.sampled_from([-0.0, -0.5, -1e-7])
+    | _TEXT,
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_KEYS, inner, max_size=4),
     max_leaves=10,
 )

@@ -28,7 +28,13 @@ import orjson
 from replayable import _cut, canonical
 from replayable._ranges import Ranges
 from replayable.errors import StoreUnavailable, Unserializable
-from replayable.redact import REDACTED, might_hold_secrets, names_clean, redact
+from replayable.redact import (
+    REDACTED,
+    might_hold_secrets,
+    might_hold_secrets_or,
+    names_clean,
+    redact,
+)
 from replayable.store.base import Checkpoint, Counters, EventRow, Store
 from replayable.trace import (
     Event,
@@ -210,11 +216,14 @@ def pending_row(p: Pending, chains: dict[str, tuple[int, str]]) -> EventRow:
     path makes: the property is tested); otherwise the whole path gets the verdicts."""
     if not _as_snapshotted(p):
         return _redacted_row(p, chains, None, None)
-    in_secrets = might_hold_secrets(p.input)
+    b = p.boundary
+    # The input's one pass also looks for what keying it would otherwise scan it for.
+    words = canonical.normalize_words(b.transient)
+    in_secrets, to_normalize = might_hold_secrets_or(p.input, words)
     out_secrets = might_hold_secrets(p.output)
     if in_secrets or out_secrets:
         return _redacted_row(p, chains, in_secrets, out_secrets)
-    key = canonical.input_key(p.boundary, p.input)
+    key = canonical.input_key(b, p.input, plain=not to_normalize)
     payload = payload_digest(p.input, p.output)
     return _linked_row(p, chains, key, payload, p.input, p.output, None, b"{}")
 

@@ -57,6 +57,7 @@ __all__ = [
     "keyed_input",
     "loads",
     "normalize",
+    "normalize_words",
     "sanitize",
     "snapshot",
     "sorted_json",
@@ -390,9 +391,17 @@ def normalize(value: JSON, drop: frozenset[str] = DEFAULT_TRANSIENT_KEYS) -> JSO
 
 
 @functools.lru_cache(maxsize=256)
+def normalize_words(drop: frozenset[str]) -> tuple[bytes, ...]:
+    """What a snapshot holds where keying it needs a Python pass: ``-0`` (of ``-0.0``) and
+    each ``drop`` key as orjson writes it, ``"k":``. With none of them in it, an input is
+    keyed from its sorted bytes as they are."""
+    return (b"-0", *(b'"' + k.encode() + b'":' for k in drop))
+
+
+@functools.lru_cache(maxsize=256)
 def _normalize_matcher(drop: frozenset[str]) -> ahocorasick_rs.BytesAhoCorasick:
     """One pass finds both ``-0`` and how each dropped key appears in orjson output: ``"k":``."""
-    return ahocorasick_rs.BytesAhoCorasick([b"-0", *(b'"' + k.encode() + b'":' for k in drop)])
+    return ahocorasick_rs.BytesAhoCorasick(list(normalize_words(drop)))
 
 
 def _needs_normalize(data: bytes, drop: frozenset[str]) -> bool:
@@ -503,14 +512,21 @@ def keyed_input(
 
 
 def input_key(
-    b: Boundary, data: bytes, value: Any = None, *, sorted_data: bytes | None = None
+    b: Boundary,
+    data: bytes,
+    value: Any = None,
+    *,
+    sorted_data: bytes | None = None,
+    plain: bool = False,
 ) -> str:
     """The key of a redacted input snapshot, per the boundary's key rules (``key=``,
     ``ignore=``, transient fields); independent of dict order.
 
     ``value`` is ``data`` parsed, and ``sorted_data`` its sorted form, when the caller has them.
+    ``plain``: the caller found none of :func:`normalize_words` of the boundary's transient
+    fields in ``data`` (so it is not looked at again).
     """
-    if b.key_fields is None and not b.ignore and not _needs_normalize(data, b.transient):
+    if b.key_fields is None and not b.ignore and (plain or not _needs_normalize(data, b.transient)):
         if sorted_data is None:
             if value is None:
                 sorted_data = sorted_json(data)

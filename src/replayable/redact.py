@@ -61,6 +61,7 @@ __all__ = [
     "holds_secret",
     "is_secret_key",
     "might_hold_secrets",
+    "might_hold_secrets_or",
     "names_clean",
     "redact",
     "redact_argv",
@@ -386,32 +387,63 @@ def might_hold_secrets(data: bytes) -> bool:
     rs = _RULES
     if rs.always_bytes:
         return True
+    return _scan(data, rs, rs.byte_matcher) is not False
+
+
+def might_hold_secrets_or(data: bytes, words: tuple[bytes, ...]) -> tuple[bool, bool]:
+    """:func:`might_hold_secrets` of ``data``, and whether any of ``words`` may occur in it,
+    in the one pass: (secrets, words). False for ``words`` means none occurs (they are looked
+    for lowercased in the lowercased bytes); True may be wrong either way once secrets is."""
+    rs = _RULES
+    if rs.always_bytes:
+        return True, True
+    found = _scan(data, rs, _with_words(rs, words))
+    return found is None, found is not False
+
+
+@functools.lru_cache(maxsize=16)  # a boundary's transient fields under the rules in force
+def _with_words(rs: _RuleSet, words: tuple[bytes, ...]) -> ahocorasick_rs.BytesAhoCorasick:
+    """The byte gate of ``rs`` with ``words`` (lowercased) after its own patterns."""
+    patterns = [*rs.byte_patterns, *(w.lower() for w in words)]
+    return ahocorasick_rs.BytesAhoCorasick(patterns, implementation=_DFA)
+
+
+def _scan(data: bytes, rs: _RuleSet, matcher: ahocorasick_rs.BytesAhoCorasick) -> bool | None:
+    """One pass of ``matcher`` (``rs``'s byte gate, maybe with more patterns after its own)
+    over ``data`` lowercased: None when a secret's shape may be in it (the pass stops there),
+    else whether a pattern after the gate's own occurs."""
     low = data.lower()
     n = len(data)
-    for index, start, stop in rs.byte_matcher.find_matches_as_indexes(low, overlapping=True):
-        kind, firsts = rs.kinds[index]
+    kinds = rs.kinds
+    own = len(kinds)
+    found = False
+    for index, start, stop in matcher.find_matches_as_indexes(low, overlapping=True):
+        if index >= own:
+            found = True
+            continue
+        kind, firsts = kinds[index]
         if kind == "any":
-            return True
+            return None
         if kind == "url":
             if _URL_USERINFO.match(low, stop) is not None:
-                return True
+                return None
             continue
         if stop < n and 97 <= data[stop] <= 122:  # the part goes on: "tokens", "author"
             continue
         if kind == "part":
-            return True
+            return None
         if kind == "token":
             # a last name part: not followed by a letter/digit, nor by a separator and more name
             nxt = data[stop : stop + 2]
             if nxt[:1].isalnum() or (nxt[:1] in (b"_", b"-", b".", b" ") and nxt[1:].isalnum()):
                 continue
-            return True
+            return None
         before = start  # a pair: skip separators back to the part before "key"/"url"/...
         while before > 0 and not low[before - 1 : before].isalnum():
             before -= 1
         if low.endswith(firsts, 0, before):
-            return True
-    return False
+            return None
+    return found
 
 
 def redact(

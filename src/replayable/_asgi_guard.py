@@ -7,6 +7,8 @@ Needs Starlette (the ``viewer`` extra).
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hmac
 from collections.abc import Sequence
 from urllib.parse import parse_qsl, urlencode
@@ -36,11 +38,25 @@ def _cookie(header: str, name: str) -> str | None:
     return None
 
 
+def _basic_password(header: str) -> str | None:
+    """The password of an ``Authorization: Basic`` header, None when it is no such header."""
+    if not header.lower().startswith("basic "):
+        return None
+    try:
+        decoded = base64.b64decode(header[6:].strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError):
+        return None
+    _user, sep, password = decoded.partition(":")
+    return password if sep else None
+
+
 class Guard:
     """ASGI middleware: local Host header check, token check, security headers.
 
     ``url_token``: a page opened as ``/?token=...`` trades the token for a cookie (a browser's
-    way in); off, only ``Authorization: Bearer`` (and the cookie) count.
+    way in); off, only ``Authorization: Bearer`` (and the cookie) count. ``basic``: the password
+    of ``Authorization: Basic`` counts as well, whatever the user name (for exporters that only
+    speak Basic, as Langfuse's SDK does with its public and secret key).
     """
 
     def __init__(
@@ -50,8 +66,10 @@ class Guard:
         local_only: bool,
         headers: Sequence[tuple[bytes, bytes]] = (),
         url_token: bool = True,
+        basic: bool = False,
     ) -> None:
         self.app = app
+        self.basic = basic
         self.token = token
         self.local_only = local_only
         self.headers = list(headers)
@@ -80,7 +98,8 @@ class Guard:
             auth = headers.get("authorization", "")
             bearer = auth[7:] if auth.lower().startswith("bearer ") else None
             cookie = _cookie(headers.get("cookie", ""), TOKEN_COOKIE)
-            if not (self._ok(bearer) or self._ok(cookie)):
+            password = _basic_password(auth) if self.basic else None
+            if not (self._ok(bearer) or self._ok(cookie) or self._ok(password)):
                 hint = "open this page with ?token=... or send " if self.url_token else "send "
                 await Response(
                     f"token required: {hint}'Authorization: Bearer ...'",

@@ -3,6 +3,7 @@ hostile requests are refused whole."""
 
 from __future__ import annotations
 
+import base64
 import gzip
 import json
 import os
@@ -244,6 +245,24 @@ class TestHostile:
             headers={**PB, "authorization": "Bearer s3cret-token"},
         )
         assert ok.status_code == 200
+        for user, password, status in [
+            ("pk-lf-1", "s3cret-token", 200),  # Langfuse's way: the token as the secret key
+            ("", "s3cret-token", 200),
+            ("s3cret-token", "other", 401),  # the user name is no password
+            ("pk-lf-1", "s3cret-token-", 401),
+        ]:
+            basic = base64.b64encode(f"{user}:{password}".encode()).decode()
+            r = httpx.post(
+                f"{c.url}/v1/traces",
+                content=body,
+                headers={**PB, "authorization": f"Basic {basic}"},
+            )
+            assert r.status_code == status, (user, password)
+        for broken in ["Basic !!!", "Basic " + base64.b64encode(b"no-colon").decode(), "Basic"]:
+            r = httpx.post(
+                f"{c.url}/v1/traces", content=body, headers={**PB, "authorization": broken}
+            )
+            assert r.status_code == 401, broken
         d = live_collector()
         r = httpx.post(f"{d.url}/v1/traces", content=body, headers={**PB, "host": "evil.example"})
         assert r.status_code == 400

@@ -69,8 +69,8 @@ def run_producer(
         LANGFUSE_PUBLIC_KEY="pk-lf-test",
         LANGFUSE_SECRET_KEY="sk-lf-test",
         LOGFIRE_SEND_TO_LOGFIRE="false",
-        **env,
     )
+    full.update(env)
     if producer == "openai-v2" and "OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT" not in env:
         full["OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT"] = "SPAN_ONLY"
         full["OTEL_SEMCONV_STABILITY_OPT_IN"] = "gen_ai_latest_experimental"
@@ -129,6 +129,30 @@ class TestProducers:
             assert conn.execute("SELECT order_id FROM refunds").fetchall() == [(order,)]
         conventions = {c["convention"] for c in run.metadata["source"]["conventions"]}
         assert CONVENTION[producer] in conventions
+        assert verify_run(run, events).ok
+
+    def test_langfuse_reaches_a_token_protected_collector_with_its_secret_key(
+        self,
+        store: Store,
+        model_server: FakeLLMServer,
+        live_collector: Callable[..., LiveCollector],
+        tmp_path: Path,
+    ) -> None:
+        """Langfuse's SDK authenticates with HTTP Basic (public key, secret key): with the
+        collector's token as its secret key its trace is kept; with another key it is not."""
+        refused = live_collector(settle=0.5, token="collector-token-1")
+        run_producer("langfuse", model_server, refused, tmp_path / "a.db")
+        assert refused.collector.sweep(everything=True) == []
+        collector = live_collector(settle=0.5, token="collector-token-1")
+        run_producer(
+            "langfuse",
+            model_server,
+            collector,
+            tmp_path / "b.db",
+            LANGFUSE_SECRET_KEY="collector-token-1",
+        )
+        run, events = kept_events(store, collector)
+        assert [e.kind for e in events].count("llm") == 2
         assert verify_run(run, events).ok
 
     def test_openai_v2_without_content_capture_says_which_setting(

@@ -185,7 +185,8 @@ def create_collector_app(
     """The OTLP/HTTP receiver as an ASGI app (run it with uvicorn).
 
     ``POST`` to any of :data:`TRACE_PATHS` with ``application/x-protobuf`` or
-    ``application/json``, gzip or not. ``token``: required as ``Authorization: Bearer``.
+    ``application/json``, gzip or not. ``token``: required as ``Authorization: Bearer``, or as
+    the password of ``Authorization: Basic`` (Langfuse's SDK sends its secret key so).
     Traces still held at shutdown are kept then.
     """
 
@@ -240,5 +241,6 @@ def create_collector_app(
         local_only=local_only,
         headers=[(b"x-content-type-options", b"nosniff")],
         url_token=False,
+        basic=True,
     )
     return app

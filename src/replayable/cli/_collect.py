@@ -34,8 +34,9 @@ from replayable.store.base import Counters
     "--auth-token",
     envvar="REPLAYABLE_VIEWER_TOKEN",
     show_envvar=True,
-    help="Token every request must carry as 'Authorization: Bearer' (required when --host is "
-    "not local).",
+    help="Token every request must carry as 'Authorization: Bearer TOKEN', or as the password "
+    "of HTTP Basic (Langfuse's SDK: LANGFUSE_SECRET_KEY=TOKEN); required when --host is not "
+    "local.",
 )
 @click.option(
     "--idle",

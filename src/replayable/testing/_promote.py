@@ -199,6 +199,21 @@ def _world_spec(world: str) -> tuple[str, str]:
     return module, fn
 
 
+def _led_up(before: Sequence[Event]) -> list[str]:
+    """Generated lines asserting that the steps before the incident's call still happen, in
+    order, others allowed between them."""
+    return [
+        "    # The steps that led up to the incident still happen...",
+        "    rt.assert_calls(",
+        "        replay,",
+        "        [",
+        *(f"            ({bare_name(e.boundary)!r}, {_short_pattern(e.input)})," for e in before),
+        "        ],",
+        "        exact=False,",
+        "    )",
+    ]
+
+
 def _live_body(
     steps: Sequence[Event],
     live_tools: Sequence[str],
@@ -243,17 +258,7 @@ def _live_body(
         "        strict=False,",
         "    ) as replay:",
         f"        {call.replace(chr(10), chr(10) + '    ')}",
-        "    # The steps that led up to the incident still happen...",
-        "    rt.assert_calls(",
-        "        replay,",
-        "        [",
-        *(
-            f"            ({bare_name(e.boundary)!r}, {_short_pattern(e.input)}),"
-            for e in steps[:first]
-        ),
-        "        ],",
-        "        exact=False,",
-        "    )",
+        *_led_up(steps[:first]),
         "    # ...but not the incident: the call with its arguments that did what it did.",
     ]
     for e in steps:
@@ -357,17 +362,7 @@ def _forbid_body(
         '    """The incident: on this input the agent must not call the forbidden steps."""',
         f"    {call}",
         "    replay = replayable.replay_session",
-        "    # The steps that led up to the incident still happen...",
-        "    rt.assert_calls(",
-        "        replay,",
-        "        [",
-        *(
-            f"            ({bare_name(e.boundary)!r}, {_short_pattern(e.input)}),"
-            for e in steps[:first]
-        ),
-        "        ],",
-        "        exact=False,",
-        "    )",
+        *_led_up(steps[:first]),
         "    # ...but not the bad call. Recorded:",
         *(f"    #   {name!r}: {_short_pattern(value)}" for name, value in recorded),
         *(f"    rt.assert_not_called(replay, {bare_name(f)!r})" for f in forbidden),

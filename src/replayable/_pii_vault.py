@@ -81,11 +81,16 @@ class Vault:
         try:
             self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
             self._db.executescript(_SCHEMA)
-            row: tuple[str] | None = self._db.execute(
-                "SELECT value FROM vault_meta WHERE name = 'key_id'"
-            ).fetchone()
+            row = self._stored_key_id()
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"cannot open the personal-data vault {path}: {exc}") from exc
+        return row
+
+    def _stored_key_id(self) -> tuple[str] | None:
+        """The key id row the open vault was made under, None in a vault not yet stamped."""
+        row: tuple[str] | None = self._db.execute(
+            "SELECT value FROM vault_meta WHERE name = 'key_id'"
+        ).fetchone()
         return row
 
     def _open_existing(self, path: Path) -> tuple[str] | None:
@@ -96,9 +101,7 @@ class Vault:
             if not {"vault", "vault_meta"} <= names:
                 self._db.close()
                 return None
-            row: tuple[str] | None = self._db.execute(
-                "SELECT value FROM vault_meta WHERE name = 'key_id'"
-            ).fetchone()
+            row = self._stored_key_id()
         except sqlite3.Error as exc:
             raise StoreUnavailable(f"cannot open the personal-data vault {path}: {exc}") from exc
         return row

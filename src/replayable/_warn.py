@@ -23,12 +23,13 @@ from replayable.errors import ReplayableWarning
 __all__ = ["user_stacklevel", "warn"]
 
 _PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+_PATHS = sysconfig.get_paths()
 _LIBRARIES = tuple(
     sorted(
         {
-            os.path.abspath(path) + os.sep
+            os.path.abspath(_PATHS[key]) + os.sep
             for key in ("stdlib", "platstdlib", "purelib", "platlib")
-            if (path := sysconfig.get_paths().get(key))
+            if _PATHS.get(key)
         }
     )
 )
